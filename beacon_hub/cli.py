@@ -1,0 +1,136 @@
+"""`beacon-hub`: the hub's command line (DESIGN.md, Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from beacon_hub.commands import EXIT_OK, add_set_option, dispatch, new_parser, not_yet
+
+__all__ = ["build_parser", "main"]
+
+PROG = "beacon-hub"
+ENGINE = "issue #4 (positioning engine)"
+SERVICE = "issue #5 (hub service)"
+DASHBOARD = "issue #7 (dashboard, promotions and demo)"
+SECURITY = "issue #8 (security and provisioning)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser(PROG, "BLE beacon hub: positions, zones and events from gateway readings.")
+    verbs = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    demo = verbs.add_parser("demo", help="everything on one machine, no servers installed")
+    demo.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    demo.set_defaults(handler=not_yet(PROG, "demo", DASHBOARD))
+
+    site = verbs.add_parser("site", help="site files").add_subparsers(
+        title="site commands", metavar="COMMAND"
+    )
+    check = site.add_parser("check", help="validate a site file and summarise it")
+    check.add_argument("file", type=Path, metavar="SITE.yaml")
+    check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    check.set_defaults(handler=_site_check)
+
+    run = verbs.add_parser("run", help="the live hub")
+    run.add_argument("--site", type=Path, action="append", required=True, metavar="S.yaml")
+    run.add_argument("--broker", metavar="URL", help="e.g. mqtt://127.0.0.1:1883")
+    run.add_argument("--config", type=Path, metavar="HUB.yaml")
+    add_set_option(run)
+    run.set_defaults(handler=not_yet(PROG, "run", SERVICE))
+
+    replay = verbs.add_parser("replay", help="run the engine over a recording")
+    replay.add_argument("--site", type=Path, required=True, metavar="S.yaml")
+    replay.add_argument("--readings", type=Path, required=True, metavar="R.csv")
+    replay.add_argument("--out", type=Path, required=True, metavar="F.csv")
+    replay.add_argument("--calibration", type=Path, metavar="C.yaml")
+    replay.add_argument("--no-tracking", action="store_true", help="one fix per sample")
+    replay.set_defaults(handler=not_yet(PROG, "replay", ENGINE))
+
+    calibrate = verbs.add_parser("calibrate", help="fit the radio model from a walk or survey")
+    calibrate.add_argument("--site", type=Path, required=True, metavar="S.yaml")
+    calibrate.add_argument("--readings", type=Path, required=True, metavar="R.csv")
+    calibrate.add_argument("--truth", type=Path, required=True, metavar="T.csv")
+    calibrate.add_argument("--out", type=Path, required=True, metavar="C.yaml")
+    calibrate.set_defaults(handler=not_yet(PROG, "calibrate", ENGINE))
+
+    evaluate = verbs.add_parser("eval", help="error statistics of fixes against truth")
+    evaluate.add_argument("--fixes", type=Path, required=True, metavar="F.csv")
+    reference = evaluate.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--truth", type=Path, metavar="T.csv")
+    reference.add_argument("--path", type=Path, metavar="P.csv")
+    evaluate.add_argument("--site", type=Path, metavar="S.yaml")
+    evaluate.add_argument("--report", type=Path, metavar="DIR")
+    evaluate.set_defaults(handler=not_yet(PROG, "eval", ENGINE))
+
+    assets = verbs.add_parser("assets", help="the asset registry").add_subparsers(
+        title="assets commands", metavar="COMMAND"
+    )
+    imp = assets.add_parser("import", help="import beacon labels and kinds from CSV")
+    imp.add_argument("file", type=Path, metavar="FILE.csv")
+    imp.set_defaults(handler=not_yet(PROG, "assets import", SERVICE))
+
+    erase = verbs.add_parser("erase", help="remove a shopper's data from the stores")
+    erase.add_argument("beacon", metavar="BEACON")
+    erase.set_defaults(handler=not_yet(PROG, "erase", DASHBOARD))
+
+    provision = verbs.add_parser("provision", help="broker credentials and configs").add_subparsers(
+        title="provision commands", metavar="COMMAND"
+    )
+    for who in ("gateway", "hub"):
+        p = provision.add_parser(who, help=f"credentials, ACL entry and config for a {who}")
+        p.add_argument("--site", required=True, metavar="SITE")
+        p.add_argument("--id", required=True, metavar="ID")
+        p.set_defaults(handler=not_yet(PROG, f"provision {who}", SECURITY))
+    return parser
+
+
+def _site_check(args: argparse.Namespace) -> int:
+    from beacon_hub.site import load_site, site_summary  # noqa: PLC0415  # keeps --help fast
+
+    summary = site_summary(load_site(args.file))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.file}: OK")
+        print(_format_summary(summary))
+    return EXIT_OK
+
+
+def _format_summary(s: dict[str, Any]) -> str:
+    spacing = s["gateway_spacing_m"]
+    height = s["gateway_height_m"]
+    zones = ", ".join(f"{n} {kind}" for kind, n in s["zones_by_kind"].items()) or "none"
+    kinds = ", ".join(f"{k} at {h:g} m" for k, h in s["beacon_kinds"].items()) or "none"
+    rows = [
+        ("site", f"{s['site']} ({s['kind']}) {s['name']}".rstrip()),
+        ("floor", f"{s['area_m2']:g} m2 on {s['levels']} level(s)"),
+        (
+            "gateways",
+            (
+                f"{s['gateways']}, {s['gateways_per_100m2']:g} per 100 m2, nearest-neighbour "
+                f"spacing {spacing['min']}-{spacing['max']} m (median {spacing['median']}), "
+                f"mounted {height['min']:g}-{height['max']:g} m"
+            ),
+        ),
+        ("zones", f"{s['zones']}: {zones}"),
+        ("obstacles", f"{s['obstacles']}, walls {s['walls']}"),
+        (
+            "references",
+            f"{s['reference_beacons']} beacons, {s['reference_beacons_per_50m2']:g} per 50 m2",
+        ),
+        ("beacon kinds", kinds),
+    ]
+    return "\n".join(f"  {name:<13}{value}" for name, value in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

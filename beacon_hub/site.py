@@ -1,0 +1,447 @@
+"""The site model: one pydantic schema for a site file (YAML), its cross-checks and summary.
+
+A site is a store, a warehouse or a lab space: levels with a floor outline, walls and obstacles,
+radio defaults with per-gateway overrides, gateways, beacon kinds, reference beacons and zones.
+Coordinates are site-local metres (x right, y up the plan), z above the floor of the level.
+The reference of every key is docs/site-file.md.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+import statistics
+import zoneinfo
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
+
+from beacon_hub.config_loader import Loc, Located, problems_to_error, read_yaml, validate_located
+from beacon_hub.errors import IdError
+from beacon_hub.geometry import (
+    Point,
+    distance_to_polygon_edge_m,
+    point_in_polygon,
+    polygon_area_m2,
+    polygon_inside_polygon,
+    self_intersection,
+)
+from beacon_hub.ids import NAME_ID_PATTERN, canonical_beacon_id
+
+__all__ = [
+    "BEACON_KINDS",
+    "BeaconKind",
+    "BeaconKindName",
+    "Gateway",
+    "GeoAnchor",
+    "Level",
+    "Obstacle",
+    "RadioOverride",
+    "RadioParams",
+    "ReferenceBeacon",
+    "Site",
+    "Wall",
+    "Zone",
+    "load_site",
+    "site_summary",
+    "validate_site_data",
+]
+
+OUTSIDE_TOLERANCE_M = 0.3
+"""How far outside the floor outline a gateway, reference beacon or zone edge may sit: gateways
+are screwed to outer walls and plans are drawn to about a hand's width."""
+
+MIN_ZONE_AREA_M2 = 0.05
+"""Smaller zones are degenerate: no fix is precise enough to land in them."""
+
+BEACON_KINDS = ("cart", "pallet", "reference", "asset")
+BeaconKindName = Literal["cart", "pallet", "reference", "asset"]
+
+NameId = Annotated[StrictStr, StringConstraints(pattern=NAME_ID_PATTERN)]
+Metres = StrictFloat
+PointM = tuple[StrictFloat, StrictFloat]
+"""[x, y] in site metres."""
+Polygon = Annotated[list[PointM], Field(min_length=3, max_length=10_000)]
+
+
+def _beacon_id(value: str) -> str:
+    try:
+        return canonical_beacon_id(value)
+    except IdError as e:
+        raise ValueError(str(e)) from e
+
+
+BeaconIdStr = Annotated[StrictStr, AfterValidator(_beacon_id)]
+
+_PATTERN_CHARS = re.compile(r"^(ibeacon|eddystone|altbeacon|mac|\*)[0-9a-f:*?\[\]!-]*$")
+
+
+def _id_pattern(value: str) -> str:
+    if _PATTERN_CHARS.fullmatch(value) is None:
+        raise ValueError(
+            f"{value!r} is not an id pattern: a canonical beacon id (lowercase hex) with * and ? "
+            "wildcards, e.g. 'ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:*'"
+        )
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"{value!r} is not an IANA time zone such as 'Europe/Berlin'") from e
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RadioParams(_Model):
+    """Log-distance path loss: RSSI(d) = ref_rssi_1m_dbm - 10 * exponent * log10(d / 1 m)."""
+
+    ref_rssi_1m_dbm: Annotated[StrictFloat, Field(ge=-110, le=10)] = -59.0
+    """RSSI expected at 1 m. -59 dBm is the iBeacon default measured power (Apple)."""
+    path_loss_exponent: Annotated[StrictFloat, Field(ge=1.0, le=6.0)] = 2.2
+    """2 in free space; 1.5-3.1 fitted per receiver on the flat-calib2021 dataset."""
+    shadowing_db: Annotated[StrictFloat, Field(ge=0.0, le=20.0)] = 6.6
+    """Residual spread after the fit: 6.6 dB on flat-calib2021 (5.1-7.7 by anchor)."""
+
+
+class RadioOverride(_Model):
+    """Per-gateway override of any of the site's radio defaults."""
+
+    ref_rssi_1m_dbm: Annotated[StrictFloat, Field(ge=-110, le=10)] | None = None
+    path_loss_exponent: Annotated[StrictFloat, Field(ge=1.0, le=6.0)] | None = None
+    shadowing_db: Annotated[StrictFloat, Field(ge=0.0, le=20.0)] | None = None
+
+
+class GeoAnchor(_Model):
+    """Ties site metres to the globe: site point `origin` is at (lat_deg, lon_deg)."""
+
+    lat_deg: Annotated[StrictFloat, Field(ge=-90, le=90)]
+    lon_deg: Annotated[StrictFloat, Field(ge=-180, le=180)]
+    bearing_deg: Annotated[StrictFloat, Field(ge=0, lt=360)] = 0.0
+    """Clockwise angle from true north to the site's +y axis."""
+    origin: PointM = (0.0, 0.0)
+
+
+class Wall(_Model):
+    """A wall as its centre-line, with the loss of one crossing."""
+
+    id: NameId | None = None
+    start: PointM
+    end: PointM
+    loss_db: Annotated[StrictFloat, Field(ge=0, le=60)]
+    """Drywall about 3 dB, brick about 6-8 dB, concrete 10-15 dB at 2.4 GHz (ITU-R P.2040)."""
+
+
+class Obstacle(_Model):
+    """A shelf, rack or counter: people cannot walk through it and it attenuates radio."""
+
+    id: NameId
+    kind: Literal["shelf", "rack", "counter", "fixture", "other"]
+    polygon: Polygon
+    loss_db: Annotated[StrictFloat, Field(ge=0, le=60)]
+    """Loss of a path through it below `height_m`; stocked shelving is about 5-10 dB."""
+    height_m: Annotated[Metres, Field(gt=0, le=30)] | None = None
+    """Top of the obstacle; a path passing above it is not attenuated. None: full height."""
+
+
+class Level(_Model):
+    level: Annotated[StrictInt, Field(ge=-10, le=200)] = 0
+    name: StrictStr = ""
+    elevation_m: Annotated[Metres, Field(ge=-100, le=1000)] = 0.0
+    """Height of this level's floor above the site's ground floor."""
+    outline: Polygon
+    walls: list[Wall] = []
+    obstacles: list[Obstacle] = []
+
+
+class Gateway(_Model):
+    id: NameId
+    x: Metres
+    y: Metres
+    z: Annotated[Metres, Field(ge=0, le=30)]
+    """Mounting height above the level's floor."""
+    level: StrictInt = 0
+    name: StrictStr = ""
+    radio: RadioOverride = RadioOverride()
+
+
+class BeaconKind(_Model):
+    """Which beacon ids are of a kind (first matching entry wins) and how high they are worn."""
+
+    kind: BeaconKindName
+    match: Annotated[list[Annotated[StrictStr, AfterValidator(_id_pattern)]], Field(min_length=1)]
+    height_m: Annotated[Metres, Field(ge=0, le=30)]
+    """Typical mounting height above the floor: a cart handle is about 1.0 m."""
+
+
+class ReferenceBeacon(_Model):
+    """A beacon fixed at a known position: live calibration of the radio map."""
+
+    beacon: BeaconIdStr
+    x: Metres
+    y: Metres
+    z: Annotated[Metres, Field(ge=0, le=30)]
+    level: StrictInt = 0
+    label: StrictStr = ""
+
+
+class Zone(_Model):
+    id: NameId
+    name: StrictStr = ""
+    kind: Literal[
+        "entrance",
+        "aisle",
+        "endcap",
+        "checkout",
+        "department",
+        "bay",
+        "dock",
+        "staging",
+        "room",
+        "corridor",
+        "other",
+    ]
+    level: StrictInt = 0
+    polygon: Polygon
+    heights_m: dict[BeaconKindName, Annotated[Metres, Field(ge=0, le=30)]] = {}
+    """Overrides a kind's mounting height inside this zone (pallets on an upper rack beam)."""
+
+
+class Site(_Model):
+    id: NameId
+    name: StrictStr = ""
+    kind: Literal["store", "warehouse", "lab"]
+    """`lab`: a measurement space such as the room harness or the flat-calib2021 dataset."""
+    timezone: Annotated[StrictStr, AfterValidator(_timezone)] = "UTC"
+    anchor: GeoAnchor | None = None
+    radio: RadioParams = RadioParams()
+    levels: Annotated[list[Level], Field(min_length=1)]
+    gateways: Annotated[list[Gateway], Field(min_length=1)]
+    beacon_kinds: list[BeaconKind] = []
+    reference_beacons: list[ReferenceBeacon] = []
+    zones: list[Zone] = []
+
+    def level(self, number: int) -> Level:
+        for level in self.levels:
+            if level.level == number:
+                return level
+        raise KeyError(number)
+
+    def gateway_radio(self, gateway: Gateway) -> RadioParams:
+        """The site's radio defaults with this gateway's overrides applied."""
+        overrides = gateway.radio.model_dump(exclude_none=True)
+        return self.radio.model_copy(update=overrides) if overrides else self.radio
+
+    def kind_of(self, beacon: str) -> BeaconKind | None:
+        """The first beacon kind whose patterns match this canonical id."""
+        for kind in self.beacon_kinds:
+            if any(fnmatch.fnmatchcase(beacon, pattern) for pattern in kind.match):
+                return kind
+        return None
+
+    def floor_area_m2(self) -> float:
+        return sum(polygon_area_m2(level.outline) for level in self.levels)
+
+
+def load_site(path: Path) -> Site:
+    """Read and validate a site file; ConfigError lists every problem with file:line and path."""
+    doc = read_yaml(path)
+    site = validate_located(Site, doc)
+    problems = list(_cross_checks(site))
+    if problems:
+        raise problems_to_error(doc, problems)
+    return site
+
+
+def validate_site_data(data: Any, source: str) -> Site:
+    """Validate an in-memory site document (tests, generators) with the same checks."""
+    doc = Located(data=data, origins={}, source=source)
+    site = validate_located(Site, doc)
+    problems = list(_cross_checks(site))
+    if problems:
+        raise problems_to_error(doc, problems)
+    return site
+
+
+def _duplicates(items: Sequence[Any], key: str, loc: str, what: str) -> Iterator[tuple[Loc, str]]:
+    first: dict[Any, int] = {}
+    for i, item in enumerate(items):
+        value = getattr(item, key)
+        if value is None:
+            continue
+        if value in first:
+            yield (loc, i, key), f"duplicate {what} {value!r}; first used at {loc}[{first[value]}]"
+        else:
+            first[value] = i
+
+
+def _polygon_problem(poly: Sequence[Point]) -> str | None:
+    distinct = list(dict.fromkeys(poly))
+    if len(distinct) < 3 or all(
+        abs(_cross(distinct[0], distinct[1], c)) < 1e-9 for c in distinct[2:]
+    ):
+        return "degenerate polygon: fewer than 3 distinct corners, or all on one line"
+    crossing = self_intersection(poly)
+    if crossing is not None:
+        i, j = crossing
+        n = len(poly)
+        return (
+            f"self-intersecting polygon: edge {i} ({_pt(poly[i])}->{_pt(poly[(i + 1) % n])})"
+            f" meets edge {j} ({_pt(poly[j])}->{_pt(poly[(j + 1) % n])})"
+        )
+    area = polygon_area_m2(poly)
+    if area < MIN_ZONE_AREA_M2:
+        return f"degenerate polygon: area {area:.3f} m2 < {MIN_ZONE_AREA_M2} m2"
+    return None
+
+
+def _cross(a: Point, b: Point, c: Point) -> float:
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+
+def _pt(p: Point) -> str:
+    return f"[{p[0]:g}, {p[1]:g}]"
+
+
+def _on_floor(p: Point, outline: Sequence[Point]) -> bool:
+    return (
+        point_in_polygon(p, outline)
+        or distance_to_polygon_edge_m(p, outline) <= OUTSIDE_TOLERANCE_M
+    )
+
+
+def _cross_checks(site: Site) -> Iterator[tuple[Loc, str]]:
+    """Checks across fields that a schema cannot express, each with the path it concerns."""
+    yield from _duplicates(site.levels, "level", "levels", "level")
+    yield from _duplicates(site.gateways, "id", "gateways", "gateway id")
+    yield from _duplicates(site.zones, "id", "zones", "zone id")
+    yield from _duplicates(site.reference_beacons, "beacon", "reference_beacons", "beacon")
+    outlines = {level.level: level.outline for level in site.levels}
+    obstacle_ids: dict[str, Loc] = {}
+    for li, level in enumerate(site.levels):
+        problem = _polygon_problem(level.outline)
+        if problem:
+            yield ("levels", li, "outline"), problem
+            continue
+        for wi, wall in enumerate(level.walls):
+            if math.dist(wall.start, wall.end) < 0.01:
+                yield ("levels", li, "walls", wi), "wall of zero length"
+            for end in ("start", "end"):
+                if not _on_floor(getattr(wall, end), level.outline):
+                    yield ("levels", li, "walls", wi, end), "outside the level's outline"
+        for oi, obstacle in enumerate(level.obstacles):
+            loc: Loc = ("levels", li, "obstacles", oi)
+            if obstacle.id in obstacle_ids:
+                yield (*loc, "id"), f"duplicate obstacle id {obstacle.id!r}"
+            obstacle_ids[obstacle.id] = loc
+            problem = _polygon_problem(obstacle.polygon)
+            if problem:
+                yield (*loc, "polygon"), problem
+            elif not polygon_inside_polygon(obstacle.polygon, level.outline, OUTSIDE_TOLERANCE_M):
+                yield (*loc, "polygon"), "reaches outside the level's outline"
+    known_levels = ", ".join(str(n) for n in outlines)
+    for gi, gw in enumerate(site.gateways):
+        if gw.level not in outlines:
+            yield ("gateways", gi, "level"), f"no level {gw.level}; levels are {known_levels}"
+        elif not _on_floor((gw.x, gw.y), outlines[gw.level]):
+            yield (
+                ("gateways", gi),
+                (
+                    f"gateway {gw.id} at ({gw.x:g}, {gw.y:g}) is outside the outline of level "
+                    f"{gw.level} (by more than {OUTSIDE_TOLERANCE_M} m)"
+                ),
+            )
+    for ri, ref in enumerate(site.reference_beacons):
+        if ref.level not in outlines:
+            yield (
+                ("reference_beacons", ri, "level"),
+                f"no level {ref.level}; levels are {known_levels}",
+            )
+        elif not _on_floor((ref.x, ref.y), outlines[ref.level]):
+            yield (
+                ("reference_beacons", ri),
+                (
+                    f"reference beacon at ({ref.x:g}, {ref.y:g}) is outside the outline of level "
+                    f"{ref.level}"
+                ),
+            )
+    for zi, zone in enumerate(site.zones):
+        if zone.level not in outlines:
+            yield ("zones", zi, "level"), f"no level {zone.level}; levels are {known_levels}"
+            continue
+        problem = _polygon_problem(zone.polygon)
+        if problem:
+            yield ("zones", zi, "polygon"), f"zone {zone.id}: {problem}"
+        elif not polygon_inside_polygon(zone.polygon, outlines[zone.level], OUTSIDE_TOLERANCE_M):
+            yield (
+                ("zones", zi, "polygon"),
+                (f"zone {zone.id} reaches outside the outline of level {zone.level}"),
+            )
+    for ki, kind in enumerate(site.beacon_kinds):
+        for pi, pattern in enumerate(kind.match):
+            earlier = [k for k in site.beacon_kinds[:ki] if pattern in k.match]
+            if earlier:
+                yield (
+                    ("beacon_kinds", ki, "match", pi),
+                    (f"pattern {pattern!r} already maps to kind {earlier[0].kind}"),
+                )
+
+
+def site_summary(site: Site) -> dict[str, Any]:
+    """The figures `beacon-hub site check` prints: counts, area, density, spacing."""
+    area = site.floor_area_m2()
+    spacings = _nearest_neighbour_m(site.gateways)
+    heights = [gw.z for gw in site.gateways]
+    return {
+        "site": site.id,
+        "name": site.name,
+        "kind": site.kind,
+        "levels": len(site.levels),
+        "area_m2": round(area, 1),
+        "gateways": len(site.gateways),
+        "gateways_per_100m2": round(100.0 * len(site.gateways) / area, 2),
+        "gateway_spacing_m": {
+            "min": round(min(spacings), 2) if spacings else None,
+            "median": round(statistics.median(spacings), 2) if spacings else None,
+            "max": round(max(spacings), 2) if spacings else None,
+        },
+        "gateway_height_m": {"min": min(heights), "max": max(heights)},
+        "zones": len(site.zones),
+        "zones_by_kind": dict(sorted(Counter(z.kind for z in site.zones).items())),
+        "obstacles": sum(len(level.obstacles) for level in site.levels),
+        "walls": sum(len(level.walls) for level in site.levels),
+        "reference_beacons": len(site.reference_beacons),
+        "reference_beacons_per_50m2": round(50.0 * len(site.reference_beacons) / area, 2),
+        "beacon_kinds": {k.kind: k.height_m for k in site.beacon_kinds},
+    }
+
+
+def _nearest_neighbour_m(gateways: Sequence[Gateway]) -> list[float]:
+    """Distance from each gateway to its nearest neighbour on the same level (plan view)."""
+    out = []
+    for gw in gateways:
+        others = [
+            math.dist((gw.x, gw.y), (o.x, o.y))
+            for o in gateways
+            if o is not gw and o.level == gw.level
+        ]
+        if others:
+            out.append(min(others))
+    return out
