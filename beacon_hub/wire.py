@@ -245,7 +245,7 @@ def encode_batch(batch: ReadingBatch) -> bytes:
     return _dumps(obj)
 
 
-def decode_batch(raw: bytes) -> ReadingBatch:
+def decode_batch(raw: bytes | bytearray) -> ReadingBatch:
     """Decode a readings payload from a gateway (untrusted)."""
     obj = _load(raw, "readings batch", MAX_BATCH_BYTES)
     gw = _name(obj, "gw")
@@ -337,7 +337,7 @@ def encode_status(status: GatewayStatus) -> bytes:
     return _dumps(obj)
 
 
-def decode_status(raw: bytes) -> GatewayStatus:
+def decode_status(raw: bytes | bytearray) -> GatewayStatus:
     obj = _load(raw, "gateway status", MAX_PAYLOAD_BYTES)
     state = _str(obj, "state")
     if state not in ("online", "offline"):
@@ -387,7 +387,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
     return _dumps(obj)
 
 
-def decode_heartbeat(raw: bytes) -> Heartbeat:
+def decode_heartbeat(raw: bytes | bytearray) -> Heartbeat:
     obj = _load(raw, "heartbeat", MAX_PAYLOAD_BYTES)
     counters = {key: _int(obj, key, 0, 2**63 - 1) for key in _HEARTBEAT_COUNTERS}
     return Heartbeat(
@@ -445,7 +445,7 @@ def encode_fix(fix: Fix, site: str) -> bytes:
     return _dumps(obj)
 
 
-def decode_fix(raw: bytes) -> tuple[str, Fix]:
+def decode_fix(raw: bytes | bytearray) -> tuple[str, Fix]:
     """Decode a `track/{beacon}` payload into (site, fix)."""
     obj = _load(raw, "track", MAX_PAYLOAD_BYTES)
     gateways = _list(obj, "gateways", 1000)
@@ -510,7 +510,7 @@ def encode_tracks(msg: TracksMessage) -> bytes:
     )
 
 
-def decode_tracks(raw: bytes) -> TracksMessage:
+def decode_tracks(raw: bytes | bytearray) -> TracksMessage:
     obj = _load(raw, "tracks", MAX_BATCH_BYTES)
     beacons = _list(obj, "beacon", MAX_BATCH_SAMPLES)
     for i, beacon in enumerate(beacons):
@@ -561,7 +561,7 @@ def encode_event(event: Event) -> bytes:
     )
 
 
-def decode_event(raw: bytes) -> Event:
+def decode_event(raw: bytes | bytearray) -> Event:
     obj = _load(raw, "event", MAX_PAYLOAD_BYTES)
     data = obj.get("data", {})
     if not isinstance(data, dict):
@@ -602,7 +602,7 @@ def encode_promotion(promo: Promotion) -> bytes:
     )
 
 
-def decode_promotion(raw: bytes) -> Promotion:
+def decode_promotion(raw: bytes | bytearray) -> Promotion:
     obj = _load(raw, "promotion", MAX_PAYLOAD_BYTES)
     offer = obj.get("offer", {})
     if not isinstance(offer, dict):
@@ -632,8 +632,8 @@ def _reject_constant(name: str) -> float:
     raise WireError(f"{name} is not a number JSON allows")
 
 
-def _load(raw: bytes, what: str, max_bytes: int) -> dict[str, Any]:
-    if not isinstance(raw, bytes | bytearray | memoryview):
+def _load(raw: bytes | bytearray, what: str, max_bytes: int) -> dict[str, Any]:
+    if not isinstance(raw, bytes | bytearray):
         raise WireError(f"{what} must be bytes, got {type(raw).__name__}")
     if len(raw) > max_bytes:
         raise WireError(f"{what} of {len(raw)} bytes exceeds {max_bytes}")
