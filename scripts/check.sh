@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, then runs lint, types and tests.
+# This is the README's test command and what CI (.ci/run) calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: the tests start their own Mosquitto and InfluxDB 1.x on loopback.
+need=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v influxd >/dev/null || [ -x /usr/bin/influxd ] || need+=(influxdb)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "== installing Debian packages: ${need[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "beacon-hub needs Python >= 3.11; python3 is $(python3 --version)" >&2
+  exit 1
+}
+[ -x .venv/bin/python ] || python3 -m venv .venv
+echo "== installing beacon-hub[gateway,hub,dev] into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[gateway,hub,dev]'
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy --strict"
+.venv/bin/mypy --strict
+echo "== example sites are what the generator writes"
+.venv/bin/python scripts/generate_sites.py --check
+echo "== pytest"
+.venv/bin/python -m pytest "$@"
