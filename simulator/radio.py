@@ -1,0 +1,449 @@
+"""The simulator's radio: what RSSI each gateway reports for each advertisement, or none.
+
+    rssi = log-distance mean (beacon_hub.pathloss, per-gateway ref RSSI and exponent)
+         - wall and obstacle losses on the straight path (2-D crossings, 3-D height check)
+         - floor loss per level between beacon and gateway
+         - body loss when the shopper stands between the cart tag and the gateway
+         + static shadowing S_g(x, y): a Gaussian random field per gateway, fixed in space
+         + slow fading: an Ornstein-Uhlenbeck process per (beacon, gateway) link
+         + per-channel offset of the gateway (37 / 38 / 39) and fast fading per packet
+         - an optional multipath dip on a fraction of packets (the companion harness's model)
+
+then the receiver keeps a packet with a probability that falls to zero at its sensitivity, and
+reports whole dBm. All of it is numpy over (packets x gateways); nothing loops per reading.
+
+The split of the spread into static / slow / fast, the correlation length and the time constant
+are fitted to the real dataset ../shared/datasets/flat-calib2021:
+tests/simulator/test_radio_realdata.py measures its statistics and checks that the simulator
+reproduces them. Each gateway's `shadowing_db` from the site scales all three parts, so a
+noisier dock gateway is noisier in every part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from beacon_hub.pathloss import mean_rssi_dbm
+from beacon_hub.site import Level, Site
+
+__all__ = [
+    "BLE_CHANNELS",
+    "COMPANION_RADIO",
+    "DATASET_SHADOWING_DB",
+    "REALISTIC_RADIO",
+    "RadioConfig",
+    "RadioModel",
+]
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+BLE_CHANNELS = (37, 38, 39)
+"""BLE advertising channels (2402, 2426, 2480 MHz); a scanner hears each advert on one of them."""
+
+DATASET_SHADOWING_DB = 6.6
+"""Residual spread after a per-anchor log-distance fit on flat-calib2021 (1/3 s bins), pooled
+over the 6 anchors (5.1-7.7 dB by anchor). The ratios below split a gateway's `shadowing_db` the
+way this total splits on that dataset."""
+
+STATIC_SD_RATIO = 5.9 / DATASET_SHADOWING_DB
+"""Static field 5.9 dB. What the dataset shows is 4.5 dB: the same spot revisited more than a
+minute later keeps a residual correlation of 0.468 (mean over anchors), sqrt(0.468) * 6.6 dB.
+But a per-anchor fit over a 51 m2 flat absorbs part of a field correlated over 1.5 m, so the
+field must be stronger to measure as 4.5 dB after the fit: 5.9 dB reproduces it (see below)."""
+
+SLOW_SD_RATIO = 3.3 / DATASET_SHADOWING_DB
+"""Slow part 3.3 dB: consecutive 1/3 s bins at the same spot correlate at 0.72 on the dataset,
+0.25 above the static part, and that excess decays to about 0.07 after 10 s."""
+
+FAST_SD_RATIO = 3.5 / DATASET_SHADOWING_DB
+"""Fast fading 3.5 dB per packet: the rest of the variance of a 1/3 s bin, which averages about
+1.3 packets (79 % of the dataset's bins are non-integer averages). The raw per-packet spread is
+then 7.7 dB after a fit, the top of the 4.5-7.7 dB seen per receiver in real halls."""
+
+CORRELATION_LENGTH_M = 1.5
+"""Gaussian correlation exp(-r^2 / 2 L^2) of the static field. On flat-calib2021 residual pairs
+more than 60 s apart correlate at 0.47 (< 0.25 m), 0.35 (0.5-1 m), 0.15 (1-2 m), 0.01 (2-3 m);
+simulating the robot's own route with L = 1.5 m and these four values gives, over 8 seeds,
+0.44, 0.35, 0.14, -0.04 and a pooled spread of 6.7 dB (tests/simulator/test_radio_realdata.py)."""
+
+SLOW_FADING_TAU_S = 5.0
+"""Time constant of the slow part (people and doors moving): with 5 s the simulated bins
+correlate at 0.72 / 0.58 / 0.33 after 1/3 / 3 / 10 s, the dataset's 0.72 / 0.58 / 0.33."""
+
+CHANNEL_OFFSET_SD_DB = 1.0
+"""Per-gateway gain difference between channels 37/38/39 (antenna match across 2402-2480 MHz);
+a small, assumed value: a few dB between channels is reported per link, most of which is
+frequency-selective fading already inside the fast part."""
+
+BODY_LOSS_DB = 6.0
+"""A shopper between the cart tag and the gateway: 2.4 GHz body shadowing is 5-15 dB in
+wearable measurements; the path often grazes the body, so 6 dB."""
+BODY_OFFSET_M = 0.5
+"""The shopper stands about half a metre behind the cart handle."""
+BODY_HEIGHT_M = 1.7
+"""A path that passes the body above head height is not shadowed."""
+
+FLOOR_LOSS_DB = 15.0
+"""Loss of one concrete floor slab at 2.4 GHz (ITU-R P.1238 floor penetration, 10-20 dB)."""
+
+SENSITIVITY_DBM = -100.0
+"""Receiver floor: a Raspberry Pi's CYW43455 and an ESP32 report nothing much below -100 dBm
+(BLE 1M PHY sensitivity about -97 dBm typical, -100 at best)."""
+LOSS_50_DBM = -96.0
+"""RSSI at which half the packets of an advert are lost to bit errors near the floor."""
+LOSS_SLOPE_DB = 1.5
+"""Width of the logistic fall of reception near the floor (a few dB from all to nothing)."""
+BASE_LOSS = 0.05
+"""Packets lost at any strength (scan window switching channels, collisions); flat-calib2021
+misses 4-15 % of its 1/3 s bins per anchor, mostly where the RSSI is low."""
+
+RSSI_MIN_DBM = -127.0
+RSSI_MAX_DBM = 20.0
+"""HCI LE Advertising Report range (Bluetooth Core spec)."""
+
+FIELD_CELL_M = 0.25
+"""Grid step of the static field, a sixth of the correlation length, interpolated bilinearly."""
+FIELD_MAX_CELLS = 400_000
+"""Per gateway and level; a larger floor gets a coarser grid (still fine for L = 1 m up to
+about 160 x 160 m)."""
+_LINK_CHUNK = 2_000_000
+"""Elements per (points x gateways x edges) block in the crossing test: bounds memory."""
+
+
+@dataclass(frozen=True, slots=True)
+class RadioConfig:
+    """The radio's parameters beyond the site's per-gateway ref RSSI, exponent and spread."""
+
+    static_sd_ratio: float = STATIC_SD_RATIO
+    slow_sd_ratio: float = SLOW_SD_RATIO
+    fast_sd_ratio: float = FAST_SD_RATIO
+    correlation_length_m: float = CORRELATION_LENGTH_M
+    slow_fading_tau_s: float = SLOW_FADING_TAU_S
+    channel_offset_sd_db: float = CHANNEL_OFFSET_SD_DB
+    multipath_probability: float = 0.0
+    multipath_dip_db: float = 6.0
+    body_loss_db: float = BODY_LOSS_DB
+    floor_loss_db: float = FLOOR_LOSS_DB
+    obstructions: bool = True
+    sensitivity_dbm: float = SENSITIVITY_DBM
+    loss_50_dbm: float = LOSS_50_DBM
+    loss_slope_db: float = LOSS_SLOPE_DB
+    base_loss: float = BASE_LOSS
+    integer_rssi: bool = True
+    """Report whole dBm as HCI does; the companion harness works in floats."""
+    clock_offset_sd_s: float = 0.0
+    """Spread of each gateway's clock error (0: NTP-synchronised gateways)."""
+    clock_drift_sd_ppm: float = 0.0
+    """Spread of each gateway's clock rate error; a Pi without NTP drifts tens of ppm."""
+
+    def with_(self, **changes: float | bool) -> RadioConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+REALISTIC_RADIO = RadioConfig()
+COMPANION_RADIO = RadioConfig(
+    static_sd_ratio=0.0,
+    slow_sd_ratio=0.0,
+    fast_sd_ratio=1.0,
+    channel_offset_sd_db=0.0,
+    multipath_probability=0.10,
+    multipath_dip_db=6.0,
+    body_loss_db=0.0,
+    sensitivity_dbm=RSSI_MIN_DBM,
+    loss_50_dbm=-1000.0,
+    base_loss=0.0,
+    integer_rssi=False,
+)
+"""ESPresense-companion's accuracy harness (docs/accuracy.md): Gaussian sigma = the site's
+shadowing_db (2.5 dB in config/room.yaml), 10 % of samples take a -6 dB multipath hit, every
+station hears every sample, no walls, no static field."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LevelGeometry:
+    walls_a: FloatArray  # (W, 2)
+    walls_b: FloatArray
+    walls_loss_db: FloatArray  # (W,)
+    edges_a: FloatArray  # (E, 2) obstacle edges, grouped by obstacle
+    edges_b: FloatArray
+    edges_height_m: FloatArray  # (E,) top of the obstacle, inf for full height
+    obstacle_starts: IntArray  # (O,) first edge of each obstacle
+    obstacle_loss_db: FloatArray  # (O,)
+    field_origin: tuple[float, float]
+    field_cell_m: float
+    field: NDArray[np.float32]  # (G, ny, nx) unit-variance static field per gateway
+
+
+def _level_geometry(
+    level: Level, n_gateways: int, config: RadioConfig, rng: np.random.Generator
+) -> _LevelGeometry:
+    walls = level.walls
+    wa = np.array([w.start for w in walls], dtype=np.float64).reshape(-1, 2)
+    wb = np.array([w.end for w in walls], dtype=np.float64).reshape(-1, 2)
+    wl = np.array([w.loss_db for w in walls], dtype=np.float64)
+    ea: list[tuple[float, float]] = []
+    eb: list[tuple[float, float]] = []
+    eh: list[float] = []
+    starts: list[int] = []
+    losses: list[float] = []
+    for obstacle in level.obstacles:
+        poly = obstacle.polygon
+        starts.append(len(ea))
+        losses.append(obstacle.loss_db)
+        top = math.inf if obstacle.height_m is None else obstacle.height_m
+        for i, a in enumerate(poly):
+            ea.append(a)
+            eb.append(poly[(i + 1) % len(poly)])
+            eh.append(top)
+    outline = np.array(level.outline, dtype=np.float64)
+    margin = 2.0 * config.correlation_length_m
+    lo = outline.min(axis=0) - margin
+    hi = outline.max(axis=0) + margin
+    cell = max(FIELD_CELL_M, math.sqrt(float(np.prod(hi - lo)) / FIELD_MAX_CELLS))
+    nx, ny = (math.ceil(v / cell) + 2 for v in hi - lo)
+    field = _gaussian_fields(n_gateways, ny, nx, config.correlation_length_m / cell, rng)
+    return _LevelGeometry(
+        walls_a=wa,
+        walls_b=wb,
+        walls_loss_db=wl,
+        edges_a=np.array(ea, dtype=np.float64).reshape(-1, 2),
+        edges_b=np.array(eb, dtype=np.float64).reshape(-1, 2),
+        edges_height_m=np.array(eh, dtype=np.float64),
+        obstacle_starts=np.array(starts, dtype=np.int64),
+        obstacle_loss_db=np.array(losses, dtype=np.float64),
+        field_origin=(float(lo[0]), float(lo[1])),
+        field_cell_m=cell,
+        field=field,
+    )
+
+
+class RadioModel:
+    """One site's radio, with its random fields fixed by `rng` at construction.
+
+    Positions are (x, y, z) in site metres with z above the floor of the point's level.
+    """
+
+    def __init__(self, site: Site, config: RadioConfig, rng: np.random.Generator) -> None:
+        self.site = site
+        self.config = config
+        gateways = site.gateways
+        self.gateway_ids: tuple[str, ...] = tuple(gw.id for gw in gateways)
+        elevation = {lv.level: lv.elevation_m for lv in site.levels}
+        radios = [site.gateway_radio(gw) for gw in gateways]
+        self.gateway_xyz = np.array(
+            [(gw.x, gw.y, gw.z + elevation[gw.level]) for gw in gateways], dtype=np.float64
+        )
+        self.gateway_level = np.array([gw.level for gw in gateways], dtype=np.int64)
+        self.ref_rssi_1m_dbm = np.array([r.ref_rssi_1m_dbm for r in radios])
+        self.exponent = np.array([r.path_loss_exponent for r in radios])
+        spread = np.array([r.shadowing_db for r in radios])
+        self.static_sd_db = spread * config.static_sd_ratio
+        self.slow_sd_db = spread * config.slow_sd_ratio
+        self.fast_sd_db = spread * config.fast_sd_ratio
+        self._elevation = elevation
+        self._level_index = {lv.level: i for i, lv in enumerate(site.levels)}
+        self._levels = {
+            lv.level: _level_geometry(lv, len(gateways), config, rng) for lv in site.levels
+        }
+        self.channel_offset_db = rng.normal(
+            0.0, config.channel_offset_sd_db, (len(gateways), len(BLE_CHANNELS))
+        )
+        self.channel_offset_db -= self.channel_offset_db.mean(axis=1, keepdims=True)
+        self.clock_offset_s = rng.normal(0.0, config.clock_offset_sd_s, len(gateways))
+        self.clock_drift_ppm = rng.normal(0.0, config.clock_drift_sd_ppm, len(gateways))
+
+    @property
+    def n_gateways(self) -> int:
+        return len(self.gateway_ids)
+
+    # -- deterministic part of a link --------------------------------------------------------
+
+    def mean_dbm(self, xyz: FloatArray, level: IntArray) -> FloatArray:
+        """(N, G) expected RSSI: path loss, obstructions and static shadowing, no fading."""
+        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        level = np.broadcast_to(np.asarray(level, dtype=np.int64), (xyz.shape[0],))
+        absolute = xyz.copy()
+        absolute[:, 2] += np.array([self._elevation[int(v)] for v in level]) if len(level) else 0
+        delta = absolute[:, None, :] - self.gateway_xyz[None, :, :]
+        distance = np.sqrt(np.sum(delta * delta, axis=2))
+        mean = mean_rssi_dbm(distance, self.ref_rssi_1m_dbm, self.exponent)
+        mean -= self.obstruction_db(xyz, level)
+        mean += self.static_shadowing_db(xyz, level)
+        return mean
+
+    def static_shadowing_db(self, xyz: FloatArray, level: IntArray) -> FloatArray:
+        """(N, G) value of each gateway's static field at the points (bilinear on its grid)."""
+        out = np.zeros((xyz.shape[0], self.n_gateways))
+        if not self.config.static_sd_ratio:
+            return out
+        for number, geo in self._levels.items():
+            rows = np.flatnonzero(level == number)
+            if rows.size == 0:
+                continue
+            fx = (xyz[rows, 0] - geo.field_origin[0]) / geo.field_cell_m
+            fy = (xyz[rows, 1] - geo.field_origin[1]) / geo.field_cell_m
+            ny, nx = geo.field.shape[1:]
+            fx = np.clip(fx, 0.0, nx - 1.000001)
+            fy = np.clip(fy, 0.0, ny - 1.000001)
+            ix, iy = fx.astype(np.int64), fy.astype(np.int64)
+            wx, wy = fx - ix, fy - iy
+            f = geo.field
+            value = (
+                f[:, iy, ix] * ((1 - wx) * (1 - wy))
+                + f[:, iy, ix + 1] * (wx * (1 - wy))
+                + f[:, iy + 1, ix] * ((1 - wx) * wy)
+                + f[:, iy + 1, ix + 1] * (wx * wy)
+            )
+            out[rows] = value.T * self.static_sd_db
+        return out
+
+    def obstruction_db(self, xyz: FloatArray, level: IntArray) -> FloatArray:
+        """(N, G) loss of walls and obstacles on the straight path, plus floors between levels.
+
+        A wall costs its loss per crossing; an obstacle costs its loss once if the path crosses
+        its outline below its top (the path's height where it crosses is interpolated).
+        """
+        n = xyz.shape[0]
+        out = np.zeros((n, self.n_gateways))
+        gw_index = np.array([self._level_index[int(v)] for v in self.gateway_level])
+        pt_index = np.array([self._level_index[int(v)] for v in level], dtype=np.int64)
+        if n:
+            out += self.config.floor_loss_db * np.abs(pt_index[:, None] - gw_index[None, :])
+        if not self.config.obstructions:
+            return out
+        for number, geo in self._levels.items():
+            rows = np.flatnonzero(level == number)
+            cols = np.flatnonzero(self.gateway_level == number)
+            if rows.size == 0 or cols.size == 0:
+                continue
+            edges = max(1, geo.walls_a.shape[0] + geo.edges_a.shape[0])
+            step = max(1, _LINK_CHUNK // (cols.size * edges))
+            for start in range(0, rows.size, step):
+                r = rows[start : start + step]
+                out[np.ix_(r, cols)] += self._obstruction_block(xyz[r], cols, geo)
+        return out
+
+    def _obstruction_block(
+        self, pts: FloatArray, cols: IntArray, geo: _LevelGeometry
+    ) -> FloatArray:
+        gw = self.gateway_xyz[cols]
+        p = pts[:, None, None, :2]  # (n, 1, 1, 2)
+        r = gw[None, :, None, :2] - p  # (n, g, 1, 2) link vector
+        loss = np.zeros((pts.shape[0], cols.size))
+        if geo.walls_a.shape[0]:
+            t, _ = _crossings(p, r, geo.walls_a, geo.walls_b)
+            hit = ~np.isnan(t)
+            loss += hit.astype(np.float64) @ geo.walls_loss_db
+        if geo.edges_a.shape[0]:
+            t, _ = _crossings(p, r, geo.edges_a, geo.edges_b)
+            z = pts[:, None, None, 2] + t * (gw[None, :, None, 2] - pts[:, None, None, 2])
+            hit = z < geo.edges_height_m  # NaN (no crossing) compares False
+            per_obstacle = np.logical_or.reduceat(hit, geo.obstacle_starts, axis=2)
+            loss += per_obstacle.astype(np.float64) @ geo.obstacle_loss_db
+        return loss
+
+    def body_loss_db(self, xyz: FloatArray, heading_rad: FloatArray, body: BoolArray) -> FloatArray:
+        """(N, G) loss where a person half a metre behind the tag (against its heading) stands
+        in the path to the gateway, below head height."""
+        out = np.zeros((xyz.shape[0], self.n_gateways))
+        if not self.config.body_loss_db or not np.any(body):
+            return out
+        rows = np.flatnonzero(body)
+        p = xyz[rows]
+        back = -np.column_stack([np.cos(heading_rad[rows]), np.sin(heading_rad[rows])])
+        d = self.gateway_xyz[None, :, :2] - p[:, None, :2]
+        horizontal = np.sqrt(np.sum(d * d, axis=2))
+        along = np.sum(d * back[:, None, :], axis=2)  # metres towards the gateway, backwards
+        behind = along > 0.5 * horizontal  # within 60 degrees of straight back
+        rise = (self.gateway_xyz[None, :, 2] - p[:, None, 2]) * BODY_OFFSET_M
+        below_head = p[:, None, 2] + rise / np.maximum(horizontal, BODY_OFFSET_M) < BODY_HEIGHT_M
+        out[rows] = np.where(behind & below_head, self.config.body_loss_db, 0.0)
+        return out
+
+    # -- random part -------------------------------------------------------------------------
+
+    def new_slow_state(self, n_links: int, rng: np.random.Generator) -> FloatArray:
+        """(n, G) slow fading drawn from its stationary distribution."""
+        return rng.standard_normal((n_links, self.n_gateways)) * self.slow_sd_db
+
+    def step_slow(self, state: FloatArray, dt_s: float, rng: np.random.Generator) -> None:
+        """Advance the Ornstein-Uhlenbeck slow fading of every link by dt_s, in place."""
+        if not self.config.slow_sd_ratio or state.size == 0:
+            return
+        a = math.exp(-dt_s / self.config.slow_fading_tau_s)
+        state *= a
+        state += rng.standard_normal(state.shape) * (math.sqrt(1.0 - a * a) * self.slow_sd_db)
+
+    def receive_probability(self, rssi_dbm: FloatArray) -> FloatArray:
+        """Chance that a packet arriving at this strength is reported (0 below the floor)."""
+        c = self.config
+        rssi = np.asarray(rssi_dbm, dtype=np.float64)
+        z = np.clip((rssi - c.loss_50_dbm) / c.loss_slope_db, -60.0, 60.0)
+        p = (1.0 - c.base_loss) / (1.0 + np.exp(-z))
+        return np.asarray(np.where(rssi >= c.sensitivity_dbm, p, 0.0))
+
+    def packets(self, link_dbm: FloatArray, rng: np.random.Generator) -> FloatArray:
+        """(P, G) reported RSSI of P adverts whose per-link level (mean, slow fading, body loss
+        already added) is `link_dbm`; NaN where the gateway did not report the packet."""
+        p, g = link_dbm.shape
+        channel = rng.integers(0, len(BLE_CHANNELS), p)
+        rssi = link_dbm + self.channel_offset_db[:, channel].T
+        rssi += rng.standard_normal((p, g)) * self.fast_sd_db
+        c = self.config
+        if c.multipath_probability:
+            rssi -= (rng.random((p, g)) < c.multipath_probability) * c.multipath_dip_db
+        if c.integer_rssi:
+            rssi = np.rint(rssi)
+        rssi = np.clip(rssi, RSSI_MIN_DBM, RSSI_MAX_DBM)
+        kept = rng.random((p, g)) < self.receive_probability(rssi)
+        return np.where(kept, rssi, np.nan)
+
+    def gateway_clock(self, t: FloatArray | float, start_s: float) -> FloatArray:
+        """(..., G) what each gateway's clock reads at true time t."""
+        tt = np.asarray(t, dtype=np.float64)[..., None]
+        return np.asarray(tt + self.clock_offset_s + self.clock_drift_ppm * 1e-6 * (tt - start_s))
+
+    def gateway_index(self, ids: Sequence[str]) -> IntArray:
+        lookup = {gid: i for i, gid in enumerate(self.gateway_ids)}
+        return np.array([lookup[i] for i in ids], dtype=np.int64)
+
+
+def _gaussian_fields(
+    count: int, ny: int, nx: int, length_cells: float, rng: np.random.Generator
+) -> NDArray[np.float32]:
+    """`count` unit-variance Gaussian random fields on a periodic ny x nx grid with correlation
+    exp(-r^2 / 2 L^2): white noise convolved (by FFT) with a Gaussian kernel of sd L / sqrt(2),
+    divided by the kernel's root sum of squares."""
+    s = length_cells / math.sqrt(2.0)
+    dy = np.minimum(np.arange(ny), ny - np.arange(ny))[:, None]
+    dx = np.minimum(np.arange(nx), nx - np.arange(nx))[None, :]
+    kernel = np.exp(-(dx * dx + dy * dy) / (2.0 * s * s))
+    kernel /= np.sqrt(np.sum(kernel * kernel))
+    transfer = np.fft.rfft2(kernel)
+    noise = rng.standard_normal((count, ny, nx))
+    return np.fft.irfft2(np.fft.rfft2(noise) * transfer, s=(ny, nx)).astype(np.float32)
+
+
+def _crossings(
+    p: FloatArray, r: FloatArray, a: FloatArray, b: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Where links p + t r (0 < t < 1) cross segments a + u (b - a) (0 <= u <= 1).
+
+    Returns t and u broadcast to (n, g, E), NaN where there is no crossing; parallel segments
+    never cross.
+    """
+    s = (b - a)[None, None, :, :]
+    q = a[None, None, :, :] - p
+    denom = r[..., 0] * s[..., 1] - r[..., 1] * s[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (q[..., 0] * s[..., 1] - q[..., 1] * s[..., 0]) / denom
+        u = (q[..., 0] * r[..., 1] - q[..., 1] * r[..., 0]) / denom
+    ok = (denom != 0) & (t > 0) & (t < 1) & (u >= 0) & (u <= 1)
+    return np.where(ok, t, np.nan), np.where(ok, u, np.nan)
