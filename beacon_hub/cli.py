@@ -59,13 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.set_defaults(handler=not_yet(PROG, "calibrate", ENGINE))
 
     evaluate = verbs.add_parser("eval", help="error statistics of fixes against truth")
-    evaluate.add_argument("--fixes", type=Path, required=True, metavar="F.csv")
+    evaluate.add_argument("--fixes", type=Path, action="append", required=True, metavar="F.csv")
     reference = evaluate.add_mutually_exclusive_group(required=True)
     reference.add_argument("--truth", type=Path, metavar="T.csv")
     reference.add_argument("--path", type=Path, metavar="P.csv")
     evaluate.add_argument("--site", type=Path, metavar="S.yaml")
     evaluate.add_argument("--report", type=Path, metavar="DIR")
-    evaluate.set_defaults(handler=not_yet(PROG, "eval", ENGINE))
+    _eval_options(evaluate)
 
     assets = verbs.add_parser("assets", help="the asset registry").add_subparsers(
         title="assets commands", metavar="COMMAND"
@@ -98,6 +98,30 @@ def _site_check(args: argparse.Namespace) -> int:
     else:
         print(f"{args.file}: OK")
         print(_format_summary(summary))
+    return EXIT_OK
+
+
+def _eval_options(evaluate: argparse.ArgumentParser) -> None:
+    evaluate.add_argument("--label", action="append", default=[], help="a name per --fixes")
+    evaluate.add_argument(
+        "--band-m", type=float, default=1.0, metavar="M", help="zone-edge band (default 1 m)"
+    )
+    evaluate.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from beacon_hub.evaluation import run_eval  # noqa: PLC0415  # numpy: keeps --help fast
+
+    result = run_eval(
+        args.fixes,
+        truth_path=args.truth,
+        path_path=args.path,
+        site_path=args.site,
+        report_dir=args.report,
+        band_m=args.band_m,
+        labels=args.label,
+    )
+    print(json.dumps(result, indent=2))
     return EXIT_OK
 
 

@@ -1,0 +1,432 @@
+"""`beacon-hub eval`: crafted fixes with known errors give exactly the known figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beacon_hub.csvfiles import FIXES, TRUTH, CsvWriter, TruthPoint
+from beacon_hub.errors import BeaconHubError
+from beacon_hub.evaluation import (
+    EvaluationError,
+    error_statistics,
+    evaluate_path,
+    evaluate_truth,
+    path_distance_m,
+    read_path,
+    run_eval,
+    write_path,
+    zone_flaps,
+)
+from beacon_hub.site import Site, validate_site_data
+from beacon_hub.wire import Fix
+
+B1 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:1"
+B2 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:2"
+T0 = 1_700_000_000.0
+
+
+def fix(
+    t: float,
+    x: float,
+    y: float,
+    *,
+    accuracy_m: float = 1.0,
+    zone: str | None = None,
+    beacon: str = B1,
+) -> Fix:
+    return Fix(t=t, beacon=beacon, x=x, y=y, accuracy_m=accuracy_m, zone=zone)
+
+
+def still_truth(beacon: str = B1, seconds: int = 20, zone: str | None = None) -> list[TruthPoint]:
+    """The beacon stands at the origin, one sample a second."""
+    return [TruthPoint(T0 + s, beacon, 0.0, 0.0, zone=zone) for s in range(seconds + 1)]
+
+
+def two_rooms() -> Site:
+    """Two 4 m x 4 m rooms side by side: west x 0..4, east x 4..8."""
+    return validate_site_data(
+        {
+            "id": "two-rooms",
+            "kind": "lab",
+            "levels": [{"outline": [[0.0, 0.0], [8.0, 0.0], [8.0, 4.0], [0.0, 4.0]]}],
+            "gateways": [{"id": "g1", "x": 1.0, "y": 1.0, "z": 2.0}],
+            "zones": [
+                {
+                    "id": "west",
+                    "kind": "room",
+                    "polygon": [[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0]],
+                },
+                {
+                    "id": "east",
+                    "kind": "room",
+                    "polygon": [[4.0, 0.0], [8.0, 0.0], [8.0, 4.0], [4.0, 4.0]],
+                },
+            ],
+        },
+        "two-rooms",
+    )
+
+
+# --- error statistics ------------------------------------------------------------------------
+
+
+def test_errors_zero_to_nine_give_exact_statistics() -> None:
+    fixes = [fix(T0 + i, float(i), 0.0) for i in range(10)]
+    s = evaluate_truth(fixes, still_truth()).summary
+    assert s["scored"] == 10
+    assert s["median_m"] == pytest.approx(4.5)
+    assert s["p90_m"] == pytest.approx(8.1)
+    assert s["p95_m"] == pytest.approx(8.55)
+    assert s["mean_m"] == pytest.approx(4.5)
+    assert s["max_m"] == pytest.approx(9.0)
+    assert s["beacons"] == 1
+
+
+def test_truth_is_interpolated_in_time() -> None:
+    truth = [TruthPoint(T0, B1, 0.0, 0.0), TruthPoint(T0 + 2.0, B1, 4.0, 0.0)]
+    # At T0 + 0.5 the truth is at (1, 0): a fix at (1, 3) is 3 m off.
+    s = evaluate_truth([fix(T0 + 0.5, 1.0, 3.0)], truth).summary
+    assert s["median_m"] == pytest.approx(3.0)
+
+
+def test_fixes_outside_the_truth_span_or_without_truth_are_counted_not_scored() -> None:
+    truth = still_truth(seconds=10)
+    fixes = [
+        fix(T0 - 1.0, 0.0, 0.0),
+        fix(T0 + 5.0, 3.0, 4.0),
+        fix(T0 + 11.0, 0.0, 0.0),
+        fix(T0 + 5.0, 0.0, 0.0, beacon=B2),
+    ]
+    s = evaluate_truth(fixes, truth).summary
+    assert (s["fixes"], s["scored"]) == (4, 1)
+    assert s["unscored_outside_span"] == 2
+    assert s["unscored_no_truth"] == 1
+    assert s["median_m"] == pytest.approx(5.0)
+    assert (s["beacons"], s["beacons_scored"]) == (2, 1)
+
+
+def test_a_gap_in_the_truth_is_not_interpolated_across() -> None:
+    truth = [TruthPoint(T0, B1, 0.0, 0.0), TruthPoint(T0 + 600.0, B1, 0.0, 0.0)]
+    fixes = [fix(T0, 1.0, 0.0), fix(T0 + 300.0, 1.0, 0.0)]
+    s = evaluate_truth(fixes, truth).summary
+    assert (s["scored"], s["unscored_truth_gap"]) == (1, 1)
+
+
+def test_no_overlap_is_an_error() -> None:
+    with pytest.raises(EvaluationError, match="no fix overlaps"):
+        evaluate_truth([fix(T0 + 100.0, 0.0, 0.0)], still_truth(seconds=10))
+
+
+@given(
+    st.lists(st.floats(0.0, 100.0), min_size=1, max_size=50),
+    st.floats(-1e3, 1e3),
+    st.floats(-1e3, 1e3),
+)
+@settings(max_examples=50, deadline=None)
+def test_statistics_do_not_depend_on_where_the_site_is(
+    errors: list[float], dx: float, dy: float
+) -> None:
+    fixes = [fix(T0 + i * 0.01, e + dx, dy) for i, e in enumerate(errors)]
+    truth = [TruthPoint(T0, B1, dx, dy), TruthPoint(T0 + 1.0, B1, dx, dy)]
+    s = evaluate_truth(fixes, truth).summary
+    expected = error_statistics(np.asarray(errors))
+    for key, value in expected.items():
+        assert s[key] == pytest.approx(value, abs=1e-6)
+    assert s["median_m"] <= s["p90_m"] <= s["p95_m"] <= s["max_m"]
+
+
+# --- within_accuracy -------------------------------------------------------------------------
+
+
+def test_within_accuracy_counts_fixes_whose_radius_holds_the_truth() -> None:
+    # Errors 1, 2, 3, 4 m against radii 2, 2, 2, 5 m: the 1, 2 (on the edge) and 4 m ones hold it.
+    fixes = [
+        fix(T0 + 1, 1.0, 0.0, accuracy_m=2.0),
+        fix(T0 + 2, 0.0, 2.0, accuracy_m=2.0),
+        fix(T0 + 3, 3.0, 0.0, accuracy_m=2.0),
+        fix(T0 + 4, 0.0, 4.0, accuracy_m=5.0),
+    ]
+    assert evaluate_truth(fixes, still_truth()).summary["within_accuracy"] == pytest.approx(0.75)
+
+
+@given(st.lists(st.floats(0.0, 50.0), min_size=1, max_size=30), st.floats(0.0, 60.0))
+@settings(max_examples=50, deadline=None)
+def test_within_accuracy_is_the_share_of_errors_inside_a_common_radius(
+    errors: list[float], radius: float
+) -> None:
+    fixes = [fix(T0 + i * 0.1, e, 0.0, accuracy_m=radius) for i, e in enumerate(errors)]
+    s = evaluate_truth(fixes, still_truth()).summary
+    assert s["within_accuracy"] == pytest.approx(np.mean(np.asarray(errors) <= radius))
+
+
+# --- path scoring ----------------------------------------------------------------------------
+
+L_PATH = np.asarray([[0.0, 0.0, 4.0, 0.0], [4.0, 0.0, 4.0, 3.0]])
+"""An L: east along y = 0 to x = 4, then north to y = 3."""
+
+
+def test_points_on_the_path_score_zero_and_off_it_their_distance() -> None:
+    points = np.asarray(
+        [
+            [0.0, 0.0],  # start
+            [2.0, 0.0],  # on the first leg
+            [4.0, 1.5],  # on the second leg
+            [2.0, 1.0],  # 1 m off the first leg (2 m off the second)
+            [6.0, 3.0],  # 2 m east of the end of the second leg
+            [-3.0, -4.0],  # 5 m from the start, beyond the end of the segment
+            [5.0, -1.0],  # beyond the corner: sqrt(2) from (4, 0)
+        ]
+    )
+    d = path_distance_m(points, L_PATH)
+    assert d == pytest.approx([0.0, 0.0, 0.0, 1.0, 2.0, 5.0, math.sqrt(2.0)])
+
+
+def test_path_mode_summary() -> None:
+    fixes = [fix(T0 + i, 2.0, float(i), accuracy_m=1.5) for i in range(4)]  # 0, 1, 2, 3 m off
+    s = evaluate_path(fixes, L_PATH).summary
+    assert s["mode"] == "path"
+    assert s["median_m"] == pytest.approx(1.5)
+    assert s["max_m"] == pytest.approx(2.0)  # (2, 3) is 2 m from the second leg
+    assert s["within_accuracy"] == pytest.approx(0.5)
+    assert s["latency_s"] is None
+    assert s["coverage"] is None
+    assert s["zone_accuracy"] is None
+
+
+def test_a_zero_length_segment_is_a_point() -> None:
+    d = path_distance_m(np.asarray([[3.0, 4.0]]), np.asarray([[0.0, 0.0, 0.0, 0.0]]))
+    assert d == pytest.approx([5.0])
+
+
+@given(
+    st.lists(
+        st.tuples(*(st.floats(-50.0, 50.0) for _ in range(4))),
+        min_size=1,
+        max_size=8,
+    ),
+    st.tuples(st.floats(-50.0, 50.0), st.floats(-50.0, 50.0)),
+)
+@settings(max_examples=100, deadline=None)
+def test_path_distance_is_at_most_the_distance_to_any_segment_end(
+    segments: list[tuple[float, float, float, float]], point: tuple[float, float]
+) -> None:
+    seg = np.asarray(segments)
+    d = float(path_distance_m(np.asarray([point]), seg)[0])
+    ends = np.concatenate([seg[:, 0:2], seg[:, 2:4]])
+    assert d >= 0.0
+    assert d <= float(np.min(np.hypot(*(ends - np.asarray(point)).T))) + 1e-9
+
+
+def test_path_file_round_trip_and_refusal(tmp_path: Path) -> None:
+    target = tmp_path / "p.csv"
+    write_path(target, L_PATH.tolist())
+    assert read_path(target) == pytest.approx(L_PATH)
+    target.write_text("x0,y0,x1,y1\n1.46,6.24,0.28, 6.24\n", encoding="utf-8")
+    assert read_path(target) == pytest.approx(np.asarray([[1.46, 6.24, 0.28, 6.24]]))
+    target.write_text("x0,y0,x1,y1\n1,2,three,4\n", encoding="utf-8")
+    with pytest.raises(EvaluationError, match=r"p\.csv:2: column x1"):
+        read_path(target)
+    target.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(EvaluationError, match=r"p\.csv:1: not a path file"):
+        read_path(target)
+
+
+# --- zones -----------------------------------------------------------------------------------
+
+
+def test_zone_flaps_on_a_crafted_sequence() -> None:
+    # west x3 | east for 4 s | west | east for 20 s | west, then a lone blip to None and back.
+    zones = ["west", "west", "west", "east", "east", "west", "east", "west", None, "west"]
+    times = [0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 8.0, 28.0, 29.0, 30.0]
+    flaps, hours = zone_flaps(np.asarray(times) + T0, [B1] * len(zones), zones)
+    # Flaps: east (3 -> 7 s, 4 s), and None (29 -> 30 s). The west run 7 -> 8 s sits between two
+    # east runs and lasted 1 s: a flap too. east 8 -> 28 s lasted 20 s: not a flap.
+    assert flaps == 3
+    assert hours == pytest.approx(30.0 / 3600.0)
+
+
+def test_moving_on_or_coming_back_late_is_not_a_flap() -> None:
+    zones = ["a", "b", "c", "c", "d", "c"]  # d lasted 11 s before c again
+    flaps, _ = zone_flaps(np.asarray([0.0, 1.0, 2.0, 3.0, 4.0, 15.0]), [B1] * 6, zones)
+    assert flaps == 0
+
+
+def test_flaps_are_counted_per_beacon_in_time_order() -> None:
+    # Interleaved and shuffled beacons: each beacon alone goes a, b, a within 2 s.
+    t = np.asarray([2.0, 0.0, 1.0, 0.5, 1.5, 2.5])
+    beacons = [B1, B1, B1, B2, B2, B2]
+    zones = ["a", "a", "b", "x", "y", "x"]
+    flaps, hours = zone_flaps(t, beacons, zones)
+    assert flaps == 2
+    assert hours == pytest.approx(4.0 / 3600.0)
+
+
+def test_zone_accuracy_from_the_truth_zone_column() -> None:
+    truth = still_truth(zone="west")
+    fixes = [fix(T0 + i, 0.0, 0.0, zone=z) for i, z in enumerate(["west", "west", "east", None])]
+    s = evaluate_truth(fixes, truth).summary
+    assert s["zone_source"] == "truth"
+    assert s["zone_accuracy"] == pytest.approx(0.5)
+    assert s["zone_accuracy_outside_band"] is None
+
+
+def test_zone_accuracy_from_the_site_with_a_band_at_zone_edges() -> None:
+    # The beacon walks east along y = 2 from x = 0.5 to x = 7.5, 1 m a second.
+    truth = [TruthPoint(T0 + s, B1, 0.5 + s, 2.0) for s in range(8)]
+    # Fixes call the zone by x < 4: right everywhere except at x = 3.5 (says east) and 4.5 (west).
+    calls = ["west", "west", "west", "east", "west", "east", "east", "east"]
+    fixes = [fix(T0 + s, 0.5 + s, 2.0, zone=z) for s, z in enumerate(calls)]
+    s = evaluate_truth(fixes, truth, two_rooms(), band_m=1.0).summary
+    assert s["zone_source"] == "site"
+    assert s["zone_accuracy"] == pytest.approx(6 / 8)
+    # Within 1 m of an edge: x = 0.5, 3.5, 4.5, 7.5 (outer walls are zone edges too), y = 2 is
+    # 2 m from the north and south edges. Outside the band: x = 1.5, 2.5, 5.5, 6.5, all right.
+    assert s["zone_scored_outside_band"] == 4
+    assert s["zone_accuracy_outside_band"] == pytest.approx(1.0)
+    assert s["zone_flaps"] == 2  # east at 3.5 (1 s) between west runs, and west at 4.5 likewise
+
+
+def test_zone_accuracy_is_null_without_zones() -> None:
+    s = evaluate_truth([fix(T0, 0.0, 0.0, zone="west")], still_truth()).summary
+    assert s["zone_source"] is None
+    assert s["zone_accuracy"] is None
+
+
+# --- latency and coverage --------------------------------------------------------------------
+
+
+def test_latency_recovers_a_known_lag() -> None:
+    # Truth walks east at 1 m/s for 60 s; the fixes show where it was 2 s earlier.
+    truth = [TruthPoint(T0 + s, B1, float(s), 0.0) for s in range(61)]
+    fixes = [fix(T0 + s, float(s) - 2.0, 0.0) for s in range(61)]
+    s = evaluate_truth(fixes, truth).summary
+    assert s["latency_s"] == pytest.approx(2.0)
+    assert s["latency_beacons"] == 1
+    assert s["median_m"] == pytest.approx(2.0)
+
+
+def test_latency_is_null_when_nothing_moves() -> None:
+    fixes = [fix(T0 + s, 0.0, 0.0) for s in range(20)]
+    s = evaluate_truth(fixes, still_truth()).summary
+    assert s["latency_s"] is None
+    assert s["latency_beacons"] == 0
+
+
+def test_coverage_is_the_share_of_truth_samples_with_a_fix_nearby() -> None:
+    truth = still_truth(seconds=9)  # 10 samples, T0 .. T0 + 9
+    fixes = [fix(T0 + s, 0.0, 0.0) for s in (0.0, 0.5, 1.0)]  # covers T0, T0 + 1, T0 + 2
+    assert evaluate_truth(fixes, truth).summary["coverage"] == pytest.approx(0.3)
+
+
+# --- files and the command line --------------------------------------------------------------
+
+
+def write_fixes(target: Path, fixes: Sequence[Fix]) -> Path:
+    with CsvWriter(FIXES, target) as w:
+        w.write_all(fixes)
+    return target
+
+
+def write_truth(target: Path, truth: Sequence[TruthPoint]) -> Path:
+    with CsvWriter(TRUTH, target) as w:
+        w.write_all(truth)
+    return target
+
+
+def test_run_eval_names_the_file_it_cannot_read(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path / "t.csv", still_truth())
+    with pytest.raises(BeaconHubError, match=r"missing\.csv"):
+        run_eval([tmp_path / "missing.csv"], truth_path=truth)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t,beacon\n1,2\n", encoding="utf-8")
+    with pytest.raises(BeaconHubError, match=r"bad\.csv:1: not a fixes file"):
+        run_eval([bad], truth_path=truth)
+    late = write_fixes(tmp_path / "late.csv", [fix(T0 + 999.0, 0.0, 0.0)])
+    with pytest.raises(EvaluationError, match=r"late\.csv against .*t\.csv: no fix overlaps"):
+        run_eval([late], truth_path=truth)
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "beacon_hub.cli", "eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+SUMMARY_KEYS = {
+    "fixes",
+    "beacons",
+    "median_m",
+    "p90_m",
+    "p95_m",
+    "mean_m",
+    "max_m",
+    "within_accuracy",
+    "zone_accuracy",
+    "zone_accuracy_outside_band",
+    "zone_flaps_per_beacon_hour",
+    "latency_s",
+    "coverage",
+}
+
+
+def test_cli_prints_json_and_writes_the_report(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path / "truth.csv", still_truth())
+    fixes = write_fixes(tmp_path / "fixes.csv", [fix(T0 + i, float(i), 0.0) for i in range(10)])
+    report = tmp_path / "report"
+    result = run_cli("--fixes", fixes, "--truth", truth, "--report", report)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary.keys() >= SUMMARY_KEYS
+    assert summary["median_m"] == pytest.approx(4.5)
+    png = (report / "cdf.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 1000
+    assert json.loads((report / "summary.json").read_text(encoding="utf-8")) == summary
+
+
+def test_cli_compares_several_fix_files_in_one_picture(tmp_path: Path) -> None:
+    segments = tmp_path / "path.csv"
+    write_path(segments, L_PATH.tolist())
+    good = write_fixes(tmp_path / "good.csv", [fix(T0 + i, float(i), 0.1) for i in range(4)])
+    bad = write_fixes(tmp_path / "bad.csv", [fix(T0 + i, float(i), 2.0) for i in range(4)])
+    report = tmp_path / "report"
+    result = run_cli(
+        "--fixes", good, "--fixes", bad, "--label", "tuned", "--label", "raw",
+        "--path", segments, "--report", report,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)["runs"]
+    assert [r["label"] for r in runs] == ["tuned", "raw"]
+    assert runs[0]["median_m"] == pytest.approx(0.1)
+    assert runs[1]["median_m"] == pytest.approx(2.0)
+    assert (report / "cdf.png").stat().st_size > 1000
+
+
+def test_cli_exits_1_naming_the_missing_file(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path / "truth.csv", still_truth())
+    result = run_cli("--fixes", tmp_path / "nope.csv", "--truth", truth)
+    assert result.returncode == 1
+    assert "nope.csv" in result.stderr
+    assert result.stdout == ""
+
+
+def test_evaluation_imports_no_matplotlib() -> None:
+    code = "import sys, beacon_hub.evaluation; print('matplotlib' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"
