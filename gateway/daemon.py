@@ -1,0 +1,184 @@
+"""The gateway assembled: scanner supervisor -> pipeline -> batches -> publisher, on one loop.
+
+`Gateway.run` is the whole daemon inside one asyncio loop (the CLI calls `asyncio.run` once).
+Background tasks are kept in `self._tasks` (strong references: the loop holds only weak ones).
+It stops on `stop` (SIGTERM/SIGINT in the CLI): flushes the current batch, gives the broker a
+few seconds to take the buffer, publishes `offline`, and disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
+
+from beacon_hub import __version__
+from beacon_hub.wire import Heartbeat, encode_heartbeat
+from gateway.adapter import power_cycle
+from gateway.batching import Batcher, new_boot_id
+from gateway.buffer import DiskBuffer, MemoryBuffer, OfflineBuffer
+from gateway.config import GatewayConfig
+from gateway.filters import BeaconFilter
+from gateway.host import SystemdNotifier, cpu_temp_c
+from gateway.pipeline import Pipeline
+from gateway.publisher import Publisher
+from gateway.scanner import ScannerFactory, make_scanner_factory
+from gateway.watchdog import ScanSupervisor
+
+__all__ = ["DRAIN_TIMEOUT_S", "Gateway"]
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S: Final = 5.0
+"""On a clean stop, how long the broker gets to acknowledge what is buffered; systemd's default
+stop timeout is 90 s, so this leaves plenty of room."""
+
+
+class Gateway:
+    """One gateway process. Parts are attributes so tests can watch their counters."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        scanner_factory: ScannerFactory | None = None,
+        power_cycle_adapter: Callable[[str | None], Awaitable[None]] | None = power_cycle,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.boot = new_boot_id()
+        self.started_mono = time.monotonic()
+        self.notifier = notifier or SystemdNotifier()
+        buffer: OfflineBuffer
+        if config.buffer.dir is not None:
+            buffer = DiskBuffer(config.buffer.dir, config.buffer.max_batches)
+        else:
+            buffer = MemoryBuffer(config.buffer.max_batches)
+        self.buffer = buffer
+        self.publisher = Publisher(
+            config.broker,
+            site=config.site,
+            gateway_id=config.gateway_id,
+            boot=self.boot,
+            version=__version__,
+            buffer=buffer,
+            inflight=config.buffer.inflight,
+        )
+        filters = config.filters
+        self.pipeline = Pipeline(
+            Batcher(config.gateway_id, self.boot, max_samples=config.batching.max_samples),
+            BeaconFilter(
+                uuids=filters.ibeacon_uuids,
+                namespaces=filters.eddystone_namespaces,
+                id_patterns=filters.id_patterns,
+                min_rssi_dbm=filters.min_rssi_dbm,
+                track_macs=filters.track_macs,
+            ),
+            on_full=self.flush,
+        )
+        self.supervisor = ScanSupervisor(
+            scanner_factory or make_scanner_factory(config.scanner),
+            self.pipeline.on_advertisement,
+            config.scanner,
+            power_cycle=power_cycle_adapter,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._beacons_heard: set[str] = set()
+        self._last_hb = (time.monotonic(), 0, 0)
+
+    def flush(self) -> None:
+        """Close the current window and hand its batch to the publisher."""
+        batch = self.pipeline.take(time.time())
+        if batch is not None:
+            self._beacons_heard.update(batch.beacons)
+            self.publisher.submit(batch)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; raises NoRadioError (after a clean MQTT stop) if there is no
+        radio to scan with."""
+        await self.publisher.start()
+        scan = self._spawn(self.supervisor.run(), "scanner")
+        self._spawn(self._every(self.config.batching.window_s, self.flush), "batching")
+        self._spawn(self._every(self.config.heartbeat_interval_s, self.send_heartbeat), "heartbeat")
+        if self.notifier.watchdog_interval_s is not None:
+            ping = self.notifier.watchdog_interval_s
+            self._spawn(self._every(ping, lambda: self.notifier.notify("WATCHDOG=1")), "sd-ping")
+        self.notifier.notify("READY=1")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait({scan, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            self.notifier.notify("STOPPING=1")
+            error = scan.exception() if scan.done() and not scan.cancelled() else None
+            await self._shutdown()
+        if error is not None:
+            raise error
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.flush()
+        await self.publisher.stop(DRAIN_TIMEOUT_S)
+        left = self.publisher.queue_depth
+        if left and isinstance(self.buffer, MemoryBuffer):
+            log.warning("%d batches were not published and are lost (memory buffer)", left)
+
+    @staticmethod
+    async def _every(interval_s: float, action: Callable[[], None]) -> None:
+        """Call `action` every `interval_s`, on a fixed grid so windows do not drift."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            due += interval_s
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                action()
+            except Exception:  # one failed tick must not end the daemon's clock
+                log.exception("periodic task failed")
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat payload: wire.Heartbeat plus two v1 extension fields
+        (`samples_per_s`, `beacons_heard`) that give the sampling rate per beacon."""
+        now = time.monotonic()
+        seen = self.pipeline.counters.adverts_seen
+        samples = self.pipeline.counters.samples
+        then, seen_then, samples_then = self._last_hb
+        elapsed = max(now - then, 1e-9)
+        self._last_hb = (now, seen, samples)
+        hb = Heartbeat(
+            gw=self.config.gateway_id,
+            boot=self.boot,
+            t=time.time(),
+            uptime_s=round(now - self.started_mono, 3),
+            adverts_seen=seen,
+            adverts_published=self.publisher.counters.samples_published,
+            adverts_dropped=self.buffer.dropped_samples,
+            queue_depth=self.publisher.queue_depth,
+            scanner_restarts=self.supervisor.restarts,
+            adverts_per_s=round((seen - seen_then) / elapsed, 2),
+            version=__version__,
+            cpu_temp_c=cpu_temp_c(),
+        )
+        payload: dict[str, Any] = json.loads(encode_heartbeat(hb))
+        payload["samples_per_s"] = round((samples - samples_then) / elapsed, 2)
+        payload["beacons_heard"] = len(self._beacons_heard)
+        self._beacons_heard = set()
+        return payload
+
+    def send_heartbeat(self) -> None:
+        payload = self.heartbeat()
+        self.publisher.publish_heartbeat(json.dumps(payload, separators=(",", ":")).encode())
