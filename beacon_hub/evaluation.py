@@ -299,10 +299,15 @@ def _zone_scores(
     band_m: float,
 ) -> dict[str, Any]:
     if true_zones is None or len(true_zones) == 0:
-        return {"zone_accuracy": None, "zone_accuracy_outside_band": None}
+        return {
+            "zone_accuracy": None,
+            "zone_scored_outside_band": None,
+            "zone_accuracy_outside_band": None,
+        }
     same = np.asarray([a == b for a, b in zip(fix_zones, true_zones, strict=True)], dtype=bool)
     out: dict[str, Any] = {"zone_accuracy": float(np.mean(same))}
     if edge_m is None:
+        out["zone_scored_outside_band"] = None
         out["zone_accuracy_outside_band"] = None
     else:
         away = edge_m > band_m
@@ -334,6 +339,7 @@ def evaluate_path(
         within_accuracy=float(np.mean(errors <= fx.accuracy_m)) if errors.size else None,
         zone_source=None,
         zone_accuracy=None,
+        zone_scored_outside_band=None,
         zone_accuracy_outside_band=None,
         latency_s=None,
         latency_beacons=0,
@@ -626,7 +632,7 @@ def write_report(
     ax.set_ylabel("share of fixes")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small", title="-- median, : p90")
+    ax.legend(loc="lower right", fontsize="small", title="dashed: median, dotted: p90")
     png = directory / "cdf.png"
     figure.savefig(png)
     out = directory / "summary.json"

@@ -430,3 +430,11 @@ def test_evaluation_imports_no_matplotlib() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+def test_every_summary_has_the_same_keys() -> None:
+    truth_mode = evaluate_truth([fix(T0, 0.0, 0.0)], still_truth()).summary
+    with_site = evaluate_truth([fix(T0, 1.0, 1.0)], still_truth(), two_rooms()).summary
+    path_mode = evaluate_path([fix(T0, 0.0, 0.0)], L_PATH).summary
+    assert truth_mode.keys() == with_site.keys() == path_mode.keys()
+    assert truth_mode.keys() >= SUMMARY_KEYS
