@@ -9,12 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from beacon_hub.commands import EXIT_OK, add_set_option, dispatch, new_parser, not_yet
+from beacon_hub.commands import (
+    EXIT_OK,
+    add_set_option,
+    dispatch,
+    new_parser,
+    not_yet,
+    overrides_from,
+)
 
 __all__ = ["build_parser", "main"]
 
 PROG = "beacon-hub"
-ENGINE = "issue #4 (positioning engine)"
 SERVICE = "issue #5 (hub service)"
 DASHBOARD = "issue #7 (dashboard, promotions and demo)"
 SECURITY = "issue #8 (security and provisioning)"
@@ -43,29 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(run)
     run.set_defaults(handler=not_yet(PROG, "run", SERVICE))
 
-    replay = verbs.add_parser("replay", help="run the engine over a recording")
-    replay.add_argument("--site", type=Path, required=True, metavar="S.yaml")
-    replay.add_argument("--readings", type=Path, required=True, metavar="R.csv")
-    replay.add_argument("--out", type=Path, required=True, metavar="F.csv")
-    replay.add_argument("--calibration", type=Path, metavar="C.yaml")
-    replay.add_argument("--no-tracking", action="store_true", help="one fix per sample")
-    replay.set_defaults(handler=not_yet(PROG, "replay", ENGINE))
-
-    calibrate = verbs.add_parser("calibrate", help="fit the radio model from a walk or survey")
-    calibrate.add_argument("--site", type=Path, required=True, metavar="S.yaml")
-    calibrate.add_argument("--readings", type=Path, required=True, metavar="R.csv")
-    calibrate.add_argument("--truth", type=Path, required=True, metavar="T.csv")
-    calibrate.add_argument("--out", type=Path, required=True, metavar="C.yaml")
-    calibrate.set_defaults(handler=not_yet(PROG, "calibrate", ENGINE))
-
-    evaluate = verbs.add_parser("eval", help="error statistics of fixes against truth")
-    evaluate.add_argument("--fixes", type=Path, action="append", required=True, metavar="F.csv")
-    reference = evaluate.add_mutually_exclusive_group(required=True)
-    reference.add_argument("--truth", type=Path, metavar="T.csv")
-    reference.add_argument("--path", type=Path, metavar="P.csv")
-    evaluate.add_argument("--site", type=Path, metavar="S.yaml")
-    evaluate.add_argument("--report", type=Path, metavar="DIR")
-    _eval_options(evaluate)
+    _add_engine_verbs(verbs)
 
     assets = verbs.add_parser("assets", help="the asset registry").add_subparsers(
         title="assets commands", metavar="COMMAND"
@@ -87,6 +71,103 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--id", required=True, metavar="ID")
         p.set_defaults(handler=not_yet(PROG, f"provision {who}", SECURITY))
     return parser
+
+
+def _add_engine_verbs(verbs: Any) -> None:
+    """replay, calibrate, eval: the engine over recorded data."""
+    replay = verbs.add_parser("replay", help="run the engine over a recording")
+    replay.add_argument("--site", type=Path, required=True, metavar="S.yaml")
+    replay.add_argument("--readings", type=Path, required=True, metavar="R.csv")
+    replay.add_argument("--out", type=Path, required=True, metavar="F.csv")
+    replay.add_argument("--calibration", type=Path, metavar="C.yaml")
+    replay.add_argument("--no-tracking", action="store_true", help="one fix per sample")
+    replay.add_argument("--no-map", action="store_true", help="path loss only, ignore the map")
+    replay.add_argument("--config", type=Path, metavar="HUB.yaml", help="engine settings")
+    add_set_option(replay)
+    replay.set_defaults(handler=_replay)
+
+    calibrate = verbs.add_parser("calibrate", help="fit the radio model from a walk or survey")
+    calibrate.add_argument("--site", type=Path, required=True, metavar="S.yaml")
+    calibrate.add_argument("--readings", type=Path, required=True, metavar="R.csv")
+    calibrate.add_argument("--truth", type=Path, required=True, metavar="T.csv")
+    calibrate.add_argument("--out", type=Path, required=True, metavar="C.yaml")
+    calibrate.add_argument("--no-map", action="store_true", help="fit path loss only")
+    calibrate.set_defaults(handler=_calibrate)
+
+    evaluate = verbs.add_parser("eval", help="error statistics of fixes against truth")
+    evaluate.add_argument("--fixes", type=Path, action="append", required=True, metavar="F.csv")
+    reference = evaluate.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--truth", type=Path, metavar="T.csv")
+    reference.add_argument("--path", type=Path, metavar="P.csv")
+    evaluate.add_argument("--site", type=Path, metavar="S.yaml")
+    evaluate.add_argument("--report", type=Path, metavar="DIR")
+    _eval_options(evaluate)
+
+
+def _engine_config(args: argparse.Namespace) -> Any:
+    from beacon_hub.config_loader import load_model  # noqa: PLC0415  # keeps --help fast
+    from beacon_hub.engine import EngineConfig  # noqa: PLC0415
+
+    overrides = overrides_from(args.overrides)
+    if args.no_tracking:
+        overrides["tracking"] = False
+    if args.no_map:
+        overrides["use_map"] = False
+    return load_model(
+        EngineConfig, path=args.config, env_prefix="BEACON_HUB_ENGINE", overrides=overrides
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from beacon_hub.calibration import load_calibration  # noqa: PLC0415  # numpy: keeps --help fast
+    from beacon_hub.replay import replay  # noqa: PLC0415
+    from beacon_hub.site import load_site  # noqa: PLC0415
+
+    site = load_site(args.site)
+    calibration = load_calibration(args.calibration, site) if args.calibration else None
+    stats = replay(
+        site, args.readings, args.out, config=_engine_config(args), calibration=calibration
+    )
+    print(
+        f"replay: {stats.readings} readings, {stats.ticks} ticks, {stats.fixes} fixes, "
+        f"{stats.events} events ({stats.late} late, {stats.unknown_gateway} from unknown "
+        f"gateways) in {stats.seconds:.1f} s -> {args.out}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from beacon_hub.calibration import fit_calibration, save_calibration  # noqa: PLC0415
+    from beacon_hub.csvfiles import read_readings, read_truth  # noqa: PLC0415
+    from beacon_hub.site import load_site  # noqa: PLC0415
+
+    site = load_site(args.site)
+    calibration = fit_calibration(
+        site,
+        read_readings(args.readings),
+        read_truth(args.truth),
+        with_map=not args.no_map,
+        progress=True,
+    )
+    save_calibration(calibration, args.out)
+    print(
+        json.dumps(
+            {
+                gw: {
+                    "ref_rssi_1m_dbm": round(f.ref_rssi_1m_dbm, 2),
+                    "path_loss_exponent": round(f.path_loss_exponent, 3),
+                    "shadowing_db": round(f.shadowing_db, 2),
+                    "residual_after_map_db": round(f.residual_after_map_db, 2),
+                    "samples": f.samples,
+                }
+                for gw, f in calibration.gateways.items()
+            },
+            indent=1,
+        )
+    )
+    print(f"calibrate: {len(calibration.gateways)} gateways -> {args.out}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _site_check(args: argparse.Namespace) -> int:

@@ -50,13 +50,8 @@ def test_hub_lists_every_design_verb() -> None:
 @pytest.mark.parametrize(
     ("module", "args"),
     [
-        ("beacon_hub.cli", ["replay", "--site", "s.yaml", "--readings", "r.csv", "--out", "f.csv"]),
+        ("beacon_hub.cli", ["erase", "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:2"]),
         ("beacon_hub.cli", ["demo", "--duration", "5"]),
-        ("gateway.cli", ["run", "--config", "g.yaml"]),
-        (
-            "simulator.cli",
-            ["run", "--site", "s.yaml", "--duration", "5", "--seed", "1", "--speed", "max"],
-        ),
     ],
 )
 def test_verbs_of_later_issues_say_so(module: str, args: list[str]) -> None:

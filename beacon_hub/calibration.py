@@ -1,0 +1,230 @@
+"""Calibration: fit the radio model per gateway, and the radio map, from a walk with known
+positions.
+
+`beacon-hub calibrate` reads a readings CSV and a truth CSV (positions of the walking tag over
+time), interpolates the tag's position at every reading, fits each gateway's reference RSSI and
+path-loss exponent (pathloss.fit_path_loss), and learns the radio map from the residuals
+(radiomap.RadioMap). The result is a YAML file the engine loads with `--calibration`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+from numpy.typing import NDArray
+
+from beacon_hub.csvfiles import Reading, TruthPoint
+from beacon_hub.errors import BeaconHubError, ConfigError
+from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
+from beacon_hub.radiomap import RadioMap
+from beacon_hub.site import Site
+
+if TYPE_CHECKING:
+    from beacon_hub.engine import Engine
+
+__all__ = ["Calibration", "GatewayFit", "fit_calibration", "load_calibration", "save_calibration"]
+
+MIN_SAMPLES_PER_GATEWAY = 30
+"""Fewer samples than this do not pin down two parameters against 6 dB of shadowing."""
+
+
+@dataclass(frozen=True)
+class GatewayFit:
+    ref_rssi_1m_dbm: float
+    path_loss_exponent: float
+    shadowing_db: float
+    """Residual spread after the path-loss fit."""
+    residual_after_map_db: float
+    """Residual spread after the map (in-sample: a lower bound)."""
+    samples: int
+
+
+@dataclass
+class Calibration:
+    site: str
+    gateways: dict[str, GatewayFit]
+    radio_map: RadioMap | None
+
+    def apply(self, engine: Engine) -> None:
+        """Put the fitted parameters and map into an engine built for the same site."""
+        for gw, fit in self.gateways.items():
+            i = engine.gateway_ids.index(gw) if gw in engine.gateway_ids else -1
+            if i < 0:
+                continue
+            engine.gw_ref[i] = fit.ref_rssi_1m_dbm
+            engine.gw_exp[i] = fit.path_loss_exponent
+            static = min(fit.shadowing_db, 0.68 * fit.shadowing_db)
+            engine.gw_static_db[i] = static
+            engine.gw_fast_db[i] = float(np.sqrt(max(fit.shadowing_db**2 - static**2, 0.25)))
+        if self.radio_map is not None:
+            engine.radio_map = RadioMap.from_dict(self.radio_map.to_dict(), engine.gateway_ids)
+
+
+def _interpolate_truth(
+    truth: Iterable[TruthPoint],
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    by_beacon: dict[str, list[TruthPoint]] = defaultdict(list)
+    for p in truth:
+        by_beacon[p.beacon].append(p)
+    out = {}
+    for beacon, points in by_beacon.items():
+        points.sort(key=lambda p: p.t)
+        t = np.array([p.t for p in points])
+        x = np.array([p.x for p in points])
+        y = np.array([p.y for p in points])
+        z = np.array([np.nan if p.z is None else p.z for p in points])
+        out[beacon] = (t, x, y, z)
+    return out
+
+
+def _match_readings(
+    site: Site,
+    readings: Iterable[Reading],
+    truth: Iterable[TruthPoint],
+    max_gap_s: float,
+    progress: bool,
+) -> dict[str, NDArray[np.float64]]:
+    """Per gateway, rows (x, y, z, rssi): each reading at the tag's interpolated position.
+
+    Only readings between two truth points at most `max_gap_s` apart are used: never across a
+    gap in the walk.
+    """
+    paths = _interpolate_truth(truth)
+    if not paths:
+        raise BeaconHubError("calibration: the truth file holds no positions")
+    gateways = {g.id for g in site.gateways}
+    rows: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for count, r in enumerate(readings, 1):
+        path = paths.get(r.beacon)
+        if path is None or r.gateway not in gateways:
+            continue
+        t, x, y, z = path
+        i = int(np.searchsorted(t, r.t))
+        exact = i < t.shape[0] and t[i] == r.t
+        if not exact and (i == 0 or i >= t.shape[0] or t[i] - t[i - 1] > max_gap_s):
+            continue
+        kind = site.kind_of(r.beacon)
+        pz = float(np.interp(r.t, t, z)) if np.isfinite(z).all() else np.nan
+        if not np.isfinite(pz):
+            pz = kind.height_m if kind else 1.0
+        rows[r.gateway].append(
+            (float(np.interp(r.t, t, x)), float(np.interp(r.t, t, y)), pz, r.rssi)
+        )
+        if progress and count % 20000 == 0:
+            print(f"calibrate: {count} readings matched", file=sys.stderr)
+    return {gw: np.asarray(data) for gw, data in rows.items()}
+
+
+def fit_calibration(
+    site: Site,
+    readings: Iterable[Reading],
+    truth: Iterable[TruthPoint],
+    *,
+    with_map: bool = True,
+    max_gap_s: float = 2.0,
+    progress: bool = False,
+) -> Calibration:
+    """Fit every gateway heard during the walk, and the map from their residuals."""
+    rows = _match_readings(site, readings, truth, max_gap_s, progress)
+    gw_ids = tuple(g.id for g in site.gateways)
+    gateways = {g.id: g for g in site.gateways}
+    fits: dict[str, GatewayFit] = {}
+    residual_parts: list[NDArray[np.float64]] = []
+    for gw_id, arr in sorted(rows.items()):
+        if arr.shape[0] < MIN_SAMPLES_PER_GATEWAY:
+            continue
+        g = gateways[gw_id]
+        d = np.sqrt((arr[:, 0] - g.x) ** 2 + (arr[:, 1] - g.y) ** 2 + (arr[:, 2] - g.z) ** 2)
+        pl = fit_path_loss(d, arr[:, 3])
+        residual = arr[:, 3] - mean_rssi_dbm(d, pl.ref_rssi_1m_dbm, pl.exponent)
+        residual_parts.append(
+            np.c_[np.full(arr.shape[0], gw_ids.index(gw_id)), arr[:, 0:2], residual]
+        )
+        fits[gw_id] = GatewayFit(
+            pl.ref_rssi_1m_dbm, pl.exponent, pl.residual_sd_db, pl.residual_sd_db, pl.samples
+        )
+    if not fits:
+        raise BeaconHubError(
+            f"calibration: no gateway has {MIN_SAMPLES_PER_GATEWAY} readings matched to truth "
+            "(check that readings and truth cover the same beacon and time span)"
+        )
+    radio_map = None
+    if with_map:
+        outline = np.concatenate([np.asarray(level.outline) for level in site.levels])
+        lo, hi = outline.min(axis=0) - 1.0, outline.max(axis=0) + 1.0
+        radio_map = RadioMap.empty(
+            gw_ids, (float(lo[0]), float(lo[1])), (float(hi[0]), float(hi[1]))
+        )
+        res = np.concatenate(residual_parts)
+        gw_col = res[:, 0].astype(np.intp)
+        radio_map.observe(gw_col, res[:, 1:3], res[:, 3])
+        left = res[:, 3] - radio_map.correction(gw_col, res[:, 1:3])[0]
+        for gw_id, f in list(fits.items()):
+            on = gw_col == gw_ids.index(gw_id)
+            fits[gw_id] = GatewayFit(
+                f.ref_rssi_1m_dbm,
+                f.path_loss_exponent,
+                f.shadowing_db,
+                float(np.std(left[on])),
+                f.samples,
+            )
+    return Calibration(site=site.id, gateways=fits, radio_map=radio_map)
+
+
+def save_calibration(cal: Calibration, path: Path) -> None:
+    data: dict[str, Any] = {
+        "site": cal.site,
+        "gateways": {
+            gw: {
+                "ref_rssi_1m_dbm": round(f.ref_rssi_1m_dbm, 2),
+                "path_loss_exponent": round(f.path_loss_exponent, 3),
+                "shadowing_db": round(f.shadowing_db, 2),
+                "residual_after_map_db": round(f.residual_after_map_db, 2),
+                "samples": f.samples,
+            }
+            for gw, f in cal.gateways.items()
+        },
+    }
+    if cal.radio_map is not None:
+        data["radio_map"] = cal.radio_map.to_dict()
+    text = "# beacon-hub calibration: written by `beacon-hub calibrate`\n" + yaml.safe_dump(
+        data, sort_keys=False, default_flow_style=None, width=120
+    )
+    path.write_text(text)
+
+
+def load_calibration(path: Path, site: Site) -> Calibration:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(str(path), [f"{path}: cannot read: {e.strerror or e}"]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), [f"{path}: not valid YAML: {e}"]) from e
+    try:
+        if data.get("site") != site.id:
+            raise ConfigError(
+                str(path), [f"{path}: site: calibrated for {data.get('site')!r}, not {site.id!r}"]
+            )
+        fits = {
+            gw: GatewayFit(
+                float(v["ref_rssi_1m_dbm"]),
+                float(v["path_loss_exponent"]),
+                float(v["shadowing_db"]),
+                float(v["residual_after_map_db"]),
+                int(v["samples"]),
+            )
+            for gw, v in data["gateways"].items()
+        }
+        radio_map = None
+        if "radio_map" in data:
+            radio_map = RadioMap.from_dict(data["radio_map"], tuple(g.id for g in site.gateways))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(str(path), [f"{path}: not a calibration file of beacon-hub ({e})"]) from e
+    return Calibration(site=site.id, gateways=fits, radio_map=radio_map)

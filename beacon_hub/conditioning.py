@@ -1,0 +1,107 @@
+"""RSSI conditioning: a robust estimate per (beacon, gateway) over a sliding window.
+
+Readings of all pairs live in flat arrays; each tick drops what has left the window and
+computes, per pair, the interquartile mean of its samples (the mean of the middle half): it
+keeps most of a mean's efficiency against Gaussian fading while a multipath dip of -10 dB, or a
+reflection that briefly adds +8 dB, does not move it. A pair with no sample in the window has
+expired: that gateway no longer hears the beacon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["PairEstimates", "ReadingWindow"]
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class PairEstimates:
+    """One row per (beacon, gateway) pair heard within the window, sorted by beacon."""
+
+    beacon: I64
+    gateway: I64
+    rssi_dbm: F64
+    """Interquartile mean of the window's samples, normalised to the site's reference power."""
+    samples: I64
+    last_t: F64
+
+
+class ReadingWindow:
+    """Samples of the last `window_s` seconds, appended in any time order."""
+
+    def __init__(self, window_s: float, capacity: int = 4096) -> None:
+        self.window_s = window_s
+        self._t = np.empty(capacity)
+        self._b = np.empty(capacity, dtype=np.int64)
+        self._g = np.empty(capacity, dtype=np.int64)
+        self._r = np.empty(capacity)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, t: F64, beacon: I64, gateway: I64, rssi_dbm: F64) -> None:
+        m = t.shape[0]
+        need = self._n + m
+        if need > self._t.shape[0]:
+            size = max(need, 2 * self._t.shape[0])
+            self._t = np.resize(self._t, size)
+            self._b = np.resize(self._b, size)
+            self._g = np.resize(self._g, size)
+            self._r = np.resize(self._r, size)
+        end = self._n + m
+        self._t[self._n : end] = t
+        self._b[self._n : end] = beacon
+        self._g[self._n : end] = gateway
+        self._r[self._n : end] = rssi_dbm
+        self._n = end
+
+    def expire(self, before_t: float) -> None:
+        """Forget samples older than `before_t`."""
+        n = self._n
+        keep = self._t[:n] >= before_t
+        if keep.all():
+            return
+        k = int(keep.sum())
+        self._t[:k] = self._t[:n][keep]
+        self._b[:k] = self._b[:n][keep]
+        self._g[:k] = self._g[:n][keep]
+        self._r[:k] = self._r[:n][keep]
+        self._n = k
+
+    def estimate(self, t: float) -> PairEstimates:
+        """Robust estimate of every pair over (t - window_s, t]; later samples wait their turn."""
+        n = self._n
+        sel = (self._t[:n] > t - self.window_s) & (self._t[:n] <= t)
+        tt, b, g, r = self._t[:n][sel], self._b[:n][sel], self._g[:n][sel], self._r[:n][sel]
+        if tt.shape[0] == 0:
+            empty_i = np.empty(0, dtype=np.int64)
+            return PairEstimates(empty_i, empty_i, np.empty(0), empty_i, np.empty(0))
+        order = np.lexsort((r, g, b))
+        b, g, r, tt = b[order], g[order], r[order], tt[order]
+        new_pair = np.r_[True, (b[1:] != b[:-1]) | (g[1:] != g[:-1])]
+        starts = np.flatnonzero(new_pair)
+        counts = np.diff(np.r_[starts, b.shape[0]])
+        group = np.cumsum(new_pair) - 1
+        rank = np.arange(b.shape[0]) - starts[group]
+        size = counts[group]
+        # middle half by rank; groups of up to 3 keep every sample
+        lo = np.where(size >= 4, size // 4, 0)
+        hi = np.where(size >= 4, size - size // 4, size)
+        keep = (rank >= lo) & (rank < hi)
+        sums = np.bincount(group[keep], weights=r[keep], minlength=starts.shape[0])
+        kept = np.bincount(group[keep], minlength=starts.shape[0])
+        last = np.maximum.reduceat(tt, starts)
+        return PairEstimates(
+            beacon=b[starts],
+            gateway=g[starts],
+            rssi_dbm=sums / kept,
+            samples=counts.astype(np.int64),
+            last_t=last,
+        )

@@ -1,0 +1,548 @@
+"""The positioning engine: a pure, deterministic core driven by data time.
+
+    engine.ingest(readings)   # any order, any gateway; counted, late ones dropped
+    engine.tick(t)            # -> TickResult: fixes and events for data time t
+
+It does no I/O and reads no clock: the live service, `replay` and evaluation run the same code,
+so a bug seen live can be replayed exactly. Each tick runs the stages of the flow over every
+beacon at once: RSSI conditioning (conditioning.py) -> ranging model and radio map
+(pathloss.py, radiomap.py) -> multilateration (multilateration.py) -> tracking (tracking.py)
+-> zones and events (zones.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+from beacon_hub.calibration import Calibration
+from beacon_hub.conditioning import PairEstimates, ReadingWindow
+from beacon_hub.floorplan import FloorPlan
+from beacon_hub.multilateration import Geometry, MapFn, Solution, solve, solve_grid
+from beacon_hub.pathloss import mean_rssi_dbm
+from beacon_hub.radiomap import RadioMap
+from beacon_hub.site import Site
+from beacon_hub.tracking import GATE_CHI2_2DOF, MotionParams, Tracks, mode_transition
+from beacon_hub.wire import RSSI_MAX_DBM, RSSI_MIN_DBM, Event, Fix, ReadingBatch
+from beacon_hub.zones import ZoneParams, ZoneTracker
+
+__all__ = ["Engine", "EngineConfig", "FixTable", "IngestCounts", "Readings", "TickResult"]
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+ACCURACY_68_PER_SIGMA = math.sqrt(-2.0 * math.log(1.0 - 0.68))
+"""Radius holding 68 % of a circular 2-D Gaussian, in units of its per-axis sigma (1.51)."""
+STATIC_SHARE_OF_SHADOWING = 4.5 / 6.6
+"""Of the 6.6 dB residual spread on flat-calib2021, about 4.5 dB is static (a revisit a
+minute later keeps a correlation of 0.46): it does not shrink by averaging samples."""
+MAP_STATIC_FACTOR = 0.6
+"""Share of the static spread left once the radio map is applied (flat-calib2021: the map cuts
+the in-sample residual from 6.6 to 4.6 dB; out of sample it does less)."""
+MAX_GATEWAYS_PER_FIX = 10
+"""The strongest gateways used per beacon: beyond ten, far gateways add noise, not geometry."""
+
+
+_GEOMETRY_FIELDS = ("gw", "gw_xy", "dz_m", "ref_dbm", "exponent", "rssi_dbm", "sd_db", "mask")
+
+
+class EngineConfig(BaseModel):
+    """Engine settings; part of the hub's config (one schema, loaded by config_loader)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tick_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    max_lateness_s: Annotated[float, Field(ge=0, le=600)] = 2.0
+    """Readings later than this behind the last tick are counted and dropped (DESIGN.md)."""
+    window_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """RSSI conditioning window: two seconds hold a few adverts even at 1 Hz advertising."""
+    tracking: bool = True
+    """False: one fix per tick straight from multilateration (for like-for-like comparisons)."""
+    use_map: bool = True
+    solver: Literal["auto", "nlls", "grid"] = "auto"
+    """nlls: robust least squares (fast, path loss); grid: likelihood over the map near the
+    least-squares start; auto: grid when a radio map is in use."""
+    lost_after_s: Annotated[float, Field(gt=0)] = 30.0
+    """Silence after which beacon_lost fires and the track is dropped."""
+    hysteresis_m: Annotated[float, Field(ge=0)] = 0.6
+    min_dwell_s: Annotated[float, Field(ge=0)] = 2.0
+    parked_after_s: Annotated[float, Field(ge=0)] = 60.0
+    """A pallet still for this long is parked; leaving its spot then fires pallet_moved."""
+    moved_m: Annotated[float, Field(gt=0)] = 2.5
+    """Distance from the parked spot that counts as a move: about two bay widths."""
+    accuracy_scale: Annotated[float, Field(gt=0)] = 1.0
+    """Multiplies accuracy_m; calibrated so 68 % of true positions fall within it."""
+    reference_update_s: Annotated[float, Field(gt=0)] = 10.0
+    """How often reference beacons feed the live radio map."""
+
+
+@dataclass(frozen=True)
+class Readings:
+    """Samples from one gateway, columnar, times already corrected to hub time."""
+
+    gateway: str
+    beacons: Sequence[str]
+    b: I64
+    t: F64
+    rssi: F64
+    tx: F64
+    """Announced RSSI at 1 m, NaN when the beacon announces none."""
+
+    @classmethod
+    def from_batch(cls, batch: ReadingBatch, clock_offset_s: float = 0.0) -> Readings:
+        """A decoded batch in hub time: sample i at sent + offset - dt_ms[i] / 1000."""
+        dt = np.asarray(batch.dt_ms, dtype=np.float64) / 1000.0
+        tx = np.array([np.nan if v is None else v for v in batch.tx], dtype=np.float64)
+        return cls(
+            gateway=batch.gw,
+            beacons=batch.beacons,
+            b=np.asarray(batch.b, dtype=np.int64),
+            t=batch.sent + clock_offset_s - dt,
+            rssi=np.asarray(batch.rssi, dtype=np.float64),
+            tx=tx,
+        )
+
+
+@dataclass
+class IngestCounts:
+    accepted: int = 0
+    late: int = 0
+    unknown_gateway: int = 0
+    impossible_rssi: int = 0
+
+
+@dataclass(frozen=True)
+class FixTable:
+    """Every fix of one tick, columnar."""
+
+    t: float
+    beacons: list[str]
+    x: F64
+    y: F64
+    accuracy_m: F64
+    level: I64
+    zones: list[str | None]
+    gateways: list[tuple[str, ...]]
+    kinds: list[str | None]
+    speed_m_s: F64
+
+    def __len__(self) -> int:
+        return len(self.beacons)
+
+    def fixes(self) -> list[Fix]:
+        return [
+            Fix(
+                t=self.t,
+                beacon=self.beacons[i],
+                x=float(self.x[i]),
+                y=float(self.y[i]),
+                accuracy_m=float(self.accuracy_m[i]),
+                zone=self.zones[i],
+                gateways=self.gateways[i],
+                level=int(self.level[i]),
+                kind=self.kinds[i],
+            )
+            for i in range(len(self.beacons))
+        ]
+
+
+@dataclass(frozen=True)
+class TickResult:
+    fixes: FixTable
+    events: list[Event] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(
+        self, site: Site, config: EngineConfig | None = None, calibration: Calibration | None = None
+    ) -> None:
+        self.site = site
+        self.config = config or EngineConfig()
+        self.plan = FloorPlan(site)
+        gws = site.gateways
+        self.gateway_ids = tuple(g.id for g in gws)
+        self._gw_index = {g: i for i, g in enumerate(self.gateway_ids)}
+        self.gw_xy = np.array([[g.x, g.y] for g in gws], dtype=np.float64)
+        self.gw_z = np.array([g.z for g in gws], dtype=np.float64)
+        self.gw_level = np.array([g.level for g in gws], dtype=np.int64)
+        radio = [site.gateway_radio(g) for g in gws]
+        self.gw_ref = np.array([r.ref_rssi_1m_dbm for r in radio])
+        self.gw_exp = np.array([r.path_loss_exponent for r in radio])
+        total = np.array([r.shadowing_db for r in radio])
+        self.gw_static_db = total * STATIC_SHARE_OF_SHADOWING
+        self.gw_fast_db = np.sqrt(np.maximum(total**2 - self.gw_static_db**2, 0.25))
+        self.radio_map: RadioMap | None = None
+        if calibration is not None:
+            calibration.apply(self)
+        self._map_calibrated = self.radio_map is not None
+        if self.radio_map is None and site.reference_beacons:
+            lo = self.gw_xy.min(axis=0) - 5.0
+            hi = self.gw_xy.max(axis=0) + 5.0
+            outline = np.concatenate([np.asarray(lv.outline) for lv in site.levels])
+            lo = np.minimum(lo, outline.min(axis=0))
+            hi = np.maximum(hi, outline.max(axis=0))
+            self.radio_map = RadioMap.empty(self.gateway_ids, (lo[0], lo[1]), (hi[0], hi[1]))
+        self.window = ReadingWindow(self.config.window_s)
+        self.tracks = Tracks(MotionParams())
+        self.zones = ZoneTracker(
+            self.plan, ZoneParams(self.config.hysteresis_m, self.config.min_dwell_s)
+        )
+        self.beacon_ids: list[str] = []
+        self._beacon_index: dict[str, int] = {}
+        self._kind: list[str | None] = []
+        self._height = np.zeros(0)
+        self._walkable_only = np.zeros(0, dtype=bool)
+        self._offset_db = np.zeros(0)
+        self._last_heard = np.zeros(0)
+        self._active = np.zeros(0, dtype=bool)
+        self._parked_xy = np.zeros((0, 2))
+        self._still_since = np.zeros(0)
+        self._reference_xy: dict[int, tuple[float, float, float, int]] = {}
+        self._last_reference_update = -math.inf
+        self.watermark = -math.inf
+        self.counts = IngestCounts()
+
+    # ------------------------------------------------------------------ ingest
+
+    def beacon_index(self, beacon: str) -> int:
+        i = self._beacon_index.get(beacon)
+        if i is not None:
+            return i
+        i = len(self.beacon_ids)
+        self.beacon_ids.append(beacon)
+        self._beacon_index[beacon] = i
+        kind = self.site.kind_of(beacon)
+        self._kind.append(None if kind is None else kind.kind)
+        if i >= self._height.shape[0]:
+            self._grow(max(256, 2 * self._height.shape[0]))
+        self._height[i] = 1.0 if kind is None else kind.height_m
+        self._walkable_only[i] = kind is not None and kind.kind == "cart"
+        for ref in self.site.reference_beacons:
+            if ref.beacon == beacon:
+                self._reference_xy[i] = (ref.x, ref.y, ref.z, ref.level)
+                self._height[i] = ref.z
+        return i
+
+    def _grow(self, capacity: int) -> None:
+        grow = capacity - self._height.shape[0]
+        self._height = np.r_[self._height, np.ones(grow)]
+        self._walkable_only = np.r_[self._walkable_only, np.zeros(grow, dtype=bool)]
+        self._offset_db = np.r_[self._offset_db, np.zeros(grow)]
+        self._last_heard = np.r_[self._last_heard, np.full(grow, -np.inf)]
+        self._active = np.r_[self._active, np.zeros(grow, dtype=bool)]
+        self._parked_xy = np.r_[self._parked_xy, np.full((grow, 2), np.nan)]
+        self._still_since = np.r_[self._still_since, np.full(grow, np.nan)]
+        self.tracks.ensure(capacity)
+        self.zones.ensure(capacity)
+
+    def ingest(self, readings: Readings) -> IngestCounts:
+        """Accept samples of one gateway; returns what happened to them (also summed in counts)."""
+        n = int(readings.b.shape[0])
+        counts = IngestCounts()
+        g = self._gw_index.get(readings.gateway)
+        if g is None:
+            counts.unknown_gateway = n
+        else:
+            local = np.array([self.beacon_index(b) for b in readings.beacons], dtype=np.int64)
+            ok_rssi = (readings.rssi >= RSSI_MIN_DBM) & (readings.rssi <= RSSI_MAX_DBM)
+            on_time = readings.t >= self.watermark - self.config.max_lateness_s
+            keep = ok_rssi & on_time
+            counts.impossible_rssi = int((~ok_rssi).sum())
+            counts.late = int((ok_rssi & ~on_time).sum())
+            counts.accepted = int(keep.sum())
+            b = local[readings.b[keep]]
+            t = readings.t[keep]
+            has_tx = np.isfinite(readings.tx[keep])
+            if has_tx.any():
+                # Announced power relative to the site's default reference
+                self._offset_db[b[has_tx]] = (
+                    readings.tx[keep][has_tx] - self.site.radio.ref_rssi_1m_dbm
+                )
+            self.window.add(t, b, np.full(b.shape[0], g, dtype=np.int64), readings.rssi[keep])
+            np.maximum.at(self._last_heard, b, t)
+        self.counts.accepted += counts.accepted
+        self.counts.late += counts.late
+        self.counts.unknown_gateway += counts.unknown_gateway
+        self.counts.impossible_rssi += counts.impossible_rssi
+        return counts
+
+    # -------------------------------------------------------------------- tick
+
+    def tick(self, t: float) -> TickResult:
+        cfg = self.config
+        self.watermark = max(self.watermark, t)
+        est = self.window.estimate(t)
+        self.window.expire(t - cfg.window_s)
+        if est.beacon.shape[0] == 0:
+            return TickResult(self._empty(t), self._lost(t))
+        idx, level, geo, static = self._geometry(est)
+        walk = self._walkable_only[idx]
+        tracked = cfg.tracking & np.isfinite(self.tracks.t[idx])
+        prior = np.full((idx.shape[0], 2), np.nan)
+        if tracked.any():
+            t_idx = idx[tracked]
+            self.tracks.predict(t_idx, np.maximum(t - self.tracks.t[t_idx], 1e-3))
+            self.tracks.t[t_idx] = t
+            prior[tracked] = self.tracks.estimate(t_idx)[0][:, [0, 2]]
+        xy, cov = self._locate(geo, prior, level, walk)
+        speed = np.zeros(idx.shape[0])
+        if cfg.tracking:
+            # Tracking averages the fast fading away, not the static part: keep that in accuracy.
+            share = np.where(geo.mask, static**2 / geo.sd_db**2, 0.0).sum(axis=1)
+            share /= np.maximum(geo.mask.sum(axis=1), 1)
+            static_cov = cov * share[:, None, None]
+            xy, cov, speed = self._track(idx, tracked, t, xy, cov)
+            cov = cov + static_cov
+            xy = self._project(level, xy, walk)
+        self._active[idx] = True
+        eig = np.linalg.eigvalsh(cov)
+        accuracy = ACCURACY_68_PER_SIGMA * np.sqrt(np.maximum(eig.sum(axis=1), 0.0) / 2.0)
+        events = [
+            Event(e.type, t, self.site.id, self.beacon_ids[e.beacon], e.zone, e.data)
+            for e in self.zones.update(idx, t, level, xy)
+        ]
+        if cfg.tracking:
+            events.extend(self._pallet_moves(idx, t, xy))
+        events.extend(self._lost(t))
+        self._update_references(t, idx, geo)
+        ids = self.gateway_ids
+        table = FixTable(
+            t=t,
+            beacons=[self.beacon_ids[i] for i in idx],
+            x=xy[:, 0].copy(),
+            y=xy[:, 1].copy(),
+            accuracy_m=accuracy * cfg.accuracy_scale,
+            level=level.astype(np.int64),
+            zones=self.zones.zone_of(idx),
+            gateways=[tuple(ids[g] for g in geo.gw[r][geo.mask[r]]) for r in range(idx.shape[0])],
+            kinds=[self._kind[i] for i in idx],
+            speed_m_s=speed,
+        )
+        return TickResult(table, events)
+
+    def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64]:
+        """Pad each beacon's gateways, strongest first, into (beacons, K) slots."""
+        order = np.lexsort((-est.rssi_dbm, est.beacon))
+        beacon, gw = est.beacon[order], est.gateway[order]
+        first = np.r_[True, beacon[1:] != beacon[:-1]]
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
+        rank = np.arange(beacon.shape[0]) - starts[group]
+        keep = rank < MAX_GATEWAYS_PER_FIX
+        idx = beacon[starts]
+        shape = (idx.shape[0], int(min(MAX_GATEWAYS_PER_FIX, rank.max() + 1)))
+        slot_g = np.zeros(shape, dtype=np.intp)
+        slot_r = np.zeros(shape)
+        slot_n = np.ones(shape)
+        mask = np.zeros(shape, dtype=bool)
+        rows, cols = group[keep], rank[keep]
+        slot_g[rows, cols] = gw[keep]
+        slot_r[rows, cols] = est.rssi_dbm[order][keep]
+        slot_n[rows, cols] = est.samples[order][keep]
+        mask[rows, cols] = True
+        # A beacon is on the level of its strongest gateway; other levels' gateways are ignored.
+        level = self.gw_level[slot_g[:, 0]]
+        mask &= self.gw_level[slot_g] == level[:, None]
+        static = self.gw_static_db[slot_g]
+        if self.radio_map is not None and self.config.use_map:
+            static = static * MAP_STATIC_FACTOR
+        geo = Geometry(
+            gw=slot_g,
+            gw_xy=self.gw_xy[slot_g],
+            dz_m=self.gw_z[slot_g] - self._height[idx][:, None],
+            ref_dbm=self.gw_ref[slot_g] + self._offset_db[idx][:, None],
+            exponent=self.gw_exp[slot_g],
+            rssi_dbm=slot_r,
+            sd_db=np.sqrt(static**2 + self.gw_fast_db[slot_g] ** 2 / slot_n),
+            mask=mask,
+        )
+        return idx, level, geo, static
+
+    def _locate(
+        self, geo: Geometry, prior: F64, level: I64, walk: NDArray[np.bool_]
+    ) -> tuple[F64, F64]:
+        """Multilateration, then the map likelihood around it when a map is in use."""
+        cfg = self.config
+        use_map = self.radio_map is not None and cfg.use_map
+        radio_map = self.radio_map.correction if (self.radio_map is not None and use_map) else None
+        sol = solve(geo, prior, None if cfg.solver == "grid" else radio_map)
+        xy = self._project(level, sol.xy, walk)
+        if cfg.solver == "grid" or (cfg.solver == "auto" and use_map):
+            sol = self._solve_grid(geo, xy, level, walk, radio_map)
+            xy = sol.xy
+        return xy, sol.cov
+
+    def _project(self, level: I64, xy: F64, walk: NDArray[np.bool_]) -> F64:
+        out = xy.copy()
+        for lv in np.unique(level):
+            on = level == lv
+            if int(lv) in self.plan.levels:
+                out[on] = self.plan.project(int(lv), xy[on], walk[on])
+        return out
+
+    def _solve_grid(
+        self,
+        geo: Geometry,
+        start: F64,
+        level: I64,
+        walk: NDArray[np.bool_],
+        radio_map: MapFn | None,
+    ) -> Solution:
+        """The map likelihood per (level, walkable) group, so each group gets its floor mask."""
+        n = start.shape[0]
+        xy = np.empty((n, 2))
+        cov = np.empty((n, 2, 2))
+        for lv in np.unique(level):
+            for walk_only in (False, True):
+                rows = np.flatnonzero((level == lv) & (walk == walk_only))
+                if rows.shape[0] == 0:
+                    continue
+                sub = Geometry(*(getattr(geo, f)[rows] for f in _GEOMETRY_FIELDS))
+                allowed = None
+                if int(lv) in self.plan.levels:
+                    allowed = functools.partial(self.plan.allowed, int(lv), walkable_only=walk_only)
+                part = solve_grid(sub, start[rows], radio_map, allowed)
+                xy[rows], cov[rows] = part.xy, part.cov
+        return Solution(xy=xy, cov=cov, used=geo.mask.sum(axis=1).astype(np.int64))
+
+    def _track(
+        self, idx: I64, tracked: NDArray[np.bool_], t: float, z: F64, r: F64
+    ) -> tuple[F64, F64, F64]:
+        tracks = self.tracks
+        m = mode_transition(self.config.tick_interval_s, tracks.params)
+        t_idx = idx[tracked]
+        restart = np.zeros(idx.shape[0], dtype=bool)
+        if t_idx.shape[0]:
+            d2 = tracks.innovation(t_idx, z[tracked], r[tracked])
+            accept = d2 <= GATE_CHI2_2DOF
+            tracks.rejected[t_idx[accept]] = 0
+            tracks.rejected[t_idx[~accept]] += 1
+            # Three refusals in a row: the beacon really went elsewhere (or the track was wrong).
+            lost_lock = tracks.rejected[t_idx] >= 3
+            rows = np.flatnonzero(tracked)
+            upd = accept
+            if upd.any():
+                tracks.update(t_idx[upd], z[rows[upd]], r[rows[upd]], m)
+            restart[rows[lost_lock]] = True
+        new = ~tracked | restart
+        if new.any():
+            kinds = [self._kind[i] for i in idx[new]]
+            still = np.array([0.8 if k in ("pallet", "reference") else 0.3 for k in kinds])
+            mu = np.c_[still, 1.0 - still]
+            tracks.start(idx[new], t, z[new], r[new], mu=mu, m=m)
+        x, p = tracks.estimate(idx)
+        xy = x[:, [0, 2]]
+        cov = p[:, [0, 2]][:, :, [0, 2]]
+        speed = np.hypot(x[:, 1], x[:, 3])
+        return xy, cov, speed
+
+    def _pallet_moves(self, idx: I64, t: float, xy: F64) -> list[Event]:
+        """A pallet parked for parked_after_s that leaves its spot by moved_m: pallet_moved."""
+        cfg = self.config
+        events: list[Event] = []
+        is_pallet = np.array([self._kind[i] == "pallet" for i in idx], dtype=bool)
+        if not is_pallet.any():
+            return events
+        p_idx = idx[is_pallet]
+        p_xy = xy[is_pallet]
+        still = self.tracks.mu[p_idx, 0] > 0.5
+        parked = self._parked_xy[p_idx]
+        has_spot = np.isfinite(parked[:, 0])
+        since = self._still_since[p_idx]
+        # Start or continue a still period; park after parked_after_s.
+        start = still & np.isnan(since)
+        self._still_since[p_idx[start]] = t
+        self._still_since[p_idx[~still & ~has_spot]] = np.nan
+        settle = still & ~has_spot & (t - self._still_since[p_idx] >= cfg.parked_after_s)
+        self._parked_xy[p_idx[settle]] = p_xy[settle]
+        moved = has_spot & (np.linalg.norm(p_xy - parked, axis=1) > cfg.moved_m)
+        for row in np.flatnonzero(moved):
+            b = int(p_idx[row])
+            events.append(
+                Event(
+                    "pallet_moved",
+                    t,
+                    self.site.id,
+                    self.beacon_ids[b],
+                    None,
+                    {
+                        "from_x": float(parked[row, 0]),
+                        "from_y": float(parked[row, 1]),
+                        "x": float(p_xy[row, 0]),
+                        "y": float(p_xy[row, 1]),
+                    },
+                )
+            )
+            self._parked_xy[b] = np.nan
+            self._still_since[b] = np.nan
+        return events
+
+    def _lost(self, t: float) -> list[Event]:
+        n = len(self.beacon_ids)
+        silent = self._active[:n] & (self._last_heard[:n] < t - self.config.lost_after_s)
+        lost = np.flatnonzero(silent)
+        if lost.shape[0] == 0:
+            return []
+        self._active[lost] = False
+        self.tracks.drop(lost)
+        self.zones.forget(lost)
+        self._parked_xy[lost] = np.nan
+        self._still_since[lost] = np.nan
+        return [
+            Event(
+                "beacon_lost",
+                t,
+                self.site.id,
+                self.beacon_ids[i],
+                None,
+                {"last_heard": float(self._last_heard[i])},
+            )
+            for i in lost
+        ]
+
+    def _update_references(self, t: float, idx: I64, geo: Geometry) -> None:
+        """Reference beacons at known positions teach the live radio map what the model misses."""
+        if self.radio_map is None or not self._reference_xy:
+            return
+        if t - self._last_reference_update < self.config.reference_update_s:
+            return
+        self._last_reference_update = t
+        gws: list[NDArray[np.intp]] = []
+        xys: list[F64] = []
+        res: list[F64] = []
+        for row, b in enumerate(idx):
+            ref = self._reference_xy.get(int(b))
+            if ref is None:
+                continue
+            on = geo.mask[row]
+            g = geo.gw[row][on]
+            d = np.sqrt(
+                (self.gw_xy[g, 0] - ref[0]) ** 2
+                + (self.gw_xy[g, 1] - ref[1]) ** 2
+                + (self.gw_z[g] - ref[2]) ** 2
+            )
+            mu = mean_rssi_dbm(d, geo.ref_dbm[row][on], geo.exponent[row][on])
+            gws.append(g)
+            xys.append(np.tile([ref[0], ref[1]], (g.shape[0], 1)))
+            res.append(geo.rssi_dbm[row][on] - mu)
+        if gws:
+            # A calibrated map keeps its evidence; a map learnt live forgets over about an hour.
+            keep = (
+                1.0 if self._map_calibrated else math.exp(-self.config.reference_update_s / 3600.0)
+            )
+            self.radio_map.observe(
+                np.concatenate(gws), np.concatenate(xys), np.concatenate(res), keep
+            )
+
+    def _empty(self, t: float) -> FixTable:
+        empty_f = np.zeros(0)
+        return FixTable(
+            t, [], empty_f, empty_f, empty_f, np.zeros(0, dtype=np.int64), [], [], [], empty_f
+        )

@@ -1,0 +1,266 @@
+"""Multilateration: every beacon of a tick located at once by robust weighted least squares.
+
+Each beacon b has up to K gateway estimates (RSSI r_bk, its standard deviation s_bk). We
+look for the position p that best explains them in the RSSI domain, where the noise is
+(log-)normal, with the beacon's known mounting height:
+
+    mu_k(p) = ref_k + offset_b - 10 n_k log10(|p - g_k|_3d) + map_k(p)
+    cost(p) = sum_k huber((r_k - mu_k(p)) / s_k) + |p - m_b|^2 / prior_sd^2
+
+Gauss-Newton with Huber weights (IRLS) and a Levenberg damping, vectorised over beacons: no
+Python loop per beacon. The weak prior (the track's prediction, or the weighted centroid of the
+gateways) keeps two-gateway cases determined and picks the right side of a mirror ambiguity;
+its spread is wide enough not to dominate three or more gateways. One gateway gives a honest
+proximity fix: the gateway's position with the range as uncertainty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from beacon_hub.pathloss import LN10_OVER_10, MIN_DISTANCE_M, distance_m, mean_rssi_dbm
+
+__all__ = [
+    "HUBER_K",
+    "Geometry",
+    "Solution",
+    "grid_offsets",
+    "solve",
+    "solve_grid",
+    "weighted_centroid",
+]
+
+F64 = NDArray[np.float64]
+MapFn = Callable[[NDArray[np.intp], F64], tuple[F64, F64, F64]]
+
+HUBER_K = 1.5
+"""Residuals beyond 1.5 sigma count linearly: a -10 dB multipath dip must not drag a fix."""
+ITERATIONS = 12
+MAX_STEP_M = 3.0
+"""Largest move per iteration: keeps Gauss-Newton from jumping across the site on a bad start."""
+PRIOR_SD_M = 6.0
+"""Spread of the weak prior for one or two gateways: about one gateway spacing."""
+PRIOR_SD_WELL_POSED_M = 100.0
+"""With three or more gateways the data decide; the prior only keeps the algebra regular."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Per-slot gateway data of the beacons to solve, padded to K slots (mask False = empty)."""
+
+    gw: NDArray[np.intp]
+    """(B, K) gateway index (for the radio map); anything where mask is False."""
+    gw_xy: F64
+    """(B, K, 2)"""
+    dz_m: F64
+    """(B, K) gateway height minus beacon height."""
+    ref_dbm: F64
+    """(B, K) RSSI at 1 m for this gateway and beacon (tx power and per-gateway offsets applied)."""
+    exponent: F64
+    rssi_dbm: F64
+    sd_db: F64
+    mask: NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Solution:
+    xy: F64
+    """(B, 2)"""
+    cov: F64
+    """(B, 2, 2) from the curvature of the cost: the measurement covariance for tracking."""
+    used: NDArray[np.int64]
+    """(B,) gateways that contributed."""
+
+
+def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
+    """Predicted RSSI (B, K) and its gradient with respect to position (B, K, 2)."""
+    delta = xy[:, None, :] - geo.gw_xy
+    d2 = (delta**2).sum(axis=2) + geo.dz_m**2
+    d = np.sqrt(np.maximum(d2, MIN_DISTANCE_M**2))
+    mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
+    # d mu / d p = -10 n / ln(10) * (p - g) / d^2
+    grad = (-geo.exponent / LN10_OVER_10 / (d * d))[..., None] * delta
+    if radio_map is not None:
+        correction, d_dx, d_dy = radio_map(geo.gw, np.broadcast_to(xy[:, None, :], delta.shape))
+        mu = mu + correction
+        grad = grad + np.stack([d_dx, d_dy], axis=-1)
+    return mu, grad
+
+
+def _prior_var(geo: Geometry) -> F64:
+    """Per beacon: variance of the prior, small only where the gateways leave it undetermined."""
+    few = geo.mask.sum(axis=1) <= 2
+    return np.where(few, PRIOR_SD_M**2, PRIOR_SD_WELL_POSED_M**2)
+
+
+def _cost(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -> F64:
+    mu, _ = _model(geo, xy, radio_map)
+    z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
+    a = np.abs(z)
+    huber = np.where(a <= HUBER_K, 0.5 * z * z, HUBER_K * (a - 0.5 * HUBER_K))
+    total = huber.sum(axis=1) + 0.5 * ((xy - prior) ** 2).sum(axis=1) / _prior_var(geo)
+    return np.asarray(total, dtype=np.float64)
+
+
+def weighted_centroid(geo: Geometry) -> F64:
+    """Start point: gateways weighted by the inverse square of their estimated range."""
+    rng = distance_m(geo.rssi_dbm, geo.ref_dbm, geo.exponent)
+    w = np.where(geo.mask, 1.0 / np.maximum(rng, 0.5) ** 2, 0.0)
+    total = np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    return np.asarray((w[..., None] * geo.gw_xy).sum(axis=1) / total)
+
+
+def solve(geo: Geometry, prior: F64 | None = None, radio_map: MapFn | None = None) -> Solution:
+    """Locate every beacon; `prior` (B, 2) is the track prediction where there is one."""
+    centroid = weighted_centroid(geo)
+    anchor = centroid if prior is None else np.where(np.isnan(prior), centroid, prior)
+    starts = [centroid] if prior is None else [centroid, anchor]
+    best_xy, best_cost = centroid, np.full(centroid.shape[0], np.inf)
+    for start in starts:
+        xy = _gauss_newton(geo, start.copy(), anchor, radio_map)
+        cost = _cost(geo, xy, anchor, radio_map)
+        better = cost < best_cost
+        best_xy = np.where(better[:, None], xy, best_xy)
+        best_cost = np.where(better, cost, best_cost)
+    cov = _covariance(geo, best_xy, radio_map)
+    used = geo.mask.sum(axis=1).astype(np.int64)
+    single = used == 1
+    if single.any():
+        best_xy, cov = _proximity(geo, best_xy, cov, single)
+    return Solution(xy=best_xy, cov=cov, used=used)
+
+
+def _gauss_newton(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -> F64:
+    n = xy.shape[0]
+    lam = np.full(n, 1e-3)
+    cost = _cost(geo, xy, prior, radio_map)
+    eye = np.eye(2)
+    inv_var = (1.0 / _prior_var(geo))[:, None]
+    for _ in range(ITERATIONS):
+        mu, grad = _model(geo, xy, radio_map)
+        z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
+        w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(np.abs(z), 1e-12)), 0.0)
+        j = grad / geo.sd_db[..., None]  # (B, K, 2), d(mu/s)/dp
+        jtwj = np.einsum("bk,bki,bkj->bij", w, j, j) + eye * inv_var[:, :, None]
+        jtwr = np.einsum("bk,bki,bk->bi", w, j, z) - (xy - prior) * inv_var
+        damped = jtwj + lam[:, None, None] * np.trace(jtwj, axis1=1, axis2=2)[:, None, None] * eye
+        step = np.linalg.solve(damped, jtwr[..., None])[..., 0]
+        length = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, MAX_STEP_M / np.maximum(length, 1e-12))
+        trial = xy + step
+        trial_cost = _cost(geo, trial, prior, radio_map)
+        better = trial_cost < cost
+        xy = np.where(better[:, None], trial, xy)
+        cost = np.where(better, trial_cost, cost)
+        lam = np.where(better, lam * 0.3, lam * 10.0)
+    return xy
+
+
+def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
+    """Inverse curvature of the cost at the solution, prior included (bounded for 2 gateways)."""
+    mu, grad = _model(geo, xy, radio_map)
+    z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
+    w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(np.abs(z), 1e-12)), 0.0)
+    j = grad / geo.sd_db[..., None]
+    info = np.einsum("bk,bki,bkj->bij", w, j, j) + np.eye(2) / _prior_var(geo)[:, None, None]
+    return np.asarray(np.linalg.inv(info))
+
+
+def _proximity(geo: Geometry, xy: F64, cov: F64, single: NDArray[np.bool_]) -> tuple[F64, F64]:
+    """One gateway: at the gateway, with the estimated horizontal range as spread."""
+    xy, cov = xy.copy(), cov.copy()
+    k = np.argmax(geo.mask[single], axis=1)
+    rows = np.flatnonzero(single)
+    gw_xy = geo.gw_xy[rows, k]
+    slant = distance_m(geo.rssi_dbm[rows, k], geo.ref_dbm[rows, k], geo.exponent[rows, k])
+    horizontal = np.sqrt(np.maximum(slant**2 - geo.dz_m[rows, k] ** 2, 0.0))
+    spread = np.sqrt(horizontal**2 + (horizontal * LN10_OVER_10 * geo.sd_db[rows, k]) ** 2) + 0.5
+    xy[rows] = gw_xy
+    cov[rows] = np.eye(2)[None] * (spread**2)[:, None, None]
+    return xy, cov
+
+
+GRID_STEP_M = 0.25
+"""Candidate spacing of the map likelihood: a sixth of the 1.5 m shadowing correlation length."""
+GRID_RADIUS_M = 6.0
+"""Candidates within this distance of the start point: about one gateway spacing."""
+GRID_CHUNK = 512
+"""Beacons per block, bounding memory to about chunk x candidates x gateways x 8 bytes x 4."""
+
+
+def grid_offsets(step_m: float = GRID_STEP_M, radius_m: float = GRID_RADIUS_M) -> F64:
+    n = int(radius_m / step_m)
+    axis = np.arange(-n, n + 1) * step_m
+    gx, gy = np.meshgrid(axis, axis)
+    keep = gx**2 + gy**2 <= radius_m**2
+    return np.asarray(np.c_[gx[keep], gy[keep]], dtype=np.float64)
+
+
+def solve_grid(
+    geo: Geometry,
+    start: F64,
+    radio_map: MapFn | None,
+    allowed: Callable[[F64], NDArray[np.bool_]] | None = None,
+    offsets: F64 | None = None,
+) -> Solution:
+    """The likelihood over the map: posterior mean and covariance over candidates near `start`.
+
+    Where the map makes the cost multimodal (two rooms that look alike to most gateways), the
+    mean and the covariance keep both modes' weight instead of committing to the wrong one.
+    `allowed` marks candidates the beacon can occupy (the walkable floor).
+    """
+    offsets = grid_offsets() if offsets is None else offsets
+    n = start.shape[0]
+    xy = np.empty((n, 2))
+    cov = np.empty((n, 2, 2))
+    step2 = (
+        float(np.min(np.abs(offsets[offsets[:, 0] != 0, 0]))) ** 2 if offsets.shape[0] > 1 else 0.0
+    )
+    for lo in range(0, n, GRID_CHUNK):
+        hi = min(n, lo + GRID_CHUNK)
+        sub = Geometry(
+            gw=geo.gw[lo:hi],
+            gw_xy=geo.gw_xy[lo:hi],
+            dz_m=geo.dz_m[lo:hi],
+            ref_dbm=geo.ref_dbm[lo:hi],
+            exponent=geo.exponent[lo:hi],
+            rssi_dbm=geo.rssi_dbm[lo:hi],
+            sd_db=geo.sd_db[lo:hi],
+            mask=geo.mask[lo:hi],
+        )
+        cand = start[lo:hi, None, :] + offsets[None, :, :]  # (b, c, 2)
+        delta = cand[:, :, None, :] - sub.gw_xy[:, None, :, :]  # (b, c, k, 2)
+        d = np.sqrt(
+            np.maximum((delta**2).sum(axis=3) + sub.dz_m[:, None, :] ** 2, MIN_DISTANCE_M**2)
+        )
+        mu = mean_rssi_dbm(d, sub.ref_dbm[:, None, :], sub.exponent[:, None, :])
+        if radio_map is not None:
+            gw = np.broadcast_to(sub.gw[:, None, :], mu.shape)
+            pts = np.broadcast_to(cand[:, :, None, :], (*mu.shape, 2))
+            mu = mu + radio_map(gw, pts)[0]
+        z = np.where(
+            sub.mask[:, None, :], (sub.rssi_dbm[:, None, :] - mu) / sub.sd_db[:, None, :], 0.0
+        )
+        a = np.abs(z)
+        loglik = -np.where(a <= HUBER_K, 0.5 * z * z, HUBER_K * (a - 0.5 * HUBER_K)).sum(axis=2)
+        if allowed is not None:
+            ok = allowed(cand.reshape(-1, 2)).reshape(cand.shape[:2])
+            # A beacon whose candidates all fall off the floor keeps them all rather than none.
+            ok |= ~ok.any(axis=1, keepdims=True)
+            loglik = np.where(ok, loglik, -np.inf)
+        loglik -= loglik.max(axis=1, keepdims=True)
+        w = np.exp(loglik)
+        w /= w.sum(axis=1, keepdims=True)
+        mean = np.einsum("bc,bci->bi", w, cand)
+        dev = cand - mean[:, None, :]
+        cov[lo:hi] = np.einsum("bc,bci,bcj->bij", w, dev, dev) + np.eye(2) * step2 / 12.0
+        xy[lo:hi] = mean
+    used = geo.mask.sum(axis=1).astype(np.int64)
+    single = used == 1
+    if single.any():
+        xy, cov = _proximity(geo, xy, cov, single)
+    return Solution(xy=xy, cov=cov, used=used)

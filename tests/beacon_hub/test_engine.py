@@ -1,0 +1,177 @@
+"""The engine core: exact on noise-free data, indifferent to gateway order, honest when lost."""
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beacon_hub.engine import Engine, EngineConfig, Readings
+from beacon_hub.multilateration import Geometry, solve
+from beacon_hub.pathloss import mean_rssi_dbm
+from beacon_hub.site import Site, validate_site_data
+
+TAG = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:7"
+PALLET = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:2:9"
+
+
+def room_site(**changes: Any) -> Site:
+    data: dict[str, Any] = {
+        "id": "room",
+        "kind": "lab",
+        "radio": {"ref_rssi_1m_dbm": -59.0, "path_loss_exponent": 2.0, "shadowing_db": 4.0},
+        "levels": [{"outline": [[0, 0], [20, 0], [20, 12], [0, 12]]}],
+        "gateways": [
+            {"id": f"g{i}", "x": x, "y": y, "z": 3.0}
+            for i, (x, y) in enumerate([(0, 0), (20, 0), (20, 12), (0, 12), (10, 6)])
+        ],
+        "beacon_kinds": [
+            {
+                "kind": "cart",
+                "match": ["ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:*"],
+                "height_m": 1.0,
+            },
+            {
+                "kind": "pallet",
+                "match": ["ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:2:*"],
+                "height_m": 1.0,
+            },
+        ],
+        "zones": [
+            {"id": "left", "kind": "aisle", "polygon": [[0, 0], [10, 0], [10, 12], [0, 12]]},
+            {"id": "right", "kind": "aisle", "polygon": [[10, 0], [20, 0], [20, 12], [10, 12]]},
+        ],
+    }
+    data.update(changes)
+    return validate_site_data(data, "room")
+
+
+def exact_readings(site: Site, beacon: str, xy: tuple[float, float], t: float) -> list[Readings]:
+    out = []
+    for g in site.gateways:
+        d = np.sqrt((g.x - xy[0]) ** 2 + (g.y - xy[1]) ** 2 + (g.z - 1.0) ** 2)
+        rssi = float(mean_rssi_dbm(d, -59.0, 2.0))
+        out.append(
+            Readings(
+                g.id, [beacon], np.array([0]), np.array([t]), np.array([rssi]), np.array([np.nan])
+            )
+        )
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(1.0, 19.0), st.floats(1.0, 11.0))
+def test_noise_free_readings_give_the_exact_position(x: float, y: float) -> None:
+    site = room_site()
+    engine = Engine(site, EngineConfig(tracking=False))
+    for r in exact_readings(site, TAG, (x, y), 10.0):
+        engine.ingest(r)
+    fixes = engine.tick(10.5).fixes
+    assert fixes.beacons == [TAG]
+    assert abs(fixes.x[0] - x) < 0.05
+    assert abs(fixes.y[0] - y) < 0.05
+
+
+def test_permuting_gateways_changes_nothing() -> None:
+    rng = np.random.default_rng(3)
+    b, k = 50, 6
+    gw_xy = rng.uniform(0, 30, (b, k, 2))
+    rssi = rng.uniform(-90, -50, (b, k))
+    geo = Geometry(
+        gw=np.zeros((b, k), dtype=np.intp),
+        gw_xy=gw_xy,
+        dz_m=np.full((b, k), 2.0),
+        ref_dbm=np.full((b, k), -59.0),
+        exponent=np.full((b, k), 2.2),
+        rssi_dbm=rssi,
+        sd_db=np.full((b, k), 5.0),
+        mask=np.ones((b, k), dtype=bool),
+    )
+    perm = rng.permutation(k)
+    shuffled = Geometry(
+        geo.gw,
+        gw_xy[:, perm],
+        geo.dz_m,
+        geo.ref_dbm,
+        geo.exponent,
+        rssi[:, perm],
+        geo.sd_db,
+        geo.mask,
+    )
+    a, c = solve(geo), solve(shuffled)
+    np.testing.assert_allclose(a.xy, c.xy, atol=1e-9)
+    np.testing.assert_allclose(a.cov, c.cov, atol=1e-9)
+
+
+def test_a_beacon_barely_heard_gets_a_large_accuracy_not_a_crash() -> None:
+    site = room_site()
+    engine = Engine(site, EngineConfig(tracking=False))
+    g = site.gateways[0]
+    engine.ingest(
+        Readings(g.id, [TAG], np.array([0]), np.array([1.0]), np.array([-99.0]), np.array([np.nan]))
+    )
+    fixes = engine.tick(1.5).fixes
+    assert len(fixes) == 1
+    assert fixes.accuracy_m[0] > 10.0
+    assert np.isfinite(fixes.x[0])
+
+
+def test_late_and_impossible_readings_are_counted_and_dropped() -> None:
+    site = room_site()
+    engine = Engine(site)
+    engine.tick(100.0)
+    counts = engine.ingest(
+        Readings(
+            "g0",
+            [TAG],
+            np.array([0, 0, 0]),
+            np.array([97.0, 99.0, 100.5]),
+            np.array([-60.0, -60.0, 30.0]),
+            np.full(3, np.nan),
+        )
+    )
+    assert (counts.accepted, counts.late, counts.impossible_rssi) == (1, 1, 1)
+    unknown = engine.ingest(
+        Readings(
+            "nope", [TAG], np.array([0]), np.array([100.0]), np.array([-60.0]), np.array([np.nan])
+        )
+    )
+    assert unknown.unknown_gateway == 1
+    assert engine.counts.accepted == 1
+
+
+def test_zone_events_and_lost_beacon() -> None:
+    site = room_site()
+    engine = Engine(site, EngineConfig(min_dwell_s=2.0, lost_after_s=10.0))
+    events = []
+    t = 0.0
+    for step in range(40):
+        t = float(step)
+        x = 5.0 if step < 20 else 15.0
+        for r in exact_readings(site, TAG, (x, 6.0), t - 0.5):
+            engine.ingest(r)
+        events += engine.tick(t).events
+    for step in range(40, 60):
+        events += engine.tick(float(step)).events
+    kinds = [(e.type, e.zone) for e in events]
+    assert kinds[0] == ("zone_enter", "left")
+    assert ("zone_exit", "left") in kinds
+    assert ("zone_enter", "right") in kinds
+    assert kinds.count(("zone_enter", "right")) == 1
+    assert kinds[-1][0] == "beacon_lost"
+    assert sum(1 for k in kinds if k[0] == "beacon_lost") == 1
+
+
+def test_parked_pallet_that_moves_fires_pallet_moved() -> None:
+    site = room_site()
+    engine = Engine(site, EngineConfig(parked_after_s=20.0, moved_m=2.5))
+    events = []
+    for step in range(120):
+        x = 4.0 if step < 60 else 16.0
+        for r in exact_readings(site, PALLET, (x, 6.0), step - 0.5):
+            engine.ingest(r)
+        events += engine.tick(float(step)).events
+    moved = [e for e in events if e.type == "pallet_moved"]
+    assert len(moved) == 1
+    assert moved[0].data["from_x"] == pytest.approx(4.0, abs=0.5)
