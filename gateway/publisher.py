@@ -8,9 +8,9 @@ other way (`publish`, `disconnect`) are thread-safe by paho's design (its own mu
 
 Flow control. At most `inflight` readings batches are handed to paho at a time, and only while
 connected; everything else waits in our buffer, which drops the oldest when full and counts it.
-paho keeps what it was handed across a reconnect and re-sends it (in order, DUP set) before
-anything newer, so a batch is either acknowledged, still in paho's hands, in our buffer, or
-counted as dropped: never silently lost while the process runs.
+paho keeps what it was handed across a reconnect and re-sends it (DUP set); nothing newer is
+handed over until those are acknowledged, so order holds. A batch is either acknowledged, in
+paho's hands, in our buffer, or counted as dropped: never silently lost while the process runs.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class Publisher:
         self._client: mqtt.Client | None = None
         self._last_refusal: str | None = None
         self._stopping = False
+        self._resending = False
 
     # -- lifecycle (event loop thread)
 
@@ -200,6 +201,9 @@ class Publisher:
         log.info("connected to the broker; %d batches waiting", self.queue_depth)
         self.disconnected.clear()
         self.connected.set()
+        # paho re-sends what it held from before the loss on its own thread right after this
+        # CONNACK; publishing newer batches now could overtake them. Wait for their PUBACKs.
+        self._resending = bool(self._inflight)
         self._publish_status("online")
         self._pump()
 
@@ -215,6 +219,8 @@ class Publisher:
         if item is not None:
             self.counters.batches_published += 1
             self.counters.samples_published += item.samples
+            if not self._inflight:
+                self._resending = False
             self._pump()
             return
         ack = self._status_acks.pop(mid, None)
@@ -251,6 +257,7 @@ class Publisher:
         return (
             self._client is not None
             and self.connected.is_set()
+            and not self._resending
             and len(self._inflight) < self.window
         )
 

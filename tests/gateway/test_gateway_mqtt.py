@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,11 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
 from beacon_hub.wire import ReadingBatch, decode_batch, decode_status, readings_topic
-from gateway.buffer import Buffered, DiskBuffer
+from gateway.buffer import Buffered, DiskBuffer, MemoryBuffer
 from gateway.config import GatewayConfig
 from gateway.daemon import Gateway
 from gateway.frames import APPLE_COMPANY_ID
+from gateway.publisher import Publisher
 from gateway.scanner import DetectionCallback
 from tests.gateway.mqtt_client import TIMEOUT_S, Received, Subscriber
 from tests.servers import Mosquitto
@@ -233,3 +236,60 @@ def test_disk_buffer_keeps_order_bound_and_survives_reopening(tmp_path: Path) ->
     with contextlib.suppress(IndexError):
         reopened.popleft()
     assert not list(folder.iterdir())
+
+
+def _batch(seq: int) -> ReadingBatch:
+    beacon = f"ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:0:{seq}"
+    return ReadingBatch(
+        "gw-test", "00c0ffee", seq, 1.7e9, (beacon,), (0,), (0.0,), (-60.0,), (None,)
+    )
+
+
+def test_batches_in_flight_when_the_broker_dies_are_resent_first(tmp_path: Path) -> None:
+    """Batches paho holds unacknowledged across a broker crash arrive, before anything newer."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    # Save the subscriber's session at once, so a SIGKILL'd broker still knows it on restart.
+    broker = Mosquitto(tmp_path / "mosquitto", extra_config="autosave_on_changes true")
+    broker.start()
+    topic = readings_topic(site, "gw-test")
+    sub = Subscriber(broker, topic, persistent=True)
+    config = _config(broker, site)
+    buffer = MemoryBuffer(100)
+
+    async def scenario() -> Publisher:
+        publisher = Publisher(
+            config.broker,
+            site=site,
+            gateway_id="gw-test",
+            boot="00c0ffee",
+            version="test",
+            buffer=buffer,
+            inflight=2,
+        )
+        await publisher.start()
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        publisher.submit(_batch(0))
+        await asyncio.to_thread(sub.wait_for, lambda ms: len(ms) >= 1, "batch 0")
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)  # frozen: takes bytes, acknowledges nothing
+        for seq in range(1, 6):
+            publisher.submit(_batch(seq))
+        assert publisher.queue_depth == 5  # 2 in paho's hands, 3 in our buffer
+        await asyncio.to_thread(broker.kill)
+        await asyncio.wait_for(publisher.disconnected.wait(), TIMEOUT_S)
+        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(
+            sub.wait_for, lambda ms: any(b.seq == 5 for b in batches(ms, topic)), "batch 5"
+        )
+        await publisher.stop(drain_timeout_s=TIMEOUT_S)
+        return publisher
+
+    try:
+        publisher = asyncio.run(scenario())
+        messages = list(sub.messages)
+    finally:
+        sub.close()
+        broker.stop()
+    assert [b.seq for b in batches(messages, topic)] == [0, 1, 2, 3, 4, 5]
+    assert publisher.counters.batches_published == 6
+    assert buffer.dropped_batches == 0
