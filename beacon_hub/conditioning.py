@@ -83,7 +83,10 @@ class ReadingWindow:
         if tt.shape[0] == 0:
             empty_i = np.empty(0, dtype=np.int64)
             return PairEstimates(empty_i, empty_i, np.empty(0), empty_i, np.empty(0))
-        order = np.lexsort((r, g, b))
+        # One float key sorts by pair, then RSSI: pair * 1024 + (rssi + 512) with RSSI in
+        # -127..+20 dBm keeps the pair in the integer part, exact in float64 below 2^43 pairs.
+        key = (b * (g.max() + 1) + g).astype(np.float64) * 1024.0 + (r + 512.0)
+        order = np.argsort(key, kind="stable")
         b, g, r, tt = b[order], g[order], r[order], tt[order]
         new_pair = np.r_[True, (b[1:] != b[:-1]) | (g[1:] != g[:-1])]
         starts = np.flatnonzero(new_pair)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from beacon_hub.calibration import Calibration
 from beacon_hub.conditioning import PairEstimates, ReadingWindow
 from beacon_hub.floorplan import FloorPlan
-from beacon_hub.multilateration import Geometry, MapFn, Solution, solve, solve_grid
+from beacon_hub.multilateration import Geometry, MapFn, Solution, select_rows, solve, solve_grid
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
 from beacon_hub.site import Site
@@ -48,9 +48,6 @@ MAP_STATIC_FACTOR = 0.6
 the in-sample residual from 6.6 to 4.6 dB; out of sample it does less)."""
 MAX_GATEWAYS_PER_FIX = 10
 """The strongest gateways used per beacon: beyond ten, far gateways add noise, not geometry."""
-
-
-_GEOMETRY_FIELDS = ("gw", "gw_xy", "dz_m", "ref_dbm", "exponent", "rssi_dbm", "sd_db", "mask")
 
 
 class EngineConfig(BaseModel):
@@ -129,12 +126,20 @@ class FixTable:
     accuracy_m: F64
     level: I64
     zones: list[str | None]
-    gateways: list[tuple[str, ...]]
     kinds: list[str | None]
     speed_m_s: F64
+    gateway_slots: NDArray[np.intp]
+    """(n, K) gateway indices used per fix, valid where gateway_mask; kept as arrays because
+    10,000 tuples of names cost more than the whole multilateration."""
+    gateway_mask: NDArray[np.bool_]
+    gateway_ids: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.beacons)
+
+    def gateways(self, i: int) -> tuple[str, ...]:
+        ids = self.gateway_ids
+        return tuple(ids[g] for g in self.gateway_slots[i][self.gateway_mask[i]])
 
     def fixes(self) -> list[Fix]:
         return [
@@ -145,7 +150,7 @@ class FixTable:
                 y=float(self.y[i]),
                 accuracy_m=float(self.accuracy_m[i]),
                 zone=self.zones[i],
-                gateways=self.gateways[i],
+                gateways=self.gateways(i),
                 level=int(self.level[i]),
                 kind=self.kinds[i],
             )
@@ -286,11 +291,13 @@ class Engine:
         walk = self._walkable_only[idx]
         tracked = cfg.tracking & np.isfinite(self.tracks.t[idx])
         prior = np.full((idx.shape[0], 2), np.nan)
+        predicted = None
         if tracked.any():
             t_idx = idx[tracked]
             self.tracks.predict(t_idx, np.maximum(t - self.tracks.t[t_idx], 1e-3))
             self.tracks.t[t_idx] = t
-            prior[tracked] = self.tracks.estimate(t_idx)[0][:, [0, 2]]
+            predicted = self.tracks.estimate(t_idx)
+            prior[tracked] = predicted[0][:, [0, 2]]
         xy, cov = self._locate(geo, prior, level, walk)
         speed = np.zeros(idx.shape[0])
         if cfg.tracking:
@@ -298,7 +305,7 @@ class Engine:
             share = np.where(geo.mask, static**2 / geo.sd_db**2, 0.0).sum(axis=1)
             share /= np.maximum(geo.mask.sum(axis=1), 1)
             static_cov = cov * share[:, None, None]
-            xy, cov, speed = self._track(idx, tracked, t, xy, cov)
+            xy, cov, speed = self._track(idx, tracked, t, xy, cov, predicted)
             cov = cov + static_cov
             xy = self._project(level, xy, walk)
         self._active[idx] = True
@@ -312,7 +319,6 @@ class Engine:
             events.extend(self._pallet_moves(idx, t, xy))
         events.extend(self._lost(t))
         self._update_references(t, idx, geo)
-        ids = self.gateway_ids
         table = FixTable(
             t=t,
             beacons=[self.beacon_ids[i] for i in idx],
@@ -321,34 +327,43 @@ class Engine:
             accuracy_m=accuracy * cfg.accuracy_scale,
             level=level.astype(np.int64),
             zones=self.zones.zone_of(idx),
-            gateways=[tuple(ids[g] for g in geo.gw[r][geo.mask[r]]) for r in range(idx.shape[0])],
             kinds=[self._kind[i] for i in idx],
             speed_m_s=speed,
+            gateway_slots=geo.gw,
+            gateway_mask=geo.mask,
+            gateway_ids=self.gateway_ids,
         )
         return TickResult(table, events)
 
     def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64]:
-        """Pad each beacon's gateways, strongest first, into (beacons, K) slots."""
-        order = np.lexsort((-est.rssi_dbm, est.beacon))
-        beacon, gw = est.beacon[order], est.gateway[order]
+        """Pad each beacon's gateways into (beacons, K) slots, strongest first in slot 0."""
+        beacon, gw = est.beacon, est.gateway  # sorted by beacon already
         first = np.r_[True, beacon[1:] != beacon[:-1]]
         starts = np.flatnonzero(first)
         group = np.cumsum(first) - 1
+        counts = np.diff(np.r_[starts, beacon.shape[0]])
         rank = np.arange(beacon.shape[0]) - starts[group]
+        if counts.max() > MAX_GATEWAYS_PER_FIX:
+            # Rare: more gateways than slots; rank by RSSI so the strongest are kept.
+            order = np.lexsort((-est.rssi_dbm, beacon))
+            rank = np.empty_like(rank)
+            rank[order] = np.arange(beacon.shape[0]) - starts[group[order]]
         keep = rank < MAX_GATEWAYS_PER_FIX
         idx = beacon[starts]
-        shape = (idx.shape[0], int(min(MAX_GATEWAYS_PER_FIX, rank.max() + 1)))
+        shape = (idx.shape[0], int(min(MAX_GATEWAYS_PER_FIX, counts.max())))
         slot_g = np.zeros(shape, dtype=np.intp)
-        slot_r = np.zeros(shape)
+        slot_r = np.full(shape, -np.inf)
         slot_n = np.ones(shape)
         mask = np.zeros(shape, dtype=bool)
         rows, cols = group[keep], rank[keep]
         slot_g[rows, cols] = gw[keep]
-        slot_r[rows, cols] = est.rssi_dbm[order][keep]
-        slot_n[rows, cols] = est.samples[order][keep]
+        slot_r[rows, cols] = est.rssi_dbm[keep]
+        slot_n[rows, cols] = est.samples[keep]
         mask[rows, cols] = True
+        strongest = slot_g[np.arange(shape[0]), np.argmax(slot_r, axis=1)]
+        slot_r[~mask] = 0.0
         # A beacon is on the level of its strongest gateway; other levels' gateways are ignored.
-        level = self.gw_level[slot_g[:, 0]]
+        level = self.gw_level[strongest]
         mask &= self.gw_level[slot_g] == level[:, None]
         static = self.gw_static_db[slot_g]
         if self.radio_map is not None and self.config.use_map:
@@ -404,7 +419,7 @@ class Engine:
                 rows = np.flatnonzero((level == lv) & (walk == walk_only))
                 if rows.shape[0] == 0:
                     continue
-                sub = Geometry(*(getattr(geo, f)[rows] for f in _GEOMETRY_FIELDS))
+                sub = select_rows(geo, rows)
                 allowed = None
                 if int(lv) in self.plan.levels:
                     allowed = functools.partial(self.plan.allowed, int(lv), walkable_only=walk_only)
@@ -413,14 +428,20 @@ class Engine:
         return Solution(xy=xy, cov=cov, used=geo.mask.sum(axis=1).astype(np.int64))
 
     def _track(
-        self, idx: I64, tracked: NDArray[np.bool_], t: float, z: F64, r: F64
+        self,
+        idx: I64,
+        tracked: NDArray[np.bool_],
+        t: float,
+        z: F64,
+        r: F64,
+        predicted: tuple[F64, F64] | None,
     ) -> tuple[F64, F64, F64]:
         tracks = self.tracks
         m = mode_transition(self.config.tick_interval_s, tracks.params)
         t_idx = idx[tracked]
         restart = np.zeros(idx.shape[0], dtype=bool)
         if t_idx.shape[0]:
-            d2 = tracks.innovation(t_idx, z[tracked], r[tracked])
+            d2 = tracks.innovation(t_idx, z[tracked], r[tracked], predicted)
             accept = d2 <= GATE_CHI2_2DOF
             tracks.rejected[t_idx[accept]] = 0
             tracks.rejected[t_idx[~accept]] += 1
@@ -544,5 +565,16 @@ class Engine:
     def _empty(self, t: float) -> FixTable:
         empty_f = np.zeros(0)
         return FixTable(
-            t, [], empty_f, empty_f, empty_f, np.zeros(0, dtype=np.int64), [], [], [], empty_f
+            t=t,
+            beacons=[],
+            x=empty_f,
+            y=empty_f,
+            accuracy_m=empty_f,
+            level=np.zeros(0, dtype=np.int64),
+            zones=[],
+            kinds=[],
+            speed_m_s=empty_f,
+            gateway_slots=np.zeros((0, 1), dtype=np.intp),
+            gateway_mask=np.zeros((0, 1), dtype=bool),
+            gateway_ids=self.gateway_ids,
         )

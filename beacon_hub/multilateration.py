@@ -29,6 +29,7 @@ __all__ = [
     "Geometry",
     "Solution",
     "grid_offsets",
+    "select_rows",
     "solve",
     "solve_grid",
     "weighted_centroid",
@@ -115,49 +116,88 @@ def weighted_centroid(geo: Geometry) -> F64:
 
 
 def solve(geo: Geometry, prior: F64 | None = None, radio_map: MapFn | None = None) -> Solution:
-    """Locate every beacon; `prior` (B, 2) is the track prediction where there is one."""
+    """Locate every beacon; `prior` (B, 2) is the track prediction where there is one.
+
+    A beacon with a prediction starts there; one without starts at the weighted centroid.
+    """
     centroid = weighted_centroid(geo)
     anchor = centroid if prior is None else np.where(np.isnan(prior), centroid, prior)
-    starts = [centroid] if prior is None else [centroid, anchor]
-    best_xy, best_cost = centroid, np.full(centroid.shape[0], np.inf)
-    for start in starts:
-        xy = _gauss_newton(geo, start.copy(), anchor, radio_map)
-        cost = _cost(geo, xy, anchor, radio_map)
-        better = cost < best_cost
-        best_xy = np.where(better[:, None], xy, best_xy)
-        best_cost = np.where(better, cost, best_cost)
-    cov = _covariance(geo, best_xy, radio_map)
+    xy = _gauss_newton(geo, anchor.copy(), anchor, radio_map)
+    cov = _covariance(geo, xy, radio_map)
     used = geo.mask.sum(axis=1).astype(np.int64)
     single = used == 1
     if single.any():
-        best_xy, cov = _proximity(geo, best_xy, cov, single)
-    return Solution(xy=best_xy, cov=cov, used=used)
+        xy, cov = _proximity(geo, xy, cov, single)
+    return Solution(xy=xy, cov=cov, used=used)
+
+
+def _normal_equations(
+    geo: Geometry, xy: F64, prior: F64, inv_var: F64, radio_map: MapFn | None
+) -> tuple[F64, F64, F64, F64, F64, F64]:
+    """Cost and the 2x2 Gauss-Newton system (a b; b c)(dx dy) = (gx gy) at xy, per beacon."""
+    mu, grad = _model(geo, xy, radio_map)
+    inv_sd = np.where(geo.mask, 1.0 / geo.sd_db, 0.0)
+    z = (geo.rssi_dbm - mu) * inv_sd
+    az = np.abs(z)
+    huber = np.where(az <= HUBER_K, 0.5 * z * z, HUBER_K * (az - 0.5 * HUBER_K))
+    w = np.minimum(1.0, HUBER_K / np.maximum(az, 1e-12)) * (inv_sd > 0)
+    jx, jy = grad[..., 0] * inv_sd, grad[..., 1] * inv_sd
+    wjx, wjy = w * jx, w * jy
+    dprior = xy - prior
+    cost = huber.sum(axis=1) + 0.5 * (dprior**2).sum(axis=1) * inv_var
+    a = (wjx * jx).sum(axis=1) + inv_var
+    b = (wjx * jy).sum(axis=1)
+    c = (wjy * jy).sum(axis=1) + inv_var
+    gx = (wjx * z).sum(axis=1) - dprior[:, 0] * inv_var
+    gy = (wjy * z).sum(axis=1) - dprior[:, 1] * inv_var
+    return cost, a, b, c, gx, gy
 
 
 def _gauss_newton(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -> F64:
-    n = xy.shape[0]
-    lam = np.full(n, 1e-3)
-    cost = _cost(geo, xy, prior, radio_map)
-    eye = np.eye(2)
-    inv_var = (1.0 / _prior_var(geo))[:, None]
+    """Levenberg-Marquardt with Huber IRLS; one model evaluation per iteration, 2x2 solved in
+    closed form, and only the beacons still moving more than a millimetre are iterated."""
+    inv_var = 1.0 / _prior_var(geo)
+    best_xy = xy.copy()
+    cost, a, b, c, gx, gy = _normal_equations(geo, xy, prior, inv_var, radio_map)
+    lam = np.full(xy.shape[0], 1e-3)
+    active = np.arange(xy.shape[0])
     for _ in range(ITERATIONS):
-        mu, grad = _model(geo, xy, radio_map)
-        z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
-        w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(np.abs(z), 1e-12)), 0.0)
-        j = grad / geo.sd_db[..., None]  # (B, K, 2), d(mu/s)/dp
-        jtwj = np.einsum("bk,bki,bkj->bij", w, j, j) + eye * inv_var[:, :, None]
-        jtwr = np.einsum("bk,bki,bk->bi", w, j, z) - (xy - prior) * inv_var
-        damped = jtwj + lam[:, None, None] * np.trace(jtwj, axis1=1, axis2=2)[:, None, None] * eye
-        step = np.linalg.solve(damped, jtwr[..., None])[..., 0]
-        length = np.linalg.norm(step, axis=1, keepdims=True)
-        step *= np.minimum(1.0, MAX_STEP_M / np.maximum(length, 1e-12))
-        trial = xy + step
-        trial_cost = _cost(geo, trial, prior, radio_map)
-        better = trial_cost < cost
-        xy = np.where(better[:, None], trial, xy)
-        cost = np.where(better, trial_cost, cost)
-        lam = np.where(better, lam * 0.3, lam * 10.0)
-    return xy
+        damp = 1.0 + lam[active]
+        da, dc, bb = a[active] * damp, c[active] * damp, b[active]
+        ga, gb = gx[active], gy[active]
+        det = np.maximum(da * dc - bb * bb, 1e-18)
+        step = np.c_[(dc * ga - bb * gb) / det, (da * gb - bb * ga) / det]
+        length = np.sqrt((step**2).sum(axis=1))
+        step *= np.minimum(1.0, MAX_STEP_M / np.maximum(length, 1e-12))[:, None]
+        moving = length >= 1e-3
+        active, step = active[moving], step[moving]
+        if active.shape[0] == 0:
+            break
+        sub = select_rows(geo, active)
+        trial = best_xy[active] + step
+        t_cost, ta, tb, tc, tgx, tgy = _normal_equations(
+            sub, trial, prior[active], inv_var[active], radio_map
+        )
+        better = t_cost < cost[active]
+        won = active[better]
+        best_xy[won] = trial[better]
+        cost[won], a[won], b[won], c[won] = t_cost[better], ta[better], tb[better], tc[better]
+        gx[won], gy[won] = tgx[better], tgy[better]
+        lam[active] = np.where(better, lam[active] * 0.3, lam[active] * 10.0)
+    return best_xy
+
+
+def select_rows(geo: Geometry, rows: NDArray[np.intp]) -> Geometry:
+    return Geometry(
+        gw=geo.gw[rows],
+        gw_xy=geo.gw_xy[rows],
+        dz_m=geo.dz_m[rows],
+        ref_dbm=geo.ref_dbm[rows],
+        exponent=geo.exponent[rows],
+        rssi_dbm=geo.rssi_dbm[rows],
+        sd_db=geo.sd_db[rows],
+        mask=geo.mask[rows],
+    )
 
 
 def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
@@ -222,16 +262,7 @@ def solve_grid(
     )
     for lo in range(0, n, GRID_CHUNK):
         hi = min(n, lo + GRID_CHUNK)
-        sub = Geometry(
-            gw=geo.gw[lo:hi],
-            gw_xy=geo.gw_xy[lo:hi],
-            dz_m=geo.dz_m[lo:hi],
-            ref_dbm=geo.ref_dbm[lo:hi],
-            exponent=geo.exponent[lo:hi],
-            rssi_dbm=geo.rssi_dbm[lo:hi],
-            sd_db=geo.sd_db[lo:hi],
-            mask=geo.mask[lo:hi],
-        )
+        sub = select_rows(geo, np.arange(lo, hi))
         cand = start[lo:hi, None, :] + offsets[None, :, :]  # (b, c, 2)
         delta = cand[:, :, None, :] - sub.gw_xy[:, None, :, :]  # (b, c, k, 2)
         d = np.sqrt(

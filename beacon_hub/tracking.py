@@ -172,9 +172,14 @@ class Tracks:
             mixed_p[:, model] = f @ mixed_p[:, model] @ f.transpose(0, 2, 1) + q
         self.x[idx], self.P[idx] = mixed_x, mixed_p
 
-    def innovation(self, idx: NDArray[np.intp], z: F64, r: F64) -> F64:
-        """Squared Mahalanobis distance of z from the combined prediction, for gating."""
-        x, p = self.estimate(idx)
+    def innovation(
+        self, idx: NDArray[np.intp], z: F64, r: F64, predicted: tuple[F64, F64] | None = None
+    ) -> F64:
+        """Squared Mahalanobis distance of z from the combined prediction, for gating.
+
+        `predicted` is `estimate(idx)` after predict(), when the caller has it already.
+        """
+        x, p = self.estimate(idx) if predicted is None else predicted
         y = z - x[:, [0, 2]]
         s = p[:, [0, 2]][:, :, [0, 2]] + r
         return np.asarray(np.einsum("na,nab,nb->n", y, np.linalg.inv(s), y), dtype=np.float64)

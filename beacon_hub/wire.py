@@ -367,6 +367,10 @@ class Heartbeat:
     adverts_per_s: float
     version: str
     cpu_temp_c: float | None = None
+    samples_per_s: float | None = None
+    """Samples batched per second; with beacons_heard it gives the RSSI rate per beacon."""
+    beacons_heard: int | None = None
+    """Distinct beacons in the batches since the last heartbeat."""
 
 
 _HEARTBEAT_COUNTERS = (
@@ -398,6 +402,8 @@ def decode_heartbeat(raw: bytes | bytearray) -> Heartbeat:
         adverts_per_s=_num(obj, "adverts_per_s", 0.0, 1e9),
         version=_str(obj, "version"),
         cpu_temp_c=_opt_num(obj, "cpu_temp_c", -100.0, 200.0),
+        samples_per_s=_opt_num(obj, "samples_per_s", 0.0, 1e9),
+        beacons_heard=_opt_int(obj, "beacons_heard", 0, 10_000_000),
         **counters,
     )
 

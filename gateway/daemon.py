@@ -151,8 +151,8 @@ class Gateway:
                 log.exception("periodic task failed")
 
     def heartbeat(self) -> dict[str, Any]:
-        """The heartbeat payload: wire.Heartbeat plus two v1 extension fields
-        (`samples_per_s`, `beacons_heard`) that give the sampling rate per beacon."""
+        """The heartbeat payload (wire.Heartbeat), with `samples_per_s` and `beacons_heard`
+        that give the sampling rate per beacon."""
         now = time.monotonic()
         seen = self.pipeline.counters.adverts_seen
         samples = self.pipeline.counters.samples
@@ -172,10 +172,10 @@ class Gateway:
             adverts_per_s=round((seen - seen_then) / elapsed, 2),
             version=__version__,
             cpu_temp_c=cpu_temp_c(),
+            samples_per_s=round((samples - samples_then) / elapsed, 2),
+            beacons_heard=len(self._beacons_heard),
         )
         payload: dict[str, Any] = json.loads(encode_heartbeat(hb))
-        payload["samples_per_s"] = round((samples - samples_then) / elapsed, 2)
-        payload["beacons_heard"] = len(self._beacons_heard)
         self._beacons_heard = set()
         return payload
 

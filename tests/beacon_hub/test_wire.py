@@ -215,6 +215,8 @@ def test_other_payloads_round_trip() -> None:
         adverts_per_s=12.5,
         version="0.1.0",
         cpu_temp_c=51.2,
+        samples_per_s=40.0,
+        beacons_heard=12,
     )
     assert wire.decode_heartbeat(wire.encode_heartbeat(hb)) == hb
     fix = Fix(
