@@ -305,7 +305,7 @@ class Engine:
             share = np.where(geo.mask, static**2 / geo.sd_db**2, 0.0).sum(axis=1)
             share /= np.maximum(geo.mask.sum(axis=1), 1)
             static_cov = cov * share[:, None, None]
-            xy, cov, speed = self._track(idx, tracked, t, xy, cov, predicted)
+            xy, cov, speed = self._track(idx, tracked, t, xy, cov, predicted=predicted)
             cov = cov + static_cov
             xy = self._project(level, xy, walk)
         self._active[idx] = True
@@ -434,6 +434,7 @@ class Engine:
         t: float,
         z: F64,
         r: F64,
+        *,
         predicted: tuple[F64, F64] | None,
     ) -> tuple[F64, F64, F64]:
         tracks = self.tracks

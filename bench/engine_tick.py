@@ -162,7 +162,8 @@ def main() -> int:
     print(f"engine tick, {n:,} beacons x {GATEWAYS_PER_BEACON} gateways ({os.cpu_count()} cores)")
     print(f"  whole tick, median of {repeats}      {1000 * tick_s:9.1f} ms")
     print(
-        f"  multilateration alone          {1000 * solve_s:9.1f} ms   median error {err_engine:.2f} m"
+        f"  multilateration alone          {1000 * solve_s:9.1f} ms   "
+        f"median error {err_engine:.2f} m"
     )
     print(
         f"  scipy least_squares per beacon {1000 * baseline_s:9.1f} ms   median error "
