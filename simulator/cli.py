@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
-from beacon_hub.commands import dispatch, new_parser, not_yet
+from beacon_hub.commands import EXIT_OK, dispatch, new_parser
+from beacon_hub.errors import BeaconHubError
+from beacon_hub.site import load_site
 
-__all__ = ["main", "parse_speed"]
+__all__ = ["DEFAULT_START_S", "main", "parse_speed"]
 
 PROG = "beacon-sim"
+
+DEFAULT_START_S = 1_735_689_600.0
+"""2025-01-01T00:00:00Z: where a file-only run's clock starts unless --start says otherwise, so
+the same seed writes the same bytes. A broker run starts at the current time (a live hub
+compares batch send times with its own clock)."""
+
+SCENARIOS = ("store", "warehouse", "companion", "tracked")
 
 
 def parse_speed(text: str) -> float:
     """`--speed`: a factor over real time, or `max` for as fast as possible (infinity)."""
-    import argparse  # noqa: PLC0415  # only for the error type
-
     if text == "max":
         return float("inf")
     try:
@@ -30,6 +42,82 @@ def parse_speed(text: str) -> float:
     return value
 
 
+def _interval(text: str) -> tuple[str, float]:
+    kind, sep, value = text.partition("=")
+    if not sep or kind not in ("cart", "pallet", "reference", "asset"):
+        raise argparse.ArgumentTypeError(f"expected KIND=SECONDS with a beacon kind, got {text!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+    if not 0.02 <= seconds <= 10.24:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: BLE advertising intervals are 20 ms to 10.24 s"
+        )
+    return kind, seconds
+
+
+def _run(args: argparse.Namespace) -> int:
+    # numpy and the engine load only for `run`, so `--help` stays instant
+    from simulator.publisher import MqttPublisher  # noqa: PLC0415
+    from simulator.radio import COMPANION_RADIO, REALISTIC_RADIO  # noqa: PLC0415
+    from simulator.scenario import (  # noqa: PLC0415
+        ReadingsCsv,
+        RunOptions,
+        ScenarioName,
+        Simulation,
+        Sink,
+        TruthCsv,
+        default_population,
+        run,
+    )
+
+    if not (args.broker or args.out or args.truth):
+        raise BeaconHubError("nothing to do: give --broker, --out and/or --truth")
+    if not args.duration > 0:
+        raise BeaconHubError(f"--duration must be positive, got {args.duration:g}")
+    site = load_site(args.site)
+    scenario = cast(ScenarioName | None, args.scenario)
+    population = default_population(site, scenario)
+    changes: dict[str, object] = {
+        key: getattr(args, key)
+        for key in ("carts", "shoppers_per_hour", "pallets", "forklifts", "moves_per_hour")
+        if getattr(args, key) is not None
+    }
+    if args.advert_interval:
+        changes["advert_interval_s"] = dict(args.advert_interval)
+    population = replace(population, **changes)  # type: ignore[arg-type]
+    radio = COMPANION_RADIO if population.walks else REALISTIC_RADIO
+    if args.start is not None:
+        start = args.start
+    elif args.broker:
+        start = math.floor(time.time())
+    else:
+        start = DEFAULT_START_S
+    options = RunOptions(
+        duration_s=args.duration, seed=args.seed, start_s=start, population=population, radio=radio
+    )
+    try:
+        sim = Simulation(site, options)
+    except ValueError as e:
+        raise BeaconHubError(f"{args.site}: {e}") from e
+    sinks: list[Sink] = []
+    if args.out:
+        sinks.append(ReadingsCsv(args.out))
+    if args.truth:
+        sinks.append(TruthCsv(args.truth))
+    if args.broker:
+        sinks.append(MqttPublisher(args.broker, sim))
+    counts = run(sim, sinks, speed=args.speed)
+    print(
+        f"{PROG}: {site.id}: {len(sim.beacon_ids)} beacons, {len(sim.gateway_ids)} gateways, "
+        f"{counts['simulated_s']:.0f} s simulated in {counts['wall_s']:.1f} s, "
+        f"{counts['readings']:.0f} readings in {counts['batches']:.0f} batches",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = new_parser(PROG, "Simulated gateways: a site, moving beacons and a realistic radio.")
     verbs = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -41,7 +129,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--broker", metavar="URL", help="publish batches, e.g. mqtt://127.0.0.1")
     run.add_argument("--out", type=Path, metavar="R.csv", help="write readings")
     run.add_argument("--truth", type=Path, metavar="T.csv", help="write ground truth")
-    run.set_defaults(handler=not_yet(PROG, "run", "issue #3 (simulator)"))
+    extra = run.add_argument_group("scenario (defaults follow the site's kind)")
+    extra.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        help="store: carts; warehouse: pallets and forklifts; companion / tracked: the room "
+        "harness's walks, one sample a second or walked at 0.6 m/s with 5 adverts/s",
+    )
+    extra.add_argument("--carts", type=int, metavar="N", help="cart tags in the store (60)")
+    extra.add_argument("--shoppers-per-hour", type=float, metavar="R", help="arrivals (240)")
+    extra.add_argument("--pallets", type=int, metavar="N", help="pallet tags (600)")
+    extra.add_argument("--forklifts", type=int, metavar="N", help="tagged forklifts (3)")
+    extra.add_argument("--moves-per-hour", type=float, metavar="R", help="pallet moves (60)")
+    extra.add_argument(
+        "--advert-interval",
+        type=_interval,
+        action="append",
+        metavar="KIND=S",
+        help="advertising interval of a beacon kind, e.g. pallet=0.5 (repeatable)",
+    )
+    extra.add_argument(
+        "--start", type=float, metavar="UNIX_S", help="simulated start time (see docs)"
+    )
+    run.set_defaults(handler=_run)
     return dispatch(parser, argv)
 
 

@@ -1,0 +1,186 @@
+"""`beacon-sim run`: files the project's readers accept, complete truth, determinism, and the
+same readings through a real Mosquitto as in the CSV."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from beacon_hub.csvfiles import read_readings, read_truth
+from beacon_hub.pathloss import mean_rssi_dbm
+from beacon_hub.site import load_site
+from beacon_hub.wire import decode_batch, decode_status, parse_topic
+from simulator.cli import DEFAULT_START_S, main
+from tests.servers import Mosquitto
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+STORE = CONFIG / "store.yaml"
+ROOM = CONFIG / "room.yaml"
+
+
+@pytest.fixture(scope="module")
+def store_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The issue's command: 120 s of the store, seed 1."""
+    folder = tmp_path_factory.mktemp("store")
+    r, t = folder / "r.csv", folder / "t.csv"
+    argv = ["run", "--site", str(STORE), "--duration", "120", "--seed", "1", "--speed", "max"]
+    assert main([*argv, "--out", str(r), "--truth", str(t)]) == 0
+    return r, t
+
+
+def test_store_run_writes_files_the_readers_accept(store_run: tuple[Path, Path]) -> None:
+    r, t = store_run
+    site = load_site(STORE)
+    readings = list(read_readings(r))
+    truth = list(read_truth(t))
+    gateways = {g.id for g in site.gateways}
+    assert len(readings) > 100_000
+    assert {x.gateway for x in readings} <= gateways
+    assert len({x.gateway for x in readings}) == len(gateways)
+    assert all(-100 <= x.rssi <= 20 and x.rssi == round(x.rssi) for x in readings)
+    assert all(DEFAULT_START_S <= x.t < DEFAULT_START_S + 120 for x in readings)
+    # every beacon in the truth every 0.5 s, with level and (mostly) a zone
+    beacons = {p.beacon for p in truth}
+    per_time = Counter(p.t for p in truth)
+    assert len(per_time) == 240
+    assert set(per_time.values()) == {len(beacons)}
+    assert all(p.level == 0 for p in truth)
+    carts = [p for p in truth if site.kind_of(p.beacon) and site.kind_of(p.beacon).kind == "cart"]  # type: ignore[union-attr]
+    assert len({p.beacon for p in carts}) == 60
+    zones = {z.id for z in site.zones}
+    assert {p.zone for p in carts if p.zone} <= zones
+    assert np.mean([p.zone is not None for p in carts]) > 0.9
+    # readings come from the beacons of the truth, and carts move
+    assert {x.beacon for x in readings} <= beacons
+    moving = {p.beacon for p in carts if (p.x, p.y) != (carts[0].x, carts[0].y)}
+    assert len(moving) > 20
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
+    outputs = []
+    for n, seed in enumerate((7, 7, 8)):
+        r, t = tmp_path / f"r{n}.csv", tmp_path / f"t{n}.csv"
+        argv = ["run", "--site", str(STORE), "--duration", "10", "--seed", str(seed)]
+        assert main([*argv, "--speed", "max", "--out", str(r), "--truth", str(t)]) == 0
+        outputs.append((r.read_bytes(), t.read_bytes()))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0] != outputs[2][0]
+    assert outputs[0][1] != outputs[2][1]
+
+
+def test_room_companion_mode_is_the_harness_noise(tmp_path: Path) -> None:
+    """One sample a second along the two walks, heard by all four nodes, with Gaussian 2.5 dB
+    and a 6 dB dip on 10 % of samples around the log-distance mean."""
+    r, t = tmp_path / "r.csv", tmp_path / "t.csv"
+    argv = ["run", "--site", str(ROOM), "--scenario", "companion", "--duration", "1820"]
+    assert main([*argv, "--seed", "3", "--speed", "max", "--out", str(r), "--truth", str(t)]) == 0
+    site = load_site(ROOM)
+    readings = list(read_readings(r))
+    truth = {(round(p.t, 3), p.beacon): p for p in read_truth(t)}
+    assert len(readings) == 4 * 1820
+    gw = {g.id: g for g in site.gateways}
+    residual = []
+    for x in readings:
+        p = truth[(round(x.t, 3), x.beacon)]  # the advert is on the half second, as is truth
+        g = gw[x.gateway]
+        d = np.sqrt((p.x - g.x) ** 2 + (p.y - g.y) ** 2 + (1.0 - g.z) ** 2)
+        residual.append(x.rssi - float(mean_rssi_dbm(d, -59.0, 3.0)))
+    res = np.array(residual)
+    # mean -0.6 dB (10 % x 6 dB), sd sqrt(2.5^2 + 0.09 x 36) = 3.08 dB, 10 % below -6 dB-ish
+    assert res.mean() == pytest.approx(-0.6, abs=0.15)
+    assert res.std() == pytest.approx(3.08, abs=0.15)
+    samples = Counter((p.x, p.y) for p in truth.values())
+    assert len(samples) >= 61 + 121 - 2
+
+
+def test_room_tracked_mode_walks_at_0_6_m_s_with_5_adverts_a_second(tmp_path: Path) -> None:
+    r, t = tmp_path / "r.csv", tmp_path / "t.csv"
+    argv = ["run", "--site", str(ROOM), "--scenario", "tracked", "--duration", "60"]
+    assert main([*argv, "--seed", "1", "--speed", "max", "--out", str(r), "--truth", str(t)]) == 0
+    readings = list(read_readings(r))
+    assert len(readings) == pytest.approx(60 / (0.2 + 0.005) * 4, rel=0.02)  # + mean advDelay
+    truth = list(read_truth(t))
+    step = np.hypot(np.diff([p.x for p in truth]), np.diff([p.y for p in truth]))
+    assert step.max() == pytest.approx(0.6 * 0.5, abs=0.01)
+    assert {p.zone for p in truth} == {"living", "bedroom"}
+
+
+def test_bad_broker_and_nothing_to_do_fail_with_a_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["run", "--site", str(ROOM), "--duration", "1", "--seed", "1"]
+    assert main(base) == 1
+    assert "nothing to do" in capsys.readouterr().err
+    assert main([*base, "--broker", "http://x"]) == 1
+    assert "mqtt://host" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_broker_run_delivers_the_same_readings_as_the_csv_run(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    start = "1735689600"
+    common = ["run", "--site", str(STORE), "--duration", "20", "--seed", "4", "--start", start]
+    csv_path = tmp_path / "r.csv"
+    assert main([*common, "--speed", "max", "--out", str(csv_path)]) == 0
+
+    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    subscribed = threading.Event()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311
+    )
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, _r: Any, _p: Any) -> None:
+        c.subscribe("beacons/store-demo/gateway/+/+", qos=1)
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = lambda _c, _u, msg: inbox.put((msg.topic, msg.payload))
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        assert subscribed.wait(10.0)
+        truth = tmp_path / "t.csv"
+        argv = [*common, "--speed", "max", "--broker", mosquitto.url, "--truth", str(truth)]
+        assert main(argv) == 0
+        got: list[tuple[str, bytes]] = []
+        site = load_site(STORE)
+        offline = 0
+        while offline < len(site.gateways):
+            topic, payload = inbox.get(timeout=10.0)
+            got.append((topic, payload))
+            if parse_topic(topic).kind == "status" and decode_status(payload).state == "offline":
+                offline += 1
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    from_broker = []
+    seqs: dict[str, list[int]] = {}
+    for topic, payload in got:
+        if parse_topic(topic).kind != "readings":
+            continue
+        batch = decode_batch(payload)
+        assert parse_topic(topic).subject == batch.gw
+        seqs.setdefault(batch.gw, []).append(batch.seq)
+        for i in range(len(batch)):
+            t = batch.sent - batch.dt_ms[i] / 1000.0
+            from_broker.append(
+                (f"{t:.3f}", batch.gw, batch.beacons[batch.b[i]], batch.rssi[i], batch.tx[i])
+            )
+    from_csv = [
+        (f"{x.t:.3f}", x.gateway, x.beacon, x.rssi, x.tx_power) for x in read_readings(csv_path)
+    ]
+    assert len(from_csv) > 10_000
+    assert sorted(from_broker) == sorted(from_csv)
+    for gw, seq in seqs.items():
+        assert seq == list(range(len(seq))), gw  # in order, none lost, one boot
+    assert truth.stat().st_size > 0
