@@ -46,6 +46,10 @@ minute later keeps a correlation of 0.46): it does not shrink by averaging sampl
 MAP_STATIC_FACTOR = 0.6
 """Share of the static spread left once the radio map is applied (flat-calib2021: the map cuts
 the in-sample residual from 6.6 to 4.6 dB; out of sample it does less)."""
+PRIOR_INFLATION = 8.0
+"""The prediction's covariance is inflated eightfold before it weighs the grid, so a track that
+went the wrong way is not held there by its own confidence (flat-calib2021: 1, 2 and 4 lock
+onto wrong rooms, p90 2.0-3.7 m; 8-32 do not, p90 1.85-1.89 m; 8 has the lowest median)."""
 MAX_GATEWAYS_PER_FIX = 10
 """The strongest gateways used per beacon: beyond ten, far gateways add noise, not geometry."""
 
@@ -63,9 +67,14 @@ class EngineConfig(BaseModel):
     tracking: bool = True
     """False: one fix per tick straight from multilateration (for like-for-like comparisons)."""
     use_map: bool = True
+    grid_prior: bool = True
+    """Weigh the map likelihood by the track's prediction on the grid (see solve_grid).
+    flat-calib2021 robot route: median 1.03 m with, 1.12 m without; 68 % vs 46 % of true
+    positions within accuracy_m."""
     solver: Literal["auto", "nlls", "grid"] = "auto"
-    """nlls: robust least squares (fast, path loss); grid: likelihood over the map near the
-    least-squares start; auto: grid when a radio map is in use."""
+    """nlls: robust least squares (fast); grid: likelihood over the map near the least-squares
+    start; auto: grid when a calibrated map is in use. A map learnt only from reference beacons
+    is known at those few spots, so it corrects the least squares instead."""
     lost_after_s: Annotated[float, Field(gt=0)] = 30.0
     """Silence after which beacon_lost fires and the track is dropped."""
     hysteresis_m: Annotated[float, Field(ge=0)] = 0.6
@@ -298,7 +307,12 @@ class Engine:
             self.tracks.t[t_idx] = t
             predicted = self.tracks.estimate(t_idx)
             prior[tracked] = predicted[0][:, [0, 2]]
-        xy, cov = self._locate(geo, prior, level, walk)
+        grid_prior = None
+        if predicted is not None and cfg.grid_prior:
+            grid_prior = (np.full((idx.shape[0], 2), np.nan), np.zeros((idx.shape[0], 2, 2)))
+            grid_prior[0][tracked] = predicted[0][:, [0, 2]]
+            grid_prior[1][tracked] = predicted[1][:, [0, 2]][:, :, [0, 2]] * PRIOR_INFLATION
+        xy, cov = self._locate(geo, prior, level, walk, grid_prior)
         speed = np.zeros(idx.shape[0])
         if cfg.tracking:
             # Tracking averages the fast fading away, not the static part: keep that in accuracy.
@@ -381,7 +395,12 @@ class Engine:
         return idx, level, geo, static
 
     def _locate(
-        self, geo: Geometry, prior: F64, level: I64, walk: NDArray[np.bool_]
+        self,
+        geo: Geometry,
+        prior: F64,
+        level: I64,
+        walk: NDArray[np.bool_],
+        grid_prior: tuple[F64, F64] | None,
     ) -> tuple[F64, F64]:
         """Multilateration, then the map likelihood around it when a map is in use."""
         cfg = self.config
@@ -389,8 +408,8 @@ class Engine:
         radio_map = self.radio_map.correction if (self.radio_map is not None and use_map) else None
         sol = solve(geo, prior, None if cfg.solver == "grid" else radio_map)
         xy = self._project(level, sol.xy, walk)
-        if cfg.solver == "grid" or (cfg.solver == "auto" and use_map):
-            sol = self._solve_grid(geo, xy, level, walk, radio_map)
+        if cfg.solver == "grid" or (cfg.solver == "auto" and use_map and self._map_calibrated):
+            sol = self._solve_grid(geo, xy, level, walk, radio_map, grid_prior=grid_prior)
             xy = sol.xy
         return xy, sol.cov
 
@@ -409,6 +428,8 @@ class Engine:
         level: I64,
         walk: NDArray[np.bool_],
         radio_map: MapFn | None,
+        *,
+        grid_prior: tuple[F64, F64] | None,
     ) -> Solution:
         """The map likelihood per (level, walkable) group, so each group gets its floor mask."""
         n = start.shape[0]
@@ -423,7 +444,10 @@ class Engine:
                 allowed = None
                 if int(lv) in self.plan.levels:
                     allowed = functools.partial(self.plan.allowed, int(lv), walkable_only=walk_only)
-                part = solve_grid(sub, start[rows], radio_map, allowed)
+                part_prior = None
+                if grid_prior is not None:
+                    part_prior = (grid_prior[0][rows], grid_prior[1][rows])
+                part = solve_grid(sub, start[rows], radio_map, allowed, prior=part_prior)
                 xy[rows], cov[rows] = part.xy, part.cov
         return Solution(xy=xy, cov=cov, used=geo.mask.sum(axis=1).astype(np.int64))
 

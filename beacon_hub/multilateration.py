@@ -229,6 +229,9 @@ GRID_STEP_M = 0.25
 GRID_RADIUS_M = 6.0
 """Candidates within this distance of the start point: about one gateway spacing."""
 GRID_CHUNK = 512
+MAX_MEASUREMENT_SD_M = 15.0
+"""An equivalent measurement never claims less information than this spread: where the grid
+posterior is no sharper than the prediction, the measurement says (almost) nothing."""
 """Beacons per block, bounding memory to about chunk x candidates x gateways x 8 bytes x 4."""
 
 
@@ -245,13 +248,21 @@ def solve_grid(
     start: F64,
     radio_map: MapFn | None,
     allowed: Callable[[F64], NDArray[np.bool_]] | None = None,
+    *,
     offsets: F64 | None = None,
+    prior: tuple[F64, F64] | None = None,
 ) -> Solution:
     """The likelihood over the map: posterior mean and covariance over candidates near `start`.
 
     Where the map makes the cost multimodal (two rooms that look alike to most gateways), the
     mean and the covariance keep both modes' weight instead of committing to the wrong one.
     `allowed` marks candidates the beacon can occupy (the walkable floor).
+
+    With `prior` (mean (n, 2), covariance (n, 2, 2); NaN rows for none), the likelihood is
+    weighed by the track's prediction on the grid, where both are exact, and the result is
+    returned as the equivalent Gaussian measurement: the one that, fused with the prior by a
+    Kalman update, gives the grid posterior. Modes the prediction rules out no longer drag
+    the fix towards the middle between them.
     """
     offsets = grid_offsets() if offsets is None else offsets
     n = start.shape[0]
@@ -283,15 +294,45 @@ def solve_grid(
             # A beacon whose candidates all fall off the floor keeps them all rather than none.
             ok |= ~ok.any(axis=1, keepdims=True)
             loglik = np.where(ok, loglik, -np.inf)
+        has_prior = None
+        if prior is not None:
+            p_mean, p_cov = prior[0][lo:hi], prior[1][lo:hi]
+            has_prior = np.isfinite(p_mean[:, 0])
+            safe_cov = np.where(has_prior[:, None, None], p_cov, np.eye(2)[None])
+            p_info = np.linalg.inv(safe_cov)
+            dev_p = cand - np.where(has_prior[:, None], p_mean, 0.0)[:, None, :]
+            quad = np.einsum("bci,bij,bcj->bc", dev_p, p_info, dev_p)
+            loglik = loglik - 0.5 * np.where(has_prior[:, None], quad, 0.0)
         loglik -= loglik.max(axis=1, keepdims=True)
         w = np.exp(loglik)
         w /= w.sum(axis=1, keepdims=True)
         mean = np.einsum("bc,bci->bi", w, cand)
         dev = cand - mean[:, None, :]
-        cov[lo:hi] = np.einsum("bc,bci,bcj->bij", w, dev, dev) + np.eye(2) * step2 / 12.0
+        post = np.einsum("bc,bci,bcj->bij", w, dev, dev) + np.eye(2) * step2 / 12.0
+        if prior is not None and has_prior is not None and has_prior.any():
+            mean, post = _equivalent_measurement(mean, post, p_mean, p_info, has_prior)
+        cov[lo:hi] = post
         xy[lo:hi] = mean
     used = geo.mask.sum(axis=1).astype(np.int64)
     single = used == 1
     if single.any():
         xy, cov = _proximity(geo, xy, cov, single)
     return Solution(xy=xy, cov=cov, used=used)
+
+
+def _equivalent_measurement(
+    post_mean: F64, post_cov: F64, prior_mean: F64, prior_info: F64, has_prior: NDArray[np.bool_]
+) -> tuple[F64, F64]:
+    """(z, R) with R^-1 = C_post^-1 - P^-1 and z = R (C_post^-1 m_post - P^-1 m_prior)."""
+    post_info = np.linalg.inv(post_cov)
+    meas_info = post_info - prior_info
+    vals, vecs = np.linalg.eigh(meas_info)
+    vals = np.maximum(vals, 1.0 / MAX_MEASUREMENT_SD_M**2)
+    meas_cov = np.einsum("bij,bj,bkj->bik", vecs, 1.0 / vals, vecs)
+    rhs = np.einsum("bij,bj->bi", post_info, post_mean) - np.einsum(
+        "bij,bj->bi", prior_info, np.where(has_prior[:, None], prior_mean, 0.0)
+    )
+    z = np.einsum("bij,bj->bi", meas_cov, rhs)
+    out_mean = np.where(has_prior[:, None], z, post_mean)
+    out_cov = np.where(has_prior[:, None, None], meas_cov, post_cov)
+    return out_mean, out_cov
