@@ -1,0 +1,60 @@
+"""Real data end to end: convert, calibrate, replay and eval flat-calib2021 with the CLI.
+
+The bounds are the issue's goals where the engine meets them, and otherwise the figures it
+reaches today with a small margin (README, Accuracy), so a change that loses accuracy fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script() -> ModuleType:
+    path = ROOT / "scripts" / "accuracy_flat_calib2021.py"
+    spec = importlib.util.spec_from_file_location("accuracy_flat_calib2021", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    folder = os.environ.get("BEACON_HUB_DATASETS")
+    dataset = (Path(folder) if folder else ROOT.parent / "shared" / "datasets") / "flat-calib2021"
+    if not (dataset / "calibration_df.csv").is_file():
+        pytest.fail(f"flat-calib2021 not found at {dataset} (set BEACON_HUB_DATASETS)")
+    out: dict[str, dict[str, Any]] = _script().measure(dataset, tmp_path_factory.mktemp("acc"))
+    return out
+
+
+def test_map_and_tracking(results: dict[str, dict[str, Any]]) -> None:
+    robot, walk = results["map + tracking"]["robot"], results["map + tracking"]["walk"]
+    assert robot["median_m"] <= 1.10  # goal 0.9: not reached yet (README)
+    assert robot["p90_m"] <= 1.95  # goal 1.8: not reached yet
+    assert 0.60 <= robot["within_accuracy"] <= 0.76  # honest uncertainty: goal met
+    assert walk["median_m"] <= 0.45  # goal 0.40
+    assert walk["p90_m"] <= 0.80  # goal 0.70
+
+
+def test_path_loss_only_meets_its_goal(results: dict[str, dict[str, Any]]) -> None:
+    robot = results["path loss + tracking"]["robot"]
+    assert robot["median_m"] <= 1.5
+    assert robot["p90_m"] <= 2.6
+
+
+def test_the_map_helps(results: dict[str, dict[str, Any]]) -> None:
+    with_map = results["map + tracking"]["robot"]["median_m"]
+    without = results["path loss + tracking"]["robot"]["median_m"]
+    assert with_map < 0.85 * without
