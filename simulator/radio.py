@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from beacon_hub.obstruction import LevelObstructions
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.site import Level, Site
 
@@ -113,8 +114,6 @@ FIELD_CELL_M = 0.25
 FIELD_MAX_CELLS = 400_000
 """Per gateway and level; a larger floor gets a coarser grid (still fine for L = 1 m up to
 about 160 x 160 m)."""
-_LINK_CHUNK = 2_000_000
-"""Elements per (points x gateways x edges) block in the crossing test: bounds memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +167,7 @@ station hears every sample, no walls, no static field."""
 
 @dataclass(frozen=True, slots=True)
 class _LevelGeometry:
-    walls_a: FloatArray  # (W, 2)
-    walls_b: FloatArray
-    walls_loss_db: FloatArray  # (W,)
-    edges_a: FloatArray  # (E, 2) obstacle edges, grouped by obstacle
-    edges_b: FloatArray
-    edges_height_m: FloatArray  # (E,) top of the obstacle, inf for full height
-    obstacle_starts: IntArray  # (O,) first edge of each obstacle
-    obstacle_loss_db: FloatArray  # (O,)
+    obstructions: LevelObstructions
     field_origin: tuple[float, float]
     field_cell_m: float
     field: NDArray[np.float32]  # (G, ny, nx) unit-variance static field per gateway
@@ -184,24 +176,6 @@ class _LevelGeometry:
 def _level_geometry(
     level: Level, n_gateways: int, config: RadioConfig, rng: np.random.Generator
 ) -> _LevelGeometry:
-    walls = level.walls
-    wa = np.array([w.start for w in walls], dtype=np.float64).reshape(-1, 2)
-    wb = np.array([w.end for w in walls], dtype=np.float64).reshape(-1, 2)
-    wl = np.array([w.loss_db for w in walls], dtype=np.float64)
-    ea: list[tuple[float, float]] = []
-    eb: list[tuple[float, float]] = []
-    eh: list[float] = []
-    starts: list[int] = []
-    losses: list[float] = []
-    for obstacle in level.obstacles:
-        poly = obstacle.polygon
-        starts.append(len(ea))
-        losses.append(obstacle.loss_db)
-        top = math.inf if obstacle.height_m is None else obstacle.height_m
-        for i, a in enumerate(poly):
-            ea.append(a)
-            eb.append(poly[(i + 1) % len(poly)])
-            eh.append(top)
     outline = np.array(level.outline, dtype=np.float64)
     margin = 2.0 * config.correlation_length_m
     lo = outline.min(axis=0) - margin
@@ -210,14 +184,7 @@ def _level_geometry(
     nx, ny = (math.ceil(v / cell) + 2 for v in hi - lo)
     field = _gaussian_fields(n_gateways, ny, nx, config.correlation_length_m / cell, rng)
     return _LevelGeometry(
-        walls_a=wa,
-        walls_b=wb,
-        walls_loss_db=wl,
-        edges_a=np.array(ea, dtype=np.float64).reshape(-1, 2),
-        edges_b=np.array(eb, dtype=np.float64).reshape(-1, 2),
-        edges_height_m=np.array(eh, dtype=np.float64),
-        obstacle_starts=np.array(starts, dtype=np.int64),
-        obstacle_loss_db=np.array(losses, dtype=np.float64),
+        obstructions=LevelObstructions.of(level),
         field_origin=(float(lo[0]), float(lo[1])),
         field_cell_m=cell,
         field=field,
@@ -323,31 +290,8 @@ class RadioModel:
             cols = np.flatnonzero(self.gateway_level == number)
             if rows.size == 0 or cols.size == 0:
                 continue
-            edges = max(1, geo.walls_a.shape[0] + geo.edges_a.shape[0])
-            step = max(1, _LINK_CHUNK // (cols.size * edges))
-            for start in range(0, rows.size, step):
-                r = rows[start : start + step]
-                out[np.ix_(r, cols)] += self._obstruction_block(xyz[r], cols, geo)
+            out[np.ix_(rows, cols)] += geo.obstructions.loss_db(xyz[rows], self.gateway_xyz[cols])
         return out
-
-    def _obstruction_block(
-        self, pts: FloatArray, cols: IntArray, geo: _LevelGeometry
-    ) -> FloatArray:
-        gw = self.gateway_xyz[cols]
-        p = pts[:, None, None, :2]  # (n, 1, 1, 2)
-        r = gw[None, :, None, :2] - p  # (n, g, 1, 2) link vector
-        loss = np.zeros((pts.shape[0], cols.size))
-        if geo.walls_a.shape[0]:
-            t, _ = _crossings(p, r, geo.walls_a, geo.walls_b)
-            hit = ~np.isnan(t)
-            loss += hit.astype(np.float64) @ geo.walls_loss_db
-        if geo.edges_a.shape[0]:
-            t, _ = _crossings(p, r, geo.edges_a, geo.edges_b)
-            z = pts[:, None, None, 2] + t * (gw[None, :, None, 2] - pts[:, None, None, 2])
-            hit = z < geo.edges_height_m  # NaN (no crossing) compares False
-            per_obstacle = np.logical_or.reduceat(hit, geo.obstacle_starts, axis=2)
-            loss += per_obstacle.astype(np.float64) @ geo.obstacle_loss_db
-        return loss
 
     def body_loss_db(self, xyz: FloatArray, heading_rad: FloatArray, body: BoolArray) -> FloatArray:
         """(N, G) loss where a person half a metre behind the tag (against its heading) stands
@@ -429,21 +373,3 @@ def _gaussian_fields(
     transfer = np.fft.rfft2(kernel)
     noise = rng.standard_normal((count, ny, nx))
     return np.fft.irfft2(np.fft.rfft2(noise) * transfer, s=(ny, nx)).astype(np.float32)
-
-
-def _crossings(
-    p: FloatArray, r: FloatArray, a: FloatArray, b: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Where links p + t r (0 < t < 1) cross segments a + u (b - a) (0 <= u <= 1).
-
-    Returns t and u broadcast to (n, g, E), NaN where there is no crossing; parallel segments
-    never cross.
-    """
-    s = (b - a)[None, None, :, :]
-    q = a[None, None, :, :] - p
-    denom = r[..., 0] * s[..., 1] - r[..., 1] * s[..., 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (q[..., 0] * s[..., 1] - q[..., 1] * s[..., 0]) / denom
-        u = (q[..., 0] * r[..., 1] - q[..., 1] * r[..., 0]) / denom
-    ok = (denom != 0) & (t > 0) & (t < 1) & (u >= 0) & (u <= 1)
-    return np.where(ok, t, np.nan), np.where(ok, u, np.nan)
