@@ -1,0 +1,175 @@
+"""Health and metrics: Prometheus metrics (prometheus-client) and `/healthz`, `/metrics` over the
+standard library's HTTP server, on a thread of its own.
+
+Every metric lives in the hub's own `CollectorRegistry` (not the process-global one), so two
+hubs in one test process never share counters. Gateway labels are only gateways named in a site
+file (anything else is `_unknown`): a hostile topic cannot grow the label set without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["UNKNOWN_GATEWAY", "HealthServer", "Metrics"]
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_GATEWAY = "_unknown"
+"""Label for a gateway id that no site file names (bounded label cardinality)."""
+
+TICK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Tick duration buckets: a 1 s tick must stay well under 1 s; 10,000 beacons take ~0.1 s."""
+
+
+class Metrics:
+    """Every metric the hub exports, in one registry (names in docs/hub.md)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "beacon_hub_"
+        self.readings = Counter(p + "readings", "Samples in decoded batches", ["site"], registry=r)
+        self.readings_per_s = Gauge(
+            p + "readings_per_second", "Samples per second over the last tick", registry=r
+        )
+        self.batches = Counter(p + "batches", "Batches decoded and accepted", ["site"], registry=r)
+        self.rejected_batches = Counter(
+            p + "rejected_batches",
+            "Payloads refused whole, by gateway and reason",
+            ["site", "gateway", "reason"],
+            registry=r,
+        )
+        self.rejected_readings = Counter(
+            p + "rejected_readings",
+            "Samples refused (in refused batches or one by one), by gateway and reason",
+            ["site", "gateway", "reason"],
+            registry=r,
+        )
+        self.decode_errors = Counter(
+            p + "decode_errors", "Payloads that did not decode, by reason", ["reason"], registry=r
+        )
+        self.gateway_last_seen = Gauge(
+            p + "gateway_last_seen_timestamp_seconds",
+            "Arrival of the gateway's last accepted batch",
+            ["site", "gateway"],
+            registry=r,
+        )
+        self.gateway_lost = Counter(
+            p + "gateway_batches_lost",
+            "Batches missing from a gateway's (boot, seq) sequence",
+            ["site", "gateway"],
+            registry=r,
+        )
+        self.gateway_duplicates = Counter(
+            p + "gateway_batches_duplicate",
+            "Batches seen twice (same boot and seq) and dropped",
+            ["site", "gateway"],
+            registry=r,
+        )
+        self.gateway_offset = Gauge(
+            p + "gateway_clock_offset_seconds",
+            "Learnt offset added to the gateway's clock (min of arrival - sent)",
+            ["site", "gateway"],
+            registry=r,
+        )
+        self.inbox_depth = Gauge(p + "inbox_depth", "Messages waiting for the service", registry=r)
+        self.inbox_dropped = Counter(
+            p + "inbox_dropped",
+            "Messages dropped unacknowledged by the overload policy",
+            registry=r,
+        )
+        self.tick_duration = Histogram(
+            p + "tick_duration_seconds",
+            "Engine tick plus outputs",
+            ["site"],
+            buckets=TICK_BUCKETS_S,
+            registry=r,
+        )
+        self.fixes = Counter(p + "fixes", "Fixes produced by the engine", ["site"], registry=r)
+        self.events = Counter(p + "events", "Events produced", ["site", "type"], registry=r)
+        self.store_backlog = Gauge(
+            p + "store_backlog_points", "Points waiting (memory and spill)", ["store"], registry=r
+        )
+        self.store_written = Counter(
+            p + "store_written_points", "Points the store acknowledged", ["store"], registry=r
+        )
+        self.store_dropped = Counter(
+            p + "store_dropped_points", "Points dropped (spill full)", ["store"], registry=r
+        )
+        self.store_errors = Counter(
+            p + "store_errors", "Failed write attempts", ["store"], registry=r
+        )
+        self.broker_connected = Gauge(p + "broker_connected", "1 while connected", registry=r)
+        self.broker_connects = Counter(p + "broker_connects", "Successful connects", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """`/metrics` (Prometheus text) and `/healthz` (JSON; 200 healthy, 503 not)."""
+
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        metrics: Metrics,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+    ) -> None:
+        self._metrics = metrics
+        self._health = health
+        handler = self._handler_class()
+        self._server = ThreadingHTTPServer((bind, port), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="beacon-hub-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, outer._metrics.render())
+                elif path == "/healthz":
+                    ok, detail = outer._health()
+                    body = json.dumps({"ok": ok, **detail}).encode()
+                    self._send(200 if ok else 503, "application/json", body)
+                else:
+                    self._send(404, "text/plain", b"not found: try /healthz or /metrics\n")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("http: " + format, *args)  # noqa: G003
+
+        return Handler

@@ -1,0 +1,441 @@
+"""MQTT in: paho-mqtt v2 subscriber, the thread boundary, decode + validate, per-gateway sequence
+and clock bookkeeping, bad-input accounting.
+
+Threads. paho runs its network loop on its own thread (`loop_start`) and calls `_on_message`
+there. That callback is THE one place where paho's thread hands anything to the service: it puts
+`(arrival time, topic, payload, mid)` into `MqttLink.inbox`, a bounded `queue.Queue`, and does
+nothing else. Everything after that (decoding, engine, outputs, stores, acknowledgements) runs on
+the service thread. Calls the other way (`publish`, `ack`) are thread-safe by paho's design.
+
+Overload policy. When the inbox is full, paho's thread blocks for up to
+`ingest.overload_wait_s`: it stops reading the socket, so TCP pushes back on the broker, which
+keeps queueing for our persistent session. Past that wait the message is dropped *unacknowledged*
+(counted in `beacon_hub_inbox_dropped_total`, warned at most once a minute); the broker sends it
+again on the next connect of this session (MQTT 3.1.1, 4.4).
+
+Acknowledgement. The client runs with `manual_ack=True`; the service acknowledges a readings
+message only after it has been processed (broker.ack in docs/hub.md), so a hub killed with
+SIGKILL gets every unacknowledged message again from the broker on restart.
+
+Sequence and clock (DESIGN.md). Each gateway stamps (boot, seq): a seq above the expected one
+counts the gap as lost batches, one below it is a duplicate and is dropped (unless it fills a
+known gap). The gateway's clock offset is the minimum of (arrival - sent) over its batches of one
+boot, allowed to creep upwards by the worst crystal drift so a slow clock is followed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from beacon_hub.engine import Readings
+from beacon_hub.errors import WireError
+from beacon_hub.health import UNKNOWN_GATEWAY, Metrics
+from beacon_hub.hubconfig import BrokerConfig, IngestConfig
+from beacon_hub.wire import ReadingBatch, decode_batch, parse_topic, readings_subscription
+
+__all__ = [
+    "DECODE_REASONS",
+    "MAX_GAP_MEMORY",
+    "OFFSET_CREEP_S_PER_S",
+    "Accepted",
+    "GatewayState",
+    "Inbound",
+    "Ingestor",
+    "MqttLink",
+    "RateLimitedLog",
+    "Rejected",
+    "decode_reason",
+]
+
+log = logging.getLogger(__name__)
+
+OFFSET_CREEP_S_PER_S = 1e-4
+"""How fast the learnt clock offset may rise: 100 ppm, twice the +-50 ppm tolerance of the
+crystals on Pi-class boards, so a gateway whose clock runs slow is still followed."""
+FUTURE_RESYNC_BATCHES = 5
+"""Consecutive batches running ahead of the learnt offset after which the offset is relearnt:
+a gateway whose clock was stepped forward (NTP) is refused for a few seconds, not forever."""
+MAX_GAP_MEMORY = 1024
+"""Missing seqs remembered per gateway so a late (reordered) batch fills its gap, not counted
+as a duplicate; older gaps are forgotten (they stay counted as lost)."""
+OUTPUT_QUEUE_MESSAGES: Final = 20_000
+"""paho's queue for what the hub publishes (events QoS 1 while disconnected): bounded, the
+excess is refused by paho and counted by the outputs."""
+OUTPUT_INFLIGHT: Final = 100
+"""QoS 1 events in flight to the broker at a time (paho's default of 20 throttles bursts)."""
+
+DECODE_REASONS = (
+    "oversized",
+    "not_utf8",
+    "not_json",
+    "too_deep",
+    "not_object",
+    "bad_version",
+    "bad_field",
+)
+
+
+def decode_reason(error: WireError) -> str:
+    """A short, bounded label for why a payload did not decode (for metrics)."""
+    text = str(error)
+    for needle, reason in (
+        ("exceeds", "oversized"),
+        ("not UTF-8", "not_utf8"),
+        ("not valid JSON", "not_json"),
+        ("nested too deeply", "too_deep"),
+        ("must be a JSON object", "not_object"),
+        ("unsupported version", "bad_version"),
+    ):
+        if needle in text:
+            return reason
+    return "bad_field"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message as paho's thread hands it over."""
+
+    arrival: float
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class RateLimitedLog:
+    """Warn at most once per key and interval, saying how many were suppressed."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[tuple[str, ...], float] = {}
+        self._suppressed: dict[tuple[str, ...], int] = {}
+
+    def warning(self, key: tuple[str, ...], message: str, *args: object) -> None:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        skipped = self._suppressed.pop(key, 0)
+        if skipped:
+            log.warning(message + " (%d more like it suppressed)", *args, skipped)  # noqa: G003
+        else:
+            log.warning(message, *args)
+
+
+class MqttLink:
+    """The hub's one MQTT connection: subscribes to the sites' readings, hands messages over,
+    acknowledges, publishes outputs. See the module docstring for threads and policy."""
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        ingest: IngestConfig,
+        *,
+        client_id: str,
+        site_ids: Iterable[str],
+        metrics: Metrics,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.subscriptions = [readings_subscription(s) for s in site_ids]
+        self.metrics = metrics
+        self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=ingest.queue_messages)
+        self._overload_wait_s = ingest.overload_wait_s
+        self._overload_log = RateLimitedLog(60.0)
+        self.connected = threading.Event()
+        self.session_present = False
+        self._client: mqtt.Client | None = None
+        self._stopping = False
+        self._last_refusal: str | None = None
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects by itself with backoff."""
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+            manual_ack=True,
+        )
+        client.enable_logger(logging.getLogger("beacon_hub.paho"))
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, self.broker.read_password())
+        if self.broker.use_tls:
+            tls = self.broker.tls
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls and tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls and tls.key_file else None,
+            )
+        client.reconnect_delay_set(self.broker.reconnect_min_s, self.broker.reconnect_max_s)
+        client.max_inflight_messages_set(OUTPUT_INFLIGHT)
+        client.max_queued_messages_set(OUTPUT_QUEUE_MESSAGES)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        log.info(
+            "connecting to %s:%d as %s (persistent session)",
+            self.broker.host,
+            self.broker.port,
+            self.client_id,
+        )
+        client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+        client.loop_start()
+
+    def stop(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        self._stopping = True
+        # A clean DISCONNECT keeps the persistent session (clean_session=False): the broker goes
+        # on queueing readings for us until we are back.
+        client.disconnect()
+        client.loop_stop()
+        self._client = None
+        self.connected.clear()
+        self.metrics.broker_connected.set(0)
+
+    # -- paho's network thread
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's thread: hand the bytes over, never touch service state (module docstring)."""
+        item = Inbound(time.time(), msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        try:
+            self.inbox.put(item, timeout=self._overload_wait_s)
+        except queue.Full:
+            # Policy: dropped unacknowledged, counted; the broker re-sends on the next connect.
+            self.metrics.inbox_dropped.inc()
+            self._overload_log.warning(
+                ("overload",),
+                "inbox full for %.1f s: dropped a message unacknowledged",
+                self._overload_wait_s,
+            )
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            text = str(reason)
+            if text != self._last_refusal:  # paho retries; say it once
+                log.error("broker %s refused the connection: %s", self.broker.host, text)
+                self._last_refusal = text
+            return
+        self._last_refusal = None
+        self.session_present = bool(getattr(flags, "session_present", False))
+        # Subscribing again is harmless with a persistent session and covers a broker that
+        # lost it (SIGKILL before its autosave).
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.metrics.broker_connects.inc()
+        self.metrics.broker_connected.set(1)
+        log.info(
+            "connected (session present: %s); subscribed %s",
+            self.session_present,
+            ", ".join(self.subscriptions),
+        )
+        self.connected.set()
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if self.connected.is_set() and not self._stopping:
+            log.warning("lost the broker (%s); paho reconnects with backoff", reason)
+        self.connected.clear()
+        self.metrics.broker_connected.set(0)
+
+    # -- service thread
+
+    def ack(self, mid: int, qos: int) -> None:
+        client = self._client
+        if client is not None and qos > 0:
+            client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
+        """False if paho refused it (queue full, or QoS 0 while disconnected)."""
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+            info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+        )
+
+
+@dataclass(slots=True)
+class GatewayState:
+    """Sequence and clock bookkeeping of one gateway (of the boot seen last)."""
+
+    boot: str
+    next_seq: int
+    offset_s: float | None = None
+    last_arrival: float = 0.0
+    future_streak: int = 0
+    missing: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    site: str
+    gateway: str
+    batch: ReadingBatch
+    readings: Readings
+    lost_before: int
+    """Batches found missing just before this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    site: str
+    gateway: str
+    """A gateway of the site, or UNKNOWN_GATEWAY."""
+    reason: str
+    samples: int
+    detail: str
+
+
+class Ingestor:
+    """Turns one inbound message into readings in hub time, or a counted rejection."""
+
+    def __init__(
+        self,
+        gateways: Mapping[str, frozenset[str]],
+        config: IngestConfig,
+        metrics: Metrics,
+    ) -> None:
+        self.gateways = gateways
+        """Site id -> the gateway ids its site file names."""
+        self.config = config
+        self.metrics = metrics
+        self.state: dict[tuple[str, str], GatewayState] = {}
+        self.bad_log = RateLimitedLog(config.log_every_s)
+
+    def restore(self, site: str, gw: str, boot: str, next_seq: int, offset_s: float | None) -> None:
+        """State saved by a previous run (the SQLite store), so a restart detects gaps and drops
+        re-delivered duplicates across it, and reads a queued backlog in the right time."""
+        self.state[(site, gw)] = GatewayState(boot=boot, next_seq=next_seq, offset_s=offset_s)
+
+    def handle(self, item: Inbound) -> Accepted | Rejected:  # noqa: PLR0915  # one check after another, in the order that matters
+        try:
+            topic = parse_topic(item.topic)
+        except WireError as e:
+            site = item.topic.split("/")[1] if item.topic.count("/") >= 1 else "?"
+            return self._reject(site, UNKNOWN_GATEWAY, "bad_topic", 0, str(e))
+        site = topic.site
+        known = self.gateways.get(site, frozenset())
+        topic_gw = topic.subject or ""
+        label = topic_gw if topic_gw in known else UNKNOWN_GATEWAY
+        if site not in self.gateways or topic.kind != "readings":
+            return self._reject(site, label, "bad_topic", 0, "not a readings topic of ours")
+        try:
+            batch = decode_batch(item.payload)
+        except WireError as e:
+            reason = decode_reason(e)
+            self.metrics.decode_errors.labels(reason).inc()
+            return self._reject(site, label, reason, 0, str(e))
+        n = len(batch)
+        if batch.gw != topic_gw:
+            return self._reject(site, label, "gateway_mismatch", n, f"batch says gw={batch.gw!r}")
+        if label == UNKNOWN_GATEWAY:
+            return self._reject(site, label, "unknown_gateway", n, "not in the site file")
+        st = self.state.get((site, label))
+        lost = 0
+        if st is None or st.boot != batch.boot:
+            if st is not None:
+                log.info("%s/%s rebooted (boot %s -> %s)", site, label, st.boot, batch.boot)
+            st = self.state[(site, label)] = GatewayState(boot=batch.boot, next_seq=batch.seq)
+        if batch.seq < st.next_seq:
+            if batch.seq in st.missing:
+                # A reordered batch fills its gap; the gap stays counted as lost when seen.
+                st.missing.discard(batch.seq)
+            else:
+                self.metrics.gateway_duplicates.labels(site, label).inc()
+                return self._reject(
+                    site, label, "duplicate", n, f"(boot {batch.boot}, seq {batch.seq}) again"
+                )
+        elif batch.seq > st.next_seq:
+            lost = batch.seq - st.next_seq
+            if lost <= MAX_GAP_MEMORY:
+                st.missing.update(range(st.next_seq, batch.seq))
+                while len(st.missing) > MAX_GAP_MEMORY:
+                    st.missing.discard(min(st.missing))
+            self.metrics.gateway_lost.labels(site, label).inc(lost)
+            self.bad_log.warning(
+                (site, label, "lost"),
+                "%s/%s: %d batches missing before seq %d",
+                site,
+                label,
+                lost,
+                batch.seq,
+            )
+        if batch.seq >= st.next_seq:
+            st.next_seq = batch.seq + 1
+        raw = item.arrival - batch.sent
+        if st.offset_s is None:
+            st.offset_s = raw
+        else:
+            crept = st.offset_s + OFFSET_CREEP_S_PER_S * max(item.arrival - st.last_arrival, 0.0)
+            if raw < crept - self.config.future_tolerance_s:
+                st.future_streak += 1
+                if st.future_streak < FUTURE_RESYNC_BATCHES:
+                    return self._reject(
+                        site,
+                        label,
+                        "future",
+                        n,
+                        f"sent {crept - raw:.1f} s ahead of the gateway's learnt clock",
+                    )
+                log.warning(
+                    "%s/%s: clock jumped by %.1f s; relearning its offset", site, label, crept - raw
+                )
+                crept = raw
+            st.future_streak = 0
+            st.offset_s = min(crept, raw)
+        st.last_arrival = item.arrival
+        self.metrics.gateway_offset.labels(site, label).set(st.offset_s)
+        self.metrics.gateway_last_seen.labels(site, label).set(item.arrival)
+        self.metrics.readings.labels(site).inc(n)
+        self.metrics.batches.labels(site).inc()
+        return Accepted(
+            site=site,
+            gateway=label,
+            batch=batch,
+            readings=Readings.from_batch(batch, st.offset_s),
+            lost_before=lost,
+        )
+
+    def count_samples(self, site: str, gateway: str, reason: str, samples: int) -> None:
+        """Samples the engine refused one by one (late, impossible RSSI)."""
+        if samples:
+            self.metrics.rejected_readings.labels(site, gateway, reason).inc(samples)
+            self.bad_log.warning(
+                (site, gateway, reason),
+                "%s/%s: %d readings refused: %s",
+                site,
+                gateway,
+                samples,
+                reason,
+            )
+
+    def _reject(self, site: str, gw: str, reason: str, samples: int, detail: str) -> Rejected:
+        if site not in self.gateways:
+            site = "_unknown"
+        self.metrics.rejected_batches.labels(site, gw, reason).inc()
+        if samples:
+            self.metrics.rejected_readings.labels(site, gw, reason).inc(samples)
+        self.bad_log.warning(
+            (site, gw, reason), "refused a payload from %s/%s (%s): %s", site, gw, reason, detail
+        )
+        return Rejected(site, gw, reason, samples, detail)

@@ -1,0 +1,121 @@
+"""MQTT out (DESIGN.md, Contracts): per tick one columnar `tracks`, `track/{beacon}` retained on
+change or every `track_refresh_s`, events on `event/{type}`; `beacon_lost` clears the beacon's
+retained track (an empty retained payload deletes it at the broker).
+
+"Change" is DESIGN.md's: moved more than accuracy_m / 2 since the last published fix, or a zone
+change. QoS as in the contract table: tracks and track 0, events 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from beacon_hub.engine import FixTable
+from beacon_hub.wire import (
+    Event,
+    Fix,
+    TracksMessage,
+    encode_event,
+    encode_fix,
+    encode_tracks,
+    event_topic,
+    track_topic,
+    tracks_topic,
+)
+
+__all__ = ["OutputCounts", "SiteOutputs"]
+
+Publish = Callable[[str, bytes, int, bool], bool]
+"""(topic, payload, qos, retain) -> False if the client refused it."""
+
+
+@dataclass(slots=True)
+class OutputCounts:
+    tracks: int = 0
+    track: int = 0
+    events: int = 0
+    cleared: int = 0
+    refused: int = 0
+
+
+@dataclass(slots=True)
+class _Published:
+    t: float
+    x: float
+    y: float
+    zone: str | None
+
+
+class SiteOutputs:
+    """What one site publishes; remembers the last published fix per beacon."""
+
+    def __init__(self, site: str, publish: Publish, refresh_s: float) -> None:
+        self.site = site
+        self.refresh_s = refresh_s
+        self._publish = publish
+        self._last: dict[str, _Published] = {}
+        self.counts = OutputCounts()
+        self._tracks_topic = tracks_topic(site)
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if not self._publish(topic, payload, qos, retain):
+            self.counts.refused += 1
+
+    def tick(
+        self,
+        t: float,
+        table: FixTable,
+        events: Sequence[Event],
+        labels: Sequence[str | None],
+    ) -> None:
+        n = len(table)
+        x, y, acc = table.x.tolist(), table.y.tolist(), table.accuracy_m.tolist()
+        level = table.level.tolist()
+        msg = TracksMessage(
+            site=self.site,
+            t=t,
+            beacons=tuple(table.beacons),
+            x=tuple(x),
+            y=tuple(y),
+            level=tuple(level),
+            accuracy_m=tuple(acc),
+            zone=tuple(table.zones),
+        )
+        self._send(self._tracks_topic, encode_tracks(msg), 0, False)
+        self.counts.tracks += 1
+        last = self._last
+        for i in range(n):
+            beacon, zone = table.beacons[i], table.zones[i]
+            prev = last.get(beacon)
+            if (
+                prev is not None
+                and prev.zone == zone
+                and t - prev.t < self.refresh_s
+                and math.hypot(x[i] - prev.x, y[i] - prev.y) <= acc[i] / 2
+            ):
+                continue
+            fix = Fix(
+                t=t,
+                beacon=beacon,
+                x=x[i],
+                y=y[i],
+                accuracy_m=acc[i],
+                zone=zone,
+                gateways=table.gateways(i),
+                level=level[i],
+                label=labels[i],
+                kind=table.kinds[i],
+            )
+            self._send(track_topic(self.site, beacon), encode_fix(fix, self.site), 0, True)
+            last[beacon] = _Published(t, x[i], y[i], zone)
+            self.counts.track += 1
+        for e in events:
+            self._send(event_topic(self.site, e.type), encode_event(e), 1, False)
+            self.counts.events += 1
+            if e.type == "beacon_lost":
+                # An empty retained message removes the retained track (MQTT 3.1.1, 3.3.1.3).
+                self._send(track_topic(self.site, e.beacon), b"", 1, True)
+                last.pop(e.beacon, None)
+                self.counts.cleared += 1

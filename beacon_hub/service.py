@@ -1,0 +1,348 @@
+"""The live hub (`beacon-hub run`): MQTT in -> engine per site -> MQTT out and stores.
+
+The engine is pure; this module owns the clock, the threads and the order of things. One
+service thread (the caller of `Hub.run`) does all the work; paho's network thread only fills the
+inbox (ingest.py), the InfluxDB writer and the HTTP server have threads of their own.
+
+Ticks. A site ticks at multiples of `tick_interval_s` in hub time (gateway time corrected by the
+learnt clock offset). Tick T runs as soon as readings past T have arrived, or, when no data
+pushes it, once the wall clock is `TICK_GRACE_S` past T with nothing waiting in the inbox. A
+restarted hub continues from its last stored tick, so a backlog the broker queued while it was
+down is replayed through the ticks it missed instead of arriving "late".
+
+Per tick, in this order: engine.tick -> MQTT outputs -> one SQLite transaction (fixes, events,
+the batch ledger, gateway sequence state, the tick time) -> InfluxDB writer -> acknowledge the
+readings messages the tick consumed (broker.ack = after_store). A SIGKILL therefore loses at
+most the readings after the last stored tick, and the broker sends those again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from beacon_hub.calibration import load_calibration
+from beacon_hub.engine import Engine
+from beacon_hub.errors import ConfigError
+from beacon_hub.health import HealthServer, Metrics
+from beacon_hub.hubconfig import HubConfig
+from beacon_hub.ingest import Accepted, Inbound, Ingestor, MqttLink
+from beacon_hub.outputs import SiteOutputs
+from beacon_hub.registry import AssetRegistry, read_assets
+from beacon_hub.site import Site, load_site
+from beacon_hub.stores import (
+    InfluxStore,
+    LedgerEntry,
+    SavedGateway,
+    SqliteStore,
+    Store,
+    StoreError,
+    TickRecord,
+)
+
+__all__ = ["Hub", "run_hub"]
+
+log = logging.getLogger(__name__)
+
+TICK_GRACE_S = 0.1
+"""Wait this long past a tick for data before ticking on the wall clock alone: the latency goal
+is one tick + 100 ms from a batch's arrival to its fix."""
+STARTUP_SETTLE_S = 1.0
+"""After connecting, the broker delivers a queued backlog within milliseconds; wall-clock ticks
+wait this long so they do not race ahead of it."""
+MAX_CATCH_UP_S = 600.0
+"""A restarted hub replays the ticks it missed if it was down at most this long (beyond, the
+broker's queue limits have dropped readings anyway); otherwise it starts at the current time."""
+MAX_TICKS_PER_STEP = 10
+"""Ticks in a row before the service reads the inbox again while catching up."""
+SHUTDOWN_FLUSH_S = 3.0
+"""SIGTERM: time given to the stores to empty; what remains is on disk (the spill)."""
+ASSET_SAVE_S = 60.0
+"""How often battery and last-seen go to the assets table."""
+HEALTH_STALE_TICKS = 5
+"""/healthz turns 503 once a site has not ticked for this many intervals."""
+
+
+@dataclass(slots=True)
+class _SiteRun:
+    site: Site
+    engine: Engine
+    outputs: SiteOutputs | None
+    gateways: frozenset[str]
+    next_tick: float | None = None
+    data_wm: float = -math.inf
+    pending_acks: list[tuple[int, int]] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    last_tick_wall: float | None = None
+
+
+def _load_sites(cfg: HubConfig) -> list[tuple[Site, Engine]]:
+    out: list[tuple[Site, Engine]] = []
+    seen: set[str] = set()
+    for entry in cfg.sites:
+        site = load_site(entry.site)
+        if site.id in seen:
+            raise ConfigError(str(entry.site), [f"{entry.site}: site id {site.id!r} given twice"])
+        seen.add(site.id)
+        cal = load_calibration(entry.calibration, site) if entry.calibration else None
+        out.append((site, Engine(site, cfg.engine, cal)))
+    return out
+
+
+class Hub:
+    """The service; construct (may raise ConfigError/StoreError), then `run(stop)`."""
+
+    def __init__(self, cfg: HubConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = Metrics()
+        sites = _load_sites(cfg)
+        site_ids = [s.id for s, _ in sites]
+        client_id = cfg.broker.client_id or ("beacon-hub-" + "-".join(sorted(site_ids)))[:128]
+        self.link = MqttLink(
+            cfg.broker, cfg.ingest, client_id=client_id, site_ids=site_ids, metrics=self.metrics
+        )
+        self.sqlite = SqliteStore(
+            cfg.stores.sqlite.path, self.metrics, fixes=cfg.stores.sqlite.fixes
+        )
+        self.stores: list[Store] = []
+        if cfg.stores.influx is not None:
+            self.stores.append(InfluxStore(cfg.stores.influx, self.metrics))
+        self.registry = AssetRegistry.from_db(self.sqlite.db)
+        if cfg.assets is not None:
+            self.registry.add(read_assets(cfg.assets))
+        self.sites: dict[str, _SiteRun] = {}
+        for site, engine in sites:
+            outputs = (
+                SiteOutputs(site.id, self.link.publish, cfg.outputs.track_refresh_s)
+                if cfg.outputs.mqtt
+                else None
+            )
+            run = _SiteRun(site, engine, outputs, frozenset(g.id for g in site.gateways))
+            last = self.sqlite.last_tick(site.id)
+            if last is not None and last >= clock() - MAX_CATCH_UP_S:
+                run.next_tick = last + cfg.engine.tick_interval_s
+            self.sites[site.id] = run
+        self.ingestor = Ingestor(
+            {s.id: r.gateways for s, r in ((r.site, r) for r in self.sites.values())},
+            cfg.ingest,
+            self.metrics,
+        )
+        for g in self.sqlite.saved_gateways():
+            if g.site in self.sites:
+                self.ingestor.restore(g.site, g.gateway, g.boot, g.next_seq, g.offset_s)
+        self.http: HealthServer | None = None
+        if cfg.http.enabled:
+            self.http = HealthServer(cfg.http.bind, cfg.http.port, self.metrics, self.health)
+        self._connected_at: float | None = None
+        self._last_asset_save = time.monotonic()
+        self._rate_t = time.monotonic()
+        self._rate_n = 0
+        self.ready = threading.Event()
+        """Set once connected and serving (tests wait on it)."""
+
+    # -- lifecycle
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set; then flush and close everything."""
+        if self.http is not None:
+            self.http.start()
+            log.info("health and metrics on http://%s:%d/", self.cfg.http.bind, self.http.port)
+        self.link.start()
+        try:
+            while not stop.is_set():
+                self._step()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        # Unacknowledged messages (after the last stored tick) stay with the broker's session.
+        self.link.stop()
+        for store in self.stores:
+            if not store.flush(SHUTDOWN_FLUSH_S):
+                log.warning(
+                    "%s: %d points not yet written; kept in the spill", store.name, store.backlog()
+                )
+            store.close()
+        try:
+            self.registry.save(self.sqlite.db)
+        except Exception:
+            log.exception("could not save the asset registry")
+        self.sqlite.close()
+        if self.http is not None:
+            self.http.stop()
+        log.info("stopped")
+
+    # -- the service loop
+
+    def _step(self) -> None:
+        now = self.clock()
+        if self._connected_at is None and self.link.connected.is_set():
+            self._connected_at = now
+            self.ready.set()
+        try:
+            item = self.link.inbox.get(timeout=self._wait_s(now))
+        except queue.Empty:
+            item = None
+        if item is not None:
+            self._handle(item)
+        self.metrics.inbox_depth.set(self.link.inbox.qsize())
+        self._maybe_tick(self.clock())
+        if time.monotonic() - self._last_asset_save >= ASSET_SAVE_S:
+            self._last_asset_save = time.monotonic()
+            self.registry.save(self.sqlite.db)
+
+    def _wait_s(self, now: float) -> float:
+        due = [r.next_tick for r in self.sites.values() if r.next_tick is not None]
+        if not due:
+            return 0.2
+        return min(0.2, max(0.0, min(due) + TICK_GRACE_S - now))
+
+    def _handle(self, item: Inbound) -> None:
+        res = self.ingestor.handle(item)
+        if not isinstance(res, Accepted):
+            topic = self.cfg.ingest.dead_letter_topic
+            if topic:
+                self.link.publish(f"{topic}/{res.site}/{res.reason}", item.payload, 0, False)
+            self.link.ack(item.mid, item.qos)  # refused for good: nothing to keep
+            return
+        run = self.sites[res.site]
+        counts = run.engine.ingest(res.readings)
+        self.ingestor.count_samples(res.site, res.gateway, "late", counts.late)
+        self.ingestor.count_samples(
+            res.site, res.gateway, "impossible_rssi", counts.impossible_rssi
+        )
+        batch = res.batch
+        if batch.tlm:
+            self.registry.telemetry(batch.tlm)
+        run.ledger.append(
+            LedgerEntry(
+                res.site,
+                res.gateway,
+                batch.boot,
+                batch.seq,
+                len(batch),
+                counts.accepted,
+                counts.late,
+                counts.impossible_rssi,
+                item.arrival,
+            )
+        )
+        run.touched.add(res.gateway)
+        self._rate_n += len(batch)
+        t = res.readings.t
+        newest = float(t.max()) if t.shape[0] else batch.sent
+        run.data_wm = max(
+            run.data_wm, min(newest, item.arrival + self.cfg.ingest.future_tolerance_s)
+        )
+        if run.next_tick is None:
+            oldest = float(t.min()) if t.shape[0] else newest
+            run.next_tick = self._align(max(oldest, item.arrival - MAX_CATCH_UP_S))
+        if self.cfg.broker.ack == "after_ingest":
+            self.link.ack(item.mid, item.qos)
+        else:
+            run.pending_acks.append((item.mid, item.qos))
+
+    def _align(self, t: float) -> float:
+        step = self.cfg.engine.tick_interval_s
+        return math.ceil(t / step) * step
+
+    def _maybe_tick(self, now: float) -> None:
+        settled = self._connected_at is not None and now >= self._connected_at + STARTUP_SETTLE_S
+        idle = self.link.inbox.empty()
+        step = self.cfg.engine.tick_interval_s
+        for run in self.sites.values():
+            if run.next_tick is None:
+                if settled:
+                    run.next_tick = self._align(now)
+                continue
+            for _ in range(MAX_TICKS_PER_STEP):
+                t = run.next_tick
+                by_data = run.data_wm >= t
+                by_clock = settled and idle and now >= t + TICK_GRACE_S
+                if not (by_data or by_clock):
+                    break
+                self._tick(run, t)
+                run.next_tick = t + step
+                if run.next_tick < now - MAX_CATCH_UP_S:
+                    run.next_tick = self._align(now - MAX_CATCH_UP_S)
+
+    def _tick(self, run: _SiteRun, t: float) -> None:
+        started = time.perf_counter()
+        site = run.site.id
+        result = run.engine.tick(t)
+        table = result.fixes
+        labels = self.registry.labels(table.beacons) if len(self.registry) else [None] * len(table)
+        if run.outputs is not None:
+            run.outputs.tick(t, table, result.events, labels)
+        record = TickRecord(site, t, table, result.events, labels)
+        saved = []
+        for gw in run.touched:
+            st = self.ingestor.state.get((site, gw))
+            if st is not None:
+                saved.append(SavedGateway(site, gw, st.boot, st.next_seq, st.offset_s))
+        try:
+            self.sqlite.commit(record, run.ledger, saved)
+        except StoreError:
+            log.exception("tick %.3f of %s not stored", t, site)
+        for store in self.stores:
+            store.write(record)
+        for mid, qos in run.pending_acks:
+            self.link.ack(mid, qos)
+        run.pending_acks.clear()
+        run.ledger.clear()
+        run.touched.clear()
+        if len(self.registry):
+            self.registry.seen(table.beacons, t)
+        run.last_tick_wall = self.clock()
+        self.metrics.fixes.labels(site).inc(len(table))
+        for e in result.events:
+            self.metrics.events.labels(site, e.type).inc()
+        self.metrics.tick_duration.labels(site).observe(time.perf_counter() - started)
+        mono = time.monotonic()
+        if mono - self._rate_t >= 1.0:
+            self.metrics.readings_per_s.set(self._rate_n / (mono - self._rate_t))
+            self._rate_t, self._rate_n = mono, 0
+
+    # -- /healthz
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        now = self.clock()
+        stale = HEALTH_STALE_TICKS * self.cfg.engine.tick_interval_s + STARTUP_SETTLE_S
+        sites = {}
+        ok = self.link.connected.is_set()
+        for sid, run in self.sites.items():
+            age = None if run.last_tick_wall is None else now - run.last_tick_wall
+            if age is not None and age > stale:
+                ok = False
+            sites[sid] = {"last_tick": run.next_tick, "seconds_since_tick": age}
+        return ok, {
+            "broker_connected": self.link.connected.is_set(),
+            "inbox_depth": self.link.inbox.qsize(),
+            "store_backlog": {s.name: s.backlog() for s in self.stores},
+            "sites": sites,
+        }
+
+
+def run_hub(cfg: HubConfig) -> int:
+    """`beacon-hub run`: serve until SIGTERM/SIGINT, then flush and return 0."""
+    hub = Hub(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    hub.run(stop)
+    return 0

@@ -1,0 +1,625 @@
+"""Stores: where fixes and events go, behind one small interface (`Store`).
+
+- `SqliteStore`: the embedded default, and always the hub's own state (gateway sequence numbers
+  and clock offsets, the last tick, the batch ledger, assets). One transaction per tick, WAL.
+- `InfluxStore`: InfluxDB 1.x through `/write`, or 2.x/3.x/Cloud/1.8+ through influxdb-client's
+  write API; the line protocol is built with influxdb-client's `Point` either way. Batching on
+  a writer thread, retry with backoff, a bounded on-disk spill while the database is
+  unreachable, replayed oldest first so the store fills in order.
+
+The schema of both is in docs/hub.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write.point import Point
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
+
+from beacon_hub.engine import FixTable
+from beacon_hub.errors import BeaconHubError
+from beacon_hub.health import Metrics
+from beacon_hub.hubconfig import InfluxConfig
+from beacon_hub.wire import Event
+
+__all__ = [
+    "EVENT_MEASUREMENT",
+    "FIX_MEASUREMENT",
+    "InfluxStore",
+    "LedgerEntry",
+    "SavedGateway",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "TickRecord",
+    "fix_points",
+]
+
+log = logging.getLogger(__name__)
+
+FIX_MEASUREMENT = "fix"
+EVENT_MEASUREMENT = "event"
+RETRY_MIN_S = 0.5
+"""First wait after a failed write; doubles up to `retry_max_s`."""
+MAX_MEMORY_POINTS = 1_000_000
+"""Points held in memory for the writer thread (about 150 MB of line protocol); beyond this
+the writer is stuck in a call, and new points go to the spill directly."""
+SQLITE_BUSY_TIMEOUT_S = 10.0
+"""Wait for a lock held by a reader (the dashboard, an `assets import`) before failing."""
+
+
+class StoreError(BeaconHubError):
+    """A store cannot be opened or written for a reason a retry will not fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class TickRecord:
+    """What one tick of one site produced, as the stores take it."""
+
+    site: str
+    t: float
+    fixes: FixTable
+    events: Sequence[Event]
+    labels: Sequence[str | None]
+    """Asset label per fix (registry), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One readings batch processed: what the engine did with its samples."""
+
+    site: str
+    gateway: str
+    boot: str
+    seq: int
+    samples: int
+    accepted: int
+    late: int
+    impossible_rssi: int
+    arrival: float
+
+
+@dataclass(frozen=True, slots=True)
+class SavedGateway:
+    site: str
+    gateway: str
+    boot: str
+    next_seq: int
+    offset_s: float | None
+
+
+class Store(Protocol):
+    """What the service needs of a fix store."""
+
+    name: str
+
+    def write(self, record: TickRecord) -> None:
+        """Take one tick; must not block on the network."""
+
+    def flush(self, timeout_s: float) -> bool:
+        """Push everything out; True if nothing is left waiting."""
+
+    def backlog(self) -> int:
+        """Points accepted but not yet in the database."""
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------------- SQLite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fixes (
+    site TEXT NOT NULL, beacon TEXT NOT NULL, t REAL NOT NULL,
+    x REAL NOT NULL, y REAL NOT NULL, level INTEGER NOT NULL, accuracy_m REAL NOT NULL,
+    zone TEXT, kind TEXT, label TEXT, speed_m_s REAL, gateways TEXT
+);
+CREATE INDEX IF NOT EXISTS fixes_by_beacon ON fixes (site, beacon, t);
+CREATE INDEX IF NOT EXISTS fixes_by_time ON fixes (t);
+CREATE TABLE IF NOT EXISTS latest (
+    site TEXT NOT NULL, beacon TEXT NOT NULL, t REAL NOT NULL,
+    x REAL NOT NULL, y REAL NOT NULL, level INTEGER NOT NULL, accuracy_m REAL NOT NULL,
+    zone TEXT, label TEXT,
+    PRIMARY KEY (site, beacon)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    site TEXT NOT NULL, t REAL NOT NULL, type TEXT NOT NULL, beacon TEXT NOT NULL,
+    zone TEXT, data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_beacon ON events (site, beacon, t);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (site, type, t);
+CREATE TABLE IF NOT EXISTS batches (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, boot TEXT NOT NULL, seq INTEGER NOT NULL,
+    samples INTEGER NOT NULL, accepted INTEGER NOT NULL, late INTEGER NOT NULL,
+    impossible_rssi INTEGER NOT NULL, arrival REAL NOT NULL, tick_t REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_by_gateway ON batches (site, gateway, boot, seq);
+CREATE TABLE IF NOT EXISTS gateways (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, boot TEXT NOT NULL, next_seq INTEGER NOT NULL,
+    offset_s REAL, PRIMARY KEY (site, gateway)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ticks (site TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS assets (
+    beacon TEXT PRIMARY KEY, label TEXT UNIQUE, kind TEXT,
+    battery_mv INTEGER, temperature_c REAL, last_seen REAL
+) WITHOUT ROWID;
+"""
+
+
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    """The hub's SQLite database, created with its schema if new."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+    except (OSError, sqlite3.Error) as e:
+        raise StoreError(f"cannot open SQLite store {path}: {e}") from e
+    return db
+
+
+class SqliteStore:
+    """Fixes, events and the hub's state in one SQLite file; one transaction per tick."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, metrics: Metrics, *, fixes: bool = True) -> None:
+        self.path = path
+        self.metrics = metrics
+        self.keep_fixes = fixes
+        self.db = open_sqlite(path)
+
+    # -- state
+
+    def saved_gateways(self) -> list[SavedGateway]:
+        rows = self.db.execute("SELECT site, gateway, boot, next_seq, offset_s FROM gateways")
+        return [SavedGateway(*r) for r in rows]
+
+    def last_tick(self, site: str) -> float | None:
+        row = self.db.execute("SELECT t FROM ticks WHERE site = ?", (site,)).fetchone()
+        return None if row is None else float(row[0])
+
+    # -- the per-tick transaction
+
+    def write(self, record: TickRecord) -> None:
+        self.commit(record, (), ())
+
+    def commit(
+        self,
+        record: TickRecord,
+        ledger: Iterable[LedgerEntry],
+        gateways: Iterable[SavedGateway],
+    ) -> None:
+        """Fixes, events, the batches they came from and the gateway state, atomically."""
+        db = self.db
+        site, t, table = record.site, record.t, record.fixes
+        n = len(table)
+        db.execute("BEGIN")
+        try:
+            if self.keep_fixes and n:
+                x, y = table.x.tolist(), table.y.tolist()
+                acc, lvl = table.accuracy_m.tolist(), table.level.tolist()
+                speed = table.speed_m_s.tolist()
+                rows = [
+                    (
+                        site,
+                        table.beacons[i],
+                        t,
+                        x[i],
+                        y[i],
+                        lvl[i],
+                        acc[i],
+                        table.zones[i],
+                        table.kinds[i],
+                        record.labels[i],
+                        speed[i],
+                        ";".join(table.gateways(i)),
+                    )
+                    for i in range(n)
+                ]
+                db.executemany("INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                db.executemany(
+                    "INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[9]) for r in rows],
+                )
+            if self.keep_fixes and record.events:
+                db.executemany(
+                    "INSERT INTO events VALUES (?,?,?,?,?,?)",
+                    [
+                        (e.site, e.t, e.type, e.beacon, e.zone, json.dumps(dict(e.data)))
+                        for e in record.events
+                    ],
+                )
+            db.executemany(
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        e.site,
+                        e.gateway,
+                        e.boot,
+                        e.seq,
+                        e.samples,
+                        e.accepted,
+                        e.late,
+                        e.impossible_rssi,
+                        e.arrival,
+                        t,
+                    )
+                    for e in ledger
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO gateways VALUES (?,?,?,?,?)",
+                [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s) for g in gateways],
+            )
+            db.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?)", (site, t))
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            db.execute("ROLLBACK")
+            self.metrics.store_errors.labels(self.name).inc()
+            raise StoreError(f"SQLite store {self.path}: {e}") from e
+        if self.keep_fixes:
+            self.metrics.store_written.labels(self.name).inc(n + len(record.events))
+
+    def flush(self, timeout_s: float) -> bool:  # noqa: ARG002  # every commit is already durable
+        return True
+
+    def backlog(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# ----------------------------------------------------------------------------------- InfluxDB
+
+
+_MS = cast(WritePrecision, WritePrecision.MS)
+"""influxdb-client declares its precisions as str constants on the enum-like class."""
+
+
+def _line(measurement: str, tags: dict[str, str], fields: dict[str, object], t_ms: int) -> str:
+    """One line of line protocol through influxdb-client's Point (escaping, field types)."""
+    point = Point.from_dict(
+        {"measurement": measurement, "tags": tags, "fields": fields, "time": t_ms},
+        write_precision=_MS,
+    )
+    line: str = point.to_line_protocol()
+    return line
+
+
+def fix_points(record: TickRecord) -> list[str]:
+    """Line protocol of one tick (docs/hub.md, Schema)."""
+    table, site = record.fixes, record.site
+    t_ms = round(record.t * 1000)
+    x, y = table.x.tolist(), table.y.tolist()
+    acc, lvl, speed = table.accuracy_m.tolist(), table.level.tolist(), table.speed_m_s.tolist()
+    lines: list[str] = []
+    for i in range(len(table)):
+        tags = {"site": site, "beacon": table.beacons[i]}
+        kind = table.kinds[i]
+        if kind is not None:
+            tags["kind"] = kind
+        fields: dict[str, object] = {
+            "x": x[i],
+            "y": y[i],
+            "level": lvl[i],
+            "accuracy_m": acc[i],
+            "speed_m_s": speed[i],
+            "zone": table.zones[i] or "",
+            "gateways": ";".join(table.gateways(i)),
+        }
+        label = record.labels[i]
+        if label is not None:
+            fields["label"] = label
+        lines.append(_line(FIX_MEASUREMENT, tags, fields, t_ms))
+    for e in record.events:
+        fields = {
+            "beacon": e.beacon,
+            "zone": e.zone or "",
+            "data": json.dumps(dict(e.data), separators=(",", ":")),
+        }
+        lines.append(
+            _line(EVENT_MEASUREMENT, {"site": e.site, "type": e.type}, fields, round(e.t * 1000))
+        )
+    return lines
+
+
+class _RefusedError(Exception):
+    """The database refused a batch for good (malformed line, 4xx): retrying will not help."""
+
+
+Sender = Callable[[bytes], None]
+"""Writes one batch of line protocol; raises _RefusedError (drop) or anything else (retry)."""
+
+
+def _v1_sender(cfg: InfluxConfig) -> Sender:
+    params = {"db": cfg.database, "precision": "ms"}
+    if cfg.retention_policy:
+        params["rp"] = cfg.retention_policy
+    if cfg.username is not None:
+        params["u"] = cfg.username
+        params["p"] = cfg.password.get_secret_value() if cfg.password else ""
+    url = f"{cfg.url}/write?{urllib.parse.urlencode(params)}"
+    # The database sits on the site network: a proxy from the environment must not see it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def send(body: bytes) -> None:
+        request = urllib.request.Request(  # noqa: S310  # http(s) only, checked by the config
+            url, body, {"Content-Type": "text/plain; charset=utf-8"}, method="POST"
+        )
+        try:
+            with opener.open(request, timeout=cfg.timeout_s) as response:
+                response.read()
+        except urllib.error.HTTPError as e:
+            with e:
+                detail = e.read().decode(errors="replace")[:300]
+            if e.code in (400, 413):
+                raise _RefusedError(f"HTTP {e.code}: {detail}") from e
+            raise
+
+    return send
+
+
+def _v2_sender(cfg: InfluxConfig) -> tuple[Sender, Callable[[], None]]:
+    client = InfluxDBClient(
+        url=cfg.url,
+        token=cfg.token.get_secret_value() if cfg.token else "",
+        org=cfg.org,
+        timeout=int(cfg.timeout_s * 1000),
+    )
+    api = client.write_api(write_options=SYNCHRONOUS)
+
+    def send(body: bytes) -> None:
+        try:
+            api.write(bucket=cfg.bucket, org=cfg.org, record=body, write_precision=_MS)
+        except Exception as e:  # ApiException carries the HTTP status; anything else: retry
+            status = getattr(e, "status", None)
+            if status in (400, 413):
+                raise _RefusedError(f"HTTP {status}: {e}") from e
+            raise
+
+    return send, client.close
+
+
+class _Spill:
+    """Batches on disk, oldest first: `{n:012d}-{points}.lp`; bounded in bytes."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        self.files = sorted(folder.glob("*.lp"))
+        self.bytes = sum(f.stat().st_size for f in self.files)
+        self.points = sum(self._points(f) for f in self.files)
+        self._next = int(self.files[-1].name.split("-")[0]) + 1 if self.files else 0
+
+    @staticmethod
+    def _points(f: Path) -> int:
+        return int(f.stem.split("-")[1])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def append(self, body: bytes, points: int) -> int:
+        """Store one batch; returns the points dropped to stay within max_bytes."""
+        dropped = 0
+        while self.files and self.bytes + len(body) > self.max_bytes:
+            dropped += self.pop_oldest()
+        path = self.folder / f"{self._next:012d}-{points}.lp"
+        self._next += 1
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(body)
+        tmp.replace(path)  # a crash leaves a whole file or none
+        self.files.append(path)
+        self.bytes += len(body)
+        self.points += points
+        return dropped
+
+    def oldest(self) -> tuple[bytes, int, Path]:
+        f = self.files[0]
+        return f.read_bytes(), self._points(f), f
+
+    def pop_oldest(self) -> int:
+        f = self.files.pop(0)
+        self.bytes -= f.stat().st_size
+        points = self._points(f)
+        self.points -= points
+        f.unlink()
+        return points
+
+
+class InfluxStore:
+    """InfluxDB writer thread: batches, retries with backoff, spills to disk, replays in order."""
+
+    def __init__(self, cfg: InfluxConfig, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.name = f"influx_v{cfg.version}"
+        self._close_client: Callable[[], None] = lambda: None
+        if cfg.version == 1:
+            self._send = _v1_sender(cfg)
+        else:
+            self._send, self._close_client = _v2_sender(cfg)
+        try:
+            self._spill = _Spill(cfg.spill_dir, cfg.spill_max_bytes)
+        except OSError as e:
+            raise StoreError(f"cannot use spill directory {cfg.spill_dir}: {e}") from e
+        if len(self._spill):
+            log.info(
+                "%s: %d points spilled by an earlier run will be replayed first",
+                self.name,
+                self._spill.points,
+            )
+        self._lock = threading.Condition()
+        self._buffer: list[str] = []
+        self._sending = 0
+        self._stop = False
+        self._flush_now = False
+        self._retry_at = 0.0
+        self._delay_s = RETRY_MIN_S
+        self._buffered_since = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"beacon-hub-{self.name}")
+        self._thread.start()
+
+    # -- service thread
+
+    def write(self, record: TickRecord) -> None:
+        self.write_lines(fix_points(record))
+
+    def write_lines(self, lines: list[str]) -> None:
+        with self._lock:
+            if len(self._buffer) + len(lines) > MAX_MEMORY_POINTS:
+                # The writer is stuck in a call: park these on disk rather than grow memory.
+                self._spill_locked(lines)
+            else:
+                if not self._buffer:
+                    self._buffered_since = time.monotonic()
+                self._buffer.extend(lines)
+            if len(self._buffer) >= self.cfg.batch_points:
+                self._lock.notify()
+        self._gauge()
+
+    def backlog(self) -> int:
+        with self._lock:
+            return len(self._buffer) + self._sending + self._spill.points
+
+    def flush(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._flush_now = True
+            self._retry_at = 0.0  # try at once, whatever the backoff said
+            self._lock.notify()
+            while self._buffer or self._sending or len(self._spill):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 0.1))
+            return True
+
+    def close(self) -> None:
+        """Stop the writer; whatever is still in memory goes to the spill for the next run."""
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        self._thread.join()
+        with self._lock:
+            if self._buffer:
+                self._spill_locked(self._buffer)
+                self._buffer = []
+        self._close_client()
+        self._gauge()
+
+    # -- writer thread
+
+    def _due_locked(self, now: float) -> float:
+        """0 if there is something to send now, else how long to wait."""
+        if self._stop:
+            return 0.0
+        if now < self._retry_at:
+            return self._retry_at - now
+        if len(self._spill):
+            return 0.0
+        if not self._buffer:
+            return self.cfg.flush_interval_s
+        if self._flush_now or len(self._buffer) >= self.cfg.batch_points:
+            return 0.0
+        return max(0.0, self._buffered_since + self.cfg.flush_interval_s - now)
+
+    def _run(self) -> None:
+        cfg = self.cfg
+        sent_file: Path | None = None
+        while True:
+            with self._lock:
+                while (wait := self._due_locked(time.monotonic())) > 0:
+                    self._lock.wait(wait)
+                if self._stop:
+                    return
+                self._flush_now = False
+                # Order: anything spilled goes first; a new batch joins the spill behind it.
+                batch = self._buffer[: cfg.batch_points]
+                del self._buffer[: cfg.batch_points]
+                self._buffered_since = time.monotonic()
+                if batch and len(self._spill):
+                    self._spill_locked(batch)
+                    batch = []
+                if batch:
+                    body, points, from_spill = "\n".join(batch).encode(), len(batch), False
+                    self._sending = points
+                else:
+                    body, points, sent_file = self._spill.oldest()
+                    from_spill = True
+            ok = self._attempt(body, points)
+            with self._lock:
+                self._sending = 0
+                # (the spill may have dropped that file meanwhile to stay within its bound)
+                if from_spill and ok is not None and self._spill.files[:1] == [sent_file]:
+                    self._spill.pop_oldest()
+                elif not from_spill and ok is None:
+                    self._spill_locked_body(body, points)
+                self._lock.notify_all()
+            self._gauge()
+
+    def _attempt(self, body: bytes, points: int) -> bool | None:
+        """True written, False refused for good (dropped), None failed (keep and retry)."""
+        try:
+            self._send(body)
+        except _RefusedError as e:
+            log.error(  # noqa: TRY400  # the reason is in the message; no traceback wanted
+                "%s refused %d points for good (dropped): %s", self.name, points, e
+            )
+            self.metrics.store_errors.labels(self.name).inc()
+            self.metrics.store_dropped.labels(self.name).inc(points)
+            return False
+        except Exception as e:  # noqa: BLE001  # network, 5xx, timeouts: all retried
+            self.metrics.store_errors.labels(self.name).inc()
+            with self._lock:
+                self._retry_at = time.monotonic() + self._delay_s
+                log.warning(
+                    "%s unreachable (%s); %d points kept, retry in %.1f s",
+                    self.name,
+                    e,
+                    points + self._spill.points,
+                    self._delay_s,
+                )
+                self._delay_s = min(self._delay_s * 2, self.cfg.retry_max_s)
+            return None
+        self.metrics.store_written.labels(self.name).inc(points)
+        with self._lock:
+            if self._delay_s > RETRY_MIN_S:
+                log.info("%s reachable again", self.name)
+            self._delay_s = RETRY_MIN_S
+        return True
+
+    def _spill_locked(self, lines: list[str]) -> None:
+        self._spill_locked_body("\n".join(lines).encode(), len(lines))
+
+    def _spill_locked_body(self, body: bytes, points: int) -> None:
+        try:
+            dropped = self._spill.append(body, points)
+        except OSError as e:
+            log.error("%s: cannot spill %d points (dropped): %s", self.name, points, e)  # noqa: TRY400
+            dropped = points
+        if dropped:
+            log.error("%s: spill full, dropped the oldest %d points", self.name, dropped)
+            self.metrics.store_dropped.labels(self.name).inc(dropped)
+
+    def _gauge(self) -> None:
+        self.metrics.store_backlog.labels(self.name).set(self.backlog())
