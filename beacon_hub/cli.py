@@ -21,7 +21,6 @@ from beacon_hub.commands import (
 __all__ = ["build_parser", "main"]
 
 PROG = "beacon-hub"
-SERVICE = "issue #5 (hub service)"
 DASHBOARD = "issue #7 (dashboard, promotions and demo)"
 SECURITY = "issue #8 (security and provisioning)"
 
@@ -43,11 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_site_check)
 
     run = verbs.add_parser("run", help="the live hub")
-    run.add_argument("--site", type=Path, action="append", required=True, metavar="S.yaml")
+    run.add_argument(
+        "--site",
+        type=Path,
+        action="append",
+        metavar="S.yaml",
+        help="repeatable; or sites: in HUB.yaml",
+    )
     run.add_argument("--broker", metavar="URL", help="e.g. mqtt://127.0.0.1:1883")
     run.add_argument("--config", type=Path, metavar="HUB.yaml")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_set_option(run)
-    run.set_defaults(handler=not_yet(PROG, "run", SERVICE))
+    run.set_defaults(handler=_run)
 
     _add_engine_verbs(verbs)
 
@@ -56,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp = assets.add_parser("import", help="import beacon labels and kinds from CSV")
     imp.add_argument("file", type=Path, metavar="FILE.csv")
-    imp.set_defaults(handler=not_yet(PROG, "assets import", SERVICE))
+    imp.add_argument("--config", type=Path, metavar="HUB.yaml", help="where the hub's SQLite is")
+    imp.add_argument("--db", type=Path, metavar="HUB.sqlite", help="the hub's SQLite file")
+    imp.set_defaults(handler=_assets_import)
 
     erase = verbs.add_parser("erase", help="remove a shopper's data from the stores")
     erase.add_argument("beacon", metavar="BEACON")
@@ -71,6 +79,46 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--id", required=True, metavar="ID")
         p.set_defaults(handler=not_yet(PROG, f"provision {who}", SECURITY))
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415
+
+    from beacon_hub.hubconfig import load_hub_config  # noqa: PLC0415  # numpy: keeps --help fast
+    from beacon_hub.service import run_hub  # noqa: PLC0415
+
+    overrides = overrides_from(args.overrides)
+    if args.broker:
+        overrides["broker.url"] = args.broker
+    cfg = load_hub_config(args.config, sites=args.site, overrides=overrides)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run_hub(cfg)
+
+
+def _assets_import(args: argparse.Namespace) -> int:
+    from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
+    from beacon_hub.hubconfig import SqliteConfig, load_hub_config  # noqa: PLC0415
+    from beacon_hub.registry import import_assets, read_assets  # noqa: PLC0415
+    from beacon_hub.stores import open_sqlite  # noqa: PLC0415
+
+    if args.db is not None and args.config is not None:
+        raise BeaconHubError("give --db or --config, not both")
+    if args.db is not None:
+        path = args.db
+    elif args.config is not None:
+        path = load_hub_config(args.config).stores.sqlite.path
+    else:
+        path = SqliteConfig().path
+    assets = read_assets(args.file)
+    db = open_sqlite(path)
+    try:
+        count = import_assets(db, assets)
+    finally:
+        db.close()
+    print(f"assets import: {count} assets from {args.file} -> {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _add_engine_verbs(verbs: Any) -> None:
