@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from beacon_hub.csvfiles import Reading, TruthPoint
 from beacon_hub.errors import BeaconHubError, ConfigError
+from beacon_hub.obstruction import LevelObstructions
 from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
 from beacon_hub.site import Site
@@ -29,7 +30,22 @@ from beacon_hub.site import Site
 if TYPE_CHECKING:
     from beacon_hub.engine import Engine
 
-__all__ = ["Calibration", "GatewayFit", "fit_calibration", "load_calibration", "save_calibration"]
+
+def typical_height_m(site: Site) -> float:
+    """The mounting height floor-plan losses are computed for: the median of the beacon kinds'
+    heights, or 1 m (a cart handle, a pallet's side) when the site names none."""
+    heights = [k.height_m for k in site.beacon_kinds if k.kind != "reference"]
+    return float(np.median(heights)) if heights else 1.0
+
+
+__all__ = [
+    "Calibration",
+    "GatewayFit",
+    "fit_calibration",
+    "load_calibration",
+    "save_calibration",
+    "typical_height_m",
+]
 
 MIN_SAMPLES_PER_GATEWAY = 30
 """Fewer samples than this do not pin down two parameters against 6 dB of shadowing."""
@@ -51,6 +67,9 @@ class Calibration:
     site: str
     gateways: dict[str, GatewayFit]
     radio_map: RadioMap | None
+    plan_losses: bool = False
+    """Whether the fit took the site file's walls and obstacles out first; the engine then
+    expects them too, whatever its own setting."""
 
     def apply(self, engine: Engine) -> None:
         """Put the fitted parameters and map into an engine built for the same site."""
@@ -128,6 +147,7 @@ def fit_calibration(
     truth: Iterable[TruthPoint],
     *,
     with_map: bool = True,
+    plan_losses: bool = False,
     max_gap_s: float = 2.0,
     progress: bool = False,
 ) -> Calibration:
@@ -137,12 +157,18 @@ def fit_calibration(
     gateways = {g.id: g for g in site.gateways}
     fits: dict[str, GatewayFit] = {}
     residual_parts: list[NDArray[np.float64]] = []
+    obstructions = {level.level: LevelObstructions.of(level) for level in site.levels}
     for gw_id, arr in sorted(rows.items()):
         if arr.shape[0] < MIN_SAMPLES_PER_GATEWAY:
             continue
         g = gateways[gw_id]
         d = np.sqrt((arr[:, 0] - g.x) ** 2 + (arr[:, 1] - g.y) ** 2 + (arr[:, 2] - g.z) ** 2)
-        pl = fit_path_loss(d, arr[:, 3])
+        # The plan's walls and obstacles are the engine's to expect: fit what they leave.
+        loss: NDArray[np.float64] | float = 0.0
+        if plan_losses:
+            gw_xyz = np.array([[g.x, g.y, g.z]])
+            loss = obstructions[g.level].loss_db(arr[:, 0:3], gw_xyz)[:, 0]
+        pl = fit_path_loss(d, arr[:, 3] + loss)
         residual = arr[:, 3] - mean_rssi_dbm(d, pl.ref_rssi_1m_dbm, pl.exponent)
         residual_parts.append(
             np.c_[np.full(arr.shape[0], gw_ids.index(gw_id)), arr[:, 0:2], residual]
@@ -157,11 +183,9 @@ def fit_calibration(
         )
     radio_map = None
     if with_map:
-        outline = np.concatenate([np.asarray(level.outline) for level in site.levels])
-        lo, hi = outline.min(axis=0) - 1.0, outline.max(axis=0) + 1.0
-        radio_map = RadioMap.empty(
-            gw_ids, (float(lo[0]), float(lo[1])), (float(hi[0]), float(hi[1]))
-        )
+        radio_map = RadioMap.for_site(site, gw_ids)
+        if plan_losses:
+            radio_map.with_plan_losses(site, typical_height_m(site))
         res = np.concatenate(residual_parts)
         gw_col = res[:, 0].astype(np.intp)
         radio_map.observe(gw_col, res[:, 1:3], res[:, 3])
@@ -175,12 +199,13 @@ def fit_calibration(
                 float(np.std(left[on])),
                 f.samples,
             )
-    return Calibration(site=site.id, gateways=fits, radio_map=radio_map)
+    return Calibration(site=site.id, gateways=fits, radio_map=radio_map, plan_losses=plan_losses)
 
 
 def save_calibration(cal: Calibration, path: Path) -> None:
     data: dict[str, Any] = {
         "site": cal.site,
+        "plan_losses": cal.plan_losses,
         "gateways": {
             gw: {
                 "ref_rssi_1m_dbm": round(f.ref_rssi_1m_dbm, 2),
@@ -227,4 +252,7 @@ def load_calibration(path: Path, site: Site) -> Calibration:
             radio_map = RadioMap.from_dict(data["radio_map"], tuple(g.id for g in site.gateways))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConfigError(str(path), [f"{path}: not a calibration file of beacon-hub ({e})"]) from e
-    return Calibration(site=site.id, gateways=fits, radio_map=radio_map)
+    plan = data.get("plan_losses", False)
+    if not isinstance(plan, bool):
+        raise ConfigError(str(path), [f"{path}: plan_losses: expected true or false"])
+    return Calibration(site=site.id, gateways=fits, radio_map=radio_map, plan_losses=plan)

@@ -140,6 +140,12 @@ def _add_engine_verbs(verbs: Any) -> None:
     calibrate.add_argument("--truth", type=Path, required=True, metavar="T.csv")
     calibrate.add_argument("--out", type=Path, required=True, metavar="C.yaml")
     calibrate.add_argument("--no-map", action="store_true", help="fit path loss only")
+    calibrate.add_argument(
+        "--plan-losses",
+        action="store_true",
+        help="take the site file's walls and obstacles out before fitting (the engine then "
+        "expects them)",
+    )
     calibrate.set_defaults(handler=_calibrate)
 
     evaluate = verbs.add_parser("eval", help="error statistics of fixes against truth")
@@ -196,6 +202,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         read_readings(args.readings),
         read_truth(args.truth),
         with_map=not args.no_map,
+        plan_losses=args.plan_losses,
         progress=True,
     )
     save_calibration(calibration, args.out)

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from beacon_hub.calibration import Calibration
+from beacon_hub.calibration import Calibration, typical_height_m
 from beacon_hub.conditioning import PairEstimates, ReadingWindow
 from beacon_hub.floorplan import FloorPlan
 from beacon_hub.multilateration import Geometry, MapFn, Solution, select_rows, solve, solve_grid
@@ -33,7 +33,14 @@ from beacon_hub.tracking import GATE_CHI2_2DOF, MotionParams, Tracks, mode_trans
 from beacon_hub.wire import RSSI_MAX_DBM, RSSI_MIN_DBM, Event, Fix, ReadingBatch
 from beacon_hub.zones import ZoneParams, ZoneTracker
 
-__all__ = ["Engine", "EngineConfig", "FixTable", "IngestCounts", "Readings", "TickResult"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "FixTable",
+    "IngestCounts",
+    "Readings",
+    "TickResult",
+]
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -67,6 +74,11 @@ class EngineConfig(BaseModel):
     tracking: bool = True
     """False: one fix per tick straight from multilateration (for like-for-like comparisons)."""
     use_map: bool = True
+    plan_losses: bool = False
+    """Expect the site file's walls and obstacles to attenuate (obstruction.py). Off by
+    default: on flat-calib2021 (walls assumed 4 dB) it costs accuracy, robot median 1.40 ->
+    2.04 m without a map, and in the simulated store it does not help (4.6 vs 5.0 m), though
+    it halves the error on noise-free store data. A calibration decides it for itself."""
     grid_prior: bool = True
     """Weigh the map likelihood by the track's prediction on the grid (see solve_grid).
     flat-calib2021 robot route: median 1.03 m with, 1.12 m without; 68 % vs 46 % of true
@@ -193,16 +205,16 @@ class Engine:
         self.gw_static_db = total * STATIC_SHARE_OF_SHADOWING
         self.gw_fast_db = np.sqrt(np.maximum(total**2 - self.gw_static_db**2, 0.25))
         self.radio_map: RadioMap | None = None
+        self.plan_losses = self.config.plan_losses
         if calibration is not None:
             calibration.apply(self)
+            self.plan_losses = calibration.plan_losses
         self._map_calibrated = self.radio_map is not None
-        if self.radio_map is None and site.reference_beacons:
-            lo = self.gw_xy.min(axis=0) - 5.0
-            hi = self.gw_xy.max(axis=0) + 5.0
-            outline = np.concatenate([np.asarray(lv.outline) for lv in site.levels])
-            lo = np.minimum(lo, outline.min(axis=0))
-            hi = np.maximum(hi, outline.max(axis=0))
-            self.radio_map = RadioMap.empty(self.gateway_ids, (lo[0], lo[1]), (hi[0], hi[1]))
+        self._map_learned = self._map_calibrated or bool(site.reference_beacons)
+        if self.radio_map is None and (self._map_learned or self.plan_losses):
+            self.radio_map = RadioMap.for_site(site, self.gateway_ids)
+        if self.radio_map is not None and self.plan_losses:
+            self.radio_map.with_plan_losses(site, typical_height_m(site))
         self.window = ReadingWindow(self.config.window_s)
         self.tracks = Tracks(MotionParams())
         self.zones = ZoneTracker(
@@ -380,7 +392,7 @@ class Engine:
         level = self.gw_level[strongest]
         mask &= self.gw_level[slot_g] == level[:, None]
         static = self.gw_static_db[slot_g]
-        if self.radio_map is not None and self.config.use_map:
+        if self._map_learned and self.config.use_map:
             static = static * MAP_STATIC_FACTOR
         geo = Geometry(
             gw=slot_g,
@@ -404,8 +416,12 @@ class Engine:
     ) -> tuple[F64, F64]:
         """Multilateration, then the map likelihood around it when a map is in use."""
         cfg = self.config
-        use_map = self.radio_map is not None and cfg.use_map
-        radio_map = self.radio_map.correction if (self.radio_map is not None and use_map) else None
+        use_map = self.radio_map is not None and cfg.use_map and self._map_learned
+        radio_map: MapFn | None = None
+        if self.radio_map is not None and use_map:
+            radio_map = self.radio_map.correction
+        elif self.radio_map is not None and self.plan_losses:
+            radio_map = functools.partial(self.radio_map.correction, learned=False)
         sol = solve(geo, prior, None if cfg.solver == "grid" else radio_map)
         xy = self._project(level, sol.xy, walk)
         if cfg.solver == "grid" or (cfg.solver == "auto" and use_map and self._map_calibrated):

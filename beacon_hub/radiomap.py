@@ -13,12 +13,15 @@ Sums of evidence are kept, so live observations add to them with exponential for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
+
+from beacon_hub.obstruction import LevelObstructions
+from beacon_hub.site import Site
 
 __all__ = ["RadioMap"]
 
@@ -28,6 +31,9 @@ MAP_RESOLUTION_M = 0.25
 """Grid step: a sixth of the 1.5 m over which static shadowing decorrelates (flat-calib2021)."""
 MAP_BANDWIDTH_M = 0.4
 """Kernel sigma: smooths 1/3-s RSSI noise over the ~1 m shadowing correlation, no further."""
+MAP_MAX_CELLS = 20_000
+"""Cells per gateway: a large hall gets a coarser map (0.46 m for 80 x 50 m), which keeps the
+floor-plan losses quick to compute at start-up (cells x gateways x wall edges)."""
 MAP_PRIOR_WEIGHT = 5.0
 """Evidence, in samples, that the path-loss model (correction 0) is worth in every cell."""
 
@@ -43,6 +49,39 @@ class RadioMap:
     """(gateways, ny, nx) kernel-weighted sum of residuals (dB)."""
     sum_w: F64
     """(gateways, ny, nx) kernel-weighted evidence (samples)."""
+    base: F64 | None = None
+    """(gateways, ny, nx) what the floor plan predicts (minus wall and obstacle losses, dB);
+    learned corrections are relative to it. Not saved: it follows from the site file."""
+    _values: F64 | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_site(cls, site: Site, gateways: tuple[str, ...]) -> RadioMap:
+        """An empty map over the site's levels, its step set by MAP_MAX_CELLS."""
+        outline = np.concatenate([np.asarray(level.outline) for level in site.levels])
+        lo, hi = outline.min(axis=0) - 1.0, outline.max(axis=0) + 1.0
+        area = float(np.prod(hi - lo))
+        step = max(MAP_RESOLUTION_M, float(np.sqrt(area / MAP_MAX_CELLS)))
+        return cls.empty(
+            gateways, (float(lo[0]), float(lo[1])), (float(hi[0]), float(hi[1])), resolution_m=step
+        )
+
+    def with_plan_losses(self, site: Site, height_m: float) -> RadioMap:
+        """Set the base to minus the wall and obstacle losses from each gateway to every cell,
+        for a beacon at `height_m` on the gateway's level."""
+        cells = self.cell_centres()
+        ny, nx = self.sum_r.shape[1:]
+        base = np.zeros_like(self.sum_r)
+        levels = {level.level: LevelObstructions.of(level) for level in site.levels}
+        points = np.c_[cells, np.full(cells.shape[0], height_m)]
+        by_id = {g.id: g for g in site.gateways}
+        for i, gw_id in enumerate(self.gateways):
+            gw = by_id.get(gw_id)
+            if gw is None or levels[gw.level].empty:
+                continue
+            loss = levels[gw.level].loss_db(points, np.array([[gw.x, gw.y, gw.z]]))
+            base[i] = -loss[:, 0].reshape(ny, nx)
+        self.set_base(base)
+        return self
 
     @classmethod
     def empty(
@@ -64,14 +103,43 @@ class RadioMap:
 
     @property
     def values(self) -> F64:
-        """The correction in dB for every gateway and cell."""
-        return self.sum_r / (self.sum_w + self.prior_weight)
+        """The correction in dB for every gateway and cell: plan losses plus what was learned."""
+        if self._values is None:
+            learned = self.sum_r / (self.sum_w + self.prior_weight)
+            self._values = learned if self.base is None else learned + self.base
+        return self._values
+
+    def set_base(self, base: F64) -> None:
+        if base.shape != self.sum_r.shape:
+            raise ValueError(
+                f"plan-loss grid {base.shape} does not match the map {self.sum_r.shape}"
+            )
+        self.base = base
+        self._values = None
+
+    def cell_centres(self) -> F64:
+        """(ny * nx, 2) site coordinates of every cell, row by row."""
+        ny, nx = self.sum_r.shape[1:]
+        ix, iy = np.meshgrid(np.arange(nx), np.arange(ny))
+        return np.asarray(
+            np.c_[
+                self.origin[0] + ix.ravel() * self.resolution_m,
+                self.origin[1] + iy.ravel() * self.resolution_m,
+            ],
+            dtype=np.float64,
+        )
 
     def observe(self, gw: NDArray[np.intp], xy: F64, residual_db: F64, keep: float = 1.0) -> None:
         """Add residuals (observed minus path-loss model) seen by gateways `gw` at positions `xy`.
 
         `keep` < 1 first fades the old evidence: live updates from reference beacons forget.
         """
+        if self.base is not None:
+            # learned corrections are relative to the plan's prediction
+            residual_db = (
+                residual_db - _bilinear(self.base, gw, xy, self.origin, self.resolution_m)[0]
+            )
+        self._values = None
         if keep < 1.0:
             self.sum_r *= keep
             self.sum_w *= keep
@@ -90,27 +158,19 @@ class RadioMap:
             self.sum_r[g] += peak * ndimage.gaussian_filter(binned_r[g], sigma, mode="constant")
             self.sum_w[g] += peak * ndimage.gaussian_filter(binned_w[g], sigma, mode="constant")
 
-    def correction(self, gw: NDArray[np.intp], xy: F64) -> tuple[F64, F64, F64]:
-        """Bilinear correction and its gradient: gw (...), xy (..., 2) -> dB, dB/m in x and y."""
-        values = self.values
-        ny, nx = values.shape[1:]
-        fx = (xy[..., 0] - self.origin[0]) / self.resolution_m
-        fy = (xy[..., 1] - self.origin[1]) / self.resolution_m
-        fx = np.clip(fx, 0.0, nx - 1.000001)
-        fy = np.clip(fy, 0.0, ny - 1.000001)
-        ix, iy = fx.astype(np.intp), fy.astype(np.intp)
-        ax, ay = fx - ix, fy - iy
-        g = np.clip(gw, 0, values.shape[0] - 1)
-        v00 = values[g, iy, ix]
-        v01 = values[g, iy, ix + 1]
-        v10 = values[g, iy + 1, ix]
-        v11 = values[g, iy + 1, ix + 1]
-        top = v00 + ax * (v01 - v00)
-        bottom = v10 + ax * (v11 - v10)
-        value = top + ay * (bottom - top)
-        d_dx = ((v01 - v00) * (1 - ay) + (v11 - v10) * ay) / self.resolution_m
-        d_dy = (bottom - top) / self.resolution_m
-        return value, d_dx, d_dy
+    def correction(
+        self, gw: NDArray[np.intp], xy: F64, *, learned: bool = True
+    ) -> tuple[F64, F64, F64]:
+        """Bilinear correction and its gradient: gw (...), xy (..., 2) -> dB, dB/m in x and y.
+
+        `learned=False` gives the floor plan's prediction alone (no calibration, no references).
+        """
+        if learned:
+            return _bilinear(self.values, gw, xy, self.origin, self.resolution_m)
+        if self.base is None:
+            zero = np.zeros(np.shape(gw))
+            return zero, zero, zero
+        return _bilinear(self.base, gw, xy, self.origin, self.resolution_m)
 
     def to_dict(self) -> dict[str, Any]:
         """A YAML-friendly form (corrections in 0.1 dB and evidence in 0.1 samples)."""
@@ -150,3 +210,24 @@ class RadioMap:
             sum_r,
             sum_w,
         )
+
+
+def _bilinear(
+    values: F64, gw: NDArray[np.intp], xy: F64, origin: tuple[float, float], resolution_m: float
+) -> tuple[F64, F64, F64]:
+    ny, nx = values.shape[1:]
+    fx = np.clip((xy[..., 0] - origin[0]) / resolution_m, 0.0, nx - 1.000001)
+    fy = np.clip((xy[..., 1] - origin[1]) / resolution_m, 0.0, ny - 1.000001)
+    ix, iy = fx.astype(np.intp), fy.astype(np.intp)
+    ax, ay = fx - ix, fy - iy
+    g = np.clip(gw, 0, values.shape[0] - 1)
+    v00 = values[g, iy, ix]
+    v01 = values[g, iy, ix + 1]
+    v10 = values[g, iy + 1, ix]
+    v11 = values[g, iy + 1, ix + 1]
+    top = v00 + ax * (v01 - v00)
+    bottom = v10 + ax * (v11 - v10)
+    value = top + ay * (bottom - top)
+    d_dx = ((v01 - v00) * (1 - ay) + (v11 - v10) * ay) / resolution_m
+    d_dy = (bottom - top) / resolution_m
+    return value, d_dx, d_dy

@@ -175,3 +175,35 @@ def test_parked_pallet_that_moves_fires_pallet_moved() -> None:
     moved = [e for e in events if e.type == "pallet_moved"]
     assert len(moved) == 1
     assert moved[0].data["from_x"] == pytest.approx(4.0, abs=0.5)
+
+
+def test_plan_losses_explain_a_wall() -> None:
+    """Readings through a 10 dB wall: expecting the wall puts the beacon where it is."""
+    site = room_site(
+        levels=[
+            {
+                "outline": [[0, 0], [20, 0], [20, 12], [0, 12]],
+                "walls": [{"start": [10, 0], "end": [10, 12], "loss_db": 10.0}],
+            }
+        ]
+    )
+    from beacon_hub.obstruction import LevelObstructions  # noqa: PLC0415
+
+    wall = LevelObstructions.of(site.levels[0])
+    gw = np.array([[g.x, g.y, g.z] for g in site.gateways])
+    errors = {}
+    for plan_losses in (True, False):
+        engine = Engine(site, EngineConfig(tracking=False, plan_losses=plan_losses))
+        point = np.array([[4.0, 7.0, 1.0]])
+        d = np.sqrt(((point - gw) ** 2).sum(axis=1))
+        rssi = mean_rssi_dbm(d, -59.0, 2.0) - wall.loss_db(point, gw)[0]
+        for g, r in zip(site.gateways, rssi, strict=True):
+            engine.ingest(
+                Readings(
+                    g.id, [TAG], np.array([0]), np.array([1.0]), np.array([r]), np.array([np.nan])
+                )
+            )
+        fixes = engine.tick(1.5).fixes
+        errors[plan_losses] = float(np.hypot(fixes.x[0] - 4.0, fixes.y[0] - 7.0))
+    assert errors[True] < 0.3
+    assert errors[False] > 2 * errors[True]
