@@ -74,14 +74,12 @@ class Calibration:
     def apply(self, engine: Engine) -> None:
         """Put the fitted parameters and map into an engine built for the same site."""
         for gw, fit in self.gateways.items():
-            i = engine.gateway_ids.index(gw) if gw in engine.gateway_ids else -1
-            if i < 0:
+            if gw not in engine.gateway_ids:
                 continue
+            i = engine.gateway_ids.index(gw)
             engine.gw_ref[i] = fit.ref_rssi_1m_dbm
             engine.gw_exp[i] = fit.path_loss_exponent
-            static = min(fit.shadowing_db, 0.68 * fit.shadowing_db)
-            engine.gw_static_db[i] = static
-            engine.gw_fast_db[i] = float(np.sqrt(max(fit.shadowing_db**2 - static**2, 0.25)))
+            engine.gw_shadowing_db[i] = fit.shadowing_db
         if self.radio_map is not None:
             engine.radio_map = RadioMap.from_dict(self.radio_map.to_dict(), engine.gateway_ids)
 

@@ -201,14 +201,14 @@ class Engine:
         radio = [site.gateway_radio(g) for g in gws]
         self.gw_ref = np.array([r.ref_rssi_1m_dbm for r in radio])
         self.gw_exp = np.array([r.path_loss_exponent for r in radio])
-        total = np.array([r.shadowing_db for r in radio])
-        self.gw_static_db = total * STATIC_SHARE_OF_SHADOWING
-        self.gw_fast_db = np.sqrt(np.maximum(total**2 - self.gw_static_db**2, 0.25))
+        self.gw_shadowing_db = np.array([r.shadowing_db for r in radio])
         self.radio_map: RadioMap | None = None
         self.plan_losses = self.config.plan_losses
         if calibration is not None:
             calibration.apply(self)
             self.plan_losses = calibration.plan_losses
+        self.gw_static_db = self.gw_shadowing_db * STATIC_SHARE_OF_SHADOWING
+        self.gw_fast_db = np.sqrt(np.maximum(self.gw_shadowing_db**2 - self.gw_static_db**2, 0.25))
         self._map_calibrated = self.radio_map is not None
         self._map_learned = self._map_calibrated or bool(site.reference_beacons)
         if self.radio_map is None and (self._map_learned or self.plan_losses):

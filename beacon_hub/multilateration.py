@@ -43,6 +43,8 @@ HUBER_K = 1.5
 ITERATIONS = 12
 MAX_STEP_M = 3.0
 """Largest move per iteration: keeps Gauss-Newton from jumping across the site on a bad start."""
+SAME_BASIN_M = 1.0
+"""A least-squares solution this close to the track's prediction needs no second start."""
 PRIOR_SD_M = 6.0
 """Spread of the weak prior for one or two gateways: about one gateway spacing."""
 PRIOR_SD_WELL_POSED_M = 100.0
@@ -118,11 +120,26 @@ def weighted_centroid(geo: Geometry) -> F64:
 def solve(geo: Geometry, prior: F64 | None = None, radio_map: MapFn | None = None) -> Solution:
     """Locate every beacon; `prior` (B, 2) is the track prediction where there is one.
 
-    A beacon with a prediction starts there; one without starts at the weighted centroid.
+    Every beacon starts at the weighted centroid of its gateways; one with a prediction also
+    starts there, and the start that ends at the lower cost wins. Starting only from the
+    prediction lets a track drag its own measurements into a local minimum (seen in the
+    simulated store: a parked cart walked 18 m along a wall, one tick at a time).
     """
     centroid = weighted_centroid(geo)
     anchor = centroid if prior is None else np.where(np.isnan(prior), centroid, prior)
-    xy = _gauss_newton(geo, anchor.copy(), anchor, radio_map)
+    xy = _gauss_newton(geo, centroid.copy(), anchor, radio_map)
+    if prior is not None:
+        # Only where the two starts could end in different basins: the centroid's solution
+        # lies away from the prediction. Elsewhere the second descent would find the same.
+        apart = np.isfinite(prior[:, 0]) & (((xy - anchor) ** 2).sum(axis=1) > SAME_BASIN_M**2)
+        rows = np.flatnonzero(apart)
+        if rows.shape[0]:
+            sub = select_rows(geo, rows)
+            alt = _gauss_newton(sub, anchor[rows].copy(), anchor[rows], radio_map)
+            better = _cost(sub, alt, anchor[rows], radio_map) < _cost(
+                sub, xy[rows], anchor[rows], radio_map
+            )
+            xy[rows[better]] = alt[better]
     cov = _covariance(geo, xy, radio_map)
     used = geo.mask.sum(axis=1).astype(np.int64)
     single = used == 1
