@@ -30,6 +30,8 @@ class PairEstimates:
     """Interquartile mean of the window's samples, normalised to the site's reference power."""
     samples: I64
     last_t: F64
+    mean_t: F64
+    """Mean time of the pair's samples: when the estimate is true of a moving beacon."""
 
 
 class ReadingWindow:
@@ -82,7 +84,7 @@ class ReadingWindow:
         tt, b, g, r = self._t[:n][sel], self._b[:n][sel], self._g[:n][sel], self._r[:n][sel]
         if tt.shape[0] == 0:
             empty_i = np.empty(0, dtype=np.int64)
-            return PairEstimates(empty_i, empty_i, np.empty(0), empty_i, np.empty(0))
+            return PairEstimates(empty_i, empty_i, np.empty(0), empty_i, np.empty(0), np.empty(0))
         # One float key sorts by pair, then RSSI: pair * 1024 + (rssi + 512) with RSSI in
         # -127..+20 dBm keeps the pair in the integer part, exact in float64 below 2^43 pairs.
         key = (b * (g.max() + 1) + g).astype(np.float64) * 1024.0 + (r + 512.0)
@@ -101,10 +103,12 @@ class ReadingWindow:
         sums = np.bincount(group[keep], weights=r[keep], minlength=starts.shape[0])
         kept = np.bincount(group[keep], minlength=starts.shape[0])
         last = np.maximum.reduceat(tt, starts)
+        mean_t = np.bincount(group, weights=tt, minlength=starts.shape[0]) / counts
         return PairEstimates(
             beacon=b[starts],
             gateway=g[starts],
             rssi_dbm=sums / kept,
             samples=counts.astype(np.int64),
             last_t=last,
+            mean_t=mean_t,
         )

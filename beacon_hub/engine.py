@@ -308,15 +308,18 @@ class Engine:
         self.window.expire(t - cfg.window_s)
         if est.beacon.shape[0] == 0:
             return TickResult(self._empty(t), self._lost(t))
-        idx, level, geo, static = self._geometry(est)
+        idx, level, geo, static, t_meas = self._geometry(est)
         walk = self._walkable_only[idx]
         tracked = cfg.tracking & np.isfinite(self.tracks.t[idx])
         prior = np.full((idx.shape[0], 2), np.nan)
         predicted = None
         if tracked.any():
             t_idx = idx[tracked]
-            self.tracks.predict(t_idx, np.maximum(t - self.tracks.t[t_idx], 1e-3))
-            self.tracks.t[t_idx] = t
+            # A window's estimate is true at its samples' mean time, about half a window ago:
+            # the track is updated there and extrapolated to t, so a walker is not followed late.
+            to = np.maximum(t_meas[tracked], self.tracks.t[t_idx])
+            self.tracks.predict(t_idx, np.maximum(to - self.tracks.t[t_idx], 1e-3))
+            self.tracks.t[t_idx] = to
             predicted = self.tracks.estimate(t_idx)
             prior[tracked] = predicted[0][:, [0, 2]]
         grid_prior = None
@@ -331,7 +334,8 @@ class Engine:
             share = np.where(geo.mask, static**2 / geo.sd_db**2, 0.0).sum(axis=1)
             share /= np.maximum(geo.mask.sum(axis=1), 1)
             static_cov = cov * share[:, None, None]
-            xy, cov, speed = self._track(idx, tracked, t, xy, cov, predicted=predicted)
+            xy, cov, speed, vel = self._track(idx, tracked, t_meas, xy, cov, predicted=predicted)
+            xy = xy + vel * np.maximum(t - self.tracks.t[idx], 0.0)[:, None]
             cov = cov + static_cov
             xy = self._project(level, xy, walk)
         self._active[idx] = True
@@ -361,7 +365,7 @@ class Engine:
         )
         return TickResult(table, events)
 
-    def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64]:
+    def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64, F64]:
         """Pad each beacon's gateways into (beacons, K) slots, strongest first in slot 0."""
         beacon, gw = est.beacon, est.gateway  # sorted by beacon already
         first = np.r_[True, beacon[1:] != beacon[:-1]]
@@ -404,7 +408,11 @@ class Engine:
             sd_db=np.sqrt(static**2 + self.gw_fast_db[slot_g] ** 2 / slot_n),
             mask=mask,
         )
-        return idx, level, geo, static
+        # When the beacon's estimate is true: the mean of its pairs' sample times.
+        t_meas = np.bincount(group, weights=est.mean_t, minlength=idx.shape[0]) / np.bincount(
+            group, minlength=idx.shape[0]
+        ).astype(np.float64)
+        return idx, level, geo, static, t_meas
 
     def _locate(
         self,
@@ -471,12 +479,14 @@ class Engine:
         self,
         idx: I64,
         tracked: NDArray[np.bool_],
-        t: float,
+        t: F64,
         z: F64,
         r: F64,
         *,
         predicted: tuple[F64, F64] | None,
-    ) -> tuple[F64, F64, F64]:
+    ) -> tuple[F64, F64, F64, F64]:
+        """IMM update at each beacon's measurement time; returns position, covariance, speed
+        and velocity."""
         tracks = self.tracks
         m = mode_transition(self.config.tick_interval_s, tracks.params)
         t_idx = idx[tracked]
@@ -498,12 +508,12 @@ class Engine:
             kinds = [self._kind[i] for i in idx[new]]
             still = np.array([0.8 if k in ("pallet", "reference") else 0.3 for k in kinds])
             mu = np.c_[still, 1.0 - still]
-            tracks.start(idx[new], t, z[new], r[new], mu=mu, m=m)
+            tracks.start(idx[new], t[new], z[new], r[new], mu=mu, m=m)
         x, p = tracks.estimate(idx)
         xy = x[:, [0, 2]]
         cov = p[:, [0, 2]][:, :, [0, 2]]
-        speed = np.hypot(x[:, 1], x[:, 3])
-        return xy, cov, speed
+        vel = x[:, [1, 3]]
+        return xy, cov, np.hypot(vel[:, 0], vel[:, 1]), vel
 
     def _pallet_moves(self, idx: I64, t: float, xy: F64) -> list[Event]:
         """A pallet parked for parked_after_s that leaves its spot by moved_m: pallet_moved."""

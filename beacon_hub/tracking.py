@@ -131,7 +131,9 @@ class Tracks:
         self.t = np.concatenate([self.t, np.full(grow, np.nan)])
         self.rejected = np.concatenate([self.rejected, np.zeros(grow, dtype=np.int64)])
 
-    def start(self, idx: NDArray[np.intp], t: float, z: F64, r: F64, *, mu: F64, m: F64) -> None:
+    def start(
+        self, idx: NDArray[np.intp], t: float | F64, z: F64, r: F64, *, mu: F64, m: F64
+    ) -> None:
         """Start tracks at measured positions z (n, 2) with covariance r (n, 2, 2).
 
         Velocity starts at zero with a walker's spread; mode probabilities `mu` (n, 2) and the
