@@ -105,9 +105,11 @@ class FloorPlan:
                 lo[0] + (ix.ravel() + 0.5) * resolution_m, lo[1] + (iy.ravel() + 0.5) * resolution_m
             ]
             floor = points_in_polygon(centres, outline).reshape(ny, nx)
+
+            grid_xy = centres.reshape(ny, nx, 2)
             walkable = floor.copy()
             for obstacle in level.obstacles:
-                walkable &= ~points_in_polygon(centres, obstacle.polygon).reshape(ny, nx)
+                walkable &= ~_cells_in(obstacle.polygon, grid_xy, lo, resolution_m)
             zone = np.full((ny, nx), -1, dtype=np.int32)
             # Larger zones first, so a small zone drawn inside a larger one wins its cells.
             order = sorted(
@@ -115,7 +117,7 @@ class FloorPlan:
                 key=lambda i: -_area(site.zones[i].polygon),
             )
             for i in order:
-                zone[points_in_polygon(centres, site.zones[i].polygon).reshape(ny, nx)] = i
+                zone[_cells_in(site.zones[i].polygon, grid_xy, lo, resolution_m)] = i
             self.levels[level.level] = LevelGrid(
                 level=level.level,
                 origin=(float(lo[0]), float(lo[1])),
@@ -160,6 +162,22 @@ class FloorPlan:
         near = np.where(walkable_only[bad][None, :], near_walk, near_floor)
         out[bad] = grid.centres(near[0], near[1])
         return out
+
+
+def _cells_in(
+    polygon: Sequence[tuple[float, float]], grid_xy: F64, lo: F64, resolution_m: float
+) -> NDArray[np.bool_]:
+    """Cells whose centre lies in the polygon, testing only the polygon's bounding box."""
+    ny, nx = grid_xy.shape[:2]
+    poly = np.asarray(polygon, dtype=np.float64)
+    x0, y0 = ((poly.min(axis=0) - lo) / resolution_m).astype(int)
+    x1, y1 = ((poly.max(axis=0) - lo) / resolution_m).astype(int) + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, nx), min(y1, ny)
+    out = np.zeros((ny, nx), dtype=bool)
+    if x1 > x0 and y1 > y0:
+        sub = grid_xy[y0:y1, x0:x1].reshape(-1, 2)
+        out[y0:y1, x0:x1] = points_in_polygon(sub, poly).reshape(y1 - y0, x1 - x0)
+    return out
 
 
 def _nearest(mask: NDArray[np.bool_]) -> NDArray[np.intp]:
