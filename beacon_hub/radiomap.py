@@ -35,6 +35,10 @@ MAP_MAX_CELLS = 20_000
 """Cells per gateway: a large hall gets a coarser map (0.46 m for 80 x 50 m), which keeps the
 floor-plan losses quick to compute at start-up (cells x gateways x wall edges)."""
 MAP_PRIOR_WEIGHT = 5.0
+_PLAN_CACHE: dict[tuple[object, ...], F64] = {}
+"""Floor-plan losses by site, height and grid: several engines of one site in a process (the
+hub's tests, replay after calibrate) compute them once; seconds for a racked warehouse."""
+_PLAN_CACHE_SIZE = 8
 """Evidence, in samples, that the path-loss model (correction 0) is worth in every cell."""
 
 
@@ -68,6 +72,17 @@ class RadioMap:
     def with_plan_losses(self, site: Site, height_m: float) -> RadioMap:
         """Set the base to minus the wall and obstacle losses from each gateway to every cell,
         for a beacon at `height_m` on the gateway's level."""
+        key = (site.model_dump_json(), height_m, self.origin, self.resolution_m, self.gateways)
+        cached = _PLAN_CACHE.get(key)
+        if cached is None:
+            cached = self._plan_losses(site, height_m)
+            if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+                _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
+            _PLAN_CACHE[key] = cached
+        self.set_base(cached.copy())
+        return self
+
+    def _plan_losses(self, site: Site, height_m: float) -> F64:
         cells = self.cell_centres()
         ny, nx = self.sum_r.shape[1:]
         base = np.zeros_like(self.sum_r)
@@ -80,8 +95,7 @@ class RadioMap:
                 continue
             loss = levels[gw.level].loss_db(points, np.array([[gw.x, gw.y, gw.z]]))
             base[i] = -loss[:, 0].reshape(ny, nx)
-        self.set_base(base)
-        return self
+        return base
 
     @classmethod
     def empty(
