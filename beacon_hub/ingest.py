@@ -185,6 +185,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client
         log.info(
             "connecting to %s:%d as %s (persistent session)",
@@ -236,16 +237,21 @@ class MqttLink:
         self._last_refusal = None
         self.session_present = bool(getattr(flags, "session_present", False))
         # Subscribing again is harmless with a persistent session and covers a broker that
-        # lost it (SIGKILL before its autosave).
-        for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
+        # lost it (SIGKILL before its autosave). Connected counts from the SUBACK.
+        client.subscribe([(topic, 1) for topic in self.subscriptions])
         self.metrics.broker_connects.inc()
-        self.metrics.broker_connected.set(1)
         log.info(
-            "connected (session present: %s); subscribed %s",
+            "connected (session present: %s); subscribing %s",
             self.session_present,
             ", ".join(self.subscriptions),
         )
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _props: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("the broker refused a subscription: %s", ", ".join(map(str, failed)))
+            return
+        self.metrics.broker_connected.set(1)
         self.connected.set()
 
     def _on_disconnect(
@@ -281,7 +287,8 @@ class GatewayState:
     boot: str
     next_seq: int
     offset_s: float | None = None
-    last_arrival: float = 0.0
+    last_arrival: float | None = None
+    """None after a restore: no creep is owed for the time the hub was down."""
     future_streak: int = 0
     missing: set[int] = field(default_factory=set)
 
@@ -386,7 +393,8 @@ class Ingestor:
         if st.offset_s is None:
             st.offset_s = raw
         else:
-            crept = st.offset_s + OFFSET_CREEP_S_PER_S * max(item.arrival - st.last_arrival, 0.0)
+            since = 0.0 if st.last_arrival is None else max(item.arrival - st.last_arrival, 0.0)
+            crept = st.offset_s + OFFSET_CREEP_S_PER_S * since
             if raw < crept - self.config.future_tolerance_s:
                 st.future_streak += 1
                 if st.future_streak < FUTURE_RESYNC_BATCHES:

@@ -18,6 +18,7 @@ most the readings after the last stored tick, and the broker sends those again.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -147,6 +148,8 @@ class Hub:
         self._last_asset_save = time.monotonic()
         self._rate_t = time.monotonic()
         self._rate_n = 0
+        self.totals: dict[str, int] = {"fixes": 0, "events": 0, "batches": 0, "rejected": 0}
+        """Counted over this process's life; logged as JSON when it stops (operators, tests)."""
         self.ready = threading.Event()
         """Set once connected and serving (tests wait on it)."""
 
@@ -180,7 +183,7 @@ class Hub:
         self.sqlite.close()
         if self.http is not None:
             self.http.stop()
-        log.info("stopped")
+        log.info("stopped; totals %s", json.dumps(self.totals, sort_keys=True))
 
     # -- the service loop
 
@@ -214,6 +217,7 @@ class Hub:
             if topic:
                 self.link.publish(f"{topic}/{res.site}/{res.reason}", item.payload, 0, False)
             self.link.ack(item.mid, item.qos)  # refused for good: nothing to keep
+            self.totals["rejected"] += 1
             return
         run = self.sites[res.site]
         counts = run.engine.ingest(res.readings)
@@ -238,6 +242,7 @@ class Hub:
             )
         )
         run.touched.add(res.gateway)
+        self.totals["batches"] += 1
         self._rate_n += len(batch)
         t = res.readings.t
         newest = float(t.max()) if t.shape[0] else batch.sent
@@ -305,6 +310,8 @@ class Hub:
             self.registry.seen(table.beacons, t)
         run.last_tick_wall = self.clock()
         self.metrics.fixes.labels(site).inc(len(table))
+        self.totals["fixes"] += len(table)
+        self.totals["events"] += len(result.events)
         for e in result.events:
             self.metrics.events.labels(site, e.type).inc()
         self.metrics.tick_duration.labels(site).observe(time.perf_counter() - started)

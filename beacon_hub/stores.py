@@ -331,14 +331,13 @@ def fix_points(record: TickRecord) -> list[str]:
             fields["label"] = label
         lines.append(_line(FIX_MEASUREMENT, tags, fields, t_ms))
     for e in record.events:
-        fields = {
-            "beacon": e.beacon,
-            "zone": e.zone or "",
-            "data": json.dumps(dict(e.data), separators=(",", ":")),
-        }
-        lines.append(
-            _line(EVENT_MEASUREMENT, {"site": e.site, "type": e.type}, fields, round(e.t * 1000))
-        )
+        # beacon and zone are tags: points with equal tags and time overwrite each other, and
+        # one tick may hold several events of one type (different beacons, overlapping zones).
+        etags = {"site": e.site, "type": e.type, "beacon": e.beacon}
+        if e.zone is not None:
+            etags["zone"] = e.zone
+        efields: dict[str, object] = {"data": json.dumps(dict(e.data), separators=(",", ":"))}
+        lines.append(_line(EVENT_MEASUREMENT, etags, efields, round(e.t * 1000)))
     return lines
 
 

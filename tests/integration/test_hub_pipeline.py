@@ -1,0 +1,248 @@
+"""Gateways -> Mosquitto (deploy/mosquitto/mosquitto.conf) -> `beacon-hub run` -> SQLite and
+InfluxDB 1.x, and the hub's MQTT outputs, all real (issue #5, Checked by)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from beacon_hub.wire import decode_event, decode_fix, decode_tracks
+from tests.integration.hubkit import (
+    WAIT_S,
+    Gateways,
+    HubProcess,
+    shipped_broker,
+    site_file,
+    unique_site,
+    wait_until,
+)
+from tests.servers import InfluxDB, Mosquitto
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    server = shipped_broker(tmp_path_factory.mktemp("shipped-broker"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def totals(hub: HubProcess) -> dict[str, int]:
+    """The counts the hub logs as it stops (SIGTERM)."""
+    found = re.findall(r"stopped; totals (\{.*\})", hub.log())
+    assert found, f"no totals line in the hub's log:\n{hub.log()[-3000:]}"
+    counts: dict[str, int] = json.loads(found[-1])
+    return counts
+
+
+class Listener:
+    """Subscribes to a site's outputs and keeps every message."""
+
+    def __init__(self, broker: Mosquitto, site: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"l-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
+        subscribed = threading.Event()
+        self.client.on_message = lambda _c, _u, m: self.messages.put(
+            (m.topic, m.payload, bool(m.retain))
+        )
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(
+            [
+                (f"beacons/{site}/tracks", 0),
+                (f"beacons/{site}/track/+", 0),
+                (f"beacons/{site}/event/+", 1),
+            ]
+        )
+        self.client.loop_start()
+        assert subscribed.wait(WAIT_S)
+
+    def drain(self) -> list[tuple[str, bytes, bool]]:
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_every_fix_reaches_sqlite_and_influxdb(
+    tmp_path: Path, broker: Mosquitto, influx_db: tuple[InfluxDB, str]
+) -> None:
+    influx, db = influx_db
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    hub = HubProcess(
+        tmp_path / "hub",
+        broker,
+        [path],
+        influx_url=influx.url,
+        influx_db=db,
+        extra={"engine.lost_after_s": 3.0},
+    )
+    hub.start()
+    listener = Listener(broker, site)
+    gws = Gateways(broker, path)
+    try:
+        gws.run_for(6)
+        gws.settle()
+        published = {(p.gw, p.seq) for p in gws.published}
+        wait_until(
+            "every batch in the ledger",
+            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= len(published),
+        )
+        # Silence: every beacon is lost after lost_after_s, and its retained track cleared.
+        wait_until(
+            "beacon_lost for every beacon",
+            lambda: (
+                hub.sql("SELECT count(DISTINCT beacon) FROM events WHERE type = 'beacon_lost'")[0][
+                    0
+                ]
+                == len(gws.beacon_ids)
+            ),
+        )
+        assert hub.stop() == 0
+    finally:
+        gws.close()
+        hub.close()
+    counts = totals(hub)
+    assert counts["batches"] == len(published)
+    assert counts["rejected"] == 0
+    ledger = hub.sql("SELECT gateway, seq, samples, accepted FROM batches")
+    assert sorted((g, s) for g, s, _, _ in ledger) == sorted(published)
+    assert sum(r[2] for r in ledger) == gws.samples
+    assert sum(r[3] for r in ledger) == gws.samples  # live traffic: nothing late
+
+    # Every fix the engine produced, in SQLite and in InfluxDB, with the documented schema.
+    _check_influx(hub, influx, db, site, counts)
+    _check_mqtt(broker, listener, site, gws, counts)
+
+
+def _check_influx(
+    hub: HubProcess, influx: InfluxDB, db: str, site: str, counts: dict[str, int]
+) -> None:
+    """Every fix the engine produced, in SQLite and in InfluxDB, with the documented schema."""
+    n_sqlite = hub.sql("SELECT count(*) FROM fixes WHERE site = ?", site)[0][0]
+    assert n_sqlite == counts["fixes"] > 0
+    rows = influx.rows(f"SELECT count(x) FROM fix WHERE site = '{site}'", db)
+    assert rows[0]["count"] == counts["fixes"]
+    tag_keys = {r["tagKey"] for r in influx.rows("SHOW TAG KEYS FROM fix", db)}
+    assert {"site", "beacon", "kind"} <= tag_keys
+    field_keys = {
+        r["fieldKey"]: r["fieldType"] for r in influx.rows("SHOW FIELD KEYS FROM fix", db)
+    }
+    assert field_keys == {
+        "x": "float",
+        "y": "float",
+        "level": "integer",
+        "accuracy_m": "float",
+        "speed_m_s": "float",
+        "zone": "string",
+        "gateways": "string",
+    }
+    sq = sorted(hub.sql("SELECT beacon, t, x FROM fixes WHERE site = ?", site))
+    iq = sorted(
+        (r["beacon"], r["time"] / 1e9, r["x"])
+        for r in influx.rows(f"SELECT beacon, x FROM fix WHERE site = '{site}'", db)
+    )
+    assert [(b, round(t, 3)) for b, t, _ in sq] == [(b, round(t, 3)) for b, t, _ in iq]
+    assert [x for *_, x in sq] == pytest.approx([x for *_, x in iq])
+    n_events = influx.rows(f"SELECT count(data) FROM event WHERE site = '{site}'", db)
+    assert n_events[0]["count"] == counts["events"]
+
+
+def _check_mqtt(
+    broker: Mosquitto, listener: Listener, site: str, gws: Gateways, counts: dict[str, int]
+) -> None:
+    """One tracks message per tick, retained tracks, events, cleared tracks."""
+    # MQTT outputs: one tracks message per tick, retained tracks, events, cleared tracks.
+    messages = listener.drain()
+    listener.close()
+    tracks = [decode_tracks(p) for t, p, _ in messages if t.endswith("/tracks")]
+    assert sum(len(m.beacons) for m in tracks) == counts["fixes"]
+    assert len({m.t for m in tracks}) == len(tracks)
+    track_msgs = [(t, p) for t, p, _ in messages if "/track/" in t]
+    fixes = [decode_fix(p) for _, p in track_msgs if p]
+    assert {f.beacon for _, f in fixes} == set(gws.beacon_ids)
+    cleared = {t.rsplit("/", 1)[1] for t, p in track_msgs if not p}
+    assert cleared == set(gws.beacon_ids)
+    events = [decode_event(p) for t, p, _ in messages if "/event/" in t]
+    assert len(events) == counts["events"]
+    # Nothing retained is left for a newcomer: every beacon was lost and its track cleared.
+    late = Listener(broker, site)
+    try:
+        late.client.publish(f"beacons/{site}/tracks", b"{}", qos=1).wait_for_publish(WAIT_S)
+        wait_until("the marker", lambda: not late.messages.empty())
+        assert [m for m in late.drain() if "/track/" in m[0]] == []
+    finally:
+        late.close()
+
+
+def test_assets_label_the_tracks(tmp_path: Path, broker: Mosquitto) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    hub = HubProcess(tmp_path / "hub", broker, [path])
+    gws = Gateways(broker, path, beacons=3)
+    csv_path = tmp_path / "assets.csv"
+    csv_path.write_text(
+        "beacon,label,kind\n" + "".join(f"{b},A-{i},asset\n" for i, b in enumerate(gws.beacon_ids))
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beacon_hub.cli",
+            "assets",
+            "import",
+            str(csv_path),
+            "--config",
+            str(hub.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=hub.folder,
+    )
+    assert done.returncode == 0, done.stderr
+    hub.start()
+    try:
+        gws.run_for(3)
+        gws.settle()
+        wait_until(
+            "labelled fixes",
+            lambda: (
+                hub.sql("SELECT count(DISTINCT label) FROM fixes WHERE label IS NOT NULL")[0][0]
+                == 3
+            ),
+        )
+        assert hub.stop() == 0
+    finally:
+        gws.close()
+        hub.close()
+    seen = hub.sql("SELECT label, last_seen FROM assets ORDER BY label")
+    assert [r[0] for r in seen] == ["A-0", "A-1", "A-2"]
+    assert all(r[1] is not None for r in seen)
