@@ -203,10 +203,12 @@ class Engine:
         self.gw_exp = np.array([r.path_loss_exponent for r in radio])
         self.gw_shadowing_db = np.array([r.shadowing_db for r in radio])
         self.radio_map: RadioMap | None = None
-        self.plan_losses = self.config.plan_losses
+        # Floor-plan losses only where the plan has something that attenuates.
+        has_obstructions = any(lv.walls or lv.obstacles for lv in site.levels)
+        self.plan_losses = self.config.plan_losses and has_obstructions
         if calibration is not None:
             calibration.apply(self)
-            self.plan_losses = calibration.plan_losses
+            self.plan_losses = calibration.plan_losses and has_obstructions
         self.gw_static_db = self.gw_shadowing_db * STATIC_SHARE_OF_SHADOWING
         self.gw_fast_db = np.sqrt(np.maximum(self.gw_shadowing_db**2 - self.gw_static_db**2, 0.25))
         self._map_calibrated = self.radio_map is not None

@@ -45,6 +45,9 @@ MAX_STEP_M = 3.0
 """Largest move per iteration: keeps Gauss-Newton from jumping across the site on a bad start."""
 SAME_BASIN_M = 1.0
 """A least-squares solution this close to the track's prediction needs no second start."""
+CONVERGED_M = 0.01
+"""A beacon whose next step is below a centimetre has converged: a tenth of the grid of the
+floor plan and far below any fix's accuracy."""
 PRIOR_SD_M = 6.0
 """Spread of the weak prior for one or two gateways: about one gateway spacing."""
 PRIOR_SD_WELL_POSED_M = 100.0
@@ -117,22 +120,28 @@ def weighted_centroid(geo: Geometry) -> F64:
     return np.asarray((w[..., None] * geo.gw_xy).sum(axis=1) / total)
 
 
-def solve(geo: Geometry, prior: F64 | None = None, radio_map: MapFn | None = None) -> Solution:
+def solve(
+    geo: Geometry,
+    prior: F64 | None = None,
+    radio_map: MapFn | None = None,
+) -> Solution:
     """Locate every beacon; `prior` (B, 2) is the track prediction where there is one.
 
-    Every beacon starts at the weighted centroid of its gateways; one with a prediction also
-    starts there, and the start that ends at the lower cost wins. Starting only from the
-    prediction lets a track drag its own measurements into a local minimum (seen in the
-    simulated store: a parked cart walked 18 m along a wall, one tick at a time).
+    Every beacon descends from the weighted centroid of its gateways, so its measurement does
+    not lean on its own track (starting from the prediction let a parked cart in the simulated
+    store walk 18 m along a wall, one tick at a time, and cost 10 % in median error). Where
+    that solution lies away from the prediction, a second descent from the prediction is kept
+    if it ends lower (simulated store: median 4.1 m without it, 3.8 m with it).
     """
+
     centroid = weighted_centroid(geo)
     anchor = centroid if prior is None else np.where(np.isnan(prior), centroid, prior)
     xy = _gauss_newton(geo, centroid.copy(), anchor, radio_map)
     if prior is not None:
         # Only where the two starts could end in different basins: the centroid's solution
-        # lies away from the prediction. Elsewhere the second descent would find the same.
-        apart = np.isfinite(prior[:, 0]) & (((xy - anchor) ** 2).sum(axis=1) > SAME_BASIN_M**2)
-        rows = np.flatnonzero(apart)
+        # lies away from the prediction.
+        apart = ((xy - anchor) ** 2).sum(axis=1) > SAME_BASIN_M**2
+        rows = np.flatnonzero(apart & np.isfinite(prior[:, 0]))
         if rows.shape[0]:
             sub = select_rows(geo, rows)
             alt = _gauss_newton(sub, anchor[rows].copy(), anchor[rows], radio_map)
@@ -151,22 +160,37 @@ def solve(geo: Geometry, prior: F64 | None = None, radio_map: MapFn | None = Non
 def _normal_equations(
     geo: Geometry, xy: F64, prior: F64, inv_var: F64, radio_map: MapFn | None
 ) -> tuple[F64, F64, F64, F64, F64, F64]:
-    """Cost and the 2x2 Gauss-Newton system (a b; b c)(dx dy) = (gx gy) at xy, per beacon."""
-    mu, grad = _model(geo, xy, radio_map)
+    """Cost and the 2x2 Gauss-Newton system (a b; b c)(dx dy) = (gx gy) at xy, per beacon.
+
+    The hot loop of a tick: written per coordinate, without (B, K, 2) temporaries.
+    """
+    dx = xy[:, 0:1] - geo.gw_xy[..., 0]
+    dy = xy[:, 1:2] - geo.gw_xy[..., 1]
+    d2 = np.maximum(dx * dx + dy * dy + geo.dz_m * geo.dz_m, MIN_DISTANCE_M**2)
+    mu = mean_rssi_dbm(np.sqrt(d2), geo.ref_dbm, geo.exponent)
+    # d mu / d p = -10 n / ln(10) * (p - g) / d^2
+    slope = -geo.exponent / LN10_OVER_10 / d2
+    gxk, gyk = slope * dx, slope * dy
+    if radio_map is not None:
+        correction, d_dx, d_dy = radio_map(geo.gw, np.broadcast_to(xy[:, None, :], (*dx.shape, 2)))
+        mu = mu + correction
+        gxk, gyk = gxk + d_dx, gyk + d_dy
     inv_sd = np.where(geo.mask, 1.0 / geo.sd_db, 0.0)
     z = (geo.rssi_dbm - mu) * inv_sd
     az = np.abs(z)
-    huber = np.where(az <= HUBER_K, 0.5 * z * z, HUBER_K * (az - 0.5 * HUBER_K))
-    w = np.minimum(1.0, HUBER_K / np.maximum(az, 1e-12)) * (inv_sd > 0)
-    jx, jy = grad[..., 0] * inv_sd, grad[..., 1] * inv_sd
-    wjx, wjy = w * jx, w * jy
+    inside = az <= HUBER_K
+    huber = np.where(inside, 0.5 * z * z, HUBER_K * (az - 0.5 * HUBER_K))
+    # Huber's IRLS weight 1 inside, k/|z| outside; zero for empty slots (inv_sd = 0)
+    w = np.where(inside, 1.0, HUBER_K / np.maximum(az, 1e-12)) * inv_sd * inv_sd
     dprior = xy - prior
     cost = huber.sum(axis=1) + 0.5 * (dprior**2).sum(axis=1) * inv_var
-    a = (wjx * jx).sum(axis=1) + inv_var
-    b = (wjx * jy).sum(axis=1)
-    c = (wjy * jy).sum(axis=1) + inv_var
-    gx = (wjx * z).sum(axis=1) - dprior[:, 0] * inv_var
-    gy = (wjy * z).sum(axis=1) - dprior[:, 1] * inv_var
+    wgx, wgy = w * gxk, w * gyk
+    a = (wgx * gxk).sum(axis=1) + inv_var
+    b = (wgx * gyk).sum(axis=1)
+    c = (wgy * gyk).sum(axis=1) + inv_var
+    r = z / np.where(inv_sd > 0, inv_sd, 1.0)  # residual in dB
+    gx = (wgx * r).sum(axis=1) - dprior[:, 0] * inv_var
+    gy = (wgy * r).sum(axis=1) - dprior[:, 1] * inv_var
     return cost, a, b, c, gx, gy
 
 
@@ -186,7 +210,7 @@ def _gauss_newton(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -
         step = np.c_[(dc * ga - bb * gb) / det, (da * gb - bb * ga) / det]
         length = np.sqrt((step**2).sum(axis=1))
         step *= np.minimum(1.0, MAX_STEP_M / np.maximum(length, 1e-12))[:, None]
-        moving = length >= 1e-3
+        moving = length >= CONVERGED_M
         active, step = active[moving], step[moving]
         if active.shape[0] == 0:
             break
