@@ -4,6 +4,11 @@ retained track (an empty retained payload deletes it at the broker).
 
 "Change" is DESIGN.md's: moved more than accuracy_m / 2 since the last published fix, or a zone
 change. QoS as in the contract table: tracks and track 0, events 1.
+
+Coordinates go out rounded to the millimetre and accuracy to the centimetre: the digits beyond
+are noise and cost a third of the `tracks` payload. A tick whose `tracks` message would exceed
+`MAX_BATCH_BYTES` (about 10,000 beacons of one site) is sent as several consecutive `tracks`
+messages with the same `t`, each within the limit every consumer and broker accepts.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 
 from beacon_hub.engine import FixTable
 from beacon_hub.wire import (
+    MAX_BATCH_BYTES,
     Event,
     Fix,
     TracksMessage,
@@ -26,6 +32,9 @@ from beacon_hub.wire import (
 )
 
 __all__ = ["OutputCounts", "SiteOutputs"]
+
+MM_DECIMALS = 3
+CM_DECIMALS = 2
 
 Publish = Callable[[str, bytes, int, bool], bool]
 """(topic, payload, qos, retain) -> False if the client refused it."""
@@ -71,20 +80,52 @@ class SiteOutputs:
         labels: Sequence[str | None],
     ) -> None:
         n = len(table)
-        x, y, acc = table.x.tolist(), table.y.tolist(), table.accuracy_m.tolist()
+        x = table.x.round(MM_DECIMALS).tolist()
+        y = table.y.round(MM_DECIMALS).tolist()
+        acc = table.accuracy_m.round(CM_DECIMALS).tolist()
         level = table.level.tolist()
-        msg = TracksMessage(
-            site=self.site,
-            t=t,
-            beacons=tuple(table.beacons),
-            x=tuple(x),
-            y=tuple(y),
-            level=tuple(level),
-            accuracy_m=tuple(acc),
-            zone=tuple(table.zones),
+        # Most ticks fit in one message; estimate the parts from the first few entries so a
+        # big tick is not encoded twice.
+        sample = min(n, 64)
+        head = len(
+            encode_tracks(
+                TracksMessage(
+                    site=self.site,
+                    t=t,
+                    beacons=tuple(table.beacons[:sample]),
+                    x=tuple(x[:sample]),
+                    y=tuple(y[:sample]),
+                    level=tuple(level[:sample]),
+                    accuracy_m=tuple(acc[:sample]),
+                    zone=tuple(table.zones[:sample]),
+                )
+            )
         )
-        self._send(self._tracks_topic, encode_tracks(msg), 0, False)
-        self.counts.tracks += 1
+        parts = max(1, math.ceil(head * n / max(sample, 1) / (0.9 * MAX_BATCH_BYTES)))
+        while True:
+            size = math.ceil(n / parts) if n else 0
+            payloads = [
+                encode_tracks(
+                    TracksMessage(
+                        site=self.site,
+                        t=t,
+                        beacons=tuple(table.beacons[a : a + size]),
+                        x=tuple(x[a : a + size]),
+                        y=tuple(y[a : a + size]),
+                        level=tuple(level[a : a + size]),
+                        accuracy_m=tuple(acc[a : a + size]),
+                        zone=tuple(table.zones[a : a + size]),
+                    )
+                )
+                for a in (range(0, n, size) if n else [0])
+            ]
+            biggest = max(len(p) for p in payloads)
+            if biggest <= MAX_BATCH_BYTES or size <= 1:
+                break
+            parts = math.ceil(parts * biggest / (0.9 * MAX_BATCH_BYTES))
+        for payload in payloads:
+            self._send(self._tracks_topic, payload, 0, False)
+            self.counts.tracks += 1
         last = self._last
         for i in range(n):
             beacon, zone = table.beacons[i], table.zones[i]

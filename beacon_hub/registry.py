@@ -10,7 +10,7 @@ the stores; the dashboard reads the same table.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
@@ -207,6 +207,17 @@ class AssetRegistry:
             if a is not None:
                 self._by_beacon[b] = replace(a, last_seen=t)
                 self._dirty.add(b)
+
+    def save_job(self) -> Callable[[sqlite3.Connection], None]:
+        """A snapshot of what changed, to be saved on the SQLite writer thread."""
+        snapshot = AssetRegistry(self._by_beacon[b] for b in self._dirty)
+        snapshot._dirty = set(snapshot._by_beacon)
+        self._dirty.clear()
+
+        def job(db: sqlite3.Connection) -> None:
+            snapshot.save(db)
+
+        return job
 
     def save(self, db: sqlite3.Connection) -> int:
         """Write battery, temperature and last seen of what changed; returns rows written."""

@@ -5,10 +5,11 @@ service thread (the caller of `Hub.run`) does all the work; paho's network threa
 inbox (ingest.py), the InfluxDB writer and the HTTP server have threads of their own.
 
 Ticks. A site ticks at multiples of `tick_interval_s` in hub time (gateway time corrected by the
-learnt clock offset). Tick T runs as soon as readings past T have arrived, or, when no data
-pushes it, once the wall clock is `TICK_GRACE_S` past T with nothing waiting in the inbox. A
-restarted hub continues from its last stored tick, so a backlog the broker queued while it was
-down is replayed through the ticks it missed instead of arriving "late".
+learnt clock offset). Tick T runs as soon as readings past T have arrived, or once the wall
+clock is `TICK_GRACE_S` past T while the data is live (its newest reading within
+`max_lateness_s` of now) or nothing waits in the inbox. A restarted hub continues from its last
+stored tick, so a backlog the broker queued while it was down is replayed through the ticks it
+missed (driven by the data) instead of arriving "late".
 
 Per tick, in this order: engine.tick -> MQTT outputs -> one SQLite transaction (fixes, events,
 the batch ledger, gateway sequence state, the tick time) -> InfluxDB writer -> acknowledge the
@@ -160,6 +161,7 @@ class Hub:
         if self.http is not None:
             self.http.start()
             log.info("health and metrics on http://%s:%d/", self.cfg.http.bind, self.http.port)
+        self.sqlite.start()
         self.link.start()
         try:
             while not stop.is_set():
@@ -168,7 +170,10 @@ class Hub:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        # Unacknowledged messages (after the last stored tick) stay with the broker's session.
+        # The SQLite writer finishes the ticks it holds and acknowledges them; what comes after
+        # the last stored tick stays unacknowledged with the broker's session.
+        self.sqlite.submit(self.registry.save_job())
+        self.sqlite.close()
         self.link.stop()
         for store in self.stores:
             if not store.flush(SHUTDOWN_FLUSH_S):
@@ -176,11 +181,6 @@ class Hub:
                     "%s: %d points not yet written; kept in the spill", store.name, store.backlog()
                 )
             store.close()
-        try:
-            self.registry.save(self.sqlite.db)
-        except Exception:
-            log.exception("could not save the asset registry")
-        self.sqlite.close()
         if self.http is not None:
             self.http.stop()
         log.info("stopped; totals %s", json.dumps(self.totals, sort_keys=True))
@@ -202,7 +202,7 @@ class Hub:
         self._maybe_tick(self.clock())
         if time.monotonic() - self._last_asset_save >= ASSET_SAVE_S:
             self._last_asset_save = time.monotonic()
-            self.registry.save(self.sqlite.db)
+            self.sqlite.submit(self.registry.save_job())
 
     def _wait_s(self, now: float) -> float:
         due = [r.next_tick for r in self.sites.values() if r.next_tick is not None]
@@ -265,6 +265,7 @@ class Hub:
         settled = self._connected_at is not None and now >= self._connected_at + STARTUP_SETTLE_S
         idle = self.link.inbox.empty()
         step = self.cfg.engine.tick_interval_s
+        lateness = self.cfg.engine.max_lateness_s
         for run in self.sites.values():
             if run.next_tick is None:
                 if settled:
@@ -273,7 +274,10 @@ class Hub:
             for _ in range(MAX_TICKS_PER_STEP):
                 t = run.next_tick
                 by_data = run.data_wm >= t
-                by_clock = settled and idle and now >= t + TICK_GRACE_S
+                # Live (data within max_lateness of now): the wall clock drives, so a tick never
+                # waits for the next batch. Replaying a backlog: only the data, or silence.
+                live = run.data_wm >= now - lateness
+                by_clock = settled and (idle or live) and now >= t + TICK_GRACE_S
                 if not (by_data or by_clock):
                     break
                 self._tick(run, t)
@@ -295,17 +299,23 @@ class Hub:
             st = self.ingestor.state.get((site, gw))
             if st is not None:
                 saved.append(SavedGateway(site, gw, st.boot, st.next_seq, st.offset_s))
-        try:
-            self.sqlite.commit(record, run.ledger, saved)
-        except StoreError:
-            log.exception("tick %.3f of %s not stored", t, site)
+        ledger, acks = run.ledger, run.pending_acks
+        run.ledger, run.pending_acks = [], []
+        run.touched.clear()
+        link = self.link
+
+        def commit(_db: object) -> None:
+            try:
+                self.sqlite.commit(record, ledger, saved)
+            except StoreError:
+                log.exception("tick %.3f of %s not stored", t, site)
+            # Acknowledged once stored (broker.ack = after_store): paho's ack is thread-safe.
+            for mid, qos in acks:
+                link.ack(mid, qos)
+
+        self.sqlite.submit(commit)
         for store in self.stores:
             store.write(record)
-        for mid, qos in run.pending_acks:
-            self.link.ack(mid, qos)
-        run.pending_acks.clear()
-        run.ledger.clear()
-        run.touched.clear()
         if len(self.registry):
             self.registry.seen(table.beacons, t)
         run.last_tick_wall = self.clock()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -175,8 +176,20 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
     return db
 
 
+Job = Callable[[sqlite3.Connection], None]
+
+MAX_PENDING_JOBS = 8
+"""Ticks waiting for the SQLite writer. When full, the service thread waits (back-pressure on
+the inbox, then on the broker): a slow disk slows the hub down, it does not lose data."""
+
+
 class SqliteStore:
-    """Fixes, events and the hub's state in one SQLite file; one transaction per tick."""
+    """Fixes, events and the hub's state in one SQLite file; one transaction per tick.
+
+    Writes run on a writer thread of their own (sqlite3 releases the GIL while it works, so
+    this overlaps with decoding and the engine). The service reads its state before starting
+    the writer; afterwards every use of the connection is a job on the writer thread.
+    """
 
     name = "sqlite"
 
@@ -185,6 +198,32 @@ class SqliteStore:
         self.metrics = metrics
         self.keep_fixes = fixes
         self.db = open_sqlite(path)
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=MAX_PENDING_JOBS)
+        self._thread: threading.Thread | None = None
+
+    # -- writer thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="beacon-hub-sqlite")
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Run `job(connection)` on the writer thread, in order; blocks while the queue is full."""
+        if self._thread is None:
+            job(self.db)
+        else:
+            self._jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job(self.db)
+            except Exception:
+                log.exception("SQLite store %s: a write failed", self.path)
+                self.metrics.store_errors.labels(self.name).inc()
+
+    def backlog(self) -> int:
+        return self._jobs.qsize()
 
     # -- state
 
@@ -199,7 +238,7 @@ class SqliteStore:
     # -- the per-tick transaction
 
     def write(self, record: TickRecord) -> None:
-        self.commit(record, (), ())
+        self.submit(lambda _db: self.commit(record, (), ()))
 
     def commit(
         self,
@@ -278,13 +317,17 @@ class SqliteStore:
         if self.keep_fixes:
             self.metrics.store_written.labels(self.name).inc(n + len(record.events))
 
-    def flush(self, timeout_s: float) -> bool:  # noqa: ARG002  # every commit is already durable
-        return True
-
-    def backlog(self) -> int:
-        return 0
+    def flush(self, timeout_s: float) -> bool:
+        done = threading.Event()
+        self.submit(lambda _db: done.set())
+        return done.wait(timeout_s)
 
     def close(self) -> None:
+        """Finish every queued job, then close."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
         self.db.close()
 
 
