@@ -1,0 +1,391 @@
+"""Hub throughput, latency and memory through a real Mosquitto on loopback (issue #5, Goals).
+
+Workload: the example warehouse (35 gateways) with 10,000 beacons, each heard by its 4 nearest
+gateways at 2.5 samples/s: 100,000 readings/s, sent as gateways send them (one batch per gateway
+per second, ~2,900 samples, ~60 KB).
+
+1. Capacity, same messages for both: 20 s of batches are queued at the broker for a persistent
+   session, then drained by (a) the baseline, a decode-only subscriber (paho thread -> queue ->
+   `decode_batch` + `Readings.from_batch`, the hub's decoding and validation, no engine), and
+   (b) `beacon-hub run` (decode, engine ticks, MQTT outputs, SQLite). ratio = hub / baseline.
+2. Live: the gateways publish in real time for 60 s (10 s with --quick); the hub's inbox depth
+   is sampled every second (flat = no growth), latency is from a batch's publication to the
+   arrival of the first `tracks` message whose tick covers it, and the hub's resident memory
+   is read at the end, with 10,000 beacons tracked.
+
+    python bench/hub_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import queue
+import random
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+# So it runs from a plain checkout too, without `pip install -e .`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import paho.mqtt.client as mqtt
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from beacon_hub.engine import Readings
+from beacon_hub.wire import (
+    ReadingBatch,
+    decode_batch,
+    decode_tracks,
+    encode_batch,
+    readings_subscription,
+    readings_topic,
+    tracks_topic,
+)
+from tests.integration.hubkit import HubProcess, shipped_broker, site_file, wait_until
+
+GOAL_READINGS_PER_S = 100_000
+GOAL_RATIO = 0.5
+GOAL_RSS_MB = 500
+BEACONS = 10_000
+HEARD_BY = 4
+"""Gateways hearing each beacon: in a racked warehouse, the nearest few."""
+SAMPLES_PER_S = 2.5
+"""Adverts per beacon per second that reach a gateway (a 400 ms advertising interval)."""
+CAPACITY_S = 20
+VARIANTS = 4
+"""RSSI noise variants per gateway, cycled: encoding fresh noise every second costs the
+publisher (which shares the CPU with the hub) more than it tells."""
+
+
+class Workload:
+    def __init__(self, site_path: Path, beacons: int, seed: int = 7) -> None:
+        data = yaml.safe_load(site_path.read_text())
+        self.site = data["id"]
+        gws = [(g["id"], g["x"], g["y"]) for g in data["gateways"]]
+        outline = data["levels"][0]["outline"]
+        w, h = max(p[0] for p in outline), max(p[1] for p in outline)
+        rng = random.Random(seed)
+        uuid_ = "5e0b9c3a-71d4-4f86-a2e9-c48d16b7f035"
+        heard: dict[str, list[tuple[str, float]]] = {g: [] for g, _, _ in gws}
+        for i in range(beacons):
+            bx, by = rng.uniform(1, w - 1), rng.uniform(1, h - 1)
+            near = sorted(gws, key=lambda g: math.hypot(g[1] - bx, g[2] - by))[:HEARD_BY]
+            for g, gx, gy in near:
+                d = max(math.hypot(gx - bx, gy - by, 3.0), 0.5)
+                heard[g].append((f"ibeacon:{uuid_}:{i // 65536}:{i % 65536}", d))
+        self.gateways = [g for g, _, _ in gws]
+        self.boot = {g: f"{rng.getrandbits(64):016x}" for g in self.gateways}
+        self.seq = dict.fromkeys(self.gateways, 0)
+        self.columns: dict[str, list[tuple[Any, ...]]] = {}
+        for g, items in heard.items():
+            variants = []
+            for _ in range(VARIANTS):
+                beacons_, b, dt, rssi = [], [], [], []
+                for j, (beacon, d) in enumerate(items):
+                    beacons_.append(beacon)
+                    n = 2 if (j + len(variants)) % 2 else 3  # 2.5 on average
+                    for k in range(n):
+                        b.append(j)
+                        dt.append(round(1000.0 * (k + 0.5) / n, 1))
+                        rssi.append(round(-59.0 - 22.0 * math.log10(d) + rng.gauss(0, 4), 1))
+                variants.append((tuple(beacons_), tuple(b), tuple(dt), tuple(rssi)))
+            self.columns[g] = variants
+        self.readings_per_round = sum(len(v[0][1]) for v in self.columns.values())
+
+    def batch(self, gw: str, sent: float) -> tuple[str, bytes, int]:
+        seq = self.seq[gw]
+        self.seq[gw] = seq + 1
+        beacons, b, dt, rssi = self.columns[gw][seq % VARIANTS]
+        payload = encode_batch(
+            ReadingBatch(
+                gw=gw,
+                boot=self.boot[gw],
+                seq=seq,
+                sent=sent,
+                beacons=beacons,
+                b=b,
+                dt_ms=dt,
+                rssi=rssi,
+                tx=(None,) * len(b),
+            )
+        )
+        return readings_topic(self.site, gw), payload, len(b)
+
+
+def client(broker: Any, client_id: str, *, clean: bool = True) -> mqtt.Client:
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=clean,
+    )
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect(broker.host, broker.port, keepalive=60)
+    c.loop_start()
+    return c
+
+
+def publish_all(pub: mqtt.Client, messages: list[tuple[str, bytes, int]]) -> None:
+    infos = [pub.publish(t, p, qos=1) for t, p, _ in messages]
+    for info in infos:
+        info.wait_for_publish(120)
+
+
+def baseline_capacity(broker: Any, work: Workload, messages: list[tuple[str, bytes, int]]) -> float:
+    """Decode-only subscriber draining the queued messages: readings per second."""
+    cid = f"baseline-{uuid.uuid4().hex[:6]}"
+    inbox: queue.Queue[bytes] = queue.Queue(maxsize=10_000)
+    done = threading.Event()
+    subscribed = threading.Event()
+
+    def setup(c: mqtt.Client) -> None:
+        c.on_subscribe = lambda *_: subscribed.set()
+        c.on_message = lambda _c, _u, m: inbox.put(m.payload)
+
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=False
+    )
+    setup(c)
+    c.connect(broker.host, broker.port)
+    c.subscribe(readings_subscription(work.site), qos=1)
+    c.loop_start()
+    subscribed.wait(30)
+    c.loop_stop()
+    c.disconnect()
+    pub = client(broker, f"pub-{uuid.uuid4().hex[:6]}")
+    publish_all(pub, messages)
+    pub.loop_stop()
+    pub.disconnect()
+    total = sum(n for _, _, n in messages)
+    counted = [0, 0.0]
+
+    def consume() -> None:
+        got = 0
+        while got < total:
+            raw = inbox.get()
+            if counted[1] == 0.0:
+                counted[1] = time.perf_counter()
+            batch = decode_batch(raw)
+            Readings.from_batch(batch, 0.0)
+            got += len(batch)
+        counted[0] = got
+        done.set()
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=False
+    )
+    setup(c)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    done.wait(600)
+    elapsed = time.perf_counter() - float(counted[1])
+    worker.join()
+    c.loop_stop()
+    c.disconnect()
+    return total / elapsed
+
+
+def hub_capacity(hub: HubProcess, broker: Any, messages: list[tuple[str, bytes, int]]) -> float:
+    """The hub draining the same messages queued for its session: readings per second."""
+    hub.start()  # creates the persistent session and subscription
+    hub.stop()
+    pub = client(broker, f"pub-{uuid.uuid4().hex[:6]}")
+    publish_all(pub, messages)
+    pub.loop_stop()
+    pub.disconnect()
+    total = sum(n for _, _, n in messages)
+    hub.start()
+    # Done when every batch is in the ledger, i.e. its tick ran and was stored. The clock starts
+    # at the first batch's arrival (the hub's own start-up is not throughput).
+    wait_until(
+        "the hub to store every batch",
+        lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= len(messages),
+        600,
+    )
+    done = time.time()
+    first = hub.sql("SELECT min(arrival) FROM batches")[0][0]
+    return total / max(done - first, 1e-6)
+
+
+def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str, Any]:  # noqa: PLR0915  # one measurement, step by step
+    # The gateways "reboot": the capacity run's backdated batches taught the hub clock offsets
+    # that live batches would contradict (a new boot is learnt afresh).
+    work.boot = {g: uuid.uuid4().hex[:16] for g in work.gateways}
+    work.seq = dict.fromkeys(work.gateways, 0)
+    pub = client(broker, f"live-{uuid.uuid4().hex[:6]}")
+    tracks: list[tuple[float, float]] = []  # (tick t, arrival)
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tr-{uuid.uuid4().hex[:6]}")
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_message = lambda _c, _u, m: tracks.append((decode_tracks(m.payload).t, time.time()))
+    sub.connect(broker.host, broker.port)
+    sub.subscribe(tracks_topic(work.site), qos=0)
+    sub.loop_start()
+    subscribed.wait(30)
+    sent_batches: list[tuple[float, float]] = []  # (sent, published)
+    depth: list[float] = []
+    start_readings = hub.metric_sum("beacon_hub_readings_total")
+    t_start = time.time()
+    nxt = time.monotonic()
+    published = 0
+    for _ in range(seconds):
+        now = time.time()
+        for gw in work.gateways:
+            topic, payload, n = work.batch(gw, now)
+            pub.publish(topic, payload, qos=1)
+            published += n
+            sent_batches.append((now, time.time()))
+        depth.append(hub.metric_sum("beacon_hub_inbox_depth"))
+        nxt += 1.0
+        time.sleep(max(0.0, nxt - time.monotonic()))
+    total = start_readings + published
+    wait_until(
+        "the hub to take every reading",
+        lambda: hub.metric_sum("beacon_hub_readings_total") >= total,
+        120,
+    )
+    elapsed = time.time() - t_start
+    last_sent = sent_batches[-1][0]
+    wait_until("the last tick", lambda: bool(tracks) and tracks[-1][0] >= last_sent, 30)
+    rate = (total - start_readings) / elapsed
+    latencies = []
+    ticks = sorted(tracks)
+    for sent, published in sent_batches:
+        for t, arrival in ticks:
+            if t >= sent:
+                latencies.append(arrival - published)
+                break
+    latencies.sort()
+    rss_kb = 0
+    pid = hub.proc.pid if hub.proc else None
+    if pid is not None:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
+    tick_sum = hub.metric_sum("beacon_hub_tick_duration_seconds_sum")
+    tick_n = hub.metric_sum("beacon_hub_tick_duration_seconds_count")
+    beacons_live = hub.sql("SELECT count(*) FROM latest")[0][0]
+    sub.loop_stop()
+    sub.disconnect()
+    pub.loop_stop()
+    pub.disconnect()
+    half = len(depth) // 2
+    return {
+        "readings_per_s": rate,
+        "inbox_depth_max": max(depth),
+        "inbox_depth_max_first_half": max(depth[:half] or [0]),
+        "inbox_depth_max_second_half": max(depth[half:] or [0]),
+        "latency_p50_ms": 1000 * latencies[len(latencies) // 2],
+        "latency_p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
+        "rss_mb": rss_kb / 1024,
+        "tick_ms_mean": 1000 * tick_sum / max(tick_n, 1),
+        "beacons_tracked": beacons_live,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 s live, 5 s capacity")
+    args = parser.parse_args()
+    live_s = 10 if args.quick else 60
+    capacity_s = 5 if args.quick else CAPACITY_S
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
+        folder = Path(tmp)
+        broker = shipped_broker(folder / "mq")
+        broker.start()
+        try:
+            site = f"bench-{uuid.uuid4().hex[:6]}"
+            path = site_file(folder, site, "warehouse.yaml")
+            work = Workload(path, BEACONS)
+            t0 = time.time() - capacity_s
+            messages = [work.batch(gw, t0 + k) for k in range(capacity_s) for gw in work.gateways]
+            base = baseline_capacity(broker, work, messages)
+            print(f"baseline: {base:,.0f} readings/s", file=sys.stderr)
+            hub = HubProcess(
+                folder / "hub",
+                broker,
+                [path],
+                extra={"engine.tick_interval_s": 1.0, "outputs.track_refresh_s": 30.0},
+            )
+            try:
+                cap = hub_capacity(hub, broker, messages)
+                print(f"hub: {cap:,.0f} readings/s", file=sys.stderr)
+                result = live(hub, broker, work, live_s)
+                if hub.stop() != 0:
+                    raise SystemExit(f"the hub did not stop cleanly:\n{hub.log()[-2000:]}")
+            finally:
+                hub.close()
+        finally:
+            broker.stop()
+    ratio = cap / base
+    rows = [
+        (
+            "workload",
+            (
+                f"{BEACONS:,} beacons x {HEARD_BY} gateways at {SAMPLES_PER_S} Hz, "
+                f"{work.readings_per_round:,} readings/s in {len(work.gateways)} batches/s"
+            ),
+        ),
+        ("baseline capacity", f"{base:,.0f} readings/s (decode + validate only)"),
+        ("hub capacity", f"{cap:,.0f} readings/s (engine, outputs, SQLite)"),
+        ("ratio", f"{ratio:.2f} (goal >= {GOAL_RATIO})"),
+        (
+            "live rate",
+            (
+                f"{result['readings_per_s']:,.0f} readings/s for {live_s} s "
+                f"(goal >= {GOAL_READINGS_PER_S:,})"
+            ),
+        ),
+        (
+            "inbox depth",
+            (
+                f"max {result['inbox_depth_max']:.0f} (first half "
+                f"{result['inbox_depth_max_first_half']:.0f}, second half "
+                f"{result['inbox_depth_max_second_half']:.0f})"
+            ),
+        ),
+        (
+            "latency",
+            (
+                f"p50 {result['latency_p50_ms']:.0f} ms, p95 {result['latency_p95_ms']:.0f} ms "
+                "(goal <= 1 tick + 100 ms = 1100 ms)"
+            ),
+        ),
+        ("tick", f"{result['tick_ms_mean']:.0f} ms mean (engine + MQTT outputs)"),
+        (
+            "memory",
+            (
+                f"{result['rss_mb']:.0f} MB resident with {result['beacons_tracked']:,} "
+                f"beacons tracked (goal <= {GOAL_RSS_MB} MB)"
+            ),
+        ),
+    ]
+    print("hub throughput through Mosquitto on loopback")
+    for name, value in rows:
+        print(f"  {name:<18}{value}")
+    summary = {
+        "baseline_readings_per_s": round(base),
+        "hub_readings_per_s": round(cap),
+        "ratio": round(ratio, 3),
+        "live_readings_per_s": round(result["readings_per_s"]),
+        "inbox_depth_max": result["inbox_depth_max"],
+        "latency_p95_ms": round(result["latency_p95_ms"]),
+        "rss_mb": round(result["rss_mb"]),
+        "tick_ms_mean": round(result["tick_ms_mean"]),
+        "live_s": live_s,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
