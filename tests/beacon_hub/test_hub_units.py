@@ -1,0 +1,271 @@
+"""The hub's stages without servers: ingest bookkeeping, outputs, spill, registry, CLI exits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beacon_hub.engine import FixTable
+from beacon_hub.errors import CsvError
+from beacon_hub.health import UNKNOWN_GATEWAY, Metrics
+from beacon_hub.hubconfig import IngestConfig
+from beacon_hub.ingest import (
+    DECODE_REASONS,
+    FUTURE_RESYNC_BATCHES,
+    Accepted,
+    Inbound,
+    Ingestor,
+    Rejected,
+)
+from beacon_hub.outputs import SiteOutputs
+from beacon_hub.registry import Asset, AssetRegistry, import_assets, read_assets
+from beacon_hub.stores import _Spill, open_sqlite
+from beacon_hub.wire import MAX_BATCH_BYTES, Event, ReadingBatch, decode_tracks, encode_batch
+
+BEACON = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:{}"
+SITE = "s1"
+TOPIC = "beacons/s1/gateway/{}/readings"
+T0 = 1_800_000_000.0
+
+
+def batch(gw: str = "gw-1", seq: int = 0, sent: float = T0, boot: str = "abcd") -> bytes:
+    return encode_batch(
+        ReadingBatch(
+            gw=gw,
+            boot=boot,
+            seq=seq,
+            sent=sent,
+            beacons=(BEACON.format(1),),
+            b=(0, 0),
+            dt_ms=(100.0, 500.0),
+            rssi=(-60.0, -70.0),
+            tx=(None, None),
+        )
+    )
+
+
+def ingestor() -> Ingestor:
+    return Ingestor({SITE: frozenset({"gw-1", "gw-2"})}, IngestConfig(), Metrics())
+
+
+def msg(payload: bytes, arrival: float = T0 + 0.05, gw: str = "gw-1") -> Inbound:
+    return Inbound(arrival, TOPIC.format(gw), payload, 1, 1)
+
+
+def reason(result: Accepted | Rejected) -> str:
+    return result.reason if isinstance(result, Rejected) else "accepted"
+
+
+def test_sequence_gaps_are_counted_and_duplicates_dropped() -> None:
+    ing = ingestor()
+    assert reason(ing.handle(msg(batch(seq=0)))) == "accepted"
+    got = ing.handle(msg(batch(seq=3), arrival=T0 + 3.05))
+    assert isinstance(got, Accepted)
+    assert got.lost_before == 2
+    assert ing.metrics.gateway_lost.labels(SITE, "gw-1")._value.get() == 2
+    assert reason(ing.handle(msg(batch(seq=3), arrival=T0 + 3.1))) == "duplicate"
+    assert reason(ing.handle(msg(batch(seq=0), arrival=T0 + 3.1))) == "duplicate"
+    # A reordered batch fills its gap once.
+    assert reason(ing.handle(msg(batch(seq=1), arrival=T0 + 3.2))) == "accepted"
+    assert reason(ing.handle(msg(batch(seq=1), arrival=T0 + 3.3))) == "duplicate"
+    # A new boot starts a new sequence.
+    assert reason(ing.handle(msg(batch(seq=0, boot="beef"), arrival=T0 + 4))) == "accepted"
+
+
+def test_clock_offset_is_the_minimum_and_corrects_sample_times() -> None:
+    ing = ingestor()
+    skew = -3600.0  # the gateway's clock is an hour ahead
+    for seq, latency in enumerate([0.30, 0.05, 0.20]):
+        res = ing.handle(msg(batch(seq=seq, sent=T0 + seq - skew), arrival=T0 + seq + latency))
+        assert isinstance(res, Accepted)
+    st_ = ing.state[(SITE, "gw-1")]
+    assert st_.offset_s == pytest.approx(skew + 0.05, abs=1e-3)
+    # sample time = sent + offset - dt: within the minimum latency of the hub's clock
+    assert res.readings.t.max() == pytest.approx(T0 + 2 + 0.05 - 0.1, abs=1e-3)
+
+
+def test_batches_from_the_future_are_refused_until_the_clock_is_relearnt() -> None:
+    ing = ingestor()
+    ing.handle(msg(batch(seq=0)))
+    for k in range(1, FUTURE_RESYNC_BATCHES):
+        res = ing.handle(msg(batch(seq=k, sent=T0 + k + 600), arrival=T0 + k))
+        assert reason(res) == "future"
+    res = ing.handle(msg(batch(seq=9, sent=T0 + 609), arrival=T0 + 9))
+    assert reason(res) == "accepted"  # the gateway's clock was stepped: followed now
+
+
+def test_a_restored_gateway_owes_no_clock_creep_for_the_downtime() -> None:
+    ing = ingestor()
+    ing.restore(SITE, "gw-1", "abcd", 10, 0.05)
+    res = ing.handle(msg(batch(seq=10, sent=T0 - 30), arrival=T0))  # backlog after restart
+    assert isinstance(res, Accepted)
+    assert res.readings.t.max() == pytest.approx(T0 - 30 + 0.05 - 0.1, abs=1e-3)
+    assert reason(ing.handle(msg(batch(seq=9)))) == "duplicate"
+
+
+@pytest.mark.parametrize(
+    ("topic_gw", "payload", "want"),
+    [
+        ("gw-9", batch(gw="gw-9"), "unknown_gateway"),
+        ("gw-2", batch(gw="gw-1"), "gateway_mismatch"),
+        ("GW-1", batch(), "bad_topic"),
+        ("gw-1", b"\xff\xfe", "not_utf8"),
+        ("gw-1", b"{", "not_json"),
+        ("gw-1", b"[" * 100_000, "too_deep"),
+        ("gw-1", b" " * (MAX_BATCH_BYTES + 1), "oversized"),
+        ("gw-1", b'{"v":2}', "bad_version"),
+        ("gw-1", b"[1]", "not_object"),
+        ("gw-1", b'{"v":1,"gw":"gw-1"}', "bad_field"),
+    ],
+)
+def test_bad_input_is_refused_with_its_reason(topic_gw: str, payload: bytes, want: str) -> None:
+    ing = ingestor()
+    res = ing.handle(Inbound(T0, TOPIC.format(topic_gw), payload, 1, 1))
+    assert reason(res) == want
+    assert isinstance(res, Rejected)
+    label = topic_gw if topic_gw in ("gw-1", "gw-2") else UNKNOWN_GATEWAY
+    assert ing.metrics.rejected_batches.labels(SITE, label, want)._value.get() == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_any_bytes_are_accepted_or_refused_with_a_known_reason(raw: bytes) -> None:
+    res = ingestor().handle(msg(raw))
+    assert reason(res) in (*DECODE_REASONS, "accepted", "gateway_mismatch")
+
+
+def _table(beacons: list[str], x: list[float], zones: list[str | None]) -> FixTable:
+    n = len(beacons)
+    return FixTable(
+        t=T0,
+        beacons=beacons,
+        x=np.array(x),
+        y=np.zeros(n),
+        accuracy_m=np.full(n, 2.0),
+        level=np.zeros(n, dtype=np.int64),
+        zones=zones,
+        kinds=[None] * n,
+        speed_m_s=np.zeros(n),
+        gateway_slots=np.zeros((n, 1), dtype=np.intp),
+        gateway_mask=np.ones((n, 1), dtype=bool),
+        gateway_ids=("gw-1",),
+    )
+
+
+def test_outputs_publish_on_change_refresh_and_clear_lost_tracks() -> None:
+    sent: list[tuple[str, bytes, int, bool]] = []
+    out = SiteOutputs(SITE, lambda t, p, q, r: sent.append((t, p, q, r)) is None, 30.0)
+    b = BEACON.format(1)
+    out.tick(T0, _table([b], [1.0], [None]), [], [None])
+    out.tick(T0 + 1, _table([b], [1.5], [None]), [], [None])  # moved 0.5 <= accuracy/2
+    out.tick(T0 + 2, _table([b], [3.0], [None]), [], [None])  # moved 2 > 1
+    out.tick(T0 + 3, _table([b], [3.0], ["z1"]), [], [None])  # zone change
+    out.tick(T0 + 40, _table([b], [3.0], ["z1"]), [], [None])  # refresh
+    track = [s for s in sent if "/track/" in s[0]]
+    assert len(track) == 4
+    assert all(s[3] for s in track)  # retained
+    assert len([s for s in sent if s[0].endswith("/tracks")]) == 5
+    lost = Event("beacon_lost", T0 + 80, SITE, b)
+    out.tick(T0 + 80, _table([], [], []), [lost], [])
+    assert sent[-1] == (f"beacons/{SITE}/track/{b}", b"", 1, True)
+    assert sent[-2][0] == f"beacons/{SITE}/event/beacon_lost"
+
+
+def test_a_huge_tick_is_split_into_tracks_messages_within_the_limit() -> None:
+    sent: list[bytes] = []
+
+    def keep(topic: str, payload: bytes, _qos: int, _retain: bool) -> bool:
+        if topic.endswith("/tracks"):
+            sent.append(payload)
+        return True
+
+    out = SiteOutputs(SITE, keep, 30)
+    n = 20_000
+    beacons = [BEACON.format(i) for i in range(n)]
+    out.tick(T0, _table(beacons, [1.23456789] * n, ["aisle-1"] * n), [], [None] * n)
+    assert len(sent) > 1
+    assert all(len(p) <= MAX_BATCH_BYTES for p in sent)
+    parts = [decode_tracks(p) for p in sent]
+    assert [b for m in parts for b in m.beacons] == beacons
+    assert {m.t for m in parts} == {T0}
+    assert parts[0].x[0] == 1.235
+
+
+def test_spill_keeps_order_and_its_bound(tmp_path: Path) -> None:
+    spill = _Spill(tmp_path, max_bytes=100)
+    assert spill.append(b"a" * 40, 4) == 0
+    assert spill.append(b"b" * 40, 4) == 0
+    assert spill.append(b"c" * 40, 4) == 4  # the oldest went to stay within 100 bytes
+    assert spill.oldest()[0] == b"b" * 40
+    again = _Spill(tmp_path, max_bytes=100)  # a restarted hub finds it, in order
+    assert [again.oldest()[0][:1], again.points] == [b"b", 8]
+    again.pop_oldest()
+    assert again.oldest()[0] == b"c" * 40
+
+
+def test_assets_from_csv_and_yaml_and_import(tmp_path: Path) -> None:
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(f"beacon,label,kind\n{BEACON.format(1)},P-1,pallet\n{BEACON.format(2)},,\n")
+    assets = read_assets(csv_path)
+    assert [(a.label, a.kind) for a in assets] == [("P-1", "pallet"), (None, None)]
+    yaml_path = tmp_path / "a.yaml"
+    yaml_path.write_text(f"assets:\n  - beacon: '{BEACON.format(3)}'\n    label: P-3\n")
+    assert read_assets(yaml_path)[0].label == "P-3"
+    db = open_sqlite(tmp_path / "h.sqlite")
+    assert import_assets(db, assets) == 2
+    # The label moves to another beacon: still unique.
+    import_assets(db, [Asset(BEACON.format(3), "P-1")])
+    reg = AssetRegistry.from_db(db)
+    assert reg.by_label("P-1") is not None
+    assert reg.label(BEACON.format(3)) == "P-1"
+    assert reg.label(BEACON.format(1)) is None
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "beacon,label\nnot-an-id,P-1\n",
+        "beacon,label,kind\n" + BEACON.format(1) + ",P-1,truck\n",
+        "beacon,label\n" + BEACON.format(1) + ",P-1\n" + BEACON.format(2) + ",P-1\n",
+    ],
+)
+def test_bad_asset_files_say_where(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(CsvError, match=r"bad\.csv"):
+        read_assets(path)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "beacon_hub.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_run_with_a_config_error_exits_1_naming_file_line_and_key(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(f"sites:\n  - site: {root / 'config/store.yaml'}\nbroker:\n  url: http://x\n")
+    done = _cli("run", "--config", str(cfg), cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"{cfg}:4: broker.url" in done.stderr
+
+
+def test_assets_import_with_a_bad_csv_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("beacon,label\nnope,P-1\n")
+    done = _cli("assets", "import", str(path), "--db", str(tmp_path / "h.sqlite"), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "bad.csv:2: column beacon" in done.stderr
