@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import queue
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -200,9 +202,6 @@ def _check_mqtt(
 
 
 def test_assets_label_the_tracks(tmp_path: Path, broker: Mosquitto) -> None:
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     site = unique_site()
     path = site_file(tmp_path, site)
     hub = HubProcess(tmp_path / "hub", broker, [path])
@@ -246,3 +245,53 @@ def test_assets_label_the_tracks(tmp_path: Path, broker: Mosquitto) -> None:
     seen = hub.sql("SELECT label, last_seen FROM assets ORDER BY label")
     assert [r[0] for r in seen] == ["A-0", "A-1", "A-2"]
     assert all(r[1] is not None for r in seen)
+
+
+def test_simulator_through_mosquitto_into_both_stores(
+    tmp_path: Path, broker: Mosquitto, influx_db: tuple[InfluxDB, str]
+) -> None:
+    """`beacon-sim run --broker` (real time) -> hub -> SQLite and InfluxDB, counted."""
+    influx, db = influx_db
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    hub = HubProcess(tmp_path / "hub", broker, [path], influx_url=influx.url, influx_db=db)
+    hub.start()
+    try:
+        sim = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simulator.cli",
+                "run",
+                "--site",
+                str(path),
+                "--duration",
+                "6",
+                "--seed",
+                "3",
+                "--speed",
+                "1",
+                "--broker",
+                broker.url,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert sim.returncode == 0, sim.stderr
+        found = re.search(r"([0-9]+) readings in ([0-9]+) batches", sim.stderr)
+        assert found, sim.stderr
+        readings, batches = int(found[1]), int(found[2])
+        wait_until(
+            "every simulated batch in the ledger",
+            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= batches,
+            hub=hub,
+        )
+        assert hub.stop() == 0
+    finally:
+        hub.close()
+    counts = totals(hub)
+    assert counts["batches"] == batches
+    assert hub.sql("SELECT sum(samples), sum(accepted) FROM batches")[0] == (readings, readings)
+    _check_influx(hub, influx, db, site, counts)
