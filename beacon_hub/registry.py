@@ -27,6 +27,9 @@ from beacon_hub.wire import Telemetry
 __all__ = ["ASSET_CSV", "Asset", "AssetRegistry", "import_assets", "read_assets"]
 
 LABEL_MAX_CHARS = 64
+MAX_ASSETS = 200_000
+"""Beacons the registry learns about from telemetry without being imported: a chain's largest
+site has ~20,000; the bound stops a stream of invented ids from growing memory without end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +194,11 @@ class AssetRegistry:
 
     def telemetry(self, tlm: Iterable[Telemetry]) -> None:
         for t in tlm:
-            old = self._by_beacon.get(t.beacon) or Asset(t.beacon)
+            old = self._by_beacon.get(t.beacon)
+            if old is None:
+                if len(self._by_beacon) >= MAX_ASSETS:
+                    continue
+                old = Asset(t.beacon)
             self._by_beacon[t.beacon] = replace(
                 old,
                 battery_mv=t.battery_mv if t.battery_mv is not None else old.battery_mv,

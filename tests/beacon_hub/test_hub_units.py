@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from beacon_hub.engine import FixTable
 from beacon_hub.errors import CsvError
 from beacon_hub.health import UNKNOWN_GATEWAY, Metrics
-from beacon_hub.hubconfig import IngestConfig
+from beacon_hub.hubconfig import InfluxConfig, IngestConfig
 from beacon_hub.ingest import (
     DECODE_REASONS,
     FUTURE_RESYNC_BATCHES,
@@ -25,7 +26,7 @@ from beacon_hub.ingest import (
 )
 from beacon_hub.outputs import SiteOutputs
 from beacon_hub.registry import Asset, AssetRegistry, import_assets, read_assets
-from beacon_hub.stores import _Spill, open_sqlite
+from beacon_hub.stores import InfluxStore, _Spill, open_sqlite
 from beacon_hub.wire import MAX_BATCH_BYTES, Event, ReadingBatch, decode_tracks, encode_batch
 
 BEACON = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:{}"
@@ -269,3 +270,71 @@ def test_assets_import_with_a_bad_csv_exits_1(tmp_path: Path) -> None:
     done = _cli("assets", "import", str(path), "--db", str(tmp_path / "h.sqlite"), cwd=tmp_path)
     assert done.returncode == 1
     assert "bad.csv:2: column beacon" in done.stderr
+
+
+class _V2Endpoint:
+    """A stand-in for InfluxDB 2.x's `POST /api/v2/write` (no 2.x server is installed here; the
+    v1 path runs against a real InfluxDB 1.6 in tests/integration). Answers 503 `fail_first`
+    times, then 204, and keeps what it accepted."""
+
+    def __init__(self, fail_first: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.failures = fail_first
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.failures > 0:
+                    outer.failures -= 1
+                    self.send_response(503)
+                else:
+                    outer.requests.append((self.path, dict(self.headers), body))
+                    self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_influx_v2_path_retries_then_writes_in_order(tmp_path: Path) -> None:
+    endpoint = _V2Endpoint(fail_first=2)
+    cfg = InfluxConfig(
+        version=2,
+        url=endpoint.url,
+        bucket="bk",
+        org="acme",
+        token="tok",  # noqa: S106
+        spill_dir=tmp_path / "spill",
+        flush_interval_s=0.05,
+        retry_max_s=0.1,
+        batch_points=3,
+    )
+    store = InfluxStore(cfg, Metrics())
+    try:
+        lines = [f"fix,site=s1 x={i} {i}" for i in range(10)]
+        for k in range(0, 10, 2):
+            store.write_lines(lines[k : k + 2])
+        assert store.flush(30.0)
+    finally:
+        store.close()
+        endpoint.close()
+    path, headers, _ = endpoint.requests[0]
+    assert path.startswith("/api/v2/write?")
+    for param in ("org=acme", "bucket=bk", "precision=ms"):
+        assert param in path
+    assert headers["Authorization"] == "Token tok"
+    written = [ln for _, _, body in endpoint.requests for ln in body.decode().split("\n")]
+    assert written == lines  # every point, in order, after two refusals
