@@ -45,6 +45,7 @@ from beacon_hub.wire import ReadingBatch, decode_batch, parse_topic, readings_su
 __all__ = [
     "DECODE_REASONS",
     "MAX_GAP_MEMORY",
+    "MAX_SEQ_JUMP",
     "OFFSET_CREEP_S_PER_S",
     "Accepted",
     "GatewayState",
@@ -67,6 +68,11 @@ a gateway whose clock was stepped forward (NTP) is refused for a few seconds, no
 MAX_GAP_MEMORY = 1024
 """Missing seqs remembered per gateway so a late (reordered) batch fills its gap, not counted
 as a duplicate; older gaps are forgotten (they stay counted as lost)."""
+MAX_SEQ_JUMP = 86_400
+"""A seq this far beyond the expected one (a day of 1 s batches) is refused as `seq_jump` unless
+FUTURE_RESYNC_BATCHES in a row agree: a gateway's buffer drops batches, it does not skip a day
+of numbers, but a forged or corrupt seq would otherwise turn every later batch into a
+duplicate."""
 OUTPUT_QUEUE_MESSAGES: Final = 20_000
 """paho's queue for what the hub publishes (events QoS 1 while disconnected): bounded, the
 excess is refused by paho and counted by the outputs."""
@@ -290,6 +296,7 @@ class GatewayState:
     last_arrival: float | None = None
     """None after a restore: no creep is owed for the time the hub was down."""
     future_streak: int = 0
+    jump_streak: int = 0
     missing: set[int] = field(default_factory=set)
 
 
@@ -301,6 +308,8 @@ class Accepted:
     readings: Readings
     lost_before: int
     """Batches found missing just before this one."""
+    sent_hub: float
+    """The batch's send time in hub time (its newest possible sample)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +381,14 @@ class Ingestor:
                 return self._reject(
                     site, label, "duplicate", n, f"(boot {batch.boot}, seq {batch.seq}) again"
                 )
+        elif batch.seq > st.next_seq + MAX_SEQ_JUMP and st.jump_streak + 1 < FUTURE_RESYNC_BATCHES:
+            # One absurd seq must not make every later batch of the gateway a "duplicate".
+            st.jump_streak += 1
+            return self._reject(
+                site, label, "seq_jump", n, f"seq {batch.seq} after {st.next_seq - 1}"
+            )
         elif batch.seq > st.next_seq:
+            st.jump_streak = 0
             lost = batch.seq - st.next_seq
             if lost <= MAX_GAP_MEMORY:
                 st.missing.update(range(st.next_seq, batch.seq))
@@ -389,6 +405,7 @@ class Ingestor:
             )
         if batch.seq >= st.next_seq:
             st.next_seq = batch.seq + 1
+            st.jump_streak = 0
         raw = item.arrival - batch.sent
         if st.offset_s is None:
             st.offset_s = raw
@@ -422,6 +439,7 @@ class Ingestor:
             batch=batch,
             readings=Readings.from_batch(batch, st.offset_s),
             lost_before=lost,
+            sent_hub=batch.sent + st.offset_s,
         )
 
     def count_samples(self, site: str, gateway: str, reason: str, samples: int) -> None:

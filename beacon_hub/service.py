@@ -33,7 +33,7 @@ from typing import Any
 
 from beacon_hub.calibration import load_calibration
 from beacon_hub.engine import Engine
-from beacon_hub.errors import ConfigError
+from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.health import HealthServer, Metrics
 from beacon_hub.hubconfig import HubConfig
 from beacon_hub.ingest import Accepted, Inbound, Ingestor, MqttLink
@@ -116,9 +116,6 @@ class Hub:
         self.sqlite = SqliteStore(
             cfg.stores.sqlite.path, self.metrics, fixes=cfg.stores.sqlite.fixes
         )
-        self.stores: list[Store] = []
-        if cfg.stores.influx is not None:
-            self.stores.append(InfluxStore(cfg.stores.influx, self.metrics))
         self.registry = AssetRegistry.from_db(self.sqlite.db)
         if cfg.assets is not None:
             self.registry.add(read_assets(cfg.assets))
@@ -144,7 +141,16 @@ class Hub:
                 self.ingestor.restore(g.site, g.gateway, g.boot, g.next_seq, g.offset_s)
         self.http: HealthServer | None = None
         if cfg.http.enabled:
-            self.http = HealthServer(cfg.http.bind, cfg.http.port, self.metrics, self.health)
+            try:
+                self.http = HealthServer(cfg.http.bind, cfg.http.port, self.metrics, self.health)
+            except OSError as e:
+                raise BeaconHubError(
+                    f"http: cannot listen on {cfg.http.bind}:{cfg.http.port}: {e.strerror or e}"
+                ) from e
+        # Last: the InfluxDB writer starts a thread, so nothing that can fail comes after it.
+        self.stores: list[Store] = []
+        if cfg.stores.influx is not None:
+            self.stores.append(InfluxStore(cfg.stores.influx, self.metrics))
         self._connected_at: float | None = None
         self._last_asset_save = time.monotonic()
         self._rate_t = time.monotonic()
@@ -245,7 +251,7 @@ class Hub:
         self.totals["batches"] += 1
         self._rate_n += len(batch)
         t = res.readings.t
-        newest = float(t.max()) if t.shape[0] else batch.sent
+        newest = float(t.max()) if t.shape[0] else res.sent_hub
         run.data_wm = max(
             run.data_wm, min(newest, item.arrival + self.cfg.ingest.future_tolerance_s)
         )
@@ -341,7 +347,7 @@ class Hub:
             age = None if run.last_tick_wall is None else now - run.last_tick_wall
             if age is not None and age > stale:
                 ok = False
-            sites[sid] = {"last_tick": run.next_tick, "seconds_since_tick": age}
+            sites[sid] = {"next_tick": run.next_tick, "seconds_since_tick": age}
         return ok, {
             "broker_connected": self.link.connected.is_set(),
             "inbox_depth": self.link.inbox.qsize(),

@@ -79,6 +79,16 @@ def test_sequence_gaps_are_counted_and_duplicates_dropped() -> None:
     assert reason(ing.handle(msg(batch(seq=0, boot="beef"), arrival=T0 + 4))) == "accepted"
 
 
+def test_an_absurd_seq_jump_does_not_blackhole_the_gateway() -> None:
+    ing = ingestor()
+    ing.handle(msg(batch(seq=0)))
+    assert reason(ing.handle(msg(batch(seq=2**40)))) == "seq_jump"
+    assert reason(ing.handle(msg(batch(seq=1)))) == "accepted"
+    for k in range(FUTURE_RESYNC_BATCHES - 1):
+        assert reason(ing.handle(msg(batch(seq=2**40 + k)))) == "seq_jump"
+    assert reason(ing.handle(msg(batch(seq=2**40 + 9)))) == "accepted"  # it really jumped
+
+
 def test_clock_offset_is_the_minimum_and_corrects_sample_times() -> None:
     ing = ingestor()
     skew = -3600.0  # the gateway's clock is an hour ahead
