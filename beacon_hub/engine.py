@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from beacon_hub.calibration import Calibration, typical_height_m
 from beacon_hub.conditioning import PairEstimates, ReadingWindow
 from beacon_hub.floorplan import FloorPlan
+from beacon_hub.gaussian2d import radius_68_m
 from beacon_hub.multilateration import Geometry, MapFn, Solution, select_rows, solve, solve_grid
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
@@ -45,8 +46,6 @@ __all__ = [
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 
-ACCURACY_68_PER_SIGMA = math.sqrt(-2.0 * math.log(1.0 - 0.68))
-"""Radius holding 68 % of a circular 2-D Gaussian, in units of its per-axis sigma (1.51)."""
 STATIC_SHARE_OF_SHADOWING = 4.5 / 6.6
 """Of the 6.6 dB residual spread on flat-calib2021, about 4.5 dB is static (a revisit a
 minute later keeps a correlation of 0.46): it does not shrink by averaging samples."""
@@ -341,8 +340,7 @@ class Engine:
             cov = cov + static_cov
             xy = self._project(level, xy, walk)
         self._active[idx] = True
-        eig = np.linalg.eigvalsh(cov)
-        accuracy = ACCURACY_68_PER_SIGMA * np.sqrt(np.maximum(eig.sum(axis=1), 0.0) / 2.0)
+        accuracy = radius_68_m(cov)
         events = [
             Event(e.type, t, self.site.id, self.beacon_ids[e.beacon], e.zone, e.data)
             for e in self.zones.update(idx, t, level, xy)

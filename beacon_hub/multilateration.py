@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from beacon_hub.gaussian2d import inv2x2
 from beacon_hub.pathloss import LN10_OVER_10, MIN_DISTANCE_M, distance_m, mean_rssi_dbm
 
 __all__ = [
@@ -251,7 +252,7 @@ def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(np.abs(z), 1e-12)), 0.0)
     j = grad / geo.sd_db[..., None]
     info = np.einsum("bk,bki,bkj->bij", w, j, j) + np.eye(2) / _prior_var(geo)[:, None, None]
-    return np.asarray(np.linalg.inv(info))
+    return inv2x2(info)[0]
 
 
 def _proximity(geo: Geometry, xy: F64, cov: F64, single: NDArray[np.bool_]) -> tuple[F64, F64]:
@@ -343,7 +344,7 @@ def solve_grid(
             p_mean, p_cov = prior[0][lo:hi], prior[1][lo:hi]
             has_prior = np.isfinite(p_mean[:, 0])
             safe_cov = np.where(has_prior[:, None, None], p_cov, np.eye(2)[None])
-            p_info = np.linalg.inv(safe_cov)
+            p_info = inv2x2(safe_cov)[0]
             dev_p = cand - np.where(has_prior[:, None], p_mean, 0.0)[:, None, :]
             quad = np.einsum("bci,bij,bcj->bc", dev_p, p_info, dev_p)
             loglik = loglik - 0.5 * np.where(has_prior[:, None], quad, 0.0)
@@ -368,7 +369,7 @@ def _equivalent_measurement(
     post_mean: F64, post_cov: F64, prior_mean: F64, prior_info: F64, has_prior: NDArray[np.bool_]
 ) -> tuple[F64, F64]:
     """(z, R) with R^-1 = C_post^-1 - P^-1 and z = R (C_post^-1 m_post - P^-1 m_prior)."""
-    post_info = np.linalg.inv(post_cov)
+    post_info = inv2x2(post_cov)[0]
     meas_info = post_info - prior_info
     vals, vecs = np.linalg.eigh(meas_info)
     vals = np.maximum(vals, 1.0 / MAX_MEASUREMENT_SD_M**2)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from beacon_hub.gaussian2d import inv2x2
+
 __all__ = [
     "GATE_CHI2_2DOF",
     "MotionParams",
@@ -184,7 +186,7 @@ class Tracks:
         x, p = self.estimate(idx) if predicted is None else predicted
         y = z - x[:, [0, 2]]
         s = p[:, [0, 2]][:, :, [0, 2]] + r
-        return np.asarray(np.einsum("na,nab,nb->n", y, np.linalg.inv(s), y), dtype=np.float64)
+        return np.asarray(np.einsum("na,nab,nb->n", y, inv2x2(s)[0], y), dtype=np.float64)
 
     def update(self, idx: NDArray[np.intp], z: F64, r: F64, m: F64) -> None:
         """IMM update with measurements z (n, 2), covariances r (n, 2, 2); `m` as in start()."""
@@ -193,14 +195,14 @@ class Tracks:
         y = z[:, None, :] - hx  # (n, models, 2)
         pht = p[:, :, :, [0, 2]]  # P H^T: (n, models, 4, 2)
         s = pht[:, :, [0, 2], :] + r[:, None, :, :]
-        si = np.linalg.inv(s)
+        si, det = inv2x2(s)
         k = pht @ si
         x_new = x + np.einsum("nmab,nmb->nma", k, y)
         ikh = np.eye(STATE)[None, None] - k @ _H[None, None]
         p_new = ikh @ p @ ikh.transpose(0, 1, 3, 2) + k @ r[:, None] @ k.transpose(0, 1, 3, 2)
         # Gaussian log-likelihood of the prior innovation, as filterpy's KalmanFilter computes it
         maha = np.einsum("nma,nmab,nmb->nm", y, si, y)
-        logdet = np.log(np.linalg.det(s))
+        logdet = np.log(det)
         like = np.exp(-0.5 * (maha + logdet + 2.0 * _LOG_2PI))
         like = np.where(like == 0.0, _FLOAT_MIN, like)
         mu = self.cbar[idx] * like
