@@ -532,13 +532,20 @@ class InfluxStore:
         self._retry_at = 0.0
         self._delay_s = RETRY_MIN_S
         self._buffered_since = time.monotonic()
+        self._records: list[TickRecord] = []
+        self._record_points = 0
+        """Points of ticks not yet turned into line protocol (the writer thread does that: 10,000
+        Points cost ~130 ms, which must not delay the service thread's next tick)."""
         self._thread = threading.Thread(target=self._run, name=f"beacon-hub-{self.name}")
         self._thread.start()
 
     # -- service thread
 
     def write(self, record: TickRecord) -> None:
-        self.write_lines(fix_points(record))
+        with self._lock:
+            self._records.append(record)
+            self._record_points += len(record.fixes) + len(record.events)
+            self._lock.notify()
 
     def write_lines(self, lines: list[str]) -> None:
         with self._lock:
@@ -555,7 +562,7 @@ class InfluxStore:
 
     def backlog(self) -> int:
         with self._lock:
-            return len(self._buffer) + self._sending + self._spill.points
+            return len(self._buffer) + self._sending + self._spill.points + self._record_points
 
     def flush(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -563,7 +570,7 @@ class InfluxStore:
             self._flush_now = True
             self._retry_at = 0.0  # try at once, whatever the backoff said
             self._lock.notify()
-            while self._buffer or self._sending or len(self._spill):
+            while self._buffer or self._sending or len(self._spill) or self._record_points:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -577,6 +584,9 @@ class InfluxStore:
             self._lock.notify()
         self._thread.join()
         with self._lock:
+            for record in self._records:
+                self._buffer.extend(fix_points(record))
+            self._records, self._record_points = [], 0
             if self._buffer:
                 self._spill_locked(self._buffer)
                 self._buffer = []
@@ -587,7 +597,7 @@ class InfluxStore:
 
     def _due_locked(self, now: float) -> float:
         """0 if there is something to send now, else how long to wait."""
-        if self._stop:
+        if self._stop or self._records:
             return 0.0
         if now < self._retry_at:
             return self._retry_at - now
@@ -608,6 +618,16 @@ class InfluxStore:
                     self._lock.wait(wait)
                 if self._stop:
                     return
+                records, self._records = self._records, []
+            if records:
+                lines = [line for r in records for line in fix_points(r)]
+                self.write_lines(lines)
+                with self._lock:
+                    self._record_points -= sum(len(r.fixes) + len(r.events) for r in records)
+                continue
+            with self._lock:
+                if self._due_locked(time.monotonic()) != 0.0 or self._stop:
+                    continue
                 self._flush_now = False
                 # Order: anything spilled goes first; a new batch joins the spill behind it.
                 batch = self._buffer[: cfg.batch_points]
