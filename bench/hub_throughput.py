@@ -227,7 +227,12 @@ def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tr-{uuid.uuid4().hex[:6]}")
     subscribed = threading.Event()
     sub.on_subscribe = lambda *_: subscribed.set()
-    sub.on_message = lambda _c, _u, m: tracks.append((decode_tracks(m.payload).t, time.time()))
+
+    def on_tracks(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        arrival = time.time()  # before decoding: the consumer's own parsing is not hub latency
+        tracks.append((decode_tracks(m.payload).t, arrival))
+
+    sub.on_message = on_tracks
     sub.connect(broker.host, broker.port)
     sub.subscribe(tracks_topic(work.site), qos=0)
     sub.loop_start()
