@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,12 +17,11 @@ from pydantic import (
     Field,
     SecretStr,
     field_validator,
-    model_validator,
 )
 
+from beacon_hub.broker_settings import BrokerSettings, TlsConfig
 from beacon_hub.config_loader import load_model
 from beacon_hub.engine import EngineConfig
-from beacon_hub.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
@@ -56,100 +55,17 @@ class SiteEntry(_Section):
     """Output of `beacon-hub calibrate` for this site."""
 
 
-class TlsConfig(_Section):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
-
-
-class BrokerConfig(_Section):
-    url: str = "mqtt://localhost:1883"
-    """mqtt://host[:port] or mqtts://host[:port] (TLS; port 8883 by default)."""
+class BrokerConfig(BrokerSettings):
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     """Fixed id of the persistent session; defaults to `beacon-hub-{site ids joined by -}`.
     Two hub processes must never share one (the broker would kick one out every connect)."""
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    tls: TlsConfig | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
     reconnect_min_s: int = Field(default=1, ge=1, le=60)
-    reconnect_max_s: int = Field(default=30, ge=1, le=600)
-    """paho's reconnect backoff: starts at reconnect_min_s, doubles up to this."""
+    """paho's reconnect backoff starts here and doubles up to reconnect_max_s."""
     ack: Literal["after_store", "after_ingest"] = "after_store"
     """When a readings message is acknowledged to the broker. after_store: once the tick that
     used it is in the stores, so a crash loses nothing the broker delivered; needs the broker's
     max_inflight_messages above the batches of one tick (deploy/mosquitto/mosquitto.conf).
     after_ingest: at once; works with any broker limit, a crash loses about one tick."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _credentials_out_of_url(cls, data: Any) -> Any:
-        """mqtt://user:pass@host moves the credentials to their keys, so the URL can be logged."""
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return data
-        parts = urllib.parse.urlsplit(data["url"])
-        if "@" not in parts.netloc:
-            return data
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        user, has_password, password = userinfo.partition(":")
-        data = {**data, "url": urllib.parse.urlunsplit(parts._replace(netloc=hostport))}
-        if user and data.get("username") is None:
-            data["username"] = urllib.parse.unquote(user)
-        if has_password and data.get("password") is None:
-            data["password"] = urllib.parse.unquote(password)
-        return data
-
-    @field_validator("password", mode="before")
-    @classmethod
-    def _password_never_fails(cls, value: Any) -> Any:
-        if value is None or isinstance(value, SecretStr):
-            return value
-        return SecretStr(value if isinstance(value, str) else str(value))
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
-        try:
-            _ = parts.port
-        except ValueError as e:
-            raise ValueError(f"bad port: {e}") from e
-        return url
-
-    @property
-    def host(self) -> str:
-        return urllib.parse.urlsplit(self.url).hostname or ""
-
-    @property
-    def use_tls(self) -> bool:
-        return urllib.parse.urlsplit(self.url).scheme == "mqtts" or self.tls is not None
-
-    @property
-    def port(self) -> int:
-        port = urllib.parse.urlsplit(self.url).port
-        if port is not None:
-            return port
-        return 8883 if self.use_tls else 1883
-
-    def read_password(self) -> str | None:
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is None:
-            return None
-        try:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            where = str(self.password_file)
-            raise ConfigError(where, [f"broker.password_file {where}: {e.strerror}"]) from e
 
 
 class IngestConfig(_Section):

@@ -9,22 +9,19 @@ gateway never writes its config anywhere. `broker.password_file` reads the passw
 from __future__ import annotations
 
 import re
-import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from beacon_hub.broker_settings import BrokerSettings, TlsConfig
 from beacon_hub.config_loader import load_model
-from beacon_hub.errors import ConfigError
 from beacon_hub.ids import NAME_ID_PATTERN, mac_id
 
 __all__ = [
@@ -55,107 +52,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TlsConfig(_Section):
-    ca_file: Path | None = None
-    """CA bundle that signed the broker's certificate; None uses the system's CAs."""
-    cert_file: Path | None = None
-    """Client certificate, for brokers that authenticate gateways by certificate."""
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
-
-
-class BrokerConfig(_Section):
-    url: str = "mqtt://localhost:1883"
-    """mqtt://host[:port] or mqtts://host[:port] (TLS; port 8883 by default)."""
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    tls: TlsConfig | None = None
-    """TLS settings; mqtts:// alone turns TLS on with the system's CAs."""
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    """MQTT keepalive; the broker publishes the last will 1.5 keepalives after a silent loss."""
-    client_id: str | None = None
+class BrokerConfig(BrokerSettings):
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
     """Defaults to `beacon-gateway-{gateway_id}`."""
-    reconnect_max_s: int = Field(default=30, ge=1, le=600)
-    """Upper bound of paho's reconnect backoff (which starts at 1 s and doubles)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _credentials_out_of_url(cls, data: Any) -> Any:
-        """mqtt://user:pass@host is accepted, but the credentials move to their own keys at
-        once, so the URL can be logged. (Validation errors echo their input: no check on a
-        section holding a secret may fail after this point.)"""
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return data
-        parts = urllib.parse.urlsplit(data["url"])
-        if "@" not in parts.netloc:
-            return data
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        user, has_password, password = userinfo.partition(":")
-        data = {**data, "url": urllib.parse.urlunsplit(parts._replace(netloc=hostport))}
-        if user and data.get("username") is None:
-            data["username"] = urllib.parse.unquote(user)
-        if has_password and data.get("password") is None and data.get("password_file") is None:
-            data["password"] = urllib.parse.unquote(password)
-        return data
-
-    @field_validator("password", mode="before")
-    @classmethod
-    def _password_never_fails(cls, value: Any) -> Any:
-        """YAML reads `1234` as a number; a type error would print the password back."""
-        if value is None or isinstance(value, SecretStr):
-            return value
-        return SecretStr(value if isinstance(value, str) else str(value))
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
-        try:
-            _ = parts.port
-        except ValueError as e:
-            raise ValueError(f"bad port: {e}") from e
-        return url
-
-    @field_validator("password_file")
-    @classmethod
-    def _one_password(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        if path is not None and info.data.get("password") is not None:
-            raise ValueError("give password or password_file, not both")
-        return path
-
-    @property
-    def host(self) -> str:
-        return urllib.parse.urlsplit(self.url).hostname or ""
-
-    @property
-    def use_tls(self) -> bool:
-        return urllib.parse.urlsplit(self.url).scheme == "mqtts" or self.tls is not None
-
-    @property
-    def port(self) -> int:
-        port = urllib.parse.urlsplit(self.url).port
-        if port is not None:
-            return port
-        return 8883 if self.use_tls else 1883
-
-    def read_password(self) -> str | None:
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is None:
-            return None
-        try:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            where = str(self.password_file)
-            raise ConfigError(where, [f"broker.password_file {where}: {e.strerror}"]) from e
 
 
 class ScannerConfig(_Section):

@@ -1,0 +1,133 @@
+"""How a program reaches the MQTT broker: the settings the gateway, the hub and the simulator
+share, each extending them in its own config schema. Light (pydantic only): the gateway uses it.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from beacon_hub.errors import ConfigError
+
+__all__ = ["BrokerSettings", "TlsConfig"]
+
+MQTT_PORT = 1883
+MQTTS_PORT = 8883
+"""IANA-registered MQTT ports, plain and over TLS."""
+
+
+class TlsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    """CA bundle that signed the broker's certificate; None uses the system's CAs."""
+    cert_file: Path | None = None
+    """Client certificate, for brokers that authenticate clients by certificate."""
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BrokerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = "mqtt://localhost:1883"
+    """mqtt://host[:port] or mqtts://host[:port] (TLS; port 8883 by default)."""
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    """TLS settings; mqtts:// alone turns TLS on with the system's CAs."""
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    """MQTT keepalive; the broker publishes a last will 1.5 keepalives after a silent loss."""
+    reconnect_max_s: int = Field(default=30, ge=1, le=600)
+    """Upper bound of paho's reconnect backoff (which doubles from its start)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_url(cls, data: Any) -> Any:
+        """mqtt://user:pass@host is accepted, but the credentials move to their own keys at
+        once, so the URL can be logged. (Validation errors echo their input: no check on a
+        section holding a secret may fail after this point.)"""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urllib.parse.urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, has_password, password = userinfo.partition(":")
+        data = {**data, "url": urllib.parse.urlunsplit(parts._replace(netloc=hostport))}
+        if user and data.get("username") is None:
+            data["username"] = urllib.parse.unquote(user)
+        if has_password and data.get("password") is None and data.get("password_file") is None:
+            data["password"] = urllib.parse.unquote(password)
+        return data
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_never_fails(cls, value: Any) -> Any:
+        """YAML reads `1234` as a number; a type error would print the password back."""
+        if value is None or isinstance(value, SecretStr):
+            return value
+        return SecretStr(value if isinstance(value, str) else str(value))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        try:
+            _ = parts.port
+        except ValueError as e:
+            raise ValueError(f"bad port: {e}") from e
+        return url
+
+    @field_validator("password_file")
+    @classmethod
+    def _one_password(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and info.data.get("password") is not None:
+            raise ValueError("give password or password_file, not both")
+        return path
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.url).hostname or ""
+
+    @property
+    def use_tls(self) -> bool:
+        return urllib.parse.urlsplit(self.url).scheme == "mqtts" or self.tls is not None
+
+    @property
+    def port(self) -> int:
+        port = urllib.parse.urlsplit(self.url).port
+        if port is not None:
+            return port
+        return MQTTS_PORT if self.use_tls else MQTT_PORT
+
+    def read_password(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            where = str(self.password_file)
+            raise ConfigError(where, [f"broker.password_file {where}: {e.strerror}"]) from e
