@@ -8,6 +8,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Self
 
+import paho.mqtt.client as mqtt
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -120,6 +121,18 @@ class BrokerSettings(BaseModel):
         if port is not None:
             return port
         return MQTTS_PORT if self.use_tls else MQTT_PORT
+
+    def secure(self, client: mqtt.Client) -> None:
+        """Give a paho client these credentials and, where asked, TLS."""
+        if self.username is not None:
+            client.username_pw_set(self.username, self.read_password())
+        if self.use_tls:
+            tls = self.tls
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls and tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls and tls.key_file else None,
+            )
 
     def read_password(self) -> str | None:
         if self.password is not None:

@@ -176,15 +176,7 @@ class MqttLink:
             manual_ack=True,
         )
         client.enable_logger(logging.getLogger("beacon_hub.paho"))
-        if self.broker.username is not None:
-            client.username_pw_set(self.broker.username, self.broker.read_password())
-        if self.broker.use_tls:
-            tls = self.broker.tls
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls and tls.key_file else None,
-            )
+        self.broker.secure(client)
         client.reconnect_delay_set(self.broker.reconnect_min_s, self.broker.reconnect_max_s)
         client.max_inflight_messages_set(OUTPUT_INFLIGHT)
         client.max_queued_messages_set(OUTPUT_QUEUE_MESSAGES)

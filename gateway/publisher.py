@@ -106,15 +106,7 @@ class Publisher:
             clean_session=True,
         )
         client.enable_logger(logging.getLogger("gateway.paho"))
-        if self.broker.username is not None:
-            client.username_pw_set(self.broker.username, self.broker.read_password())
-        if self.broker.use_tls:
-            tls = self.broker.tls
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls and tls.key_file else None,
-            )
+        self.broker.secure(client)
         # The will has the form of the status message (DESIGN.md); `t` is when it was set.
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
         client.max_inflight_messages_set(self.window + _PAHO_SPARE_MESSAGES)
