@@ -6,36 +6,21 @@ reaches today with a small margin (README, Accuracy), so a change that loses acc
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script() -> ModuleType:
-    path = ROOT / "scripts" / "accuracy_flat_calib2021.py"
-    spec = importlib.util.spec_from_file_location("accuracy_flat_calib2021", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts.loading import load_script
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    folder = os.environ.get("BEACON_HUB_DATASETS")
-    dataset = (Path(folder) if folder else ROOT.parent / "shared" / "datasets") / "flat-calib2021"
+    dataset = load_script("convert_flat_calib2021").default_dataset()
     if not (dataset / "calibration_df.csv").is_file():
         pytest.fail(f"flat-calib2021 not found at {dataset} (set BEACON_HUB_DATASETS)")
-    out: dict[str, dict[str, Any]] = _script().measure(dataset, tmp_path_factory.mktemp("acc"))
+    out: dict[str, dict[str, Any]] = load_script("accuracy_flat_calib2021").measure(
+        dataset, tmp_path_factory.mktemp("acc")
+    )
     return out
 
 

@@ -8,14 +8,11 @@ BEACON_HUB_DATASETS). Without it these tests fail: a green run must mean they ra
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -24,32 +21,15 @@ from beacon_hub.evaluation import read_path, run_eval
 from beacon_hub.geometry import distance_to_polygon_edge_m, point_in_polygon
 from beacon_hub.site import Site, load_site
 from beacon_hub.wire import Fix
+from tests.scripts.loading import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "convert_flat_calib2021.py"
 SITE = ROOT / "config" / "flat-calib2021.yaml"
 
 
-def _dataset() -> Path:
-    folder = os.environ.get("BEACON_HUB_DATASETS")
-    base = Path(folder) if folder else ROOT.parent / "shared" / "datasets"
-    return base / "flat-calib2021"
-
-
-DATASET = _dataset()
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("convert_flat_calib2021", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-conv = _load_script()
+conv = load_script("convert_flat_calib2021")
+DATASET = conv.default_dataset()
 
 
 @pytest.fixture(scope="module")

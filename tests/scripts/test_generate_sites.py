@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ import yaml
 
 from beacon_hub.geometry import point_in_polygon
 from beacon_hub.site import Site, load_site, site_summary
+from tests.scripts.loading import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "generate_sites.py"
@@ -23,17 +22,7 @@ STORE = ROOT / "config" / "store.yaml"
 WAREHOUSE = ROOT / "config" / "warehouse.yaml"
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_sites", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_script("generate_sites")
 
 
 @pytest.fixture(scope="module")
