@@ -454,6 +454,10 @@ class Population:
                     out.append((zone, cells))
         return out
 
+    def poisson_gap_s(self, rate_per_s: float) -> float:
+        """Time to the next event of a Poisson process (arrivals, forklift jobs); never for 0."""
+        return float(self.rng.exponential(1.0 / rate_per_s)) if rate_per_s > 0 else math.inf
+
     def random_point(self, cells: NDArray[np.int64]) -> tuple[int, float, float]:
         c = int(cells[self.rng.integers(cells.size)])
         return c, float(self.floor.cx[c]), float(self.floor.cy[c])
@@ -515,11 +519,7 @@ class _Store:
         self.next_arrival_s = t0 + self._gap()
 
     def _gap(self) -> float:
-        return (
-            float(self.pop.rng.exponential(1.0 / self.rate_per_s))
-            if self.rate_per_s > 0
-            else math.inf
-        )
+        return self.pop.poisson_gap_s(self.rate_per_s)
 
     def advance(self, until_s: float) -> None:
         while self.next_arrival_s < until_s:
@@ -647,11 +647,7 @@ class _Warehouse:
         self.next_job_s = pop.start_s + self._gap()
 
     def _gap(self) -> float:
-        return (
-            float(self.pop.rng.exponential(1.0 / self.rate_per_s))
-            if self.rate_per_s > 0
-            else math.inf
-        )
+        return self.pop.poisson_gap_s(self.rate_per_s)
 
     def advance(self, until_s: float) -> None:
         rng = self.pop.rng

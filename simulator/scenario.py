@@ -23,6 +23,7 @@ from typing import IO, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from beacon_hub.csvfiles import READINGS, TRUTH
 from beacon_hub.site import Site
 from beacon_hub.wire import ReadingBatch
 from simulator.agents import Beacon, PopulationConfig, Walk, build_population, points_in_polygon
@@ -390,7 +391,7 @@ class ReadingsCsv:
 
     def __init__(self, path: Path) -> None:
         self._handle = path.open("w", encoding="utf-8", newline="")
-        self._handle.write("t,gateway,beacon,rssi,tx_power\n")
+        self._handle.write(",".join((*READINGS.required, *READINGS.optional)) + "\n")
         self.rows = 0
 
     def write(self, sim: Simulation, window: Window) -> None:
@@ -422,7 +423,7 @@ class TruthCsv:
 
     def __init__(self, path: Path) -> None:
         self._handle = path.open("w", encoding="utf-8", newline="")
-        self._handle.write("t,beacon,x,y,z,level,zone\n")
+        self._handle.write(",".join((*TRUTH.required, *TRUTH.optional)) + "\n")
         self.rows = 0
 
     def write(self, sim: Simulation, window: Window) -> None:
