@@ -81,7 +81,7 @@ class Calibration:
             engine.gw_exp[i] = fit.path_loss_exponent
             engine.gw_shadowing_db[i] = fit.shadowing_db
         if self.radio_map is not None:
-            engine.radio_map = RadioMap.from_dict(self.radio_map.to_dict(), engine.gateway_ids)
+            engine.radio_map = self.radio_map.for_gateways(engine.gateway_ids)
 
 
 def _interpolate_truth(

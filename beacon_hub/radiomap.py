@@ -203,6 +203,25 @@ class RadioMap:
             },
         }
 
+    def for_gateways(self, gateways: tuple[str, ...]) -> RadioMap:
+        """The same map indexed by another gateway list (a gateway it lacks gets no correction)."""
+        index = {gw: i for i, gw in enumerate(self.gateways)}
+        shape = (len(gateways), *self.sum_r.shape[1:])
+        sum_r, sum_w = np.zeros(shape), np.zeros(shape)
+        for i, gw in enumerate(gateways):
+            if gw in index:
+                sum_r[i] = self.sum_r[index[gw]]
+                sum_w[i] = self.sum_w[index[gw]]
+        return RadioMap(
+            gateways,
+            self.origin,
+            self.resolution_m,
+            self.bandwidth_m,
+            self.prior_weight,
+            sum_r,
+            sum_w,
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], gateways: tuple[str, ...]) -> RadioMap:
         """Rebuild a map for `gateways` (a gateway missing from the data gets no correction)."""

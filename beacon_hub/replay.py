@@ -81,11 +81,9 @@ def replay(
     if per_sample:
         times = np.array([r.t for r in rows])
         instants = np.r_[True, np.diff(times) > SAMPLE_INSTANT_S / 2]
-        tick_times = times[instants]
         # tick just after the last reading of each instant
         bounds = np.r_[np.flatnonzero(instants)[1:], len(rows)]
         tick_at = [float(times[b - 1]) for b in bounds]
-        del tick_times
     else:
         t0 = rows[0].t
         step = config.tick_interval_s
