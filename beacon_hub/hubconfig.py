@@ -7,6 +7,7 @@ pydantic masks them in repr and logs. The reference of every key is docs/hub.md.
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +18,7 @@ from pydantic import (
     Field,
     SecretStr,
     field_validator,
+    model_validator,
 )
 
 from beacon_hub.broker_settings import BrokerSettings, TlsConfig
@@ -135,12 +137,51 @@ class StoresConfig(_Section):
     influx: InfluxConfig | None = None
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class HttpConfig(_Section):
+    """The dashboard, the JSON API (docs/api.md), /healthz and /metrics on one port."""
+
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
-    """/healthz and /metrics; 0 picks a free port (tests). 9108 is free in Prometheus'
-    default port allocations list."""
+    """0 picks a free port (tests, the demo). 9108 is free in Prometheus' default port
+    allocations list."""
+    token: SecretStr | None = None
+    """Bearer token every /api request and the dashboard need (`Authorization: Bearer T` or
+    `?token=T`); /healthz and /metrics stay open. Required when `bind` is not loopback."""
+    allow_writes: bool = False
+    """Enables PUT/DELETE /api/consent/{beacon}; the API is read-only otherwise."""
+    idle_at_dock_s: float = Field(default=1800.0, gt=0, le=30 * 86_400)
+    """A pallet in a zone of kind `dock` for longer than this is listed as idle: goods should
+    leave the dock within half an hour of arriving (a common cross-dock target)."""
+    low_battery_mv: int = Field(default=2500, ge=0, le=10_000)
+    """Eddystone TLM battery below this is listed as low: a CR2032/CR2477 cell holds ~3.0 V
+    for most of its life and collapses soon after 2.5 V under radio load."""
+    gateway_offline_after_s: float = Field(default=15.0, gt=0, le=86_400)
+    """A gateway with no batch for this long is shown offline: gateways send one batch a
+    second (gateway batching.window), so 15 s is well past jitter and a broker reconnect."""
+    occupancy_sample_s: float = Field(default=10.0, ge=0, le=3600)
+    """Zone occupancy goes to SQLite (table `occupancy`) this often, in hub time (0: every
+    tick); the heat map and occupancy history read it."""
+    max_stream_clients: int = Field(default=64, ge=1, le=10_000)
+    """Server-sent event streams open at once; more are refused with 503."""
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> HttpConfig:
+        if self.enabled and not _is_loopback(self.bind) and self.token is None:
+            raise ValueError(
+                f"http.bind is {self.bind!r} (beyond loopback) but http.token is not set: "
+                "set http.token (or BEACON_HUB__HTTP__TOKEN), or bind 127.0.0.1"
+            )
+        return self
 
 
 class HubConfig(_Section):
