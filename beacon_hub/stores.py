@@ -21,10 +21,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write.point import Point
@@ -38,11 +38,14 @@ from beacon_hub.hubconfig import InfluxConfig
 from beacon_hub.wire import Event
 
 __all__ = [
+    "ALL_ZONES",
     "EVENT_MEASUREMENT",
     "FIX_MEASUREMENT",
     "InfluxStore",
     "LedgerEntry",
+    "QueryTimeoutError",
     "SavedGateway",
+    "SqliteReader",
     "SqliteStore",
     "Store",
     "StoreError",
@@ -59,6 +62,8 @@ RETRY_MIN_S = 0.5
 MAX_MEMORY_POINTS = 1_000_000
 """Points held in memory for the writer thread (about 150 MB of line protocol); beyond this
 the writer is stuck in a call, and new points go to the spill directly."""
+ALL_ZONES = "*"
+"""Zone and kind of the `occupancy` row that holds a sample's total."""
 SQLITE_BUSY_TIMEOUT_S = 10.0
 """Wait for a lock held by a reader (the dashboard, an `assets import`) before failing."""
 
@@ -153,6 +158,11 @@ CREATE TABLE IF NOT EXISTS gateways (
     offset_s REAL, PRIMARY KEY (site, gateway)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ticks (site TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS occupancy (
+    site TEXT NOT NULL, t REAL NOT NULL, zone TEXT NOT NULL, kind TEXT NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS occupancy_by_time ON occupancy (site, t);
 CREATE TABLE IF NOT EXISTS assets (
     beacon TEXT PRIMARY KEY, label TEXT UNIQUE, kind TEXT,
     battery_mv INTEGER, temperature_c REAL, last_seen REAL
@@ -330,6 +340,28 @@ class SqliteStore:
         if self.keep_fixes:
             self.metrics.store_written.labels(self.name).inc(n + len(record.events))
 
+    def write_occupancy(
+        self, site: str, t: float, occupancy: Mapping[str, Mapping[str, int]]
+    ) -> None:
+        """One occupancy sample (zone -> kind -> count) as rows of `occupancy`, on the writer
+        thread. A row with zone and kind `*` carries the sample's total, so a sample with every
+        zone empty still counts in the heat map's mean."""
+        if not self.keep_fixes:
+            return
+        rows = [(site, t, z, k, n) for z, per in occupancy.items() for k, n in per.items()]
+        rows.append((site, t, ALL_ZONES, ALL_ZONES, sum(r[4] for r in rows)))
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT INTO occupancy VALUES (?,?,?,?,?)", rows)
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                db.execute("ROLLBACK")
+                raise
+
+        self.submit(job)
+
     def flush(self, timeout_s: float) -> bool:
         done = threading.Event()
         self.submit(lambda _db: done.set())
@@ -342,6 +374,169 @@ class SqliteStore:
             self._thread.join()
             self._thread = None
         self.db.close()
+
+
+# ------------------------------------------------------------------------- SQLite, read side
+
+QUERY_BUDGET_S = 5.0
+"""A dashboard query running longer than this is interrupted (sqlite3 progress handler): the
+limits on ranges and rows make that rare, and a stuck reader must not pin a web thread."""
+QUERY_CHECK_STEPS = 10_000
+"""SQLite virtual-machine steps between deadline checks (microseconds of work)."""
+
+
+class QueryTimeoutError(StoreError):
+    """A read ran past QUERY_BUDGET_S and was interrupted."""
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+class SqliteReader:
+    """Read-only queries for the web server: its own connection per call (`mode=ro`), so it
+    never shares the writer's connection or thread; WAL lets it read while the writer writes.
+    Callers bound every range and row count; each query also has a time budget."""
+
+    def __init__(self, path: Path, budget_s: float = QUERY_BUDGET_S) -> None:
+        self.path = path
+        self.budget_s = budget_s
+
+    def _query(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read SQLite store {self.path}: {e}") from e
+        deadline = time.monotonic() + self.budget_s
+        db.set_progress_handler(lambda: int(time.monotonic() > deadline), QUERY_CHECK_STEPS)
+        try:
+            return db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e):
+                raise QueryTimeoutError(f"query ran past {self.budget_s:g} s") from e
+            raise StoreError(f"SQLite store {self.path}: {e}") from e
+        except sqlite3.Error as e:
+            raise StoreError(f"SQLite store {self.path}: {e}") from e
+        finally:
+            db.close()
+
+    def history(
+        self, site: str, beacon: str, since: float, until: float, limit: int
+    ) -> tuple[list[tuple[float, float, float, int, float, str | None]], bool]:
+        """(t, x, y, level, accuracy_m, zone) oldest first; the newest `limit` fixes of the
+        range, and whether older ones were left out."""
+        rows = self._query(
+            "SELECT t, x, y, level, accuracy_m, zone FROM fixes "
+            "WHERE site = ? AND beacon = ? AND t >= ? AND t <= ? ORDER BY t DESC LIMIT ?",
+            (site, beacon, since, until, limit + 1),
+        )
+        truncated = len(rows) > limit
+        out = [
+            (float(r[0]), float(r[1]), float(r[2]), int(r[3]), float(r[4]), r[5])
+            for r in rows[:limit]
+        ]
+        out.reverse()
+        return out, truncated
+
+    def events(
+        self,
+        site: str,
+        since: float,
+        until: float,
+        limit: int,
+        *,
+        type_: str | None = None,
+        beacon: str | None = None,
+    ) -> list[Event]:
+        """Events of the range, newest first."""
+        sql = "SELECT t, type, beacon, zone, data FROM events WHERE site = ? AND t >= ? AND t <= ?"
+        params: list[object] = [site, since, until]
+        if type_ is not None:
+            sql += " AND type = ?"
+            params.append(type_)
+        if beacon is not None:
+            sql += " AND beacon = ?"
+            params.append(beacon)
+        sql += " ORDER BY t DESC LIMIT ?"
+        params.append(limit)
+        out = []
+        for t, typ, b, zone, data in self._query(sql, params):
+            try:
+                parsed = json.loads(str(data))
+            except ValueError:
+                parsed = {}
+            out.append(
+                Event(
+                    str(typ),
+                    float(t),
+                    site,
+                    str(b),
+                    None if zone is None else str(zone),
+                    parsed if isinstance(parsed, dict) else {},
+                )
+            )
+        return out
+
+    def dwell(
+        self, site: str, since: float, until: float, max_visits: int
+    ) -> tuple[dict[str, dict[str, float]], bool]:
+        """Per zone: visits (zone_exit events in the range), mean, median, p90 and max dwell in
+        seconds; and whether the visits were cut at `max_visits` (the newest are kept)."""
+        rows = self._query(
+            "SELECT zone, json_extract(data, '$.dwell_s') FROM events "
+            "WHERE site = ? AND type = 'zone_exit' AND t >= ? AND t <= ? AND zone IS NOT NULL "
+            "ORDER BY t DESC LIMIT ?",
+            (site, since, until, max_visits + 1),
+        )
+        truncated = len(rows) > max_visits
+        by_zone: dict[str, list[float]] = {}
+        for zone, dwell in rows[:max_visits]:
+            if isinstance(dwell, int | float):
+                by_zone.setdefault(str(zone), []).append(float(dwell))
+        stats = {}
+        for zone, values in by_zone.items():
+            values.sort()
+            stats[zone] = {
+                "visits": float(len(values)),
+                "mean_s": sum(values) / len(values),
+                "median_s": _quantile(values, 0.5),
+                "p90_s": _quantile(values, 0.9),
+                "max_s": values[-1],
+            }
+        return stats, truncated
+
+    def heat(
+        self, site: str, since: float, until: float
+    ) -> tuple[dict[str, dict[str, float]], int]:
+        """Per zone: mean and peak beacon count over the occupancy samples of the range; and the
+        number of samples."""
+        rows = self._query(
+            "SELECT zone, SUM(count), MAX(n) FROM ("
+            "  SELECT zone, t, SUM(count) AS count, SUM(count) AS n FROM occupancy"
+            "  WHERE site = ? AND t >= ? AND t <= ? GROUP BY zone, t"
+            ") GROUP BY zone",
+            (site, since, until),
+        )
+        samples = 0
+        totals: dict[str, tuple[float, float]] = {}
+        for zone, total, peak in rows:
+            if zone == ALL_ZONES:
+                continue
+            totals[str(zone)] = (float(total), float(peak))
+        count = self._query(
+            "SELECT COUNT(*) FROM occupancy WHERE site = ? AND t >= ? AND t <= ? AND zone = ?",
+            (site, since, until, ALL_ZONES),
+        )
+        samples = int(count[0][0]) if count else 0
+        return {
+            z: {"mean": total / samples if samples else 0.0, "peak": peak}
+            for z, (total, peak) in totals.items()
+        }, samples
 
 
 # ----------------------------------------------------------------------------------- InfluxDB

@@ -1,0 +1,431 @@
+"""The live view the dashboard and the API read: per site, what is where now and what needs
+attention (pallets idle at docks, lost beacons, low batteries, gateway health).
+
+Threads. The service thread owns everything mutable here: it calls `gateway_batch` for each
+accepted batch and `tick` once per site tick, and from those builds an immutable
+`SiteSnapshot`. Readers (the web server's threads and its asyncio loop) only ever see finished
+snapshots, swapped in under a lock.
+
+The one place the service thread reaches the asyncio side is `LiveState._announce`: it calls
+`loop.call_soon_threadsafe(self._fan_out, site)` on the loop the web server attached. On the
+loop, `_fan_out` hands the newest snapshot to each subscribed stream's queue. Each queue holds
+ONE snapshot (`STREAM_QUEUE_SNAPSHOTS`); policy: a client that has not taken the previous one
+yet has it replaced by the newest (drop oldest), so a slow client sees fewer ticks, never an
+unbounded backlog, and the service thread never waits for a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from beacon_hub.engine import FixTable
+from beacon_hub.hubconfig import HttpConfig
+from beacon_hub.ingest import Accepted
+from beacon_hub.registry import Asset, AssetRegistry
+from beacon_hub.site import Site
+from beacon_hub.wire import Event
+
+__all__ = [
+    "LOSS_WINDOW_S",
+    "MAX_LOST",
+    "NO_KIND",
+    "STREAM_QUEUE_SNAPSHOTS",
+    "LiveState",
+    "Occupancy",
+    "SiteSnapshot",
+    "zone_occupancy",
+]
+
+Occupancy = dict[str, dict[str, int]]
+"""Zone id -> beacon kind -> count of beacons in that zone now."""
+
+NO_KIND = "unknown"
+"""Occupancy key for beacons whose kind no site file rule gives."""
+LOSS_WINDOW_S = 300.0
+"""A gateway's loss rate is over the batches of the last five minutes: long enough to see a
+flaky link, short enough that an old outage does not colour it for the rest of the day."""
+MAX_LOSS_ENTRIES = 4096
+"""Batches remembered per gateway for the loss window (a gateway sends ~1 per second, 300 in
+the window); the bound stops a flood of tiny batches from growing memory."""
+MAX_LOST = 5_000
+"""Lost beacons listed per site; beyond this the oldest loss is forgotten."""
+MAX_TRACKED_BEACONS = 200_000
+"""Beacons whose zone and last move are remembered per site (the registry's own bound)."""
+ASSET_REFRESH_S = 10.0
+"""How often (wall clock) the asset list and low batteries are copied from the registry: the
+registry changes with telemetry, a few times a minute per beacon at most."""
+STREAM_QUEUE_SNAPSHOTS = 1
+"""Snapshots waiting per stream client (policy in the module docstring: newest wins)."""
+MAX_BATTERY_LIST = 1_000
+"""Low batteries listed (lowest first)."""
+
+
+def zone_occupancy(table: FixTable) -> Occupancy:
+    """Beacons per zone and kind in one tick's fixes (every beacon, consented or not)."""
+    out: Occupancy = {}
+    for zone, kind in zip(table.zones, table.kinds, strict=True):
+        if zone is None:
+            continue
+        per = out.setdefault(zone, {})
+        k = kind or NO_KIND
+        per[k] = per.get(k, 0) + 1
+    return out
+
+
+class SiteSnapshot:
+    """What one site looked like after one tick; immutable once built, JSON made on demand."""
+
+    __slots__ = ("_json", "alerts", "gateways", "occupancy", "positions", "site", "t", "version")
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        version: int,
+        t: float,
+        positions: list[dict[str, Any]],
+        occupancy: Occupancy,
+        gateways: list[dict[str, Any]],
+        alerts: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        self.site = site
+        self.version = version
+        self.t = t
+        self.positions = positions
+        self.occupancy = occupancy
+        self.gateways = gateways
+        self.alerts = alerts
+        self._json: dict[str, bytes] = {}
+
+    def payload(self, part: str) -> Any:  # JSON-ready by construction
+        if part == "positions":
+            return {"site": self.site, "t": self.t, "positions": self.positions}
+        if part == "occupancy":
+            return {"site": self.site, "t": self.t, "zones": self.occupancy}
+        if part == "gateways":
+            return {"site": self.site, "t": self.t, "gateways": self.gateways}
+        if part == "alerts":
+            return {"site": self.site, "t": self.t, **self.alerts}
+        return {
+            "site": self.site,
+            "version": self.version,
+            "t": self.t,
+            "positions": self.positions,
+            "zones": self.occupancy,
+            "gateways": self.gateways,
+            **self.alerts,
+        }
+
+    def json(self, part: str = "tick") -> bytes:
+        """The encoded part (`tick` = everything, as the stream sends it); encoded once.
+
+        Two threads may encode the same part at once; both results are equal, one wins.
+        """
+        cached = self._json.get(part)
+        if cached is None:
+            cached = json.dumps(self.payload(part), separators=(",", ":")).encode()
+            self._json[part] = cached
+        return cached
+
+
+@dataclass(slots=True)
+class _GatewayLog:
+    batches: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=MAX_LOSS_ENTRIES)
+    )
+    """(arrival, batches missing just before it) per accepted batch, in the loss window."""
+    last_batch: float | None = None
+    clock_skew_s: float | None = None
+
+
+@dataclass(slots=True)
+class _SiteLive:
+    site: Site
+    zone_kinds: dict[str, str]
+    zone_since: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+    last_move: dict[str, float] = field(default_factory=dict)
+    lost: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    last_pos: dict[str, tuple[float, float, int, str | None]] = field(default_factory=dict)
+    gateways: dict[str, _GatewayLog] = field(default_factory=dict)
+    version: int = 0
+    next_occupancy_t: float = float("-inf")
+
+
+class LiveState:
+    """Per-site live view; written by the service thread, read by the web server."""
+
+    def __init__(
+        self,
+        sites: Iterable[Site],
+        config: HttpConfig,
+        registry: AssetRegistry | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        occupancy_sink: Callable[[str, float, Occupancy], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.clock = clock
+        self.occupancy_sink = occupancy_sink
+        """Called on the service thread every `http.occupancy_sample_s` of hub time per site
+        (the SQLite store's `write_occupancy`)."""
+        self.sites: dict[str, Site] = {s.id: s for s in sites}
+        self._live = {
+            sid: _SiteLive(s, {z.id: z.kind for z in s.zones}) for sid, s in self.sites.items()
+        }
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, SiteSnapshot] = {}
+        self._assets: tuple[Asset, ...] = ()
+        self._low_battery: list[dict[str, Any]] = []
+        self._assets_at = float("-inf")
+        # asyncio side (touched only on the attached loop, except `_loop` itself):
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[str, set[asyncio.Queue[SiteSnapshot]]] = {}
+
+    # ------------------------------------------------------------------ service thread
+
+    def gateway_batch(self, accepted: Accepted, arrival: float) -> None:
+        """An accepted readings batch (service thread): last batch, losses, clock skew."""
+        live = self._live.get(accepted.site)
+        if live is None:
+            return
+        g = live.gateways.get(accepted.gateway)
+        if g is None:
+            g = live.gateways[accepted.gateway] = _GatewayLog()
+        g.batches.append((arrival, accepted.lost_before))
+        g.last_batch = arrival if g.last_batch is None else max(g.last_batch, arrival)
+        g.clock_skew_s = accepted.sent_hub - accepted.batch.sent
+
+    def tick(  # noqa: PLR0917  # the hook's signature in docs/api.md and service._tick
+        self,
+        site: str,
+        t: float,
+        table: FixTable,
+        events: Sequence[Event],
+        labels: Sequence[str | None],
+        occupancy: Occupancy,
+    ) -> SiteSnapshot:
+        """One site tick (service thread): update, build and publish a new snapshot."""
+        live = self._live[site]
+        now = self.clock()
+        self._refresh_assets(now)
+        for e in events:
+            if e.type == "pallet_moved":
+                live.last_move[e.beacon] = e.t
+            elif e.type == "beacon_lost":
+                self._lost(live, e)
+        beacons = table.beacons
+        xs, ys = table.x.tolist(), table.y.tolist()
+        acc, lvl, speed = table.accuracy_m.tolist(), table.level.tolist(), table.speed_m_s.tolist()
+        positions: list[dict[str, Any]] = []
+        idle: list[dict[str, Any]] = []
+        since_map, last_move, last_pos = live.zone_since, live.last_move, live.last_pos
+        threshold = self.config.idle_at_dock_s
+        room = len(since_map) < MAX_TRACKED_BEACONS
+        for i, beacon in enumerate(beacons):
+            zone, kind = table.zones[i], table.kinds[i]
+            held = since_map.get(beacon)
+            if held is None:
+                if room:
+                    since_map[beacon] = (zone, t)
+                since = t
+            elif held[0] != zone:
+                since_map[beacon] = (zone, t)
+                last_move[beacon] = t
+                since = t
+            else:
+                since = held[1]
+            live.lost.pop(beacon, None)
+            if room or beacon in last_pos:
+                last_pos[beacon] = (xs[i], ys[i], lvl[i], zone)
+            pos = {
+                "beacon": beacon,
+                "label": labels[i],
+                "kind": kind,
+                "x": round(xs[i], 2),
+                "y": round(ys[i], 2),
+                "level": lvl[i],
+                "accuracy_m": round(acc[i], 2),
+                "zone": zone,
+                "zone_since": since,
+                "speed_m_s": round(speed[i], 2),
+                "last_move": last_move.get(beacon),
+            }
+            positions.append(pos)
+            if (
+                kind == "pallet"
+                and zone is not None
+                and live.zone_kinds.get(zone) == "dock"
+                and t - since >= threshold
+            ):
+                idle.append({**pos, "idle_s": t - since})
+        idle.sort(key=lambda p: -float(p["idle_s"]))
+        live.version += 1
+        snap = SiteSnapshot(
+            site=site,
+            version=live.version,
+            t=t,
+            positions=positions,
+            occupancy=occupancy,
+            gateways=self._gateways(live, now),
+            alerts={
+                "idle": idle,
+                "lost": list(reversed(live.lost.values())),
+                "low_battery": self._low_battery,
+            },
+        )
+        if self.occupancy_sink is not None and t >= live.next_occupancy_t:
+            live.next_occupancy_t = t + self.config.occupancy_sample_s
+            self.occupancy_sink(site, t, occupancy)
+        with self._lock:
+            self._snapshots[site] = snap
+        self._announce(site)
+        return snap
+
+    def _lost(self, live: _SiteLive, e: Event) -> None:
+        last = live.last_pos.pop(e.beacon, None)
+        live.zone_since.pop(e.beacon, None)
+        asset = self.registry.get(e.beacon) if self.registry is not None else None
+        live.lost[e.beacon] = {
+            "beacon": e.beacon,
+            "label": asset.label if asset else None,
+            "kind": asset.kind if asset else None,
+            "t": e.t,
+            "last_heard": e.data.get("last_heard"),
+            "x": None if last is None else round(last[0], 2),
+            "y": None if last is None else round(last[1], 2),
+            "level": None if last is None else last[2],
+            "zone": None if last is None else last[3],
+        }
+        live.lost.move_to_end(e.beacon)
+        while len(live.lost) > MAX_LOST:
+            live.lost.popitem(last=False)
+
+    def _gateways(self, live: _SiteLive, now: float) -> list[dict[str, Any]]:
+        out = []
+        offline_after = self.config.gateway_offline_after_s
+        for gw in live.site.gateways:
+            g = live.gateways.get(gw.id)
+            batches = lost = 0
+            last = skew = None
+            if g is not None:
+                while g.batches and g.batches[0][0] < now - LOSS_WINDOW_S:
+                    g.batches.popleft()
+                batches = len(g.batches)
+                lost = sum(n for _, n in g.batches)
+                last, skew = g.last_batch, g.clock_skew_s
+            online = last is not None and now - last <= offline_after
+            out.append(
+                {
+                    "id": gw.id,
+                    "name": gw.name,
+                    "x": gw.x,
+                    "y": gw.y,
+                    "level": gw.level,
+                    "state": "online" if online else "offline",
+                    "last_batch": last,
+                    "seconds_since_batch": None if last is None else round(now - last, 1),
+                    "batches": batches,
+                    "lost": lost,
+                    "loss_rate": round(lost / (lost + batches), 4) if lost + batches else None,
+                    "clock_skew_s": None if skew is None else round(skew, 3),
+                }
+            )
+        return out
+
+    def _refresh_assets(self, now: float) -> None:
+        if self.registry is None or now - self._assets_at < ASSET_REFRESH_S:
+            return
+        self._assets_at = now
+        assets = tuple(self.registry)
+        limit = self.config.low_battery_mv
+        low = sorted(
+            (a for a in assets if a.battery_mv is not None and a.battery_mv < limit),
+            key=lambda a: a.battery_mv or 0,
+        )[:MAX_BATTERY_LIST]
+        battery = [
+            {
+                "beacon": a.beacon,
+                "label": a.label,
+                "kind": a.kind,
+                "battery_mv": a.battery_mv,
+                "last_seen": a.last_seen,
+            }
+            for a in low
+        ]
+        with self._lock:
+            self._assets = assets
+            self._low_battery = battery
+
+    # ------------------------------------------------------------------ readers (any thread)
+
+    def snapshot(self, site: str) -> SiteSnapshot | None:
+        with self._lock:
+            return self._snapshots.get(site)
+
+    def assets(self) -> tuple[Asset, ...]:
+        with self._lock:
+            return self._assets
+
+    def find(self, query: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Live positions whose label or beacon id contains `query` (case-insensitive)."""
+        q = query.casefold()
+        with self._lock:
+            snaps = list(self._snapshots.values())
+        out: list[tuple[str, dict[str, Any]]] = []
+        for snap in snaps:
+            for p in snap.positions:
+                label = p["label"] or ""
+                if q in label.casefold() or q in p["beacon"]:
+                    out.append((snap.site, p))
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    # ------------------------------------------------------------------ the asyncio side
+
+    def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """The web server's loop (or None when it stops); snapshots are announced to it."""
+        self._loop = loop
+
+    def _announce(self, site: str) -> None:
+        """THE thread boundary (module docstring): service thread -> the web server's loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._fan_out, site)
+        except RuntimeError:  # the loop closed between attach(None) and here
+            self._loop = None
+
+    def _fan_out(self, site: str) -> None:
+        """On the loop: give each stream of `site` the newest snapshot (drop-oldest policy)."""
+        snap = self.snapshot(site)
+        if snap is None:
+            return
+        for q in self._streams.get(site, ()):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(snap)
+
+    def subscribe(self, site: str) -> asyncio.Queue[SiteSnapshot]:
+        """On the loop: a stream's queue, primed with the current snapshot if there is one."""
+        q: asyncio.Queue[SiteSnapshot] = asyncio.Queue(maxsize=STREAM_QUEUE_SNAPSHOTS)
+        self._streams.setdefault(site, set()).add(q)
+        snap = self.snapshot(site)
+        if snap is not None:
+            q.put_nowait(snap)
+        return q
+
+    def unsubscribe(self, site: str, q: asyncio.Queue[SiteSnapshot]) -> None:
+        self._streams.get(site, set()).discard(q)
+
+    def stream_count(self) -> int:
+        return sum(len(s) for s in self._streams.values())
