@@ -33,10 +33,13 @@ __all__ = [
     "InfluxConfig",
     "IngestConfig",
     "OutputsConfig",
+    "PrivacyConfig",
+    "PromotionsConfig",
     "SiteEntry",
     "SqliteConfig",
     "StoresConfig",
     "TlsConfig",
+    "WebhookConfig",
     "load_hub_config",
 ]
 
@@ -184,6 +187,50 @@ class HttpConfig(_Section):
         return self
 
 
+class PrivacyConfig(_Section):
+    """Shoppers' consent, pseudonyms and retention (docs/privacy.md)."""
+
+    shopper_kinds: list[str] = ["cart"]
+    """Beacon kinds (site file `beacon_kinds`) that belong to shoppers: tracked only with consent,
+    and only under a pseudonym."""
+    key: SecretStr | None = None
+    """The pseudonym key (HMAC-SHA256). Unset: a random key in `key_file`, created at first
+    start. Hub processes that share a database or dashboard must share the key."""
+    key_file: Path | None = None
+    """Default: `{stores.sqlite.path}.privacy-key` next to the SQLite file, mode 0600."""
+    consent_file: Path | None = None
+    """Beacons whose shoppers said yes: CSV (`beacon[,expires]`) or YAML (a list of ids or of
+    `{beacon, expires}`); `expires` is Unix seconds or an ISO 8601 date-time."""
+    retention_days: float | None = Field(default=None, gt=0, le=36_500)
+    """Fixes and events older than this are deleted from SQLite (hourly); None keeps them."""
+
+
+class WebhookConfig(_Section):
+    url: str
+    secret: SecretStr | None = None
+    """Signs each POST: `X-Beacon-Hub-Signature: sha256=HMAC(secret, "{timestamp}.{body}")`."""
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    attempts: int = Field(default=5, ge=1, le=100)
+    """Tries per promotion; waits double from 0.5 s up to `retry_max_s` in between."""
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600)
+    queue: int = Field(default=1_000, ge=1, le=1_000_000)
+    """Promotions waiting for the webhook; when full the newest is dropped and counted."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+        return url
+
+
+class PromotionsConfig(_Section):
+    rules: Path | None = None
+    """The rules file (docs/promotions.md); None: no promotions."""
+    webhook: WebhookConfig | None = None
+
+
 class HubConfig(_Section):
     sites: Annotated[list[SiteEntry], Field(min_length=1)]
     broker: BrokerConfig = BrokerConfig()
@@ -192,6 +239,8 @@ class HubConfig(_Section):
     outputs: OutputsConfig = OutputsConfig()
     stores: StoresConfig = StoresConfig()
     http: HttpConfig = HttpConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    promotions: PromotionsConfig = PromotionsConfig()
     assets: Path | None = None
     """An asset registry file (CSV or YAML) loaded at start, on top of the imported ones."""
 

@@ -34,7 +34,7 @@ __all__ = [
     "parse_beacon_id",
 ]
 
-BeaconIdKind = Literal["ibeacon", "eddystone", "altbeacon", "mac"]
+BeaconIdKind = Literal["ibeacon", "eddystone", "altbeacon", "mac", "anon"]
 
 NAME_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 """Site, gateway, zone and other name ids (DESIGN.md): safe in MQTT topics, file names, tags."""
@@ -49,6 +49,7 @@ _CANONICAL = re.compile(
     rf"|eddystone:[0-9a-f]{{20}}:[0-9a-f]{{12}}"
     rf"|altbeacon:[0-9a-f]{{32}}:{_U16}:{_U16}"
     r"|mac:[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
+    r"|anon:[0-9a-f]{16}"  # a shopper's pseudonym (privacy.py), in every hub output
 )
 _MAX_ID_CHARS = 80  # the longest canonical id (altbeacon) is 54 characters
 
@@ -160,6 +161,7 @@ _KINDS: dict[str, BeaconIdKind] = {
     "eddystone": "eddystone",
     "altbeacon": "altbeacon",
     "mac": "mac",
+    "anon": "anon",
 }
 
 

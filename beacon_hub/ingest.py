@@ -36,6 +36,7 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from beacon_hub.consent import Consent, consent_subscription, decode_consent, parse_consent_topic
 from beacon_hub.engine import Readings
 from beacon_hub.errors import WireError
 from beacon_hub.health import UNKNOWN_GATEWAY, Metrics
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_SEQ_JUMP",
     "OFFSET_CREEP_S_PER_S",
     "Accepted",
+    "ConsentUpdate",
     "GatewayState",
     "Inbound",
     "Ingestor",
@@ -155,7 +157,11 @@ class MqttLink:
     ) -> None:
         self.broker = broker
         self.client_id = client_id
-        self.subscriptions = [readings_subscription(s) for s in site_ids]
+        sites = list(site_ids)
+        # Consent topics are retained: subscribing delivers the current decision per beacon.
+        self.subscriptions = [readings_subscription(s) for s in sites] + [
+            consent_subscription(s) for s in sites
+        ]
         self.metrics = metrics
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=ingest.queue_messages)
         self._overload_wait_s = ingest.overload_wait_s
@@ -305,6 +311,16 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsentUpdate:
+    """A decision from `beacons/{site}/consent/{beacon}` (consent.py); the service applies it."""
+
+    site: str
+    beacon: str
+    consent: Consent | None
+    """None: the retained decision was cleared (empty payload); what is known stays."""
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     site: str
     gateway: str
@@ -335,7 +351,9 @@ class Ingestor:
         re-delivered duplicates across it, and reads a queued backlog in the right time."""
         self.state[(site, gw)] = GatewayState(boot=boot, next_seq=next_seq, offset_s=offset_s)
 
-    def handle(self, item: Inbound) -> Accepted | Rejected:  # noqa: PLR0915  # one check after another, in the order that matters
+    def handle(self, item: Inbound) -> Accepted | Rejected | ConsentUpdate:  # noqa: PLR0915  # one check after another, in the order that matters
+        if "/consent/" in item.topic:
+            return self._consent(item)
         try:
             topic = parse_topic(item.topic)
         except WireError as e:
@@ -433,6 +451,27 @@ class Ingestor:
             lost_before=lost,
             sent_hub=batch.sent + st.offset_s,
         )
+
+    def _consent(self, item: Inbound) -> ConsentUpdate | Rejected:
+        site = item.topic.split("/")[1] if item.topic.count("/") >= 1 else "?"
+        try:
+            parsed = parse_consent_topic(item.topic)
+        except WireError as e:
+            return self._reject(site, UNKNOWN_GATEWAY, "bad_topic", 0, str(e))
+        if parsed is None or parsed[0] not in self.gateways:
+            return self._reject(
+                site, UNKNOWN_GATEWAY, "bad_topic", 0, "not a consent topic of ours"
+            )
+        if not item.payload:
+            # An empty retained message clears the topic: no decision, nothing to refuse.
+            return ConsentUpdate(parsed[0], parsed[1], None)
+        try:
+            decision = decode_consent(item.payload)
+        except WireError as e:
+            reason = decode_reason(e)
+            self.metrics.decode_errors.labels(reason).inc()
+            return self._reject(site, UNKNOWN_GATEWAY, reason, 0, str(e))
+        return ConsentUpdate(parsed[0], parsed[1], decision)
 
     def count_samples(self, site: str, gateway: str, reason: str, samples: int) -> None:
         """Samples the engine refused one by one (late, impossible RSSI)."""

@@ -32,12 +32,15 @@ from types import FrameType
 from typing import Any
 
 from beacon_hub.calibration import load_calibration
+from beacon_hub.consent import ConsentRegistry, read_consent_file
 from beacon_hub.engine import Engine
 from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.health import HealthServer, Metrics
 from beacon_hub.hubconfig import HubConfig
-from beacon_hub.ingest import Accepted, Inbound, Ingestor, MqttLink
+from beacon_hub.ingest import Accepted, ConsentUpdate, Inbound, Ingestor, MqttLink
 from beacon_hub.outputs import SiteOutputs
+from beacon_hub.privacy import RETENTION_EVERY_S, Privacy, load_key, retention_job
+from beacon_hub.promotions import Evaluator, Promotions, load_rules
 from beacon_hub.registry import AssetRegistry, read_assets
 from beacon_hub.site import Site, load_site
 from beacon_hub.stores import (
@@ -136,6 +139,36 @@ class Hub:
             cfg.ingest,
             self.metrics,
         )
+        # Consent, pseudonyms, promotions (docs/privacy.md, docs/promotions.md).
+        site_map = {r.site.id: r.site for r in self.sites.values()}
+        priv = cfg.privacy
+        self.consent = ConsentRegistry(
+            read_consent_file(priv.consent_file) if priv.consent_file else None,
+            publish=self.link.publish,
+            sites=site_map,
+            clock=clock,
+        )
+        self.privacy = Privacy(
+            site_map,
+            self.consent,
+            load_key(priv, cfg.stores.sqlite.path),
+            shopper_kinds=priv.shopper_kinds,
+            registry=self.metrics.registry,
+        )
+        self.promotions: Promotions | None = None
+        if cfg.promotions.rules is not None:
+            rules = load_rules(cfg.promotions.rules, site_map)
+            evaluator = Evaluator(
+                rules, site_map, self.privacy.kind_of, self.consent.has_consent, priv.shopper_kinds
+            )
+            self.promotions = Promotions(
+                evaluator,
+                publish=self.link.publish,
+                submit=self.sqlite.submit,
+                registry=self.metrics.registry,
+                webhook=cfg.promotions.webhook,
+            )
+        self._last_retention = -math.inf
         for g in self.sqlite.saved_gateways():
             if g.site in self.sites:
                 self.ingestor.restore(g.site, g.gateway, g.boot, g.next_seq, g.offset_s)
@@ -178,6 +211,8 @@ class Hub:
     def _shutdown(self) -> None:
         # The SQLite writer finishes the ticks it holds and acknowledges them; what comes after
         # the last stored tick stays unacknowledged with the broker's session.
+        if self.promotions is not None:
+            self.promotions.close(SHUTDOWN_FLUSH_S)
         self.sqlite.submit(self.registry.save_job())
         self.sqlite.close()
         self.link.stop()
@@ -218,6 +253,11 @@ class Hub:
 
     def _handle(self, item: Inbound) -> None:
         res = self.ingestor.handle(item)
+        if isinstance(res, ConsentUpdate):
+            if res.consent is not None:
+                self.consent.apply(res.beacon, res.consent)
+            self.link.ack(item.mid, item.qos)
+            return
         if not isinstance(res, Accepted):
             topic = self.cfg.ingest.dead_letter_topic
             if topic:
@@ -295,11 +335,11 @@ class Hub:
         started = time.perf_counter()
         site = run.site.id
         result = run.engine.tick(t)
-        table = result.fixes
+        table, events = self.privacy.apply(site, result.fixes, result.events)
         labels = self.registry.labels(table.beacons) if len(self.registry) else [None] * len(table)
         if run.outputs is not None:
-            run.outputs.tick(t, table, result.events, labels)
-        record = TickRecord(site, t, table, result.events, labels)
+            run.outputs.tick(t, table, events, labels)
+        record = TickRecord(site, t, table, events, labels)
         saved = []
         for gw in run.touched:
             st = self.ingestor.state.get((site, gw))
@@ -322,6 +362,12 @@ class Hub:
         self.sqlite.submit(commit)
         for store in self.stores:
             store.write(record)
+        if self.promotions is not None:
+            self.promotions.tick(site, t, events, self.privacy.withheld)
+        days = self.cfg.privacy.retention_days
+        if days is not None and t - self._last_retention >= RETENTION_EVERY_S:
+            self._last_retention = t
+            self.sqlite.submit(retention_job(days, t))
         if len(self.registry):
             self.registry.seen(table.beacons, t)
         run.last_tick_wall = self.clock()

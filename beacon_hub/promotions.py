@@ -1,0 +1,471 @@
+"""Proximity promotions: rules over the engine's zone events, decided in data time
+(docs/promotions.md).
+
+    evaluator = Evaluator(rules, sites, kind_of, has_consent)       # pure: no clock, no I/O
+    decisions = evaluator.evaluate(site, t, events, withheld)       # once per tick
+    promotions = Promotions(...); promotions.tick(site, t, events, withheld)   # the shell
+
+A visit starts at `zone_enter` (or a `dwell` event for a visit already under way when the hub
+started) and ends at `zone_exit` or `beacon_lost`. Once a visit has lasted a rule's
+`min_dwell_s`, the rule decides exactly once for that visit, in this order:
+suppressed_no_consent -> outside_hours -> suppressed_cooldown -> suppressed_cap -> sent.
+Cooldown is per rule and shopper (from the last `sent`); the daily cap counts a rule's sends per
+site and local day (the site file's timezone). Every decision is counted in
+`beacon_hub_promotion_decisions_total` and stored in SQLite `promotion_decisions`; a shopper
+without consent is stored without an id. A `sent` is published QoS 1 on
+`beacons/{site}/promotion/{beacon}` and, if configured, POSTed to the webhook.
+
+Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
+dropped and counted), retries with doubling backoff on network errors, 408, 429 and 5xx. Each
+POST carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature:
+sha256={hex HMAC-SHA256(secret, "{timestamp}.{body}")}` and `Idempotency-Key` (the same on
+every retry of one promotion, so the receiver drops a retry whose first try did arrive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+
+from beacon_hub.config_loader import load_model
+from beacon_hub.errors import ConfigError
+from beacon_hub.hubconfig import WebhookConfig
+from beacon_hub.ids import NAME_ID_PATTERN
+from beacon_hub.site import Site
+from beacon_hub.wire import Event, Promotion, encode_promotion, promotion_topic
+
+__all__ = [
+    "DECISIONS",
+    "Decision",
+    "Evaluator",
+    "Promotions",
+    "Rule",
+    "RulesFile",
+    "Webhook",
+    "idempotency_key",
+    "load_rules",
+    "sign",
+]
+
+log = logging.getLogger(__name__)
+
+DecisionKind = Literal[
+    "sent", "suppressed_cooldown", "suppressed_cap", "suppressed_no_consent", "outside_hours"
+]
+DECISIONS: tuple[DecisionKind, ...] = (
+    "sent",
+    "suppressed_cooldown",
+    "suppressed_cap",
+    "suppressed_no_consent",
+    "outside_hours",
+)
+RETRY_MIN_S = 0.5
+"""First wait after a failed webhook POST; doubles up to `retry_max_s`."""
+PRUNE_EVERY_TICKS = 1000
+"""Cooldown entries older than their cooldown are forgotten this often (bounded memory)."""
+RETRYABLE_HTTP = frozenset({408, 425, 429})
+"""Besides 5xx: timeouts and rate limits are worth another try; other 4xx never succeed."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS promotion_decisions (
+    site TEXT NOT NULL, t REAL NOT NULL, rule TEXT NOT NULL, zone TEXT, beacon TEXT,
+    decision TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promotion_decisions_by_rule ON promotion_decisions (site, rule, t);
+CREATE INDEX IF NOT EXISTS promotion_decisions_by_beacon ON promotion_decisions (beacon);
+"""
+
+
+def _clock_time(text: str) -> str:
+    try:
+        dt.time.fromisoformat(text)
+    except ValueError as e:
+        raise ValueError("expected a quoted local time HH:MM, e.g. '08:00'") from e
+    return text
+
+
+class Rule(BaseModel):
+    """One promotion rule (docs/promotions.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[StrictStr, Field(pattern=NAME_ID_PATTERN)]
+    zone: Annotated[StrictStr, Field(pattern=NAME_ID_PATTERN)]
+    site: Annotated[StrictStr, Field(pattern=NAME_ID_PATTERN)] | None = None
+    """Only this site; None: every site of the hub with this zone."""
+    kind: StrictStr = "cart"
+    """The beacon kind it targets (site file `beacon_kinds`)."""
+    min_dwell_s: float = Field(default=10.0, ge=0, le=86_400)
+    start: Annotated[StrictStr, AfterValidator(_clock_time)] | None = None
+    """Local time (site timezone) from which it may fire; with `end`. Quote it: '08:00'."""
+    end: Annotated[StrictStr, AfterValidator(_clock_time)] | None = None
+    """Local time until which it may fire; before `start` means overnight."""
+    cooldown_s: float = Field(default=3600.0, ge=0, le=30 * 86_400)
+    """Per shopper: no second send of this rule within this time of the last one."""
+    daily_cap: int | None = Field(default=None, ge=0)
+    """Sends of this rule per site and local day; None: no cap."""
+    consent_required: bool = True
+    """Shopper kinds always need consent (privacy.py drops them first); for other kinds this
+    asks the consent registry too."""
+    offer: dict[str, Any] = {}
+    """Passed through to the promotion payload (offer id, text, screen...)."""
+
+
+class RulesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[Rule] = []
+
+
+def load_rules(path: Path, sites: Mapping[str, Site]) -> list[Rule]:
+    """The rules file, checked against the hub's sites; errors name the file and line."""
+    doc = load_model(RulesFile, path=path)
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, rule in enumerate(doc.rules):
+        where = f"{path}: rules[{i}] ({rule.id})"
+        if rule.id in seen:
+            problems.append(f"{where}: rule id given twice")
+        seen.add(rule.id)
+        if (rule.start is None) != (rule.end is None):
+            problems.append(f"{where}: give both start and end, or neither")
+        targets = [sites[rule.site]] if rule.site is not None and rule.site in sites else []
+        if rule.site is not None and not targets:
+            problems.append(f"{where}: site {rule.site!r} is not served by this hub")
+        elif rule.site is None:
+            targets = list(sites.values())
+        if targets and not any(rule.zone in {z.id for z in s.zones} for s in targets):
+            problems.append(f"{where}: zone {rule.zone!r} is in none of the sites")
+    if problems:
+        raise ConfigError(str(path), problems)
+    return list(doc.rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    t: float
+    site: str
+    rule: str
+    zone: str
+    beacon: str | None
+    """The (pseudonymised) shopper; None when it had no consent."""
+    decision: DecisionKind
+    offer: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Visit:
+    enter: float
+    consented: bool
+    decided: set[str] = field(default_factory=set)
+
+
+class Evaluator:
+    """The rules over events, in data time; pure and deterministic."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        sites: Mapping[str, Site],
+        kind_of: Callable[[str, str], str | None],
+        has_consent: Callable[[str, float], bool],
+        shopper_kinds: Iterable[str] = ("cart",),
+    ) -> None:
+        self.rules = list(rules)
+        self.kind_of = kind_of
+        self.has_consent = has_consent
+        self.shopper_kinds = frozenset(shopper_kinds)
+        self._tz = {s.id: zoneinfo.ZoneInfo(s.timezone) for s in sites.values()}
+        self._by_zone: dict[tuple[str, str], list[Rule]] = {}
+        for site in sites.values():
+            zones = {z.id for z in site.zones}
+            for rule in self.rules:
+                if rule.zone in zones and rule.site in (None, site.id):
+                    self._by_zone.setdefault((site.id, rule.zone), []).append(rule)
+        self._visits: dict[tuple[str, str, str], _Visit] = {}
+        self._zones_of: dict[tuple[str, str], set[str]] = {}
+        self._last_sent: dict[tuple[str, str, str], float] = {}
+        self._day: dict[tuple[str, str], tuple[dt.date, int]] = {}
+        self._ticks = 0
+
+    def evaluate(
+        self, site: str, t: float, events: Iterable[Event], withheld: Iterable[Event] = ()
+    ) -> list[Decision]:
+        """Advance with one tick's events (`withheld`: shoppers without consent, raw ids, from
+        privacy.py); the decisions due at data time t."""
+        for e, consented in [*((e, True) for e in events), *((e, False) for e in withheld)]:
+            self._visit_event(site, e, consented)
+        out: list[Decision] = []
+        for (vsite, beacon, zone), visit in self._visits.items():
+            if vsite != site:
+                continue
+            for rule in self._by_zone.get((site, zone), ()):
+                if rule.id in visit.decided or t - visit.enter < rule.min_dwell_s:
+                    continue
+                if visit.consented and self.kind_of(site, beacon) != rule.kind:
+                    continue
+                visit.decided.add(rule.id)
+                out.append(self._decide(rule, site, beacon, zone, t, visit.consented))
+        self._ticks += 1
+        if self._ticks % PRUNE_EVERY_TICKS == 0:
+            self._prune(t)
+        return out
+
+    def _visit_event(self, site: str, e: Event, consented: bool) -> None:
+        if e.type == "beacon_lost":
+            for zone in self._zones_of.pop((site, e.beacon), set()):
+                self._visits.pop((site, e.beacon, zone), None)
+            return
+        if e.zone is None or (site, e.zone) not in self._by_zone:
+            return
+        key = (site, e.beacon, e.zone)
+        if e.type == "zone_enter":
+            self._visits[key] = _Visit(e.t, consented)
+            self._zones_of.setdefault((site, e.beacon), set()).add(e.zone)
+        elif e.type == "dwell" and key not in self._visits:
+            # A visit under way when the hub (re)started: its start from the dwell time.
+            since = float(e.data.get("dwell_s", 0.0))
+            self._visits[key] = _Visit(e.t - since, consented)
+            self._zones_of.setdefault((site, e.beacon), set()).add(e.zone)
+        elif e.type == "zone_exit":
+            self._visits.pop(key, None)
+            zones = self._zones_of.get((site, e.beacon))
+            if zones is not None:
+                zones.discard(e.zone)
+                if not zones:
+                    del self._zones_of[(site, e.beacon)]
+
+    def _decide(  # noqa: PLR0917  # one visit's facts, all needed
+        self, rule: Rule, site: str, beacon: str, zone: str, t: float, consented: bool
+    ) -> Decision:
+        def made(kind: DecisionKind, who: str | None = beacon) -> Decision:
+            return Decision(t, site, rule.id, zone, who, kind, rule.offer)
+
+        if not consented:
+            return made("suppressed_no_consent", None)
+        if (
+            rule.consent_required
+            and rule.kind not in self.shopper_kinds
+            and not self.has_consent(beacon, t)
+        ):
+            return made("suppressed_no_consent", None)
+        local = dt.datetime.fromtimestamp(t, self._tz[site])
+        if rule.start is not None and rule.end is not None:
+            start, end = dt.time.fromisoformat(rule.start), dt.time.fromisoformat(rule.end)
+            now = local.time()
+            inside = start <= now < end if start <= end else (now >= start or now < end)
+            if not inside:
+                return made("outside_hours")
+        key = (rule.id, site, beacon)
+        last = self._last_sent.get(key)
+        if last is not None and t - last < rule.cooldown_s:
+            return made("suppressed_cooldown")
+        day, count = self._day.get((rule.id, site), (local.date(), 0))
+        if day != local.date():
+            day, count = local.date(), 0
+        if rule.daily_cap is not None and count >= rule.daily_cap:
+            self._day[(rule.id, site)] = (day, count)
+            return made("suppressed_cap")
+        self._day[(rule.id, site)] = (day, count + 1)
+        self._last_sent[key] = t
+        return made("sent")
+
+    def _prune(self, t: float) -> None:
+        cooldown = {r.id: r.cooldown_s for r in self.rules}
+        self._last_sent = {
+            k: last for k, last in self._last_sent.items() if t - last < cooldown.get(k[0], 0.0)
+        }
+
+
+# ------------------------------------------------------------------------------------ webhook
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header's value: `sha256=` + HMAC-SHA256(secret, "{timestamp}." + body)."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return "sha256=" + mac
+
+
+class Webhook:
+    """POSTs promotions on a worker thread (module docstring: queue, retries, headers)."""
+
+    def __init__(
+        self,
+        cfg: WebhookConfig,
+        counter: Counter,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self._counter = counter
+        self._clock = clock
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=cfg.queue)
+        self._stop = threading.Event()
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._thread = threading.Thread(target=self._run, name="beacon-hub-webhook", daemon=True)
+        self._thread.start()
+
+    def post(self, key: str, body: bytes) -> None:
+        """Service thread: hand over; never blocks. Full queue: drop this one, count it."""
+        try:
+            self._queue.put_nowait((key, body))
+        except queue.Full:
+            self._counter.labels("dropped").inc()
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver what is queued for up to `timeout_s`, then give up (the rest is counted
+        dropped)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout_s)
+        self._thread.join(timeout_s)
+        self._stop.set()
+        self._thread.join(self.cfg.timeout_s + 1.0)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._stop.is_set():
+                self._counter.labels("dropped").inc()
+                continue
+            self._deliver(*item)
+
+    def _deliver(self, key: str, body: bytes) -> None:
+        wait = RETRY_MIN_S
+        for attempt in range(1, self.cfg.attempts + 1):
+            outcome = self._attempt(key, body)
+            if outcome == "ok":
+                self._counter.labels("delivered").inc()
+                return
+            if outcome == "refused" or attempt == self.cfg.attempts:
+                break
+            self._counter.labels("retried").inc()
+            if self._stop.wait(wait):
+                break
+            wait = min(wait * 2, self.cfg.retry_max_s)
+        self._counter.labels("failed").inc()
+        log.warning("webhook %s: promotion %s not delivered", self.cfg.url, key)
+
+    def _attempt(self, key: str, body: bytes) -> Literal["ok", "retry", "refused"]:
+        stamp = str(int(self._clock()))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+            "X-Beacon-Hub-Timestamp": stamp,
+        }
+        if self.cfg.secret is not None:
+            secret = self.cfg.secret.get_secret_value().encode()
+            headers["X-Beacon-Hub-Signature"] = sign(secret, stamp, body)
+        request = urllib.request.Request(self.cfg.url, body, headers, method="POST")  # noqa: S310  # http(s) only, checked by the config
+        try:
+            with self._opener.open(request, timeout=self.cfg.timeout_s) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code >= 500 or e.code in RETRYABLE_HTTP:
+                return "retry"
+            log.warning("webhook %s refused a promotion: HTTP %d", self.cfg.url, e.code)
+            return "refused"
+        except OSError:
+            return "retry"
+        return "ok"
+
+
+# -------------------------------------------------------------------------------------- shell
+
+Publish = Callable[[str, bytes, int, bool], bool]
+Submit = Callable[[Callable[[sqlite3.Connection], None]], None]
+
+
+def _create_table(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+
+
+def idempotency_key(d: Decision) -> str:
+    raw = f"{d.site}|{d.rule}|{d.beacon}|{d.t!r}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+class Promotions:
+    """The service side: evaluate each tick, publish, POST, record, count."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        *,
+        publish: Publish,
+        submit: Submit,
+        registry: CollectorRegistry | None,
+        webhook: WebhookConfig | None = None,
+    ) -> None:
+        self.evaluator = evaluator
+        self._publish = publish
+        self._submit = submit
+        self.decisions = Counter(
+            "beacon_hub_promotion_decisions",
+            "Promotion decisions by rule and outcome",
+            ["site", "rule", "decision"],
+            registry=registry,
+        )
+        self.webhook_posts = Counter(
+            "beacon_hub_promotion_webhook",
+            "Webhook deliveries: delivered, retried (attempts), failed, dropped (queue full)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.unpublished = Counter(
+            "beacon_hub_promotion_unpublished",
+            "Promotions the MQTT client refused (its queue full)",
+            ["site"],
+            registry=registry,
+        )
+        submit(_create_table)
+        self.webhook = None if webhook is None else Webhook(webhook, self.webhook_posts)
+
+    def tick(
+        self, site: str, t: float, events: Iterable[Event], withheld: Iterable[Event] = ()
+    ) -> list[Decision]:
+        decisions = self.evaluator.evaluate(site, t, events, withheld)
+        if not decisions:
+            return decisions
+        for d in decisions:
+            self.decisions.labels(d.site, d.rule, d.decision).inc()
+            if d.decision != "sent" or d.beacon is None:
+                continue
+            body = encode_promotion(Promotion(d.t, d.site, d.beacon, d.rule, d.zone, d.offer))
+            if not self._publish(promotion_topic(d.site, d.beacon), body, 1, False):
+                self.unpublished.labels(d.site).inc()
+            if self.webhook is not None:
+                self.webhook.post(idempotency_key(d), body)
+        rows = [(d.site, d.t, d.rule, d.zone, d.beacon, d.decision) for d in decisions]
+
+        def record(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT INTO promotion_decisions VALUES (?, ?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        self._submit(record)
+        return decisions
+
+    def close(self, timeout_s: float) -> None:
+        if self.webhook is not None:
+            self.webhook.close(timeout_s)
