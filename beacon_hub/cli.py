@@ -68,7 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     erase = verbs.add_parser("erase", help="remove a shopper's data from the stores")
     erase.add_argument("beacon", metavar="BEACON")
-    erase.set_defaults(handler=not_yet(PROG, "erase", DASHBOARD))
+    erase.add_argument("--config", type=Path, metavar="HUB.yaml", help="the hub's stores and key")
+    erase.add_argument(
+        "--site",
+        type=Path,
+        action="append",
+        metavar="S.yaml",
+        help="repeatable; or sites: in HUB.yaml",
+    )
+    add_set_option(erase)
+    erase.set_defaults(handler=_erase)
 
     provision = verbs.add_parser("provision", help="broker credentials and configs").add_subparsers(
         title="provision commands", metavar="COMMAND"
@@ -118,6 +127,34 @@ def _assets_import(args: argparse.Namespace) -> int:
     finally:
         db.close()
     print(f"assets import: {count} assets from {args.file} -> {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _erase(args: argparse.Namespace) -> int:
+    """Remove a shopper's rows under its id and its pseudonym from SQLite and InfluxDB."""
+    from beacon_hub.hubconfig import load_hub_config  # noqa: PLC0415
+    from beacon_hub.ids import canonical_beacon_id  # noqa: PLC0415
+    from beacon_hub.privacy import erase_influx, erase_sqlite, load_key, pseudonym  # noqa: PLC0415
+    from beacon_hub.stores import EVENT_MEASUREMENT, FIX_MEASUREMENT, open_sqlite  # noqa: PLC0415
+
+    overrides = overrides_from(args.overrides)
+    cfg = load_hub_config(args.config, sites=args.site, overrides=overrides)
+    beacon = canonical_beacon_id(args.beacon)
+    ids = [beacon]
+    if not beacon.startswith("anon:"):
+        ids.append(pseudonym(load_key(cfg.privacy, cfg.stores.sqlite.path), beacon))
+    print(f"erase: {' and '.join(ids)}")
+    db = open_sqlite(cfg.stores.sqlite.path)
+    try:
+        removed = erase_sqlite(db, ids)
+    finally:
+        db.close()
+    for table, count in removed.items():
+        print(f"sqlite {cfg.stores.sqlite.path}: {table}: {count} rows")
+    if cfg.stores.influx is not None:
+        lines = erase_influx(cfg.stores.influx, ids, (FIX_MEASUREMENT, EVENT_MEASUREMENT))
+        for line in lines or ["influxdb: nothing stored"]:
+            print(line)
     return EXIT_OK
 
 
