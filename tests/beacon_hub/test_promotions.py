@@ -1,0 +1,205 @@
+"""Promotion rules in data time, and the webhook against a real local HTTP server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import threading
+import zoneinfo
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from beacon_hub.errors import ConfigError
+from beacon_hub.hubconfig import WebhookConfig
+from beacon_hub.promotions import Evaluator, Promotions, Rule, load_rules, sign
+from beacon_hub.site import Site, load_site
+from beacon_hub.stores import open_sqlite
+from beacon_hub.wire import Event, decode_promotion
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_700_000_000.0
+"""2023-11-14 22:13:20 UTC, 23:13 in Europe/Berlin (config/store.yaml)."""
+SITE = "store-demo"
+A = "anon:00000000000000aa"
+B = "anon:00000000000000bb"
+
+
+@pytest.fixture(scope="module")
+def site() -> Site:
+    return load_site(ROOT / "config" / "store.yaml")
+
+
+def _evaluator(site: Site, **rule: object) -> Evaluator:
+    r = Rule.model_validate({"id": "coffee", "zone": "endcap-2-front", "min_dwell_s": 5, **rule})
+    return Evaluator([r], {site.id: site}, lambda _s, _b: "cart", lambda _b, _t: True)
+
+
+def _enter(b: str, t: float, zone: str = "endcap-2-front") -> Event:
+    return Event("zone_enter", t, SITE, b, zone)
+
+
+def _exit(b: str, t: float, zone: str = "endcap-2-front") -> Event:
+    return Event("zone_exit", t, SITE, b, zone)
+
+
+def _run(ev: Evaluator, t0: float, t1: float, events: dict[float, list[Event]]) -> list[str]:
+    out: list[str] = []
+    t = t0
+    while t <= t1:
+        out += [d.decision for d in ev.evaluate(SITE, t, events.get(t, []))]
+        t += 1.0
+    return out
+
+
+def test_a_dwelling_shopper_triggers_once_per_cooldown(site: Site) -> None:
+    ev = _evaluator(site, cooldown_s=600)
+    events = {
+        T0: [_enter(A, T0)],
+        T0 + 60: [_exit(A, T0 + 60)],
+        T0 + 100: [_enter(A, T0 + 100)],  # back within the cooldown
+        T0 + 130: [_exit(A, T0 + 130)],
+        T0 + 700: [_enter(A, T0 + 700)],  # back after it
+    }
+    assert _run(ev, T0, T0 + 720, events) == ["sent", "suppressed_cooldown", "sent"]
+
+
+def test_a_short_visit_decides_nothing(site: Site) -> None:
+    ev = _evaluator(site)
+    assert _run(ev, T0, T0 + 20, {T0: [_enter(A, T0)], T0 + 3: [_exit(A, T0 + 3)]}) == []
+
+
+def test_daily_cap_holds_over_a_day_of_data_time_and_resets_at_local_midnight(
+    site: Site,
+) -> None:
+    ev = _evaluator(site, daily_cap=5, cooldown_s=0)
+    sent_per_day: dict[str, int] = {}
+    decisions = []
+    # A new shopper every 10 minutes for 30 hours of data time.
+    for k in range(180):
+        t = T0 + 600 * k
+        b = f"anon:{k:016x}"
+        ev.evaluate(SITE, t, [_enter(b, t)])
+        for d in ev.evaluate(SITE, t + 10, []):
+            decisions.append(d.decision)
+            if d.decision == "sent":
+                day = dt.datetime.fromtimestamp(d.t, zoneinfo.ZoneInfo(site.timezone)).date()
+                sent_per_day[str(day)] = sent_per_day.get(str(day), 0) + 1
+        ev.evaluate(SITE, t + 20, [_exit(b, t + 20)])
+    assert len(decisions) == 180
+    assert all(n == 5 for n in sent_per_day.values())
+    assert len(sent_per_day) == 3  # the run spans three local days
+    assert decisions.count("suppressed_cap") == 180 - 15
+
+
+def test_outside_hours_uses_the_site_timezone(site: Site) -> None:
+    # T0 is 23:13 in Berlin: outside 08:00-22:00, inside the overnight window 22:00-06:00.
+    day = _evaluator(site, start="08:00", end="22:00")
+    assert _run(day, T0, T0 + 10, {T0: [_enter(A, T0)]}) == ["outside_hours"]
+    night = _evaluator(site, start="22:00", end="06:00")
+    assert _run(night, T0, T0 + 10, {T0: [_enter(A, T0)]}) == ["sent"]
+
+
+def test_shoppers_without_consent_are_suppressed_without_an_id(site: Site) -> None:
+    ev = _evaluator(site)
+    raw = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1"
+    got = ev.evaluate(SITE, T0, [], [_enter(raw, T0)])
+    got += ev.evaluate(SITE, T0 + 6, [], [])
+    assert [(d.decision, d.beacon) for d in got] == [("suppressed_no_consent", None)]
+
+
+def test_rules_file_errors_name_file_and_place(tmp_path: Path, site: Site) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - id: x\n    zone: endcap-2-front\n    cooldown_s: -1\n")
+    with pytest.raises(ConfigError, match=r"rules\.yaml:4"):
+        load_rules(path, {site.id: site})
+    path.write_text("rules:\n  - id: x\n    zone: nowhere\n")
+    with pytest.raises(ConfigError, match="zone 'nowhere' is in none"):
+        load_rules(path, {site.id: site})
+    rules = load_rules(ROOT / "config" / "promotions.yaml", {site.id: site})
+    assert rules
+
+
+class _Receiver:
+    """The retailer's backend: 500 on the first POST, then 200; dedups by Idempotency-Key."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        self.accepted: dict[str, bytes] = {}
+        self.got = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts.append((dict(self.headers), body))
+                status = 500 if len(outer.posts) == 1 else 200
+                if status == 200:
+                    outer.accepted.setdefault(self.headers["Idempotency-Key"], body)
+                    outer.got.set()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/promo"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    r = _Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_webhook_delivers_each_trigger_once_despite_a_failing_first_try(
+    tmp_path: Path, site: Site, receiver: _Receiver
+) -> None:
+    db = open_sqlite(tmp_path / "hub.sqlite")
+    published: list[tuple[str, bytes]] = []
+    registry = CollectorRegistry()
+    cfg = WebhookConfig(url=receiver.url, secret=SecretStr("s3cret"), retry_max_s=0.5)
+    promos = Promotions(
+        _evaluator(site),
+        publish=lambda topic, body, _q, _r: not published.append((topic, body)),  # type: ignore[func-returns-value]
+        submit=lambda job: job(db),
+        registry=registry,
+        webhook=cfg,
+    )
+    promos.tick(SITE, T0, [_enter(A, T0)])
+    promos.tick(SITE, T0 + 6, [])
+    promos.close(30.0)
+    assert len(receiver.posts) == 2  # the 500, then the retry
+    assert len(receiver.accepted) == 1
+    keys = {h["Idempotency-Key"] for h, _ in receiver.posts}
+    assert len(keys) == 1  # the retry carries the same key, so a receiver can dedup
+    headers, body = receiver.posts[-1]
+    stamp = headers["X-Beacon-Hub-Timestamp"]
+    want = "sha256=" + hmac.new(b"s3cret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["X-Beacon-Hub-Signature"] == want == sign(b"s3cret", stamp, body)
+    promo = decode_promotion(body)
+    got = (promo.beacon, promo.rule, promo.zone, promo.t)
+    assert got == (A, "coffee", "endcap-2-front", T0 + 6)
+    assert [t for t, _ in published] == [f"beacons/{SITE}/promotion/{A}"]
+    rows = db.execute("SELECT rule, beacon, decision FROM promotion_decisions").fetchall()
+    assert rows == [("coffee", A, "sent")]
+    sample = registry.get_sample_value
+    assert sample("beacon_hub_promotion_webhook_total", {"outcome": "delivered"}) == 1
+    assert sample("beacon_hub_promotion_webhook_total", {"outcome": "retried"}) == 1
+    labels = {"site": SITE, "rule": "coffee", "decision": "sent"}
+    assert sample("beacon_hub_promotion_decisions_total", labels) == 1
