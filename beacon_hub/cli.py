@@ -22,7 +22,6 @@ __all__ = ["build_parser", "main"]
 
 PROG = "beacon-hub"
 DASHBOARD = "issue #7 (dashboard, promotions and demo)"
-SECURITY = "issue #8 (security and provisioning)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +83,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for who in ("gateway", "hub"):
         p = provision.add_parser(who, help=f"credentials, ACL entry and config for a {who}")
-        p.add_argument("--site", required=True, metavar="SITE")
+        p.add_argument(
+            "--site", required=True, action="append", metavar="SITE", help="hub: repeatable"
+        )
         p.add_argument("--id", required=True, metavar="ID")
-        p.set_defaults(handler=not_yet(PROG, f"provision {who}", SECURITY))
+        p.add_argument("--out", type=Path, metavar="DIR", help="default ./provision/{user}")
+        p.add_argument("--broker", metavar="URL", help="default mqtts://{this host}:8883")
+        p.add_argument("--ca", type=Path, metavar="DIR", help="site CA (created if empty)")
+        p.add_argument("--install-dir", type=Path, metavar="DIR", help="paths in the config")
+        p.add_argument("--force", action="store_true", help="rotate existing credentials")
+        p.set_defaults(handler=_provision, role=who)
     return parser
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from beacon_hub import provision  # noqa: PLC0415  # keeps --help fast
+    from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
+
+    sites = [s.strip() for arg in args.site for s in arg.split(",") if s.strip()]
+    common: dict[str, Any] = {"broker_url": args.broker, "ca_dir": args.ca, "force": args.force}
+    if args.install_dir is not None:
+        common["install_dir"] = args.install_dir
+    if args.role == "gateway":
+        if len(sites) != 1:
+            raise BeaconHubError("provision gateway: a gateway belongs to exactly one --site")
+        user = provision.gateway_username(sites[0], args.id)
+        out = args.out or Path("provision") / user
+        done = provision.provision_gateway(sites[0], args.id, out, **common)
+    else:
+        user = provision.hub_username(args.id)
+        out = args.out or Path("provision") / user
+        done = provision.provision_hub(args.id, sites, out, **common)
+    # Paths only: the password stays in its 0600 file.
+    if done.created_ca:
+        print(f"created site CA in {args.ca} (keep ca.key off the devices)", file=sys.stderr)
+    print(f"provision {args.role}: broker user {done.username}", file=sys.stderr)
+    print(f"  append to the broker's password_file: {done.broker_passwd}", file=sys.stderr)
+    print(f"  append to the broker's acl_file:      {done.broker_acl}", file=sys.stderr)
+    print(f"  copy to the {args.role}: {done.config.parent}/", file=sys.stderr)
+    for path in done.files:
+        print(f"    {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
