@@ -1,5 +1,5 @@
-"""Health and metrics: Prometheus metrics (prometheus-client) and `/healthz`, `/metrics` over the
-standard library's HTTP server, on a thread of its own.
+"""Health and metrics: the hub's Prometheus metrics (prometheus-client). The web server
+(web.py) serves them on `/metrics` beside `/healthz`.
 
 Every metric lives in the hub's own `CollectorRegistry` (not the process-global one), so two
 hubs in one test process never share counters. Gateway labels are only gateways named in a site
@@ -8,17 +8,12 @@ file (anything else is `_unknown`): a hostile topic cannot grow the label set wi
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
-__all__ = ["UNKNOWN_GATEWAY", "HealthServer", "Metrics"]
+__all__ = ["UNKNOWN_GATEWAY", "Metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -111,65 +106,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class HealthServer:
-    """`/metrics` (Prometheus text) and `/healthz` (JSON; 200 healthy, 503 not)."""
-
-    def __init__(
-        self,
-        bind: str,
-        port: int,
-        metrics: Metrics,
-        health: Callable[[], tuple[bool, dict[str, Any]]],
-    ) -> None:
-        self._metrics = metrics
-        self._health = health
-        handler = self._handler_class()
-        self._server = ThreadingHTTPServer((bind, port), handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="beacon-hub-http", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, outer._metrics.render())
-                elif path == "/healthz":
-                    ok, detail = outer._health()
-                    body = json.dumps({"ok": ok, **detail}).encode()
-                    self._send(200 if ok else 503, "application/json", body)
-                else:
-                    self._send(404, "text/plain", b"not found: try /healthz or /metrics\n")
-
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                log.debug("http: " + format, *args)  # noqa: G003
-
-        return Handler

@@ -187,7 +187,7 @@ class LiveState:
         self._assets_at = float("-inf")
         # asyncio side (touched only on the attached loop, except `_loop` itself):
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._streams: dict[str, set[asyncio.Queue[SiteSnapshot]]] = {}
+        self._streams: dict[str, set[asyncio.Queue[SiteSnapshot | None]]] = {}
 
     # ------------------------------------------------------------------ service thread
 
@@ -415,17 +415,26 @@ class LiveState:
                 q.get_nowait()
             q.put_nowait(snap)
 
-    def subscribe(self, site: str) -> asyncio.Queue[SiteSnapshot]:
+    def subscribe(self, site: str) -> asyncio.Queue[SiteSnapshot | None]:
         """On the loop: a stream's queue, primed with the current snapshot if there is one."""
-        q: asyncio.Queue[SiteSnapshot] = asyncio.Queue(maxsize=STREAM_QUEUE_SNAPSHOTS)
+        q: asyncio.Queue[SiteSnapshot | None] = asyncio.Queue(maxsize=STREAM_QUEUE_SNAPSHOTS)
         self._streams.setdefault(site, set()).add(q)
         snap = self.snapshot(site)
         if snap is not None:
             q.put_nowait(snap)
         return q
 
-    def unsubscribe(self, site: str, q: asyncio.Queue[SiteSnapshot]) -> None:
+    def unsubscribe(self, site: str, q: asyncio.Queue[SiteSnapshot | None]) -> None:
         self._streams.get(site, set()).discard(q)
+
+    def close_streams(self) -> None:
+        """On the loop, when the server stops: every stream gets None (end) in place of any
+        snapshot it has not taken."""
+        for streams in self._streams.values():
+            for q in streams:
+                if q.full():
+                    q.get_nowait()
+                q.put_nowait(None)
 
     def stream_count(self) -> int:
         return sum(len(s) for s in self._streams.values())

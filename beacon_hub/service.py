@@ -35,9 +35,10 @@ from beacon_hub.calibration import load_calibration
 from beacon_hub.consent import ConsentRegistry, read_consent_file
 from beacon_hub.engine import Engine
 from beacon_hub.errors import BeaconHubError, ConfigError
-from beacon_hub.health import HealthServer, Metrics
+from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HubConfig
 from beacon_hub.ingest import Accepted, ConsentUpdate, Inbound, Ingestor, MqttLink
+from beacon_hub.livestate import LiveState, zone_occupancy
 from beacon_hub.outputs import SiteOutputs
 from beacon_hub.privacy import RETENTION_EVERY_S, Privacy, load_key, retention_job
 from beacon_hub.promotions import Evaluator, Promotions, load_rules
@@ -47,11 +48,13 @@ from beacon_hub.stores import (
     InfluxStore,
     LedgerEntry,
     SavedGateway,
+    SqliteReader,
     SqliteStore,
     Store,
     StoreError,
     TickRecord,
 )
+from beacon_hub.web import WebServer
 
 __all__ = ["Hub", "run_hub"]
 
@@ -172,10 +175,26 @@ class Hub:
         for g in self.sqlite.saved_gateways():
             if g.site in self.sites:
                 self.ingestor.restore(g.site, g.gateway, g.boot, g.next_seq, g.offset_s)
-        self.http: HealthServer | None = None
+        self.live = LiveState(
+            (r.site for r in self.sites.values()),
+            cfg.http,
+            self.registry,
+            clock=clock,
+            occupancy_sink=self.sqlite.write_occupancy,
+        )
+        self.http: WebServer | None = None
         if cfg.http.enabled:
             try:
-                self.http = HealthServer(cfg.http.bind, cfg.http.port, self.metrics, self.health)
+                self.http = WebServer(
+                    cfg.http,
+                    metrics=self.metrics,
+                    health=self.health,
+                    live=self.live,
+                    reader=SqliteReader(cfg.stores.sqlite.path)
+                    if cfg.stores.sqlite.fixes
+                    else None,
+                    consent=lambda: getattr(self, "consent", None),
+                )
             except OSError as e:
                 raise BeaconHubError(
                     f"http: cannot listen on {cfg.http.bind}:{cfg.http.port}: {e.strerror or e}"
@@ -199,7 +218,9 @@ class Hub:
         """Serve until `stop` is set; then flush and close everything."""
         if self.http is not None:
             self.http.start()
-            log.info("health and metrics on http://%s:%d/", self.cfg.http.bind, self.http.port)
+            log.info(
+                "dashboard, API and health on http://%s:%d/", self.cfg.http.bind, self.http.port
+            )
         self.sqlite.start()
         self.link.start()
         try:
@@ -266,6 +287,7 @@ class Hub:
             self.totals["rejected"] += 1
             return
         run = self.sites[res.site]
+        self.live.gateway_batch(res, item.arrival)
         counts = run.engine.ingest(res.readings)
         self.ingestor.count_samples(res.site, res.gateway, "late", counts.late)
         self.ingestor.count_samples(
@@ -335,6 +357,7 @@ class Hub:
         started = time.perf_counter()
         site = run.site.id
         result = run.engine.tick(t)
+        occupancy = zone_occupancy(result.fixes)
         table, events = self.privacy.apply(site, result.fixes, result.events)
         labels = self.registry.labels(table.beacons) if len(self.registry) else [None] * len(table)
         if run.outputs is not None:
@@ -376,6 +399,7 @@ class Hub:
         self.totals["events"] += len(result.events)
         for e in result.events:
             self.metrics.events.labels(site, e.type).inc()
+        self.live.tick(site, t, table, events, labels, occupancy)
         self.metrics.tick_duration.labels(site).observe(time.perf_counter() - started)
         mono = time.monotonic()
         if mono - self._rate_t >= 1.0:
