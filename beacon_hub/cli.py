@@ -14,7 +14,6 @@ from beacon_hub.commands import (
     add_set_option,
     dispatch,
     new_parser,
-    not_yet,
     overrides_from,
 )
 
@@ -30,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="everything on one machine, no servers installed")
     demo.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    demo.set_defaults(handler=not_yet(PROG, "demo", DASHBOARD))
+    add_set_option(demo)
+    demo.set_defaults(handler=_demo)
 
     site = verbs.add_parser("site", help="site files").add_subparsers(
         title="site commands", metavar="COMMAND"
@@ -124,6 +124,12 @@ def _provision(args: argparse.Namespace) -> int:
     for path in done.files:
         print(f"    {path}", file=sys.stderr)
     return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from beacon_hub.demo import load_demo_config, run_demo  # noqa: PLC0415  # keeps --help fast
+
+    return run_demo(load_demo_config(overrides_from(args.overrides)), duration_s=args.duration)
 
 
 def _run(args: argparse.Namespace) -> int:
