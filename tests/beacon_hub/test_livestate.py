@@ -1,0 +1,195 @@
+"""LiveState units: occupancy, idle at docks, lost beacons, gateway health, the occupancy
+sampling and the stream queues' newest-wins policy across the thread boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+
+from beacon_hub.engine import FixTable
+from beacon_hub.health import Metrics
+from beacon_hub.hubconfig import HttpConfig, IngestConfig
+from beacon_hub.ingest import Accepted, Inbound, Ingestor
+from beacon_hub.livestate import NO_KIND, LiveState, SiteSnapshot, zone_occupancy
+from beacon_hub.registry import Asset, AssetRegistry
+from beacon_hub.site import Site, validate_site_data
+from beacon_hub.wire import Event, ReadingBatch, Telemetry, encode_batch, readings_topic
+
+P1 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:2:1"
+P2 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:2:2"
+C1 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:1"
+
+
+def dock_site() -> Site:
+    data: dict[str, Any] = {
+        "id": "yard",
+        "kind": "warehouse",
+        "levels": [{"outline": [[0, 0], [20, 0], [20, 12], [0, 12]]}],
+        "gateways": [
+            {"id": "g0", "x": 0, "y": 0, "z": 3.0},
+            {"id": "g1", "x": 20, "y": 12, "z": 3.0},
+        ],
+        "zones": [
+            {"id": "dock-a", "kind": "dock", "polygon": [[0, 0], [10, 0], [10, 12], [0, 12]]},
+            {"id": "bay-a", "kind": "bay", "polygon": [[10, 0], [20, 0], [20, 12], [10, 12]]},
+        ],
+    }
+    return validate_site_data(data, "yard")
+
+
+def table(t: float, rows: list[tuple[str, str | None, str | None]]) -> FixTable:
+    """(beacon, zone, kind) rows at (1, 1)."""
+    n = len(rows)
+    return FixTable(
+        t=t,
+        beacons=[r[0] for r in rows],
+        x=np.ones(n),
+        y=np.ones(n),
+        accuracy_m=np.full(n, 1.5),
+        level=np.zeros(n, dtype=np.int64),
+        zones=[r[1] for r in rows],
+        kinds=[r[2] for r in rows],
+        speed_m_s=np.zeros(n),
+        gateway_slots=np.zeros((n, 1), dtype=np.intp),
+        gateway_mask=np.ones((n, 1), dtype=bool),
+        gateway_ids=("g0",),
+    )
+
+
+def feed(
+    live: LiveState,
+    t: float,
+    rows: list[tuple[str, str | None, str | None]],
+    events: list[Event] | None = None,
+) -> SiteSnapshot:
+    tab = table(t, rows)
+    return live.tick("yard", t, tab, events or [], [None] * len(rows), zone_occupancy(tab))
+
+
+def test_zone_occupancy_counts_by_zone_and_kind() -> None:
+    occ = zone_occupancy(
+        table(
+            0.0,
+            [
+                (P1, "dock-a", "pallet"),
+                (P2, "dock-a", "pallet"),
+                (C1, "dock-a", None),
+                ("x", None, "cart"),
+            ],
+        )
+    )
+    assert occ == {"dock-a": {"pallet": 2, NO_KIND: 1}}
+
+
+def test_pallets_idle_at_a_dock_past_the_threshold() -> None:
+    live = LiveState([dock_site()], HttpConfig(idle_at_dock_s=60.0))
+    rows = [(P1, "dock-a", "pallet"), (P2, "bay-a", "pallet"), (C1, "dock-a", "cart")]
+    assert feed(live, 1000.0, rows).alerts["idle"] == []
+    assert feed(live, 1059.0, rows).alerts["idle"] == []
+    idle = feed(live, 1060.0, rows).alerts["idle"]
+    assert [(p["beacon"], p["idle_s"]) for p in idle] == [(P1, 60.0)]
+    # Moving out and back starts the clock again, and counts as a move.
+    feed(live, 1061.0, [(P1, "bay-a", "pallet")])
+    snap = feed(live, 1062.0, rows)
+    assert snap.alerts["idle"] == []
+    assert snap.positions[0]["last_move"] == 1062.0
+
+
+def test_lost_beacons_listed_until_heard_again() -> None:
+    reg = AssetRegistry([Asset(P1, "P-1", "pallet")])
+    live = LiveState([dock_site()], HttpConfig(), reg)
+    feed(live, 10.0, [(P1, "bay-a", "pallet")])
+    lost = Event("beacon_lost", 45.0, "yard", P1, None, {"last_heard": 14.5})
+    snap = feed(live, 45.0, [], [lost])
+    assert [(b["beacon"], b["label"], b["zone"], b["last_heard"]) for b in snap.alerts["lost"]] == [
+        (P1, "P-1", "bay-a", 14.5)
+    ]
+    assert feed(live, 46.0, [(P1, "bay-a", "pallet")]).alerts["lost"] == []
+
+
+def test_low_batteries_from_the_registry() -> None:
+    reg = AssetRegistry([Asset(P1, "P-1", "pallet"), Asset(P2, "P-2", "pallet")])
+    reg.telemetry([Telemetry(P1, battery_mv=2300), Telemetry(P2, battery_mv=2900)])
+    live = LiveState([dock_site()], HttpConfig(low_battery_mv=2500), reg)
+    low = feed(live, 1.0, []).alerts["low_battery"]
+    assert [(b["label"], b["battery_mv"]) for b in low] == [("P-1", 2300)]
+
+
+def _accept(ing: Ingestor, seq: int, arrival: float) -> Accepted:
+    batch = ReadingBatch(
+        "g0", "0123456789abcdef", seq, arrival - 0.25, (P1,), (0,), (10.0,), (-70.0,), (None,)
+    )
+    res = ing.handle(Inbound(arrival, readings_topic("yard", "g0"), encode_batch(batch), 0, 0))
+    assert isinstance(res, Accepted)
+    return res
+
+
+def test_gateway_health_loss_skew_and_offline() -> None:
+    now = [1000.0]
+    live = LiveState([dock_site()], HttpConfig(gateway_offline_after_s=15.0), clock=lambda: now[0])
+    ing = Ingestor({"yard": frozenset({"g0", "g1"})}, IngestConfig(), Metrics())
+    for seq, arrival in ((1, 998.0), (2, 999.0), (4, 1000.0)):  # seq 3 never came
+        live.gateway_batch(_accept(ing, seq, arrival), arrival)
+    gws = {g["id"]: g for g in feed(live, 1000.0, []).gateways}
+    assert gws["g0"]["state"] == "online"
+    assert gws["g0"]["batches"] == 3
+    assert gws["g0"]["lost"] == 1
+    assert gws["g0"]["loss_rate"] == 0.25
+    assert gws["g0"]["clock_skew_s"] == 0.25
+    assert gws["g1"]["state"] == "offline"
+    assert gws["g1"]["last_batch"] is None
+    now[0] = 1016.0
+    assert {g["state"] for g in feed(live, 1016.0, []).gateways} == {"offline"}
+
+
+def test_occupancy_is_sampled_every_interval_of_hub_time() -> None:
+    got: list[tuple[str, float, dict[str, dict[str, int]]]] = []
+    live = LiveState(
+        [dock_site()],
+        HttpConfig(occupancy_sample_s=10.0),
+        occupancy_sink=lambda s, t, o: got.append((s, t, o)),
+    )
+    for t in range(100, 125):
+        feed(live, float(t), [(P1, "dock-a", "pallet")])
+    assert [t for _, t, _ in got] == [100.0, 110.0, 120.0]
+    assert got[0] == ("yard", 100.0, {"dock-a": {"pallet": 1}})
+
+
+def test_a_slow_stream_gets_the_newest_snapshot_only() -> None:
+    """Ticks from another thread (as the service's) while the stream reads nothing: its queue
+    holds one snapshot, the newest; none is lost track of, none piles up."""
+    live = LiveState([dock_site()], HttpConfig())
+
+    async def scenario() -> tuple[int, int, bool]:
+        live.attach(asyncio.get_running_loop())
+        q = live.subscribe("yard")
+        assert q.empty()  # no tick yet
+
+        def service() -> None:
+            for t in range(5):
+                feed(live, float(t), [(P1, "dock-a", "pallet")])
+
+        thread = threading.Thread(target=service)
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.01)
+        thread.join()
+        await asyncio.sleep(0)  # let the last call_soon_threadsafe callbacks run
+        await asyncio.sleep(0)
+        size = q.qsize()
+        snap = q.get_nowait()
+        live.close_streams()
+        end = q.get_nowait()
+        live.unsubscribe("yard", q)
+        live.attach(None)
+        assert snap is not None
+        return size, snap.version, end is None
+
+    size, version, ended = asyncio.run(scenario())
+    assert size == 1
+    assert version == 5
+    assert ended
+    assert live.stream_count() == 0
