@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from beacon_hub.engine import FixTable
 from beacon_hub.hubconfig import HttpConfig
 from beacon_hub.ingest import Accepted
@@ -79,10 +81,38 @@ def zone_occupancy(table: FixTable) -> Occupancy:
     return out
 
 
-class SiteSnapshot:
-    """What one site looked like after one tick; immutable once built, JSON made on demand."""
+_POSITION_KEYS = (
+    "beacon",
+    "label",
+    "kind",
+    "x",
+    "y",
+    "level",
+    "accuracy_m",
+    "zone",
+    "zone_since",
+    "speed_m_s",
+    "last_move",
+)
+"""Fields of one position, in the order of `SiteSnapshot.columns`."""
 
-    __slots__ = ("_json", "alerts", "gateways", "occupancy", "positions", "site", "t", "version")
+
+class SiteSnapshot:
+    """What one site looked like after one tick; immutable once built. The service thread
+    leaves positions as columns; readers build the dicts and the JSON on first use (cached;
+    two threads may build the same thing at once, both results are equal, one wins)."""
+
+    __slots__ = (
+        "_json",
+        "_positions",
+        "alerts",
+        "columns",
+        "gateways",
+        "occupancy",
+        "site",
+        "t",
+        "version",
+    )
 
     def __init__(
         self,
@@ -90,7 +120,7 @@ class SiteSnapshot:
         site: str,
         version: int,
         t: float,
-        positions: list[dict[str, Any]],
+        columns: tuple[list[Any], ...],
         occupancy: Occupancy,
         gateways: list[dict[str, Any]],
         alerts: dict[str, list[dict[str, Any]]],
@@ -98,11 +128,23 @@ class SiteSnapshot:
         self.site = site
         self.version = version
         self.t = t
-        self.positions = positions
+        self.columns = columns
         self.occupancy = occupancy
         self.gateways = gateways
         self.alerts = alerts
+        self._positions: list[dict[str, Any]] | None = None
         self._json: dict[str, bytes] = {}
+
+    @property
+    def positions(self) -> list[dict[str, Any]]:
+        built = self._positions
+        if built is None:
+            built = [
+                dict(zip(_POSITION_KEYS, row, strict=True))
+                for row in zip(*self.columns, strict=True)
+            ]
+            self._positions = built
+        return built
 
     def payload(self, part: str) -> Any:  # JSON-ready by construction
         if part == "positions":
@@ -124,10 +166,7 @@ class SiteSnapshot:
         }
 
     def json(self, part: str = "tick") -> bytes:
-        """The encoded part (`tick` = everything, as the stream sends it); encoded once.
-
-        Two threads may encode the same part at once; both results are equal, one wins.
-        """
+        """The encoded part (`tick` = everything, as the stream sends it); encoded once."""
         cached = self._json.get(part)
         if cached is None:
             cached = json.dumps(self.payload(part), separators=(",", ":")).encode()
@@ -148,11 +187,13 @@ class _GatewayLog:
 @dataclass(slots=True)
 class _SiteLive:
     site: Site
-    zone_kinds: dict[str, str]
+    docks: frozenset[str]
     zone_since: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     last_move: dict[str, float] = field(default_factory=dict)
     lost: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
-    last_pos: dict[str, tuple[float, float, int, str | None]] = field(default_factory=dict)
+    last_pos: dict[str, tuple[tuple[Any, Any, Any], int, str | None]] = field(default_factory=dict)
+    """beacon -> (x, y, level arrays of its last tick, its row, its zone): kept as references,
+    not copied, so the per-tick cost stays one dict write per beacon."""
     gateways: dict[str, _GatewayLog] = field(default_factory=dict)
     version: int = 0
     next_occupancy_t: float = float("-inf")
@@ -178,7 +219,8 @@ class LiveState:
         (the SQLite store's `write_occupancy`)."""
         self.sites: dict[str, Site] = {s.id: s for s in sites}
         self._live = {
-            sid: _SiteLive(s, {z.id: z.kind for z in s.zones}) for sid, s in self.sites.items()
+            sid: _SiteLive(s, frozenset(z.id for z in s.zones if z.kind == "dock"))
+            for sid, s in self.sites.items()
         }
         self._lock = threading.Lock()
         self._snapshots: dict[str, SiteSnapshot] = {}
@@ -221,58 +263,62 @@ class LiveState:
                 live.last_move[e.beacon] = e.t
             elif e.type == "beacon_lost":
                 self._lost(live, e)
-        beacons = table.beacons
-        xs, ys = table.x.tolist(), table.y.tolist()
-        acc, lvl, speed = table.accuracy_m.tolist(), table.level.tolist(), table.speed_m_s.tolist()
-        positions: list[dict[str, Any]] = []
-        idle: list[dict[str, Any]] = []
+        beacons, zones, kinds = table.beacons, table.zones, table.kinds
+        n = len(beacons)
+        since: list[float] = [t] * n
+        moved: list[float | None] = [None] * n
+        idle_rows: list[int] = []
         since_map, last_move, last_pos = live.zone_since, live.last_move, live.last_pos
+        docks = live.docks
         threshold = self.config.idle_at_dock_s
         room = len(since_map) < MAX_TRACKED_BEACONS
+        lost = live.lost
+        cols = (table.x, table.y, table.level)
         for i, beacon in enumerate(beacons):
-            zone, kind = table.zones[i], table.kinds[i]
+            zone = zones[i]
             held = since_map.get(beacon)
             if held is None:
                 if room:
                     since_map[beacon] = (zone, t)
-                since = t
             elif held[0] != zone:
                 since_map[beacon] = (zone, t)
                 last_move[beacon] = t
-                since = t
             else:
-                since = held[1]
-            live.lost.pop(beacon, None)
+                since[i] = held[1]
+            moved[i] = last_move.get(beacon)
+            if lost:
+                lost.pop(beacon, None)
             if room or beacon in last_pos:
-                last_pos[beacon] = (xs[i], ys[i], lvl[i], zone)
-            pos = {
-                "beacon": beacon,
-                "label": labels[i],
-                "kind": kind,
-                "x": round(xs[i], 2),
-                "y": round(ys[i], 2),
-                "level": lvl[i],
-                "accuracy_m": round(acc[i], 2),
-                "zone": zone,
-                "zone_since": since,
-                "speed_m_s": round(speed[i], 2),
-                "last_move": last_move.get(beacon),
+                last_pos[beacon] = (cols, i, zone)
+            if zone in docks and kinds[i] == "pallet" and t - since[i] >= threshold:
+                idle_rows.append(i)
+        columns = (
+            beacons,
+            list(labels),
+            kinds,
+            np.round(table.x, 2).tolist(),
+            np.round(table.y, 2).tolist(),
+            table.level.tolist(),
+            np.round(table.accuracy_m, 2).tolist(),
+            zones,
+            since,
+            np.round(table.speed_m_s, 2).tolist(),
+            moved,
+        )
+        idle_rows.sort(key=lambda i: since[i])  # longest idle first
+        idle = [
+            {
+                **dict(zip(_POSITION_KEYS, (c[i] for c in columns), strict=True)),
+                "idle_s": t - since[i],
             }
-            positions.append(pos)
-            if (
-                kind == "pallet"
-                and zone is not None
-                and live.zone_kinds.get(zone) == "dock"
-                and t - since >= threshold
-            ):
-                idle.append({**pos, "idle_s": t - since})
-        idle.sort(key=lambda p: -float(p["idle_s"]))
+            for i in idle_rows
+        ]
         live.version += 1
         snap = SiteSnapshot(
             site=site,
             version=live.version,
             t=t,
-            positions=positions,
+            columns=columns,
             occupancy=occupancy,
             gateways=self._gateways(live, now),
             alerts={
@@ -299,10 +345,10 @@ class LiveState:
             "kind": asset.kind if asset else None,
             "t": e.t,
             "last_heard": e.data.get("last_heard"),
-            "x": None if last is None else round(last[0], 2),
-            "y": None if last is None else round(last[1], 2),
-            "level": None if last is None else last[2],
-            "zone": None if last is None else last[3],
+            "x": None if last is None else round(float(last[0][0][last[1]]), 2),
+            "y": None if last is None else round(float(last[0][1][last[1]]), 2),
+            "level": None if last is None else int(last[0][2][last[1]]),
+            "zone": None if last is None else last[2],
         }
         live.lost.move_to_end(e.beacon)
         while len(live.lost) > MAX_LOST:

@@ -738,7 +738,9 @@ async def _sse(ctx: _Context, site: str) -> AsyncIterator[bytes]:
                 continue
             if snap is None:
                 return
-            yield b"event: tick\nid: %d\ndata: %s\n\n" % (snap.version, snap.json())
+            # Encoding 10,000 positions takes ~0.1 s: off the loop, once per snapshot (cached).
+            body = await asyncio.to_thread(snap.json)
+            yield b"event: tick\nid: %d\ndata: %s\n\n" % (snap.version, body)
     finally:
         live.unsubscribe(site, queue)
 
@@ -811,6 +813,7 @@ class WebServer:
         finally:
             self.ctx.live.attach(None)
             loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     def stop(self) -> None:
