@@ -333,9 +333,9 @@ async function drawStats() {
     for (const cell of document.querySelectorAll("#heat .heat-cell")) {
       const h = heat.zones[cell.dataset.zone];
       const v = h ? h.mean / peak : 0;
-      cell.style.fillOpacity = String(0.08 + 0.6 * v);
+      cell.style.fillOpacity = String(0.06 + 0.4 * v);
       cell.dataset.mean = h ? h.mean.toFixed(2) : "0";
-      cell.style.fill = v > 0 ? `hsl(${Math.round(50 - 50 * v)}, 95%, 50%)` : "transparent";
+      cell.style.fill = v > 0 ? `hsl(${Math.round(45 - 45 * v)}, 90%, 52%)` : "transparent";
     }
   } catch (e) {
     console.warn(e);
