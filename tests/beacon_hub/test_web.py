@@ -351,3 +351,42 @@ def test_range_limits(world: World) -> None:
     assert get(f"{base}/events?since=nan")[0] == 422
     assert get(f"{world.url}/api/sites/nope/positions")[0] == 404
     assert get(f"{base}/beacons/not-a-beacon/history")[0] == 422
+
+
+def test_consent_writes_reach_the_registry_when_allowed(world: World) -> None:
+    from beacon_hub.consent import ConsentRegistry  # noqa: PLC0415  # only this test needs it
+
+    registry = ConsentRegistry()
+    registry.attach(lambda beacon: "anon:" + f"{abs(hash(beacon)):016x}"[-16:])
+    cfg = HttpConfig(port=0, allow_writes=True)
+    server = WebServer(
+        cfg,
+        metrics=Metrics(),
+        health=lambda: (True, {}),
+        live=LiveState(world.sites.values(), cfg),
+        reader=None,
+        consent=lambda: registry,
+    )
+    server.start()
+    try:
+        beacon = urllib.parse.quote(CART_MOVING)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("PUT", f"/api/consent/{beacon}")
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 200
+        assert body["consent"] is True
+        assert body["pseudonym"].startswith("anon:")
+        assert registry.has_consent(CART_MOVING)
+        conn.request("DELETE", f"/api/consent/{beacon}")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+        assert not registry.has_consent(CART_MOVING)
+        conn.request("PUT", "/api/consent/anon:0123456789abcdef")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 422
+        conn.close()
+    finally:
+        server.stop()
