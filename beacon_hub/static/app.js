@@ -7,6 +7,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const TOKEN_KEY = "beacon-hub-token";
 const HEAT_REFRESH_MS = 30000; // heat map and dwell: a period's statistics change slowly
 const DOT_RADIUS_M = 0.45;
+const COARSE_ACCURACY_M = 6; // beyond this the accuracy circle is drawn as a faint outline
 
 const state = {
   sites: [],
@@ -183,6 +184,8 @@ function drawDots(positions) {
     }
     g.setAttribute("transform", `translate(${p.x},${sy(p.y)})`);
     g.firstChild.setAttribute("r", Math.max(p.accuracy_m, DOT_RADIUS_M));
+    // A fix still settling can be tens of metres uncertain: outline only, so it cannot bury the map.
+    g.classList.toggle("coarse", p.accuracy_m > COARSE_ACCURACY_M);
     g.dataset.label = p.label ?? "";
     g.dataset.kind = p.kind ?? "";
     g.dataset.zone = p.zone ?? "";
@@ -243,12 +246,13 @@ function drawGateways(gateways) {
         [
           ["led", ""],
           ["name", g.name || g.id],
-          ["meta", `last ${clock(g.last_batch)}`],
-          ["meta", g.loss_rate === null ? "loss —" : `loss ${(100 * g.loss_rate).toFixed(1)} %`],
-          ["meta", g.clock_skew_s === null ? "skew —" : `skew ${g.clock_skew_s.toFixed(2)} s`],
+          ["meta", clock(g.last_batch)],
+          ["meta", g.loss_rate === null ? "loss —" : `loss ${(100 * g.loss_rate).toFixed(1)}%`],
+          ["meta", g.clock_skew_s === null ? "skew —" : `skew ${g.clock_skew_s.toFixed(2)}s`],
         ],
       );
-      r.title = `${g.id}: ${g.state}; ${g.batches} batches, ${g.lost} lost in the last 5 min`;
+      r.title = `${g.id}: ${g.state}; last batch ${when(g.last_batch)}; ` +
+        `${g.batches} batches, ${g.lost} lost in the last 5 min; clock skew ${g.clock_skew_s ?? "—"} s`;
       return r;
     }),
   );
