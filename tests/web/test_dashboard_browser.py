@@ -111,7 +111,8 @@ def pallet_xy(page: Page) -> dict[str, tuple[str, str]]:
 
 
 def save(page: Page, path: Path) -> bytes:
-    shot = page.screenshot(path=str(path))
+    # dots glide between ticks (CSS transitions); a still frame avoids half-painted screenshots
+    shot = page.screenshot(path=str(path), animations="disabled")
     wanted = os.environ.get("BEACON_HUB_SCREENSHOT")
     if wanted:
         Path(wanted).parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,8 @@ def test_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 950})
@@ -152,12 +154,12 @@ def test_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
             # live pallet dots, and they move between two screenshots
             page.wait_for_selector('g#dots g.dot[data-kind="pallet"]', state="attached")
             before = pallet_xy(page)
-            first = page.screenshot(path=str(tmp_path / "dashboard-1.png"))
+            first = page.screenshot(path=str(tmp_path / "dashboard-1.png"), animations="disabled")
             wait_until(
                 "a pallet dot to move",
                 lambda: any(before.get(b) not in (None, xy) for b, xy in pallet_xy(page).items()),
             )
-            second = page.screenshot(path=str(tmp_path / "dashboard-2.png"))
+            second = page.screenshot(path=str(tmp_path / "dashboard-2.png"), animations="disabled")
             assert first != second
 
             # the gateway panel lists every gateway of the site file, all online
