@@ -20,7 +20,6 @@ from beacon_hub.commands import (
 __all__ = ["build_parser", "main"]
 
 PROG = "beacon-hub"
-DASHBOARD = "issue #7 (dashboard, promotions and demo)"
 
 
 def build_parser() -> argparse.ArgumentParser:

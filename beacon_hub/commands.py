@@ -16,21 +16,17 @@ from beacon_hub.errors import BeaconHubError
 
 __all__ = [
     "EXIT_ERROR",
-    "EXIT_NOT_YET",
     "EXIT_OK",
     "Handler",
     "add_set_option",
     "dispatch",
     "new_parser",
-    "not_yet",
     "overrides_from",
 ]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 """Bad input (config, CSV, site file) or a failed check; the message says where and what."""
-EXIT_NOT_YET = 3
-"""A verb of DESIGN.md that this version does not implement yet (argparse uses 2 for usage)."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -61,19 +57,6 @@ def overrides_from(pairs: Sequence[str]) -> dict[str, Any]:
             raise BeaconHubError(f"--set {pair!r}: expected KEY=VALUE, e.g. broker.url=mqtt://host")
         out[key.strip()] = parse_override(value, f"command line --set {key.strip()}")
     return out
-
-
-def not_yet(prog: str, verb: str, issue: str) -> Handler:
-    """A handler for a DESIGN.md verb that a later issue implements: says so and exits 3."""
-
-    def handler(_: argparse.Namespace) -> int:
-        print(
-            f"{prog} {verb}: not implemented yet in {__version__}; it arrives with {issue}.",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_YET
-
-    return handler
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
