@@ -231,6 +231,9 @@ class HubProcess:
             "engine": {"tick_interval_s": 0.5},
             "stores": {"sqlite": {"path": str(self.db_path)}},
             "http": {"port": self.http_port},
+            # The kit's beacons carry the store's cart UUID; the pipeline tests count every fix,
+            # so they are not treated as shoppers here. The privacy tests say shopper_kinds.
+            "privacy": {"shopper_kinds": []},
         }
         if client_id:
             cfg["broker"]["client_id"] = client_id

@@ -65,7 +65,11 @@ def test_dwelling_shopper_gets_one_promotion_and_the_unconsented_one_nothing(  #
         tmp_path / "hub",
         mosquitto,
         [site_path],
-        extra={"privacy.consent_file": str(consent_file), "promotions.rules": str(rules)},
+        extra={
+            "privacy.consent_file": str(consent_file),
+            "privacy.shopper_kinds": ["cart"],
+            "promotions.rules": str(rules),
+        },
     )
     listener = _Listener(mosquitto, site_id)
     try:
