@@ -143,6 +143,9 @@ def hub_acl(hub: str, sites: Iterable[str]) -> str:
             f"topic write {root}/tracks\n",
             f"topic write {root}/event/+\n",
             f"topic write {root}/promotion/+\n",
+            # Consent is retained there; a hub both learns it and publishes API grants.
+            f"topic read {root}/consent/+\n",
+            f"topic write {root}/consent/+\n",
         ]
     return "".join(lines)
 
@@ -155,7 +158,9 @@ def reader_acl(username: str, sites: Iterable[str], *, promotions: bool) -> str:
         lines += [f"topic read {root}/track/+\n", f"topic read {root}/tracks\n"]
         lines += [f"topic read {root}/event/+\n", f"topic read {root}/gateway/+/status\n"]
         if promotions:
+            # The retailer's app backend: receives promotions and registers shoppers' consent.
             lines.append(f"topic read {root}/promotion/+\n")
+            lines.append(f"topic write {root}/consent/+\n")
     return "".join(lines)
 
 
