@@ -41,7 +41,7 @@ crossing test at site scale (coordinates of at most some km), far below what a p
 CULL_MARGIN_RAD = 1e-9
 """Cones are widened by this too: covers the rounding of arctan2 (about 1e-16 rad)."""
 
-CULL_MIN_POINTS = 48
+CULL_MIN_POINTS = 128
 """Below this many points per gateway the plain all-pairs test is quicker than sorting them by
 bearing (the result is the same either way)."""
 
@@ -139,19 +139,23 @@ class LevelObstructions:
             return out
         edges = max(1, self.walls_a.shape[0] + self.edges_a.shape[0])
         step = max(1, LINK_CHUNK // (g * edges))
-        for start in range(0, n, step):
-            pts = points[start : start + step]
-            if culled and pts.shape[0] >= CULL_MIN_POINTS:
+        culled = culled and n >= CULL_MIN_POINTS
+        # culling goes a gateway at a time, so it can take g times the points at once
+        block = step * max(1, LINK_CHUNK // (edges * step)) if culled else step
+        for first in range(0, n, block):
+            pts = points[first : first + block]
+            if culled:
                 walls, obstacles = self._hits_culled(pts, gateways)
             else:
                 walls, obstacles = self._hits_all_pairs(pts, gateways)
-            # the same sums over the same (n, g, K) shapes whichever way the hits were found
-            loss = np.zeros((pts.shape[0], g))
-            if self.walls_a.shape[0]:
-                loss += walls.astype(np.float64) @ self.walls_loss_db
-            if self.edges_a.shape[0]:
-                loss += obstacles.astype(np.float64) @ self.obstacle_loss_db
-            out[start : start + step] = loss
+            # the same sums over the same (step, g, K) shapes however the hits were found
+            for start in range(0, pts.shape[0], step):
+                loss = out[first + start : first + start + step]
+                if self.walls_a.shape[0]:
+                    loss += walls[start : start + step].astype(np.float64) @ self.walls_loss_db
+                if self.edges_a.shape[0]:
+                    hit = obstacles[start : start + step]
+                    loss += hit.astype(np.float64) @ self.obstacle_loss_db
         return out
 
     def _hits_all_pairs(self, pts: F64, gw: F64) -> tuple[Bool, Bool]:
