@@ -11,9 +11,12 @@ clock is `TICK_GRACE_S` past T while the data is live (its newest reading within
 stored tick, so a backlog the broker queued while it was down is replayed through the ticks it
 missed (driven by the data) instead of arriving "late".
 
-Per tick, in this order: engine.tick -> MQTT outputs -> one SQLite transaction (fixes, events,
-the batch ledger, gateway sequence state, the tick time) -> InfluxDB writer -> acknowledge the
-readings messages the tick consumed (broker.ack = after_store). A SIGKILL therefore loses at
+Per tick, in this order: engine.tick -> zone occupancy (everyone) -> privacy (shoppers without
+consent dropped, the others pseudonymised; nothing after this sees a raw shopper id) -> MQTT
+outputs -> one SQLite transaction (fixes, events, the batch ledger, gateway sequence state, the
+tick time) -> InfluxDB writer -> promotions -> the dashboard's live state; the readings messages
+the tick consumed are acknowledged once its SQLite transaction commits (broker.ack =
+after_store). A SIGKILL therefore loses at
 most the readings after the last stored tick, and the broker sends those again.
 """
 
