@@ -74,6 +74,31 @@ class Metrics:
             ["site", "gateway"],
             registry=r,
         )
+        # Gateway status and heartbeat (ingest.py decodes them, livestate.py judges online).
+        self.gateway_online = Gauge(
+            p + "gateway_online",
+            "1 while the hub shows the gateway online (status and recent traffic), else 0",
+            ["site", "gateway"],
+            registry=r,
+        )
+        self.gateway_status = Gauge(
+            p + "gateway_status_online",
+            "What the gateway's retained status (or last will) says: 1 online, 0 offline",
+            ["site", "gateway"],
+            registry=r,
+        )
+        self.gateway_heartbeat = Gauge(
+            p + "gateway_heartbeat_timestamp_seconds",
+            "Arrival of the gateway's last heartbeat",
+            ["site", "gateway"],
+            registry=r,
+        )
+        self.gateway_reported = Gauge(
+            p + "gateway_reported",
+            "The gateway's own counters from its last heartbeat (since its boot), by counter",
+            ["site", "gateway", "counter"],
+            registry=r,
+        )
         self.inbox_depth = Gauge(p + "inbox_depth", "Messages waiting for the service", registry=r)
         self.inbox_dropped = Counter(
             p + "inbox_dropped",

@@ -17,6 +17,12 @@ Acknowledgement. The client runs with `manual_ack=True`; the service acknowledge
 message only after it has been processed (broker.ack in docs/hub.md), so a hub killed with
 SIGKILL gets every unacknowledged message again from the broker on restart.
 
+Gateway status and heartbeat. The link also subscribes to each site's
+`beacons/{site}/gateway/+/status` (retained, QoS 1; the gateway's last will says `offline`) and
+`.../heartbeat` (QoS 0). They cross into the service through the same inbox, decode with the wire
+decoders into `StatusUpdate` / `HeartbeatUpdate` (bad ones are counted per reason like readings)
+and are acknowledged at once: they are state for the live view (livestate.py), not data to store.
+
 Sequence and clock (DESIGN.md). Each gateway stamps (boot, seq): a seq above the expected one
 counts the gap as lost batches, one below it is a duplicate and is dropped (unless it fills a
 known gap). The gateway's clock offset is the minimum of (arrival - sent) over its batches of one
@@ -41,22 +47,36 @@ from beacon_hub.engine import Readings
 from beacon_hub.errors import WireError
 from beacon_hub.health import UNKNOWN_GATEWAY, Metrics
 from beacon_hub.hubconfig import BrokerConfig, IngestConfig
-from beacon_hub.wire import ReadingBatch, decode_batch, parse_topic, readings_subscription
+from beacon_hub.wire import (
+    GatewayStatus,
+    Heartbeat,
+    ReadingBatch,
+    decode_batch,
+    decode_heartbeat,
+    decode_status,
+    parse_topic,
+    readings_subscription,
+)
 
 __all__ = [
     "DECODE_REASONS",
+    "HEARTBEAT_COUNTERS",
     "MAX_GAP_MEMORY",
     "MAX_SEQ_JUMP",
     "OFFSET_CREEP_S_PER_S",
     "Accepted",
     "ConsentUpdate",
     "GatewayState",
+    "GatewayUpdate",
+    "HeartbeatUpdate",
     "Inbound",
     "Ingestor",
     "MqttLink",
     "RateLimitedLog",
     "Rejected",
+    "StatusUpdate",
     "decode_reason",
+    "gateway_subscriptions",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +100,17 @@ OUTPUT_QUEUE_MESSAGES: Final = 20_000
 excess is refused by paho and counted by the outputs."""
 OUTPUT_INFLIGHT: Final = 100
 """QoS 1 events in flight to the broker at a time (paho's default of 20 throttles bursts)."""
+
+HEARTBEAT_COUNTERS = (
+    "uptime_s",
+    "adverts_seen",
+    "adverts_published",
+    "adverts_dropped",
+    "queue_depth",
+    "scanner_restarts",
+)
+"""Heartbeat fields exported as `beacon_hub_gateway_reported{counter=...}` (a fixed set: the
+label cannot grow)."""
 
 DECODE_REASONS = (
     "oversized",
@@ -106,6 +137,12 @@ def decode_reason(error: WireError) -> str:
         if needle in text:
             return reason
     return "bad_field"
+
+
+def gateway_subscriptions(site: str) -> list[str]:
+    """The filters a hub subscribes to for one site's gateway status and heartbeats."""
+    base = readings_subscription(site).removesuffix("/readings")  # validates the site id
+    return [f"{base}/status", f"{base}/heartbeat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +195,12 @@ class MqttLink:
         self.broker = broker
         self.client_id = client_id
         sites = list(site_ids)
-        # Consent topics are retained: subscribing delivers the current decision per beacon.
+        # Consent and gateway status topics are retained: subscribing delivers the current
+        # decision per beacon and the current state per gateway.
         self.subscriptions = [readings_subscription(s) for s in sites] + [
             consent_subscription(s) for s in sites
         ]
+        self.subscriptions += [f for s in sites for f in gateway_subscriptions(s)]
         self.metrics = metrics
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=ingest.queue_messages)
         self._overload_wait_s = ingest.overload_wait_s
@@ -321,6 +360,29 @@ class ConsentUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """A gateway's retained `status` (or its last will); the service hands it to the live
+    view and acknowledges it at once."""
+
+    site: str
+    gateway: str
+    status: GatewayStatus | None
+    """None: the retained status was cleared (empty payload); the state is unknown again."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatUpdate:
+    """A gateway's `heartbeat` counters (QoS 0); state for the live view, not stored."""
+
+    site: str
+    gateway: str
+    heartbeat: Heartbeat
+
+
+GatewayUpdate = StatusUpdate | HeartbeatUpdate
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     site: str
     gateway: str
@@ -351,7 +413,7 @@ class Ingestor:
         re-delivered duplicates across it, and reads a queued backlog in the right time."""
         self.state[(site, gw)] = GatewayState(boot=boot, next_seq=next_seq, offset_s=offset_s)
 
-    def handle(self, item: Inbound) -> Accepted | Rejected | ConsentUpdate:  # noqa: PLR0915  # one check after another, in the order that matters
+    def handle(self, item: Inbound) -> Accepted | Rejected | ConsentUpdate | GatewayUpdate:  # noqa: PLR0915  # one check after another, in the order that matters
         if "/consent/" in item.topic:
             return self._consent(item)
         try:
@@ -363,8 +425,10 @@ class Ingestor:
         known = self.gateways.get(site, frozenset())
         topic_gw = topic.subject or ""
         label = topic_gw if topic_gw in known else UNKNOWN_GATEWAY
-        if site not in self.gateways or topic.kind != "readings":
-            return self._reject(site, label, "bad_topic", 0, "not a readings topic of ours")
+        if site not in self.gateways or topic.kind not in ("readings", "status", "heartbeat"):
+            return self._reject(site, label, "bad_topic", 0, "not a gateway topic of ours")
+        if topic.kind != "readings":
+            return self._gateway_report(item, site, topic.kind == "status", topic_gw, label)
         try:
             batch = decode_batch(item.payload)
         except WireError as e:
@@ -472,6 +536,36 @@ class Ingestor:
             self.metrics.decode_errors.labels(reason).inc()
             return self._reject(site, UNKNOWN_GATEWAY, reason, 0, str(e))
         return ConsentUpdate(parsed[0], parsed[1], decision)
+
+    def _gateway_report(
+        self, item: Inbound, site: str, is_status: bool, topic_gw: str, label: str
+    ) -> GatewayUpdate | Rejected:
+        """A status or heartbeat of a gateway of `site` (topic already checked)."""
+        kind = "status" if is_status else "heartbeat"
+        report: GatewayStatus | Heartbeat | None = None
+        if item.payload or not is_status:
+            try:
+                report = (decode_status if is_status else decode_heartbeat)(item.payload)
+            except WireError as e:
+                reason = decode_reason(e)
+                self.metrics.decode_errors.labels(reason).inc()
+                return self._reject(site, label, reason, 0, f"{kind}: {e}")
+            if report.gw != topic_gw:
+                return self._reject(
+                    site, label, "gateway_mismatch", 0, f"{kind} says gw={report.gw!r}"
+                )
+        # (an empty payload clears a retained status: nothing to decode)
+        if label == UNKNOWN_GATEWAY:
+            return self._reject(site, label, "unknown_gateway", 0, f"{kind}: not in the site file")
+        m = self.metrics
+        if isinstance(report, Heartbeat):
+            m.gateway_heartbeat.labels(site, label).set(item.arrival)
+            for name in HEARTBEAT_COUNTERS:
+                m.gateway_reported.labels(site, label, name).set(getattr(report, name))
+            return HeartbeatUpdate(site, label, report)
+        if report is not None:
+            m.gateway_status.labels(site, label).set(1.0 if report.state == "online" else 0.0)
+        return StatusUpdate(site, label, report)
 
     def count_samples(self, site: str, gateway: str, reason: str, samples: int) -> None:
         """Samples the engine refused one by one (late, impossible RSSI)."""

@@ -12,6 +12,15 @@ loop, `_fan_out` hands the newest snapshot to each subscribed stream's queue. Ea
 ONE snapshot (`STREAM_QUEUE_SNAPSHOTS`); policy: a client that has not taken the previous one
 yet has it replaced by the newest (drop oldest), so a slow client sees fewer ticks, never an
 unbounded backlog, and the service thread never waits for a client.
+
+Gateway health. A gateway is `online` while its status (retained, its last will says
+`offline`) does not say offline and a batch or heartbeat arrived within
+`http.gateway_offline_after_s`; a gateway that has published no status yet is judged by its
+traffic alone. An `offline` status stops counting once a batch or heartbeat of a newer boot
+arrives after it (the gateway restarted; its new status is on the way), but not for batches of
+the same boot that a broker delivers late. The gateway list is rebuilt at every tick and at
+every status or heartbeat (`gateway_update`), so a clean or last-will `offline` shows at once in
+`gateways()`, not only at the next tick.
 """
 
 from __future__ import annotations
@@ -28,11 +37,12 @@ from typing import Any
 import numpy as np
 
 from beacon_hub.engine import FixTable
+from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HttpConfig
-from beacon_hub.ingest import Accepted
+from beacon_hub.ingest import Accepted, GatewayUpdate, StatusUpdate
 from beacon_hub.registry import Asset, AssetRegistry
 from beacon_hub.site import Site
-from beacon_hub.wire import Event
+from beacon_hub.wire import Event, GatewayStatus, Heartbeat
 
 __all__ = [
     "LOSS_WINDOW_S",
@@ -95,6 +105,23 @@ _POSITION_KEYS = (
     "last_move",
 )
 """Fields of one position, in the order of `SiteSnapshot.columns`."""
+
+
+def _counters(hb: Heartbeat) -> dict[str, Any]:
+    """A heartbeat's counters as the API shows them (`GatewayCounters` in web.py)."""
+    return {
+        "t": hb.t,
+        "uptime_s": hb.uptime_s,
+        "adverts_seen": hb.adverts_seen,
+        "adverts_published": hb.adverts_published,
+        "adverts_dropped": hb.adverts_dropped,
+        "adverts_per_s": hb.adverts_per_s,
+        "queue_depth": hb.queue_depth,
+        "scanner_restarts": hb.scanner_restarts,
+        "cpu_temp_c": hb.cpu_temp_c,
+        "samples_per_s": hb.samples_per_s,
+        "beacons_heard": hb.beacons_heard,
+    }
 
 
 class SiteSnapshot:
@@ -182,6 +209,34 @@ class _GatewayLog:
     """(arrival, batches missing just before it) per accepted batch, in the loss window."""
     last_batch: float | None = None
     clock_skew_s: float | None = None
+    status: GatewayStatus | None = None
+    """The retained status (or last will) seen last; None before any, or once cleared."""
+    status_at: float | None = None
+    last_heartbeat: float | None = None
+    heartbeat: Heartbeat | None = None
+    boot: str | None = None
+    """Boot of the newest batch or heartbeat, and when it was first seen."""
+    boot_at: float | None = None
+
+    def saw_boot(self, boot: str, arrival: float) -> None:
+        if boot != self.boot:
+            self.boot, self.boot_at = boot, arrival
+
+    def said(self) -> GatewayStatus | None:
+        """The status that still counts: an offline one stops counting once traffic of a
+        newer boot arrived after it (module docstring)."""
+        st = self.status
+        if (
+            st is not None
+            and st.state == "offline"
+            and st.boot is not None
+            and self.boot not in (None, st.boot)
+            and self.boot_at is not None
+            and self.status_at is not None
+            and self.boot_at > self.status_at
+        ):
+            return None
+        return st
 
 
 @dataclass(slots=True)
@@ -210,8 +265,11 @@ class LiveState:
         *,
         clock: Callable[[], float] = time.time,
         occupancy_sink: Callable[[str, float, Occupancy], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
+        """`beacon_hub_gateway_online` is set from it whenever the gateway list is built."""
         self.registry = registry
         self.clock = clock
         self.occupancy_sink = occupancy_sink
@@ -224,6 +282,10 @@ class LiveState:
         }
         self._lock = threading.Lock()
         self._snapshots: dict[str, SiteSnapshot] = {}
+        self._gateway_views: dict[str, dict[str, Any]] = {
+            sid: {"site": sid, "t": None, "gateways": self._gateways(live, clock())}
+            for sid, live in self._live.items()
+        }
         self._assets: tuple[Asset, ...] = ()
         self._low_battery: list[dict[str, Any]] = []
         self._assets_at = float("-inf")
@@ -244,6 +306,33 @@ class LiveState:
         g.batches.append((arrival, accepted.lost_before))
         g.last_batch = arrival if g.last_batch is None else max(g.last_batch, arrival)
         g.clock_skew_s = accepted.sent_hub - accepted.batch.sent
+        g.saw_boot(accepted.batch.boot, arrival)
+
+    def gateway_update(self, update: GatewayUpdate, arrival: float) -> None:
+        """A gateway's status or heartbeat (service thread): the gateway list is rebuilt at
+        once, so `gateways()` shows a gateway that went offline without waiting for a tick."""
+        live = self._live.get(update.site)
+        if live is None:
+            return
+        g = live.gateways.get(update.gateway)
+        if g is None:
+            g = live.gateways[update.gateway] = _GatewayLog()
+        if isinstance(update, StatusUpdate):
+            g.status, g.status_at = update.status, arrival
+        else:
+            hb = update.heartbeat
+            g.heartbeat = hb
+            g.last_heartbeat = (
+                arrival if g.last_heartbeat is None else max(g.last_heartbeat, arrival)
+            )
+            g.saw_boot(hb.boot, arrival)
+        view = {
+            "site": update.site,
+            "t": self.clock(),
+            "gateways": self._gateways(live, self.clock()),
+        }
+        with self._lock:
+            self._gateway_views[update.site] = view
 
     def tick(  # noqa: PLR0917  # the hook's signature in docs/api.md and service._tick
         self,
@@ -314,13 +403,14 @@ class LiveState:
             for i in idle_rows
         ]
         live.version += 1
+        gateways = self._gateways(live, now)
         snap = SiteSnapshot(
             site=site,
             version=live.version,
             t=t,
             columns=columns,
             occupancy=occupancy,
-            gateways=self._gateways(live, now),
+            gateways=gateways,
             alerts={
                 "idle": idle,
                 "lost": list(reversed(live.lost.values())),
@@ -332,6 +422,7 @@ class LiveState:
             self.occupancy_sink(site, t, occupancy)
         with self._lock:
             self._snapshots[site] = snap
+            self._gateway_views[site] = {"site": site, "t": t, "gateways": gateways}
         self._announce(site)
         return snap
 
@@ -358,16 +449,24 @@ class LiveState:
         out = []
         offline_after = self.config.gateway_offline_after_s
         for gw in live.site.gateways:
-            g = live.gateways.get(gw.id)
-            batches = lost = 0
-            last = skew = None
-            if g is not None:
-                while g.batches and g.batches[0][0] < now - LOSS_WINDOW_S:
-                    g.batches.popleft()
-                batches = len(g.batches)
-                lost = sum(n for _, n in g.batches)
-                last, skew = g.last_batch, g.clock_skew_s
-            online = last is not None and now - last <= offline_after
+            g = live.gateways.get(gw.id) or _GatewayLog()
+            while g.batches and g.batches[0][0] < now - LOSS_WINDOW_S:
+                g.batches.popleft()
+            batches = len(g.batches)
+            lost = sum(n for _, n in g.batches)
+            last, skew, hb_at, hb = g.last_batch, g.clock_skew_s, g.last_heartbeat, g.heartbeat
+            said = g.said()
+            version = hb.version if hb is not None else None if said is None else said.version
+            heard = max((a for a in (last, hb_at) if a is not None), default=None)
+            reason: str | None = None
+            if said is not None and said.state == "offline":
+                reason = "status"
+            elif heard is None:
+                reason = "never_heard"
+            elif now - heard > offline_after:
+                reason = "silent"
+            if self.metrics is not None:
+                self.metrics.gateway_online.labels(live.site.id, gw.id).set(reason is None)
             out.append(
                 {
                     "id": gw.id,
@@ -375,13 +474,21 @@ class LiveState:
                     "x": gw.x,
                     "y": gw.y,
                     "level": gw.level,
-                    "state": "online" if online else "offline",
+                    "state": "offline" if reason else "online",
+                    "offline_reason": reason,
+                    "status": None if said is None else said.state,
+                    "status_t": None if said is None else said.t,
+                    "boot": g.boot or (said.boot if said is not None else None),
+                    "version": version,
                     "last_batch": last,
                     "seconds_since_batch": None if last is None else round(now - last, 1),
+                    "last_heartbeat": hb_at,
+                    "seconds_since_heartbeat": None if hb_at is None else round(now - hb_at, 1),
                     "batches": batches,
                     "lost": lost,
                     "loss_rate": round(lost / (lost + batches), 4) if lost + batches else None,
                     "clock_skew_s": None if skew is None else round(skew, 3),
+                    "heartbeat": None if hb is None else _counters(hb),
                 }
             )
         return out
@@ -415,6 +522,12 @@ class LiveState:
     def snapshot(self, site: str) -> SiteSnapshot | None:
         with self._lock:
             return self._snapshots.get(site)
+
+    def gateways(self, site: str) -> dict[str, Any] | None:
+        """The newest gateway list of `site` (`Gateways` in docs/api.md): built at the last
+        tick or the last status/heartbeat, whichever came later; None for an unknown site."""
+        with self._lock:
+            return self._gateway_views.get(site)
 
     def assets(self) -> tuple[Asset, ...]:
         with self._lock:

@@ -40,7 +40,15 @@ from beacon_hub.engine import Engine
 from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HubConfig
-from beacon_hub.ingest import Accepted, ConsentUpdate, Inbound, Ingestor, MqttLink
+from beacon_hub.ingest import (
+    Accepted,
+    ConsentUpdate,
+    HeartbeatUpdate,
+    Inbound,
+    Ingestor,
+    MqttLink,
+    StatusUpdate,
+)
 from beacon_hub.livestate import LiveState, zone_occupancy
 from beacon_hub.outputs import SiteOutputs
 from beacon_hub.privacy import RETENTION_EVERY_S, Privacy, load_key, retention_job
@@ -184,6 +192,7 @@ class Hub:
             self.registry,
             clock=clock,
             occupancy_sink=self.sqlite.write_occupancy,
+            metrics=self.metrics,
         )
         self.http: WebServer | None = None
         if cfg.http.enabled:
@@ -280,6 +289,11 @@ class Hub:
         if isinstance(res, ConsentUpdate):
             if res.consent is not None:
                 self.consent.apply(res.beacon, res.consent)
+            self.link.ack(item.mid, item.qos)
+            return
+        if isinstance(res, StatusUpdate | HeartbeatUpdate):
+            # Gateway state for the live view, not data to store: acknowledged at once.
+            self.live.gateway_update(res, item.arrival)
             self.link.ack(item.mid, item.qos)
             return
         if not isinstance(res, Accepted):

@@ -146,6 +146,23 @@ class Alerts(_Out):
     low_battery: list[LowBattery]
 
 
+class GatewayCounters(_Out):
+    """The gateway's own counters from its last heartbeat (wire.Heartbeat), since its boot."""
+
+    t: float
+    """When the gateway sent it (its own clock)."""
+    uptime_s: float
+    adverts_seen: int
+    adverts_published: int
+    adverts_dropped: int
+    adverts_per_s: float
+    queue_depth: int
+    scanner_restarts: int
+    cpu_temp_c: float | None
+    samples_per_s: float | None
+    beacons_heard: int | None
+
+
 class GatewayHealth(_Out):
     id: str
     name: str
@@ -153,9 +170,25 @@ class GatewayHealth(_Out):
     y: float
     level: int
     state: Literal["online", "offline"]
+    """online: its status does not say offline and a batch or heartbeat arrived within
+    http.gateway_offline_after_s (a gateway without a status is judged by its traffic)."""
+    offline_reason: Literal["status", "silent", "never_heard"] | None
+    """Why offline: its status (clean shutdown or last will) says so, nothing heard for
+    http.gateway_offline_after_s, or nothing heard since the hub started; None when online."""
+    status: Literal["online", "offline"] | None
+    """What its retained status topic says (None: no status, or superseded by a new boot)."""
+    status_t: float | None
+    """When the gateway set that status (its own clock; a last will's is its connect time)."""
+    boot: str | None
+    """The gateway's boot id (newest batch or heartbeat, else its status)."""
+    version: str | None
+    """Gateway software version (heartbeat, else status)."""
     last_batch: float | None
-    """Wall-clock arrival of the last accepted batch (the gateway's heartbeat for the hub)."""
+    """Wall-clock arrival of the last accepted batch."""
     seconds_since_batch: float | None
+    last_heartbeat: float | None
+    """Wall-clock arrival of the last heartbeat."""
+    seconds_since_heartbeat: float | None
     batches: int
     """Batches accepted in the loss window (livestate.LOSS_WINDOW_S)."""
     lost: int
@@ -163,11 +196,13 @@ class GatewayHealth(_Out):
     """lost / (lost + batches) over the window, from the gateways' (boot, seq)."""
     clock_skew_s: float | None
     """Learnt offset added to the gateway's clock (its skew plus the network delay)."""
+    heartbeat: GatewayCounters | None
 
 
 class Gateways(_Out):
     site: str
     t: float | None
+    """Hub time the list was built: the last tick, or the last status or heartbeat."""
     gateways: list[GatewayHealth]
 
 
@@ -519,32 +554,8 @@ def create_app(ctx: _Context) -> FastAPI:  # noqa: PLR0915  # one route after an
 
     @api.get("/sites/{site}/gateways", response_model=Gateways)
     def gateways(site: SiteDep) -> Response:
-        snap = live.snapshot(site.id)
-        if snap is None:  # before the first tick: every gateway as not heard yet
-            return JSONResponse(
-                {
-                    "site": site.id,
-                    "t": None,
-                    "gateways": [
-                        GatewayHealth(
-                            id=g.id,
-                            name=g.name,
-                            x=g.x,
-                            y=g.y,
-                            level=g.level,
-                            state="offline",
-                            last_batch=None,
-                            seconds_since_batch=None,
-                            batches=0,
-                            lost=0,
-                            loss_rate=None,
-                            clock_skew_s=None,
-                        ).model_dump()
-                        for g in site.gateways
-                    ],
-                }
-            )
-        return _json(snap.json("gateways"))
+        # Built on the service thread at each tick and each status or heartbeat (livestate.py).
+        return JSONResponse(live.gateways(site.id))
 
     @api.get("/sites/{site}/alerts", response_model=Alerts)
     def alerts(site: SiteDep) -> Response:

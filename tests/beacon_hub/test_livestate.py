@@ -1,4 +1,5 @@
-"""LiveState units: occupancy, idle at docks, lost beacons, gateway health, the occupancy
+"""LiveState units: occupancy, idle at docks, lost beacons, gateway health (batches, status,
+heartbeats, and the Ingestor's decoding of the latter two), the occupancy
 sampling and the stream queues' newest-wins policy across the thread boundary."""
 
 from __future__ import annotations
@@ -8,15 +9,39 @@ import threading
 from typing import Any
 
 import numpy as np
+import pytest
 
 from beacon_hub.engine import FixTable
 from beacon_hub.health import Metrics
-from beacon_hub.hubconfig import HttpConfig, IngestConfig
-from beacon_hub.ingest import Accepted, Inbound, Ingestor
+from beacon_hub.hubconfig import BrokerConfig, HttpConfig, IngestConfig
+from beacon_hub.ingest import (
+    Accepted,
+    ConsentUpdate,
+    GatewayUpdate,
+    HeartbeatUpdate,
+    Inbound,
+    Ingestor,
+    MqttLink,
+    Rejected,
+    StatusUpdate,
+    gateway_subscriptions,
+)
 from beacon_hub.livestate import NO_KIND, LiveState, SiteSnapshot, zone_occupancy
 from beacon_hub.registry import Asset, AssetRegistry
 from beacon_hub.site import Site, validate_site_data
-from beacon_hub.wire import Event, ReadingBatch, Telemetry, encode_batch, readings_topic
+from beacon_hub.wire import (
+    Event,
+    GatewayStatus,
+    Heartbeat,
+    ReadingBatch,
+    Telemetry,
+    encode_batch,
+    encode_heartbeat,
+    encode_status,
+    heartbeat_topic,
+    readings_topic,
+    status_topic,
+)
 
 P1 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:2:1"
 P2 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:2:2"
@@ -193,3 +218,163 @@ def test_a_slow_stream_gets_the_newest_snapshot_only() -> None:
     assert version == 5
     assert ended
     assert live.stream_count() == 0
+
+
+# ----------------------------------------------------------- gateway status and heartbeat
+
+BOOT = "0123456789abcdef"
+NEW_BOOT = "fedcba9876543210"
+
+
+def _report(
+    ing: Ingestor, kind: str, payload: bytes, arrival: float, gw: str = "g0"
+) -> GatewayUpdate | Rejected:
+    topic = status_topic("yard", gw) if kind == "status" else heartbeat_topic("yard", gw)
+    res = ing.handle(Inbound(arrival, topic, payload, 7, 1 if kind == "status" else 0))
+    assert not isinstance(res, Accepted | ConsentUpdate)
+    return res
+
+
+def _status(state: str, t: float = 990.0, boot: str = BOOT, gw: str = "g0") -> bytes:
+    return encode_status(GatewayStatus(gw, state, t, boot, "1.2.3"))  # type: ignore[arg-type]
+
+
+def _heartbeat(t: float, boot: str = BOOT, gw: str = "g0", dropped: int = 4) -> bytes:
+    return encode_heartbeat(
+        Heartbeat(gw, boot, t, 60.0, 1200, 1190, dropped, 3, 1, 20.0, "1.2.3", 51.5)
+    )
+
+
+def _world() -> tuple[list[float], LiveState, Ingestor, Metrics]:
+    now = [1000.0]
+    metrics = Metrics()
+    live = LiveState(
+        [dock_site()],
+        HttpConfig(gateway_offline_after_s=15.0),
+        clock=lambda: now[0],
+        metrics=metrics,
+    )
+    ing = Ingestor({"yard": frozenset({"g0", "g1"})}, IngestConfig(), metrics)
+    return now, live, ing, metrics
+
+
+def _apply(live: LiveState, res: GatewayUpdate | Rejected, arrival: float) -> None:
+    assert isinstance(res, StatusUpdate | HeartbeatUpdate), res
+    live.gateway_update(res, arrival)
+
+
+def _gw(live: LiveState, gw: str = "g0") -> dict[str, Any]:
+    view = live.gateways("yard")
+    assert view is not None
+    return next(g for g in view["gateways"] if g["id"] == gw)
+
+
+def test_status_and_heartbeat_make_the_gateway_online_and_clean_offline_shows_at_once() -> None:
+    now, live, ing, metrics = _world()
+    assert _gw(live)["offline_reason"] == "never_heard"  # before any tick: the site's gateways
+    _apply(live, _report(ing, "status", _status("online"), 999.0), 999.0)
+    g = _gw(live)
+    # The gateway says online, but nothing of it arrived yet: not online on its word alone.
+    assert (g["status"], g["state"], g["offline_reason"]) == ("online", "offline", "never_heard")
+    _apply(live, _report(ing, "heartbeat", _heartbeat(999.5), 1000.0), 1000.0)
+    g = _gw(live)
+    assert (g["state"], g["offline_reason"], g["last_heartbeat"]) == ("online", None, 1000.0)
+    assert g["last_batch"] is None
+    assert (g["boot"], g["version"], g["status_t"]) == (BOOT, "1.2.3", 990.0)
+    hb = g["heartbeat"]
+    assert (hb["adverts_seen"], hb["adverts_published"], hb["adverts_dropped"]) == (1200, 1190, 4)
+    assert (hb["queue_depth"], hb["scanner_restarts"], hb["uptime_s"]) == (3, 1, 60.0)
+    assert hb["cpu_temp_c"] == 51.5
+    # Exported for Prometheus too.
+    sample = metrics.registry.get_sample_value
+    assert sample("beacon_hub_gateway_online", {"site": "yard", "gateway": "g0"}) == 1.0
+    assert sample("beacon_hub_gateway_status_online", {"site": "yard", "gateway": "g0"}) == 1.0
+    labels = {"site": "yard", "gateway": "g0", "counter": "adverts_dropped"}
+    assert sample("beacon_hub_gateway_reported", labels) == 4.0
+    assert (
+        sample("beacon_hub_gateway_heartbeat_timestamp_seconds", {"site": "yard", "gateway": "g0"})
+        == 1000.0
+    )
+    # A clean shutdown (or the last will): offline at once, no tick, no timeout.
+    now[0] = 1001.0
+    _apply(live, _report(ing, "status", _status("offline", 1000.5), 1001.0), 1001.0)
+    g = _gw(live)
+    assert (g["state"], g["offline_reason"], g["status"]) == ("offline", "status", "offline")
+    assert sample("beacon_hub_gateway_online", {"site": "yard", "gateway": "g0"}) == 0.0
+    assert sample("beacon_hub_gateway_status_online", {"site": "yard", "gateway": "g0"}) == 0.0
+    # The next tick agrees, and the stream's snapshot carries the same fields.
+    snap = feed(live, 1001.0, [])
+    assert snap.gateways[0]["offline_reason"] == "status"
+    assert _gw(live) == snap.gateways[0]
+
+
+def test_offline_status_holds_against_late_batches_of_its_boot_not_against_a_new_boot() -> None:
+    now, live, ing, _ = _world()
+    live.gateway_batch(_accept(ing, 1, 999.0), 999.0)
+    _apply(live, _report(ing, "status", _status("offline"), 999.5), 999.5)
+    # A batch of the same boot the broker delivers late does not revive it.
+    live.gateway_batch(_accept(ing, 2, 1000.0), 1000.0)
+    assert _gw(live)["offline_reason"] == "status"
+    # The gateway restarted: its heartbeat (new boot) arrives before its new status.
+    now[0] = 1005.0
+    _apply(live, _report(ing, "heartbeat", _heartbeat(1004.0, NEW_BOOT), 1005.0), 1005.0)
+    g = _gw(live)
+    assert (g["state"], g["status"], g["boot"]) == ("online", None, NEW_BOOT)
+    # Silence past http.gateway_offline_after_s: offline again, for a different reason.
+    now[0] = 1021.0
+    g = feed(live, 1021.0, []).gateways[0]
+    assert (g["state"], g["offline_reason"]) == ("offline", "silent")
+
+
+def test_a_gateway_without_a_status_is_judged_by_its_traffic() -> None:
+    _, live, ing, _ = _world()
+    live.gateway_batch(_accept(ing, 1, 1000.0), 1000.0)
+    g = feed(live, 1000.0, []).gateways[0]
+    assert (g["state"], g["status"], g["heartbeat"]) == ("online", None, None)
+    # A cleared retained status (empty payload) is "unknown" again, not offline.
+    _apply(live, _report(ing, "status", _status("offline"), 1000.0), 1000.0)
+    assert _gw(live)["state"] == "offline"
+    _apply(live, _report(ing, "status", b"", 1000.5), 1000.5)
+    assert (_gw(live)["state"], _gw(live)["status"]) == ("online", None)
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "gw", "reason"),
+    [
+        ("status", b"{not json", "g0", "not_json"),
+        ("status", b'{"v":1,"gw":"g0","state":"asleep","t":1}', "g0", "bad_field"),
+        ("status", b'{"v":9,"gw":"g0","state":"online","t":1}', "g0", "bad_version"),
+        ("status", b"\xff\xfe", "g0", "not_utf8"),
+        ("status", _status("online", gw="g1"), "g0", "gateway_mismatch"),
+        ("status", _status("online", gw="g7"), "g7", "unknown_gateway"),
+        ("status", b"", "g7", "unknown_gateway"),
+        ("heartbeat", b"[]", "g0", "not_object"),
+        ("heartbeat", b'{"v":1,"gw":"g0"}', "g0", "bad_field"),
+        ("heartbeat", _heartbeat(1.0, dropped=-1), "g0", "bad_field"),
+        ("heartbeat", _heartbeat(1.0, gw="g7"), "g7", "unknown_gateway"),
+    ],
+)
+def test_bad_status_and_heartbeats_are_counted_per_reason(
+    kind: str, payload: bytes, gw: str, reason: str
+) -> None:
+    _, live, ing, metrics = _world()
+    res = _report(ing, kind, payload, 1000.0, gw)
+    assert isinstance(res, Rejected)
+    assert res.reason == reason
+    label = gw if gw in ("g0", "g1") else "_unknown"
+    value = metrics.registry.get_sample_value(
+        "beacon_hub_rejected_batches_total", {"site": "yard", "gateway": label, "reason": reason}
+    )
+    assert value == 1.0
+    assert _gw(live)["status"] is None  # nothing reached the live view
+
+
+def test_gateway_subscriptions_cover_status_and_heartbeat() -> None:
+    assert gateway_subscriptions("yard") == [
+        "beacons/yard/gateway/+/status",
+        "beacons/yard/gateway/+/heartbeat",
+    ]
+    link = MqttLink(
+        BrokerConfig(), IngestConfig(), client_id="t", site_ids=["yard"], metrics=Metrics()
+    )
+    assert set(gateway_subscriptions("yard")) <= set(link.subscriptions)
