@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from beacon_hub.web import (
     Assets,
     Dwell,
     Events,
+    GatewayHealth,
     Gateways,
     Heat,
     History,
@@ -34,6 +36,7 @@ from beacon_hub.web import (
     Tick,
     WebServer,
 )
+from beacon_hub.wire import GatewayStatus, Heartbeat
 from tests.beacon_hub.webworld import (
     BAY_PALLET,
     CART_MOVING,
@@ -106,6 +109,33 @@ def test_gateways_online_with_health_figures(world: World) -> None:
     assert len(gws.gateways) == len(world.sites[WH].gateways)
     assert {g.state for g in gws.gateways} == {"online"}
     assert all(g.loss_rate == 0.0 and g.clock_skew_s is not None for g in gws.gateways)
+
+
+def test_gateway_status_and_heartbeat_show_at_once(world: World) -> None:
+    gw = world.sites[STORE].gateways[0].id
+    url = f"{world.url}/api/sites/{STORE}/gateways"
+
+    def health() -> GatewayHealth:
+        gws = _valid(Gateways, url)
+        assert isinstance(gws, Gateways)
+        return next(g for g in gws.gateways if g.id == gw)
+
+    boot = "b00710000000000a"
+    world.report(STORE, Heartbeat(gw, boot, time.time(), 30.0, 900, 880, 20, 7, 2, 30.0, "2.0.1"))
+    g = health()
+    assert (g.state, g.offline_reason, g.version, g.boot) == ("online", None, "2.0.1", boot)
+    assert g.heartbeat is not None
+    assert (g.heartbeat.adverts_dropped, g.heartbeat.queue_depth) == (20, 7)
+    assert g.last_heartbeat is not None
+    # A clean shutdown: offline on the next request, without a tick in between.
+    world.report(STORE, GatewayStatus(gw, "offline", time.time(), boot, "2.0.1"))
+    g = health()
+    assert (g.state, g.offline_reason, g.status) == ("offline", "status", "offline")
+    gws = _valid(Gateways, url)
+    assert isinstance(gws, Gateways)
+    assert {o.state for o in gws.gateways if o.id != gw} == {"online"}
+    world.report(STORE, GatewayStatus(gw, "online", time.time(), boot, "2.0.1"))
+    assert (health().state, health().status) == ("online", "online")
 
 
 def test_history_events_dwell_heat_from_sqlite(world: World) -> None:

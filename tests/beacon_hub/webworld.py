@@ -18,14 +18,25 @@ import numpy as np
 from beacon_hub.engine import Engine, EngineConfig
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HttpConfig, IngestConfig
-from beacon_hub.ingest import Accepted, Inbound, Ingestor
+from beacon_hub.ingest import Accepted, HeartbeatUpdate, Inbound, Ingestor, StatusUpdate
 from beacon_hub.livestate import LiveState, zone_occupancy
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.registry import Asset, AssetRegistry
 from beacon_hub.site import Site, load_site
 from beacon_hub.stores import SqliteReader, SqliteStore, TickRecord
 from beacon_hub.web import WebServer
-from beacon_hub.wire import ReadingBatch, Telemetry, encode_batch, readings_topic
+from beacon_hub.wire import (
+    GatewayStatus,
+    Heartbeat,
+    ReadingBatch,
+    Telemetry,
+    encode_batch,
+    encode_heartbeat,
+    encode_status,
+    heartbeat_topic,
+    readings_topic,
+    status_topic,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PALLET_UUID = "5e0b9c3a-71d4-4f86-a2e9-c48d16b7f035"
@@ -124,6 +135,17 @@ class World:
             self.store.commit(TickRecord(sid, t, table, result.events, labels), (), ())
             self.live.tick(sid, t, table, result.events, labels, occupancy)
         self.t = t
+
+    def report(self, sid: str, report: GatewayStatus | Heartbeat) -> None:
+        """A gateway's status or heartbeat through the Ingestor into the live view, as the
+        service hands it over (service._handle)."""
+        if isinstance(report, GatewayStatus):
+            topic, payload = status_topic(sid, report.gw), encode_status(report)
+        else:
+            topic, payload = heartbeat_topic(sid, report.gw), encode_heartbeat(report)
+        res = self.ingestor.handle(Inbound(time.time(), topic, payload, 0, 0))
+        assert isinstance(res, StatusUpdate | HeartbeatUpdate), res
+        self.live.gateway_update(res, time.time())
 
 
 def build_world(tmp: Path, config: HttpConfig | None = None) -> World:
