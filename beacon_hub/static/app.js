@@ -237,22 +237,54 @@ function drawOccupancy(zones) {
   );
 }
 
+const OFFLINE_WHY = {
+  status: "said offline", // its status topic: a clean shutdown or its last will
+  silent: "silent",
+  never_heard: "not heard",
+};
+
+function lastHeard(g) {
+  const times = [g.last_batch, g.last_heartbeat].filter((t) => t !== null && t !== undefined);
+  return times.length ? Math.max(...times) : null;
+}
+
+function gatewayTitle(g) {
+  const hb = g.heartbeat;
+  const lines = [
+    `${g.id}: ${g.state}${g.offline_reason ? ` (${OFFLINE_WHY[g.offline_reason] ?? g.offline_reason})` : ""}`,
+    `status: ${g.status ?? "—"}${g.status_t ? ` since ${when(g.status_t)}` : ""}; ` +
+      `version ${g.version ?? "—"}; boot ${g.boot ?? "—"}`,
+    `last batch ${when(g.last_batch)}; last heartbeat ${when(g.last_heartbeat)}`,
+    `${g.batches} batches, ${g.lost} lost in the last 5 min; clock skew ${g.clock_skew_s ?? "—"} s`,
+  ];
+  if (hb) {
+    lines.push(
+      `adverts seen ${hb.adverts_seen}, published ${hb.adverts_published}, dropped ${hb.adverts_dropped} ` +
+        `(${hb.adverts_per_s.toFixed(1)}/s); queue ${hb.queue_depth}; scanner restarts ${hb.scanner_restarts}; ` +
+        `up ${duration(hb.uptime_s)}` + (hb.cpu_temp_c === null ? "" : `; CPU ${hb.cpu_temp_c.toFixed(0)} °C`),
+    );
+  }
+  return lines.join("\n");
+}
+
 function drawGateways(gateways) {
   const box = $("#gateways");
   box.replaceChildren(
     ...gateways.map((g) => {
+      const hb = g.heartbeat;
+      const dropped = hb && hb.adverts_seen ? (100 * hb.adverts_dropped) / hb.adverts_seen : null;
       const r = row(
-        { "data-gateway": g.id, "data-state": g.state },
+        { "data-gateway": g.id, "data-state": g.state, "data-reason": g.offline_reason ?? "" },
         [
           ["led", ""],
           ["name", g.name || g.id],
-          ["meta", clock(g.last_batch)],
+          ["meta", g.state === "offline" && g.offline_reason ? OFFLINE_WHY[g.offline_reason] ?? "" : clock(lastHeard(g))],
           ["meta", g.loss_rate === null ? "loss —" : `loss ${(100 * g.loss_rate).toFixed(1)}%`],
           ["meta", g.clock_skew_s === null ? "skew —" : `skew ${g.clock_skew_s.toFixed(2)}s`],
+          ["meta hb", hb ? `q ${hb.queue_depth} · drop ${dropped === null ? "—" : dropped.toFixed(1) + "%"} · up ${duration(hb.uptime_s)}` : ""],
         ],
       );
-      r.title = `${g.id}: ${g.state}; last batch ${when(g.last_batch)}; ` +
-        `${g.batches} batches, ${g.lost} lost in the last 5 min; clock skew ${g.clock_skew_s ?? "—"} s`;
+      r.title = gatewayTitle(g);
       return r;
     }),
   );
