@@ -95,7 +95,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         start = DEFAULT_START_S
     options = RunOptions(
-        duration_s=args.duration, seed=args.seed, start_s=start, population=population, radio=radio
+        duration_s=args.duration,
+        seed=args.seed,
+        start_s=start,
+        population=population,
+        radio=radio,
+        building_seed=args.building_seed,
     )
     try:
         sim = Simulation(site, options)
@@ -125,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--site", type=Path, required=True, metavar="S.yaml")
     run.add_argument("--duration", type=float, required=True, metavar="S", help="seconds")
     run.add_argument("--seed", type=int, required=True, metavar="N")
+    run.add_argument(
+        "--building-seed",
+        type=int,
+        metavar="N",
+        help="draw the building's radio from N, not --seed (a survey and a later run share it)",
+    )
     run.add_argument("--speed", type=parse_speed, default=1.0, metavar="X|max")
     run.add_argument("--broker", metavar="URL", help="publish batches, e.g. mqtt://127.0.0.1")
     run.add_argument("--out", type=Path, metavar="R.csv", help="write readings")

@@ -85,6 +85,10 @@ class RunOptions:
     radio: RadioConfig = REALISTIC_RADIO
     batch_interval_s: float = BATCH_INTERVAL_S
     truth_interval_s: float = TRUTH_INTERVAL_S
+    building_seed: int | None = None
+    """Draws the building's radio (static shadowing fields, channel offsets, gateway clocks)
+    apart from the run: a survey walk and a later day with other shoppers share one building.
+    None: the run's seed, so a seed alone still fixes everything."""
 
 
 @dataclass
@@ -127,6 +131,11 @@ class Simulation:
         self.options = options
         seeds = np.random.SeedSequence(options.seed).spawn(4)
         radio_rng, pop_rng, self._rng, boot_rng = (np.random.default_rng(s) for s in seeds)
+        if options.building_seed is not None:
+            # the radio stream exactly as a run with that seed draws it
+            radio_rng = np.random.default_rng(
+                np.random.SeedSequence(options.building_seed).spawn(4)[0]
+            )
         self.radio = RadioModel(site, options.radio, radio_rng)
         self.population = build_population(site, options.population, pop_rng, options.start_s)
         self.gateway_ids = self.radio.gateway_ids

@@ -77,6 +77,41 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     assert outputs[0][1] != outputs[2][1]
 
 
+def test_building_seed_fixes_the_building_and_leaves_the_run_to_its_seed() -> None:
+    """A survey (seed 2) and a later day (seed 3) of one building (building seed 1) see the same
+    static radio; without a building seed each run has its own building."""
+    from simulator.scenario import RunOptions, Simulation, default_population  # noqa: PLC0415
+
+    site = load_site(STORE)
+
+    def sim(seed: int, building: int | None) -> Simulation:
+        options = RunOptions(
+            duration_s=10,
+            seed=seed,
+            start_s=DEFAULT_START_S,
+            population=default_population(site),
+            building_seed=building,
+        )
+        return Simulation(site, options)
+
+    rng = np.random.default_rng(0)
+    xyz = np.c_[rng.uniform(1, 39, 50), rng.uniform(1, 29, 50), np.full(50, 1.0)]
+    level = np.zeros(50, dtype=np.int64)
+    survey, later, alone, same = sim(2, 1), sim(3, 1), sim(3, None), sim(1, None)
+    assert np.array_equal(survey.radio.mean_dbm(xyz, level), later.radio.mean_dbm(xyz, level))
+    assert np.array_equal(survey.radio.mean_dbm(xyz, level), same.radio.mean_dbm(xyz, level))
+    assert not np.allclose(later.radio.mean_dbm(xyz, level), alone.radio.mean_dbm(xyz, level))
+    # the shoppers follow the run's seed, not the building's
+    ends = []
+    for run in (later, alone, survey):
+        run.population.advance(DEFAULT_START_S + 900)
+        ends.append(
+            [b.track.at(np.array([DEFAULT_START_S + 900.0]))[0] for b in run.population.beacons]
+        )
+    assert np.array_equal(ends[0], ends[1])
+    assert not np.array_equal(ends[0], ends[2])
+
+
 def test_room_companion_mode_is_the_harness_noise(tmp_path: Path) -> None:
     """One sample a second along the two walks, heard by all four nodes, with Gaussian 2.5 dB
     and a 6 dB dip on 10 % of samples around the log-distance mean."""
