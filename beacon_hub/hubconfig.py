@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -24,9 +24,11 @@ from pydantic import (
 from beacon_hub.broker_settings import BrokerSettings, TlsConfig
 from beacon_hub.config_loader import load_model
 from beacon_hub.engine import EngineConfig
+from beacon_hub.site import BeaconKindName
 
 __all__ = [
     "ENV_PREFIX",
+    "RETENTION_DEFAULT_KEY",
     "BrokerConfig",
     "HttpConfig",
     "HubConfig",
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "BEACON_HUB"
+RETENTION_DEFAULT_KEY = "default"
+"""`stores.retention_days` entry for the kinds it does not list and for beacons of no kind."""
 
 TRACK_REFRESH_S = 30.0
 """DESIGN.md: `track/{beacon}` is republished at least this often even without a change."""
@@ -110,7 +114,9 @@ class InfluxConfig(_Section):
     url: str = "http://localhost:8086"
     database: str = "beacons"
     """1.x database (version 1)."""
-    retention_policy: str | None = None
+    retention_policy: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
+    """Write every point into this existing policy; the hub then creates none of its own.
+    Unset (recommended): per-class policies `beacon_hub_{class}` (docs/privacy.md, Retention)."""
     username: str | None = None
     password: SecretStr | None = None
     bucket: str = "beacons"
@@ -138,6 +144,10 @@ class InfluxConfig(_Section):
 class StoresConfig(_Section):
     sqlite: SqliteConfig = SqliteConfig()
     influx: InfluxConfig | None = None
+    retention_days: dict[str, Annotated[float, Field(gt=0, le=36_500)] | None] = {}
+    """Days kept per beacon kind that is not a shopper's (`pallet: 365`), `default` for the
+    kinds not listed and beacons of no kind; a missing or null entry keeps forever. Shoppers
+    follow `privacy.retention_days` (docs/privacy.md, Retention)."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -202,7 +212,9 @@ class PrivacyConfig(_Section):
     """Beacons whose shoppers said yes: CSV (`beacon[,expires]`) or YAML (a list of ids or of
     `{beacon, expires}`); `expires` is Unix seconds or an ISO 8601 date-time."""
     retention_days: float | None = Field(default=None, gt=0, le=36_500)
-    """Fixes and events older than this are deleted from SQLite (hourly); None keeps them."""
+    """Shoppers' data (shopper kinds, `anon:` ids, promotion decisions) is kept this long: deleted
+    from SQLite hourly and written to InfluxDB 1.x's `beacon_hub_shoppers` policy of this
+    duration. None keeps it. Other kinds: `stores.retention_days`."""
 
 
 class WebhookConfig(_Section):
@@ -243,6 +255,22 @@ class HubConfig(_Section):
     promotions: PromotionsConfig = PromotionsConfig()
     assets: Path | None = None
     """An asset registry file (CSV or YAML) loaded at start, on top of the imported ones."""
+
+    @model_validator(mode="after")
+    def _retention_keys(self) -> HubConfig:
+        kinds = set(get_args(BeaconKindName))
+        for key in self.stores.retention_days:
+            if key in self.privacy.shopper_kinds:
+                raise ValueError(
+                    f"stores.retention_days.{key}: {key} is a shopper kind "
+                    "(privacy.shopper_kinds); its retention is privacy.retention_days"
+                )
+            if key != RETENTION_DEFAULT_KEY and key not in kinds:
+                raise ValueError(
+                    f"stores.retention_days.{key}: expected a beacon kind "
+                    f"({', '.join(sorted(kinds))}) or {RETENTION_DEFAULT_KEY!r}"
+                )
+        return self
 
 
 def load_hub_config(

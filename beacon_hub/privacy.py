@@ -8,7 +8,9 @@
   is counted in `beacon_hub_privacy_withheld_{fixes,events}_total`.
 - A consenting shopper's id becomes `anon:{16 hex}`: the first 64 bits of
   HMAC-SHA256(key, id), stable for one key, unlinkable without it.
-- Retention: `retention_job` deletes SQLite fixes and events older than `retention_days`.
+- Retention: `Retention` sorts data into classes (shoppers, each other beacon kind, other) with
+  a retention each; `retention_job` deletes each class's old SQLite rows, and stores.py writes
+  each class to its own InfluxDB 1.x retention policy.
 - Erasure: `erase_sqlite` / `erase_influx` remove a beacon's rows under its id and pseudonym
   (`beacon-hub erase`).
 
@@ -32,8 +34,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
@@ -41,22 +44,28 @@ from prometheus_client import CollectorRegistry, Counter
 from beacon_hub.consent import ConsentRegistry
 from beacon_hub.engine import FixTable
 from beacon_hub.errors import BeaconHubError
-from beacon_hub.hubconfig import InfluxConfig, PrivacyConfig
-from beacon_hub.site import Site
+from beacon_hub.hubconfig import RETENTION_DEFAULT_KEY, HubConfig, InfluxConfig, PrivacyConfig
+from beacon_hub.site import BeaconKindName, Site
 from beacon_hub.wire import Event
 
 __all__ = [
     "KEY_BYTES",
+    "OTHER",
+    "POLICY_PREFIX",
     "PSEUDONYM_PREFIX",
     "RETENTION_EVERY_S",
+    "SHOPPERS",
+    "KindOf",
     "Privacy",
     "PrivacyError",
+    "Retention",
     "erase_influx",
     "erase_sqlite",
     "key_file_path",
     "load_key",
     "pseudonym",
     "retention_job",
+    "site_kind_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,34 +250,155 @@ def _select(fixes: FixTable, keep: list[int], beacons: list[str]) -> FixTable:
 
 # ---------------------------------------------------------------------------------- retention
 
+SHOPPERS = "shoppers"
+"""Retention class of shoppers' data: shopper kinds, `anon:` ids, promotion decisions."""
+OTHER = "other"
+"""Retention class of beacons whose kind no site file gives."""
+POLICY_PREFIX = "beacon_hub_"
+"""InfluxDB 1.x retention policies the hub writes to are `beacon_hub_{class}`."""
 
-def retention_job(days: float, now: float) -> Callable[[sqlite3.Connection], None]:
-    """A SQLite writer job: delete fixes, events and promotion decisions older than `days`."""
-    cutoff = now - days * SECONDS_PER_DAY
+KindOf = Callable[[str, str], str | None]
+"""(site, beacon) -> the beacon's kind from the site file, or None."""
+
+
+def site_kind_of(sites: Mapping[str, Site]) -> KindOf:
+    """A kind lookup straight from the site files: no cache, so any thread may call it."""
+
+    def kind_of(site: str, beacon: str) -> str | None:
+        s = sites.get(site)
+        k = None if s is None else s.kind_of(beacon)
+        return None if k is None else k.kind
+
+    return kind_of
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long each class of data is kept (docs/privacy.md, Retention).
+
+    Classes: `shoppers` (a shopper kind or an `anon:` id), one per other beacon kind (`pallet`,
+    `reference`, ...) and `other` (no kind). SQLite prunes by class and age; InfluxDB 1.x keeps
+    each class in its own retention policy `beacon_hub_{class}`."""
+
+    shopper_kinds: frozenset[str] = frozenset({"cart"})
+    days: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
+    """Class -> days kept; a class not here (or None) is kept forever."""
+    kind_of: KindOf | None = None
+    """For rows that carry no kind (events, latest): the beacon's kind by site and id."""
+
+    @classmethod
+    def from_config(cls, cfg: HubConfig, sites: Mapping[str, Site]) -> Retention:
+        per_kind = cfg.stores.retention_days
+        fallback = per_kind.get(RETENTION_DEFAULT_KEY)
+        shoppers = frozenset(cfg.privacy.shopper_kinds)
+        days: dict[str, float | None] = {SHOPPERS: cfg.privacy.retention_days, OTHER: fallback}
+        for kind in get_args(BeaconKindName):
+            if kind not in shoppers:
+                days[kind] = per_kind.get(kind, fallback)
+        return cls(shoppers, days, site_kind_of(sites))
+
+    @property
+    def classes(self) -> list[str]:
+        """Every class a point can fall in: shoppers, each other kind, other."""
+        kinds = [k for k in get_args(BeaconKindName) if k not in self.shopper_kinds]
+        return [SHOPPERS, *kinds, OTHER]
+
+    def class_of(self, kind: str | None, beacon: str) -> str:
+        if kind in self.shopper_kinds or beacon.startswith(PSEUDONYM_PREFIX):
+            return SHOPPERS
+        return kind if kind is not None and kind in get_args(BeaconKindName) else OTHER
+
+    def class_of_beacon(self, site: str, beacon: str) -> str:
+        kind = None if self.kind_of is None else self.kind_of(site, beacon)
+        return self.class_of(kind, beacon)
+
+    def days_of(self, cls: str) -> float | None:
+        return self.days.get(cls)
+
+    def policy(self, cls: str) -> str:
+        return POLICY_PREFIX + cls
+
+
+def retention_job(retention: Retention, now: float) -> Callable[[sqlite3.Connection], None]:
+    """A SQLite writer job: delete, per class, the rows older than the class's retention.
+
+    `fixes` by its `kind` column (and `anon:` ids); `events` and `latest` by each old row's
+    beacon, classed by site and id; `promotion_decisions` are shoppers' data as a whole. `now`
+    is data time (the tick), so a replay prunes as the live hub would have."""
+    cutoffs = {
+        c: now - d * SECONDS_PER_DAY
+        for c in retention.classes
+        if (d := retention.days_of(c)) is not None
+    }
 
     def job(db: sqlite3.Connection) -> None:
-        removed = {}
+        if not cutoffs:
+            return
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        removed: dict[str, int] = {}
         db.execute("BEGIN")
         try:
-            for table in _tables_with_time(db):
-                cur = db.execute(f"DELETE FROM {table} WHERE t < ?", (cutoff,))  # noqa: S608  # fixed names
-                removed[table] = cur.rowcount
+            if "fixes" in names:
+                removed["fixes"] = _prune_fixes(db, retention, cutoffs)
+            for table in ("events", "latest"):
+                if table in names:
+                    removed[table] = _prune_by_beacon(db, table, retention, cutoffs)
+            if "promotion_decisions" in names and SHOPPERS in cutoffs:
+                cur = db.execute(
+                    "DELETE FROM promotion_decisions WHERE t < ?", (cutoffs[SHOPPERS],)
+                )
+                removed["promotion_decisions"] = cur.rowcount
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         if any(removed.values()):
-            log.info("retention (%g days): removed %s", days, json.dumps(removed, sort_keys=True))
+            log.info(
+                "retention %s: removed %s",
+                json.dumps({c: retention.days_of(c) for c in cutoffs}, sort_keys=True),
+                json.dumps(removed, sort_keys=True),
+            )
 
     return job
 
 
-_RETAINED_TABLES = ("fixes", "events", "latest", "promotion_decisions")
+def _prune_fixes(db: sqlite3.Connection, retention: Retention, cutoffs: Mapping[str, float]) -> int:
+    removed = 0
+    # The kinds among rows old enough for some class (few), each mapped to its class.
+    newest = max(cutoffs.values())
+    kinds = [r[0] for r in db.execute("SELECT DISTINCT kind FROM fixes WHERE t < ?", (newest,))]
+    for kind in kinds:
+        cls = retention.class_of(kind, "")
+        if cls in cutoffs:
+            cur = db.execute("DELETE FROM fixes WHERE t < ? AND kind IS ?", (cutoffs[cls], kind))
+            removed += cur.rowcount
+    if SHOPPERS in cutoffs:  # pseudonyms of a kind no longer listed as a shopper kind
+        cur = db.execute(
+            "DELETE FROM fixes WHERE t < ? AND beacon LIKE 'anon:%'", (cutoffs[SHOPPERS],)
+        )
+        removed += cur.rowcount
+    return removed
 
 
-def _tables_with_time(db: sqlite3.Connection) -> list[str]:
-    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return [t for t in _RETAINED_TABLES if t in names]
+def _prune_by_beacon(
+    db: sqlite3.Connection, table: str, retention: Retention, cutoffs: Mapping[str, float]
+) -> int:
+    """Rows of a table without a kind column: class each old row's (site, beacon) once."""
+    newest = max(cutoffs.values())
+    pairs = db.execute(
+        f"SELECT DISTINCT site, beacon FROM {table} WHERE t < ?",  # noqa: S608  # fixed names
+        (newest,),
+    ).fetchall()
+    removed = 0
+    for site, beacon in pairs:
+        cls = retention.class_of_beacon(site, beacon)
+        if cls in cutoffs:
+            cur = db.execute(
+                f"DELETE FROM {table} WHERE site = ? AND beacon = ? AND t < ?",  # noqa: S608
+                (site, beacon, cutoffs[cls]),
+            )
+            removed += cur.rowcount
+    return removed
 
 
 # ------------------------------------------------------------------------------------ erasure

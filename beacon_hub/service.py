@@ -51,7 +51,7 @@ from beacon_hub.ingest import (
 )
 from beacon_hub.livestate import LiveState, zone_occupancy
 from beacon_hub.outputs import SiteOutputs
-from beacon_hub.privacy import RETENTION_EVERY_S, Privacy, load_key, retention_job
+from beacon_hub.privacy import RETENTION_EVERY_S, Privacy, Retention, load_key, retention_job
 from beacon_hub.promotions import Evaluator, Promotions, load_rules
 from beacon_hub.registry import AssetRegistry, read_assets
 from beacon_hub.site import Site, load_site
@@ -182,6 +182,7 @@ class Hub:
                 registry=self.metrics.registry,
                 webhook=cfg.promotions.webhook,
             )
+        self.retention = Retention.from_config(cfg, site_map)
         self._last_retention = -math.inf
         for g in self.sqlite.saved_gateways():
             if g.site in self.sites:
@@ -214,7 +215,7 @@ class Hub:
         # Last: the InfluxDB writer starts a thread, so nothing that can fail comes after it.
         self.stores: list[Store] = []
         if cfg.stores.influx is not None:
-            self.stores.append(InfluxStore(cfg.stores.influx, self.metrics))
+            self.stores.append(InfluxStore(cfg.stores.influx, self.metrics, self.retention))
         self._connected_at: float | None = None
         self._last_asset_save = time.monotonic()
         self._rate_t = time.monotonic()
@@ -404,10 +405,9 @@ class Hub:
             store.write(record)
         if self.promotions is not None:
             self.promotions.tick(site, t, events, self.privacy.withheld)
-        days = self.cfg.privacy.retention_days
-        if days is not None and t - self._last_retention >= RETENTION_EVERY_S:
+        if t - self._last_retention >= RETENTION_EVERY_S:
             self._last_retention = t
-            self.sqlite.submit(retention_job(days, t))
+            self.sqlite.submit(retention_job(self.retention, t))
         if len(self.registry):
             self.registry.seen(table.beacons, t)
         run.last_tick_wall = self.clock()

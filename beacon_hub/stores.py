@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
+import re
 import sqlite3
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -35,6 +37,7 @@ from beacon_hub.engine import FixTable
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import InfluxConfig
+from beacon_hub.privacy import Retention
 from beacon_hub.wire import Event
 
 __all__ = [
@@ -50,7 +53,9 @@ __all__ = [
     "Store",
     "StoreError",
     "TickRecord",
+    "ensure_policies",
     "fix_points",
+    "policy_hours",
 ]
 
 log = logging.getLogger(__name__)
@@ -558,12 +563,17 @@ def _line(measurement: str, tags: dict[str, str], fields: dict[str, object], t_m
 
 def fix_points(record: TickRecord) -> list[str]:
     """Line protocol of one tick (docs/hub.md, Schema)."""
+    return [line for _, _, line in _points(record)]
+
+
+def _points(record: TickRecord) -> Iterator[tuple[str | None, str, str]]:
+    """(kind, beacon, line) of each point of one tick; an event's kind is its beacon's fix's in
+    the same tick, or None (the caller looks it up)."""
     table, site = record.fixes, record.site
     t_ms = round(record.t * 1000)
     x, y = table.x.tolist(), table.y.tolist()
     acc, lvl, speed = table.accuracy_m.tolist(), table.level.tolist(), table.speed_m_s.tolist()
     gws = gateway_lists(table)
-    lines: list[str] = []
     for i in range(len(table)):
         tags = {"site": site, "beacon": table.beacons[i]}
         kind = table.kinds[i]
@@ -581,50 +591,100 @@ def fix_points(record: TickRecord) -> list[str]:
         label = record.labels[i]
         if label is not None:
             fields["label"] = label
-        lines.append(_line(FIX_MEASUREMENT, tags, fields, t_ms))
+        yield kind, table.beacons[i], _line(FIX_MEASUREMENT, tags, fields, t_ms)
+    kinds: dict[str, str | None] | None = None
     for e in record.events:
+        if kinds is None:
+            kinds = dict(zip(table.beacons, table.kinds, strict=True))
         # beacon and zone are tags: points with equal tags and time overwrite each other, and
         # one tick may hold several events of one type (different beacons, overlapping zones).
         etags = {"site": e.site, "type": e.type, "beacon": e.beacon}
         if e.zone is not None:
             etags["zone"] = e.zone
         efields: dict[str, object] = {"data": json.dumps(dict(e.data), separators=(",", ":"))}
-        lines.append(_line(EVENT_MEASUREMENT, etags, efields, round(e.t * 1000)))
-    return lines
+        line = _line(EVENT_MEASUREMENT, etags, efields, round(e.t * 1000))
+        yield kinds.get(e.beacon), e.beacon, line
+
+
+_RP_MARK = "#rp:"
+"""Buffered and spilled lines headed for a retention policy start `#rp:{policy} `. A real line
+of line protocol never starts with `#` (that is a comment), so unmarked lines (`write_lines`,
+spill files of older versions) go to the database's default policy."""
+
+
+def _marked(policy: str, line: str) -> str:
+    return f"{_RP_MARK}{policy} {line}"
+
+
+def _split_marked(body: bytes) -> dict[str | None, list[str]]:
+    """A batch's lines grouped by retention policy (None: the database's default), in order."""
+    groups: dict[str | None, list[str]] = {}
+    for entry in body.decode().split("\n"):
+        if entry.startswith(_RP_MARK):
+            policy, _, line = entry[len(_RP_MARK) :].partition(" ")
+            groups.setdefault(policy, []).append(line)
+        else:
+            groups.setdefault(None, []).append(entry)
+    return groups
 
 
 class _RefusedError(Exception):
     """The database refused a batch for good (malformed line, 4xx): retrying will not help."""
 
+    def __init__(self, message: str, points: int | None = None) -> None:
+        super().__init__(message)
+        self.points = points
+        """Points refused, if not the whole batch."""
 
-Sender = Callable[[bytes], None]
-"""Writes one batch of line protocol; raises _RefusedError (drop) or anything else (retry)."""
+
+class _PoliciesMissingError(Exception):
+    """Retention policies the hub needs are missing and it may not create them (not admin)."""
+
+
+Sender = Callable[[str | None, bytes], int]
+"""Writes one batch of line protocol to a retention policy (None: the default; 2.x ignores it);
+returns the points the database dropped as older than the policy's duration. Raises
+_RefusedError (drop) or anything else (retry)."""
+
+BEYOND_RETENTION = re.compile(r"points beyond retention policy dropped=(\d+)")
+"""InfluxDB 1.x answers 400 `partial write: points beyond retention policy dropped=N` and stores
+the rest: those points are already past their retention, which is what retention asks for."""
+
+
+def _v1_auth(cfg: InfluxConfig) -> dict[str, str]:
+    if cfg.username is None:
+        return {}
+    return {"u": cfg.username, "p": cfg.password.get_secret_value() if cfg.password else ""}
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""The database sits on the site network: a proxy from the environment must not see it."""
 
 
 def _v1_sender(cfg: InfluxConfig) -> Sender:
-    params = {"db": cfg.database, "precision": "ms"}
-    if cfg.retention_policy:
-        params["rp"] = cfg.retention_policy
-    if cfg.username is not None:
-        params["u"] = cfg.username
-        params["p"] = cfg.password.get_secret_value() if cfg.password else ""
-    url = f"{cfg.url}/write?{urllib.parse.urlencode(params)}"
-    # The database sits on the site network: a proxy from the environment must not see it.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    base = {"db": cfg.database, "precision": "ms", **_v1_auth(cfg)}
 
-    def send(body: bytes) -> None:
+    def send(policy: str | None, body: bytes) -> int:
+        params = dict(base)
+        if policy or cfg.retention_policy:
+            params["rp"] = policy or cfg.retention_policy or ""
+        url = f"{cfg.url}/write?{urllib.parse.urlencode(params)}"
         request = urllib.request.Request(  # noqa: S310  # http(s) only, checked by the config
             url, body, {"Content-Type": "text/plain; charset=utf-8"}, method="POST"
         )
         try:
-            with opener.open(request, timeout=cfg.timeout_s) as response:
+            with _NO_PROXY.open(request, timeout=cfg.timeout_s) as response:
                 response.read()
         except urllib.error.HTTPError as e:
             with e:
                 detail = e.read().decode(errors="replace")[:300]
+            expired = BEYOND_RETENTION.search(detail)
+            if e.code == 400 and expired:
+                return int(expired.group(1))
             if e.code in (400, 413):
                 raise _RefusedError(f"HTTP {e.code}: {detail}") from e
             raise
+        return 0
 
     return send
 
@@ -638,7 +698,7 @@ def _v2_sender(cfg: InfluxConfig) -> tuple[Sender, Callable[[], None]]:
     )
     api = client.write_api(write_options=SYNCHRONOUS)
 
-    def send(body: bytes) -> None:
+    def send(_policy: str | None, body: bytes) -> int:
         try:
             api.write(bucket=cfg.bucket, org=cfg.org, record=body, write_precision=_MS)
         except Exception as e:  # ApiException carries the HTTP status; anything else: retry
@@ -646,8 +706,118 @@ def _v2_sender(cfg: InfluxConfig) -> tuple[Sender, Callable[[], None]]:
             if status in (400, 413):
                 raise _RefusedError(f"HTTP {status}: {e}") from e
             raise
+        return 0
 
     return send, client.close
+
+
+# ------------------------------------------------------------------ InfluxDB retention policies
+
+SHARD_1H_BELOW_H = 48
+SHARD_1D_BELOW_H = 6 * 30 * 24
+"""Shard group durations as InfluxDB 1.x picks them by default (1 h below 2 days, 1 day up to
+6 months, 7 days beyond and for INF), given explicitly so an ALTER keeps them consistent."""
+
+
+def policy_hours(days: float | None) -> int | None:
+    """A retention in days as an InfluxDB duration in whole hours (at least the server's 1 h
+    minimum), None for INF."""
+    if days is None:
+        return None
+    return max(1, math.ceil(days * 24 - 1e-9))
+
+
+def _shard_hours(hours: int | None) -> int:
+    if hours is not None and hours < SHARD_1H_BELOW_H:
+        return 1
+    if hours is not None and hours <= SHARD_1D_BELOW_H:
+        return 24
+    return 168
+
+
+def _go_duration_s(text: str) -> int:
+    """SHOW RETENTION POLICIES' durations: `720h0m0s`, `0s` (INF)."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if m is None:
+        raise ValueError(f"unexpected duration {text!r}")
+    h, mi, sec = (int(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + sec
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _influxql(cfg: InfluxConfig, q: str) -> list[dict[str, Any]]:
+    """One InfluxQL statement through 1.x /query. Not allowed -> _PoliciesMissingError; anything
+    else (network, 5xx, an unknown database) raises to be retried."""
+    body = urllib.parse.urlencode({"q": q, **_v1_auth(cfg)}).encode()
+    request = urllib.request.Request(f"{cfg.url}/query", body, method="POST")  # noqa: S310
+    try:
+        with _NO_PROXY.open(request, timeout=cfg.timeout_s) as response:
+            doc = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            detail = e.read().decode(errors="replace")[:300]
+        if e.code in (401, 403):
+            raise _PoliciesMissingError(detail) from e
+        raise
+    results: list[dict[str, Any]] = doc.get("results", [])
+    for r in results:
+        if "error" in r:
+            error = str(r["error"])
+            if "authoriz" in error or "admin" in error:
+                raise _PoliciesMissingError(error)
+            raise StoreError(f"InfluxDB {cfg.url}: {q}: {error}")
+    return results
+
+
+def ensure_policies(
+    cfg: InfluxConfig, wanted: Mapping[str, tuple[int | None, bool]]
+) -> tuple[list[str], list[str]]:
+    """Create or alter the retention policies `wanted` (name -> (hours or None for INF,
+    required)) in `cfg.database`; returns the statements run and those this user may not run
+    for policies that are not required. Raises _PoliciesMissingError naming what an admin has
+    to run when a required one is refused."""
+    db = _quote(cfg.database)
+    found = _influxql(cfg, f"SHOW RETENTION POLICIES ON {db}")
+    have = {
+        str(row[0]): _go_duration_s(str(row[1]))
+        for r in found
+        for series in r.get("series", [])
+        for row in series.get("values", [])
+    }
+    ran: list[str] = []
+    refused: list[str] = []
+    optional: list[str] = []
+    for name, (hours, required) in wanted.items():
+        duration = "INF" if hours is None else f"{hours}h"
+        shard = f"{_shard_hours(hours)}h"
+        if name not in have:
+            q = (
+                f"CREATE RETENTION POLICY {_quote(name)} ON {db} DURATION {duration} "
+                f"REPLICATION 1 SHARD DURATION {shard}"
+            )
+        elif have[name] != (hours or 0) * 3600:
+            q = (
+                f"ALTER RETENTION POLICY {_quote(name)} ON {db} DURATION {duration} "
+                f"SHARD DURATION {shard}"
+            )
+        else:
+            continue
+        try:
+            _influxql(cfg, q)
+        except _PoliciesMissingError:
+            (refused if required else optional).append(q)
+        else:
+            ran.append(q)
+    if refused:
+        raise _PoliciesMissingError(
+            f"InfluxDB {cfg.url}: user {cfg.username or '(none)'} may not manage retention "
+            f"policies (needs admin); points wait in the spill until an admin runs: "
+            + "; ".join(refused)
+        )
+    return ran, optional
 
 
 class _Spill:
@@ -698,12 +868,27 @@ class _Spill:
 
 
 class InfluxStore:
-    """InfluxDB writer thread: batches, retries with backoff, spills to disk, replays in order."""
+    """InfluxDB writer thread: batches, retries with backoff, spills to disk, replays in order.
 
-    def __init__(self, cfg: InfluxConfig, metrics: Metrics) -> None:
+    On 1.x (unless `retention_policy` names one policy for everything) each point goes to its
+    retention class's policy `beacon_hub_{class}`, which the writer creates or alters to the
+    configured duration before its first write (privacy.Retention, docs/privacy.md)."""
+
+    def __init__(
+        self, cfg: InfluxConfig, metrics: Metrics, retention: Retention | None = None
+    ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.name = f"influx_v{cfg.version}"
+        self.retention = retention or Retention()
+        self.policies: dict[str, str | None] = {}
+        """Retention class -> the 1.x policy its points go to (None: the database's default,
+        for a class kept forever); empty: no policies managed."""
+        if cfg.version == 1 and cfg.retention_policy is None:
+            r = self.retention
+            self.policies = {c: None if r.days_of(c) is None else r.policy(c) for c in r.classes}
+        self._policies_ready = not self.policies
+        self._policies_logged = False
         self._close_client: Callable[[], None] = lambda: None
         if cfg.version == 1:
             self._send = _v1_sender(cfg)
@@ -780,7 +965,7 @@ class InfluxStore:
         self._thread.join()
         with self._lock:
             for record in self._records:
-                self._buffer.extend(fix_points(record))
+                self._buffer.extend(self._lines(record))
             self._records, self._record_points = [], 0
             if self._buffer:
                 self._spill_locked(self._buffer)
@@ -815,7 +1000,7 @@ class InfluxStore:
                     return
                 records, self._records = self._records, []
             if records:
-                lines = [line for r in records for line in fix_points(r)]
+                lines = [line for r in records for line in self._lines(r)]
                 self.write_lines(lines)
                 with self._lock:
                     self._record_points -= sum(len(r.fixes) + len(r.events) for r in records)
@@ -848,16 +1033,78 @@ class InfluxStore:
                 self._lock.notify_all()
             self._gauge()
 
+    def _lines(self, record: TickRecord) -> list[str]:
+        """A tick's line protocol, each line marked with its class's policy when there are any."""
+        if not self.policies:
+            return fix_points(record)
+        retention, policies, site = self.retention, self.policies, record.site
+        out: list[str] = []
+        for kind, beacon, line in _points(record):
+            if kind is None:
+                cls = retention.class_of_beacon(site, beacon)
+            else:
+                cls = retention.class_of(kind, beacon)
+            policy = policies[cls]
+            out.append(line if policy is None else _marked(policy, line))
+        return out
+
+    def _deliver(self, body: bytes) -> int:
+        """Send one batch, split by retention policy. A failure part way raises and the whole
+        batch is sent again later: a point written twice (same series, same time) is stored
+        once. Returns the points the database dropped as already past their retention."""
+        if not self._policies_ready:
+            # Every class's policy exists, the unused ones too: the dashboards read them all.
+            r = self.retention
+            wanted = {
+                r.policy(c): (policy_hours(r.days_of(c)), self.policies[c] is not None)
+                for c in self.policies
+            }
+            try:
+                ran, optional = ensure_policies(self.cfg, wanted)
+            except _PoliciesMissingError as e:
+                if not self._policies_logged:
+                    self._policies_logged = True
+                    log.error("%s: %s", self.name, e)  # noqa: TRY400  # the message says it all
+                raise
+            for q in ran:
+                log.info("%s: %s", self.name, q)
+            if optional:
+                log.warning(
+                    "%s: may not create the unused policies the Grafana dashboards read "
+                    "(needs admin); run: %s",
+                    self.name,
+                    "; ".join(optional),
+                )
+            self._policies_ready = True
+        refused: list[str] = []
+        refused_points = expired = 0
+        for policy, lines in _split_marked(body).items():
+            try:
+                expired += self._send(policy, "\n".join(lines).encode())
+            except _RefusedError as e:
+                refused.append(str(e))
+                refused_points += len(lines)
+        if expired:
+            # Already past their retention (a spill replayed late, a replayed recording).
+            log.info(
+                "%s: %d points older than their retention policy not stored", self.name, expired
+            )
+            self.metrics.store_dropped.labels(self.name).inc(expired)
+        if refused:
+            raise _RefusedError("; ".join(refused), refused_points)
+        return expired
+
     def _attempt(self, body: bytes, points: int) -> bool | None:
         """True written, False refused for good (dropped), None failed (keep and retry)."""
         try:
-            self._send(body)
+            expired = self._deliver(body)
         except _RefusedError as e:
+            dropped = points if e.points is None else e.points
             log.error(  # noqa: TRY400  # the reason is in the message; no traceback wanted
-                "%s refused %d points for good (dropped): %s", self.name, points, e
+                "%s refused %d points for good (dropped): %s", self.name, dropped, e
             )
             self.metrics.store_errors.labels(self.name).inc()
-            self.metrics.store_dropped.labels(self.name).inc(points)
+            self.metrics.store_dropped.labels(self.name).inc(dropped)
             return False
         except Exception as e:  # noqa: BLE001  # network, 5xx, timeouts: all retried
             self.metrics.store_errors.labels(self.name).inc()
@@ -872,7 +1119,7 @@ class InfluxStore:
                 )
                 self._delay_s = min(self._delay_s * 2, self.cfg.retry_max_s)
             return None
-        self.metrics.store_written.labels(self.name).inc(points)
+        self.metrics.store_written.labels(self.name).inc(points - expired)
         with self._lock:
             if self._delay_s > RETRY_MIN_S:
                 log.info("%s reachable again", self.name)

@@ -29,9 +29,9 @@ from beacon_hub.consent import (
 from beacon_hub.engine import FixTable
 from beacon_hub.errors import ConfigError, WireError
 from beacon_hub.health import Metrics
-from beacon_hub.hubconfig import PrivacyConfig
+from beacon_hub.hubconfig import HubConfig, PrivacyConfig
 from beacon_hub.ids import is_beacon_id
-from beacon_hub.privacy import Privacy, load_key, pseudonym, retention_job
+from beacon_hub.privacy import Privacy, Retention, load_key, pseudonym, retention_job
 from beacon_hub.site import load_site
 from beacon_hub.stores import SqliteStore, TickRecord, fix_points
 from beacon_hub.wire import (
@@ -242,13 +242,73 @@ def test_any_consent_payload_decodes_or_is_refused(raw: bytes) -> None:
     assert c.expires is None or 0 <= c.expires <= 1e11
 
 
-def test_retention_job_removes_only_old_rows(tmp_path: Path) -> None:
+PALLET = "ibeacon:5e0b9c3a-71d4-4f86-a2e9-c48d16b7f035:1:{}"
+"""config/warehouse.yaml's pallet kind matches this uuid."""
+DAY_S = 86_400
+
+
+def _retention(shopper_days: float | None, kind_days: dict[str, float | None]) -> Retention:
+    cfg = HubConfig.model_validate(
+        {
+            "sites": [{"site": str(ROOT / "config" / "store.yaml")}],
+            "privacy": {"retention_days": shopper_days},
+            "stores": {"retention_days": kind_days},
+        }
+    )
+    sites = {
+        s.id: s for s in (load_site(ROOT / "config" / f) for f in ("store.yaml", "warehouse.yaml"))
+    }
+    return Retention.from_config(cfg, sites)
+
+
+def test_retention_classes_and_their_days() -> None:
+    r = _retention(30, {"pallet": 365, "default": 90})
+    assert r.classes == ["shoppers", "pallet", "reference", "asset", "other"]
+    assert [r.days_of(c) for c in r.classes] == [30, 365, 90, 90, 90]
+    assert r.class_of("cart", CART.format(1)) == "shoppers"
+    assert r.class_of(None, "anon:0123456789abcdef") == "shoppers"
+    assert r.class_of("pallet", PALLET.format(1)) == "pallet"
+    assert r.class_of(None, "mac:aa:bb:cc:dd:ee:ff") == "other"
+    warehouse = load_site(ROOT / "config" / "warehouse.yaml").id
+    assert r.class_of_beacon(warehouse, PALLET.format(7)) == "pallet"
+    assert r.policy("shoppers") == "beacon_hub_shoppers"
+    assert _retention(None, {}).days_of("pallet") is None  # nothing configured: keep all
+
+
+def test_retention_config_refuses_a_shopper_kind_or_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match=r"cart is a shopper kind"):
+        _retention(30, {"cart": 10})
+    with pytest.raises(ValueError, match=r"expected a beacon kind"):
+        _retention(30, {"palet": 10})
+
+
+def test_retention_job_prunes_old_shoppers_and_keeps_pallet_history(tmp_path: Path) -> None:
+    """Shoppers kept 2 days, pallets 365 (default: forever); rows 3 days old and new."""
     store = SqliteStore(tmp_path / "hub.sqlite", Metrics())
-    beacons = [ASSET.format(1)]
-    for t in (T0, T0 + 3 * 86_400):
-        store.commit(TickRecord("s", t, _table(beacons, ["asset"], t), [], [None]), (), ())
-    retention_job(2.0, T0 + 3 * 86_400)(store.db)
-    assert [r[0] for r in store.db.execute("SELECT t FROM fixes")] == [T0 + 3 * 86_400]
+    key = load_key(PrivacyConfig(), tmp_path / "hub.sqlite")
+    shopper, pallet, other = pseudonym(key, CART.format(1)), PALLET.format(1), ASSET.format(1)
+    now = T0 + 3 * DAY_S
+    warehouse = load_site(ROOT / "config" / "warehouse.yaml").id
+    for site, beacon, kind in (
+        ("s", shopper, "cart"),
+        (warehouse, pallet, "pallet"),
+        ("s", other, None),
+    ):
+        for t in (T0, now):
+            ev = [Event("zone_enter", t, site, beacon, "z0")]
+            rec = TickRecord(site, t, _table([beacon], [kind], t), ev, [None])
+            store.commit(rec, (), ())
+    retention_job(_retention(2, {"pallet": 365}), now)(store.db)
+
+    def rows(table: str) -> set[tuple[str, float]]:
+        return {(r[0], r[1]) for r in store.db.execute(f"SELECT beacon, t FROM {table}")}
+
+    kept = {(shopper, now), (pallet, T0), (pallet, now), (other, T0), (other, now)}
+    assert rows("fixes") == kept
+    assert rows("events") == kept
+    assert rows("latest") == {(shopper, now), (pallet, now), (other, now)}
+    retention_job(_retention(2, {"default": 1}), now)(store.db)  # `default` reaches the rest
+    assert rows("fixes") == {(shopper, now), (pallet, now), (other, now)}
     store.close()
 
 
