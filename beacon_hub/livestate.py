@@ -326,11 +326,8 @@ class LiveState:
                 arrival if g.last_heartbeat is None else max(g.last_heartbeat, arrival)
             )
             g.saw_boot(hb.boot, arrival)
-        view = {
-            "site": update.site,
-            "t": self.clock(),
-            "gateways": self._gateways(live, self.clock()),
-        }
+        now = self.clock()
+        view = {"site": update.site, "t": now, "gateways": self._gateways(live, now)}
         with self._lock:
             self._gateway_views[update.site] = view
 
