@@ -36,3 +36,5 @@ echo "== example sites are what the generator writes"
 .venv/bin/python scripts/generate_sites.py --check
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
+echo "== soak: 2 minutes of faults through Mosquitto, the hub, SQLite and InfluxDB (docs/soak.md)"
+.venv/bin/python bench/soak.py --minutes 2
