@@ -274,10 +274,11 @@ GRID_STEP_M = 0.25
 GRID_RADIUS_M = 6.0
 """Candidates within this distance of the start point: about one gateway spacing."""
 GRID_CHUNK = 512
+"""Beacons per block at the default grid, bounding memory to about chunk x candidates x
+gateways x 8 bytes x 4; a larger grid takes proportionally fewer beacons per block."""
 MAX_MEASUREMENT_SD_M = 15.0
 """An equivalent measurement never claims less information than this spread: where the grid
 posterior is no sharper than the prediction, the measurement says (almost) nothing."""
-"""Beacons per block, bounding memory to about chunk x candidates x gateways x 8 bytes x 4."""
 
 
 def grid_offsets(step_m: float = GRID_STEP_M, radius_m: float = GRID_RADIUS_M) -> F64:
@@ -286,6 +287,9 @@ def grid_offsets(step_m: float = GRID_STEP_M, radius_m: float = GRID_RADIUS_M) -
     gx, gy = np.meshgrid(axis, axis)
     keep = gx**2 + gy**2 <= radius_m**2
     return np.asarray(np.c_[gx[keep], gy[keep]], dtype=np.float64)
+
+
+_DEFAULT_CANDIDATES = grid_offsets().shape[0]
 
 
 def solve_grid(
@@ -316,8 +320,10 @@ def solve_grid(
     step2 = (
         float(np.min(np.abs(offsets[offsets[:, 0] != 0, 0]))) ** 2 if offsets.shape[0] > 1 else 0.0
     )
-    for lo in range(0, n, GRID_CHUNK):
-        hi = min(n, lo + GRID_CHUNK)
+    # the same memory bound for any candidate count: GRID_CHUNK beacons x the default grid
+    chunk = max(1, GRID_CHUNK * _DEFAULT_CANDIDATES // max(1, offsets.shape[0]))
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
         sub = select_rows(geo, np.arange(lo, hi))
         cand = start[lo:hi, None, :] + offsets[None, :, :]  # (b, c, 2)
         delta = cand[:, :, None, :] - sub.gw_xy[:, None, :, :]  # (b, c, k, 2)

@@ -1,0 +1,58 @@
+"""The map likelihood (`solve_grid`): a wide search reaches a beacon its local grid cannot, and
+blocks of beacons give what each beacon alone gives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from beacon_hub.multilateration import Geometry, grid_offsets, select_rows, solve_grid
+from beacon_hub.pathloss import mean_rssi_dbm
+
+REF_DBM, EXPONENT, SD_DB, DZ_M = -59.0, 2.0, 1.0, 2.0
+"""A sharp likelihood (1 dB) so that the posterior mean sits on the true position."""
+
+
+def geometry(truth: np.ndarray) -> Geometry:
+    """Noise-free readings of beacons at `truth` by six gateways over a 30 x 30 m floor."""
+    gw_xy = np.array(
+        [[0.0, 0.0], [30.0, 0.0], [0.0, 30.0], [30.0, 30.0], [15.0, 0.0], [15.0, 30.0]]
+    )
+    n, k = truth.shape[0], gw_xy.shape[0]
+    d = np.sqrt(((truth[:, None, :] - gw_xy[None]) ** 2).sum(axis=2) + DZ_M**2)
+    return Geometry(
+        gw=np.broadcast_to(np.arange(k), (n, k)).copy(),
+        gw_xy=np.broadcast_to(gw_xy, (n, k, 2)).copy(),
+        dz_m=np.full((n, k), DZ_M),
+        ref_dbm=np.full((n, k), REF_DBM),
+        exponent=np.full((n, k), EXPONENT),
+        rssi_dbm=mean_rssi_dbm(d, REF_DBM, EXPONENT),
+        sd_db=np.full((n, k), SD_DB),
+        mask=np.ones((n, k), dtype=bool),
+    )
+
+
+def test_a_wide_search_reaches_a_beacon_the_local_grid_cannot() -> None:
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(5, 25, (40, 2))
+    angle = rng.uniform(0, 2 * np.pi, 40)
+    start = truth + 14.0 * np.c_[np.cos(angle), np.sin(angle)]  # a first fix in the wrong place
+    geo = geometry(truth)
+    local = solve_grid(geo, start, None)
+    wide = solve_grid(geo, start, None, offsets=grid_offsets(0.5, 20.0))
+    local_err = np.linalg.norm(local.xy - truth, axis=1)
+    wide_err = np.linalg.norm(wide.xy - truth, axis=1)
+    assert np.median(local_err) > 5.0
+    assert np.max(wide_err) < 0.5
+
+
+def test_blocks_of_beacons_give_what_each_beacon_alone_gives() -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.uniform(2, 28, (400, 2))  # more than one block of the wide grid
+    start = truth + rng.normal(0, 3.0, truth.shape)
+    geo = geometry(truth)
+    offsets = grid_offsets(0.5, 20.0)
+    together = solve_grid(geo, start, None, offsets=offsets)
+    for i in (0, 199, 399):
+        alone = solve_grid(select_rows(geo, np.array([i])), start[[i]], None, offsets=offsets)
+        np.testing.assert_allclose(together.xy[i], alone.xy[0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(together.cov[i], alone.cov[0], rtol=0, atol=1e-9)
