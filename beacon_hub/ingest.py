@@ -64,6 +64,7 @@ __all__ = [
     "MAX_GAP_MEMORY",
     "MAX_SEQ_JUMP",
     "OFFSET_CREEP_S_PER_S",
+    "RETIRED_BOOTS",
     "Accepted",
     "ConsentUpdate",
     "GatewayState",
@@ -90,6 +91,9 @@ a gateway whose clock was stepped forward (NTP) is refused for a few seconds, no
 MAX_GAP_MEMORY = 1024
 """Missing seqs remembered per gateway so a late (reordered) batch fills its gap, not counted
 as a duplicate; older gaps are forgotten (they stay counted as lost)."""
+RETIRED_BOOTS = 16
+"""Earlier boots remembered per gateway: a Pi restarted every few minutes for an hour by a
+flapping power supply is still told apart from a replay of its first boot."""
 MAX_SEQ_JUMP = 86_400
 """A seq this far beyond the expected one (a day of 1 s batches) is refused as `seq_jump` unless
 FUTURE_RESYNC_BATCHES in a row agree: a gateway's buffer drops batches, it does not skip a day
@@ -335,6 +339,10 @@ class GatewayState:
     future_streak: int = 0
     jump_streak: int = 0
     missing: set[int] = field(default_factory=set)
+    retired: dict[str, int] = field(default_factory=dict)
+    """Earlier boots of the gateway -> their next seq when they ended, newest last (at most
+    RETIRED_BOOTS). A batch of one of them is refused: a broker restored from a snapshot
+    re-delivers batches of a boot the gateway has left, and a replay could do the same."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,10 +416,20 @@ class Ingestor:
         self.state: dict[tuple[str, str], GatewayState] = {}
         self.bad_log = RateLimitedLog(config.log_every_s)
 
-    def restore(self, site: str, gw: str, boot: str, next_seq: int, offset_s: float | None) -> None:
+    def restore(  # noqa: PLR0917  # the saved state, field by field
+        self,
+        site: str,
+        gw: str,
+        boot: str,
+        next_seq: int,
+        offset_s: float | None,
+        retired: Mapping[str, int] | None = None,
+    ) -> None:
         """State saved by a previous run (the SQLite store), so a restart detects gaps and drops
         re-delivered duplicates across it, and reads a queued backlog in the right time."""
-        self.state[(site, gw)] = GatewayState(boot=boot, next_seq=next_seq, offset_s=offset_s)
+        self.state[(site, gw)] = GatewayState(
+            boot=boot, next_seq=next_seq, offset_s=offset_s, retired=dict(retired or {})
+        )
 
     def handle(self, item: Inbound) -> Accepted | Rejected | ConsentUpdate | GatewayUpdate:  # noqa: PLR0915  # one check after another, in the order that matters
         if "/consent/" in item.topic:
@@ -442,10 +460,25 @@ class Ingestor:
             return self._reject(site, label, "unknown_gateway", n, "not in the site file")
         st = self.state.get((site, label))
         lost = 0
+        if st is not None and batch.boot != st.boot and batch.boot in st.retired:
+            if batch.seq < st.retired[batch.boot]:
+                self.metrics.gateway_duplicates.labels(site, label).inc()
+                return self._reject(
+                    site, label, "duplicate", n, f"(boot {batch.boot}, seq {batch.seq}) again"
+                )
+            ended = f"boot {batch.boot} ended; the gateway is on {st.boot}"
+            return self._reject(site, label, "stale_boot", n, ended)
         if st is None or st.boot != batch.boot:
+            retired: dict[str, int] = {}
             if st is not None:
                 log.info("%s/%s rebooted (boot %s -> %s)", site, label, st.boot, batch.boot)
-            st = self.state[(site, label)] = GatewayState(boot=batch.boot, next_seq=batch.seq)
+                retired = st.retired
+                retired[st.boot] = st.next_seq
+                while len(retired) > RETIRED_BOOTS:
+                    del retired[next(iter(retired))]
+            st = self.state[(site, label)] = GatewayState(
+                boot=batch.boot, next_seq=batch.seq, retired=retired
+            )
         if batch.seq < st.next_seq:
             if batch.seq in st.missing:
                 # A reordered batch fills its gap; the gap stays counted as lost when seen.

@@ -41,6 +41,7 @@ from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HubConfig
 from beacon_hub.ingest import (
+    RETIRED_BOOTS,
     Accepted,
     ConsentUpdate,
     HeartbeatUpdate,
@@ -184,9 +185,7 @@ class Hub:
             )
         self.retention = Retention.from_config(cfg, site_map)
         self._last_retention = -math.inf
-        for g in self.sqlite.saved_gateways():
-            if g.site in self.sites:
-                self.ingestor.restore(g.site, g.gateway, g.boot, g.next_seq, g.offset_s)
+        self._restore_gateways()
         self.live = LiveState(
             (r.site for r in self.sites.values()),
             cfg.http,
@@ -224,6 +223,13 @@ class Hub:
         """Counted over this process's life; logged as JSON when it stops (operators, tests)."""
         self.ready = threading.Event()
         """Set once connected and serving (tests wait on it)."""
+
+    def _restore_gateways(self) -> None:
+        """Each gateway's sequence, clock and earlier boots as the last run left them."""
+        for g in self.sqlite.saved_gateways():
+            if g.site in self.sites:
+                retired = self.sqlite.retired_boots(g.site, g.gateway, g.boot, RETIRED_BOOTS)
+                self.ingestor.restore(g.site, g.gateway, g.boot, g.next_seq, g.offset_s, retired)
 
     # -- lifecycle
 

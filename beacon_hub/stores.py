@@ -258,6 +258,16 @@ class SqliteStore:
         rows = self.db.execute("SELECT site, gateway, boot, next_seq, offset_s FROM gateways")
         return [SavedGateway(*r) for r in rows]
 
+    def retired_boots(self, site: str, gateway: str, current: str, limit: int) -> dict[str, int]:
+        """The gateway's earlier boots in the ledger, oldest first, with their next seq."""
+        rows = self.db.execute(
+            "SELECT boot, max(seq) + 1, max(rowid) AS newest FROM batches"
+            " WHERE site = ? AND gateway = ? AND boot != ? GROUP BY boot"
+            " ORDER BY newest DESC LIMIT ?",
+            (site, gateway, current, limit),
+        ).fetchall()
+        return {str(boot): int(nxt) for boot, nxt, _ in reversed(rows)}
+
     def last_tick(self, site: str) -> float | None:
         row = self.db.execute("SELECT t FROM ticks WHERE site = ?", (site,)).fetchone()
         return None if row is None else float(row[0])

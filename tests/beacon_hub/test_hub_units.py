@@ -26,7 +26,7 @@ from beacon_hub.ingest import (
 )
 from beacon_hub.outputs import SiteOutputs
 from beacon_hub.registry import Asset, AssetRegistry, import_assets, read_assets
-from beacon_hub.stores import InfluxStore, _Spill, open_sqlite
+from beacon_hub.stores import InfluxStore, SqliteStore, _Spill, open_sqlite
 from beacon_hub.wire import MAX_BATCH_BYTES, Event, ReadingBatch, decode_tracks, encode_batch
 
 BEACON = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:{}"
@@ -77,6 +77,40 @@ def test_sequence_gaps_are_counted_and_duplicates_dropped() -> None:
     assert reason(ing.handle(msg(batch(seq=1), arrival=T0 + 3.3))) == "duplicate"
     # A new boot starts a new sequence.
     assert reason(ing.handle(msg(batch(seq=0, boot="beef"), arrival=T0 + 4))) == "accepted"
+
+
+def test_a_boot_the_gateway_has_left_is_refused_not_taken_for_a_reboot() -> None:
+    """A broker restored from its snapshot re-delivers batches of the gateway's previous boot
+    (found by bench/soak.py): seen ones are duplicates, unseen ones stale, and neither resets
+    the current boot's sequence."""
+    ing = ingestor()
+    for seq in range(3):
+        assert reason(ing.handle(msg(batch(seq=seq, boot="aaaa")))) == "accepted"
+    assert reason(ing.handle(msg(batch(seq=0, boot="bbbb"), arrival=T0 + 5))) == "accepted"
+    assert reason(ing.handle(msg(batch(seq=1, boot="aaaa"), arrival=T0 + 6))) == "duplicate"
+    assert reason(ing.handle(msg(batch(seq=7, boot="aaaa"), arrival=T0 + 6))) == "stale_boot"
+    assert reason(ing.handle(msg(batch(seq=1, boot="bbbb"), arrival=T0 + 6))) == "accepted"
+    assert reason(ing.handle(msg(batch(seq=0, boot="bbbb"), arrival=T0 + 6))) == "duplicate"
+    # a restart remembers them too (the service passes the ledger's earlier boots)
+    ing = ingestor()
+    ing.restore(SITE, "gw-1", "bbbb", 2, 0.05, {"aaaa": 3})
+    assert reason(ing.handle(msg(batch(seq=2, boot="aaaa")))) == "duplicate"
+    assert reason(ing.handle(msg(batch(seq=3, boot="aaaa")))) == "stale_boot"
+    assert reason(ing.handle(msg(batch(seq=2, boot="bbbb")))) == "accepted"
+
+
+def test_the_ledger_gives_a_gateways_earlier_boots_newest_last(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "hub.sqlite", Metrics())
+    rows = [("aaaa", 0), ("aaaa", 4), ("bbbb", 0), ("cccc", 0), ("cccc", 1), ("dddd", 0)]
+    store.db.executemany(
+        "INSERT INTO batches VALUES (?, 'gw-1', ?, ?, 1, 1, 0, 0, 0, 0)",
+        [(SITE, boot, seq) for boot, seq in rows],
+    )
+    store.db.commit()
+    assert store.retired_boots(SITE, "gw-1", "dddd", 2) == {"bbbb": 1, "cccc": 2}
+    assert list(store.retired_boots(SITE, "gw-1", "dddd", 16)) == ["aaaa", "bbbb", "cccc"]
+    assert store.retired_boots(SITE, "gw-2", "dddd", 16) == {}
+    store.close()
 
 
 def test_an_absurd_seq_jump_does_not_blackhole_the_gateway() -> None:
