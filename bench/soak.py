@@ -951,7 +951,8 @@ def balance(soak: Soak) -> dict[str, Any]:  # noqa: PLR0915  # the books, column
     unacked_processed = sum(
         1 for s in sent if s.acked is None and (s.gw, s.boot, s.seq) in ledger.rows
     )
-    strangers = [k for k in ledger.rows if k not in {(s.gw, s.boot, s.seq) for s in sent}]
+    sent_keys = {(s.gw, s.boot, s.seq) for s in sent}
+    strangers = [k for k in ledger.rows if k not in sent_keys]
     sums = [ledger.samples[(s.gw, s.boot, s.seq)] for s in processed]
     counted_lost = sum(
         metric_sum(life.metrics, "beacon_hub_gateway_batches_lost_total") for life in soak.lives
