@@ -214,7 +214,7 @@ class Hub:
         # Last: the InfluxDB writer starts a thread, so nothing that can fail comes after it.
         self.stores: list[Store] = []
         if cfg.stores.influx is not None:
-            self.stores.append(InfluxStore(cfg.stores.influx, self.metrics, self.retention))
+            self._add_influx(InfluxStore(cfg.stores.influx, self.metrics, self.retention))
         self._connected_at: float | None = None
         self._last_asset_save = time.monotonic()
         self._rate_t = time.monotonic()
@@ -223,6 +223,25 @@ class Hub:
         """Counted over this process's life; logged as JSON when it stops (operators, tests)."""
         self.ready = threading.Event()
         """Set once connected and serving (tests wait on it)."""
+
+    def _add_influx(self, influx: InfluxStore) -> None:
+        """Adds the store and sends it again the ticks SQLite stored lately. Its writer holds a
+        tick in memory until it is written or spilled (at most a flush interval plus one
+        attempt); a SIGKILL loses that, and the restarted hub recomputes only the ticks after
+        the last one SQLite stored. An identical point overwrites itself (found by
+        bench/soak.py)."""
+        self.stores.append(influx)
+        cfg = influx.cfg
+        window_s = cfg.flush_interval_s + cfg.timeout_s + 2 * self.cfg.engine.tick_interval_s
+        for site in self.sites:
+            last = self.sqlite.last_tick(site)
+            if last is None:
+                continue
+            records = self.sqlite.recent_records(site, last - window_s)
+            for record in records:
+                influx.write(record)
+            if records:
+                log.info("%s: %d stored ticks sent to InfluxDB again", site, len(records))
 
     def _restore_gateways(self) -> None:
         """Each gateway's sequence, clock and earlier boots as the last run left them."""

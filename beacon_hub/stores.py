@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import numpy as np
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
@@ -187,6 +188,36 @@ def gateway_lists(table: FixTable) -> list[str]:
     ]
 
 
+def _record_of_rows(
+    site: str, t: float, rows: list[tuple[Any, ...]], events: list[Event]
+) -> TickRecord:
+    """A TickRecord rebuilt from stored fix rows (`recent_records`' column order)."""
+    lists = [str(r[10] or "").split(";") if r[10] else [] for r in rows]
+    ids = tuple(sorted({g for gws in lists for g in gws}))
+    slot_of = {g: i for i, g in enumerate(ids)}
+    width = max((len(g) for g in lists), default=0)
+    slots = np.zeros((len(rows), width), dtype=np.intp)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for i, gws in enumerate(lists):
+        slots[i, : len(gws)] = [slot_of[g] for g in gws]
+        mask[i, : len(gws)] = True
+    table = FixTable(
+        t=t,
+        beacons=[str(r[1]) for r in rows],
+        x=np.array([r[2] for r in rows], dtype=np.float64),
+        y=np.array([r[3] for r in rows], dtype=np.float64),
+        accuracy_m=np.array([r[5] for r in rows], dtype=np.float64),
+        level=np.array([r[4] for r in rows], dtype=np.int64),
+        zones=[r[6] or None for r in rows],
+        kinds=[r[7] for r in rows],
+        speed_m_s=np.array([r[9] if r[9] is not None else np.nan for r in rows]),
+        gateway_slots=slots,
+        gateway_mask=mask,
+        gateway_ids=ids,
+    )
+    return TickRecord(site, t, table, events, [r[8] for r in rows])
+
+
 def open_sqlite(path: Path) -> sqlite3.Connection:
     """The hub's SQLite database, created with its schema if new."""
     try:
@@ -267,6 +298,32 @@ class SqliteStore:
             (site, gateway, current, limit),
         ).fetchall()
         return {str(boot): int(nxt) for boot, nxt, _ in reversed(rows)}
+
+    def recent_records(self, site: str, after_t: float) -> list[TickRecord]:
+        """The ticks of `site` after `after_t` as stored here, oldest first: a hub killed before
+        its InfluxDB writer caught up sends them again at start (an identical point overwrites
+        itself). Empty when `stores.sqlite.fixes` is off."""
+        fixes: dict[float, list[tuple[Any, ...]]] = {}
+        for row in self.db.execute(
+            "SELECT t, beacon, x, y, level, accuracy_m, zone, kind, label, speed_m_s, gateways"
+            " FROM fixes WHERE site = ? AND t > ? ORDER BY t, rowid",
+            (site, after_t),
+        ):
+            fixes.setdefault(float(row[0]), []).append(row)
+        events: dict[float, list[Event]] = {}
+        for t, etype, beacon, zone, data in self.db.execute(
+            "SELECT t, type, beacon, zone, data FROM events WHERE site = ? AND t > ?"
+            " ORDER BY t, rowid",
+            (site, after_t),
+        ):
+            events.setdefault(float(t), []).append(
+                Event(type=etype, t=float(t), site=site, beacon=beacon, zone=zone,
+                      data=json.loads(data))
+            )  # fmt: skip
+        return [
+            _record_of_rows(site, t, fixes.get(t, []), events.get(t, []))
+            for t in sorted(fixes.keys() | events.keys())
+        ]
 
     def last_tick(self, site: str) -> float | None:
         row = self.db.execute("SELECT t FROM ticks WHERE site = ?", (site,)).fetchone()

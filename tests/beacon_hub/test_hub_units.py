@@ -26,7 +26,14 @@ from beacon_hub.ingest import (
 )
 from beacon_hub.outputs import SiteOutputs
 from beacon_hub.registry import Asset, AssetRegistry, import_assets, read_assets
-from beacon_hub.stores import InfluxStore, SqliteStore, _Spill, open_sqlite
+from beacon_hub.stores import (
+    InfluxStore,
+    SqliteStore,
+    TickRecord,
+    _Spill,
+    fix_points,
+    open_sqlite,
+)
 from beacon_hub.wire import MAX_BATCH_BYTES, Event, ReadingBatch, decode_tracks, encode_batch
 
 BEACON = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:{}"
@@ -201,6 +208,36 @@ def _table(beacons: list[str], x: list[float], zones: list[str | None]) -> FixTa
         gateway_mask=np.ones((n, 1), dtype=bool),
         gateway_ids=("gw-1",),
     )
+
+
+def test_stored_ticks_rebuild_the_same_influx_points(tmp_path: Path) -> None:
+    """What a hub restarted after a SIGKILL sends to InfluxDB again is what it sent first."""
+    store = SqliteStore(tmp_path / "hub.sqlite", Metrics())
+    b1, b2 = BEACON.format(1), BEACON.format(2)
+    ticks = []
+    for k in range(3):
+        table = FixTable(
+            t=T0 + k,
+            beacons=[b1, b2],
+            x=np.array([1.5 + k, 7.25]),
+            y=np.array([2.0, 3.0]),
+            accuracy_m=np.array([1.2, 4.5]),
+            level=np.zeros(2, dtype=np.int64),
+            zones=["aisle-1", None],
+            kinds=["cart", None],
+            speed_m_s=np.array([0.4, 0.0]),
+            gateway_slots=np.array([[1, 0], [2, 0]], dtype=np.intp),
+            gateway_mask=np.array([[True, True], [True, False]]),
+            gateway_ids=("gw-1", "gw-2", "gw-3"),
+        )
+        events = [Event("zone_enter", T0 + k, SITE, b1, "aisle-1", {"n": k})] if k == 1 else []
+        ticks.append(TickRecord(SITE, T0 + k, table, events, ["C-1", None]))
+        store.commit(ticks[-1], (), ())
+    again = store.recent_records(SITE, T0 + 0.5)
+    assert [r.t for r in again] == [T0 + 1, T0 + 2]
+    assert [fix_points(r) for r in again] == [fix_points(r) for r in ticks[1:]]
+    assert store.recent_records(SITE, T0 + 2) == []
+    store.close()
 
 
 def test_outputs_publish_on_change_refresh_and_clear_lost_tracks() -> None:
