@@ -8,6 +8,7 @@ const TOKEN_KEY = "beacon-hub-token";
 const HEAT_REFRESH_MS = 30000; // heat map and dwell: a period's statistics change slowly
 const DOT_RADIUS_M = 0.45;
 const COARSE_ACCURACY_M = 6; // beyond this the accuracy circle is drawn as a faint outline
+const CROWDED_DOTS = 150; // beyond this many dots on a level, accuracy circles only on hover or search
 
 const state = {
   sites: [],
@@ -200,6 +201,8 @@ function drawDots(positions) {
   const hl = layer.querySelector(".dot.highlight");
   if (hl) layer.append(hl); // drawn last: on top
   const onLevel = positions.filter((p) => p.level === state.level);
+  // 600 pallets' circles bury the racks: then only the searched or hovered dot shows its circle.
+  layer.classList.toggle("crowded", onLevel.length > CROWDED_DOTS);
   const kinds = {};
   for (const p of onLevel) kinds[p.kind ?? "other"] = (kinds[p.kind ?? "other"] ?? 0) + 1;
   $("#counts").textContent = `${onLevel.length} live · ` +
