@@ -13,6 +13,7 @@ beacon at once: RSSI conditioning (conditioning.py) -> ranging model and radio m
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -495,30 +496,29 @@ class Engine:
         n = start.shape[0]
         xy = np.empty((n, 2))
         cov = np.empty((n, 2, 2))
-        for lv in np.unique(level):
-            for walk_only in (False, True):
-                rows = np.flatnonzero((level == lv) & (walk == walk_only))
-                if rows.shape[0] == 0:
-                    continue
-                sub = select_rows(geo, rows)
-                allowed = None
-                if int(lv) in self.plan.levels:
-                    allowed = functools.partial(self.plan.allowed, int(lv), walkable_only=walk_only)
-                part_prior = None
-                if grid_prior is not None:
-                    part_prior = (grid_prior[0][rows], grid_prior[1][rows])
-                part = solve_grid(sub, start[rows], radio_map, allowed, prior=part_prior)
-                xy[rows], cov[rows] = part.xy, part.cov
-                new = np.flatnonzero(fresh[rows])
-                if new.shape[0] and self._wide_offsets is not None:
-                    wide = solve_grid(
-                        select_rows(sub, new),
-                        start[rows[new]],
-                        radio_map,
-                        allowed,
-                        offsets=self._wide_offsets,
-                    )
-                    xy[rows[new]], cov[rows[new]] = wide.xy, wide.cov
+        # beacons without a track search wide (first_fix_search_m), the others locally
+        wide = fresh if self._wide_offsets is not None else np.zeros(n, dtype=bool)
+        for lv, walk_only, searching in itertools.product(
+            np.unique(level), (False, True), (False, True)
+        ):
+            rows = np.flatnonzero((level == lv) & (walk == walk_only) & (wide == searching))
+            if rows.shape[0] == 0:
+                continue
+            allowed = None
+            if int(lv) in self.plan.levels:
+                allowed = functools.partial(self.plan.allowed, int(lv), walkable_only=walk_only)
+            part_prior = None
+            if grid_prior is not None and not searching:
+                part_prior = (grid_prior[0][rows], grid_prior[1][rows])
+            part = solve_grid(
+                select_rows(geo, rows),
+                start[rows],
+                radio_map,
+                allowed,
+                offsets=self._wide_offsets if searching else None,
+                prior=part_prior,
+            )
+            xy[rows], cov[rows] = part.xy, part.cov
         return Solution(xy=xy, cov=cov, used=geo.mask.sum(axis=1).astype(np.int64))
 
     def _track(

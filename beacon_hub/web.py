@@ -678,20 +678,21 @@ def create_app(ctx: _Context) -> FastAPI:  # noqa: PLR0915  # one route after an
                 row["battery_mv"], row["last_seen"] = known.battery_mv, known.last_seen
         return {"q": q, "assets": out}
 
-    def consent_registry() -> ConsentWriter:
+    def consent_target(beacon: str) -> tuple[str, ConsentWriter]:
+        """The tag's id, checked, and the registry that may change its consent."""
+        beacon = _valid_beacon(beacon)
+        if beacon.startswith("anon:"):
+            raise HTTPException(422, "consent is given for a tag's own id, not a pseudonym")
         if not cfg.allow_writes:
             raise HTTPException(403, "the API is read-only (http.allow_writes: false)")
         registry = ctx.consent()
         if registry is None:
             raise HTTPException(404, "this hub has no consent registry")
-        return registry
+        return beacon, registry
 
     @api.put("/consent/{beacon}", response_model=ConsentOut)
     def grant(beacon: BeaconArg) -> dict[str, Any]:
-        beacon = _valid_beacon(beacon)
-        if beacon.startswith("anon:"):
-            raise HTTPException(422, "consent is given for a tag's own id, not a pseudonym")
-        registry = consent_registry()
+        beacon, registry = consent_target(beacon)
         try:
             pseudonym = registry.grant(beacon)
         except (BeaconHubError, ValueError) as e:
@@ -700,10 +701,7 @@ def create_app(ctx: _Context) -> FastAPI:  # noqa: PLR0915  # one route after an
 
     @api.delete("/consent/{beacon}", response_model=ConsentOut)
     def revoke(beacon: BeaconArg) -> dict[str, Any]:
-        beacon = _valid_beacon(beacon)
-        if beacon.startswith("anon:"):
-            raise HTTPException(422, "consent is given for a tag's own id, not a pseudonym")
-        registry = consent_registry()
+        beacon, registry = consent_target(beacon)
         try:
             registry.revoke(beacon)
         except (BeaconHubError, ValueError) as e:
