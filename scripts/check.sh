@@ -34,6 +34,16 @@ echo "== mypy --strict"
 .venv/bin/mypy --strict
 echo "== example sites are what the generator writes"
 .venv/bin/python scripts/generate_sites.py --check
+# The real-data tests read ../shared/datasets beside the repository. A clone made elsewhere
+# (a temporary folder) finds it beside the repository it was cloned from.
+if [ -z "${BEACON_HUB_DATASETS:-}" ] && [ ! -d ../shared/datasets ]; then
+  origin=$(git config --get remote.origin.url 2>/dev/null || true)
+  if [ -n "$origin" ] && [ -d "$origin/../shared/datasets" ]; then
+    BEACON_HUB_DATASETS=$(cd "$origin/../shared/datasets" && pwd)
+    export BEACON_HUB_DATASETS
+    echo "== datasets: $BEACON_HUB_DATASETS"
+  fi
+fi
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
 echo "== soak: 2 minutes of faults through Mosquitto, the hub, SQLite and InfluxDB (docs/soak.md)"
