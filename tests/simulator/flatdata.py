@@ -14,10 +14,12 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree  # type: ignore[import-untyped]
 
 from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
+from tests.scripts.loading import load_script
 
 __all__ = ["DATASET", "TAG_HEIGHT_M", "Flat", "RadioStats", "load_flat", "radio_stats"]
 
-DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "flat-calib2021"
+# Found the converter's way: $BEACON_HUB_DATASETS, else ../shared/datasets beside the repo.
+DATASET: Path = load_script("convert_flat_calib2021").default_dataset()
 TAG_HEIGHT_M = 1.3
 """The tag rode on the robot at about 1.3 m (dataset README)."""
 REVISIT_WITHIN_M = 0.25
