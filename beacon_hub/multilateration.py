@@ -38,6 +38,7 @@ __all__ = [
 
 F64 = NDArray[np.float64]
 MapFn = Callable[[NDArray[np.intp], F64], tuple[F64, F64, F64]]
+"""(gateway index (...), points (..., 2) broadcasting against it) -> dB, dB/m in x, y."""
 
 HUBER_K = 1.5
 """Residuals beyond 1.5 sigma count linearly: a -10 dB multipath dip must not drag a fix."""
@@ -54,6 +55,16 @@ CONVERGED_M = 0.01
 floor plan and far below any fix's accuracy."""
 PRIOR_SD_M = 6.0
 """Spread of the weak prior for one or two gateways: about one gateway spacing."""
+RESLICE_SHARE = 0.7
+"""The iteration's terms are re-sliced to the moving beacons only once these are fewer than
+70 % of the rows at hand: copying ten (beacons, gateways) arrays costs more than evaluating
+the few beacons that have converged meanwhile."""
+SOLVE_CHUNK = 2048
+"""Beacons solved together: a block's (beacons, gateways) temporaries stay in a core's 1 MB L2
+cache (2,048 x 8 slots x 8 bytes = 128 KB). Rows are independent: the fixes are the same as in
+one block. `solve` on 10,000 beacons x 8 gateways with track priors, best of 6: 152 ms in one
+block, 112 ms in blocks of 2,048 (with a radio map 228 -> 156 ms); 512 is slower again
+(numpy's per-call overhead)."""
 PRIOR_SD_WELL_POSED_M = 100.0
 """With three or more gateways the data decide; the prior only keeps the algebra regular."""
 
@@ -95,7 +106,7 @@ def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
     # d mu / d p = -10 n / ln(10) * (p - g) / d^2
     grad = (-geo.exponent / LN10_OVER_10 / (d * d))[..., None] * delta
     if radio_map is not None:
-        correction, d_dx, d_dy = radio_map(geo.gw, np.broadcast_to(xy[:, None, :], delta.shape))
+        correction, d_dx, d_dy = radio_map(geo.gw, xy[:, None, :])
         mu = mu + correction
         grad = grad + np.stack([d_dx, d_dy], axis=-1)
     return mu, grad
@@ -138,6 +149,21 @@ def solve(
     if it ends lower (simulated store: median 4.1 m without it, 3.8 m with it).
     """
 
+    n = geo.mask.shape[0]
+    if n <= SOLVE_CHUNK:
+        return _solve_block(geo, prior, radio_map)
+    parts = [
+        _solve_block(select_rows(geo, rows), None if prior is None else prior[rows], radio_map)
+        for rows in np.array_split(np.arange(n), -(-n // SOLVE_CHUNK))
+    ]
+    return Solution(
+        xy=np.concatenate([p.xy for p in parts]),
+        cov=np.concatenate([p.cov for p in parts]),
+        used=np.concatenate([p.used for p in parts]),
+    )
+
+
+def _solve_block(geo: Geometry, prior: F64 | None, radio_map: MapFn | None) -> Solution:
     centroid = weighted_centroid(geo)
     anchor = centroid if prior is None else np.where(np.isnan(prior), centroid, prior)
     xy = _gauss_newton(geo, centroid.copy(), anchor, radio_map)
@@ -161,26 +187,80 @@ def solve(
     return Solution(xy=xy, cov=cov, used=used)
 
 
+@dataclass(frozen=True)
+class _Terms:
+    """The per-slot constants of the normal equations, computed once per descent; each
+    iteration takes the rows of the beacons still moving. Same arithmetic as _model and _cost,
+    hoisted out of the loop (the hot loop of a tick)."""
+
+    gw: NDArray[np.intp]
+    gx: F64
+    """(B, K) gateway x, contiguous."""
+    gy: F64
+    dz2: F64
+    """(B, K) squared height difference."""
+    ref_dbm: F64
+    ten_n: F64
+    """(B, K) 10 x exponent."""
+    slope_n: F64
+    """(B, K) -exponent / (ln 10 / 10): d mu / d p = slope_n (p - g) / d^2."""
+    rssi_dbm: F64
+    inv_sd: F64
+    """(B, K) 1 / sd, zero for empty slots."""
+    sd_or_1: F64
+    """(B, K) sd where the slot is used, else 1 (turns z back into dB without dividing by 0)."""
+
+    @classmethod
+    def of(cls, geo: Geometry) -> _Terms:
+        inv_sd = np.where(geo.mask, 1.0 / geo.sd_db, 0.0)
+        return cls(
+            gw=geo.gw,
+            gx=np.ascontiguousarray(geo.gw_xy[..., 0]),
+            gy=np.ascontiguousarray(geo.gw_xy[..., 1]),
+            dz2=geo.dz_m * geo.dz_m,
+            ref_dbm=geo.ref_dbm,
+            ten_n=10.0 * geo.exponent,
+            slope_n=-geo.exponent / LN10_OVER_10,
+            rssi_dbm=geo.rssi_dbm,
+            inv_sd=inv_sd,
+            sd_or_1=np.where(inv_sd > 0, inv_sd, 1.0),
+        )
+
+    def rows(self, idx: NDArray[np.intp]) -> _Terms:
+        return _Terms(
+            gw=self.gw[idx],
+            gx=self.gx[idx],
+            gy=self.gy[idx],
+            dz2=self.dz2[idx],
+            ref_dbm=self.ref_dbm[idx],
+            ten_n=self.ten_n[idx],
+            slope_n=self.slope_n[idx],
+            rssi_dbm=self.rssi_dbm[idx],
+            inv_sd=self.inv_sd[idx],
+            sd_or_1=self.sd_or_1[idx],
+        )
+
+
 def _normal_equations(
-    geo: Geometry, xy: F64, prior: F64, inv_var: F64, radio_map: MapFn | None
+    terms: _Terms, xy: F64, prior: F64, inv_var: F64, radio_map: MapFn | None
 ) -> tuple[F64, F64, F64, F64, F64, F64]:
     """Cost and the 2x2 Gauss-Newton system (a b; b c)(dx dy) = (gx gy) at xy, per beacon.
 
     The hot loop of a tick: written per coordinate, without (B, K, 2) temporaries.
     """
-    dx = xy[:, 0:1] - geo.gw_xy[..., 0]
-    dy = xy[:, 1:2] - geo.gw_xy[..., 1]
-    d2 = np.maximum(dx * dx + dy * dy + geo.dz_m * geo.dz_m, MIN_DISTANCE_M**2)
-    mu = mean_rssi_dbm(np.sqrt(d2), geo.ref_dbm, geo.exponent)
-    # d mu / d p = -10 n / ln(10) * (p - g) / d^2
-    slope = -geo.exponent / LN10_OVER_10 / d2
+    dx = xy[:, 0:1] - terms.gx
+    dy = xy[:, 1:2] - terms.gy
+    d2 = np.maximum(dx * dx + dy * dy + terms.dz2, MIN_DISTANCE_M**2)
+    # mean_rssi_dbm inlined: d >= MIN_DISTANCE_M already
+    mu = terms.ref_dbm - terms.ten_n * np.log10(np.sqrt(d2))
+    slope = terms.slope_n / d2
     gxk, gyk = slope * dx, slope * dy
     if radio_map is not None:
-        correction, d_dx, d_dy = radio_map(geo.gw, np.broadcast_to(xy[:, None, :], (*dx.shape, 2)))
+        correction, d_dx, d_dy = radio_map(terms.gw, xy[:, None, :])
         mu = mu + correction
         gxk, gyk = gxk + d_dx, gyk + d_dy
-    inv_sd = np.where(geo.mask, 1.0 / geo.sd_db, 0.0)
-    z = (geo.rssi_dbm - mu) * inv_sd
+    inv_sd = terms.inv_sd
+    z = (terms.rssi_dbm - mu) * inv_sd
     az = np.abs(z)
     inside = az <= HUBER_K
     huber = np.where(inside, 0.5 * z * z, HUBER_K * (az - 0.5 * HUBER_K))
@@ -192,7 +272,7 @@ def _normal_equations(
     a = (wgx * gxk).sum(axis=1) + inv_var
     b = (wgx * gyk).sum(axis=1)
     c = (wgy * gyk).sum(axis=1) + inv_var
-    r = z / np.where(inv_sd > 0, inv_sd, 1.0)  # residual in dB
+    r = z / terms.sd_or_1  # residual in dB
     gx = (wgx * r).sum(axis=1) - dprior[:, 0] * inv_var
     gy = (wgy * r).sum(axis=1) - dprior[:, 1] * inv_var
     return cost, a, b, c, gx, gy
@@ -202,10 +282,12 @@ def _gauss_newton(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -
     """Levenberg-Marquardt with Huber IRLS; one model evaluation per iteration, 2x2 solved in
     closed form, and only the beacons still moving more than a millimetre are iterated."""
     inv_var = 1.0 / _prior_var(geo)
+    terms = _Terms.of(geo)
     best_xy = xy.copy()
-    cost, a, b, c, gx, gy = _normal_equations(geo, xy, prior, inv_var, radio_map)
+    cost, a, b, c, gx, gy = _normal_equations(terms, xy, prior, inv_var, radio_map)
     lam = np.full(xy.shape[0], 1e-3)
-    active = np.arange(xy.shape[0])
+    active = rows = np.arange(xy.shape[0])
+    sub = terms
     for _ in range(ITERATIONS):
         damp = 1.0 + lam[active]
         da, dc, bb = a[active] * damp, c[active] * damp, b[active]
@@ -218,11 +300,22 @@ def _gauss_newton(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -
         active, step = active[moving], step[moving]
         if active.shape[0] == 0:
             break
-        sub = select_rows(geo, active)
-        trial = best_xy[active] + step
+        if active.shape[0] < RESLICE_SHARE * rows.shape[0]:
+            rows, sub = active, terms.rows(active)
+        # Rows of `sub` that converged already take a zero step: evaluated, never kept.
+        # `active` is an ordered subset of `rows`; the same length means the same rows.
+        here = None if active.shape[0] == rows.shape[0] else np.searchsorted(rows, active)
+        full_step = step
+        if here is not None:
+            full_step = np.zeros((rows.shape[0], 2))
+            full_step[here] = step
+        trial = best_xy[rows] + full_step
         t_cost, ta, tb, tc, tgx, tgy = _normal_equations(
-            sub, trial, prior[active], inv_var[active], radio_map
+            sub, trial, prior[rows], inv_var[rows], radio_map
         )
+        if here is not None:
+            trial, t_cost, ta, tb, tc = trial[here], t_cost[here], ta[here], tb[here], tc[here]
+            tgx, tgy = tgx[here], tgy[here]
         better = t_cost < cost[active]
         won = active[better]
         best_xy[won] = trial[better]
@@ -332,9 +425,7 @@ def solve_grid(
         )
         mu = mean_rssi_dbm(d, sub.ref_dbm[:, None, :], sub.exponent[:, None, :])
         if radio_map is not None:
-            gw = np.broadcast_to(sub.gw[:, None, :], mu.shape)
-            pts = np.broadcast_to(cand[:, :, None, :], (*mu.shape, 2))
-            mu = mu + radio_map(gw, pts)[0]
+            mu = mu + radio_map(sub.gw[:, None, :], cand[:, :, None, :])[0]
         z = np.where(
             sub.mask[:, None, :], (sub.rssi_dbm[:, None, :] - mu) / sub.sd_db[:, None, :], 0.0
         )

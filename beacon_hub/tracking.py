@@ -165,10 +165,11 @@ class Tracks:
         """IMM prediction: mix the models' states by omega, then predict each model."""
         x, p, w = self.x[idx], self.P[idx], self.omega[idx]
         # mixed[j] = sum_i w[i, j] x[i]; P likewise with the spread of the means
-        mixed_x = np.einsum("nij,nis->njs", w, x)
+        # Sums over the two models written out: einsum costs 5-10x more on these tiny axes.
+        mixed_x = w[:, 0, :, None] * x[:, 0, None, :] + w[:, 1, :, None] * x[:, 1, None, :]
         diff = x[:, :, None, :] - mixed_x[:, None, :, :]  # (n, i, j, s)
         spread = p[:, :, None, :, :] + diff[..., :, None] * diff[..., None, :]
-        mixed_p = np.einsum("nij,nijab->njab", w, spread)
+        mixed_p = w[:, 0, :, None, None] * spread[:, 0] + w[:, 1, :, None, None] * spread[:, 1]
         for model in (STILL, MOVING):
             f = transition(dt_s, model)
             q = process_noise(dt_s, model, self.params)
@@ -197,7 +198,7 @@ class Tracks:
         s = pht[:, :, [0, 2], :] + r[:, None, :, :]
         si, det = inv2x2(s)
         k = pht @ si
-        x_new = x + np.einsum("nmab,nmb->nma", k, y)
+        x_new = x + (k[..., 0] * y[..., 0, None] + k[..., 1] * y[..., 1, None])
         ikh = np.eye(STATE)[None, None] - k @ _H[None, None]
         p_new = ikh @ p @ ikh.transpose(0, 1, 3, 2) + k @ r[:, None] @ k.transpose(0, 1, 3, 2)
         # Gaussian log-likelihood of the prior innovation, as filterpy's KalmanFilter computes it
@@ -213,9 +214,10 @@ class Tracks:
     def estimate(self, idx: NDArray[np.intp]) -> tuple[F64, F64]:
         """The combined state and covariance of each track: (n, 4), (n, 4, 4)."""
         x, p, mu = self.x[idx], self.P[idx], self.mu[idx]
-        xc = np.einsum("nm,nms->ns", mu, x)
+        xc = mu[:, 0, None] * x[:, 0] + mu[:, 1, None] * x[:, 1]
         d = x - xc[:, None, :]
-        pc = np.einsum("nm,nmab->nab", mu, p + d[..., :, None] * d[..., None, :])
+        spread = p + d[..., :, None] * d[..., None, :]
+        pc = mu[:, 0, None, None] * spread[:, 0] + mu[:, 1, None, None] * spread[:, 1]
         return xc, pc
 
     def drop(self, idx: NDArray[np.intp]) -> None:
