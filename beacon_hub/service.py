@@ -63,8 +63,8 @@ from beacon_hub.stores import (
     SqliteReader,
     SqliteStore,
     Store,
-    StoreError,
     TickRecord,
+    TickWrite,
 )
 from beacon_hub.web import WebServer
 
@@ -416,16 +416,14 @@ class Hub:
         run.touched.clear()
         link = self.link
 
-        def commit(_db: object) -> None:
-            try:
-                self.sqlite.commit(record, ledger, saved)
-            except StoreError:
-                log.exception("tick %.3f of %s not stored", t, site)
+        def acknowledge(stored: bool) -> None:
+            if not stored:
+                log.error("tick %.3f of %s not stored", t, site)
             # Acknowledged once stored (broker.ack = after_store): paho's ack is thread-safe.
             for mid, qos in acks:
                 link.ack(mid, qos)
 
-        self.sqlite.submit(commit)
+        self.sqlite.submit_tick(TickWrite(record, ledger, saved, acknowledge))
         for store in self.stores:
             store.write(record)
         if self.promotions is not None:

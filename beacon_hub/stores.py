@@ -12,6 +12,7 @@ The schema of both is in docs/hub.md.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TickRecord",
+    "TickWrite",
     "ensure_policies",
     "fix_points",
     "policy_hours",
@@ -236,6 +238,26 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
 
 Job = Callable[[sqlite3.Connection], None]
 
+
+@dataclass(frozen=True)
+class TickWrite:
+    """One tick for the writer thread: its fixes and events, the batches they came from and the
+    gateways' state, and what to do once they are committed (acknowledge the batches)."""
+
+    record: TickRecord
+    ledger: Sequence[LedgerEntry]
+    gateways: Sequence[SavedGateway]
+    then: Callable[[bool], None]
+    """Called on the writer thread with True once committed, False if the write failed."""
+
+
+MAX_TICKS_PER_TRANSACTION = 8
+"""Ticks already waiting for the writer are committed in one transaction, up to this many. Live,
+the writer keeps up and each tick is its own transaction; while a backlog drains, each beacon's
+index page is written once per transaction instead of once per tick. Measured here (2026-12-02,
+10,000 beacons a tick, 200 ticks in): 384 ms a tick in its own transaction, 215 ms in groups of
+8. The queue's bound (MAX_PENDING_JOBS) still holds the backlog."""
+
 MAX_PENDING_JOBS = 8
 """Ticks waiting for the SQLite writer. When full, the service thread waits (back-pressure on
 the inbox, then on the broker): a slow disk slows the hub down, it does not lose data."""
@@ -256,7 +278,7 @@ class SqliteStore:
         self.metrics = metrics
         self.keep_fixes = fixes
         self.db = open_sqlite(path)
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=MAX_PENDING_JOBS)
+        self._jobs: queue.Queue[Job | TickWrite | None] = queue.Queue(maxsize=MAX_PENDING_JOBS)
         self._thread: threading.Thread | None = None
 
     # -- writer thread
@@ -272,13 +294,49 @@ class SqliteStore:
         else:
             self._jobs.put(job)
 
+    def submit_tick(self, tick: TickWrite) -> None:
+        """A tick to commit, after the jobs before it; ticks waiting together share a
+        transaction (MAX_TICKS_PER_TRANSACTION)."""
+        if self._thread is None:
+            self._commit_ticks([tick])
+        else:
+            self._jobs.put(tick)
+
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        pending: collections.deque[Job | TickWrite | None] = collections.deque()
+        while True:
+            job = pending.popleft() if pending else self._jobs.get()
+            if job is None:
+                return
+            if isinstance(job, TickWrite):
+                group = [job]
+                while len(group) < MAX_TICKS_PER_TRANSACTION and not pending:
+                    try:
+                        nxt = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(nxt, TickWrite):
+                        group.append(nxt)
+                    else:
+                        pending.append(nxt)  # runs after this group: submission order
+                self._commit_ticks(group)
+                continue
             try:
                 job(self.db)
             except Exception:
                 log.exception("SQLite store %s: a write failed", self.path)
                 self.metrics.store_errors.labels(self.name).inc()
+
+    def _commit_ticks(self, group: Sequence[TickWrite]) -> None:
+        ok = True
+        try:
+            self.commit_many([(w.record, w.ledger, w.gateways) for w in group])
+        except Exception:  # the writer thread must outlive any one write
+            ok = False
+            ticks = ", ".join(f"{w.record.site} {w.record.t:.3f}" for w in group)
+            log.exception("SQLite store %s: ticks not stored: %s", self.path, ticks)
+        for w in group:
+            w.then(ok)
 
     def backlog(self) -> int:
         return self._jobs.qsize()
@@ -341,76 +399,98 @@ class SqliteStore:
         gateways: Iterable[SavedGateway],
     ) -> None:
         """Fixes, events, the batches they came from and the gateway state, atomically."""
+        self.commit_many([(record, ledger, gateways)])
+
+    def commit_many(
+        self,
+        ticks: Sequence[tuple[TickRecord, Iterable[LedgerEntry], Iterable[SavedGateway]]],
+    ) -> None:
+        """Several ticks in one transaction, in order: all of them or none."""
         db = self.db
-        site, t, table = record.site, record.t, record.fixes
-        n = len(table)
         db.execute("BEGIN")
         try:
-            if self.keep_fixes and n:
-                x, y = table.x.tolist(), table.y.tolist()
-                acc, lvl = table.accuracy_m.tolist(), table.level.tolist()
-                speed = table.speed_m_s.tolist()
-                gws = gateway_lists(table)
-                rows = list(
-                    zip(
-                        [site] * n,
-                        table.beacons,
-                        [t] * n,
-                        x,
-                        y,
-                        lvl,
-                        acc,
-                        table.zones,
-                        table.kinds,
-                        record.labels,
-                        speed,
-                        gws,
-                        strict=True,
-                    )
-                )
-                db.executemany("INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                db.executemany(
-                    "INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[9]) for r in rows],
-                )
-            if self.keep_fixes and record.events:
-                db.executemany(
-                    "INSERT INTO events VALUES (?,?,?,?,?,?)",
-                    [
-                        (e.site, e.t, e.type, e.beacon, e.zone, json.dumps(dict(e.data)))
-                        for e in record.events
-                    ],
-                )
-            db.executemany(
-                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        e.site,
-                        e.gateway,
-                        e.boot,
-                        e.seq,
-                        e.samples,
-                        e.accepted,
-                        e.late,
-                        e.impossible_rssi,
-                        e.arrival,
-                        t,
-                    )
-                    for e in ledger
-                ],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO gateways VALUES (?,?,?,?,?)",
-                [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s) for g in gateways],
-            )
-            db.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?)", (site, t))
+            for record, ledger, gateways in ticks:
+                self._insert_tick(db, record, ledger, gateways)
             db.execute("COMMIT")
         except sqlite3.Error as e:
             db.execute("ROLLBACK")
             self.metrics.store_errors.labels(self.name).inc()
             raise StoreError(f"SQLite store {self.path}: {e}") from e
+        except BaseException:
+            db.execute("ROLLBACK")  # not our error to name, but the next BEGIN must work
+            self.metrics.store_errors.labels(self.name).inc()
+            raise
         if self.keep_fixes:
-            self.metrics.store_written.labels(self.name).inc(n + len(record.events))
+            written = sum(len(r.fixes) + len(r.events) for r, _, _ in ticks)
+            self.metrics.store_written.labels(self.name).inc(written)
+
+    def _insert_tick(
+        self,
+        db: sqlite3.Connection,
+        record: TickRecord,
+        ledger: Iterable[LedgerEntry],
+        gateways: Iterable[SavedGateway],
+    ) -> None:
+        site, t, table = record.site, record.t, record.fixes
+        n = len(table)
+        if self.keep_fixes and n:
+            x, y = table.x.tolist(), table.y.tolist()
+            acc, lvl = table.accuracy_m.tolist(), table.level.tolist()
+            speed = table.speed_m_s.tolist()
+            gws = gateway_lists(table)
+            rows = list(
+                zip(
+                    [site] * n,
+                    table.beacons,
+                    [t] * n,
+                    x,
+                    y,
+                    lvl,
+                    acc,
+                    table.zones,
+                    table.kinds,
+                    record.labels,
+                    speed,
+                    gws,
+                    strict=True,
+                )
+            )
+            db.executemany("INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?,?,?)",
+                [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[9]) for r in rows],
+            )
+        if self.keep_fixes and record.events:
+            db.executemany(
+                "INSERT INTO events VALUES (?,?,?,?,?,?)",
+                [
+                    (e.site, e.t, e.type, e.beacon, e.zone, json.dumps(dict(e.data)))
+                    for e in record.events
+                ],
+            )
+        db.executemany(
+            "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    e.site,
+                    e.gateway,
+                    e.boot,
+                    e.seq,
+                    e.samples,
+                    e.accepted,
+                    e.late,
+                    e.impossible_rssi,
+                    e.arrival,
+                    t,
+                )
+                for e in ledger
+            ],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO gateways VALUES (?,?,?,?,?)",
+            [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s) for g in gateways],
+        )
+        db.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?)", (site, t))
 
     def write_occupancy(
         self, site: str, t: float, occupancy: Mapping[str, Mapping[str, int]]

@@ -30,6 +30,7 @@ from beacon_hub.stores import (
     InfluxStore,
     SqliteStore,
     TickRecord,
+    TickWrite,
     _Spill,
     fix_points,
     open_sqlite,
@@ -238,6 +239,52 @@ def test_stored_ticks_rebuild_the_same_influx_points(tmp_path: Path) -> None:
     assert [fix_points(r) for r in again] == [fix_points(r) for r in ticks[1:]]
     assert store.recent_records(SITE, T0 + 2) == []
     store.close()
+
+
+def test_ticks_waiting_for_the_writer_share_a_transaction_in_order(tmp_path: Path) -> None:
+    """A backlog is committed several ticks at a time; jobs keep their order; every tick's
+    acknowledgement runs once, after its commit."""
+    store = SqliteStore(tmp_path / "hub.sqlite", Metrics())
+    begins: list[str] = []
+    store.db.set_trace_callback(lambda sql: begins.append(sql) if sql == "BEGIN" else None)
+    store.start()
+    gate = threading.Event()
+    store.submit(lambda _db: gate.wait(10))  # the writer is busy: the next ticks queue up
+    done: list[tuple[float, bool]] = []
+    order: list[str] = []
+    for k in range(3):
+        t = T0 + k
+        record = TickRecord(
+            SITE,
+            t,
+            _table([BEACON.format(1), BEACON.format(2)], [1.0, 2.0], [None, None]),
+            [],
+            [None, None],
+        )
+        store.submit_tick(TickWrite(record, (), (), lambda ok, t=t: done.append((t, ok))))
+    store.submit(lambda _db: order.append(f"after ticks: {len(done)} acknowledged"))
+    gate.set()
+    store.close()
+    assert done == [(T0, True), (T0 + 1, True), (T0 + 2, True)]
+    assert order == ["after ticks: 3 acknowledged"]
+    assert len(begins) == 1  # three ticks, one transaction
+    db = open_sqlite(tmp_path / "hub.sqlite")
+    assert db.execute("SELECT count(*), count(DISTINCT t) FROM fixes").fetchone() == (6, 3)
+
+
+def test_a_failed_tick_transaction_is_reported_and_the_writer_goes_on(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "hub.sqlite", Metrics())
+    store.start()
+    done: list[bool] = []
+    store.submit(lambda db: db.execute("DROP TABLE ticks"))
+    record = TickRecord(SITE, T0, _table([BEACON.format(1)], [1.0], [None]), [], [None])
+    store.submit_tick(TickWrite(record, (), (), done.append))
+    store.submit(lambda db: db.execute("CREATE TABLE ticks (site TEXT PRIMARY KEY, t REAL)"))
+    store.submit_tick(TickWrite(record, (), (), done.append))
+    store.close()
+    assert done == [False, True]
+    db = open_sqlite(tmp_path / "hub.sqlite")
+    assert db.execute("SELECT count(*) FROM fixes").fetchone() == (1,)  # the failed one rolled back
 
 
 def test_outputs_publish_on_change_refresh_and_clear_lost_tracks() -> None:
