@@ -16,8 +16,10 @@ proximity fix: the gateway's position with the range as uncertainty.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 F64 = NDArray[np.float64]
+_RowsT = TypeVar("_RowsT", "Geometry", "_Terms")
 MapFn = Callable[[NDArray[np.intp], F64], tuple[F64, F64, F64]]
 """(gateway index (...), points (..., 2) broadcasting against it) -> dB, dB/m in x, y."""
 
@@ -227,18 +230,7 @@ class _Terms:
         )
 
     def rows(self, idx: NDArray[np.intp]) -> _Terms:
-        return _Terms(
-            gw=self.gw[idx],
-            gx=self.gx[idx],
-            gy=self.gy[idx],
-            dz2=self.dz2[idx],
-            ref_dbm=self.ref_dbm[idx],
-            ten_n=self.ten_n[idx],
-            slope_n=self.slope_n[idx],
-            rssi_dbm=self.rssi_dbm[idx],
-            inv_sd=self.inv_sd[idx],
-            sd_or_1=self.sd_or_1[idx],
-        )
+        return _take_rows(self, idx)
 
 
 def _normal_equations(
@@ -326,15 +318,13 @@ def _gauss_newton(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -
 
 
 def select_rows(geo: Geometry, rows: NDArray[np.intp]) -> Geometry:
-    return Geometry(
-        gw=geo.gw[rows],
-        gw_xy=geo.gw_xy[rows],
-        dz_m=geo.dz_m[rows],
-        ref_dbm=geo.ref_dbm[rows],
-        exponent=geo.exponent[rows],
-        rssi_dbm=geo.rssi_dbm[rows],
-        sd_db=geo.sd_db[rows],
-        mask=geo.mask[rows],
+    return _take_rows(geo, rows)
+
+
+def _take_rows(obj: _RowsT, rows: NDArray[np.intp]) -> _RowsT:
+    """The same per-beacon arrays (every field has beacons first), for these beacons only."""
+    return dataclasses.replace(
+        obj, **{f.name: getattr(obj, f.name)[rows] for f in dataclasses.fields(obj)}
     )
 
 
