@@ -244,6 +244,11 @@ class Engine:
         self.beacon_ids: list[str] = []
         self._beacon_index: dict[str, int] = {}
         self._kind: list[str | None] = []
+        # The same ids and kinds as object arrays, and pallets as a mask: a tick takes them for
+        # 10,000 beacons at once instead of a Python loop each.
+        self._id_arr = np.empty(0, dtype=object)
+        self._kind_arr = np.empty(0, dtype=object)
+        self._is_pallet = np.zeros(0, dtype=bool)
         self._height = np.zeros(0)
         self._walkable_only = np.zeros(0, dtype=bool)
         self._offset_db = np.zeros(0)
@@ -271,6 +276,9 @@ class Engine:
         self._kind.append(None if kind is None else kind.kind)
         if i >= self._height.shape[0]:
             self._grow(max(256, 2 * self._height.shape[0]))
+        self._id_arr[i] = beacon
+        self._kind_arr[i] = None if kind is None else kind.kind
+        self._is_pallet[i] = kind is not None and kind.kind == "pallet"
         self._height[i] = 1.0 if kind is None else kind.height_m
         self._walkable_only[i] = kind is not None and kind.kind == "cart"
         for ref in self.site.reference_beacons:
@@ -281,6 +289,9 @@ class Engine:
 
     def _grow(self, capacity: int) -> None:
         grow = capacity - self._height.shape[0]
+        self._id_arr = np.r_[self._id_arr, np.full(grow, None, dtype=object)]
+        self._kind_arr = np.r_[self._kind_arr, np.full(grow, None, dtype=object)]
+        self._is_pallet = np.r_[self._is_pallet, np.zeros(grow, dtype=bool)]
         self._height = np.r_[self._height, np.ones(grow)]
         self._walkable_only = np.r_[self._walkable_only, np.zeros(grow, dtype=bool)]
         self._offset_db = np.r_[self._offset_db, np.zeros(grow)]
@@ -383,13 +394,13 @@ class Engine:
         self._update_references(t, idx, geo)
         table = FixTable(
             t=t,
-            beacons=[self.beacon_ids[i] for i in idx],
+            beacons=self._id_arr[idx].tolist(),
             x=xy[:, 0].copy(),
             y=xy[:, 1].copy(),
             accuracy_m=accuracy * cfg.accuracy_scale,
             level=level.astype(np.int64),
             zones=self.zones.zone_of(idx),
-            kinds=[self._kind[i] for i in idx],
+            kinds=self._kind_arr[idx].tolist(),
             speed_m_s=speed,
             gateway_slots=geo.gw,
             gateway_mask=geo.mask,
@@ -565,7 +576,7 @@ class Engine:
         """A pallet parked for parked_after_s that leaves its spot by moved_m: pallet_moved."""
         cfg = self.config
         events: list[Event] = []
-        is_pallet = np.array([self._kind[i] == "pallet" for i in idx], dtype=bool)
+        is_pallet = self._is_pallet[idx]
         if not is_pallet.any():
             return events
         p_idx = idx[is_pallet]

@@ -67,7 +67,10 @@ class ZoneTracker:
 
     def zone_of(self, idx: NDArray[np.intp]) -> list[str | None]:
         ids = self.plan.zone_ids
-        return [ids[z] if z >= 0 else None for z in self.current[idx]]
+        lookup = np.array([*ids, None], dtype=object)  # the last entry: no zone
+        cur = self.current[idx]
+        names: list[str | None] = lookup[np.where(cur >= 0, cur, len(ids))].tolist()
+        return names
 
     def forget(self, idx: NDArray[np.intp]) -> None:
         self.current[idx] = UNKNOWN
@@ -100,8 +103,8 @@ class ZoneTracker:
             if raw[row] >= 0:
                 events.append(ZoneEvent(b, "zone_enter", ids[raw[row]], t))
         changed = ~fresh & (raw != cur)
-        for row in np.flatnonzero(~fresh & ~changed):
-            self.candidate[idx[row]] = cur[row]
+        staying = ~fresh & ~changed
+        self.candidate[idx[staying]] = cur[staying]
         for row in np.flatnonzero(changed):
             b = int(idx[row])
             if self.candidate[b] != raw[row]:
