@@ -62,12 +62,6 @@ RESLICE_SHARE = 0.7
 """The iteration's terms are re-sliced to the moving beacons only once these are fewer than
 70 % of the rows at hand: copying ten (beacons, gateways) arrays costs more than evaluating
 the few beacons that have converged meanwhile."""
-SOLVE_CHUNK = 2048
-"""Beacons solved together: a block's (beacons, gateways) temporaries stay in a core's 1 MB L2
-cache (2,048 x 8 slots x 8 bytes = 128 KB). Rows are independent: the fixes are the same as in
-one block. `solve` on 10,000 beacons x 8 gateways with track priors, best of 6: 152 ms in one
-block, 112 ms in blocks of 2,048 (with a radio map 228 -> 156 ms); 512 is slower again
-(numpy's per-call overhead)."""
 PRIOR_SD_WELL_POSED_M = 100.0
 """With three or more gateways the data decide; the prior only keeps the algebra regular."""
 
@@ -152,21 +146,6 @@ def solve(
     if it ends lower (simulated store: median 4.1 m without it, 3.8 m with it).
     """
 
-    n = geo.mask.shape[0]
-    if n <= SOLVE_CHUNK:
-        return _solve_block(geo, prior, radio_map)
-    parts = [
-        _solve_block(select_rows(geo, rows), None if prior is None else prior[rows], radio_map)
-        for rows in np.array_split(np.arange(n), -(-n // SOLVE_CHUNK))
-    ]
-    return Solution(
-        xy=np.concatenate([p.xy for p in parts]),
-        cov=np.concatenate([p.cov for p in parts]),
-        used=np.concatenate([p.used for p in parts]),
-    )
-
-
-def _solve_block(geo: Geometry, prior: F64 | None, radio_map: MapFn | None) -> Solution:
     centroid = weighted_centroid(geo)
     anchor = centroid if prior is None else np.where(np.isnan(prior), centroid, prior)
     xy = _gauss_newton(geo, centroid.copy(), anchor, radio_map)
