@@ -449,38 +449,14 @@ class SqliteStore:
             acc, lvl = table.accuracy_m.tolist(), table.level.tolist()
             speed = table.speed_m_s.tolist()
             gws = gateway_lists(table)
-            rows = list(
-                zip(
-                    [site] * n,
-                    table.beacons,
-                    [t] * n,
-                    x,
-                    y,
-                    lvl,
-                    acc,
-                    table.zones,
-                    table.kinds,
-                    record.labels,
-                    speed,
-                    gws,
-                    strict=True,
-                )
-            )
-            db.executemany("INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            latest = (
-                [site] * n,
-                table.beacons,
-                [t] * n,
-                x,
-                y,
-                lvl,
-                acc,
-                table.zones,
-                record.labels,
+            common = ([site] * n, table.beacons, [t] * n, x, y, lvl, acc, table.zones)
+            db.executemany(
+                "INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                zip(*common, table.kinds, record.labels, speed, gws, strict=True),
             )
             db.executemany(
                 "INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?,?,?)",
-                zip(*latest, strict=True),
+                zip(*common, record.labels, strict=True),
             )
         if self.keep_fixes and record.events:
             db.executemany(
