@@ -243,9 +243,8 @@ class Engine:
         )
         self.beacon_ids: list[str] = []
         self._beacon_index: dict[str, int] = {}
-        self._kind: list[str | None] = []
-        # The same ids and kinds as object arrays, and pallets as a mask: a tick takes them for
-        # 10,000 beacons at once instead of a Python loop each.
+        # Ids (beacon_ids mirrored) and kinds as object arrays, pallets as a mask: a tick takes
+        # them for 10,000 beacons at once instead of a Python loop each.
         self._id_arr = np.empty(0, dtype=object)
         self._kind_arr = np.empty(0, dtype=object)
         self._is_pallet = np.zeros(0, dtype=bool)
@@ -273,7 +272,6 @@ class Engine:
         self.beacon_ids.append(beacon)
         self._beacon_index[beacon] = i
         kind = self.site.kind_of(beacon)
-        self._kind.append(None if kind is None else kind.kind)
         if i >= self._height.shape[0]:
             self._grow(max(256, 2 * self._height.shape[0]))
         self._id_arr[i] = beacon
@@ -562,7 +560,7 @@ class Engine:
             restart[rows[lost_lock]] = True
         new = ~tracked | restart
         if new.any():
-            kinds = [self._kind[i] for i in idx[new]]
+            kinds = self._kind_arr[idx[new]].tolist()
             still = np.array([0.8 if k in ("pallet", "reference") else 0.3 for k in kinds])
             mu = np.c_[still, 1.0 - still]
             tracks.start(idx[new], t[new], z[new], r[new], mu=mu, m=m)

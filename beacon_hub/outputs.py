@@ -77,16 +77,17 @@ class SiteOutputs:
 
     def _slots(self, beacons: Sequence[str]) -> NDArray[np.intp]:
         slot = self._slot
-        for b in beacons:
-            if b not in slot:
-                slot[b] = len(slot)
+        # a new beacon gets the next slot
+        slots = np.fromiter(
+            (slot.setdefault(b, len(slot)) for b in beacons), dtype=np.intp, count=len(beacons)
+        )
         if len(slot) > self._last_t.shape[0]:
             grow = max(len(slot), 2 * self._last_t.shape[0]) - self._last_t.shape[0]
             self._last_t = np.r_[self._last_t, np.full(grow, np.nan)]
             self._last_x = np.r_[self._last_x, np.zeros(grow)]
             self._last_y = np.r_[self._last_y, np.zeros(grow)]
             self._last_zone = np.r_[self._last_zone, np.full(grow, None, dtype=object)]
-        return np.fromiter((slot[b] for b in beacons), dtype=np.intp, count=len(beacons))
+        return slots
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if not self._publish(topic, payload, qos, retain):

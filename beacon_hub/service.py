@@ -416,10 +416,9 @@ class Hub:
         run.touched.clear()
         link = self.link
 
-        def acknowledge(stored: bool) -> None:
-            if not stored:
-                log.error("tick %.3f of %s not stored", t, site)
-            # Acknowledged once stored (broker.ack = after_store): paho's ack is thread-safe.
+        def acknowledge(_stored: bool) -> None:
+            # After the tick's transaction (broker.ack = after_store), committed or not: the
+            # writer has logged and counted a failure. Paho's ack is thread-safe.
             for mid, qos in acks:
                 link.ack(mid, qos)
 

@@ -423,13 +423,11 @@ class SqliteStore:
             for record, ledger, gateways in ticks:
                 self._insert_tick(db, record, ledger, gateways)
             db.execute("COMMIT")
-        except sqlite3.Error as e:
-            db.execute("ROLLBACK")
+        except BaseException as e:
+            db.execute("ROLLBACK")  # whatever failed, the next BEGIN must work
             self.metrics.store_errors.labels(self.name).inc()
-            raise StoreError(f"SQLite store {self.path}: {e}") from e
-        except BaseException:
-            db.execute("ROLLBACK")  # not our error to name, but the next BEGIN must work
-            self.metrics.store_errors.labels(self.name).inc()
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"SQLite store {self.path}: {e}") from e
             raise
         if self.keep_fixes:
             written = sum(len(r.fixes) + len(r.events) for r, _, _ in ticks)

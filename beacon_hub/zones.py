@@ -48,6 +48,8 @@ class ZoneTracker:
     ) -> None:
         self.plan = plan
         self.params = params or ZoneParams()
+        self._names = np.array([*plan.zone_ids, None], dtype=object)
+        """Zone id by index; the last entry, None, for no zone."""
         self.current = np.full(capacity, UNKNOWN, dtype=np.int64)
         self.since = np.zeros(capacity)
         self.candidate = np.full(capacity, UNKNOWN, dtype=np.int64)
@@ -66,10 +68,9 @@ class ZoneTracker:
         self.dwell_fired = np.r_[self.dwell_fired, np.zeros(grow, dtype=np.int64)]
 
     def zone_of(self, idx: NDArray[np.intp]) -> list[str | None]:
-        ids = self.plan.zone_ids
-        lookup = np.array([*ids, None], dtype=object)  # the last entry: no zone
         cur = self.current[idx]
-        names: list[str | None] = lookup[np.where(cur >= 0, cur, len(ids))].tolist()
+        none = self._names.shape[0] - 1
+        names: list[str | None] = self._names[np.where(cur >= 0, cur, none)].tolist()
         return names
 
     def forget(self, idx: NDArray[np.intp]) -> None:
