@@ -65,6 +65,7 @@ def test_hub_sigkill_and_restart_loses_nothing_the_broker_queued(tmp_path: Path)
         with sending(gws):
             wait_until("3 rounds stored", lambda: rounds_seen(gws, hub, 3), hub=hub)
             hub.kill()
+            stored_at_kill = sum(ledger(hub).values())
             # The broker queues for the persistent session meanwhile.
             done = gws.rounds
             wait_until("3 more rounds sent", lambda: gws.rounds >= done + 3)
@@ -76,7 +77,11 @@ def test_hub_sigkill_and_restart_loses_nothing_the_broker_queued(tmp_path: Path)
         want = published(gws)
         wait_until("every published batch in the ledger", lambda: set(ledger(hub)) >= set(want))
         assert hub.metric_sum("beacon_hub_gateway_batches_lost_total") == 0
-        assert hub.metric_sum("beacon_hub_gateway_batches_duplicate_total") == 0
+        # A kill between a tick's COMMIT and paho sending its PUBACKs has the broker deliver
+        # those batches again: the restored (boot, seq) state refuses them as duplicates. Only
+        # batches already stored at the kill can come back that way.
+        duplicates = hub.metric_sum("beacon_hub_gateway_batches_duplicate_total")
+        assert duplicates <= stored_at_kill
         assert hub.stop() == 0
         # Zero loss (acks after the stored tick) and exactly once (sequence state in SQLite).
         assert ledger(hub) == want
