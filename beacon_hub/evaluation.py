@@ -32,7 +32,9 @@ equals the true zone (no zone equals no zone), with `zone_source` `truth` (the t
 zone column, from the truth sample nearest in time) or `site` (the site's zone polygons at the
 interpolated true position) or null; `zone_accuracy_outside_band` over the fixes whose true
 position is more than `band_m` from every zone edge (needs a site); `zone_flaps` and
-`zone_flaps_per_beacon_hour`; `latency_s` and `latency_beacons`; and `coverage`, the share
+`zone_flaps_per_beacon_hour`; scores of beacons standing still (`still_*`: errors once still
+for `STILL_AFTER_S`, zone flaps while still; `bay_accuracy` and `bay_or_neighbour_accuracy` of
+settled fixes in bays); `latency_s` and `latency_beacons`; and `coverage`, the share
 of truth samples with a fix of the same beacon within `COVERAGE_WINDOW_S`. Undefined figures
 (no site, path mode, no moving truth) are null.
 
@@ -73,13 +75,17 @@ __all__ = [
     "LATENCY_MIN_FIXES",
     "LATENCY_SHIFTS_S",
     "MOVING_SPEED_M_S",
+    "NEIGHBOUR_GAP_M",
     "PATH_COLUMNS",
+    "STILL_AFTER_S",
+    "STILL_SPEED_M_S",
     "TRUTH_MAX_GAP_S",
     "Evaluation",
     "EvaluationError",
     "error_statistics",
     "evaluate_path",
     "evaluate_truth",
+    "neighbour_zones",
     "path_distance_m",
     "points_in_polygon",
     "read_path",
@@ -122,6 +128,18 @@ LATENCY_SHIFTS_S = np.round(np.arange(-5.0, 10.0 + 1e-9, 0.1), 1)
 
 LATENCY_MIN_FIXES = 10
 """Fewer moving fixes than this give no latency for a beacon: the minimum would be noise."""
+
+STILL_SPEED_M_S = 0.05
+"""Truth slower than this is standing still: a parked pallet's truth does not move at all and
+a standing shopper's sways by centimetres, while the slowest walk is about 0.3 m/s."""
+
+STILL_AFTER_S = 60.0
+"""Issue #4's warehouse goal scores parked pallets once they have been still this long: time
+for tracking to average the fast fading away, so what is left is the engine's static error."""
+
+NEIGHBOUR_GAP_M = 0.05
+"""Two bays are neighbours when their polygons come this close (they share an edge or a
+corner): the next bay along the rack, or the one behind it in a back-to-back pair."""
 
 _DECIMALS = 4
 
@@ -344,6 +362,16 @@ def evaluate_path(
         latency_s=None,
         latency_beacons=0,
         coverage=None,
+        still_after_s=STILL_AFTER_S,
+        still_scored=None,
+        still_median_m=None,
+        still_p90_m=None,
+        still_within_accuracy=None,
+        still_zone_flaps=None,
+        still_zone_flaps_per_beacon_hour=None,
+        bay_scored=None,
+        bay_accuracy=None,
+        bay_or_neighbour_accuracy=None,
     )
     return Evaluation(summary=summary, errors_m=errors)
 
@@ -370,6 +398,19 @@ class _Track:
             return np.zeros(len(t), dtype=np.int64)
         pick_left = (t - self.t[left]) <= (self.t[right] - t)
         return np.asarray(np.where(pick_left, left, right))
+
+    def still_since(self, t: FloatArray) -> FloatArray:
+        """When the truth last stopped moving before each t (slower than STILL_SPEED_M_S over
+        the truth interval holding t), its first sample if it never moved; NaN while moving."""
+        if len(self.t) < 2:
+            return np.full(len(t), self.t[0])
+        dt = np.diff(self.t)
+        speed = np.hypot(*np.diff(self.xy, axis=0).T) / np.where(dt > 0, dt, np.inf)
+        moving = speed >= STILL_SPEED_M_S
+        segment = np.clip(np.searchsorted(self.t, t, side="right") - 1, 0, len(dt) - 1)
+        last_move = np.maximum.accumulate(np.where(moving, np.arange(len(dt)), -1))[segment]
+        since = np.where(last_move >= 0, self.t[np.minimum(last_move + 1, len(dt))], self.t[0])
+        return np.where(moving[segment], np.nan, since)
 
     def gap_around(self, t: FloatArray) -> FloatArray:
         """Time between the truth samples that bracket each t (0 on an exact sample)."""
@@ -404,6 +445,8 @@ class _Matched:
     xy: FloatArray
     level: NDArray[np.int64]
     zone: list[str | None]
+    still_since: FloatArray = field(default_factory=lambda: np.zeros(0))
+    """When the truth stopped moving, per scored fix (NaN: moving)."""
     no_truth: int = 0
     outside: int = 0
     gap: int = 0
@@ -414,7 +457,9 @@ def _match(fx: _Fixes, tracks: dict[str, _Track]) -> _Matched:
     index_of: dict[str, list[int]] = {}
     for i, beacon in enumerate(fx.beacon):
         index_of.setdefault(beacon, []).append(i)
-    parts: list[tuple[NDArray[np.int64], FloatArray, NDArray[np.int64], list[str | None]]] = []
+    parts: list[
+        tuple[NDArray[np.int64], FloatArray, NDArray[np.int64], list[str | None], FloatArray]
+    ] = []
     m = _Matched(np.zeros(0, dtype=np.int64), np.zeros((0, 2)), np.zeros(0, dtype=np.int64), [])
     for beacon, idx_list in index_of.items():
         idx = np.asarray(idx_list, dtype=np.int64)
@@ -432,7 +477,9 @@ def _match(fx: _Fixes, tracks: dict[str, _Track]) -> _Matched:
             continue
         nearest = track.nearest(fx.t[keep])
         zones = [track.zone[int(j)] for j in nearest]
-        parts.append((keep, track.at(fx.t[keep]), track.level[nearest], zones))
+        parts.append(
+            (keep, track.at(fx.t[keep]), track.level[nearest], zones, track.still_since(fx.t[keep]))
+        )
         lag = _latency_s(track, fx.t[keep], fx.xy[keep])
         if lag is not None:
             m.latencies_s.append(lag)
@@ -441,6 +488,7 @@ def _match(fx: _Fixes, tracks: dict[str, _Track]) -> _Matched:
         m.xy = np.concatenate([p[1] for p in parts])
         m.level = np.concatenate([p[2] for p in parts])
         m.zone = [z for p in parts for z in p[3]]
+        m.still_since = np.concatenate([p[4] for p in parts])
     return m
 
 
@@ -483,10 +531,82 @@ def evaluate_truth(
     edge = zone_edge_distance_m(m.xy, m.level, zones) if zones else None
     fix_zones = [fx.zone[int(i)] for i in m.index]
     summary.update(_zone_scores(fix_zones, zone_truth, edge, band_m))
+    summary.update(_still_scores(fx, m, errors, zone_truth, zones))
     summary["latency_s"] = float(np.median(m.latencies_s)) if m.latencies_s else None
     summary["latency_beacons"] = len(m.latencies_s)
     summary["coverage"] = _coverage(tracks, fx)
     return Evaluation(summary=summary, errors_m=errors)
+
+
+def neighbour_zones(zones: Sequence[Zone], gap_m: float = NEIGHBOUR_GAP_M) -> dict[str, set[str]]:
+    """For each zone, the zones of the same kind on its level within `gap_m` of it (itself
+    included): for bays, the next bay along the rack and the one behind it."""
+    out: dict[str, set[str]] = {z.id: {z.id} for z in zones}
+    for i, a in enumerate(zones):
+        corners_a = np.asarray(a.polygon, dtype=np.float64)
+        for b in zones[i + 1 :]:
+            if b.kind != a.kind or b.level != a.level:
+                continue
+            corners_b = np.asarray(b.polygon, dtype=np.float64)
+            # Polygons that do not overlap come closest at a corner of one of them.
+            gap = min(
+                float(path_distance_m(corners_a, _edges(b.polygon)).min()),
+                float(path_distance_m(corners_b, _edges(a.polygon)).min()),
+            )
+            if gap <= gap_m:
+                out[a.id].add(b.id)
+                out[b.id].add(a.id)
+    return out
+
+
+def _still_scores(
+    fx: _Fixes,
+    m: _Matched,
+    errors: FloatArray,
+    zone_truth: Sequence[str | None] | None,
+    zones: Sequence[Zone],
+) -> dict[str, Any]:
+    """Scores of beacons standing still: errors once still for STILL_AFTER_S, bay calls of
+    parked pallets, and zone flaps while still (issue #4's warehouse and store goals)."""
+    still_for = fx.t[m.index] - m.still_since  # NaN while moving
+    settled = still_for >= STILL_AFTER_S
+    stats = error_statistics(errors[settled])
+    out: dict[str, Any] = {
+        "still_after_s": STILL_AFTER_S,
+        "still_scored": int(np.count_nonzero(settled)),
+        "still_median_m": stats["median_m"],
+        "still_p90_m": stats["p90_m"],
+        "still_within_accuracy": (
+            float(np.mean(errors[settled] <= fx.accuracy_m[m.index][settled]))
+            if settled.any()
+            else None
+        ),
+    }
+    # Flaps while still: each still spell of a beacon is a stream of its own.
+    still = np.isfinite(m.still_since)
+    rows = np.flatnonzero(still)
+    spell = [f"{fx.beacon[int(m.index[r])]}@{m.still_since[r]!r}" for r in rows]
+    flaps, hours = zone_flaps(fx.t[m.index[rows]], spell, [fx.zone[int(m.index[r])] for r in rows])
+    out["still_zone_flaps"] = flaps
+    out["still_zone_flaps_per_beacon_hour"] = flaps / hours if hours > 0.0 else None
+    bays = [z for z in zones if z.kind == "bay"]
+    bay_ids = {z.id for z in bays}
+    picked = [
+        int(r)
+        for r in np.flatnonzero(settled)
+        if zone_truth is not None and zone_truth[int(r)] in bay_ids
+    ]
+    out["bay_scored"] = len(picked)
+    if picked and zone_truth is not None:
+        near = neighbour_zones(bays)
+        calls = [(fx.zone[int(m.index[r])], zone_truth[r]) for r in picked]
+        out["bay_accuracy"] = sum(f == t for f, t in calls) / len(calls)
+        out["bay_or_neighbour_accuracy"] = sum(
+            f is not None and t is not None and f in near[t] for f, t in calls
+        ) / len(calls)
+    else:
+        out["bay_accuracy"] = out["bay_or_neighbour_accuracy"] = None
+    return out
 
 
 def _latency_s(track: _Track, t: FloatArray, xy: FloatArray) -> float | None:

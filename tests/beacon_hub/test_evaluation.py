@@ -21,6 +21,7 @@ from beacon_hub.evaluation import (
     error_statistics,
     evaluate_path,
     evaluate_truth,
+    neighbour_zones,
     path_distance_m,
     read_path,
     run_eval,
@@ -300,6 +301,70 @@ def test_zone_accuracy_is_null_without_zones() -> None:
     s = evaluate_truth([fix(T0, 0.0, 0.0, zone="west")], still_truth()).summary
     assert s["zone_source"] is None
     assert s["zone_accuracy"] is None
+
+
+# --- standing still: settled errors, bays, flaps while still --------------------------------
+
+
+def rack() -> Site:
+    """Three 1.2 x 2.7 m bays in a row (a1, a2, a3) and one across a 3.3 m aisle (b1)."""
+
+    def bay(zone_id: str, x0: float, y0: float) -> dict[str, object]:
+        return {
+            "id": zone_id,
+            "kind": "bay",
+            "polygon": [[x0, y0], [x0 + 1.2, y0], [x0 + 1.2, y0 + 2.7], [x0, y0 + 2.7]],
+        }
+
+    return validate_site_data(
+        {
+            "id": "rack",
+            "kind": "warehouse",
+            "levels": [{"outline": [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]]}],
+            "gateways": [{"id": "g1", "x": 1.0, "y": 1.0, "z": 6.0}],
+            "zones": [
+                bay("a1", 0.0, 0.0),
+                bay("a2", 0.0, 2.7),
+                bay("a3", 0.0, 5.4),
+                bay("b1", 4.5, 0.0),
+            ],
+        },
+        "rack",
+    )
+
+
+def test_neighbour_bays_share_an_edge() -> None:
+    near = neighbour_zones(list(rack().zones))
+    assert near == {"a1": {"a1", "a2"}, "a2": {"a1", "a2", "a3"}, "a3": {"a2", "a3"}, "b1": {"b1"}}
+
+
+def test_still_scores_count_only_settled_fixes_and_bays() -> None:
+    """A pallet drives for 10 s, then stands in bay a2 for 100 s: only fixes 60 s or more into
+    the stop are settled; their bay calls score right (a2), neighbour (a1, a3) or wrong (b1)."""
+    truth = [TruthPoint(T0 + s, B1, 0.6, 4.0 + s * 0.5, zone=None) for s in range(-10, 0)]
+    truth += [TruthPoint(T0 + s, B1, 0.6, 4.0, zone="a2") for s in range(101)]
+    calls = {61: ("a2", 0.1), 70: ("a1", 1.0), 80: ("a3", 2.0), 90: ("b1", 5.0)}
+    fixes = [fix(T0 + s, 0.6, 4.0, zone="a2") for s in (-5, 30, 59)]
+    fixes += [fix(T0 + s, 0.6 + e, 4.0, zone=z) for s, (z, e) in calls.items()]
+    s = evaluate_truth(fixes, truth, rack()).summary
+    assert s["still_scored"] == 4
+    assert s["still_median_m"] == pytest.approx(1.5)
+    assert s["bay_scored"] == 4
+    assert s["bay_accuracy"] == pytest.approx(0.25)
+    assert s["bay_or_neighbour_accuracy"] == pytest.approx(0.75)
+    assert s["still_within_accuracy"] == pytest.approx(0.5)
+
+
+def test_flaps_while_still_ignore_moving_spells() -> None:
+    """The same excursion counts as a flap while the beacon stands, not while it walks."""
+    walk = [TruthPoint(T0 + s, B1, s * 1.0, 1.0) for s in range(21)]
+    stand = [TruthPoint(T0 + 21 + s, B1, 20.0, 1.0) for s in range(21)]
+    zones = ["A", "B", "A", "A"]
+    fixes = [fix(T0 + 2 + s, s * 1.0, 1.0, zone=z) for s, z in enumerate(zones)]
+    fixes += [fix(T0 + 30 + s, 20.0, 1.0, zone=z) for s, z in enumerate(zones)]
+    s = evaluate_truth(fixes, walk + stand).summary
+    assert s["zone_flaps"] == 2
+    assert s["still_zone_flaps"] == 1
 
 
 # --- latency and coverage --------------------------------------------------------------------
