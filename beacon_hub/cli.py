@@ -206,7 +206,11 @@ def _add_engine_verbs(verbs: Any) -> None:
     replay.add_argument("--readings", type=Path, required=True, metavar="R.csv")
     replay.add_argument("--out", type=Path, required=True, metavar="F.csv")
     replay.add_argument("--calibration", type=Path, metavar="C.yaml")
-    replay.add_argument("--no-tracking", action="store_true", help="one fix per sample")
+    replay.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="tracking off: one fix per sample instant (one tag), else per tick",
+    )
     replay.add_argument("--no-map", action="store_true", help="path loss only, ignore the map")
     replay.add_argument("--config", type=Path, metavar="HUB.yaml", help="engine settings")
     add_set_option(replay)
