@@ -108,35 +108,59 @@ def _match_readings(
     max_gap_s: float,
     progress: bool,
 ) -> dict[str, NDArray[np.float64]]:
-    """Per gateway, rows (x, y, z, rssi): each reading at the tag's interpolated position.
+    """Per gateway, rows (x, y, z, rssi) in reading order: each reading at the tag's
+    interpolated position.
 
     Only readings between two truth points at most `max_gap_s` apart are used: never across a
-    gap in the walk.
+    gap in the walk. The readings are collected first and matched per beacon at once (a
+    300 s warehouse recording holds half a million readings).
     """
     paths = _interpolate_truth(truth)
     if not paths:
         raise BeaconHubError("calibration: the truth file holds no positions")
-    gateways = {g.id for g in site.gateways}
-    rows: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    gateway_ids = {g.id: i for i, g in enumerate(site.gateways)}
+    by_beacon: dict[str, list[int]] = defaultdict(list)
+    gw_col: list[int] = []
+    t_col: list[float] = []
+    rssi_col: list[float] = []
     for count, r in enumerate(readings, 1):
-        path = paths.get(r.beacon)
-        if path is None or r.gateway not in gateways:
-            continue
-        t, x, y, z = path
-        i = int(np.searchsorted(t, r.t))
-        exact = i < t.shape[0] and t[i] == r.t
-        if not exact and (i == 0 or i >= t.shape[0] or t[i] - t[i - 1] > max_gap_s):
-            continue
-        kind = site.kind_of(r.beacon)
-        pz = float(np.interp(r.t, t, z)) if np.isfinite(z).all() else np.nan
-        if not np.isfinite(pz):
-            pz = kind.height_m if kind else 1.0
-        rows[r.gateway].append(
-            (float(np.interp(r.t, t, x)), float(np.interp(r.t, t, y)), pz, r.rssi)
-        )
-        if progress and count % 20000 == 0:
-            print(f"calibrate: {count} readings matched", file=sys.stderr)
-    return {gw: np.asarray(data) for gw, data in rows.items()}
+        g = gateway_ids.get(r.gateway)
+        if r.beacon in paths and g is not None:
+            by_beacon[r.beacon].append(len(gw_col))
+            gw_col.append(g)
+            t_col.append(r.t)
+            rssi_col.append(r.rssi)
+        if progress and count % 200_000 == 0:
+            print(f"calibrate: {count} readings read", file=sys.stderr)
+    rt = np.asarray(t_col, dtype=np.float64)
+    xyz = np.full((rt.shape[0], 3), np.nan)
+    for beacon, rows_list in by_beacon.items():
+        rows = np.asarray(rows_list, dtype=np.intp)
+        t, x, y, z = paths[beacon]
+        at = rt[rows]
+        i = np.searchsorted(t, at)
+        inside = (i > 0) & (i < t.shape[0])
+        exact = (i < t.shape[0]) & (t[np.minimum(i, t.shape[0] - 1)] == at)
+        bridged = inside & (t[np.minimum(i, t.shape[0] - 1)] - t[np.maximum(i - 1, 0)] <= max_gap_s)
+        ok = rows[exact | bridged]
+        at = rt[ok]
+        xyz[ok, 0] = np.interp(at, t, x)
+        xyz[ok, 1] = np.interp(at, t, y)
+        if np.isfinite(z).all():
+            xyz[ok, 2] = np.interp(at, t, z)
+        else:
+            kind = site.kind_of(beacon)
+            xyz[ok, 2] = kind.height_m if kind else 1.0
+    gw = np.asarray(gw_col, dtype=np.intp)
+    matched = np.isfinite(xyz[:, 0])
+    table = np.c_[xyz, np.asarray(rssi_col, dtype=np.float64)]
+    if progress:
+        print(f"calibrate: {int(matched.sum())} readings matched to truth", file=sys.stderr)
+    return {
+        g.id: table[matched & (gw == i)]
+        for i, g in enumerate(site.gateways)
+        if np.any(matched & (gw == i))
+    }
 
 
 def fit_calibration(
