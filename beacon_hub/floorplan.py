@@ -70,6 +70,9 @@ class LevelGrid:
     nearest_floor: NDArray[np.intp]
     """(2, ny, nx): for every cell the indices of the nearest floor cell."""
     nearest_walkable: NDArray[np.intp]
+    clearance_floor: NDArray[np.float32]
+    """(ny, nx): metres from each cell's centre to the nearest cell off the floor (0 off it)."""
+    clearance_walkable: NDArray[np.float32]
 
     def cells(self, xy: F64) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
         ny, nx = self.floor.shape
@@ -127,6 +130,8 @@ class FloorPlan:
                 zone=zone,
                 nearest_floor=_nearest(floor),
                 nearest_walkable=_nearest(walkable if walkable.any() else floor),
+                clearance_floor=_clearance(floor, resolution_m),
+                clearance_walkable=_clearance(walkable, resolution_m),
             )
 
     def zone_index(self, level: int, xy: F64) -> NDArray[np.int32]:
@@ -140,6 +145,14 @@ class FloorPlan:
         iy, ix = grid.cells(xy)
         mask = grid.walkable if walkable_only else grid.floor
         return np.asarray(mask[iy, ix])
+
+    def clearance_m(self, level: int, xy: F64, walkable_only: bool) -> F64:
+        """How far each point's cell is from the nearest cell off the (walkable) floor: a disc
+        of radius r around a point stays on it where r + 1.5 cells is less than this."""
+        grid = self.levels[level]
+        iy, ix = grid.cells(xy)
+        clear = grid.clearance_walkable if walkable_only else grid.clearance_floor
+        return np.asarray(clear[iy, ix], dtype=np.float64)
 
     def project(self, level: int, xy: F64, walkable_only: NDArray[np.bool_]) -> F64:
         """Move points that are off the allowed floor to the centre of the nearest allowed cell."""
@@ -185,6 +198,11 @@ def _nearest(mask: NDArray[np.bool_]) -> NDArray[np.intp]:
         raise ValueError("a level without floor cells")
     _, indices = ndimage.distance_transform_edt(~mask, return_indices=True)
     return np.asarray(indices, dtype=np.intp)
+
+
+def _clearance(mask: NDArray[np.bool_], resolution_m: float) -> NDArray[np.float32]:
+    distance = ndimage.distance_transform_edt(mask) * resolution_m
+    return np.asarray(distance, dtype=np.float32)
 
 
 def _area(polygon: Sequence[tuple[float, float]]) -> float:
