@@ -10,7 +10,7 @@ import numpy as np
 from beacon_hub.csvfiles import READINGS, CsvWriter, Reading, read_fixes
 from beacon_hub.engine import EngineConfig
 from beacon_hub.pathloss import mean_rssi_dbm
-from beacon_hub.replay import replay
+from beacon_hub.replay import ReplayStats, replay
 from beacon_hub.site import Site, validate_site_data
 
 T0 = 1_700_000_000.0
@@ -45,23 +45,18 @@ def heard(t: float, b: str, x: float, y: float) -> list[Reading]:
     return out
 
 
-def write(path: Path, rows: list[Reading]) -> Path:
-    with CsvWriter(READINGS, path) as out:
-        out.write_all(sorted(rows, key=lambda r: r.t))
-    return path
+def replay_without_tracking(tmp_path: Path, rows: list[Reading]) -> tuple[ReplayStats, Path]:
+    out = tmp_path / "f.csv"
+    with CsvWriter(READINGS, tmp_path / "r.csv") as readings:
+        readings.write_all(sorted(rows, key=lambda r: r.t))
+    config = EngineConfig(tracking=False)
+    return replay(square(), tmp_path / "r.csv", out, config=config, progress=False), out
 
 
 def test_one_tag_gets_one_fix_per_sample_instant(tmp_path: Path) -> None:
     """A tag recorded in instants (the dataset's 1/3-s rows): each instant is its own fix."""
     rows = [r for k in range(30) for r in heard(T0 + k / 3.0, beacon(1), 4.0, 6.0)]
-    out = tmp_path / "f.csv"
-    stats = replay(
-        square(),
-        write(tmp_path / "r.csv", rows),
-        out,
-        config=EngineConfig(tracking=False),
-        progress=False,
-    )
+    stats, out = replay_without_tracking(tmp_path, rows)
     fixes = list(read_fixes(out))
     assert stats.ticks == 30
     assert len(fixes) == 30
@@ -79,14 +74,7 @@ def test_many_beacons_at_random_get_one_fix_per_tick(tmp_path: Path) -> None:
         for t in T0 + np.sort(rng.uniform(0.0, 10.0, 100))
         for r in heard(float(t), beacon(i), 1.0 + 0.15 * i, 5.0)
     ]
-    out = tmp_path / "f.csv"
-    stats = replay(
-        square(),
-        write(tmp_path / "r.csv", rows),
-        out,
-        config=EngineConfig(tracking=False),
-        progress=False,
-    )
+    stats, out = replay_without_tracking(tmp_path, rows)
     per_beacon = Counter(f.beacon for f in read_fixes(out))
     assert stats.ticks == 10
     assert len(per_beacon) == 50
