@@ -324,6 +324,11 @@ def _eval_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument(
         "--band-m", type=float, default=1.0, metavar="M", help="zone-edge band (default 1 m)"
     )
+    evaluate.add_argument(
+        "--kind",
+        metavar="KIND",
+        help="score only beacons of this kind (cart, pallet, ...: the site's beacon_kinds)",
+    )
     evaluate.set_defaults(handler=_eval)
 
 
@@ -338,6 +343,7 @@ def _eval(args: argparse.Namespace) -> int:
         report_dir=args.report,
         band_m=args.band_m,
         labels=args.label,
+        kind=args.kind,
     )
     print(json.dumps(result, indent=2))
     return EXIT_OK

@@ -764,6 +764,11 @@ def _is_path(runs: Sequence[tuple[str, Evaluation]]) -> bool:
     return all(run.summary.get("mode") == "path" for _, run in runs)
 
 
+def _kind_name(site: Site, beacon: str) -> str | None:
+    kind = site.kind_of(beacon)
+    return kind.kind if kind is not None else None
+
+
 def run_eval(
     fixes_paths: Sequence[Path],
     *,
@@ -773,8 +778,11 @@ def run_eval(
     report_dir: Path | None = None,
     band_m: float = BAND_M,
     labels: Sequence[str] = (),
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """What `beacon-hub eval` does: score each fixes file; write the report when asked.
+    `kind` scores only the fixes of beacons of that kind in the site's beacon_kinds (the
+    store's carts without its reference beacons, the warehouse's pallets).
 
     Returns the summary of the only fixes file, or `{"runs": [summary, ...]}` for several.
     """
@@ -791,6 +799,11 @@ def run_eval(
     if not math.isfinite(band_m) or band_m < 0.0:
         raise EvaluationError(f"--band-m {band_m}: expected a non-negative number of metres")
     site = load_site(site_path) if site_path is not None else None
+    if kind is not None and site is None:
+        raise EvaluationError(f"--kind {kind}: needs --site, whose beacon_kinds name the kinds")
+    if kind is not None and site is not None and kind not in {k.kind for k in site.beacon_kinds}:
+        known = ", ".join(sorted({k.kind for k in site.beacon_kinds})) or "none"
+        raise EvaluationError(f"--kind {kind}: {site_path} has no beacons of that kind ({known})")
     truth = list(read_truth(truth_path)) if truth_path is not None else None
     if truth is not None and not truth:
         raise EvaluationError(f"{truth_path}: no truth rows")
@@ -799,8 +812,10 @@ def run_eval(
     runs: list[tuple[str, Evaluation]] = []
     for name, fixes_path in zip(names, fixes_paths, strict=True):
         fixes = list(read_fixes(fixes_path))
+        if kind is not None and site is not None:
+            fixes = [f for f in fixes if _kind_name(site, f.beacon) == kind]
         if not fixes:
-            raise EvaluationError(f"{fixes_path}: no fixes")
+            raise EvaluationError(f"{fixes_path}: no fixes{f' of kind {kind}' if kind else ''}")
         try:
             if segments is not None:
                 run = evaluate_path(fixes, segments, band_m)
@@ -808,7 +823,12 @@ def run_eval(
                 run = evaluate_truth(fixes, truth or [], site, band_m)
         except EvaluationError as e:
             raise EvaluationError(f"{fixes_path} against {reference}: {e}") from e
-        summary = {"label": name, "fixes_file": str(fixes_path), **_rounded(run.summary)}
+        summary = {
+            "label": name,
+            "fixes_file": str(fixes_path),
+            "kind": kind,
+            **_rounded(run.summary),
+        }
         runs.append((name, Evaluation(summary=summary, errors_m=run.errors_m)))
     result: dict[str, Any] = (
         runs[0][1].summary if len(runs) == 1 else {"runs": [r.summary for _, r in runs]}

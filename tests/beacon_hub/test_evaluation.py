@@ -421,6 +421,38 @@ def test_run_eval_names_the_file_it_cannot_read(tmp_path: Path) -> None:
         run_eval([late], truth_path=truth)
 
 
+SITE_WITH_KINDS = """\
+id: kinds
+kind: store
+levels:
+  - outline: [[0, 0], [10, 0], [10, 10], [0, 10]]
+gateways:
+  - {id: g1, x: 1, y: 1, z: 2}
+beacon_kinds:
+  - {kind: reference, match: ["ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:2"], height_m: 2}
+  - {kind: cart, match: ["ibeacon:*"], height_m: 1}
+"""
+
+
+def test_run_eval_scores_one_kind(tmp_path: Path) -> None:
+    """--kind cart leaves the reference beacon (B2, 3 m off) out; the cart (B1) is 1 m off."""
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE_WITH_KINDS, encoding="utf-8")
+    truth = write_truth(tmp_path / "t.csv", still_truth(B1) + still_truth(B2))
+    fixes = [fix(T0 + s, 1.0, 0.0) for s in range(5)]
+    fixes += [fix(T0 + s, 3.0, 0.0, beacon=B2) for s in range(5)]
+    path = write_fixes(tmp_path / "f.csv", fixes)
+    every = run_eval([path], truth_path=truth, site_path=site)
+    carts = run_eval([path], truth_path=truth, site_path=site, kind="cart")
+    assert every["median_m"] == pytest.approx(2.0)
+    assert carts["median_m"] == pytest.approx(1.0)
+    assert (carts["kind"], carts["beacons"], every["kind"]) == ("cart", 1, None)
+    with pytest.raises(EvaluationError, match=r"--kind pallet: .*site\.yaml has no beacons"):
+        run_eval([path], truth_path=truth, site_path=site, kind="pallet")
+    with pytest.raises(EvaluationError, match=r"--kind cart: needs --site"):
+        run_eval([path], truth_path=truth, kind="cart")
+
+
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "beacon_hub.cli", "eval", *map(str, args)],
