@@ -30,6 +30,7 @@ from beacon_hub.gaussian2d import radius_68_m
 from beacon_hub.multilateration import (
     Geometry,
     MapFn,
+    MapTable,
     Solution,
     grid_offsets,
     select_rows,
@@ -528,9 +529,10 @@ class Engine:
         sol = solve(geo, prior, None if cfg.solver == "grid" else radio_map)
         xy = self._project(level, sol.xy, walk)
         if cfg.solver == "grid" or (cfg.solver == "auto" and use_map and self._map_calibrated):
-            sol = self._solve_grid(
-                geo, xy, level, walk, radio_map, grid_prior=grid_prior, fresh=fresh
-            )
+            table = None
+            if radio_map is not None and self.radio_map is not None:
+                table = self.radio_map.table(learned=use_map)
+            sol = self._solve_grid(geo, xy, level, walk, table, grid_prior=grid_prior, fresh=fresh)
             xy = sol.xy
         return xy, sol.cov
 
@@ -588,7 +590,7 @@ class Engine:
         start: F64,
         level: I64,
         walk: NDArray[np.bool_],
-        radio_map: MapFn | None,
+        radio_map: MapTable | None,
         *,
         grid_prior: tuple[F64, F64] | None,
         fresh: NDArray[np.bool_],

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from beacon_hub.multilateration import MapTable
 from beacon_hub.obstruction import LevelObstructions
 from beacon_hub.site import Site
 
@@ -57,6 +58,7 @@ class RadioMap:
     """(gateways, ny, nx) what the floor plan predicts (minus wall and obstacle losses, dB);
     learned corrections are relative to it. Not saved: it follows from the site file."""
     _values: F64 | None = field(default=None, repr=False)
+    _tables: dict[bool, MapTable] = field(default_factory=dict, repr=False)
 
     @classmethod
     def for_site(cls, site: Site, gateways: tuple[str, ...]) -> RadioMap:
@@ -130,6 +132,7 @@ class RadioMap:
             )
         self.base = base
         self._values = None
+        self._tables.clear()
 
     def cell_centres(self) -> F64:
         """(ny * nx, 2) site coordinates of every cell, row by row."""
@@ -154,6 +157,7 @@ class RadioMap:
                 residual_db - _bilinear(self.base, gw, xy, self.origin, self.resolution_m)[0]
             )
         self._values = None
+        self._tables.clear()
         if keep < 1.0:
             self.sum_r *= keep
             self.sum_w *= keep
@@ -185,6 +189,18 @@ class RadioMap:
             zero = np.zeros(np.shape(gw))
             return zero, zero, zero
         return _bilinear(self.base, gw, xy, self.origin, self.resolution_m)
+
+    def table(self, *, learned: bool = True) -> MapTable | None:
+        """The correction as solve_grid reads it (float32 bilinear coefficients), kept until the
+        map changes; None where it is zero everywhere (no plan losses and `learned=False`)."""
+        if not learned and self.base is None:
+            return None
+        cached = self._tables.get(learned)
+        if cached is None:
+            values = self.values if learned or self.base is None else self.base
+            cached = MapTable.of(values, self.origin, self.resolution_m)
+            self._tables[learned] = cached
+        return cached
 
     def to_dict(self) -> dict[str, Any]:
         """A YAML-friendly form (corrections in 0.1 dB and evidence in 0.1 samples)."""

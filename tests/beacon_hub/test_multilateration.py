@@ -1,11 +1,15 @@
-"""The map likelihood (`solve_grid`): a wide search reaches a beacon its local grid cannot, and
-blocks of beacons give what each beacon alone gives."""
+"""The map likelihood (`solve_grid`): a wide search reaches a beacon its local grid cannot,
+blocks of beacons give what each beacon alone gives, and the coarse-to-fine search gives what
+evaluating every candidate gives."""
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
 
-from beacon_hub.multilateration import Geometry, grid_offsets, select_rows, solve_grid
+import numpy as np
+from scipy import ndimage
+
+from beacon_hub.multilateration import Geometry, MapTable, grid_offsets, select_rows, solve_grid
 from beacon_hub.pathloss import mean_rssi_dbm
 
 REF_DBM, EXPONENT, SD_DB, DZ_M = -59.0, 2.0, 1.0, 2.0
@@ -56,3 +60,27 @@ def test_blocks_of_beacons_give_what_each_beacon_alone_gives() -> None:
         alone = solve_grid(select_rows(geo, np.array([i])), start[[i]], None, offsets=offsets)
         np.testing.assert_allclose(together.xy[i], alone.xy[0], rtol=0, atol=1e-9)
         np.testing.assert_allclose(together.cov[i], alone.cov[0], rtol=0, atol=1e-9)
+
+
+def test_coarse_to_fine_gives_what_every_candidate_gives() -> None:
+    """With noisy readings (3 dB) and a map, the coarse-to-fine search matches evaluating every
+    candidate: one extra candidate off the lattice (40 m away, weightless) makes solve_grid
+    evaluate them all."""
+    rng = np.random.default_rng(6)
+    truth = rng.uniform(3, 27, (200, 2))
+    geo = geometry(truth)
+    noisy = dataclasses.replace(
+        geo,
+        rssi_dbm=geo.rssi_dbm + rng.normal(0.0, 3.0, geo.rssi_dbm.shape),
+        sd_db=np.full(geo.sd_db.shape, 3.0),
+    )
+    field = ndimage.gaussian_filter(rng.normal(0.0, 12.0, (6, 125, 125)), (0, 4, 4))
+    table = MapTable.of(field, (-1.0, -1.0), 0.25)
+    start = truth + rng.normal(0.0, 1.5, truth.shape)
+    offsets = grid_offsets()
+    everything = np.r_[offsets, [[40.0, 40.0 + 1e-3]]]
+    fast = solve_grid(noisy, start, table, offsets=offsets)
+    full = solve_grid(noisy, start, table, offsets=everything)
+    np.testing.assert_allclose(fast.xy, full.xy, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(fast.cov, full.cov, rtol=0, atol=1e-3)
+    assert np.median(np.linalg.norm(fast.xy - truth, axis=1)) < 3.0
