@@ -75,6 +75,7 @@ FLOOR_MEAN_STEP_SD = 0.75
 points out to 3 sd. 0.5 (113 points) and 0.25 (452) give the same fixes on flat-calib2021 and
 the simulated room within 0.01 m, at two and nine times the cost."""
 FLOOR_MEAN_RADIUS_SD = 3.0
+"""How far out the points go: beyond 3 sd a Gaussian holds 1 % of its weight."""
 
 
 def _unit_disc(step: float, radius: float) -> F64:
@@ -547,8 +548,9 @@ class Engine:
     def _floor_mean(self, level: I64, xy: F64, cov: F64, walk: NDArray[np.bool_]) -> F64:
         """Mean of each Gaussian N(xy, cov) restricted to the floor (the walkable floor for
         walk-only beacons), from a fixed set of points out to 3 sd; unchanged where none of
-        them is on the floor or the level has no plan, and where 3 sd stay within one cell of
-        the floor plan (a still beacon's extrapolation: most of a warehouse's pallets)."""
+        them is on the floor or the level has no plan, where 3 sd stay within one cell of the
+        floor plan (a still beacon's extrapolation: most of a warehouse's pallets), and where
+        the whole 3-sd disc is clear of the floor's edges (FloorPlan.clearance_m)."""
         spread = np.sqrt(np.maximum(cov[:, 0, 0], 0.0) + np.maximum(cov[:, 1, 1], 0.0))
         out = xy.copy()
         wide = FLOOR_MEAN_RADIUS_SD * spread

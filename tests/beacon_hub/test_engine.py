@@ -207,3 +207,19 @@ def test_plan_losses_explain_a_wall() -> None:
         errors[plan_losses] = float(np.hypot(fixes.x[0] - 4.0, fixes.y[0] - 7.0))
     assert errors[True] < 0.3
     assert errors[False] > 2 * errors[True]
+
+
+def test_an_extrapolation_across_the_wall_is_pulled_back_onto_the_floor() -> None:
+    """_floor_mean: a spread that reaches past the wall at x = 20 m yields the mean of its part
+    on the floor (inside, nearer the wall than the middle); a spread clear of every edge, or
+    one on no level's plan, is left where it is."""
+    engine = Engine(room_site())
+    xy = np.array([[20.3, 6.0], [10.0, 6.0], [10.0, 6.0]])
+    cov = np.array([np.eye(2) * 0.5**2] * 3)
+    level = np.array([0, 0, 7])
+    walk = np.zeros(3, dtype=bool)
+    out = engine._floor_mean(level, xy, cov, walk)
+    assert 19.0 < out[0, 0] < 20.0
+    assert out[0, 1] == pytest.approx(6.0, abs=1e-9)
+    np.testing.assert_array_equal(out[1], xy[1])  # skipped: its disc is clear of the walls
+    np.testing.assert_allclose(out[2], xy[2], rtol=0, atol=1e-9)
