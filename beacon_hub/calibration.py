@@ -161,11 +161,8 @@ def _match_readings(
     table = np.c_[xyz, np.asarray(rssi_col, dtype=np.float64)]
     if progress:
         print(f"calibrate: {int(matched.sum())} readings matched to truth", file=sys.stderr)
-    return {
-        g.id: table[matched & (gw == i)]
-        for i, g in enumerate(site.gateways)
-        if np.any(matched & (gw == i))
-    }
+    by_gateway = {g.id: matched & (gw == i) for i, g in enumerate(site.gateways)}
+    return {g: table[rows] for g, rows in by_gateway.items() if rows.any()}
 
 
 def fit_calibration(

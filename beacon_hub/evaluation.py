@@ -53,6 +53,7 @@ distance between fix(t) and truth(t - tau); `latency_s` is the median of these t
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -385,6 +386,16 @@ class _Track:
     level: NDArray[np.int64]
     zone: list[str | None]
 
+    @functools.cached_property
+    def speed(self) -> FloatArray:
+        """(n - 1,) speed over each truth interval, m/s (0 where two samples share a time)."""
+        dt = np.diff(self.t)
+        return np.asarray(np.hypot(*np.diff(self.xy, axis=0).T) / np.where(dt > 0, dt, np.inf))
+
+    def segment(self, t: FloatArray) -> NDArray[np.intp]:
+        """The truth interval holding each t (the first or last one outside the span)."""
+        return np.clip(np.searchsorted(self.t, t) - 1, 0, len(self.t) - 2)
+
     def at(self, t: FloatArray) -> FloatArray:
         return np.column_stack(
             [np.interp(t, self.t, self.xy[:, 0]), np.interp(t, self.t, self.xy[:, 1])]
@@ -404,12 +415,11 @@ class _Track:
         the truth interval holding t), its first sample if it never moved; NaN while moving."""
         if len(self.t) < 2:
             return np.full(len(t), self.t[0])
-        dt = np.diff(self.t)
-        speed = np.hypot(*np.diff(self.xy, axis=0).T) / np.where(dt > 0, dt, np.inf)
-        moving = speed >= STILL_SPEED_M_S
-        segment = np.clip(np.searchsorted(self.t, t, side="right") - 1, 0, len(dt) - 1)
-        last_move = np.maximum.accumulate(np.where(moving, np.arange(len(dt)), -1))[segment]
-        since = np.where(last_move >= 0, self.t[np.minimum(last_move + 1, len(dt))], self.t[0])
+        moving = self.speed >= STILL_SPEED_M_S
+        n = moving.shape[0]
+        segment = np.clip(np.searchsorted(self.t, t, side="right") - 1, 0, n - 1)
+        last_move = np.maximum.accumulate(np.where(moving, np.arange(n), -1))[segment]
+        since = np.where(last_move >= 0, self.t[np.minimum(last_move + 1, n)], self.t[0])
         return np.where(moving[segment], np.nan, since)
 
     def gap_around(self, t: FloatArray) -> FloatArray:
@@ -613,12 +623,9 @@ def _latency_s(track: _Track, t: FloatArray, xy: FloatArray) -> float | None:
     """The lag tau minimising mean |fix(t) - truth(t - tau)| over moving fixes, or None."""
     if len(track.t) < 2:
         return None
-    dt = np.diff(track.t)
-    speed = np.hypot(*np.diff(track.xy, axis=0).T) / np.where(dt > 0, dt, np.inf)
-    segment = np.clip(np.searchsorted(track.t, t) - 1, 0, len(dt) - 1)
     shifts = LATENCY_SHIFTS_S
     usable = (
-        (speed[segment] >= MOVING_SPEED_M_S)
+        (track.speed[track.segment(t)] >= MOVING_SPEED_M_S)
         & (t - shifts.max() >= track.t[0])
         & (t - shifts.min() <= track.t[-1])
     )
@@ -801,9 +808,13 @@ def run_eval(
     site = load_site(site_path) if site_path is not None else None
     if kind is not None and site is None:
         raise EvaluationError(f"--kind {kind}: needs --site, whose beacon_kinds name the kinds")
-    if kind is not None and site is not None and kind not in {k.kind for k in site.beacon_kinds}:
-        known = ", ".join(sorted({k.kind for k in site.beacon_kinds})) or "none"
-        raise EvaluationError(f"--kind {kind}: {site_path} has no beacons of that kind ({known})")
+    if kind is not None and site is not None:
+        known = sorted({k.kind for k in site.beacon_kinds})
+        if kind not in known:
+            raise EvaluationError(
+                f"--kind {kind}: {site_path} has no beacons of that kind "
+                f"({', '.join(known) or 'none'})"
+            )
     truth = list(read_truth(truth_path)) if truth_path is not None else None
     if truth is not None and not truth:
         raise EvaluationError(f"{truth_path}: no truth rows")

@@ -399,6 +399,26 @@ class _Lattice:
     """(C,) both indices even relative to the centre: the coarse pass."""
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    """A grid's offsets and what every block of beacons reads from them, derived once."""
+
+    offsets: F64
+    """(c, 2)"""
+    lattice: _Lattice | None
+    moments: F64
+    """(c, 5): x, y, x^2, x y, y^2 of each offset (see _posterior)."""
+    step2: float
+    """Squared lattice step: its uniform spread (step^2 / 12) is added to the posterior."""
+
+    @classmethod
+    def of(cls, offsets: F64) -> _Candidates:
+        ox, oy = offsets[:, 0], offsets[:, 1]
+        step = np.abs(offsets[offsets[:, 0] != 0, 0])
+        step2 = float(step.min()) ** 2 if offsets.shape[0] > 1 else 0.0
+        return cls(offsets, _lattice(offsets), np.c_[ox, oy, ox * ox, ox * oy, oy * oy], step2)
+
+
 def _lattice(offsets: F64) -> _Lattice | None:
     """None where the offsets are not a square lattice with the origin on it (then every
     candidate is evaluated)."""
@@ -479,7 +499,7 @@ def _slot_constants(sub: Geometry, s_all: F64) -> tuple[NDArray[np.float32], ...
 
 
 def _neg_cost(
-    sub: Geometry, rows: NDArray[np.intp], cand: F64, radio_map: MapTable | MapFn | None
+    sub: Geometry, rows: NDArray[np.intp], cand: F64, radio_map: MapTable | None
 ) -> NDArray[np.float32]:
     """Log-likelihood -sum_k huber(z_k) of beacon `rows` (N,) of `sub` at points `cand` (N, 2).
 
@@ -497,8 +517,7 @@ def _neg_cost(
     cx, cy = cand[:, 0].astype(f32), cand[:, 1].astype(f32)
     s_all = np.where(sub.mask, 1.0 / sub.sd_db, 0.0).T
     gx_all, gy_all, dz2_all, a_all, b_all, s32 = _slot_constants(sub, s_all)
-    table = radio_map if isinstance(radio_map, MapTable) else None
-    map_fn = None if isinstance(radio_map, MapTable) else radio_map
+    table = radio_map
     cells = gw_base = None
     if table is not None:
         cells = _Cells.of(table, cand)
@@ -536,9 +555,6 @@ def _neg_cost(
             cells.correction(table, spread(gw_base[k]), m, t)
             t *= spread(s32[k])
             z -= t
-        elif map_fn is not None:
-            correction = map_fn(sub.gw[rows[:m], k], cand[:m])[0]
-            z -= (correction * spread(s_all[k])).astype(f32)
         # Huber as m (|z| - m / 2), m = min(|z|, k): 0.5 z^2 inside, k (|z| - k / 2) beyond
         np.abs(z, out=z)
         np.minimum(z, f32(HUBER_K), out=t)
@@ -553,7 +569,7 @@ def _evaluate(
     which: NDArray[np.bool_],
     start: F64,
     offsets: F64,
-    radio_map: MapTable | MapFn | None,
+    radio_map: MapTable | None,
 ) -> NDArray[np.float32]:
     """_neg_cost at the candidates `which` (b, c) marks, in their row-major order."""
     rows, cols = np.nonzero(which)
@@ -582,7 +598,7 @@ def _posterior(loglik: F64, moments: F64) -> tuple[F64, F64]:
 def solve_grid(
     geo: Geometry,
     start: F64,
-    radio_map: MapTable | MapFn | None,
+    radio_map: MapTable | None,
     allowed: Callable[[F64], NDArray[np.bool_]] | None = None,
     *,
     offsets: F64 | None = None,
@@ -609,6 +625,7 @@ def solve_grid(
     coarse-to-fine alone by at most 0.04 of the measurement's sd on the warehouse.
     """
     offsets = grid_offsets() if offsets is None else offsets
+    grid = _Candidates.of(offsets)
     xy = np.zeros((start.shape[0], 2))
     cov = np.zeros((start.shape[0], 2, 2))
     # beacons by their last used gateway slot, most first (see _neg_cost); each beacon's result
@@ -627,7 +644,7 @@ def solve_grid(
         xy[these], cov[these] = _grid_block(
             select_rows(geo, these),
             start[these],
-            offsets,
+            grid,
             radio_map=radio_map,
             allowed=allowed,
             prior=part,
@@ -658,16 +675,14 @@ def _log_prior(
 def _grid_block(
     sub: Geometry,
     start: F64,
-    offsets: F64,
+    grid: _Candidates,
     *,
-    radio_map: MapTable | MapFn | None,
+    radio_map: MapTable | None,
     allowed: Callable[[F64], NDArray[np.bool_]] | None,
     prior: tuple[F64, F64] | None,
 ) -> tuple[F64, F64]:
     """solve_grid for one block of beacons: mean (b, 2) and covariance (b, 2, 2)."""
-    lat = _lattice(offsets)
-    ox, oy = offsets[:, 0], offsets[:, 1]
-    moments = np.c_[ox, oy, ox * ox, ox * oy, oy * oy]  # (c, 5)
+    offsets, lat, moments = grid.offsets, grid.lattice, grid.moments
     shape = (start.shape[0], offsets.shape[0])
     ok: NDArray[np.bool_] = np.ones(shape, dtype=bool)
     if allowed is not None:
@@ -695,11 +710,8 @@ def _grid_block(
         todo = near & ok & ~first & (log_prior >= best - REFINE_NATS)
         loglik[todo] = _evaluate(sub, todo, start, offsets, radio_map) + log_prior[todo]
     shift, post = _posterior(loglik, moments)
-    step2 = (
-        float(np.min(np.abs(offsets[offsets[:, 0] != 0, 0]))) ** 2 if offsets.shape[0] > 1 else 0.0
-    )
-    post[:, 0, 0] += step2 / 12.0
-    post[:, 1, 1] += step2 / 12.0
+    post[:, 0, 0] += grid.step2 / 12.0
+    post[:, 1, 1] += grid.step2 / 12.0
     mean = start + shift
     if prior is not None and has_prior.any():
         mean, post = _equivalent_measurement(mean, post, prior[0], p_info, has_prior)
