@@ -88,8 +88,11 @@ class ReadingWindow:
         # One float key sorts by pair, then RSSI: pair * 1024 + (rssi + 512) with RSSI in
         # -127..+20 dBm keeps the pair in the integer part, exact in float64 below 2^43 pairs.
         key = (b * (g.max() + 1) + g).astype(np.float64) * 1024.0 + (r + 512.0)
-        order = np.argsort(key, kind="stable")
-        b, g, r, tt = b[order], g[order], r[order], tt[order]
+        # Quicksort: a stable sort of this float key took 6x longer (17 vs 3 ms for 200,000
+        # samples). Samples tied on pair and RSSI may come in any order; nothing below depends
+        # on it (mean_t is summed in window order).
+        order = np.argsort(key)
+        b, g, r, t_sorted = b[order], g[order], r[order], tt[order]
         new_pair = np.r_[True, (b[1:] != b[:-1]) | (g[1:] != g[:-1])]
         starts = np.flatnonzero(new_pair)
         counts = np.diff(np.r_[starts, b.shape[0]])
@@ -102,8 +105,10 @@ class ReadingWindow:
         keep = (rank >= lo) & (rank < hi)
         sums = np.bincount(group[keep], weights=r[keep], minlength=starts.shape[0])
         kept = np.bincount(group[keep], minlength=starts.shape[0])
-        last = np.maximum.reduceat(tt, starts)
-        mean_t = np.bincount(group, weights=tt, minlength=starts.shape[0]) / counts
+        last = np.maximum.reduceat(t_sorted, starts)
+        group_in_window = np.empty_like(group)
+        group_in_window[order] = group
+        mean_t = np.bincount(group_in_window, weights=tt, minlength=starts.shape[0]) / counts
         return PairEstimates(
             beacon=b[starts],
             gateway=g[starts],
