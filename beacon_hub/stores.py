@@ -16,6 +16,7 @@ import collections
 import json
 import logging
 import math
+import operator
 import queue
 import re
 import sqlite3
@@ -269,6 +270,9 @@ index page is written once per transaction instead of once per tick. Measured he
 10,000 beacons a tick, 200 ticks in): 384 ms a tick in its own transaction, 215 ms in groups of
 8. The queue's bound (MAX_PENDING_JOBS) still holds the backlog."""
 
+_HISTORY_ORDER = operator.itemgetter(0, 1, 2)
+"""A fixes row's (site, beacon, t): the order of the history index `fixes_by_beacon`."""
+
 MAX_PENDING_JOBS = 8
 """Ticks waiting for the SQLite writer. When full, the service thread waits (back-pressure on
 the inbox, then on the broker): a slow disk slows the hub down, it does not lose data."""
@@ -420,6 +424,8 @@ class SqliteStore:
         db = self.db
         db.execute("BEGIN")
         try:
+            if self.keep_fixes:
+                self._insert_fixes(db, [record for record, _, _ in ticks])
             for record, ledger, gateways in ticks:
                 self._insert_tick(db, record, ledger, gateways)
             db.execute("COMMIT")
@@ -433,6 +439,46 @@ class SqliteStore:
             written = sum(len(r.fixes) + len(r.events) for r, _, _ in ticks)
             self.metrics.store_written.labels(self.name).inc(written)
 
+    @staticmethod
+    def _insert_fixes(db: sqlite3.Connection, records: Sequence[TickRecord]) -> None:
+        """The fixes of a transaction's ticks, and each beacon's newest in `latest`.
+
+        Rows go in sorted by (site, beacon, t), the history index's order: the index is then
+        walked once from end to end instead of being hit at 10,000 random places a tick
+        (measured with 10,000 beacons a tick: 144 -> 124 ms a tick in transactions of one tick,
+        85 -> 67 ms in transactions of five). A beacon's newest fix of the group is then the
+        last of its run, so `latest` is written once per beacon, not once per tick."""
+        rows: list[tuple[Any, ...]] = []
+        for record in records:
+            site, t, table = record.site, record.t, record.fixes
+            n = len(table)
+            if n == 0:
+                continue
+            rows.extend(
+                zip(
+                    [site] * n,
+                    table.beacons,
+                    [t] * n,
+                    table.x.tolist(),
+                    table.y.tolist(),
+                    table.level.tolist(),
+                    table.accuracy_m.tolist(),
+                    table.zones,
+                    table.kinds,
+                    record.labels,
+                    table.speed_m_s.tolist(),
+                    gateway_lists(table),
+                    strict=True,
+                )
+            )
+        rows.sort(key=_HISTORY_ORDER)
+        db.executemany("INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        newest = {(r[0], r[1]): r for r in rows} if len(records) > 1 else None
+        db.executemany(
+            "INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?,?,?)",
+            ((*r[:8], r[9]) for r in (rows if newest is None else newest.values())),
+        )
+
     def _insert_tick(
         self,
         db: sqlite3.Connection,
@@ -440,22 +486,7 @@ class SqliteStore:
         ledger: Iterable[LedgerEntry],
         gateways: Iterable[SavedGateway],
     ) -> None:
-        site, t, table = record.site, record.t, record.fixes
-        n = len(table)
-        if self.keep_fixes and n:
-            x, y = table.x.tolist(), table.y.tolist()
-            acc, lvl = table.accuracy_m.tolist(), table.level.tolist()
-            speed = table.speed_m_s.tolist()
-            gws = gateway_lists(table)
-            common = ([site] * n, table.beacons, [t] * n, x, y, lvl, acc, table.zones)
-            db.executemany(
-                "INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                zip(*common, table.kinds, record.labels, speed, gws, strict=True),
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?,?,?)",
-                zip(*common, record.labels, strict=True),
-            )
+        site, t = record.site, record.t
         if self.keep_fixes and record.events:
             db.executemany(
                 "INSERT INTO events VALUES (?,?,?,?,?,?)",

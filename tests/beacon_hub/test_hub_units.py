@@ -254,12 +254,14 @@ def test_ticks_waiting_for_the_writer_share_a_transaction_in_order(tmp_path: Pat
     order: list[str] = []
     for k in range(3):
         t = T0 + k
+        # beacon 2 is not heard in the last tick: its newest fix is the middle one's
+        heard = [BEACON.format(1), BEACON.format(2)][: 2 if k < 2 else 1]
         record = TickRecord(
             SITE,
             t,
-            _table([BEACON.format(1), BEACON.format(2)], [1.0, 2.0], [None, None]),
+            _table(heard, [1.0 + k, 2.0 + k][: len(heard)], [None] * len(heard)),
             [],
-            [None, None],
+            [None] * len(heard),
         )
         store.submit_tick(TickWrite(record, (), (), lambda ok, t=t: done.append((t, ok))))
     store.submit(lambda _db: order.append(f"after ticks: {len(done)} acknowledged"))
@@ -269,7 +271,14 @@ def test_ticks_waiting_for_the_writer_share_a_transaction_in_order(tmp_path: Pat
     assert order == ["after ticks: 3 acknowledged"]
     assert len(begins) == 1  # three ticks, one transaction
     db = open_sqlite(tmp_path / "hub.sqlite")
-    assert db.execute("SELECT count(*), count(DISTINCT t) FROM fixes").fetchone() == (6, 3)
+    assert db.execute("SELECT count(*), count(DISTINCT t) FROM fixes").fetchone() == (5, 3)
+    assert db.execute("SELECT beacon, t, x FROM latest ORDER BY beacon").fetchall() == [
+        (BEACON.format(1), T0 + 2, 3.0),
+        (BEACON.format(2), T0 + 1, 3.0),
+    ]
+    assert db.execute(
+        "SELECT t, x FROM fixes WHERE site = ? AND beacon = ? ORDER BY t", (SITE, BEACON.format(2))
+    ).fetchall() == [(T0, 2.0), (T0 + 1, 3.0)]
 
 
 def test_a_failed_tick_transaction_is_reported_and_the_writer_goes_on(tmp_path: Path) -> None:
