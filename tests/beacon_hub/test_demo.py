@@ -125,19 +125,33 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             if match and int(match[1]) > 0 and int(match[2]) > 0:
                 progressed.set()  # both sites have stored fixes
 
+    errors: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        errors.extend(proc.stderr)
+
+    # Each pipe has one reader: communicate() after SIGINT would read stdout beside `read` and
+    # could take the "demo: stopped" line from it (seen once in CI-like load).
     reader = threading.Thread(target=read, daemon=True)
+    err_reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
+    err_reader.start()
     try:
         assert progressed.wait(RUN_TIMEOUT_S), "".join(lines)
         children = _children(proc.pid)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+        proc.wait(timeout=RUN_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     reader.join(10)
-    stdout = "".join(lines)
+    err_reader.join(10)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    stdout, stderr = "".join(lines), "".join(errors)
     assert proc.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "demo: stopped;" in stdout, stdout
