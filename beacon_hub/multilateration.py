@@ -309,13 +309,27 @@ def _take_rows(obj: _RowsT, rows: NDArray[np.intp]) -> _RowsT:
 
 
 def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
-    """Inverse curvature of the cost at the solution, prior included (bounded for 2 gateways)."""
+    """Inverse curvature of the cost at the solution, prior included (bounded for 2 gateways),
+    times the variance factor of the residuals where they say the noise model is too kind.
+
+    The factor is the robust unit-weight variance of least squares, 2 sum huber(z) / (n - 2):
+    about 1 where the gateways agree as well as `sd_db` says, larger where they disagree
+    (a shopper's body between tag and gateway, a wall the plan does not know). It only ever
+    widens the covariance: with a few degrees of freedom it is too noisy to claim better than
+    the noise model, and two gateways leave none. Simulated store (README, C): 32 -> 45 % of
+    carts' true positions within accuracy_m; warehouse (D) 45 -> 49 %, its tracked pallets'
+    median 5.19 -> 5.07 m as the Kalman filter trusts such fixes less; where the noise model
+    holds (the simulated room, B) nothing changes."""
     mu, grad = _model(geo, xy, radio_map)
     z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
-    w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(np.abs(z), 1e-12)), 0.0)
+    a = np.abs(z)
+    w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(a, 1e-12)), 0.0)
     j = grad / geo.sd_db[..., None]
     info = np.einsum("bk,bki,bkj->bij", w, j, j) + np.eye(2) / _prior_var(geo)[:, None, None]
-    return inv2x2(info)[0]
+    huber = np.where(a <= HUBER_K, 0.5 * z * z, HUBER_K * (a - 0.5 * HUBER_K))
+    dof = geo.mask.sum(axis=1) - 2
+    factor = np.where(dof > 0, 2.0 * huber.sum(axis=1) / np.maximum(dof, 1), 1.0)
+    return inv2x2(info)[0] * np.maximum(factor, 1.0)[:, None, None]
 
 
 def _proximity(geo: Geometry, xy: F64, cov: F64, single: NDArray[np.bool_]) -> tuple[F64, F64]:
