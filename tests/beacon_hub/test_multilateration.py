@@ -1,7 +1,8 @@
 """Least squares (`solve`): its covariance widens where the gateways disagree beyond their
-noise model. The map likelihood (`solve_grid`): a wide search reaches a beacon its local grid
-cannot, blocks of beacons give what each beacon alone gives, and the coarse-to-fine search gives
-what evaluating every candidate gives."""
+noise model; one gateway gives a proximity fix whose spread holds 68 %. The map likelihood
+(`solve_grid`): a wide search reaches a beacon its local grid cannot, blocks of beacons give
+what each beacon alone gives, and the coarse-to-fine search gives what evaluating every
+candidate gives."""
 
 from __future__ import annotations
 
@@ -65,6 +66,34 @@ def test_the_covariance_widens_when_the_readings_are_noisier_than_the_noise_mode
     error = np.hypot(*(sol.xy - truth).T)
     within = float((error <= radius_68_m(sol.cov)).mean())
     assert lowest <= within <= highest
+
+
+@pytest.mark.parametrize(("sd_db", "exponent"), [(6.0, 2.2), (3.0, 3.0)])
+def test_one_gateway_gives_a_proximity_fix_that_holds_68_percent(
+    sd_db: float, exponent: float
+) -> None:
+    """Beacons 3-15 m from their only gateway, heard with the noise the model expects: the fix
+    is the gateway and its spread a ring at the estimated range (68 % and 77 % within
+    radius_68_m; 90 % and 99.5 % with the spread used before, twice as wide)."""
+    rng = np.random.default_rng(5)
+    n = 2_000
+    r, angle = rng.uniform(3.0, 15.0, n), rng.uniform(0.0, 2 * np.pi, n)
+    truth = np.c_[r * np.cos(angle), r * np.sin(angle)]
+    rssi = mean_rssi_dbm(np.sqrt(r**2 + DZ_M**2), REF_DBM, exponent) + rng.normal(0, sd_db, n)
+    one = Geometry(
+        gw=np.zeros((n, 1), dtype=np.intp),
+        gw_xy=np.zeros((n, 1, 2)),
+        dz_m=np.full((n, 1), DZ_M),
+        ref_dbm=np.full((n, 1), REF_DBM),
+        exponent=np.full((n, 1), exponent),
+        rssi_dbm=rssi[:, None],
+        sd_db=np.full((n, 1), sd_db),
+        mask=np.ones((n, 1), dtype=bool),
+    )
+    sol = solve(one)
+    np.testing.assert_array_equal(sol.xy, 0.0)
+    within = float((np.hypot(*(sol.xy - truth).T) <= radius_68_m(sol.cov)).mean())
+    assert 0.6 <= within <= 0.82
 
 
 def test_a_wide_search_reaches_a_beacon_the_local_grid_cannot() -> None:
