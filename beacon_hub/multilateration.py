@@ -234,10 +234,12 @@ def _normal_equations(
     inv_sd = terms.inv_sd
     z = (terms.rssi_dbm - mu) * inv_sd
     az = np.abs(z)
-    inside = az <= HUBER_K
-    huber = np.where(inside, 0.5 * z * z, HUBER_K * (az - 0.5 * HUBER_K))
-    # Huber's IRLS weight 1 inside, k/|z| outside; zero for empty slots (inv_sd = 0)
-    w = np.where(inside, 1.0, HUBER_K / np.maximum(az, 1e-12)) * inv_sd * inv_sd
+    # Huber as m (|z| - m / 2) with m = min(|z|, k), and its IRLS weight k / max(|z|, k): the
+    # same values as 0.5 z^2 / k (|z| - k / 2) and 1 / (k / |z|) by cases, bit for bit, in
+    # three passes instead of nine. Zero weight for empty slots (inv_sd = 0).
+    m = np.minimum(az, HUBER_K)
+    huber = m * (az - 0.5 * m)
+    w = HUBER_K / np.maximum(az, HUBER_K) * inv_sd * inv_sd
     dprior = xy - prior
     cost = huber.sum(axis=1) + 0.5 * (dprior**2).sum(axis=1) * inv_var
     wgx, wgy = w * gxk, w * gyk
