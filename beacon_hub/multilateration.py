@@ -164,6 +164,9 @@ def solve(
             xy[rows[better]] = alt[better]
     cov = _covariance(geo, xy, radio_map)
     used = geo.mask.sum(axis=1).astype(np.int64)
+    two = np.flatnonzero(used == 2)
+    if two.shape[0]:
+        cov[two] += _mirror_spread(select_rows(geo, two), xy[two], anchor[two], radio_map)
     single = used == 1
     if single.any():
         xy, cov = _proximity(geo, xy, cov, single)
@@ -332,6 +335,30 @@ def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     dof = geo.mask.sum(axis=1) - 2
     factor = np.where(dof > 0, 2.0 * huber.sum(axis=1) / np.maximum(dof, 1), 1.0)
     return inv2x2(info)[0] * np.maximum(factor, 1.0)[:, None, None]
+
+
+def _mirror_spread(geo: Geometry, xy: F64, anchor: F64, radio_map: MapFn | None) -> F64:
+    """Two gateways: the spread (n, 2, 2) to add for the mirror image of each solution.
+
+    Two ranges fit as well on either side of the line through the gateways; only the prior
+    (the track's prediction, or the gateways' centroid, which lies on that line) and the
+    floor-plan losses choose. The mirror point m carries the weight w = 1 / (1 + e^(cost(m) -
+    cost(x))), and the spread about x is the curvature's plus w (m - x)(m - x)'. Without a
+    track both sides weigh alike. Simulated warehouse (D), its parked pallets: within
+    accuracy_m 48 -> 50 %, median 5.00 -> 4.97 m, right or neighbouring bay 14 -> 15 %.
+    """
+    order = np.argsort(~geo.mask, axis=1, kind="stable")[:, :2]
+    g = np.take_along_axis(geo.gw_xy, order[..., None], axis=1)
+    along = g[:, 1] - g[:, 0]
+    along /= np.maximum(np.hypot(along[:, 0], along[:, 1]), 1e-9)[:, None]
+    normal = np.c_[-along[:, 1], along[:, 0]]
+    side = ((xy - g[:, 0]) * normal).sum(axis=1)
+    mirror = xy - 2.0 * side[:, None] * normal
+    gain = _cost(geo, mirror, anchor, radio_map) - _cost(geo, xy, anchor, radio_map)
+    # clipped: e^50 is beyond any weight that matters, and exp must not overflow
+    w = 1.0 / (1.0 + np.exp(np.clip(gain, -50.0, 50.0)))
+    d = mirror - xy
+    return np.asarray(w[:, None, None] * d[:, :, None] * d[:, None, :], dtype=np.float64)
 
 
 def _proximity(geo: Geometry, xy: F64, cov: F64, single: NDArray[np.bool_]) -> tuple[F64, F64]:

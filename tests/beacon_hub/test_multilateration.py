@@ -1,8 +1,8 @@
 """Least squares (`solve`): its covariance widens where the gateways disagree beyond their
-noise model; one gateway gives a proximity fix whose spread holds 68 %. The map likelihood
-(`solve_grid`): a wide search reaches a beacon its local grid cannot, blocks of beacons give
-what each beacon alone gives, and the coarse-to-fine search gives what evaluating every
-candidate gives."""
+noise model and, for two gateways, over the mirror image; one gateway gives a proximity fix
+whose spread holds 68 %. The map likelihood (`solve_grid`): a wide search reaches a beacon its
+local grid cannot, blocks of beacons give what each beacon alone gives, and the coarse-to-fine
+search gives what evaluating every candidate gives."""
 
 from __future__ import annotations
 
@@ -94,6 +94,35 @@ def test_one_gateway_gives_a_proximity_fix_that_holds_68_percent(
     np.testing.assert_array_equal(sol.xy, 0.0)
     within = float((np.hypot(*(sol.xy - truth).T) <= radius_68_m(sol.cov)).mean())
     assert 0.6 <= within <= 0.82
+
+
+def two_gateways(truth: np.ndarray) -> Geometry:
+    """Noise-free readings of beacons at `truth` by two gateways 10 m apart on the x axis."""
+    gw_xy = np.array([[0.0, 0.0], [10.0, 0.0]])
+    n = truth.shape[0]
+    d = np.sqrt(((truth[:, None, :] - gw_xy[None]) ** 2).sum(axis=2) + DZ_M**2)
+    return Geometry(
+        gw=np.broadcast_to(np.arange(2), (n, 2)).copy(),
+        gw_xy=np.broadcast_to(gw_xy, (n, 2, 2)).copy(),
+        dz_m=np.full((n, 2), DZ_M),
+        ref_dbm=np.full((n, 2), REF_DBM),
+        exponent=np.full((n, 2), EXPONENT),
+        rssi_dbm=mean_rssi_dbm(d, REF_DBM, EXPONENT),
+        sd_db=np.full((n, 2), SD_DB),
+        mask=np.ones((n, 2), dtype=bool),
+    )
+
+
+def test_two_gateways_spread_a_fix_over_its_mirror_image_unless_the_prior_rules_it_out() -> None:
+    """A prediction on the true side, 3 m from the line through the gateways: the mirror 6 m
+    away is not ruled out by a 6 m prior, and the spread across the line covers it; 12 m from
+    the line, the mirror 24 m away is, and the spread stays the curvature's."""
+    truth = np.array([[5.0, 3.0], [5.0, 12.0]])
+    sol = solve(two_gateways(truth), prior=truth.copy())
+    np.testing.assert_allclose(sol.xy, truth, atol=0.05)
+    assert sol.cov[0, 1, 1] > 0.3 * 6.0**2
+    assert sol.cov[0, 0, 0] < 0.1 * sol.cov[0, 1, 1]
+    assert sol.cov[1, 1, 1] < 2.0
 
 
 def test_a_wide_search_reaches_a_beacon_the_local_grid_cannot() -> None:
