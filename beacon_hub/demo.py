@@ -67,6 +67,10 @@ CATCH_UP_S = 0.5
 TRACKED_WITHIN_S = 10.0
 """A beacon counts as tracked if it had a fix this recently."""
 
+EXAMPLES_DIR = Path(__file__).with_name("examples")
+"""config/'s example store, warehouse and promotions, carried in the package (symbolic links in
+the repository, files in a wheel) so that `beacon-hub demo` needs no repository."""
+
 log = logging.getLogger(__name__)
 
 
@@ -90,9 +94,10 @@ class DemoConfig(_Section):
     """`beacon-hub demo`'s one schema: `--set key=value` and `BEACON_HUB_DEMO__KEY` reach it."""
 
     sites: list[Path] = Field(
-        default=[Path("config/store.yaml"), Path("config/warehouse.yaml")], min_length=1
+        default=[EXAMPLES_DIR / "store.yaml", EXAMPLES_DIR / "warehouse.yaml"], min_length=1
     )
-    """Site files, relative to the working directory (the repository's examples by default)."""
+    """Site files (relative ones from the working directory); by default the example store and
+    warehouse of config/, which the package carries, so the demo runs from any folder."""
     broker: BrokerChoice = "auto"
     """auto: Mosquitto when `mosquitto` is on PATH, else the embedded amqtt broker."""
     data_dir: Path | None = None
@@ -104,7 +109,7 @@ class DemoConfig(_Section):
     consent_share: float = Field(default=0.5, ge=0, le=1)
     """Share of the simulated shoppers who said yes (their carts are tracked under a pseudonym;
     the others only count in zone occupancy: docs/privacy.md)."""
-    promotions: Path | None = Path("config/promotions.yaml")
+    promotions: Path | None = EXAMPLES_DIR / "promotions.yaml"
     """Promotion rules (docs/promotions.md); skipped when the file does not exist."""
     progress_every_s: float = Field(default=5.0, gt=0, le=3600)
 
@@ -121,8 +126,8 @@ def _check_sites(cfg: DemoConfig) -> list[Site]:
             "demo",
             [
                 (
-                    f"sites: {names} not found from {Path.cwd()}; run the demo from the "
-                    "repository folder or give --set 'sites=[path/a.yaml,path/b.yaml]'"
+                    f"sites: {names} not found from {Path.cwd()}; give "
+                    "--set 'sites=[path/a.yaml,path/b.yaml]'"
                 )
             ],
         )

@@ -62,9 +62,10 @@ def fixes_by_site(db_path: Path) -> dict[str, int]:
 
 
 def test_demo_runs_for_its_duration_on_amqtt(tmp_path: Path) -> None:
+    """From a folder that is not the repository: the example sites come with the package."""
     proc = subprocess.run(  # our own CLI, as a user runs it
         demo_command(tmp_path, "--duration", "20", "--set", "broker=amqtt"),
-        cwd=ROOT,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
