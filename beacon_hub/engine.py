@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
@@ -127,6 +128,9 @@ class EngineConfig(BaseModel):
     """nlls: robust least squares (fast); grid: likelihood over the map near the least-squares
     start; auto: grid when a calibrated map is in use. A map learnt only from reference beacons
     is known at those few spots, so it corrects the least squares instead."""
+    grid_threads: Annotated[int, Field(ge=0, le=64)] = 0
+    """Threads for the map likelihood of a tick's beacons (solve_grid); 0: one per CPU core.
+    The fixes are the same with any number."""
     lost_after_s: Annotated[float, Field(gt=0)] = 30.0
     """Silence after which beacon_lost fires and the track is dropped."""
     hysteresis_m: Annotated[float, Field(ge=0)] = 0.6
@@ -622,6 +626,7 @@ class Engine:
                 allowed,
                 offsets=self._wide_offsets if searching else None,
                 prior=part_prior,
+                workers=self.config.grid_threads or os.cpu_count() or 1,
             )
             xy[rows], cov[rows] = part.xy, part.cov
         return Solution(xy=xy, cov=cov, used=geo.mask.sum(axis=1).astype(np.int64))

@@ -1,8 +1,8 @@
 """Least squares (`solve`): its covariance widens where the gateways disagree beyond their
 noise model and, for two gateways, over the mirror image; one gateway gives a proximity fix
 whose spread holds 68 %. The map likelihood (`solve_grid`): a wide search reaches a beacon its
-local grid cannot, blocks of beacons give what each beacon alone gives, and the coarse-to-fine
-search gives what evaluating every candidate gives."""
+local grid cannot, blocks of beacons give what each beacon alone gives, threads what one thread
+gives, and the coarse-to-fine search gives what evaluating every candidate gives."""
 
 from __future__ import annotations
 
@@ -150,6 +150,17 @@ def test_blocks_of_beacons_give_what_each_beacon_alone_gives() -> None:
         alone = solve_grid(select_rows(geo, np.array([i])), start[[i]], None, offsets=offsets)
         np.testing.assert_allclose(together.xy[i], alone.xy[0], rtol=0, atol=1e-9)
         np.testing.assert_allclose(together.cov[i], alone.cov[0], rtol=0, atol=1e-9)
+
+
+def test_threads_give_the_same_fixes_bit_for_bit() -> None:
+    rng = np.random.default_rng(6)
+    truth = rng.uniform(2, 28, (1_200, 2))  # three blocks of the default grid
+    start = truth + rng.normal(0, 2.0, truth.shape)
+    geo = noisy(geometry(truth), 3.0, rng)
+    one = solve_grid(geo, start, None)
+    three = solve_grid(geo, start, None, workers=3)
+    np.testing.assert_array_equal(one.xy, three.xy)
+    np.testing.assert_array_equal(one.cov, three.cov)
 
 
 def test_coarse_to_fine_gives_what_every_candidate_gives() -> None:
