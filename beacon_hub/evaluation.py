@@ -73,6 +73,7 @@ __all__ = [
     "BAND_M",
     "COVERAGE_WINDOW_S",
     "FLAP_WINDOW_S",
+    "GATEWAY_GROUPS",
     "LATENCY_MIN_FIXES",
     "LATENCY_SHIFTS_S",
     "MOVING_SPEED_M_S",
@@ -83,6 +84,7 @@ __all__ = [
     "TRUTH_MAX_GAP_S",
     "Evaluation",
     "EvaluationError",
+    "by_gateways",
     "error_statistics",
     "evaluate_path",
     "evaluate_truth",
@@ -287,6 +289,8 @@ class _Fixes:
     accuracy_m: FloatArray
     beacon: list[str]
     zone: list[str | None]
+    heard: NDArray[np.int64]
+    """Gateways that heard the beacon for the fix (0 where the fixes file does not say)."""
 
     @classmethod
     def of(cls, fixes: Sequence[Fix]) -> _Fixes:
@@ -296,7 +300,47 @@ class _Fixes:
             accuracy_m=np.asarray([f.accuracy_m for f in fixes], dtype=np.float64),
             beacon=[f.beacon for f in fixes],
             zone=[f.zone for f in fixes],
+            heard=np.asarray([len(f.gateways) for f in fixes], dtype=np.int64),
         )
+
+
+GATEWAY_GROUPS: tuple[tuple[str, int, int], ...] = (
+    ("1", 1, 1),
+    ("2", 2, 2),
+    ("3", 3, 3),
+    ("4-6", 4, 6),
+    ("7+", 7, 1_000_000),
+)
+"""How `by_gateways` groups fixes by the gateways that heard the beacon: one gives a proximity
+fix, two a mirror ambiguity, three the least that determines a position."""
+
+
+def by_gateways(
+    heard: NDArray[np.int64], errors_m: FloatArray, accuracy_m: FloatArray
+) -> dict[str, dict[str, float | int | None]] | None:
+    """Error statistics per group of GATEWAY_GROUPS (empty groups left out): where an installer
+    gains from another gateway. None where the fixes file names no gateways."""
+    if heard.size == 0 or not (heard > 0).any():
+        return None
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name, lo, hi in GATEWAY_GROUPS:
+        on = (heard >= lo) & (heard <= hi)
+        if not on.any():
+            continue
+        e = errors_m[on]
+        stats = error_statistics(e)
+        within = float(np.mean(e <= accuracy_m[on]))
+        out[name] = {
+            "fixes": int(on.sum()),
+            "median_m": _round(stats["median_m"]),
+            "p90_m": _round(stats["p90_m"]),
+            "within_accuracy": _round(within),
+        }
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, _DECIMALS) if value is not None and math.isfinite(value) else value
 
 
 def _base_summary(fx: _Fixes, mode: Literal["truth", "path"], band_m: float) -> dict[str, Any]:
@@ -356,6 +400,7 @@ def evaluate_path(
         beacons_scored=len(set(fx.beacon)),
         **error_statistics(errors),
         within_accuracy=float(np.mean(errors <= fx.accuracy_m)) if errors.size else None,
+        by_gateways=by_gateways(fx.heard, errors, fx.accuracy_m),
         zone_source=None,
         zone_accuracy=None,
         zone_scored_outside_band=None,
@@ -527,6 +572,7 @@ def evaluate_truth(
         beacons_scored=len({fx.beacon[int(i)] for i in m.index}),
         **error_statistics(errors),
         within_accuracy=(float(np.mean(errors <= fx.accuracy_m[m.index])) if errors.size else None),
+        by_gateways=by_gateways(fx.heard[m.index], errors, fx.accuracy_m[m.index]),
     )
     zones = _site_zones(site)
     zone_truth: list[str | None] | None = None

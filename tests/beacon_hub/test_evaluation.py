@@ -44,8 +44,10 @@ def fix(
     accuracy_m: float = 1.0,
     zone: str | None = None,
     beacon: str = B1,
+    heard: int = 0,
 ) -> Fix:
-    return Fix(t=t, beacon=beacon, x=x, y=y, accuracy_m=accuracy_m, zone=zone)
+    gateways = tuple(f"g{i}" for i in range(heard))
+    return Fix(t=t, beacon=beacon, x=x, y=y, accuracy_m=accuracy_m, zone=zone, gateways=gateways)
 
 
 def still_truth(beacon: str = B1, seconds: int = 20, zone: str | None = None) -> list[TruthPoint]:
@@ -158,6 +160,25 @@ def test_within_accuracy_counts_fixes_whose_radius_holds_the_truth() -> None:
         fix(T0 + 4, 0.0, 4.0, accuracy_m=5.0),
     ]
     assert evaluate_truth(fixes, still_truth()).summary["within_accuracy"] == pytest.approx(0.75)
+
+
+def test_errors_by_the_gateways_that_heard_the_beacon() -> None:
+    # heard by 1 (errors 4, 6 m), 2 (3 m), 5 and 6 (1, 2 m), 9 (0.5 m); radius 2.5 m throughout
+    cases = [(1, 4.0), (1, 6.0), (2, 3.0), (5, 1.0), (6, 2.0), (9, 0.5)]
+    fixes = [
+        fix(T0 + 1 + i, error, 0.0, accuracy_m=2.5, heard=heard)
+        for i, (heard, error) in enumerate(cases)
+    ]
+    groups = evaluate_truth(fixes, still_truth()).summary["by_gateways"]
+    assert groups == {
+        "1": {"fixes": 2, "median_m": 5.0, "p90_m": 5.8, "within_accuracy": 0.0},
+        "2": {"fixes": 1, "median_m": 3.0, "p90_m": 3.0, "within_accuracy": 0.0},
+        "4-6": {"fixes": 2, "median_m": 1.5, "p90_m": 1.9, "within_accuracy": 1.0},
+        "7+": {"fixes": 1, "median_m": 0.5, "p90_m": 0.5, "within_accuracy": 1.0},
+    }
+    # a fixes file that names no gateways has nothing to group by
+    unnamed = [fix(T0 + 1, 1.0, 0.0), fix(T0 + 2, 2.0, 0.0)]
+    assert evaluate_truth(unnamed, still_truth()).summary["by_gateways"] is None
 
 
 @given(st.lists(st.floats(0.0, 50.0), min_size=1, max_size=30), st.floats(0.0, 60.0))
