@@ -286,6 +286,7 @@ class Engine:
         self.watermark = -math.inf
         radius = self.config.first_fix_search_m
         self._wide_offsets = grid_offsets(FIRST_FIX_STEP_M, radius) if radius > 0 else None
+        self._grid_workers = self.config.grid_threads or os.cpu_count() or 1
         self.counts = IngestCounts()
 
     # ------------------------------------------------------------------ ingest
@@ -626,7 +627,7 @@ class Engine:
                 allowed,
                 offsets=self._wide_offsets if searching else None,
                 prior=part_prior,
-                workers=self.config.grid_threads or os.cpu_count() or 1,
+                workers=self._grid_workers,
             )
             xy[rows], cov[rows] = part.xy, part.cov
         return Solution(xy=xy, cov=cov, used=geo.mask.sum(axis=1).astype(np.int64))

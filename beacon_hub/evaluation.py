@@ -763,10 +763,7 @@ def write_path(path: Path | str, segments: Iterable[Sequence[float]]) -> int:
 
 
 def _rounded(summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: round(v, _DECIMALS) if isinstance(v, float) and math.isfinite(v) else v
-        for k, v in summary.items()
-    }
+    return {k: _round(v) if isinstance(v, float) else v for k, v in summary.items()}
 
 
 def write_report(

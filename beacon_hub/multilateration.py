@@ -111,6 +111,13 @@ def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
     return mu, grad
 
 
+def _huber(abs_z: F64) -> F64:
+    """Huber's loss of residuals |z|, as m (|z| - m / 2) with m = min(|z|, k): bit for bit
+    0.5 z^2 inside and k (|z| - k / 2) beyond, in two passes instead of a where over both."""
+    m = np.minimum(abs_z, HUBER_K)
+    return np.asarray(m * (abs_z - 0.5 * m), dtype=np.float64)
+
+
 def _prior_var(geo: Geometry) -> F64:
     """Per beacon: variance of the prior, small only where the gateways leave it undetermined."""
     few = geo.mask.sum(axis=1) <= 2
@@ -120,8 +127,7 @@ def _prior_var(geo: Geometry) -> F64:
 def _cost(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -> F64:
     mu, _ = _model(geo, xy, radio_map)
     z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
-    a = np.abs(z)
-    huber = np.where(a <= HUBER_K, 0.5 * z * z, HUBER_K * (a - 0.5 * HUBER_K))
+    huber = _huber(np.abs(z))
     total = huber.sum(axis=1) + 0.5 * ((xy - prior) ** 2).sum(axis=1) / _prior_var(geo)
     return np.asarray(total, dtype=np.float64)
 
@@ -238,11 +244,8 @@ def _normal_equations(
     inv_sd = terms.inv_sd
     z = (terms.rssi_dbm - mu) * inv_sd
     az = np.abs(z)
-    # Huber as m (|z| - m / 2) with m = min(|z|, k), and its IRLS weight k / max(|z|, k): the
-    # same values as 0.5 z^2 / k (|z| - k / 2) and 1 / (k / |z|) by cases, bit for bit, in
-    # three passes instead of nine. Zero weight for empty slots (inv_sd = 0).
-    m = np.minimum(az, HUBER_K)
-    huber = m * (az - 0.5 * m)
+    huber = _huber(az)
+    # Huber's IRLS weight k / max(|z|, k): 1 inside, k / |z| beyond; zero for empty slots
     w = HUBER_K / np.maximum(az, HUBER_K) * inv_sd * inv_sd
     dprior = xy - prior
     cost = huber.sum(axis=1) + 0.5 * (dprior**2).sum(axis=1) * inv_var
@@ -332,7 +335,7 @@ def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(a, 1e-12)), 0.0)
     j = grad / geo.sd_db[..., None]
     info = np.einsum("bk,bki,bkj->bij", w, j, j) + np.eye(2) / _prior_var(geo)[:, None, None]
-    huber = np.where(a <= HUBER_K, 0.5 * z * z, HUBER_K * (a - 0.5 * HUBER_K))
+    huber = _huber(a)
     dof = geo.mask.sum(axis=1) - 2
     factor = np.where(dof > 0, 2.0 * huber.sum(axis=1) / np.maximum(dof, 1), 1.0)
     return inv2x2(info)[0] * np.maximum(factor, 1.0)[:, None, None]

@@ -260,8 +260,8 @@ class RadioMap:
 
 def _as_text(values: F64) -> str:
     """A grid's values in 0.1 as one YAML string of numbers: a YAML list of a warehouse's
-    1.5 million values took 7 s to load (the parser resolves every item's type in Python),
-    the string 0.3 s."""
+    1.5 million values took 7.0 s to load (the parser resolves every item's type in Python),
+    the string 0.14 s."""
     return " ".join(map(repr, (np.round(values, 1) + 0.0).ravel().tolist()))  # + 0.0: no -0.0
 
 

@@ -27,11 +27,20 @@ REF_DBM, EXPONENT, SD_DB, DZ_M = -59.0, 2.0, 1.0, 2.0
 """A sharp likelihood (1 dB) so that the posterior mean sits on the true position."""
 
 
-def geometry(truth: np.ndarray) -> Geometry:
-    """Noise-free readings of beacons at `truth` by six gateways over a 30 x 30 m floor."""
-    gw_xy = np.array(
-        [[0.0, 0.0], [30.0, 0.0], [0.0, 30.0], [30.0, 30.0], [15.0, 0.0], [15.0, 30.0]]
-    )
+SIX_GATEWAYS = np.array(
+    [[0.0, 0.0], [30.0, 0.0], [0.0, 30.0], [30.0, 30.0], [15.0, 0.0], [15.0, 30.0]]
+)
+"""Around a 30 x 30 m floor."""
+
+
+def geometry(
+    truth: np.ndarray,
+    gw_xy: np.ndarray = SIX_GATEWAYS,
+    *,
+    exponent: float = EXPONENT,
+    sd_db: float = SD_DB,
+) -> Geometry:
+    """Noise-free readings of beacons at `truth` by the gateways at `gw_xy`."""
     n, k = truth.shape[0], gw_xy.shape[0]
     d = np.sqrt(((truth[:, None, :] - gw_xy[None]) ** 2).sum(axis=2) + DZ_M**2)
     return Geometry(
@@ -39,9 +48,9 @@ def geometry(truth: np.ndarray) -> Geometry:
         gw_xy=np.broadcast_to(gw_xy, (n, k, 2)).copy(),
         dz_m=np.full((n, k), DZ_M),
         ref_dbm=np.full((n, k), REF_DBM),
-        exponent=np.full((n, k), EXPONENT),
-        rssi_dbm=mean_rssi_dbm(d, REF_DBM, EXPONENT),
-        sd_db=np.full((n, k), SD_DB),
+        exponent=np.full((n, k), exponent),
+        rssi_dbm=mean_rssi_dbm(d, REF_DBM, exponent),
+        sd_db=np.full((n, k), sd_db),
         mask=np.ones((n, k), dtype=bool),
     )
 
@@ -79,17 +88,7 @@ def test_one_gateway_gives_a_proximity_fix_that_holds_68_percent(
     n = 2_000
     r, angle = rng.uniform(3.0, 15.0, n), rng.uniform(0.0, 2 * np.pi, n)
     truth = np.c_[r * np.cos(angle), r * np.sin(angle)]
-    rssi = mean_rssi_dbm(np.sqrt(r**2 + DZ_M**2), REF_DBM, exponent) + rng.normal(0, sd_db, n)
-    one = Geometry(
-        gw=np.zeros((n, 1), dtype=np.intp),
-        gw_xy=np.zeros((n, 1, 2)),
-        dz_m=np.full((n, 1), DZ_M),
-        ref_dbm=np.full((n, 1), REF_DBM),
-        exponent=np.full((n, 1), exponent),
-        rssi_dbm=rssi[:, None],
-        sd_db=np.full((n, 1), sd_db),
-        mask=np.ones((n, 1), dtype=bool),
-    )
+    one = noisy(geometry(truth, np.zeros((1, 2)), exponent=exponent, sd_db=sd_db), sd_db, rng)
     sol = solve(one)
     np.testing.assert_array_equal(sol.xy, 0.0)
     within = float((np.hypot(*(sol.xy - truth).T) <= radius_68_m(sol.cov)).mean())
@@ -98,19 +97,7 @@ def test_one_gateway_gives_a_proximity_fix_that_holds_68_percent(
 
 def two_gateways(truth: np.ndarray) -> Geometry:
     """Noise-free readings of beacons at `truth` by two gateways 10 m apart on the x axis."""
-    gw_xy = np.array([[0.0, 0.0], [10.0, 0.0]])
-    n = truth.shape[0]
-    d = np.sqrt(((truth[:, None, :] - gw_xy[None]) ** 2).sum(axis=2) + DZ_M**2)
-    return Geometry(
-        gw=np.broadcast_to(np.arange(2), (n, 2)).copy(),
-        gw_xy=np.broadcast_to(gw_xy, (n, 2, 2)).copy(),
-        dz_m=np.full((n, 2), DZ_M),
-        ref_dbm=np.full((n, 2), REF_DBM),
-        exponent=np.full((n, 2), EXPONENT),
-        rssi_dbm=mean_rssi_dbm(d, REF_DBM, EXPONENT),
-        sd_db=np.full((n, 2), SD_DB),
-        mask=np.ones((n, 2), dtype=bool),
-    )
+    return geometry(truth, np.array([[0.0, 0.0], [10.0, 0.0]]))
 
 
 def test_two_gateways_spread_a_fix_over_its_mirror_image_unless_the_prior_rules_it_out() -> None:
