@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from beacon_hub.embedded_broker import start_broker
+from tests.demo_process import DemoProcess, demo_command
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = re.compile(r"^dashboard: http://127\.0\.0\.1:(\d+)/$", re.MULTILINE)
@@ -34,22 +33,6 @@ PROGRESS = re.compile(
 )
 RUN_TIMEOUT_S = 180.0
 """Upper bound for a whole demo run; only reached when something hangs."""
-
-
-def demo_command(data_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "beacon_hub.cli",
-        "demo",
-        "--set",
-        "http.port=0",
-        "--set",
-        f"data_dir={data_dir}",
-        "--set",
-        "engine.plan_losses=false",
-        *extra,
-    ]
 
 
 def fixes_by_site(db_path: Path) -> dict[str, int]:
@@ -108,52 +91,22 @@ def _alive(pid: int) -> bool:
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     """Run until Ctrl-C, with Mosquitto (a child process) when installed; SIGINT stops every part:
     exit 0, no traceback, no process left behind."""
-    proc = subprocess.Popen(  # our own CLI, as a user runs it
-        demo_command(tmp_path, "--set", "progress_every_s=1"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
     progressed = threading.Event()
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            match = PROGRESS.search(line.rstrip("\n"))
-            if match and int(match[1]) > 0 and int(match[2]) > 0:
-                progressed.set()  # both sites have stored fixes
+    def watch(line: str) -> None:
+        match = PROGRESS.search(line)
+        if match and int(match[1]) > 0 and int(match[2]) > 0:
+            progressed.set()  # both sites have stored fixes
 
-    errors: list[str] = []
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        errors.extend(proc.stderr)
-
-    # Each pipe has one reader: communicate() after SIGINT would read stdout beside `read` and
-    # could take the "demo: stopped" line from it (seen once in CI-like load).
-    reader = threading.Thread(target=read, daemon=True)
-    err_reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    err_reader.start()
+    demo = DemoProcess(demo_command(tmp_path, "--set", "progress_every_s=1"), watch)
     try:
-        assert progressed.wait(RUN_TIMEOUT_S), "".join(lines)
-        children = _children(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=RUN_TIMEOUT_S)
+        assert progressed.wait(RUN_TIMEOUT_S), demo.stdout
+        children = _children(demo.proc.pid)
+        returncode = demo.interrupt(RUN_TIMEOUT_S)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(10)
-    err_reader.join(10)
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
-    stdout, stderr = "".join(lines), "".join(errors)
-    assert proc.returncode == 0, stderr[-3000:]
+        demo.close()
+    stdout, stderr = demo.stdout, demo.stderr
+    assert returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "demo: stopped;" in stdout, stdout
     assert not [pid for pid in children if _alive(pid)], "processes left behind"

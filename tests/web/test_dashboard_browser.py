@@ -14,9 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 from playwright.sync_api import Page, sync_playwright
+
+from tests.demo_process import DemoProcess, demo_command
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -55,51 +54,23 @@ def get_json(url: str) -> Any:
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
     """A running `beacon-hub demo`; yields the dashboard URL, stops it with Ctrl-C (SIGINT)."""
-    proc = subprocess.Popen(  # our own CLI, as a user runs it
-        [
-            sys.executable,
-            "-m",
-            "beacon_hub.cli",
-            "demo",
-            "--set",
-            "http.port=0",
-            "--set",
-            f"data_dir={tmp_path / 'data'}",
-            # the plan-loss radio map takes ~12 s to build for the warehouse; not what this tests
-            "--set",
-            "engine.plan_losses=false",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     found: list[str] = []
     ready = threading.Event()
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = DASHBOARD.match(line.rstrip("\n"))
-            if match:
-                found.append(match[1])
-                ready.set()
+    def watch(line: str) -> None:
+        match = DASHBOARD.match(line)
+        if match:
+            found.append(match[1])
+            ready.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    process = DemoProcess(demo_command(tmp_path / "data"), watch)
     try:
         assert ready.wait(WAIT_S), "the demo printed no dashboard line"
         yield found[0]
+        returncode = process.interrupt(WAIT_S)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, stderr = proc.communicate(timeout=WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        reader.join(10)
-    assert proc.returncode == 0, stderr[-3000:]
+        process.close()
+    assert returncode == 0, process.stderr[-3000:]
 
 
 def pallet_xy(page: Page) -> dict[str, tuple[str, str]]:
