@@ -1,29 +1,51 @@
 """The site rasterised for vectorised look-ups: which zone a point is in, where the floor is.
 
-A fix must land where the beacon can be: a cart on the walkable floor (not inside a shelf), a
-pallet anywhere on the floor (racks hold pallets). Each level becomes a grid of cells with a
-floor mask, a walkable mask and a zone index, plus for every cell the nearest allowed cell, so
-that thousands of points per tick are looked up and projected with a few numpy indexing calls.
+A fix must land where the beacon can be, its *area*: a cart on the walkway (not inside a
+shelf), a pallet being carried anywhere on the floor (racks hold pallets), a parked pallet in
+storage, off the traffic zones (aisles, corridors) where forklifts drive. Each level becomes a
+grid of cells with a mask per area and a zone index, plus for every cell the nearest cell of
+each area, so that thousands of points per tick are looked up and projected with a few numpy
+indexing calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from beacon_hub.site import Site
+from beacon_hub.site import Site, ZoneKindName
 
-__all__ = ["FloorPlan", "LevelGrid", "distance_to_polygon_m", "points_in_polygon"]
+__all__ = [
+    "AREAS",
+    "FLOOR",
+    "STORAGE",
+    "TRAFFIC_ZONE_KINDS",
+    "WALKWAY",
+    "FloorPlan",
+    "LevelGrid",
+    "distance_to_polygon_m",
+    "points_in_polygon",
+]
 
 F64 = NDArray[np.float64]
 
 GRID_RESOLUTION_M = 0.1
 """Cell size: a tenth of the best achievable BLE accuracy, and 400k cells for an 80 x 50 m hall."""
 MARGIN_M = 1.0
+
+FLOOR = 0
+"""Area: anywhere inside the level's outline."""
+WALKWAY = 1
+"""Area: the floor off obstacles (shelves, racks, counters)."""
+STORAGE = 2
+"""Area: the floor off traffic zones (racks included: they hold pallets)."""
+AREAS = (FLOOR, WALKWAY, STORAGE)
+TRAFFIC_ZONE_KINDS: tuple[ZoneKindName, ...] = ("aisle", "corridor")
+"""Zone kinds kept clear for people and forklifts: nothing is stored there."""
 
 
 def points_in_polygon(
@@ -63,16 +85,19 @@ class LevelGrid:
     level: int
     origin: tuple[float, float]
     resolution_m: float
-    floor: NDArray[np.bool_]
-    walkable: NDArray[np.bool_]
+    areas: NDArray[np.bool_]
+    """(len(AREAS), ny, nx): which cells belong to each area."""
     zone: NDArray[np.int32]
     """Index into FloorPlan.zone_ids, -1 outside every zone."""
-    nearest_floor: NDArray[np.intp]
-    """(2, ny, nx): for every cell the indices of the nearest floor cell."""
-    nearest_walkable: NDArray[np.intp]
-    clearance_floor: NDArray[np.float32]
-    """(ny, nx): metres from each cell's centre to the nearest cell off the floor (0 off it)."""
-    clearance_walkable: NDArray[np.float32]
+    nearest: NDArray[np.intp]
+    """(len(AREAS), 2, ny, nx): for every cell the indices of the nearest cell of each area."""
+    clearance: NDArray[np.float32]
+    """(len(AREAS), ny, nx): metres from each cell's centre to the nearest cell off each area
+    (0 off it)."""
+
+    @property
+    def floor(self) -> NDArray[np.bool_]:
+        return np.asarray(self.areas[FLOOR])
 
     def cells(self, xy: F64) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
         ny, nx = self.floor.shape
@@ -91,9 +116,14 @@ class LevelGrid:
 
 
 class FloorPlan:
-    """Rasterised levels of a site."""
+    """Rasterised levels of a site. `traffic_zone_kinds` are the zone kinds left out of STORAGE."""
 
-    def __init__(self, site: Site, resolution_m: float = GRID_RESOLUTION_M) -> None:
+    def __init__(
+        self,
+        site: Site,
+        resolution_m: float = GRID_RESOLUTION_M,
+        traffic_zone_kinds: Collection[str] = TRAFFIC_ZONE_KINDS,
+    ) -> None:
         self.site = site
         self.zone_ids: tuple[str, ...] = tuple(z.id for z in site.zones)
         self.levels: dict[int, LevelGrid] = {}
@@ -110,28 +140,31 @@ class FloorPlan:
             floor = points_in_polygon(centres, outline).reshape(ny, nx)
 
             grid_xy = centres.reshape(ny, nx, 2)
-            walkable = floor.copy()
+            walkway = floor.copy()
             for obstacle in level.obstacles:
-                walkable &= ~_cells_in(obstacle.polygon, grid_xy, lo, resolution_m)
+                walkway &= ~_cells_in(obstacle.polygon, grid_xy, lo, resolution_m)
             zone = np.full((ny, nx), -1, dtype=np.int32)
+            storage = floor.copy()
             # Larger zones first, so a small zone drawn inside a larger one wins its cells.
             order = sorted(
                 (i for i, z in enumerate(site.zones) if z.level == level.level),
                 key=lambda i: -_area(site.zones[i].polygon),
             )
             for i in order:
-                zone[_cells_in(site.zones[i].polygon, grid_xy, lo, resolution_m)] = i
+                cells = _cells_in(site.zones[i].polygon, grid_xy, lo, resolution_m)
+                zone[cells] = i
+                if site.zones[i].kind in traffic_zone_kinds:
+                    storage &= ~cells
+            # an area the level lacks (a room drawn as one aisle) is its whole floor
+            areas = np.stack([a if a.any() else floor for a in (floor, walkway, storage)])
             self.levels[level.level] = LevelGrid(
                 level=level.level,
                 origin=(float(lo[0]), float(lo[1])),
                 resolution_m=resolution_m,
-                floor=floor,
-                walkable=walkable,
+                areas=areas,
                 zone=zone,
-                nearest_floor=_nearest(floor),
-                nearest_walkable=_nearest(walkable if walkable.any() else floor),
-                clearance_floor=_clearance(floor, resolution_m),
-                clearance_walkable=_clearance(walkable, resolution_m),
+                nearest=np.stack([_nearest(a) for a in areas]),
+                clearance=np.stack([_clearance(a, resolution_m) for a in areas]),
             )
 
     def zone_index(self, level: int, xy: F64) -> NDArray[np.int32]:
@@ -139,41 +172,36 @@ class FloorPlan:
         iy, ix = grid.cells(xy)
         return grid.zone[iy, ix]
 
-    def allowed(self, level: int, xy: F64, walkable_only: bool) -> NDArray[np.bool_]:
-        """Whether each point lies on the floor (or the walkable floor) of the level."""
+    def allowed(self, level: int, xy: F64, area: int) -> NDArray[np.bool_]:
+        """Whether each point lies in the area (FLOOR, WALKWAY, STORAGE) of the level."""
         grid = self.levels[level]
         iy, ix = grid.cells(xy)
-        mask = grid.walkable if walkable_only else grid.floor
-        return np.asarray(mask[iy, ix])
+        return np.asarray(grid.areas[area][iy, ix])
 
-    def clearance_m(self, level: int, xy: F64, walkable_only: bool) -> F64:
-        """How far each point's cell is from the nearest cell off the (walkable) floor: a disc
-        of radius r around a point stays on it where r + 1.5 cells is less than this."""
+    def clearance_m(self, level: int, xy: F64, area: int) -> F64:
+        """How far each point's cell is from the nearest cell off the area: a disc of radius r
+        around a point stays in it where r + 1.5 cells is less than this."""
         grid = self.levels[level]
         iy, ix = grid.cells(xy)
-        clear = grid.clearance_walkable if walkable_only else grid.clearance_floor
-        return np.asarray(clear[iy, ix], dtype=np.float64)
+        return np.asarray(grid.clearance[area][iy, ix], dtype=np.float64)
 
-    def project(self, level: int, xy: F64, walkable_only: NDArray[np.bool_]) -> F64:
-        """Move points that are off the allowed floor to the centre of the nearest allowed cell."""
+    def project(self, level: int, xy: F64, area: NDArray[np.int8]) -> F64:
+        """Move points that are off their area to the centre of the area's nearest cell."""
         grid = self.levels[level]
         iy, ix = grid.cells(xy)
-        allowed = np.where(walkable_only, grid.walkable[iy, ix], grid.floor[iy, ix])
         inside_grid = (
             (xy[:, 0] >= grid.origin[0])
             & (xy[:, 1] >= grid.origin[1])
             & (ix < grid.floor.shape[1] - 1)
             & (iy < grid.floor.shape[0] - 1)
         )
-        bad = ~(allowed & inside_grid)
+        bad = ~(grid.areas[area, iy, ix] & inside_grid)
         if not bad.any():
             return xy
         out = xy.copy()
         b_iy, b_ix = iy[bad], ix[bad]
-        near_walk = grid.nearest_walkable[:, b_iy, b_ix]
-        near_floor = grid.nearest_floor[:, b_iy, b_ix]
-        near = np.where(walkable_only[bad][None, :], near_walk, near_floor)
-        out[bad] = grid.centres(near[0], near[1])
+        near = grid.nearest[area[bad], :, b_iy, b_ix]  # (bad, 2)
+        out[bad] = grid.centres(near[:, 0], near[:, 1])
         return out
 
 

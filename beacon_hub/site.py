@@ -55,6 +55,7 @@ __all__ = [
     "Site",
     "Wall",
     "Zone",
+    "ZoneKindName",
     "load_site",
     "site_summary",
     "validate_site_data",
@@ -69,6 +70,20 @@ MIN_ZONE_AREA_M2 = 0.05
 
 BEACON_KINDS = ("cart", "pallet", "reference", "asset")
 BeaconKindName = Literal["cart", "pallet", "reference", "asset"]
+
+ZoneKindName = Literal[
+    "entrance",
+    "aisle",
+    "endcap",
+    "checkout",
+    "department",
+    "bay",
+    "dock",
+    "staging",
+    "room",
+    "corridor",
+    "other",
+]
 
 NameId = Annotated[StrictStr, StringConstraints(pattern=NAME_ID_PATTERN)]
 Metres = StrictFloat
@@ -205,19 +220,7 @@ class ReferenceBeacon(_Model):
 class Zone(_Model):
     id: NameId
     name: StrictStr = ""
-    kind: Literal[
-        "entrance",
-        "aisle",
-        "endcap",
-        "checkout",
-        "department",
-        "bay",
-        "dock",
-        "staging",
-        "room",
-        "corridor",
-        "other",
-    ]
+    kind: ZoneKindName
     level: StrictInt = 0
     polygon: Polygon
     heights_m: dict[BeaconKindName, Annotated[Metres, Field(ge=0, le=30)]] = {}

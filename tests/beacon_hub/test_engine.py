@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beacon_hub.engine import Engine, EngineConfig, Readings
+from beacon_hub.floorplan import FLOOR
 from beacon_hub.multilateration import Geometry, solve
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.site import Site, validate_site_data
@@ -217,9 +218,62 @@ def test_an_extrapolation_across_the_wall_is_pulled_back_onto_the_floor() -> Non
     xy = np.array([[20.3, 6.0], [10.0, 6.0], [10.0, 6.0]])
     cov = np.array([np.eye(2) * 0.5**2] * 3)
     level = np.array([0, 0, 7])
-    walk = np.zeros(3, dtype=bool)
-    out = engine._floor_mean(level, xy, cov, walk)
+    area = np.full(3, FLOOR, dtype=np.int8)
+    out = engine._floor_mean(level, xy, cov, area)
     assert 19.0 < out[0, 0] < 20.0
     assert out[0, 1] == pytest.approx(6.0, abs=1e-9)
     np.testing.assert_array_equal(out[1], xy[1])  # skipped: its disc is clear of the walls
     np.testing.assert_allclose(out[2], xy[2], rtol=0, atol=1e-9)
+
+
+def rack_site() -> Site:
+    """room_site with a rack row along x 2..4 (two bays) and an aisle x 4..8 beside it."""
+    return room_site(
+        levels=[
+            {
+                "outline": [[0, 0], [20, 0], [20, 12], [0, 12]],
+                "obstacles": [
+                    {
+                        "id": "rack",
+                        "kind": "rack",
+                        "loss_db": 0.0,
+                        "polygon": [[2, 1], [4, 1], [4, 11], [2, 11]],
+                    }
+                ],
+            }
+        ],
+        zones=[
+            {"id": "bay-1", "kind": "bay", "polygon": [[2, 1], [4, 1], [4, 6], [2, 6]]},
+            {"id": "bay-2", "kind": "bay", "polygon": [[2, 6], [4, 6], [4, 11], [2, 11]]},
+            {"id": "aisle", "kind": "aisle", "polygon": [[4, 0], [8, 0], [8, 12], [4, 12]]},
+        ],
+    )
+
+
+@pytest.mark.parametrize("solver", ["nlls", "grid"])
+def test_a_still_pallet_is_kept_out_of_the_aisle(solver: str) -> None:
+    """Readings that put a pallet 0.6 m into the aisle: a still pallet is stored, so it is
+    shown at the face of the rack beside it; with no traffic zones it stays where the
+    readings put it, and a cart there stays in the aisle either way."""
+    site = rack_site()
+    spot = (4.6, 3.0)
+    out: dict[tuple[str, bool], tuple[float, float, str | None]] = {}
+    for beacon in (PALLET, TAG):
+        for keep_out in (True, False):
+            traffic = ("aisle", "corridor") if keep_out else ()
+            engine = Engine(site, EngineConfig(solver=solver, traffic_zones=traffic))  # type: ignore[arg-type]
+            for step in range(10):
+                for r in exact_readings(site, beacon, spot, step - 0.5):
+                    engine.ingest(r)
+                fixes = engine.tick(float(step)).fixes
+            out[beacon, keep_out] = (float(fixes.x[0]), float(fixes.y[0]), fixes.zones[0])
+    x, y, zone = out[PALLET, True]
+    assert zone == "bay-1"
+    tolerance_m = 0.2 if solver == "nlls" else 0.5  # the grid's lattice, without a map
+    assert 3.8 < x < 4.0
+    assert y == pytest.approx(3.0, abs=tolerance_m)
+    x, y, zone = out[PALLET, False]
+    assert zone == "aisle"
+    assert np.hypot(x - spot[0], y - spot[1]) < tolerance_m
+    for keep_out in (True, False):
+        assert out[TAG, keep_out][2] == "aisle"
