@@ -139,9 +139,8 @@ class EngineConfig(BaseModel):
     """A pallet still for this long is parked; leaving its spot then fires pallet_moved."""
     traffic_zones: tuple[ZoneKindName, ...] = TRAFFIC_ZONE_KINDS
     """A still pallet is stored, not left where forklifts drive: it is shown off zones of these
-    kinds (the storage area, floorplan.py). Parked pallets in the right or a neighbouring bay:
-    simulated warehouse 15 -> 29 %, calibrated (F) 28 -> 56 % (median 2.37 -> 2.09 m); () turns
-    it off."""
+    kinds (the storage area, floorplan.py). Parked pallets in the right or a neighbouring bay,
+    simulated warehouse (README, D and F): 17 -> 41 %, calibrated 60 -> 75 %; () turns it off."""
     moved_m: Annotated[float, Field(gt=0)] = 2.5
     """Distance from the parked spot that counts as a move: about two bay widths."""
     accuracy_scale: Annotated[float, Field(gt=0)] = 1.0

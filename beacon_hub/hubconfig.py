@@ -80,8 +80,9 @@ class BrokerConfig(BrokerSettings):
 class IngestConfig(_Section):
     queue_messages: int = Field(default=2_000, ge=10, le=1_000_000)
     """The bounded inbox between paho's thread and the service (docs/hub.md, Overload). 2,000
-    batches are a minute of a 35-gateway warehouse at 100,000 readings/s, ~120 MB at 60 KB a
-    batch; the worst case is 2,000 maximal (1 MiB) batches, 2 GB."""
+    batches are half a minute of the 60-gateway example warehouse at 100,000 readings/s, ~130
+    MB at 64 KB a batch (bench/hub_throughput.py's); the worst case is 2,000 maximal (1 MiB)
+    batches, 2 GB."""
     overload_wait_s: float = Field(default=5.0, ge=0, le=60)
     """A full inbox blocks paho's thread (TCP back-pressure on the broker) this long before the
     message is dropped unacknowledged (the broker re-sends it on the next connect)."""

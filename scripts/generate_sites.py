@@ -621,9 +621,10 @@ def _warehouse_references(plan: _Plan, rows: list[_Row], aisles: list[tuple[floa
 
 
 def _warehouse_gateways(aisles: list[tuple[float, float]]) -> list[Doc]:
-    """Over every second aisle (two rack pitches apart), every 10 m along it: none hangs over a
-    rack in plan. The last column covers the bulk and charging floor."""
-    centres = [(x0 + x1) / 2 for x0, x1 in aisles[::2]]
+    """Over every aisle (one rack pitch, 5.7 m, apart), every 10 m along it: none hangs over a
+    rack in plan, and a pallet in a bay has a gateway above the aisle in front of it. The last
+    column covers the bulk and charging floor."""
+    centres = [(x0 + x1) / 2 for x0, x1 in aisles]
     xs = [*centres, centres[-1] + (centres[-1] - centres[-2])]
     ys = [5.0 + 10.0 * j for j in range(5)]
     gateways: list[Doc] = []
@@ -694,7 +695,7 @@ WAREHOUSE_COMMENTS = {
         f"{RACK_HEIGHT_M:g} m."
     ),
     "gateways": (
-        f"Gateways {WH_GATEWAY_Z_M:g} m up over every second aisle, every 10 m along the aisles. "
+        f"Gateways {WH_GATEWAY_Z_M:g} m up over every aisle, every 10 m along the aisles. "
         "The dock row carries radio overrides: open doors and trucks add shadowing, and "
         f"{SPARE_GATEWAY} is a different unit whose calibrated RSSI at 1 m is lower."
     ),

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = re.compile(r"^dashboard: http://127\.0\.0\.1:(\d+)/$", re.MULTILINE)
 PROGRESS = re.compile(
     r"^demo: +\d+ s, [\d,]+ readings/s, [\d,]+ fixes; store-demo (\d+) tracked, "
-    r"\d+/20 gateways online; warehouse-demo (\d+) tracked, \d+/35 gateways online$",
+    r"\d+/20 gateways online; warehouse-demo (\d+) tracked, \d+/60 gateways online$",
     re.MULTILINE,
 )
 RUN_TIMEOUT_S = 180.0
