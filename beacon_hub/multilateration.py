@@ -348,7 +348,8 @@ def _mirror_spread(geo: Geometry, xy: F64, anchor: F64, radio_map: MapFn | None)
     (the track's prediction, or the gateways' centroid, which lies on that line) and the
     floor-plan losses choose. The mirror point m carries the weight w = 1 / (1 + e^(cost(m) -
     cost(x))), and the spread about x is the curvature's plus w (m - x)(m - x)'. Without a
-    track both sides weigh alike. Simulated warehouse (D), its parked pallets: within
+    track both sides weigh alike. Simulated warehouse (D, its 35-gateway layout of the time), its
+    parked pallets: within
     accuracy_m 48 -> 50 %, median 5.00 -> 4.97 m, right or neighbouring bay 14 -> 15 %.
     """
     order = np.argsort(~geo.mask, axis=1, kind="stable")[:, :2]
@@ -371,8 +372,9 @@ def _proximity(geo: Geometry, xy: F64, cov: F64, single: NDArray[np.bool_]) -> t
     The ring's variance is h^2 / 2 per axis, and the range's own spread, h ln(10) sd / (10 n)
     at 1 sigma (log-distance path loss), widens it radially. Until 2026-12 the spread was
     sqrt(h^2 + (h ln(10) sd / 10)^2) per axis, without the 1 / n nor the half: 2.2 times as
-    wide, which a track fed by one gateway in the simulated warehouse (D) heeded too little
-    (its pallets' p90 15.37 -> 14.56 m with the ring; calibrated (F), median 2.76 -> 2.66 m)."""
+    wide, which a track fed by one gateway in the simulated warehouse (D, 35 gateways) heeded
+    too little (its pallets' p90 15.37 -> 14.56 m with the ring; calibrated (F), median 2.76 ->
+    2.66 m)."""
     xy, cov = xy.copy(), cov.copy()
     k = np.argmax(geo.mask[single], axis=1)
     rows = np.flatnonzero(single)
