@@ -72,6 +72,8 @@ WARM_UP_S = 3
 VARIANTS = 4
 """RSSI noise variants per gateway, cycled: encoding fresh noise every second costs the
 publisher (which shares the CPU with the hub) more than it tells."""
+Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[float, ...], tuple[float, ...]]
+"""One variant of a gateway's batch: ReadingBatch's beacons, b, dt_ms and rssi."""
 
 
 class Workload:
@@ -93,11 +95,14 @@ class Workload:
         self.gateways = [g for g, _, _ in gws]
         self.boot = {g: f"{rng.getrandbits(64):016x}" for g in self.gateways}
         self.seq = dict.fromkeys(self.gateways, 0)
-        self.columns: dict[str, list[tuple[Any, ...]]] = {}
+        self.columns: dict[str, list[Columns]] = {}
         for g, items in heard.items():
-            variants = []
+            variants: list[Columns] = []
             for _ in range(VARIANTS):
-                beacons_, b, dt, rssi = [], [], [], []
+                beacons_: list[str] = []
+                b: list[int] = []
+                dt: list[float] = []
+                rssi: list[float] = []
                 for j, (beacon, d) in enumerate(items):
                     beacons_.append(beacon)
                     n = 3 if (j + len(variants)) % 5 < 3 else 2  # 2.6 on average
@@ -183,7 +188,7 @@ def baseline_capacity(broker: Any, cid: str, total: int) -> float:
     c = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=False
     )
-    c.on_message = lambda _c, _u, m: inbox.put(m.payload)
+    c.on_message = lambda _c, _u, m: inbox.put(bytes(m.payload))
     c.connect(broker.host, broker.port)
     c.loop_start()
     done.wait(600)
@@ -207,7 +212,7 @@ def hub_capacity(hub: HubProcess, n_messages: int, total: int, since_rowid: int)
         600,
     )
     done = time.time()
-    first = hub.sql("SELECT min(arrival) FROM batches WHERE rowid > ?", since_rowid)[0][0]
+    first: float = hub.sql("SELECT min(arrival) FROM batches WHERE rowid > ?", since_rowid)[0][0]
     return total / max(done - first, 1e-6)
 
 
@@ -314,10 +319,10 @@ def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str
     rate = (total - start_readings) / elapsed
     latencies = []
     ticks = sorted(tracks)
-    for sent, published in sent_batches:
+    for sent, published_at in sent_batches:
         for t, arrival in ticks:
             if t >= sent:
-                latencies.append(arrival - published)
+                latencies.append(arrival - published_at)
                 break
     latencies.sort()
     rss_kb = 0

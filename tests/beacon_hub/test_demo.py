@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -122,7 +123,11 @@ def test_embedded_amqtt_broker_starts_and_stops() -> None:
         got = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         client.on_message = lambda *_: got.set()
-        client.on_subscribe = lambda *_: client.publish("demo/t", b"x", qos=1)
+
+        def on_subscribe(*_: Any) -> None:
+            client.publish("demo/t", b"x", qos=1)
+
+        client.on_subscribe = on_subscribe
         client.connect(broker.host, broker.port)
         client.loop_start()
         client.subscribe("demo/#", qos=1)

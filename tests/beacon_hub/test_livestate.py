@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ def dock_site() -> Site:
     return validate_site_data(data, "yard")
 
 
-def table(t: float, rows: list[tuple[str, str | None, str | None]]) -> FixTable:
+def table(t: float, rows: Sequence[tuple[str, str | None, str | None]]) -> FixTable:
     """(beacon, zone, kind) rows at (1, 1)."""
     n = len(rows)
     return FixTable(
@@ -87,7 +88,7 @@ def table(t: float, rows: list[tuple[str, str | None, str | None]]) -> FixTable:
 def feed(
     live: LiveState,
     t: float,
-    rows: list[tuple[str, str | None, str | None]],
+    rows: Sequence[tuple[str, str | None, str | None]],
     events: list[Event] | None = None,
 ) -> SiteSnapshot:
     tab = table(t, rows)

@@ -202,6 +202,6 @@ def test_any_polygon_validates_or_is_refused_with_a_reason(
     if problems:
         assert all("zones[0].polygon" in p for p in problems)
         return
-    polygon = [tuple(p) for p in site.zones[0].polygon]
+    polygon = list(site.zones[0].polygon)
     assert self_intersection(polygon) is None
     assert polygon_area_m2(polygon) > 0

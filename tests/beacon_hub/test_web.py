@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from beacon_hub.errors import ConfigError
 from beacon_hub.health import Metrics
@@ -264,7 +264,7 @@ def test_beyond_loopback_without_token_is_a_config_error(tmp_path: Path) -> None
 
 
 def test_token_required_beyond_loopback(world: World) -> None:
-    cfg = HttpConfig(bind="0.0.0.0", port=0, token="s3cret-token")  # noqa: S104, S106
+    cfg = HttpConfig(bind="0.0.0.0", port=0, token=SecretStr("s3cret-token"))  # noqa: S104
     live = LiveState(world.sites.values(), cfg)
     server = WebServer(cfg, metrics=Metrics(), health=lambda: (True, {}), live=live, reader=None)
     server.start()

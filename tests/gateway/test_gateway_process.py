@@ -71,7 +71,7 @@ def _write_config(tmp_path: Path, broker: Mosquitto, site: str, scanner: str) ->
 
 
 def _states(messages: list[Received], boot: str | None = None) -> list[str]:
-    out = []
+    out: list[str] = []
     for m in messages:
         if m.topic.endswith("/status"):
             status = decode_status(m.payload)

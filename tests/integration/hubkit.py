@@ -180,7 +180,11 @@ class Gateways:
         for info, pub in self._pending:
             # (not wait_for_publish: it raises for a message queued while disconnected, which
             # paho still sends after reconnecting)
-            wait_until(f"PUBACK of {pub}", lambda i=info: i.mid in self._acked)
+
+            def acked(i: mqtt.MQTTMessageInfo = info) -> bool:
+                return i.mid in self._acked
+
+            wait_until(f"PUBACK of {pub}", acked)
             self.published.append(pub)
         self._pending.clear()
 

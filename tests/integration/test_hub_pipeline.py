@@ -62,7 +62,7 @@ class Listener:
         )
         subscribed = threading.Event()
         self.client.on_message = lambda _c, _u, m: self.messages.put(
-            (m.topic, m.payload, bool(m.retain))
+            (m.topic, bytes(m.payload), bool(m.retain))
         )
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect(broker.host, broker.port)

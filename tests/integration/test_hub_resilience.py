@@ -50,7 +50,8 @@ def published(gws: Gateways) -> Counter[tuple[str, str, int]]:
 
 
 def rounds_seen(gws: Gateways, hub: HubProcess, n: int) -> bool:
-    return hub.sql("SELECT count(*) FROM batches")[0][0] >= n * len(gws.gws)
+    stored: int = hub.sql("SELECT count(*) FROM batches")[0][0]
+    return stored >= n * len(gws.gws)
 
 
 def test_hub_sigkill_and_restart_loses_nothing_the_broker_queued(tmp_path: Path) -> None:

@@ -45,11 +45,12 @@ def test_two_hubs_split_four_sites_and_handle_each_batch_once(tmp_path: Path) ->
         want = Counter((g.site_id, p.gw, p.boot, p.seq) for g in gateways for p in g.published)
         for hub, owned in zip(hubs, (sites[:2], sites[2:]), strict=True):
             n = sum(v for k, v in want.items() if k[0] in owned)
-            wait_until(
-                "the hub's share in its ledger",
-                lambda h=hub, n=n: h.sql("SELECT count(*) FROM batches")[0][0] >= n,
-                hub=hub,
-            )
+
+            def has_its_share(h: HubProcess = hub, n: int = n) -> bool:
+                stored: int = h.sql("SELECT count(*) FROM batches")[0][0]
+                return stored >= n
+
+            wait_until("the hub's share in its ledger", has_its_share, hub=hub)
         for hub in hubs:
             assert hub.stop() == 0
         got = Counter(

@@ -7,7 +7,7 @@ server here; the line protocol is built by the same `Point` the v2 path uses (DE
 from __future__ import annotations
 
 import pytest
-from influxdb_client import Point
+from influxdb_client.client.write.point import Point
 
 from tests.servers import InfluxDB, InfluxError
 
@@ -20,19 +20,21 @@ BEACON = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:2"
 OTHER = "mac:aa:bb:cc:dd:ee:ff"
 
 
-def _fix(beacon: str, i: int, zone: str | None) -> Point:
-    point = (
-        Point("fix")
-        .tag("site", "store-7")
-        .tag("beacon", beacon)
-        .field("x", 1.25 + i / 3)  # thirds are not exact binary fractions: tests float round trip
-        .field("y", 40.0 - i * 0.1)
-        .field("accuracy_m", 0.75 + i)
-        .time(T0_NS + i * 1_000_000_001)
-    )
+def _fix(beacon: str, i: int, zone: str | None) -> str:
+    """One fix's line protocol, built like the hub builds it (`Point.from_dict`)."""
+    tags = {"site": "store-7", "beacon": beacon}
     if zone is not None:
-        point.tag("zone", zone)
-    return point
+        tags["zone"] = zone
+    fields = {
+        "x": 1.25 + i / 3,  # thirds are not exact binary fractions: tests float round trip
+        "y": 40.0 - i * 0.1,
+        "accuracy_m": 0.75 + i,
+    }
+    point = Point.from_dict(
+        {"measurement": "fix", "tags": tags, "fields": fields, "time": T0_NS + i * 1_000_000_001}
+    )
+    line: str = point.to_line_protocol()  # nanoseconds, Point's default precision
+    return line
 
 
 def test_fixes_read_back_exactly(influx_db: tuple[InfluxDB, str]) -> None:
@@ -40,7 +42,7 @@ def test_fixes_read_back_exactly(influx_db: tuple[InfluxDB, str]) -> None:
     zones = ["entrance", "aisle-3", None, "checkout_2"]
     mine = [_fix(BEACON, i, zone) for i, zone in enumerate(zones)]
     others = [_fix(OTHER, i, "entrance") for i in range(3)]
-    server.write(db, "\n".join(p.to_line_protocol() for p in mine + others))
+    server.write(db, "\n".join(mine + others))
 
     # S608 is a SQL-injection rule; these InfluxQL queries are built from the test's constants.
     where = f"WHERE beacon = '{BEACON}'"

@@ -29,7 +29,7 @@ SITE = ROOT / "config" / "flat-calib2021.yaml"
 
 
 conv = load_script("convert_flat_calib2021")
-DATASET = conv.default_dataset()
+DATASET: Path = conv.default_dataset()
 
 
 @pytest.fixture(scope="module")

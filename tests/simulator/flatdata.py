@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.spatial import cKDTree  # type: ignore[import-untyped]
+from scipy.spatial import cKDTree
 
 from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
 from tests.scripts.loading import load_script

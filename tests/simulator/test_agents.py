@@ -100,8 +100,8 @@ def test_shoppers_walk_at_their_speed_and_come_back_to_the_corral() -> None:
     parked = [b for b in pop.beacons if b.kind == "cart" and not b.track.body[-1]]
     assert parked
     for beacon in parked:
-        x, y, _ = beacon.track.last()
-        assert points_in_polygon(np.array([x]), np.array([y]), entrance.polygon)[0]
+        last_x, last_y, _ = beacon.track.last()
+        assert points_in_polygon(np.array([last_x]), np.array([last_y]), entrance.polygon)[0]
 
 
 def test_forklifts_move_pallets_at_2_to_3_m_s_between_bays_and_staging() -> None:

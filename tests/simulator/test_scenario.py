@@ -179,7 +179,7 @@ def test_broker_run_delivers_the_same_readings_as_the_csv_run(
 
     client.on_connect = on_connect
     client.on_subscribe = lambda *_a: subscribed.set()
-    client.on_message = lambda _c, _u, msg: inbox.put((msg.topic, msg.payload))
+    client.on_message = lambda _c, _u, msg: inbox.put((msg.topic, bytes(msg.payload)))
     client.connect(mosquitto.host, mosquitto.port)
     client.loop_start()
     try:
