@@ -441,8 +441,8 @@ class Engine:
             # room walker (README, B) 0.54 / 0.90 -> 0.49 / 0.80 m (median / p90) at the same
             # 0.6 s latency.
             # A still pallet is shown in storage, not fed back to its track: searched there
-            # too, a first fix in the wrong place locked in (simulated warehouse (F): a pallet
-            # 17 m off for 150 s at accuracy_m 0.5 m; parked p90 11.2 -> 12.5 m).
+            # too, a first fix in the wrong place locked in (simulated warehouse (F), 35 gateways: a
+            # pallet 17 m off for 150 s at accuracy_m 0.5 m; parked p90 11.2 -> 12.5 m).
             area = self._areas(idx)
             xy = self._floor_mean(level, xy, vel_cov * (ahead**2)[:, None, None], area)
             cov = cov + static_cov
