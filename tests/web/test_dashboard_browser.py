@@ -11,6 +11,7 @@ docs/img/dashboard.png is made).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ SITE_FILE = ROOT / "config" / "warehouse.yaml"
 WAIT_S = 120.0
 """Upper bound for any condition; only reached when something is broken (the demo's hub builds
 its engines for ~10 s before it serves)."""
+MOVE_M = 1.0
+"""A move the screenshots must show: about 10 px at the map's scale."""
 DASHBOARD = re.compile(r"^dashboard: (http://127\.0\.0\.1:\d+/)$")
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -124,12 +127,30 @@ def test_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
 
             # live pallet dots, and they move between two screenshots
             page.wait_for_selector('g#dots g.dot[data-kind="pallet"]', state="attached")
-            before = pallet_xy(page)
-            first = page.screenshot(path=str(tmp_path / "dashboard-1.png"), animations="disabled")
-            wait_until(
-                "a pallet dot to move",
-                lambda: any(before.get(b) not in (None, xy) for b, xy in pallet_xy(page).items()),
-            )
+            # The first screenshot must show `before`: a tick that lands while it is taken (a
+            # second or more under load) would let the wait below pass on a move it already shows.
+            while True:
+                before = pallet_xy(page)
+                first = page.screenshot(
+                    path=str(tmp_path / "dashboard-1.png"), animations="disabled"
+                )
+                if pallet_xy(page) == before:
+                    break
+
+            # By a visible step: a parked pallet is shown at a storage cell (engine, traffic_zones)
+            # and may shift by a centimetre, which leaves the two screenshots identical.
+            def moved_m() -> float:
+                now = pallet_xy(page)
+                return max(
+                    (
+                        math.dist(tuple(map(float, before[b])), tuple(map(float, xy)))
+                        for b, xy in now.items()
+                        if b in before
+                    ),
+                    default=0.0,
+                )
+
+            wait_until(f"a pallet dot to move {MOVE_M:g} m", lambda: moved_m() >= MOVE_M)
             second = page.screenshot(path=str(tmp_path / "dashboard-2.png"), animations="disabled")
             assert first != second
 
