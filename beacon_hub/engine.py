@@ -40,7 +40,7 @@ from beacon_hub.multilateration import (
 )
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
-from beacon_hub.site import Site, ZoneKindName
+from beacon_hub.site import BEACON_KINDS, Site, ZoneKindName
 from beacon_hub.tracking import GATE_CHI2_2DOF, MotionParams, Tracks, mode_transition
 from beacon_hub.wire import RSSI_MAX_DBM, RSSI_MIN_DBM, Event, Fix, ReadingBatch
 from beacon_hub.zones import ZoneParams, ZoneTracker
@@ -56,6 +56,7 @@ __all__ = [
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
+PALLET = BEACON_KINDS.index("pallet")
 
 STATIC_SHARE_OF_SHADOWING = 4.5 / 6.6
 """Of the 6.6 dB residual spread on flat-calib2021, about 4.5 dB is static (a revisit a
@@ -233,6 +234,16 @@ class TickResult:
     events: list[Event] = field(default_factory=list)
 
 
+def zone_heights(site: Site) -> F64:
+    """(zones + 1, kinds): a kind's height inside each zone that overrides it (zones[].
+    heights_m); NaN where none does, and in the last row, for no zone."""
+    out = np.full((len(site.zones) + 1, len(BEACON_KINDS)), np.nan)
+    for z, zone in enumerate(site.zones):
+        for kind_name, height_m in zone.heights_m.items():
+            out[z, BEACON_KINDS.index(kind_name)] = height_m
+    return out
+
+
 class Engine:
     def __init__(
         self, site: Site, config: EngineConfig | None = None, calibration: Calibration | None = None
@@ -273,12 +284,14 @@ class Engine:
         )
         self.beacon_ids: list[str] = []
         self._beacon_index: dict[str, int] = {}
-        # Ids (beacon_ids mirrored) and kinds as object arrays, pallets as a mask: a tick takes
-        # them for 10,000 beacons at once instead of a Python loop each.
+        # Ids (beacon_ids mirrored) and kinds as object arrays, kinds as codes too (an index
+        # into BEACON_KINDS, -1 for none): a tick takes them for 10,000 beacons at once
+        # instead of a Python loop each.
         self._id_arr = np.empty(0, dtype=object)
         self._kind_arr = np.empty(0, dtype=object)
-        self._is_pallet = np.zeros(0, dtype=bool)
+        self._kind_code = np.zeros(0, dtype=np.int8)
         self._height = np.zeros(0)
+        self._zone_height = zone_heights(site)
         self._area = np.zeros(0, dtype=np.int8)  # its floorplan area when moving (_areas)
         self._offset_db = np.zeros(0)
         self._last_heard = np.zeros(0)
@@ -286,8 +299,7 @@ class Engine:
         self._parked_xy = np.zeros((0, 2))
         self._still_since = np.zeros(0)
         self._reference_xy: dict[int, tuple[float, float, float, int]] = {}
-        self._last_reference_update = -math.inf
-        self.watermark = -math.inf
+        self.watermark = self._last_reference_update = -math.inf
         radius = self.config.first_fix_search_m
         self._wide_offsets = grid_offsets(FIRST_FIX_STEP_M, radius) if radius > 0 else None
         self._grid_workers = self.config.grid_threads or os.cpu_count() or 1
@@ -307,21 +319,22 @@ class Engine:
             self._grow(max(256, 2 * self._height.shape[0]))
         self._id_arr[i] = beacon
         self._kind_arr[i] = None if kind is None else kind.kind
-        self._is_pallet[i] = kind is not None and kind.kind == "pallet"
         self._height[i] = 1.0 if kind is None else kind.height_m
+        self._kind_code[i] = -1 if kind is None else BEACON_KINDS.index(kind.kind)
         self._area[i] = WALKWAY if kind is not None and kind.kind == "cart" else FLOOR
         for ref in self.site.reference_beacons:
             if ref.beacon == beacon:
                 self._reference_xy[i] = (ref.x, ref.y, ref.z, ref.level)
                 self._height[i] = ref.z
+                self._kind_code[i] = -1  # not a pallet; its height is exact wherever it is
         return i
 
     def _grow(self, capacity: int) -> None:
         grow = capacity - self._height.shape[0]
         self._id_arr = np.r_[self._id_arr, np.full(grow, None, dtype=object)]
         self._kind_arr = np.r_[self._kind_arr, np.full(grow, None, dtype=object)]
-        self._is_pallet = np.r_[self._is_pallet, np.zeros(grow, dtype=bool)]
         self._height = np.r_[self._height, np.ones(grow)]
+        self._kind_code = np.r_[self._kind_code, np.full(grow, -1, dtype=np.int8)]
         self._area = np.r_[self._area, np.zeros(grow, dtype=np.int8)]
         self._offset_db = np.r_[self._offset_db, np.zeros(grow)]
         self._last_heard = np.r_[self._last_heard, np.full(grow, -np.inf)]
@@ -509,7 +522,7 @@ class Engine:
         geo = Geometry(
             gw=slot_g,
             gw_xy=self.gw_xy[slot_g],
-            dz_m=self.gw_z[slot_g] - self._height[idx][:, None],
+            dz_m=self.gw_z[slot_g] - self._heights(idx)[:, None],
             ref_dbm=self.gw_ref[slot_g] + self._offset_db[idx][:, None],
             exponent=self.gw_exp[slot_g],
             rssi_dbm=slot_r,
@@ -550,6 +563,18 @@ class Engine:
             xy = sol.xy
         return xy, sol.cov
 
+    def _heights(self, idx: I64) -> F64:
+        """Each beacon's mounting height: its kind's, or the override of the zone it was last
+        placed in (a pallet on an upper beam of reserve racking)."""
+        height = self._height[idx]
+        if not np.isfinite(self._zone_height).any():
+            return height
+        zone = self.zones.current[idx]
+        zone = np.where(zone >= 0, zone, self._zone_height.shape[0] - 1)
+        kind = self._kind_code[idx]
+        over = self._zone_height[zone, np.maximum(kind, 0)]
+        return np.where((kind >= 0) & np.isfinite(over), over, height)
+
     def _areas(self, idx: I64) -> NDArray[np.int8]:
         """Each beacon's area; a pallet whose track is more likely still than moving is kept
         in STORAGE (a pallet set down in an aisle is shown at the nearest storage place)."""
@@ -558,7 +583,7 @@ class Engine:
             known = np.isfinite(self.tracks.t[idx])
             still = np.zeros(idx.shape[0], dtype=bool)
             still[known] = self.tracks.mu[idx[known], 0] > 0.5
-            area[self._is_pallet[idx] & still] = STORAGE
+            area[(self._kind_code[idx] == PALLET) & still] = STORAGE
         return area
 
     def _project(self, level: I64, xy: F64, area: NDArray[np.int8]) -> F64:
@@ -700,7 +725,7 @@ class Engine:
         """A pallet parked for parked_after_s that leaves its spot by moved_m: pallet_moved."""
         cfg = self.config
         events: list[Event] = []
-        is_pallet = self._is_pallet[idx]
+        is_pallet = self._kind_code[idx] == PALLET
         if not is_pallet.any():
             return events
         p_idx = idx[is_pallet]

@@ -277,3 +277,44 @@ def test_a_still_pallet_is_kept_out_of_the_aisle(solver: str) -> None:
     assert np.hypot(x - spot[0], y - spot[1]) < tolerance_m
     for keep_out in (True, False):
         assert out[TAG, keep_out][2] == "aisle"
+
+
+def test_a_zone_that_overrides_the_height_is_heeded() -> None:
+    """A pallet on a 5 m beam under 8 m gateways, in a zone whose heights_m says so: once the
+    engine has placed it in that zone it ranges from 5 m, and noise-free readings give its
+    position; assuming the kind's 1 m instead puts it well off."""
+    gateways = [
+        {"id": f"g{i}", "x": x, "y": y, "z": 8.0}
+        for i, (x, y) in enumerate([(0, 0), (20, 0), (20, 12), (0, 12), (10, 6)])
+    ]
+    spot, z = (6.0, 4.0), 5.0
+    errors = {}
+    for override in (True, False):
+        zone: dict[str, Any] = {
+            "id": "reserve",
+            "kind": "bay",
+            "polygon": [[2, 2], [10, 2], [10, 8], [2, 8]],
+        }
+        if override:
+            zone["heights_m"] = {"pallet": z}
+        site = room_site(gateways=gateways, zones=[zone])
+        engine = Engine(site, EngineConfig(tracking=False))
+        for step in range(4):
+            for g in site.gateways:
+                d = float(np.sqrt((g.x - spot[0]) ** 2 + (g.y - spot[1]) ** 2 + (g.z - z) ** 2))
+                rssi = float(mean_rssi_dbm(d, -59.0, 2.0))
+                engine.ingest(
+                    Readings(
+                        g.id,
+                        [PALLET],
+                        np.array([0]),
+                        np.array([step - 0.5]),
+                        np.array([rssi]),
+                        np.array([np.nan]),
+                    )
+                )
+            fixes = engine.tick(float(step)).fixes
+        assert fixes.zones[0] == "reserve"
+        errors[override] = float(np.hypot(fixes.x[0] - spot[0], fixes.y[0] - spot[1]))
+    assert errors[True] < 0.05
+    assert errors[False] > 10 * errors[True]
