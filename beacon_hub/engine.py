@@ -234,9 +234,11 @@ class TickResult:
     events: list[Event] = field(default_factory=list)
 
 
-def zone_heights(site: Site) -> F64:
+def zone_heights(site: Site) -> F64 | None:
     """(zones + 1, kinds): a kind's height inside each zone that overrides it (zones[].
-    heights_m); NaN where none does, and in the last row, for no zone."""
+    heights_m); NaN where none does, and in the last row, for no zone. None: no zone does."""
+    if not any(zone.heights_m for zone in site.zones):
+        return None
     out = np.full((len(site.zones) + 1, len(BEACON_KINDS)), np.nan)
     for z, zone in enumerate(site.zones):
         for kind_name, height_m in zone.heights_m.items():
@@ -567,7 +569,7 @@ class Engine:
         """Each beacon's mounting height: its kind's, or the override of the zone it was last
         placed in (a pallet on an upper beam of reserve racking)."""
         height = self._height[idx]
-        if not np.isfinite(self._zone_height).any():
+        if self._zone_height is None:
             return height
         zone = self.zones.current[idx]
         zone = np.where(zone >= 0, zone, self._zone_height.shape[0] - 1)
@@ -576,13 +578,12 @@ class Engine:
         return np.where((kind >= 0) & np.isfinite(over), over, height)
 
     def _areas(self, idx: I64) -> NDArray[np.int8]:
-        """Each beacon's area; a pallet whose track is more likely still than moving is kept
-        in STORAGE (a pallet set down in an aisle is shown at the nearest storage place)."""
+        """Each beacon's area once this tick's tracks are updated: a pallet whose track is more
+        likely still than moving is kept in STORAGE (set down in an aisle, it is shown at the
+        nearest storage place)."""
         area = self._area[idx].copy()
-        if self.config.traffic_zones and self.config.tracking:
-            known = np.isfinite(self.tracks.t[idx])
-            still = np.zeros(idx.shape[0], dtype=bool)
-            still[known] = self.tracks.mu[idx[known], 0] > 0.5
+        if self.config.traffic_zones:
+            still = self.tracks.mu[idx, 0] > 0.5
             area[(self._kind_code[idx] == PALLET) & still] = STORAGE
         return area
 

@@ -155,8 +155,9 @@ class FloorPlan:
                 zone[cells] = i
                 if site.zones[i].kind in traffic_zone_kinds:
                     storage &= ~cells
+            masks = {FLOOR: floor, WALKWAY: walkway, STORAGE: storage}
             # an area the level lacks (a room drawn as one aisle) is its whole floor
-            areas = np.stack([a if a.any() else floor for a in (floor, walkway, storage)])
+            areas = np.stack([masks[a] if masks[a].any() else floor for a in AREAS])
             self.levels[level.level] = LevelGrid(
                 level=level.level,
                 origin=(float(lo[0]), float(lo[1])),

@@ -118,6 +118,11 @@ def _huber(abs_z: F64) -> F64:
     return np.asarray(m * (abs_z - 0.5 * m), dtype=np.float64)
 
 
+def _huber_weight(abs_z: F64) -> F64:
+    """Huber's IRLS weight k / max(|z|, k): 1 inside, k / |z| beyond."""
+    return np.asarray(HUBER_K / np.maximum(abs_z, HUBER_K), dtype=np.float64)
+
+
 def _prior_var(geo: Geometry) -> F64:
     """Per beacon: variance of the prior, small only where the gateways leave it undetermined."""
     few = geo.mask.sum(axis=1) <= 2
@@ -245,8 +250,7 @@ def _normal_equations(
     z = (terms.rssi_dbm - mu) * inv_sd
     az = np.abs(z)
     huber = _huber(az)
-    # Huber's IRLS weight k / max(|z|, k): 1 inside, k / |z| beyond; zero for empty slots
-    w = HUBER_K / np.maximum(az, HUBER_K) * inv_sd * inv_sd
+    w = _huber_weight(az) * inv_sd * inv_sd  # zero for empty slots (inv_sd = 0)
     dprior = xy - prior
     cost = huber.sum(axis=1) + 0.5 * (dprior**2).sum(axis=1) * inv_var
     wgx, wgy = w * gxk, w * gyk
@@ -332,7 +336,7 @@ def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     mu, grad = _model(geo, xy, radio_map)
     z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
     a = np.abs(z)
-    w = np.where(geo.mask, np.minimum(1.0, HUBER_K / np.maximum(a, 1e-12)), 0.0)
+    w = np.where(geo.mask, _huber_weight(a), 0.0)
     j = grad / geo.sd_db[..., None]
     info = np.einsum("bk,bki,bkj->bij", w, j, j) + np.eye(2) / _prior_var(geo)[:, None, None]
     huber = _huber(a)
@@ -348,9 +352,9 @@ def _mirror_spread(geo: Geometry, xy: F64, anchor: F64, radio_map: MapFn | None)
     (the track's prediction, or the gateways' centroid, which lies on that line) and the
     floor-plan losses choose. The mirror point m carries the weight w = 1 / (1 + e^(cost(m) -
     cost(x))), and the spread about x is the curvature's plus w (m - x)(m - x)'. Without a
-    track both sides weigh alike. Simulated warehouse (D, its 35-gateway layout of the time), its
-    parked pallets: within
-    accuracy_m 48 -> 50 %, median 5.00 -> 4.97 m, right or neighbouring bay 14 -> 15 %.
+    track both sides weigh alike. Simulated warehouse (D, its 35-gateway layout of the time),
+    parked pallets: within accuracy_m 48 -> 50 %, median 5.00 -> 4.97 m, right or neighbouring
+    bay 14 -> 15 %.
     """
     order = np.argsort(~geo.mask, axis=1, kind="stable")[:, :2]
     g = np.take_along_axis(geo.gw_xy, order[..., None], axis=1)

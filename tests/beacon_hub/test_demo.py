@@ -25,7 +25,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from beacon_hub.embedded_broker import start_broker
 from tests.demo_process import DemoProcess, demo_command
 
-ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = re.compile(r"^dashboard: http://127\.0\.0\.1:(\d+)/$", re.MULTILINE)
 PROGRESS = re.compile(
     r"^demo: +\d+ s, [\d,]+ readings/s, [\d,]+ fixes; store-demo (\d+) tracked, "
