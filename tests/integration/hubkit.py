@@ -129,8 +129,12 @@ class Gateways:
             clean_session=True,
         )
         self.client.max_inflight_messages_set(1000)
-        self._acked: set[int] = set()
-        self.client.on_publish = lambda _c, _u, mid, _r, _p: self._acked.add(mid)
+        # The callback closes over the set, not `self` (which holds the client): that cycle would
+        # leave paho's wake-up socket pair, closed in its __del__, to the cycle collector, which
+        # may let the sockets warn as unclosed (with filterwarnings = error: tests pass, exit 1).
+        acked: set[int] = set()
+        self._acked = acked
+        self.client.on_publish = lambda _c, _u, mid, _r, _p: acked.add(mid)
         self.client.connect(self.broker.host, self.broker.port, keepalive=30)
         self.client.loop_start()
         self._pending: list[tuple[mqtt.MQTTMessageInfo, Published]] = []

@@ -61,7 +61,11 @@ class Listener:
             protocol=mqtt.MQTTv311,
         )
         subscribed = threading.Event()
-        self.client.on_message = lambda _c, _u, m: self.messages.put(
+        # Over the queue, not `self` (which holds the client): that cycle would leave paho's
+        # wake-up socket pair, closed in its __del__, to the cycle collector, which may let the
+        # sockets warn as unclosed (with filterwarnings = error: tests pass, exit 1).
+        messages = self.messages
+        self.client.on_message = lambda _c, _u, m: messages.put(
             (m.topic, bytes(m.payload), bool(m.retain))
         )
         self.client.on_subscribe = lambda *_: subscribed.set()

@@ -30,14 +30,19 @@ class _Listener:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"l-{uuid.uuid4().hex[:8]}", clean_session=True
         )
-        self.client.on_message = self._on_message
+        # A closure over the list and lock, not the bound method: self holds the client, and the
+        # cycle would leave paho's wake-up socket pair, closed in its __del__, to the cycle
+        # collector, which may let the sockets warn as unclosed (filterwarnings = error: exit 1).
+        messages, lock = self.messages, self.lock
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            with lock:
+                messages.append((msg.topic, bytes(msg.payload)))
+
+        self.client.on_message = on_message
         self.client.connect(broker.host, broker.port)
         self.client.subscribe(f"beacons/{site}/#", qos=1)
         self.client.loop_start()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
 
     def topics(self, part: str) -> list[tuple[str, bytes]]:
         with self.lock:

@@ -204,22 +204,28 @@ class Client:
         elif tls:
             self.client.tls_set(**tls)
         self.outcome: queue.Queue[Outcome] = queue.Queue()
-        self.client.on_connect = self._on_connect
-        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, bytes(m.payload)))
-        self.client.on_subscribe = self._on_subscribe
+        # The callbacks close over the containers they fill, not `self`: self holds the client,
+        # and the cycle would leave paho's wake-up socket pair, closed in its __del__, to the
+        # cycle collector, which may let the sockets warn as unclosed (with filterwarnings =
+        # error: tests pass, exit 1).
+        messages, suback, acked, outcome = self.messages, self.suback, self.acked, self.outcome
+
+        def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            outcome.put(Outcome(not reason.is_failure, str(reason)))
+
+        def on_subscribe(_c: Any, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+            suback.extend(r.value for r in reasons)
+
+        self.client.on_connect = on_connect
+        self.client.on_message = lambda _c, _u, m: messages.put((m.topic, bytes(m.payload)))
+        self.client.on_subscribe = on_subscribe
         # TLS 1.3 checks the client's certificate after the handshake returned: the broker's
         # verdict then arrives as a closed connection instead of a CONNACK.
-        self.client.on_disconnect = lambda _c, _u, _f, r, _p: self.outcome.put(
+        self.client.on_disconnect = lambda _c, _u, _f, r, _p: outcome.put(
             Outcome(False, f"disconnected: {r}")
         )
-        self.client.on_publish = lambda _c, _u, mid, _r, _p: self.acked.add(mid)
+        self.client.on_publish = lambda _c, _u, mid, _r, _p: acked.add(mid)
         self.port = port
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self.outcome.put(Outcome(not reason.is_failure, str(reason)))
-
-    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
-        self.suback.extend(r.value for r in reasons)
 
     def connect(self) -> Outcome:
         """Connect once (no retries); the CONNACK's verdict, or the TLS/socket error."""
