@@ -249,6 +249,12 @@ class Gateway:
         if self.up:
             self.client.disconnect()
             self.client.loop_stop()
+        # The callbacks are bound methods of self, which holds the client: a cycle, which would
+        # leave paho's wake-up socket pair (closed in the client's __del__) to the cycle
+        # collector, whose finalizers may let the sockets warn as unclosed. Broken here, once
+        # the network loop is stopped. (A client replaced by boot_again() is in no cycle.)
+        self.client.on_publish = None
+        self.client.on_connect = None
 
 
 class Fleet:
@@ -401,6 +407,7 @@ class TracksListener:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.client.on_message = None  # a bound method: the cycle, as in Gateway.close
 
 
 class Ledger:
