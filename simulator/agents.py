@@ -587,7 +587,10 @@ class _Warehouse:
             n = max(1, int(length // SLOT_PITCH_M))
             rows = 1 if zone.kind == "bay" else max(1, int((hi - lo)[across] // 1.4))
             base = _height(pop.site, "pallet", zone)
-            levels = BEAM_LEVELS if zone.kind == "bay" else 1
+            # A zone that declares its pallets' height (reserve storage on an upper beam) holds
+            # them at that height only; stacking beam levels above it put tags over the racks
+            # and the gateways (4.6 m + 3 x 1.5 m = 9.1 m under 8 m racks).
+            levels = BEAM_LEVELS if zone.kind == "bay" and "pallet" not in zone.heights_m else 1
             for r in range(rows):
                 for k in range(n):
                     u = lo.copy()

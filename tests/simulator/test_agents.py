@@ -104,6 +104,31 @@ def test_shoppers_walk_at_their_speed_and_come_back_to_the_corral() -> None:
         assert points_in_polygon(np.array([last_x]), np.array([last_y]), entrance.polygon)[0]
 
 
+def test_pallets_sit_below_the_rack_top_and_at_a_bay_s_declared_height() -> None:
+    site = _site("warehouse")
+    # more pallets than rack places: every bay place is taken, reserve bays included
+    pop = build_population(
+        site, PopulationConfig(pallets=2_100, forklifts=0), np.random.default_rng(3), 0.0
+    )
+    racks = [o for o in site.levels[0].obstacles if o.kind == "rack"]
+    declared = [z for z in site.zones if "pallet" in z.heights_m]
+    assert declared, "the example warehouse declares reserve bays"
+    seen_declared = 0
+    for beacon in pop.beacons:
+        if beacon.kind != "pallet":
+            continue
+        x, y, z = beacon.track.last()
+        for rack in racks:
+            if points_in_polygon(np.array([x]), np.array([y]), rack.polygon)[0]:
+                assert rack.height_m is not None
+                assert z < rack.height_m, (beacon.id, z, rack.id)
+        for zone in declared:
+            if points_in_polygon(np.array([x]), np.array([y]), zone.polygon)[0]:
+                assert z == zone.heights_m["pallet"], (beacon.id, z, zone.id)
+                seen_declared += 1
+    assert seen_declared > 0
+
+
 def test_forklifts_move_pallets_at_2_to_3_m_s_between_bays_and_staging() -> None:
     site = _site("warehouse")
     config = PopulationConfig(pallets=200, forklifts=2, moves_per_hour=600.0)
