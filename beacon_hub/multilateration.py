@@ -33,7 +33,9 @@ __all__ = [
     "Geometry",
     "MapTable",
     "Solution",
+    "grid_mode",
     "grid_offsets",
+    "loglik_at",
     "select_rows",
     "solve",
     "solve_grid",
@@ -812,3 +814,54 @@ def _equivalent_measurement(
     out_mean = np.where(has_prior[:, None], z, post_mean)
     out_cov = np.where(has_prior[:, None, None], meas_cov, post_cov)
     return out_mean, out_cov
+
+
+def _by_last_slot(geo: Geometry) -> NDArray[np.intp]:
+    """Beacons ordered by their last used gateway slot, most first, as _neg_cost wants them."""
+    last = np.where(geo.mask, np.arange(1, geo.mask.shape[1] + 1), 0).max(axis=1)
+    return np.argsort(-last, kind="stable")
+
+
+def loglik_at(geo: Geometry, xy: F64, radio_map: MapTable | None) -> F64:
+    """The log-likelihood solve_grid weighs (-sum huber of the standardised residuals, map
+    included) of each beacon (n,) at its own point xy (n, 2)."""
+    order = _by_last_slot(geo)
+    out = np.empty(xy.shape[0])
+    if order.shape[0]:
+        out[order] = _neg_cost(
+            select_rows(geo, order), np.arange(order.shape[0]), xy[order], radio_map
+        )
+    return out
+
+
+def grid_mode(
+    geo: Geometry,
+    start: F64,
+    radio_map: MapTable | None,
+    allowed: Callable[[F64], NDArray[np.bool_]] | None,
+    offsets: F64,
+) -> tuple[F64, F64]:
+    """The most likely candidate of each beacon among `offsets` around `start` on the allowed
+    floor, and its log-likelihood: (n, 2), (n,). Unlike solve_grid's mean, which keeps the weight
+    of every mode, this commits to one: the engine asks it where else a beacon could be. Every
+    candidate is evaluated (no coarse-to-fine: a far mode may sit between coarse points)."""
+    n = start.shape[0]
+    best_xy = start.copy()
+    best = np.full(n, -np.inf)
+    order = _by_last_slot(geo)
+    chunk = max(1, EVAL_BLOCK // max(1, offsets.shape[0]))
+    for lo in range(0, n, chunk):
+        these = order[lo : lo + chunk]
+        sub = select_rows(geo, these)
+        cand = start[these][:, None, :] + offsets[None, :, :]
+        ok = np.ones(cand.shape[:2], dtype=bool)
+        if allowed is not None:
+            ok = allowed(cand.reshape(-1, 2)).reshape(cand.shape[:2])
+            ok |= ~ok.any(axis=1, keepdims=True)
+        ll = np.full(cand.shape[:2], -np.inf)
+        ll[ok] = _evaluate(sub, ok, start[these], offsets, radio_map)
+        k = np.argmax(ll, axis=1)
+        r = np.arange(these.shape[0])
+        best_xy[these] = cand[r, k]
+        best[these] = ll[r, k]
+    return best_xy, best

@@ -1,0 +1,100 @@
+"""Rival basins: a far mode becomes a rival, its lead decays and adds up, and it wins only when
+it keeps explaining the data better than the track."""
+
+import numpy as np
+import pytest
+
+from beacon_hub.basins import RIVAL_DECAY, RIVAL_MIN_M, RIVAL_NATS, RivalBasins
+from beacon_hub.engine import Engine, EngineConfig
+
+from .test_engine import PALLET, exact_readings, room_site
+
+
+def _basins(n: int = 4, checks: int = 2) -> RivalBasins:
+    rivals = RivalBasins(checks)
+    rivals.ensure(n)
+    return rivals
+
+
+def test_a_far_mode_becomes_the_rival_and_a_near_one_clears_it() -> None:
+    rivals = _basins()
+    b = np.array([0, 1])
+    track = np.array([[0.0, 0.0], [0.0, 0.0]])
+    rivals.offer(b, np.array([[10.0, 0.0], [RIVAL_MIN_M - 0.5, 0.0]]), track)
+    assert rivals.held(b).tolist() == [True, False]
+    rivals.weigh(np.array([0]), np.array([5.0]))
+    # the same basin again keeps its lead; the track's own basin as the best clears it
+    rivals.offer(np.array([0]), np.array([[11.0, 0.5]]), track[:1])
+    assert rivals.nats[0] == pytest.approx(5.0)
+    rivals.offer(np.array([0]), np.array([[1.0, 0.0]]), track[:1])
+    assert not rivals.held(np.array([0]))[0]
+
+
+def test_another_far_mode_starts_over() -> None:
+    rivals = _basins()
+    b = np.array([0])
+    rivals.offer(b, np.array([[10.0, 0.0]]), np.zeros((1, 2)))
+    rivals.weigh(b, np.array([9.0]))
+    rivals.offer(b, np.array([[-10.0, 0.0]]), np.zeros((1, 2)))
+    assert rivals.xy[0].tolist() == [-10.0, 0.0]
+    assert rivals.nats[0] == 0.0
+
+
+def test_the_lead_decays_and_wins_only_when_kept() -> None:
+    rivals = _basins()
+    b = np.array([0])
+    rivals.offer(b, np.array([[10.0, 0.0]]), np.zeros((1, 2)))
+    # one large gain, then even: it fades below the threshold
+    rivals.weigh(b, np.array([RIVAL_NATS - 1.0]))
+    for _ in range(5):
+        rivals.weigh(b, np.array([0.0]))
+    assert rivals.nats[0] == pytest.approx((RIVAL_NATS - 1.0) * RIVAL_DECAY**5)
+    assert not rivals.winners(b)[0].any()
+    # a steady lead of 2 nats a tick adds up past it (the sum tends to 2 / (1 - decay) = 20)
+    for _ in range(30):
+        rivals.weigh(b, np.array([2.0]))
+    win, points = rivals.winners(b)
+    assert win.tolist() == [True]
+    assert points.tolist() == [[10.0, 0.0]]
+    assert not rivals.held(b)[0]
+    assert rivals.moves == 1
+
+
+def test_each_beacon_is_searched_in_turn() -> None:
+    rivals = _basins(n=10, checks=3)
+    beacons = np.arange(10)
+    seen = np.zeros(10, dtype=int)
+    for _ in range(4):  # 10 beacons, 3 a tick: a period of 4 ticks
+        due = rivals.due(beacons)
+        assert due.sum() <= 3
+        seen += due
+    assert seen.tolist() == [1] * 10
+    assert not _basins(checks=0).due(beacons[:4]).any()
+
+
+@pytest.mark.parametrize("checks", [60, 0])
+def test_a_rival_the_data_do_not_support_never_wins(checks: int) -> None:
+    """A rival planted 8 m from a pallet heard without noise (the grid solver, no map): searched
+    each tick, the pallet's own spot is the best and clears it; not searched, it is weighed
+    and falls ever further behind. The track stays at the true spot."""
+    site = room_site()
+    spot = (14.0, 8.0)
+    engine = Engine(site, EngineConfig(solver="grid", basin_checks_per_tick=checks))
+    for step in range(3):
+        for r in exact_readings(site, PALLET, spot, step - 0.5):
+            engine.ingest(r)
+        engine.tick(float(step))
+    i = engine.beacon_ids.index(PALLET)
+    engine.rivals.xy[i] = (6.0, 8.0)
+    for step in range(3, 30):
+        for r in exact_readings(site, PALLET, spot, step - 0.5):
+            engine.ingest(r)
+        fixes = engine.tick(float(step)).fixes
+    held = bool(engine.rivals.held(np.array([i]))[0])
+    if checks:
+        assert not held
+    else:
+        assert held
+        assert engine.rivals.nats[i] < -RIVAL_NATS
+    assert engine.rivals.moves == 0
+    assert np.hypot(fixes.x[0] - spot[0], fixes.y[0] - spot[1]) < 0.5
