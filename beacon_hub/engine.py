@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from beacon_hub.basins import RivalBasins
+from beacon_hub.basins import RIVAL_LOCAL_M, RivalBasins
 from beacon_hub.calibration import Calibration, typical_height_m
 from beacon_hub.conditioning import PairEstimates, ReadingWindow
 from beacon_hub.floorplan import FLOOR, STORAGE, TRAFFIC_ZONE_KINDS, WALKWAY, FloorPlan
@@ -36,7 +36,6 @@ from beacon_hub.multilateration import (
     Solution,
     grid_mode,
     grid_offsets,
-    loglik_at,
     select_rows,
     solve,
     solve_grid,
@@ -98,6 +97,10 @@ _FLOOR_MEAN_WEIGHT = np.exp(-0.5 * (_FLOOR_MEAN_UNIT**2).sum(axis=1))
 FIRST_FIX_STEP_M = 0.5
 """Candidate spacing of a new track's wide search: coarser than the local grid (0.25 m) to keep
 its ~5,000 candidates affordable; the next tick's local grid refines it."""
+
+
+_RIVAL_LOCAL = grid_offsets(FIRST_FIX_STEP_M, RIVAL_LOCAL_M)
+"""Where a rival and a track look for their best point (basins.RIVAL_LOCAL_M)."""
 
 
 def _search_offsets(radius_m: float) -> F64 | None:
@@ -650,22 +653,38 @@ class Engine:
         rows = np.flatnonzero(tracked & (geo.mask.sum(axis=1) >= 2))
         held = rows[self.rivals.held(idx[rows])]
         if held.shape[0]:
-            sub = select_rows(geo, held)
-            gain = loglik_at(sub, self.rivals.xy[idx[held]], table) - loglik_at(
-                sub, prior[held], table
-            )
-            self.rivals.weigh(idx[held], gain)
+            # each scored by the best point near it (RIVAL_LOCAL_M), not the point itself
+            near = (geo, level, area, table, _RIVAL_LOCAL)
+            _, rival_ll = self._best_near(held, self.rivals.xy[idx[held]], *near)
+            _, track_ll = self._best_near(held, prior[held], *near)
+            self.rivals.weigh(idx[held], rival_ll - track_ll)
         due = rows[self.rivals.due(idx[rows])]
-        for lv, a in itertools.product(np.unique(level[due]), np.unique(area[due])):
-            these = due[(level[due] == lv) & (area[due] == a)]
+        mode, _ = self._best_near(due, prior[due], geo, level, area, table, self._rival_offsets)
+        self.rivals.offer(idx[due], mode, prior[due])
+        win, points = self.rivals.winners(idx[rows])
+        return rows[win], points
+
+    def _best_near(  # noqa: PLR0917  # the grid's inputs, passed through
+        self,
+        rows: NDArray[np.intp],
+        points: F64,
+        geo: Geometry,
+        level: I64,
+        area: NDArray[np.int8],
+        table: MapTable | None,
+        offsets: F64,
+    ) -> tuple[F64, F64]:
+        """The most likely candidate among `offsets` around each point (beacon `rows` of
+        `geo`) on the beacon's area of its level, and its log-likelihood (grid_mode)."""
+        mode, loglik = points.copy(), np.empty(rows.shape[0])
+        for lv, a in itertools.product(np.unique(level[rows]), np.unique(area[rows])):
+            part = np.flatnonzero((level[rows] == lv) & (area[rows] == a))
             allowed = None
             if int(lv) in self.plan.levels:
                 allowed = functools.partial(self.plan.allowed, int(lv), area=int(a))
-            sub = select_rows(geo, these)
-            mode, _ = grid_mode(sub, prior[these], table, allowed, self._rival_offsets)
-            self.rivals.offer(idx[these], mode, prior[these])
-        win, points = self.rivals.winners(idx[rows])
-        return rows[win], points
+            sub = select_rows(geo, rows[part])
+            mode[part], loglik[part] = grid_mode(sub, points[part], table, allowed, offsets)
+        return mode, loglik
 
     def _heights(self, idx: I64) -> F64:
         """Each beacon's mounting height: its kind's, or the override of the zone it was last

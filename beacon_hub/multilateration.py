@@ -35,7 +35,6 @@ __all__ = [
     "Solution",
     "grid_mode",
     "grid_offsets",
-    "loglik_at",
     "select_rows",
     "solve",
     "solve_grid",
@@ -820,18 +819,6 @@ def _by_last_slot(geo: Geometry) -> NDArray[np.intp]:
     """Beacons ordered by their last used gateway slot, most first, as _neg_cost wants them."""
     last = np.where(geo.mask, np.arange(1, geo.mask.shape[1] + 1), 0).max(axis=1)
     return np.argsort(-last, kind="stable")
-
-
-def loglik_at(geo: Geometry, xy: F64, radio_map: MapTable | None) -> F64:
-    """The log-likelihood solve_grid weighs (-sum huber of the standardised residuals, map
-    included) of each beacon (n,) at its own point xy (n, 2)."""
-    order = _by_last_slot(geo)
-    out = np.empty(xy.shape[0])
-    if order.shape[0]:
-        out[order] = _neg_cost(
-            select_rows(geo, order), np.arange(order.shape[0]), xy[order], radio_map
-        )
-    return out
 
 
 def grid_mode(

@@ -16,6 +16,7 @@ from beacon_hub.gaussian2d import radius_68_m
 from beacon_hub.multilateration import (
     Geometry,
     MapTable,
+    grid_mode,
     grid_offsets,
     select_rows,
     solve,
@@ -124,6 +125,25 @@ def test_a_wide_search_reaches_a_beacon_the_local_grid_cannot() -> None:
     wide_err = np.linalg.norm(wide.xy - truth, axis=1)
     assert np.median(local_err) > 5.0
     assert np.max(wide_err) < 0.5
+
+
+def test_grid_mode_commits_to_the_most_likely_candidate() -> None:
+    """Two gateways: the beacon and its mirror across their line fit equally well, and the
+    posterior mean lands between them; the mode is one of the two, on a candidate of the lattice
+    within half a step of it, and is the best of all the candidates (checked one by one); with
+    an `allowed` floor that leaves out the true side, the mirror."""
+    truth = np.array([[5.0, 4.0]])
+    geo = two_gateways(truth)
+    start = np.array([[5.0, 0.0]])
+    offsets = grid_offsets(0.5, 8.0)
+    mean = solve_grid(geo, start, None, offsets=offsets).xy
+    assert abs(mean[0, 1]) < 1.0
+    mode, loglik = grid_mode(geo, start, None, None, offsets)
+    assert np.min(np.abs(mode[0] - [[5.0, 4.0], [5.0, -4.0]]).max(axis=1)) <= 0.25
+    one_by_one = [grid_mode(geo, start + o, None, None, np.zeros((1, 2)))[1][0] for o in offsets]
+    assert loglik[0] == pytest.approx(max(one_by_one), abs=1e-4)
+    below = grid_mode(geo, start, None, lambda p: p[:, 1] < 0, offsets)[0]
+    assert np.abs(below[0] - [5.0, -4.0]).max() <= 0.25
 
 
 def test_blocks_of_beacons_give_what_each_beacon_alone_gives() -> None:
