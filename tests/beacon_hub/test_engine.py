@@ -178,6 +178,31 @@ def test_parked_pallet_that_moves_fires_pallet_moved() -> None:
     assert moved[0].data["from_x"] == pytest.approx(4.0, abs=0.5)
 
 
+def test_a_parked_pallet_whose_fix_strays_has_not_moved() -> None:
+    """A pallet standing still for 5 minutes, heard with 9 dB of noise per sample by 3 of the
+    gateways: its fix strays metres from where it parked, but its readings keep fitting that
+    spot, so no pallet_moved."""
+    site = room_site()
+    spot = (5.0, 4.0)
+    heard = site.gateways[:3]
+    rng = np.random.default_rng(11)
+    engine = Engine(site, EngineConfig(parked_after_s=20.0, moved_m=2.5))
+    events, strays = [], []
+    for step in range(300):
+        for g in heard:
+            t = step - rng.uniform(0.05, 0.95, 3)
+            d = np.sqrt((g.x - spot[0]) ** 2 + (g.y - spot[1]) ** 2 + (g.z - 1.0) ** 2)
+            rssi = mean_rssi_dbm(d, -59.0, 2.0) + rng.normal(0.0, 9.0, 3)
+            engine.ingest(
+                Readings(g.id, [PALLET], np.zeros(3, dtype=np.int64), t, rssi, np.full(3, np.nan))
+            )
+        result = engine.tick(float(step))
+        events += result.events
+        strays.append(np.hypot(result.fixes.x[0] - spot[0], result.fixes.y[0] - spot[1]))
+    assert max(strays[30:]) > 2.5 + 1.0  # it did stray past moved_m from the spot
+    assert [e for e in events if e.type == "pallet_moved"] == []
+
+
 def test_plan_losses_explain_a_wall() -> None:
     """Readings through a 10 dB wall: expecting the wall puts the beacon where it is."""
     site = room_site(
