@@ -212,6 +212,12 @@ def _add_engine_verbs(verbs: Any) -> None:
         help="tracking off: one fix per sample instant (one tag), else per tick",
     )
     replay.add_argument("--no-map", action="store_true", help="path loss only, ignore the map")
+    replay.add_argument(
+        "--events",
+        type=Path,
+        metavar="E.csv",
+        help="also write the engine's events (eval --events)",
+    )
     replay.add_argument("--config", type=Path, metavar="HUB.yaml", help="engine settings")
     add_set_option(replay)
     replay.set_defaults(handler=_replay)
@@ -262,7 +268,12 @@ def _replay(args: argparse.Namespace) -> int:
     site = load_site(args.site)
     calibration = load_calibration(args.calibration, site) if args.calibration else None
     stats = replay(
-        site, args.readings, args.out, config=_engine_config(args), calibration=calibration
+        site,
+        args.readings,
+        args.out,
+        config=_engine_config(args),
+        calibration=calibration,
+        events_path=args.events,
     )
     print(
         f"replay: {stats.readings} readings, {stats.ticks} ticks, {stats.fixes} fixes, "
@@ -325,6 +336,12 @@ def _eval_options(evaluate: argparse.ArgumentParser) -> None:
         "--band-m", type=float, default=1.0, metavar="M", help="zone-edge band (default 1 m)"
     )
     evaluate.add_argument(
+        "--events",
+        type=Path,
+        metavar="E.csv",
+        help="score the pallet_moved events of replay --events against the truth's departures",
+    )
+    evaluate.add_argument(
         "--kind",
         metavar="KIND",
         help="score only beacons of this kind (cart, pallet, ...: the site's beacon_kinds)",
@@ -344,6 +361,7 @@ def _eval(args: argparse.Namespace) -> int:
         band_m=args.band_m,
         labels=args.label,
         kind=args.kind,
+        events_path=args.events,
     )
     print(json.dumps(result, indent=2))
     return EXIT_OK

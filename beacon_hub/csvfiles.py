@@ -21,16 +21,19 @@ from typing import IO, Generic, TypeVar
 
 from beacon_hub.errors import CsvError, IdError
 from beacon_hub.ids import is_beacon_id, is_name_id, parse_beacon_id
-from beacon_hub.wire import Fix
+from beacon_hub.wire import EVENT_TYPES, Fix
 
 __all__ = [
+    "EVENTS",
     "FIXES",
     "READINGS",
     "TRUTH",
     "CsvTable",
     "CsvWriter",
+    "EventRow",
     "Reading",
     "TruthPoint",
+    "read_events",
     "read_fixes",
     "read_readings",
     "read_truth",
@@ -59,6 +62,16 @@ class TruthPoint:
     y: float
     z: float | None = None
     level: int | None = None
+    zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """An engine event as `replay --events` writes it (the MQTT event without its data)."""
+
+    t: float
+    beacon: str
+    type: str
     zone: str | None = None
 
 
@@ -230,6 +243,22 @@ def _format_fix(f: Fix) -> dict[str, str]:
     }
 
 
+def _parse_event(c: _Cells) -> EventRow:
+    kind = c.row.get("type", "")
+    if kind not in EVENT_TYPES:
+        raise c.error("type", "one of " + ", ".join(EVENT_TYPES))
+    return EventRow(
+        t=c.number("t", *_TIME_LIMITS_S),
+        beacon=c.beacon("beacon"),
+        type=kind,
+        zone=c.opt_name("zone"),
+    )
+
+
+def _format_event(e: EventRow) -> dict[str, str]:
+    return {"t": _fmt(e.t, 3), "beacon": e.beacon, "type": e.type, "zone": e.zone or ""}
+
+
 READINGS: CsvTable[Reading] = CsvTable(
     "readings", ("t", "gateway", "beacon", "rssi"), ("tx_power",), _parse_reading, _format_reading
 )
@@ -242,6 +271,11 @@ FIXES: CsvTable[Fix] = CsvTable(
     ("level",),
     _parse_fix,
     _format_fix,
+)
+
+
+EVENTS: CsvTable[EventRow] = CsvTable(
+    "events", ("t", "beacon", "type"), ("zone",), _parse_event, _format_event
 )
 
 
@@ -369,3 +403,7 @@ class CsvWriter(Generic[R]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def read_events(path: Path | str) -> Iterator[EventRow]:
+    return read_table(EVENTS, path)

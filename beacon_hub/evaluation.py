@@ -34,7 +34,8 @@ interpolated true position) or null; `zone_accuracy_outside_band` over the fixes
 position is more than `band_m` from every zone edge (needs a site); `zone_flaps` and
 `zone_flaps_per_beacon_hour`; scores of beacons standing still (`still_*`: errors once still
 for `STILL_AFTER_S`, zone flaps while still; `bay_accuracy` and `bay_or_neighbour_accuracy` of
-settled fixes in bays); `latency_s` and `latency_beacons`; and `coverage`, the share
+settled fixes in bays); with `--events`, `moves_*`, pallet_moved events scored against the
+truth's departures (pallet_moves); `latency_s` and `latency_beacons`; and `coverage`, the share
 of truth samples with a fix of the same beacon within `COVERAGE_WINDOW_S`. Undefined figures
 (no site, path mode, no moving truth) are null.
 
@@ -64,7 +65,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from beacon_hub.csvfiles import TruthPoint, read_fixes, read_truth
+from beacon_hub.csvfiles import EventRow, TruthPoint, read_events, read_fixes, read_truth
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.site import Site, Zone, load_site
 from beacon_hub.wire import Fix
@@ -139,6 +140,13 @@ a standing shopper's sways by centimetres, while the slowest walk is about 0.3 m
 STILL_AFTER_S = 60.0
 """Issue #4's warehouse goal scores parked pallets once they have been still this long: time
 for tracking to average the fast fading away, so what is left is the engine's static error."""
+
+DEPART_M = 0.5
+"""A beacon that was still departs when its truth leaves the spot by this much: a pallet on a
+fork moves metres, a parked one's truth not at all."""
+MOVE_MATCH_S = (-5.0, 60.0)
+"""A pallet_moved event finds a departure of its beacon from 5 s before it to 60 s after: the
+engine needs some seconds of readings from elsewhere, a forklift some to pick."""
 
 NEIGHBOUR_GAP_M = 0.05
 """Two bays are neighbours when their polygons come this close (they share an edge or a
@@ -615,6 +623,43 @@ def neighbour_zones(zones: Sequence[Zone], gap_m: float = NEIGHBOUR_GAP_M) -> di
     return out
 
 
+def pallet_moves(
+    truth: Sequence[TruthPoint], events: Iterable[EventRow], beacons: set[str] | None = None
+) -> dict[str, Any]:
+    """Score pallet_moved events against the truth's departures: a beacon leaving (DEPART_M) a
+    spot where it stood STILL_AFTER_S or longer. Each departure is found by at most one event of
+    its beacon within MOVE_MATCH_S of it; the other events are false. `beacons` limits both
+    to those beacons (eval --kind)."""
+    departures: list[tuple[str, float]] = []
+    for beacon, track in _tracks(truth).items():
+        if beacons is not None and beacon not in beacons:
+            continue
+        anchor = 0
+        for i in range(1, track.t.shape[0]):
+            if math.dist(track.xy[i], track.xy[anchor]) > DEPART_M:
+                if track.t[i] - track.t[anchor] >= STILL_AFTER_S:
+                    departures.append((beacon, float(track.t[i])))
+                anchor = i
+    reported = [
+        e for e in events if e.type == "pallet_moved" and (beacons is None or e.beacon in beacons)
+    ]
+    open_departures = sorted(departures, key=lambda d: d[1])
+    delays: list[float] = []
+    for e in sorted(reported, key=lambda e: e.t):
+        for k, (beacon, t) in enumerate(open_departures):
+            if beacon == e.beacon and MOVE_MATCH_S[0] <= e.t - t <= MOVE_MATCH_S[1]:
+                delays.append(e.t - t)
+                del open_departures[k]
+                break
+    return {
+        "moves_departed": len(departures),
+        "moves_reported": len(reported),
+        "moves_found": len(delays),
+        "moves_false": len(reported) - len(delays),
+        "moves_delay_median_s": float(np.median(delays)) if delays else None,
+    }
+
+
 def _still_scores(
     fx: _Fixes,
     m: _Matched,
@@ -829,6 +874,7 @@ def run_eval(
     band_m: float = BAND_M,
     labels: Sequence[str] = (),
     kind: str | None = None,
+    events_path: Path | None = None,
 ) -> dict[str, Any]:
     """What `beacon-hub eval` does: score each fixes file; write the report when asked.
     `kind` scores only the fixes of beacons of that kind in the site's beacon_kinds (the
@@ -846,6 +892,8 @@ def run_eval(
         raise EvaluationError(
             f"{len(labels)} --label for {len(fixes_paths)} --fixes; give one label per file"
         )
+    if events_path is not None and (truth_path is None or len(fixes_paths) != 1):
+        raise EvaluationError("--events: give it with --truth and one --fixes (its replay's)")
     if not math.isfinite(band_m) or band_m < 0.0:
         raise EvaluationError(f"--band-m {band_m}: expected a non-negative number of metres")
     site = load_site(site_path) if site_path is not None else None
@@ -883,6 +931,12 @@ def run_eval(
             "kind": kind,
             **_rounded(run.summary),
         }
+        if events_path is not None:
+            of_kind = None
+            if kind is not None and site is not None:
+                of_kind = {p.beacon for p in truth or [] if _kind_name(site, p.beacon) == kind}
+            moves = pallet_moves(truth or [], read_events(events_path), of_kind)
+            summary.update(_rounded(moves))
         runs.append((name, Evaluation(summary=summary, errors_m=run.errors_m)))
     result: dict[str, Any] = (
         runs[0][1].summary if len(runs) == 1 else {"runs": [r.summary for _, r in runs]}

@@ -11,13 +11,14 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from beacon_hub.calibration import Calibration
-from beacon_hub.csvfiles import FIXES, CsvWriter, Reading, read_readings
+from beacon_hub.csvfiles import EVENTS, FIXES, CsvWriter, EventRow, Reading, read_readings
 from beacon_hub.engine import Engine, EngineConfig, Readings
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.site import Site
@@ -85,7 +86,10 @@ def replay(
     config: EngineConfig | None = None,
     calibration: Calibration | None = None,
     progress: bool = True,
+    events_path: Path | None = None,
 ) -> ReplayStats:
+    """Run the engine over the readings at `readings_path`, writing its fixes to `out_path` and,
+    with `events_path`, its events (zone changes, pallet_moved, ...) there."""
     started = time.monotonic()
     rows = sorted(read_readings(readings_path), key=lambda r: r.t)
     if not rows:
@@ -106,7 +110,11 @@ def replay(
     pos = 0
     total = len(tick_at)
     last_report = time.monotonic()
-    with CsvWriter(FIXES, out_path) as out:
+    with ExitStack() as files:
+        out = files.enter_context(CsvWriter(FIXES, out_path))
+        ev_out = (
+            None if events_path is None else files.enter_context(CsvWriter(EVENTS, events_path))
+        )
         for k, t in enumerate(tick_at):
             end = pos
             while end < len(rows) and rows[end].t <= t:
@@ -116,6 +124,8 @@ def replay(
             pos = end
             result = engine.tick(t)
             out.write_all(result.fixes.fixes())
+            if ev_out is not None:
+                ev_out.write_all(EventRow(e.t, e.beacon, e.type, e.zone) for e in result.events)
             fixes += len(result.fixes)
             events += len(result.events)
             if progress and time.monotonic() - last_report > 2.0:

@@ -10,12 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beacon_hub.csvfiles import (
+    EVENTS,
     FIXES,
     READINGS,
     TRUTH,
     CsvWriter,
+    EventRow,
     Reading,
     TruthPoint,
+    read_events,
     read_fixes,
     read_readings,
     read_truth,
@@ -60,6 +63,17 @@ def test_only_required_columns_are_enough(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     path.write_text(f"beacon,rssi,t,gateway\n{B},-60,10.5,gw-1\n")
     assert list(read_readings(path)) == [Reading(t=10.5, gateway="gw-1", beacon=B, rssi=-60.0)]
+
+
+def test_events_round_trip_and_an_unknown_type_is_located(tmp_path: Path) -> None:
+    rows = [EventRow(12.5, B, "zone_enter", "bay-a01-01"), EventRow(13.0, B, "pallet_moved")]
+    path = tmp_path / "e.csv"
+    with CsvWriter(EVENTS, path) as out:
+        out.write_all(rows)
+    assert list(read_events(path)) == rows
+    path.write_text(f"t,beacon,type\n1,{B},zone_enter\n2,{B},teleported\n")
+    with pytest.raises(CsvError, match=r"e.csv:3: column type: expected one of zone_enter"):
+        list(read_events(path))
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beacon_hub.csvfiles import FIXES, TRUTH, CsvWriter, TruthPoint
+from beacon_hub.csvfiles import EVENTS, FIXES, TRUTH, CsvWriter, EventRow, TruthPoint
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.evaluation import (
     EvaluationError,
@@ -22,6 +22,7 @@ from beacon_hub.evaluation import (
     evaluate_path,
     evaluate_truth,
     neighbour_zones,
+    pallet_moves,
     path_distance_m,
     read_path,
     run_eval,
@@ -556,3 +557,47 @@ def test_every_summary_has_the_same_keys() -> None:
     path_mode = evaluate_path([fix(T0, 0.0, 0.0)], L_PATH).summary
     assert truth_mode.keys() == with_site.keys() == path_mode.keys()
     assert truth_mode.keys() >= SUMMARY_KEYS
+
+
+def carried(beacon: str, still_s: int, x0: float = 0.0) -> list[TruthPoint]:
+    """Stands at (x0, 0) for still_s seconds, then is carried along x at 2 m/s for 20 s."""
+    return [
+        TruthPoint(T0 + s, beacon, x0 + (0.0 if s <= still_s else 2.0 * (s - still_s)), 0.0)
+        for s in range(still_s + 21)
+    ]
+
+
+def test_pallet_moved_events_are_scored_against_departures(tmp_path: Path) -> None:
+    """B1 stood 100 s and left: found by an event 12 s later. B2 left after only 30 s
+    standing: no departure, so its event is false, as is B1's second one, and B3, which stood
+    90 s, left unreported (missed). A still beacon's truth gives no departure."""
+    b3 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:3"
+    b4 = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:4"
+    truth = carried(B1, 100) + carried(B2, 30, 50.0) + carried(b3, 90, 90.0) + still_truth(b4, 200)
+    events = [
+        EventRow(T0 + 112.0, B1, "pallet_moved"),
+        EventRow(T0 + 118.0, B1, "pallet_moved"),
+        EventRow(T0 + 35.0, B2, "pallet_moved"),
+        EventRow(T0 + 50.0, b4, "zone_enter", "bay-1"),
+    ]
+    moves = pallet_moves(truth, events)
+    assert moves == {
+        "moves_departed": 2,
+        "moves_reported": 3,
+        "moves_found": 1,
+        "moves_false": 2,
+        "moves_delay_median_s": pytest.approx(11.0),
+    }
+    assert pallet_moves(truth, events, {B2})["moves_false"] == 1
+    # through run_eval: the events file goes with one fixes file of the same replay
+    fixes_path, truth_path, events_path = (tmp_path / n for n in ("f.csv", "t.csv", "e.csv"))
+    with CsvWriter(FIXES, fixes_path) as out:
+        out.write_all([fix(T0 + s, 0.0, 0.0) for s in range(20)])
+    with CsvWriter(TRUTH, truth_path) as out:
+        out.write_all(truth)
+    with CsvWriter(EVENTS, events_path) as out:
+        out.write_all(events)
+    summary = run_eval([fixes_path], truth_path=truth_path, events_path=events_path)
+    assert summary["moves_found"] == 1
+    with pytest.raises(EvaluationError, match="--events"):
+        run_eval([fixes_path, fixes_path], truth_path=truth_path, events_path=events_path)

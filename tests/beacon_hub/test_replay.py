@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from beacon_hub.csvfiles import READINGS, CsvWriter, Reading, read_fixes
+from beacon_hub.csvfiles import READINGS, CsvWriter, Reading, read_events, read_fixes
 from beacon_hub.engine import EngineConfig
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.replay import ReplayStats, replay
@@ -79,3 +79,22 @@ def test_many_beacons_at_random_get_one_fix_per_tick(tmp_path: Path) -> None:
     assert stats.ticks == 10
     assert len(per_beacon) == 50
     assert set(per_beacon.values()) == {10}
+
+
+def test_replay_writes_the_engine_s_events(tmp_path: Path) -> None:
+    """A beacon heard for 40 s and then silent: its events (beacon_lost after lost_after_s)
+    go to --events, as many as replay counted."""
+    rows = [r for k in range(40) for r in heard(T0 + k, beacon(1), 4.0, 6.0)]
+    rows += heard(T0 + 80.0, beacon(2), 6.0, 4.0)  # keeps the clock going past lost_after_s
+    with CsvWriter(READINGS, tmp_path / "r.csv") as readings:
+        readings.write_all(sorted(rows, key=lambda r: r.t))
+    stats = replay(
+        square(),
+        tmp_path / "r.csv",
+        tmp_path / "f.csv",
+        progress=False,
+        events_path=tmp_path / "e.csv",
+    )
+    events = list(read_events(tmp_path / "e.csv"))
+    assert len(events) == stats.events
+    assert [e.beacon for e in events if e.type == "beacon_lost"] == [beacon(1)]
