@@ -162,26 +162,36 @@ class Tracks:
         self.omega[idx] = (m[None, :, :] * mu[:, :, None]) / cbar[:, None, :]
 
     def predict(self, idx: NDArray[np.intp], dt_s: F64) -> None:
-        """IMM prediction: mix the models' states by omega, then predict each model."""
+        """IMM prediction: mix the models' states by omega, then predict each model.
+
+        Written out per element rather than as stacked 4x4 matmuls, which numpy runs one small
+        matrix at a time (10,000 tracks: 12.6 -> 4 ms, measured 2026-12-05); the test against
+        filterpy holds it to the same results.
+        """
         x, p, w = self.x[idx], self.P[idx], self.omega[idx]
-        # mixed[j] = sum_i w[i, j] x[i]; P likewise with the spread of the means
-        # Sums over the two models written out: einsum costs 5-10x more on these tiny axes.
         mixed_x = w[:, 0, :, None] * x[:, 0, None, :] + w[:, 1, :, None] * x[:, 1, None, :]
-        # One target model at a time: (n, 4, 4) temporaries instead of (n, 2, 2, 4, 4) ones,
-        # which cost four times as much here for the same arithmetic.
+        # filterpy's mixed P[j] = sum_i w[i, j] (P[i] + d_i d_i') with d_i = x[i] - mixed_x[j].
+        # With two models, d_0 = w[1, j] delta and d_1 = -w[0, j] delta (delta = x[0] - x[1]),
+        # so the spread of the means is w[0, j] w[1, j] delta delta'.
+        delta = x[:, 0] - x[:, 1]
+        outer = delta[:, :, None] * delta[:, None, :]
         mixed_p = np.empty_like(p)
         for j in range(MODELS):
-            d0 = x[:, 0] - mixed_x[:, j]
-            d1 = x[:, 1] - mixed_x[:, j]
-            mixed_p[:, j] = w[:, 0, j, None, None] * (
-                p[:, 0] + d0[:, :, None] * d0[:, None, :]
-            ) + w[:, 1, j, None, None] * (p[:, 1] + d1[:, :, None] * d1[:, None, :])
-        for model in (STILL, MOVING):
-            f = transition(dt_s, model)
-            q = process_noise(dt_s, model, self.params)
-            mixed_x[:, model] = np.einsum("nab,nb->na", f, mixed_x[:, model])
-            f_t = np.ascontiguousarray(f.transpose(0, 2, 1))
-            mixed_p[:, model] = f @ np.ascontiguousarray(mixed_p[:, model]) @ f_t + q
+            w0, w1 = w[:, 0, j, None, None], w[:, 1, j, None, None]
+            mixed_p[:, j] = w0 * p[:, 0] + w1 * p[:, 1] + (w0 * w1) * outer
+        # F P F' + Q with F of transition(): the still model drops velocity (rows and columns
+        # 1 and 3), the moving one adds dt x velocity to position, on both sides.
+        still_x, still_p = mixed_x[:, STILL], mixed_p[:, STILL]
+        still_x[:, 1::2] = 0.0
+        still_p[:, 1::2, :] = 0.0
+        still_p[:, :, 1::2] = 0.0
+        still_p += process_noise(dt_s, STILL, self.params)
+        move_x, move_p = mixed_x[:, MOVING], mixed_p[:, MOVING]
+        dt = dt_s[:, None]
+        move_x[:, 0::2] += dt * move_x[:, 1::2]
+        move_p[:, 0::2, :] += dt[:, :, None] * move_p[:, 1::2, :]
+        move_p[:, :, 0::2] += dt[:, None, :] * move_p[:, :, 1::2]
+        move_p += process_noise(dt_s, MOVING, self.params)
         self.x[idx], self.P[idx] = mixed_x, mixed_p
 
     def innovation(
@@ -199,23 +209,24 @@ class Tracks:
     def update(self, idx: NDArray[np.intp], z: F64, r: F64, m: F64) -> None:
         """IMM update with measurements z (n, 2), covariances r (n, 2, 2); `m` as in start()."""
         x, p = self.x[idx], self.P[idx]
-        # H picks x and y (state 0 and 2): H x, P H^T and H P H^T are strided views, and
-        # K H is K's columns put in place (products with 1 and 0: exact, as the matmul was).
+        # H picks x and y (state 0 and 2): H x, P H' and H P H' are strided views. The products
+        # with K are written out per element (numpy's stacked matmul runs one small matrix at
+        # a time): 10,000 tracks 18.7 -> 7 ms, measured 2026-12-05.
         hx = x[:, :, ::2]
         y = z[:, None, :] - hx  # (n, models, 2)
-        pht = np.ascontiguousarray(p[:, :, :, ::2])  # P H^T: (n, models, 4, 2)
+        pht = p[:, :, :, ::2]  # P H': (n, models, 4, 2)
         s = pht[:, :, ::2, :] + r[:, None, :, :]
         si, det = inv2x2(s)
-        k = pht @ si
-        x_new = x + (k[..., 0] * y[..., 0, None] + k[..., 1] * y[..., 1, None])
-        kh = np.zeros_like(p)
-        kh[..., 0], kh[..., 2] = k[..., 0], k[..., 1]
-        ikh = np.eye(STATE)[None, None] - kh
-        # Contiguous operands: numpy's stacked matmul is a third faster on them, same result.
-        ikh_t = np.ascontiguousarray(ikh.swapaxes(-1, -2))
-        k_t = np.ascontiguousarray(k.swapaxes(-1, -2))
-        r_m = np.repeat(r[:, None], MODELS, axis=1)
-        p_new = ikh @ p @ ikh_t + k @ r_m @ k_t
+        k0 = pht[..., 0] * si[..., 0, 0, None] + pht[..., 1] * si[..., 1, 0, None]  # K[:, 0]
+        k1 = pht[..., 0] * si[..., 0, 1, None] + pht[..., 1] * si[..., 1, 1, None]  # K[:, 1]
+        x_new = x + (k0 * y[..., 0, None] + k1 * y[..., 1, None])
+        # Joseph form, as filterpy: (I - K H) P (I - K H)' + K R K'
+        a = p - k0[..., :, None] * p[..., 0, None, :] - k1[..., :, None] * p[..., 2, None, :]
+        p_new = a - a[..., :, 0, None] * k0[..., None, :] - a[..., :, 2, None] * k1[..., None, :]
+        r00, r01 = r[:, None, 0, 0, None], r[:, None, 0, 1, None]
+        r10, r11 = r[:, None, 1, 0, None], r[:, None, 1, 1, None]
+        kr0, kr1 = k0 * r00 + k1 * r10, k0 * r01 + k1 * r11  # columns of K R
+        p_new += kr0[..., :, None] * k0[..., None, :] + kr1[..., :, None] * k1[..., None, :]
         # Gaussian log-likelihood of the prior innovation, as filterpy's KalmanFilter computes it
         maha = np.einsum("nma,nmab,nmb->nm", y, si, y)
         logdet = np.log(det)
@@ -230,9 +241,10 @@ class Tracks:
         """The combined state and covariance of each track: (n, 4), (n, 4, 4)."""
         x, p, mu = self.x[idx], self.P[idx], self.mu[idx]
         xc = mu[:, 0, None] * x[:, 0] + mu[:, 1, None] * x[:, 1]
-        d = x - xc[:, None, :]
-        spread = p + d[..., :, None] * d[..., None, :]
-        pc = mu[:, 0, None, None] * spread[:, 0] + mu[:, 1, None, None] * spread[:, 1]
+        # sum_i mu_i (P_i + d_i d_i') with d_0 = mu_1 delta, d_1 = -mu_0 delta, as in predict()
+        delta = x[:, 0] - x[:, 1]
+        m0, m1 = mu[:, 0, None, None], mu[:, 1, None, None]
+        pc = m0 * p[:, 0] + m1 * p[:, 1] + (m0 * m1) * (delta[:, :, None] * delta[:, None, :])
         return xc, pc
 
     def drop(self, idx: NDArray[np.intp]) -> None:
