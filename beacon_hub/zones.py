@@ -3,7 +3,11 @@
 A fix near a zone edge wobbles across it every few seconds; reporting each crossing is what
 users of room-presence tools complain about most ("flapping"). Two rules stop it:
 - hysteresis: a beacon leaves its zone only once its fix is more than `hysteresis_m` outside;
-- minimum dwell: a new zone must hold for `min_dwell_s` before the change is reported.
+- minimum dwell: a new zone must hold for `min_dwell_s` before the change is reported, and
+  longer where the fix is less certain than `min_dwell_accuracy_m` (an excursion of a standing
+  cart's fix comes with a wider accuracy_m than a walker's fix in the next aisle);
+- settling: after the engine restarts a track elsewhere (it lost lock, or a rival basin won),
+  no change is reported for `settle_s`: a jump that comes back within it was no visit.
 Events: zone_enter, zone_exit (with the time spent), dwell (once per threshold crossed).
 """
 
@@ -29,6 +33,11 @@ class ZoneParams:
     """About half the typical fix accuracy of a tracked beacon: wobble within it is not a move."""
     min_dwell_s: float = 2.0
     """Two ticks: a single stray fix never changes the zone."""
+    min_dwell_accuracy_m: float = 0.0
+    """min_dwell_s holds for fixes this accurate (`accuracy_m`); a less certain fix must stay
+    in the new zone proportionally longer. 0 turns it off."""
+    settle_s: float = 0.0
+    """No zone change for this long after a track jumped (`hold`); 0 turns it off."""
     dwell_events_s: tuple[float, ...] = (10.0, 60.0, 300.0)
     """Times in a zone at which a dwell event fires (a promotion rule picks its own minimum)."""
 
@@ -55,6 +64,8 @@ class ZoneTracker:
         self.candidate = np.full(capacity, UNKNOWN, dtype=np.int64)
         self.candidate_since = np.zeros(capacity)
         self.dwell_fired = np.zeros(capacity, dtype=np.int64)
+        self.held_until = np.full(capacity, -np.inf)
+        """No zone change is reported before this time (`hold`)."""
 
     def ensure(self, capacity: int) -> None:
         old = self.current.shape[0]
@@ -66,6 +77,7 @@ class ZoneTracker:
         self.candidate = np.r_[self.candidate, np.full(grow, UNKNOWN, dtype=np.int64)]
         self.candidate_since = np.r_[self.candidate_since, np.zeros(grow)]
         self.dwell_fired = np.r_[self.dwell_fired, np.zeros(grow, dtype=np.int64)]
+        self.held_until = np.r_[self.held_until, np.full(grow, -np.inf)]
 
     def zone_of(self, idx: NDArray[np.intp]) -> list[str | None]:
         cur = self.current[idx]
@@ -77,11 +89,22 @@ class ZoneTracker:
         self.current[idx] = UNKNOWN
         self.candidate[idx] = UNKNOWN
         self.dwell_fired[idx] = 0
+        self.held_until[idx] = -np.inf
+
+    def hold(self, idx: NDArray[np.intp], t: float) -> None:
+        """The tracks of `idx` jumped at t: report no zone change of theirs for settle_s."""
+        self.held_until[idx] = t + self.params.settle_s
 
     def update(
-        self, idx: NDArray[np.intp], t: float, level: NDArray[np.int64], xy: F64
+        self,
+        idx: NDArray[np.intp],
+        t: float,
+        level: NDArray[np.int64],
+        xy: F64,
+        accuracy_m: F64 | None = None,
     ) -> list[ZoneEvent]:
-        """Advance the zone state of beacons `idx` with their fixes; return the events."""
+        """Advance the zone state of beacons `idx` with their fixes (and their accuracy_m, for
+        min_dwell_accuracy_m); return the events."""
         raw = np.full(idx.shape[0], -1, dtype=np.int64)
         for lv in np.unique(level):
             on = level == lv
@@ -111,7 +134,10 @@ class ZoneTracker:
             if self.candidate[b] != raw[row]:
                 self.candidate[b] = raw[row]
                 self.candidate_since[b] = t
-            if t - self.candidate_since[b] >= self.params.min_dwell_s:
+            dwell = self.params.min_dwell_s
+            if accuracy_m is not None and self.params.min_dwell_accuracy_m > 0:
+                dwell *= max(1.0, float(accuracy_m[row]) / self.params.min_dwell_accuracy_m)
+            if t - self.candidate_since[b] >= dwell and t >= self.held_until[b]:
                 old = int(self.current[b])
                 if old >= 0:
                     events.append(

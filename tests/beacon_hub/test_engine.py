@@ -164,6 +164,26 @@ def test_zone_events_and_lost_beacon() -> None:
     assert sum(1 for k in kinds if k[0] == "beacon_lost") == 1
 
 
+def test_a_track_that_restarts_elsewhere_settles_before_its_zone_changes() -> None:
+    """A tag teleported from left to right: its track refuses 3 fixes, restarts at t = 23
+    and the zone follows min_dwell_s after (25); with zone_settle_s, not before 23 + 5."""
+
+    def entered_right(settle_s: float) -> float:
+        site = room_site()
+        config = EngineConfig(min_dwell_s=2.0, min_dwell_accuracy_m=0.0, zone_settle_s=settle_s)
+        engine = Engine(site, config)
+        for step in range(40):
+            for r in exact_readings(site, TAG, (5.0 if step < 20 else 15.0, 6.0), step - 0.5):
+                engine.ingest(r)
+            for e in engine.tick(float(step)).events:
+                if (e.type, e.zone) == ("zone_enter", "right"):
+                    return e.t
+        raise AssertionError("never entered right")
+
+    assert entered_right(0.0) == 25.0
+    assert entered_right(5.0) == 28.0
+
+
 def test_parked_pallet_that_moves_fires_pallet_moved() -> None:
     site = room_site()
     engine = Engine(site, EngineConfig(parked_after_s=20.0, moved_m=2.5))

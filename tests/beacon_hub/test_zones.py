@@ -1,0 +1,70 @@
+"""Zone rules on their own: minimum dwell by fix accuracy, and settling after a track jumped."""
+
+import numpy as np
+
+from beacon_hub.floorplan import FloorPlan
+from beacon_hub.zones import ZoneParams, ZoneTracker
+from tests.beacon_hub.test_engine import room_site
+
+LEFT, RIGHT = (5.0, 6.0), (15.0, 6.0)
+"""The middles of room_site's zones "left" and "right" (10 m wide each)."""
+ONE = np.array([0])
+
+
+def run(
+    params: ZoneParams,
+    path: list[tuple[float, float]],
+    *,
+    accuracy_m: float = 0.5,
+    jump_at: float | None = None,
+) -> list[tuple[float, str, str]]:
+    """One beacon through `path` (one fix a second from t = 0); its track jumps at `jump_at`.
+    Returns (t, type, zone) of the zone_enter and zone_exit events."""
+    zones = ZoneTracker(FloorPlan(room_site()), params)
+    events = []
+    for step, xy in enumerate(path):
+        t = float(step)
+        if t == jump_at:
+            zones.hold(ONE, t)
+        accuracy = np.array([accuracy_m])
+        got = zones.update(ONE, t, np.zeros(1, dtype=np.int64), np.array([xy]), accuracy)
+        events += [(e.t, e.type, e.zone) for e in got if e.type in ("zone_enter", "zone_exit")]
+    return events
+
+
+def test_a_jump_and_back_within_settle_s_is_no_visit() -> None:
+    """A standing cart's track jumps to the next zone for 4 s and comes back: with the jump
+    held for settle_s, nothing but the first entry; without, an exit and two entries."""
+    path = [LEFT] * 10 + [RIGHT] * 4 + [LEFT] * 10
+    held = run(ZoneParams(min_dwell_s=2.0, settle_s=5.0), path, jump_at=10.0)
+    assert held == [(0.0, "zone_enter", "left")]
+    loose = run(ZoneParams(min_dwell_s=2.0, settle_s=5.0), path)
+    assert [e[1:] for e in loose] == [
+        ("zone_enter", "left"),
+        ("zone_exit", "left"),
+        ("zone_enter", "right"),
+        ("zone_exit", "right"),
+        ("zone_enter", "left"),
+    ]
+
+
+def test_a_jump_that_stays_changes_the_zone_once_settled() -> None:
+    path = [LEFT] * 10 + [RIGHT] * 10
+    assert run(ZoneParams(min_dwell_s=2.0, settle_s=5.0), path, jump_at=10.0)[-1] == (
+        15.0,
+        "zone_enter",
+        "right",
+    )
+    assert run(ZoneParams(min_dwell_s=2.0), path, jump_at=10.0)[-1] == (12.0, "zone_enter", "right")
+
+
+def test_a_less_certain_fix_must_stay_longer_in_the_new_zone() -> None:
+    """min_dwell_s holds up to min_dwell_accuracy_m; a fix three times as uncertain needs
+    three times as long, and a short excursion of such fixes is no visit at all."""
+    params = ZoneParams(min_dwell_s=2.0, min_dwell_accuracy_m=1.5)
+    move = [LEFT] * 5 + [RIGHT] * 10
+    assert run(params, move, accuracy_m=1.0)[-1] == (7.0, "zone_enter", "right")
+    assert run(params, move, accuracy_m=4.5)[-1] == (11.0, "zone_enter", "right")
+    excursion = [LEFT] * 5 + [RIGHT] * 4 + [LEFT] * 5
+    assert run(params, excursion, accuracy_m=4.5) == [(0.0, "zone_enter", "left")]
+    assert len(run(params, excursion, accuracy_m=1.0)) == 5
