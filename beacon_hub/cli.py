@@ -346,6 +346,13 @@ def _eval_options(evaluate: argparse.ArgumentParser) -> None:
         metavar="KIND",
         help="score only beacons of this kind (cart, pallet, ...: the site's beacon_kinds)",
     )
+    evaluate.add_argument(
+        "--window-s",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        help="score only fixes from START to before END seconds after the truth's first row",
+    )
     evaluate.set_defaults(handler=_eval)
 
 
@@ -362,6 +369,7 @@ def _eval(args: argparse.Namespace) -> int:
         labels=args.label,
         kind=args.kind,
         events_path=args.events,
+        window_s=tuple(args.window_s) if args.window_s else None,
     )
     print(json.dumps(result, indent=2))
     return EXIT_OK

@@ -864,24 +864,19 @@ def _kind_name(site: Site, beacon: str) -> str | None:
     return kind.kind if kind is not None else None
 
 
-def run_eval(
+def _eval_inputs(
     fixes_paths: Sequence[Path],
     *,
-    truth_path: Path | None = None,
-    path_path: Path | None = None,
-    site_path: Path | None = None,
-    report_dir: Path | None = None,
-    band_m: float = BAND_M,
-    labels: Sequence[str] = (),
-    kind: str | None = None,
-    events_path: Path | None = None,
-) -> dict[str, Any]:
-    """What `beacon-hub eval` does: score each fixes file; write the report when asked.
-    `kind` scores only the fixes of beacons of that kind in the site's beacon_kinds (the
-    store's carts without its reference beacons, the warehouse's pallets).
-
-    Returns the summary of the only fixes file, or `{"runs": [summary, ...]}` for several.
-    """
+    truth_path: Path | None,
+    path_path: Path | None,
+    site_path: Path | None,
+    band_m: float,
+    labels: Sequence[str],
+    kind: str | None,
+    events_path: Path | None,
+    window_s: tuple[float, float] | None,
+) -> tuple[Path, Site | None]:
+    """run_eval's options checked together: the reference file and the site, or a clear error."""
     if truth_path is not None and path_path is None:
         reference = truth_path
     elif path_path is not None and truth_path is None:
@@ -906,6 +901,49 @@ def run_eval(
                 f"--kind {kind}: {site_path} has no beacons of that kind "
                 f"({', '.join(known) or 'none'})"
             )
+    if window_s is not None:
+        start_s, end_s = window_s
+        if truth_path is None:
+            raise EvaluationError("--window-s: give it with --truth, whose first row is its 0 s")
+        if not (math.isfinite(start_s) and math.isfinite(end_s) and 0.0 <= start_s < end_s):
+            raise EvaluationError(
+                f"--window-s {start_s:g} {end_s:g}: expected 0 <= START < END seconds"
+            )
+    return reference, site
+
+
+def run_eval(
+    fixes_paths: Sequence[Path],
+    *,
+    truth_path: Path | None = None,
+    path_path: Path | None = None,
+    site_path: Path | None = None,
+    report_dir: Path | None = None,
+    band_m: float = BAND_M,
+    labels: Sequence[str] = (),
+    kind: str | None = None,
+    events_path: Path | None = None,
+    window_s: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """What `beacon-hub eval` does: score each fixes file; write the report when asked.
+    `kind` scores only the fixes of beacons of that kind in the site's beacon_kinds (the
+    store's carts without its reference beacons, the warehouse's pallets). `window_s`
+    (start, end) scores only the fixes from start to before end seconds after the truth's
+    first row (one walk of a recording that holds several).
+
+    Returns the summary of the only fixes file, or `{"runs": [summary, ...]}` for several.
+    """
+    reference, site = _eval_inputs(
+        fixes_paths,
+        truth_path=truth_path,
+        path_path=path_path,
+        site_path=site_path,
+        band_m=band_m,
+        labels=labels,
+        kind=kind,
+        events_path=events_path,
+        window_s=window_s,
+    )
     truth = list(read_truth(truth_path)) if truth_path is not None else None
     if truth is not None and not truth:
         raise EvaluationError(f"{truth_path}: no truth rows")
@@ -916,8 +954,12 @@ def run_eval(
         fixes = list(read_fixes(fixes_path))
         if kind is not None and site is not None:
             fixes = [f for f in fixes if _kind_name(site, f.beacon) == kind]
+        if window_s is not None and truth:
+            t0 = min(p.t for p in truth)
+            fixes = [f for f in fixes if window_s[0] <= f.t - t0 < window_s[1]]
         if not fixes:
-            raise EvaluationError(f"{fixes_path}: no fixes{f' of kind {kind}' if kind else ''}")
+            which = [f"of kind {kind}" if kind else "", "in --window-s" if window_s else ""]
+            raise EvaluationError(f"{fixes_path}: no fixes {' '.join(w for w in which if w)}")
         try:
             if segments is not None:
                 run = evaluate_path(fixes, segments, band_m)

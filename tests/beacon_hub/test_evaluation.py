@@ -475,6 +475,23 @@ def test_run_eval_scores_one_kind(tmp_path: Path) -> None:
         run_eval([path], truth_path=truth, kind="cart")
 
 
+def test_run_eval_scores_a_window_of_the_recording(tmp_path: Path) -> None:
+    """--window-s 0 5 scores the first five seconds (fixes 1 m off) and leaves the 3 m-off
+    rest out; the window counts from the truth's first row, not the first fix."""
+    truth = write_truth(tmp_path / "t.csv", still_truth(seconds=10))
+    fixes = [fix(T0 + s, 1.0 if s < 5 else 3.0, 0.0) for s in range(1, 10)]
+    path = write_fixes(tmp_path / "f.csv", fixes)
+    assert run_eval([path], truth_path=truth)["median_m"] == pytest.approx(3.0)
+    first = run_eval([path], truth_path=truth, window_s=(0.0, 5.0))
+    assert (first["fixes"], first["median_m"]) == (4, pytest.approx(1.0))
+    with pytest.raises(EvaluationError, match=r"--window-s 5 2: expected 0 <= START < END"):
+        run_eval([path], truth_path=truth, window_s=(5.0, 2.0))
+    with pytest.raises(EvaluationError, match=r"f\.csv: no fixes in --window-s"):
+        run_eval([path], truth_path=truth, window_s=(50.0, 60.0))
+    with pytest.raises(EvaluationError, match=r"--window-s: give it with --truth"):
+        run_eval([path], path_path=truth, window_s=(0.0, 5.0))
+
+
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "beacon_hub.cli", "eval", *map(str, args)],
@@ -533,6 +550,15 @@ def test_cli_compares_several_fix_files_in_one_picture(tmp_path: Path) -> None:
     assert runs[0]["median_m"] == pytest.approx(0.1)
     assert runs[1]["median_m"] == pytest.approx(2.0)
     assert (report / "cdf.png").stat().st_size > 1000
+
+
+def test_cli_scores_a_window(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path / "truth.csv", still_truth())
+    fixes = write_fixes(tmp_path / "fixes.csv", [fix(T0 + i, float(i), 0.0) for i in range(10)])
+    result = run_cli("--fixes", fixes, "--truth", truth, "--window-s", "2", "5")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["fixes"], summary["median_m"]) == (3, pytest.approx(3.0))
 
 
 def test_cli_exits_1_naming_the_missing_file(tmp_path: Path) -> None:
