@@ -948,15 +948,15 @@ def run_eval(
     if truth is not None and not truth:
         raise EvaluationError(f"{truth_path}: no truth rows")
     segments = read_path(path_path) if path_path is not None else None
+    truth_t0 = min((p.t for p in truth or []), default=0.0)  # --window-s counts from it
     names = list(labels) or [p.stem for p in fixes_paths]
     runs: list[tuple[str, Evaluation]] = []
     for name, fixes_path in zip(names, fixes_paths, strict=True):
         fixes = list(read_fixes(fixes_path))
         if kind is not None and site is not None:
             fixes = [f for f in fixes if _kind_name(site, f.beacon) == kind]
-        if window_s is not None and truth:
-            t0 = min(p.t for p in truth)
-            fixes = [f for f in fixes if window_s[0] <= f.t - t0 < window_s[1]]
+        if window_s is not None:
+            fixes = [f for f in fixes if window_s[0] <= f.t - truth_t0 < window_s[1]]
         if not fixes:
             which = [f"of kind {kind}" if kind else "", "in --window-s" if window_s else ""]
             raise EvaluationError(f"{fixes_path}: no fixes {' '.join(w for w in which if w)}")

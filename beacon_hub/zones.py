@@ -1,7 +1,7 @@
 """Zones: which zone each beacon is in, with hysteresis and a minimum dwell, and the events.
 
 A fix near a zone edge wobbles across it every few seconds; reporting each crossing is what
-users of room-presence tools complain about most ("flapping"). Two rules stop it:
+users of room-presence tools complain about most ("flapping"). Three rules stop it:
 - hysteresis: a beacon leaves its zone only once its fix is more than `hysteresis_m` outside;
 - minimum dwell: a new zone must hold for `min_dwell_s` before the change is reported, and
   longer where the fix is less certain than `min_dwell_accuracy_m` (an excursion of a standing
