@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
@@ -102,7 +103,7 @@ class Gateway:
         radio to scan with."""
         await self.publisher.start()
         scan = self._spawn(self.supervisor.run(), "scanner")
-        self._spawn(self._every(self.config.batching.window_s, self.flush), "batching")
+        self._spawn(self._on_clock_grid(self.config.batching.window_s, self.flush), "batching")
         self._spawn(self._every(self.config.heartbeat_interval_s, self.send_heartbeat), "heartbeat")
         if self.notifier.watchdog_interval_s is not None:
             ping = self.notifier.watchdog_interval_s
@@ -148,6 +149,26 @@ class Gateway:
             try:
                 action()
             except Exception:  # one failed tick must not end the daemon's clock
+                log.exception("periodic task failed")
+
+    @staticmethod
+    async def _on_clock_grid(interval_s: float, action: Callable[[], None]) -> None:
+        """Call `action` at whole multiples of `interval_s` of the wall clock.
+
+        Why the wall clock: the hub ticks on whole seconds of hub time and runs a tick as soon
+        as every gateway's batch for it is in (service.py). Gateways whose clocks NTP keeps
+        together then send each window within milliseconds of each other, just after the
+        second, and a fix follows its readings by the hub's tick work alone; windows on each
+        gateway's own phase would wait up to a whole tick for it. The next multiple is worked
+        out afresh each time, so a clock step moves the grid instead of drifting from it."""
+        due = (math.floor(time.time() / interval_s) + 1.0) * interval_s
+        while True:
+            await asyncio.sleep(max(0.0, due - time.time()))
+            # Rounded, not floored: waking a hair before the multiple must not call twice.
+            due = (round(time.time() / interval_s) + 1.0) * interval_s
+            try:
+                action()
+            except Exception:  # one failed window must not end the daemon's clock
                 log.exception("periodic task failed")
 
     def heartbeat(self) -> dict[str, Any]:
