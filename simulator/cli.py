@@ -88,10 +88,14 @@ def _run(args: argparse.Namespace) -> int:
         changes["advert_interval_s"] = dict(args.advert_interval)
     population = replace(population, **changes)  # type: ignore[arg-type]
     radio = COMPANION_RADIO if population.walks else REALISTIC_RADIO
+    wall_start: float | None = None
     if args.start is not None:
         start = args.start
     elif args.broker:
         start = math.floor(time.time())
+        # Window [t0, t1) goes out when the wall clock reaches t1, as gateway/daemon.py closes
+        # its windows on whole seconds: the hub then ticks as soon as a round is in.
+        wall_start = time.monotonic() - (time.time() - start)
     else:
         start = DEFAULT_START_S
     options = RunOptions(
@@ -113,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         sinks.append(TruthCsv(args.truth))
     if args.broker:
         sinks.append(MqttPublisher(args.broker, sim))
-    counts = run(sim, sinks, speed=args.speed)
+    counts = run(sim, sinks, speed=args.speed, wall_start_s=wall_start)
     print(
         f"{PROG}: {site.id}: {len(sim.beacon_ids)} beacons, {len(sim.gateway_ids)} gateways, "
         f"{counts['simulated_s']:.0f} s simulated in {counts['wall_s']:.1f} s, "
