@@ -5,9 +5,15 @@ service thread (the caller of `Hub.run`) does all the work; paho's network threa
 inbox (ingest.py), the InfluxDB writer and the HTTP server have threads of their own.
 
 Ticks. A site ticks at multiples of `tick_interval_s` in hub time (gateway time corrected by the
-learnt clock offset). Tick T runs as soon as readings past T have arrived, or once the wall
-clock is `TICK_GRACE_S` past T while the data is live (its newest reading within
-`max_lateness_s` of now) or nothing waits in the inbox. A restarted hub continues from its last
+learnt clock offset). Gateways close their windows on whole seconds of their clocks
+(gateway/daemon.py); where NTP keeps those in step with the hub's, a round of batches arrives
+as one burst just after T. Tick T runs as soon as its round is complete (every gateway heard
+in the last two ticks whose batches end in step with the grid has sent the one for T), or once
+a batch ends a whole interval past T (a gateway gone quiet does not hold a backlog up).
+Otherwise the wall clock decides: `ROUND_WAIT_S` past T when gateways in step are expected,
+`TICK_GRACE_S` past T when none are, once the inbox is empty; while batches wait in it and the
+data is live (its newest reading within `max_lateness_s` of now), the same if no gateway is in
+step, a whole interval past T if some are. A restarted hub continues from its last
 stored tick, so a backlog the broker queued while it was down is replayed through the ticks it
 missed (driven by the data) instead of arriving "late".
 
@@ -73,8 +79,21 @@ __all__ = ["Hub", "run_hub"]
 log = logging.getLogger(__name__)
 
 TICK_GRACE_S = 0.1
-"""Wait this long past a tick for data before ticking on the wall clock alone: the latency goal
-is one tick + 100 ms from a batch's arrival to its fix."""
+"""With no gateway in step with the tick grid, wait this long past a tick for data before
+ticking on the wall clock alone: the latency goal is one tick + 100 ms from a batch's arrival
+to its fix."""
+IN_STEP_S = 0.25
+"""A gateway is in step with the tick grid when its newest batch ends less than this (at most a
+quarter of the tick interval) after a whole tick in hub time, or up to `EARLY_S` before one:
+hub time is about the arrival time, so this covers a window closed late on a busy gateway plus
+the network's jitter."""
+EARLY_S = 0.05
+"""See IN_STEP_S: a clock a little behind the hub's that the offset has not absorbed."""
+ROUND_WAIT_S = 0.3
+"""How long past a tick an incomplete round of gateways in step is waited for: a straggler's
+batch (Wi-Fi, a busy gateway, 60 batches decoded one after another here) gets into the tick
+it belongs to; a gateway that stays silent costs each tick this long until, two ticks on, it
+is no longer expected."""
 STARTUP_SETTLE_S = 1.0
 """After connecting, the broker delivers a queued backlog within milliseconds; wall-clock ticks
 wait this long so they do not race ahead of it."""
@@ -99,10 +118,25 @@ class _SiteRun:
     gateways: frozenset[str]
     next_tick: float | None = None
     data_wm: float = -math.inf
+    reported: dict[str, float] = field(default_factory=dict)
+    """Per gateway, the end (hub time) of its newest batch: when a tick's round is complete."""
     pending_acks: list[tuple[int, int]] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     last_tick_wall: float | None = None
+
+
+def _round(reported: dict[str, float], t: float, step: float) -> tuple[bool, bool]:
+    """(whether gateways in step with the grid are expected for tick `t`, whether each of them
+    has sent its batch for it: one that ends at or after t - step/2; a gateway sends one batch
+    per step). Gateways out of step join whichever tick follows their batches."""
+    late, early = min(IN_STEP_S, step / 4.0), min(EARLY_S, step / 10.0)
+    ends = []
+    for end in reported.values():
+        phase = end % step
+        if end > t - 2.0 * step and (phase < late or phase > step - early):
+            ends.append(end)
+    return bool(ends), bool(ends) and min(ends) >= t - 0.5 * step
 
 
 def _load_sites(cfg: HubConfig) -> list[tuple[Site, Engine]]:
@@ -305,10 +339,16 @@ class Hub:
             self.sqlite.submit(self.registry.save_job())
 
     def _wait_s(self, now: float) -> float:
-        due = [r.next_tick for r in self.sites.values() if r.next_tick is not None]
+        step = self.cfg.engine.tick_interval_s
+        due = [
+            r.next_tick
+            + (ROUND_WAIT_S if _round(r.reported, r.next_tick, step)[0] else TICK_GRACE_S)
+            for r in self.sites.values()
+            if r.next_tick is not None
+        ]
         if not due:
             return 0.2
-        return min(0.2, max(0.0, min(due) + TICK_GRACE_S - now))
+        return min(0.2, max(0.0, min(due) - now))
 
     def _handle(self, item: Inbound) -> None:
         res = self.ingestor.handle(item)
@@ -357,9 +397,11 @@ class Hub:
         self._rate_n += len(batch)
         t = res.readings.t
         newest = float(t.max()) if t.shape[0] else res.sent_hub
-        run.data_wm = max(
-            run.data_wm, min(newest, item.arrival + self.cfg.ingest.future_tolerance_s)
-        )
+        ceiling = item.arrival + self.cfg.ingest.future_tolerance_s
+        run.data_wm = max(run.data_wm, min(newest, ceiling))
+        end = min(res.sent_hub, ceiling)
+        if end > run.reported.get(res.gateway, -math.inf):
+            run.reported[res.gateway] = end
         if run.next_tick is None:
             oldest = float(t.min()) if t.shape[0] else newest
             run.next_tick = self._align(max(oldest, item.arrival - MAX_CATCH_UP_S))
@@ -384,11 +426,16 @@ class Hub:
                 continue
             for _ in range(MAX_TICKS_PER_STEP):
                 t = run.next_tick
-                by_data = run.data_wm >= t
+                expected, complete = _round(run.reported, t, step)
+                by_data = complete or run.data_wm >= t + step
                 # Live (data within max_lateness of now): the wall clock drives, so a tick never
                 # waits for the next batch. Replaying a backlog: only the data, or silence.
                 live = run.data_wm >= now - lateness
-                by_clock = settled and (idle or live) and now >= t + TICK_GRACE_S
+                grace = ROUND_WAIT_S if expected else TICK_GRACE_S
+                # A round in step still being decoded is this tick's: the inbox first (a tick
+                # begun now would leave the rest to the next one), unless a whole tick late.
+                busy_ok = live and (not expected or now >= t + step)
+                by_clock = settled and (idle or busy_ok) and now >= t + grace
                 if not (by_data or by_clock):
                     break
                 self._tick(run, t)

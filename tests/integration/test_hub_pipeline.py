@@ -4,11 +4,13 @@ InfluxDB 1.x, and the hub's MQTT outputs, all real (issue #5, Checked by)."""
 from __future__ import annotations
 
 import json
+import math
 import queue
 import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from beacon_hub.wire import decode_event, decode_fix, decode_tracks
+from beacon_hub.wire import decode_event, decode_fix, decode_tracks, encode_batch, readings_topic
 from tests.integration.hubkit import (
     WAIT_S,
     Gateways,
@@ -299,3 +301,51 @@ def test_simulator_through_mosquitto_into_both_stores(
     assert counts["batches"] == batches
     assert hub.sql("SELECT sum(samples), sum(accepted) FROM batches")[0] == (readings, readings)
     _check_influx(hub, influx, db, site, counts)
+
+
+def test_a_round_in_step_gets_its_own_tick_and_one_out_of_step_does_not_hold_it(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Gateways that close their windows on whole seconds (gateway/daemon.py) are fixed in the
+    tick of their round, a straggler among them included; a gateway out of step with the grid
+    joins the next tick instead of holding every tick up until its batch comes."""
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    hub = HubProcess(tmp_path / "hub", broker, [path], extra={"engine.tick_interval_s": 1.0})
+    gws = Gateways(broker, path, beacons=6)
+    (*in_step, straggler), (odd, ox, oy) = gws.gws[:-1], gws.gws[-1]
+    sent: dict[tuple[str, int], float] = {}
+
+    def publish(gw: str, gx: float, gy: float, at: float) -> None:
+        time.sleep(max(0.0, at - time.time()))
+        batch = gws.batch(gw, gx, gy, time.time())
+        gws.client.publish(readings_topic(site, gw), encode_batch(batch), qos=1)
+        sent[gw, batch.seq] = batch.sent
+
+    hub.start()
+    try:
+        second = math.floor(time.time()) + 1.0
+        for k in range(8):
+            for gw, gx, gy in in_step:
+                publish(gw, gx, gy, second + k)
+            publish(*straggler, second + k + 0.15)  # slow Wi-Fi, a busy gateway
+            publish(odd, ox, oy, second + k + 0.6)  # its clock is not synchronised
+        wait_until(
+            "every batch in the ledger",
+            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= len(sent),
+        )
+        rows = hub.sql("SELECT gateway, seq, tick_t FROM batches")
+        assert hub.stop() == 0
+    finally:
+        gws.close()
+        hub.close()
+    taken = {(g, int(q)): float(t) for g, q, t in rows}
+    rounds: dict[str, list[float]] = {
+        gw: [] for gw, _, _ in gws.gws
+    }  # per gateway: tick minus the round's second
+    for (gw, seq), at in sent.items():
+        if seq >= 2:  # the first rounds teach the hub who is in step
+            rounds[gw].append(taken[gw, seq] - math.floor(at))
+    in_step_ids = [gw for gw, _, _ in [*in_step, straggler]]
+    assert all(rounds[gw] == [0.0] * 6 for gw in in_step_ids), rounds
+    assert rounds[odd] == [1.0] * 6, rounds
