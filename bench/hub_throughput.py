@@ -15,10 +15,13 @@ batch per gateway per second, ~1,700 samples, ~64 KB).
    and hub alternate for 3 rounds and the ratio is the median of the rounds' ratios.
 2. Live: the gateways publish in real time for 60 s (10 s with --quick); the hub's inbox depth
    is sampled every second (flat = no growth), latency is from a batch's publication to the
-   arrival of the first `tracks` message whose tick covers it, and the hub's resident memory
-   is read at the end, with 10,000 beacons tracked.
+   arrival of the first `tracks` message whose tick covers every reading of the batch, and the
+   hub's resident memory is read at the end, with 10,000 beacons tracked. The gateways publish
+   `--phase` seconds after each whole second of the clock: 0 by default, as gateway/daemon.py
+   does on a clock NTP keeps in step with the hub's; `--phase random` picks one, as gateways
+   with unsynchronised clocks would (the latency then depends on where it falls).
 
-    python bench/hub_throughput.py [--quick]
+    python bench/hub_throughput.py [--quick] [--phase S|random]
 """
 
 from __future__ import annotations
@@ -113,6 +116,10 @@ class Workload:
                 variants.append((tuple(beacons_), tuple(b), tuple(dt), tuple(rssi)))
             self.columns[g] = variants
         self.readings_per_round = sum(len(v[0][1]) for v in self.columns.values())
+
+    def newest_dt_s(self, gw: str) -> float:
+        """How long before `sent` the newest sample of `gw`'s next batch was heard."""
+        return min(self.columns[gw][self.seq[gw] % VARIANTS][2], default=0.0) / 1000.0
 
     def batch(self, gw: str, sent: float) -> tuple[str, bytes, int]:
         seq = self.seq[gw]
@@ -275,7 +282,9 @@ def capacity_rounds(
     return results
 
 
-def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str, Any]:  # noqa: PLR0915  # one measurement, step by step
+def live(  # noqa: PLR0915  # one measurement, step by step
+    hub: HubProcess, broker: Any, work: Workload, seconds: int, phase_s: float
+) -> dict[str, Any]:
     pub = client(broker, f"live-{uuid.uuid4().hex[:6]}")
     tracks: list[tuple[float, float]] = []  # (tick t, arrival)
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tr-{uuid.uuid4().hex[:6]}")
@@ -291,19 +300,23 @@ def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str
     sub.subscribe(tracks_topic(work.site), qos=0)
     sub.loop_start()
     subscribed.wait(30)
-    sent_batches: list[tuple[float, float]] = []  # (sent, published)
+    # (gateway, seq, sent, newest reading, published)
+    sent_batches: list[tuple[str, int, float, float, float]] = []
     depth: list[float] = []
     start_readings = hub.metric_sum("beacon_hub_readings_total")
     t_start = time.time()
+    wall = time.time()
+    time.sleep((math.floor(wall - phase_s) + 1.0 + phase_s) - wall)
     nxt = time.monotonic()
     published = 0
     for _ in range(seconds):
         now = time.time()
         for gw in work.gateways:
+            newest, seq = now - work.newest_dt_s(gw), work.seq[gw]
             topic, payload, n = work.batch(gw, now)
             pub.publish(topic, payload, qos=1)
             published += n
-            sent_batches.append((now, time.time()))
+            sent_batches.append((gw, seq, now, newest, time.time()))
         depth.append(hub.metric_sum("beacon_hub_inbox_depth"))
         nxt += 1.0
         time.sleep(max(0.0, nxt - time.monotonic()))
@@ -314,14 +327,24 @@ def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str
         120,
     )
     elapsed = time.time() - t_start
-    last_sent = sent_batches[-1][0]
+    last_sent = max(b[3] for b in sent_batches)
     wait_until("the last tick", lambda: bool(tracks) and tracks[-1][0] >= last_sent, 30)
     rate = (total - start_readings) / elapsed
+
+    # The tick that took each batch in, from the hub's ledger: a tick whose time is past the
+    # batch's readings but that ran before the batch was decoded does not carry its fix.
+    def ledger() -> dict[tuple[str, int], float]:
+        rows = hub.sql("SELECT gateway, seq, tick_t FROM batches WHERE site = ?", work.site)
+        return {(g, int(q)): float(t) for g, q, t in rows}
+
+    wanted = {(g, q) for g, q, *_ in sent_batches}
+    wait_until("the ledger", lambda: wanted <= ledger().keys(), 30)
+    taken = ledger()
     latencies = []
     ticks = sorted(tracks)
-    for sent, published_at in sent_batches:
+    for gw, seq, _, newest, published_at in sent_batches:
         for t, arrival in ticks:
-            if t >= sent:
+            if t >= newest and t >= taken[gw, seq]:
                 latencies.append(arrival - published_at)
                 break
     latencies.sort()
@@ -350,8 +373,8 @@ def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str
         # a second from run to run. Circular mean of the publication times' fractions.
         "publish_phase_s": (
             math.atan2(
-                sum(math.sin(2 * math.pi * s) for s, _ in sent_batches),
-                sum(math.cos(2 * math.pi * s) for s, _ in sent_batches),
+                sum(math.sin(2 * math.pi * b[2]) for b in sent_batches),
+                sum(math.cos(2 * math.pi * b[2]) for b in sent_batches),
             )
             / (2 * math.pi)
         )
@@ -366,7 +389,13 @@ def live(hub: HubProcess, broker: Any, work: Workload, seconds: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 s live, 5 s capacity")
+    parser.add_argument(
+        "--phase",
+        default="0",
+        help="seconds after each whole second at which the gateways publish, or 'random'",
+    )
     args = parser.parse_args()
+    phase_s = random.random() if args.phase == "random" else float(args.phase) % 1.0
     live_s = 10 if args.quick else 60
     capacity_s = 5 if args.quick else CAPACITY_S
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
@@ -385,7 +414,7 @@ def main() -> None:
             )
             try:
                 rounds = capacity_rounds(hub, broker, work, capacity_s)
-                result = live(hub, broker, work, live_s)
+                result = live(hub, broker, work, live_s, phase_s)
                 if hub.stop() != 0:
                     raise SystemExit(f"the hub did not stop cleanly:\n{hub.log()[-2000:]}")
             finally:
