@@ -126,17 +126,20 @@ class _SiteRun:
     last_tick_wall: float | None = None
 
 
-def _round(reported: dict[str, float], t: float, step: float) -> tuple[bool, bool]:
-    """(whether gateways in step with the grid are expected for tick `t`, whether each of them
-    has sent its batch for it: one that ends at or after t - step/2; a gateway sends one batch
-    per step). Gateways out of step join whichever tick follows their batches."""
+def _round(reported: dict[str, float], t: float, step: float) -> tuple[float, bool]:
+    """(how long past `t` the wall clock waits for the round: `ROUND_WAIT_S` if gateways in step
+    with the grid are expected for tick `t`, else `TICK_GRACE_S`; whether each of them has sent
+    its batch for it: one that ends at or after t - step/2; a gateway sends one batch per step).
+    Gateways out of step join whichever tick follows their batches."""
     late, early = min(IN_STEP_S, step / 4.0), min(EARLY_S, step / 10.0)
     ends = []
     for end in reported.values():
         phase = end % step
         if end > t - 2.0 * step and (phase < late or phase > step - early):
             ends.append(end)
-    return bool(ends), bool(ends) and min(ends) >= t - 0.5 * step
+    if not ends:
+        return TICK_GRACE_S, False
+    return ROUND_WAIT_S, min(ends) >= t - 0.5 * step
 
 
 def _load_sites(cfg: HubConfig) -> list[tuple[Site, Engine]]:
@@ -341,8 +344,7 @@ class Hub:
     def _wait_s(self, now: float) -> float:
         step = self.cfg.engine.tick_interval_s
         due = [
-            r.next_tick
-            + (ROUND_WAIT_S if _round(r.reported, r.next_tick, step)[0] else TICK_GRACE_S)
+            r.next_tick + _round(r.reported, r.next_tick, step)[0]
             for r in self.sites.values()
             if r.next_tick is not None
         ]
@@ -426,15 +428,14 @@ class Hub:
                 continue
             for _ in range(MAX_TICKS_PER_STEP):
                 t = run.next_tick
-                expected, complete = _round(run.reported, t, step)
+                grace, complete = _round(run.reported, t, step)
                 by_data = complete or run.data_wm >= t + step
                 # Live (data within max_lateness of now): the wall clock drives, so a tick never
                 # waits for the next batch. Replaying a backlog: only the data, or silence.
                 live = run.data_wm >= now - lateness
-                grace = ROUND_WAIT_S if expected else TICK_GRACE_S
                 # A round in step still being decoded is this tick's: the inbox first (a tick
                 # begun now would leave the rest to the next one), unless a whole tick late.
-                busy_ok = live and (not expected or now >= t + step)
+                busy_ok = live and (grace == TICK_GRACE_S or now >= t + step)
                 by_clock = settled and (idle or busy_ok) and now >= t + grace
                 if not (by_data or by_clock):
                     break

@@ -39,6 +39,14 @@ DRAIN_TIMEOUT_S: Final = 5.0
 stop timeout is 90 s, so this leaves plenty of room."""
 
 
+def _call_logged(action: Callable[[], None]) -> None:
+    """One call of a periodic task: a failure is logged, it must not end the daemon's clock."""
+    try:
+        action()
+    except Exception:
+        log.exception("periodic task failed")
+
+
 class Gateway:
     """One gateway process. Parts are attributes so tests can watch their counters."""
 
@@ -146,10 +154,7 @@ class Gateway:
         while True:
             due += interval_s
             await asyncio.sleep(max(0.0, due - loop.time()))
-            try:
-                action()
-            except Exception:  # one failed tick must not end the daemon's clock
-                log.exception("periodic task failed")
+            _call_logged(action)
 
     @staticmethod
     async def _on_clock_grid(interval_s: float, action: Callable[[], None]) -> None:
@@ -166,10 +171,7 @@ class Gateway:
             await asyncio.sleep(max(0.0, due - time.time()))
             # Rounded, not floored: waking a hair before the multiple must not call twice.
             due = (round(time.time() / interval_s) + 1.0) * interval_s
-            try:
-                action()
-            except Exception:  # one failed window must not end the daemon's clock
-                log.exception("periodic task failed")
+            _call_logged(action)
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat payload (wire.Heartbeat), with `samples_per_s` and `beacons_heard`
