@@ -7,10 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from beacon_hub.calibration import Calibration, GatewayFit
 from beacon_hub.engine import Engine, EngineConfig, Readings
 from beacon_hub.floorplan import FLOOR
 from beacon_hub.multilateration import Geometry, solve
 from beacon_hub.pathloss import mean_rssi_dbm
+from beacon_hub.radiomap import RadioMap
 from beacon_hub.site import Site, validate_site_data
 
 TAG = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:7"
@@ -103,6 +105,30 @@ def test_permuting_gateways_changes_nothing() -> None:
     a, c = solve(geo), solve(shuffled)
     np.testing.assert_allclose(a.xy, c.xy, atol=1e-9)
     np.testing.assert_allclose(a.cov, c.cov, atol=1e-9)
+
+
+def test_a_calibrated_map_uses_the_far_gateways_too() -> None:
+    """Without a calibrated map the 10 strongest gateways place a beacon; with one, every
+    gateway that hears it (up to 32): far gateways' weak readings rule out rival places."""
+    grid = [(x, y) for x in (0.0, 5.0, 10.0, 15.0, 20.0) for y in (0.0, 4.0, 8.0, 12.0)]
+    site = room_site(
+        gateways=[{"id": f"g{i}", "x": x, "y": y, "z": 3.0} for i, (x, y) in enumerate(grid)]
+    )
+    gateways = tuple(g.id for g in site.gateways)
+    fit = GatewayFit(-59.0, 2.0, 4.0, 3.0, 100)
+    calibration = Calibration(
+        site.id, dict.fromkeys(gateways, fit), RadioMap.for_site(site, gateways)
+    )
+    used = {}
+    for name, cal in (("uncalibrated", None), ("calibrated", calibration)):
+        engine = Engine(site, EngineConfig(tracking=False), cal)
+        for r in exact_readings(site, TAG, (6.0, 5.0), 10.0):
+            engine.ingest(r)
+        fixes = engine.tick(10.5).fixes
+        used[name] = len(fixes.gateways(0))
+        assert abs(fixes.x[0] - 6.0) < 0.3
+        assert abs(fixes.y[0] - 5.0) < 0.3
+    assert used == {"uncalibrated": 10, "calibrated": 20}
 
 
 def test_a_beacon_barely_heard_gets_a_large_accuracy_not_a_crash() -> None:
