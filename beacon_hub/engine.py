@@ -711,7 +711,7 @@ class Engine:
         due = rows[self.rivals.due(idx[rows])]
         mode, _ = self._best_near(due, prior[due], geo, level, area, table, self._rival_offsets)
         self.rivals.offer(idx[due], mode, prior[due])
-        win, points = self.rivals.winners(idx[rows])
+        win, points = self.rivals.winners(idx[rows], geo.mask[rows].sum(axis=1))
         return rows[win], points
 
     def _likelihood_table(self) -> MapTable | None:

@@ -4,10 +4,19 @@ it keeps explaining the data better than the track."""
 import numpy as np
 import pytest
 
-from beacon_hub.basins import RIVAL_DECAY, RIVAL_MIN_M, RIVAL_NATS, RivalBasins
+from beacon_hub.basins import (
+    RIVAL_DECAY,
+    RIVAL_MIN_M,
+    RIVAL_NATS,
+    RIVAL_NATS_PER_GATEWAY,
+    RivalBasins,
+)
 from beacon_hub.engine import Engine, EngineConfig
 
 from .test_engine import PALLET, exact_readings, room_site
+
+FEW = np.array([4])
+"""Gateways in a track's likelihood: a pallet among racks."""
 
 
 def _basins(n: int = 4, checks: int = 2) -> RivalBasins:
@@ -49,11 +58,11 @@ def test_the_lead_decays_and_wins_only_when_kept() -> None:
     for _ in range(5):
         rivals.weigh(b, np.array([0.0]))
     assert rivals.nats[0] == pytest.approx((RIVAL_NATS - 1.0) * RIVAL_DECAY**5)
-    assert not rivals.winners(b)[0].any()
+    assert not rivals.winners(b, FEW)[0].any()
     # a steady lead of 2 nats a tick adds up past it (the sum tends to 2 / (1 - decay) = 20)
     for _ in range(30):
         rivals.weigh(b, np.array([2.0]))
-    win, points = rivals.winners(b)
+    win, points = rivals.winners(b, FEW)
     assert win.tolist() == [True]
     assert points.tolist() == [[10.0, 0.0]]
     assert not rivals.held(b)[0]
@@ -98,3 +107,17 @@ def test_a_rival_the_data_do_not_support_never_wins(checks: int) -> None:
         assert engine.rivals.nats[i] < -RIVAL_NATS
     assert engine.rivals.moves == 0
     assert np.hypot(fixes.x[0] - spot[0], fixes.y[0] - spot[1]) < 0.5
+
+
+def test_a_lead_summed_over_more_gateways_must_be_larger() -> None:
+    """The same lead moves a track heard by a few gateways, not one heard by many, whose
+    likelihood sums a term (and a map error) per gateway."""
+    many = np.array([int(2 * RIVAL_NATS / RIVAL_NATS_PER_GATEWAY)])
+    results = []
+    for gateways in (FEW, many):
+        rivals = _basins()
+        b = np.array([0])
+        rivals.offer(b, np.array([[10.0, 0.0]]), np.zeros((1, 2)))
+        rivals.weigh(b, np.array([1.5 * RIVAL_NATS]))
+        results.append(bool(rivals.winners(b, gateways)[0][0]))
+    assert results == [True, False]
