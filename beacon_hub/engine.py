@@ -578,10 +578,9 @@ class Engine:
         group = np.cumsum(first) - 1
         counts = np.diff(np.r_[starts, beacon.shape[0]])
         rank = np.arange(beacon.shape[0]) - starts[group]
-        calibrated = self._map_calibrated and self.config.use_map
-        cap = MAX_GATEWAYS_PER_FIX_CALIBRATED if calibrated else MAX_GATEWAYS_PER_FIX
+        cap = MAX_GATEWAYS_PER_FIX_CALIBRATED if self._survey_map else MAX_GATEWAYS_PER_FIX
         if counts.max() > cap:
-            # Rare: more gateways than slots; rank by RSSI so the strongest are kept.
+            # More gateways than slots: rank by RSSI so the strongest are kept.
             order = np.lexsort((-est.rssi_dbm, beacon))
             rank = np.empty_like(rank)
             rank[order] = np.arange(beacon.shape[0]) - starts[group[order]]
@@ -641,7 +640,7 @@ class Engine:
             radio_map = functools.partial(self.radio_map.correction, learned=False)
         sol = solve(geo, prior, None if cfg.solver == "grid" else radio_map)
         xy = self._project(level, sol.xy, area)
-        if cfg.solver == "grid" or (cfg.solver == "auto" and use_map and self._map_calibrated):
+        if self._grid_solver:
             table = None
             if radio_map is not None and self.radio_map is not None:
                 table = self.radio_map.table(learned=use_map)
@@ -694,13 +693,11 @@ class Engine:
         (basins.py): the held rivals are weighed against the tracks' predictions `prior`, and
         this tick's share of the tracks is searched within basin_search_m for new ones."""
         none = (np.zeros(0, dtype=np.intp), np.zeros((0, 2)))
-        cfg = self.config
-        use_map = self.radio_map is not None and cfg.use_map and self._map_learned
-        grid = cfg.solver == "grid" or (cfg.solver == "auto" and use_map and self._map_calibrated)
-        if not grid or self._rival_offsets is None:
+        if not self._grid_solver or self._rival_offsets is None:
             return none
         table = self._likelihood_table()
-        rows = np.flatnonzero(tracked & (geo.mask.sum(axis=1) >= 2))
+        heard = geo.mask.sum(axis=1)
+        rows = np.flatnonzero(tracked & (heard >= 2))
         held = rows[self.rivals.held(idx[rows])]
         if held.shape[0]:
             # each scored by the best point near it (RIVAL_LOCAL_M), not the point itself
@@ -711,8 +708,18 @@ class Engine:
         due = rows[self.rivals.due(idx[rows])]
         mode, _ = self._best_near(due, prior[due], geo, level, area, table, self._rival_offsets)
         self.rivals.offer(idx[due], mode, prior[due])
-        win, points = self.rivals.winners(idx[rows], geo.mask[rows].sum(axis=1))
+        win, points = self.rivals.winners(idx[rows], heard[rows])
         return rows[win], points
+
+    @property
+    def _survey_map(self) -> bool:
+        """A calibration's map is in use: the grid likelihood (solver auto), every gateway heard."""
+        return self._map_calibrated and self.config.use_map
+
+    @property
+    def _grid_solver(self) -> bool:
+        """Fixes come from the likelihood over the map grid (and rival basins are searched)."""
+        return self.config.solver == "grid" or (self.config.solver == "auto" and self._survey_map)
 
     def _likelihood_table(self) -> MapTable | None:
         """The map the grid's likelihood reads: the learned one when in use, else the

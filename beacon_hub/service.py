@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from beacon_hub.calibration import load_calibration
 from beacon_hub.consent import ConsentRegistry, read_consent_file
@@ -126,20 +126,31 @@ class _SiteRun:
     last_tick_wall: float | None = None
 
 
-def _round(reported: dict[str, float], t: float, step: float) -> tuple[float, bool]:
-    """(how long past `t` the wall clock waits for the round: `ROUND_WAIT_S` if gateways in step
-    with the grid are expected for tick `t`, else `TICK_GRACE_S`; whether each of them has sent
-    its batch for it: one that ends at or after t - step/2; a gateway sends one batch per step).
-    Gateways out of step join whichever tick follows their batches."""
+class _Round(NamedTuple):
+    """A tick's round of batches, as far as the hub has heard it."""
+
+    in_step: bool
+    """Gateways in step with the grid are expected for the tick."""
+    complete: bool
+    """Each of them has sent its batch for it."""
+
+    @property
+    def wait_s(self) -> float:
+        """How long past the tick the wall clock waits for the round."""
+        return ROUND_WAIT_S if self.in_step else TICK_GRACE_S
+
+
+def _round(reported: dict[str, float], t: float, step: float) -> _Round:
+    """Tick `t`'s round: a gateway in step has sent its batch for `t` once one ends at or after
+    t - step/2 (a gateway sends one batch per step). Gateways out of step join whichever tick
+    follows their batches."""
     late, early = min(IN_STEP_S, step / 4.0), min(EARLY_S, step / 10.0)
     ends = []
     for end in reported.values():
         phase = end % step
         if end > t - 2.0 * step and (phase < late or phase > step - early):
             ends.append(end)
-    if not ends:
-        return TICK_GRACE_S, False
-    return ROUND_WAIT_S, min(ends) >= t - 0.5 * step
+    return _Round(bool(ends), bool(ends) and min(ends) >= t - 0.5 * step)
 
 
 def _load_sites(cfg: HubConfig) -> list[tuple[Site, Engine]]:
@@ -344,7 +355,7 @@ class Hub:
     def _wait_s(self, now: float) -> float:
         step = self.cfg.engine.tick_interval_s
         due = [
-            r.next_tick + _round(r.reported, r.next_tick, step)[0]
+            r.next_tick + _round(r.reported, r.next_tick, step).wait_s
             for r in self.sites.values()
             if r.next_tick is not None
         ]
@@ -428,15 +439,15 @@ class Hub:
                 continue
             for _ in range(MAX_TICKS_PER_STEP):
                 t = run.next_tick
-                grace, complete = _round(run.reported, t, step)
-                by_data = complete or run.data_wm >= t + step
+                rnd = _round(run.reported, t, step)
+                by_data = rnd.complete or run.data_wm >= t + step
                 # Live (data within max_lateness of now): the wall clock drives, so a tick never
                 # waits for the next batch. Replaying a backlog: only the data, or silence.
                 live = run.data_wm >= now - lateness
                 # A round in step still being decoded is this tick's: the inbox first (a tick
                 # begun now would leave the rest to the next one), unless a whole tick late.
-                busy_ok = live and (grace == TICK_GRACE_S or now >= t + step)
-                by_clock = settled and (idle or busy_ok) and now >= t + grace
+                busy_ok = live and (not rnd.in_step or now >= t + step)
+                by_clock = settled and (idle or busy_ok) and now >= t + rnd.wait_s
                 if not (by_data or by_clock):
                     break
                 self._tick(run, t)
