@@ -131,6 +131,40 @@ def test_a_calibrated_map_uses_the_far_gateways_too() -> None:
     assert used == {"uncalibrated": 10, "calibrated": 20}
 
 
+def _one_fix(site: Site, calibration: Calibration | None, tracking: bool) -> tuple[Any, ...]:
+    engine = Engine(site, EngineConfig(tracking=tracking), calibration)
+    fixes = None
+    for t in (10.0, 11.0, 12.0):
+        for r in exact_readings(site, TAG, (6.0, 5.0), t):
+            engine.ingest(r)
+        fixes = engine.tick(t + 0.5).fixes
+    assert fixes is not None
+    return fixes.x[0], fixes.y[0], fixes.accuracy_m[0]
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_a_gateway_no_calibration_fitted_widens_the_accuracy_not_the_fix(tracking: bool) -> None:
+    """Without a fit a gateway also carries the static field a fit would absorb: a bias, so
+    accuracy_m widens while the position (and the tracker's weights) stay as they were."""
+    site = room_site()
+    fit = GatewayFit(-59.0, 2.0, 4.0, 3.0, 100)
+    calibration = Calibration(site.id, {g.id: fit for g in site.gateways}, None)
+    x0, y0, fitted = _one_fix(site, calibration, tracking)
+    x1, y1, unfitted = _one_fix(site, None, tracking)
+    assert (x1, y1) == pytest.approx((x0, y0), abs=1e-9)
+    assert unfitted > 1.1 * fitted
+
+
+def test_reference_beacons_alone_do_not_narrow_the_accuracy() -> None:
+    """A map learnt from a few reference beacons corrects the field near them only: the
+    static spread elsewhere, and accuracy_m, stay what they are without references."""
+    plain = room_site()
+    with_reference = room_site(
+        reference_beacons=[{"beacon": PALLET, "x": 18.0, "y": 10.0, "z": 1.0}]
+    )
+    assert _one_fix(with_reference, None, True)[2] == pytest.approx(_one_fix(plain, None, True)[2])
+
+
 def test_a_beacon_barely_heard_gets_a_large_accuracy_not_a_crash() -> None:
     site = room_site()
     engine = Engine(site, EngineConfig(tracking=False))
