@@ -4,7 +4,8 @@
 
 Runs exactly the commands the README lists (as subprocesses of the installed CLI):
 convert the dataset, `beacon-hub calibrate` on the calibration walk, `beacon-hub replay` of the
-robot route and of the walk in four modes (map or path loss only, tracking on or off), and
+robot route and of the walk in four modes (map or path loss only, tracking on or off) and in
+two without the calibration (the site file's radio, as on the day of installation), and
 `beacon-hub eval` against the robot's truth and the walk's reference path. Prints a markdown
 table; with --json, one JSON object as the last line.
 """
@@ -21,12 +22,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "config" / "flat-calib2021.yaml"
-MODES: dict[str, list[str]] = {
-    "map + tracking": [],
-    "map, one fix per sample": ["--no-tracking"],
-    "path loss + tracking": ["--no-map"],
-    "path loss, one fix per sample": ["--no-map", "--no-tracking"],
+MODES: dict[str, tuple[bool, list[str]]] = {
+    "map + tracking": (True, []),
+    "map, one fix per sample": (True, ["--no-tracking"]),
+    "path loss + tracking": (True, ["--no-map"]),
+    "path loss, one fix per sample": (True, ["--no-map", "--no-tracking"]),
+    "no calibration + tracking": (False, []),
+    "no calibration, one fix per sample": (False, ["--no-tracking"]),
 }
+"""Mode -> (calibrated, replay flags)."""
 
 
 def _run(args: list[str]) -> str:
@@ -64,13 +68,15 @@ def measure(dataset: Path | None, work: Path) -> dict[str, dict[str, Any]]:
         ]
     )
     out: dict[str, dict[str, Any]] = {}
-    for mode, flags in MODES.items():
+    for mode, (calibrated, flags) in MODES.items():
         out[mode] = {}
+        calibration = ["--calibration", str(cal)] if calibrated else []
+        name = "-".join([f.strip("-") for f in flags] + ([] if calibrated else ["uncalibrated"]))
         for route, reference in (
             ("robot", ["--truth", "robot_truth.csv"]),
             ("walk", ["--path", "walk_path.csv"]),
         ):
-            fixes = work / f"{route}-{'-'.join(f.strip('-') for f in flags) or 'default'}.csv"
+            fixes = work / f"{route}-{name or 'default'}.csv"
             _run(
                 [
                     *hub,
@@ -79,8 +85,7 @@ def measure(dataset: Path | None, work: Path) -> dict[str, dict[str, Any]]:
                     str(SITE),
                     "--readings",
                     str(work / f"{route}_readings.csv"),
-                    "--calibration",
-                    str(cal),
+                    *calibration,
                     "--out",
                     str(fixes),
                     *flags,

@@ -43,3 +43,13 @@ def test_the_map_helps(results: dict[str, dict[str, Any]]) -> None:
     with_map = results["map + tracking"]["robot"]["median_m"]
     without = results["path loss + tracking"]["robot"]["median_m"]
     assert with_map < 0.85 * without
+
+
+def test_without_calibration_the_accuracy_is_still_honest(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    """The site file's radio alone: worse fixes, but an accuracy_m that says so."""
+    tracked = results["no calibration + tracking"]["robot"]
+    assert 0.60 <= tracked["within_accuracy"] <= 0.76  # 0.47 before the unfitted excess
+    assert 0.60 <= results["no calibration, one fix per sample"]["robot"]["within_accuracy"] <= 0.76
+    assert results["map + tracking"]["robot"]["median_m"] < 0.6 * tracked["median_m"]
