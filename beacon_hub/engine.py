@@ -183,9 +183,10 @@ class EngineConfig(BaseModel):
     start; auto: grid when a calibrated map is in use. A map learnt only from reference beacons
     is known at those few spots, so it corrects the least squares instead. Grid without a
     calibration, measured 2026-12-05 (median / p90): flat-calib2021's robot 2.38 / 3.21 ->
-    1.96 / 2.57 m, but the store (C) 3.79 / 8.50 -> 3.96 / 8.67 m and the warehouse (D) 3.41 /
-    9.49 -> 8.23 / 19.91 m (pallets put in the next aisle; 12.1 m without the wide searches):
-    not understood yet, so auto keeps least squares there."""
+    1.96 / 2.59 m, the store (C) 3.79 / 8.50 -> 3.50 / 7.35 m, the warehouse (D) 3.41 / 9.49 ->
+    2.88 / 10.27 m, right or neighbouring bay 51 -> 56 % but standing flaps 1.0 -> 3.0 per
+    beacon-hour; at the grid's cost (bench/engine_tick.py: 72 ms -> 2 s a tick for 10,000
+    beacons), so auto keeps least squares there and a small site may choose grid."""
     grid_threads: Annotated[int, Field(ge=0, le=64)] = 0
     """Threads for the map likelihood of a tick's beacons (solve_grid); 0: one per CPU core.
     The fixes are the same with any number."""
@@ -670,7 +671,10 @@ class Engine:
             radio_map = self.radio_map.correction
         elif self.radio_map is not None and self.plan_losses:
             radio_map = functools.partial(self.radio_map.correction, learned=False)
-        sol = solve(geo, prior, None if cfg.solver == "grid" else radio_map)
+        # The grid searches near this start, so it needs the plan's losses as much as least
+        # squares does: `solver=grid` once started from path loss alone and, with the
+        # warehouse's 10 dB racks, searched the wrong aisle (D: 8.23 m median, now 2.88).
+        sol = solve(geo, prior, radio_map)
         xy = self._project(level, sol.xy, area)
         if self._grid_solver:
             table = None
