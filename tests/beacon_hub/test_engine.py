@@ -1,6 +1,6 @@
 """The engine core: exact on noise-free data, indifferent to gateway order, honest when lost."""
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -284,7 +284,7 @@ def test_a_parked_pallet_whose_fix_strays_has_not_moved() -> None:
 
 
 @pytest.mark.parametrize("solver", ["auto", "grid"])
-def test_plan_losses_explain_a_wall(solver: str) -> None:
+def test_plan_losses_explain_a_wall(solver: Literal["auto", "grid"]) -> None:
     """Readings through a 10 dB wall: expecting the wall puts the beacon where it is, and the
     grid searches from where the wall-aware least squares starts, not the plan-blind one."""
     site = room_site(
