@@ -328,6 +328,14 @@ def _split_shadowing(shadowing_db: F64, fitted: NDArray[np.bool_]) -> tuple[F64,
     return static, varying, np.where(fitted, 0.0, shadowing_db * excess)
 
 
+def _variance_share(geo: Geometry, spread_db: F64) -> F64:
+    """Each beacon's mean over its gateways of spread^2 / sd_db^2: the part of its fix's
+    variance that a spread (dB, per slot) accounts for."""
+    heard = np.maximum(geo.mask.sum(axis=1), 1)
+    share: F64 = np.where(geo.mask, spread_db**2 / geo.sd_db**2, 0.0).sum(axis=1) / heard
+    return share
+
+
 def _zone_params(config: EngineConfig) -> ZoneParams:
     # One sample's fix is wide everywhere: without tracking, the dwell by accuracy would only
     # slow every change.
@@ -494,7 +502,7 @@ class Engine:
         self.window.expire(t - cfg.window_s)
         if est.beacon.shape[0] == 0:
             return TickResult(self._empty(t), self._lost(t))
-        idx, level, geo, static, unfitted, t_meas = self._geometry(est)
+        idx, level, geo, static, t_meas = self._geometry(est)
         area = self._area[idx]
         tracked = cfg.tracking & np.isfinite(self.tracks.t[idx])
         prior = np.full((idx.shape[0], 2), np.nan)
@@ -528,14 +536,12 @@ class Engine:
             )
         xy, cov = self._locate(geo, prior, level, area, grid_prior, fresh=fresh)
         speed = np.zeros(idx.shape[0])
-        heard = np.maximum(geo.mask.sum(axis=1), 1)
-        unfitted_share = np.where(geo.mask, unfitted**2 / geo.sd_db**2, 0.0).sum(axis=1) / heard
+        unfitted_share = _variance_share(geo, self.gw_unfitted_db[geo.gw])
         if not cfg.tracking:
             cov = cov * (1.0 + unfitted_share)[:, None, None]
         else:
             # Tracking averages the fast fading away, not the static part: keep that in accuracy.
-            share = np.where(geo.mask, static**2 / geo.sd_db**2, 0.0).sum(axis=1) / heard
-            static_cov = cov * (share + unfitted_share)[:, None, None]
+            static_cov = cov * (_variance_share(geo, static) + unfitted_share)[:, None, None]
 
             def relocate(rows: NDArray[np.intp]) -> tuple[F64, F64]:
                 # A track that lost lock restarts from the data alone, searched as a new
@@ -602,12 +608,8 @@ class Engine:
         )
         return TickResult(table, events)
 
-    def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64, F64, F64]:
-        """Pad each beacon's gateways into (beacons, K) slots, strongest first in slot 0.
-
-        Returns the beacons, their levels, the geometry, each slot's static spread and unfitted
-        excess (dB, see STATIC_SHARE_UNFITTED) and each beacon's measurement time.
-        """
+    def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64, F64]:
+        """Pad each beacon's gateways into (beacons, K) slots, strongest first in slot 0."""
         beacon, gw = est.beacon, est.gateway  # sorted by beacon already
         first = np.r_[True, beacon[1:] != beacon[:-1]]
         starts = np.flatnonzero(first)
@@ -654,7 +656,7 @@ class Engine:
         t_meas = np.bincount(group, weights=est.mean_t, minlength=idx.shape[0]) / np.bincount(
             group, minlength=idx.shape[0]
         ).astype(np.float64)
-        return idx, level, geo, static, self.gw_unfitted_db[slot_g], t_meas
+        return idx, level, geo, static, t_meas
 
     def _locate(
         self,

@@ -131,7 +131,9 @@ def test_a_calibrated_map_uses_the_far_gateways_too() -> None:
     assert used == {"uncalibrated": 10, "calibrated": 20}
 
 
-def _one_fix(site: Site, calibration: Calibration | None, tracking: bool) -> tuple[Any, ...]:
+def _one_fix(
+    site: Site, calibration: Calibration | None, tracking: bool
+) -> tuple[float, float, float]:
     engine = Engine(site, EngineConfig(tracking=tracking), calibration)
     fixes = None
     for t in (10.0, 11.0, 12.0):
@@ -139,7 +141,7 @@ def _one_fix(site: Site, calibration: Calibration | None, tracking: bool) -> tup
             engine.ingest(r)
         fixes = engine.tick(t + 0.5).fixes
     assert fixes is not None
-    return fixes.x[0], fixes.y[0], fixes.accuracy_m[0]
+    return float(fixes.x[0]), float(fixes.y[0]), float(fixes.accuracy_m[0])
 
 
 @pytest.mark.parametrize("tracking", [False, True])
