@@ -39,6 +39,7 @@ from beacon_hub.multilateration import (
     select_rows,
     solve,
     solve_grid,
+    weighted_centroid,
 )
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
@@ -222,6 +223,21 @@ class EngineConfig(BaseModel):
     """Multiplies accuracy_m; calibrated so 68 % of true positions fall within it."""
     reference_update_s: Annotated[float, Field(gt=0)] = 10.0
     """How often reference beacons feed the live radio map."""
+    unheard_gateways: Annotated[int, Field(ge=0, le=64)] = 8
+    """With the map likelihood (solver grid), this many gateways that did *not* hear a beacon
+    weigh in too: the nearest to its track (or to the gateways that heard it) among those on its
+    level that heard some beacon in the window. A place where the map predicts such a gateway
+    above its floor (the quietest pair estimate it has reported) is unlikely; below, it says
+    nothing (Geometry.unheard). It rules out a rival basin by a gateway that stays silent.
+    Simulated warehouse calibrated (F), all pallets, 0 -> 4 -> 8: median 0.68 -> 0.48 -> 0.46 m,
+    p90 7.12 -> 4.01 -> 3.54 m, parked pallets in the right or a neighbouring bay 82.3 -> 90.7
+    -> 92.1 % (right bay 65.7 -> 73.3 -> 74.0 %), within accuracy_m 69 -> 72 -> 71 %; the floor
+    3 dB higher (weaker evidence): 88.8 %, 3 dB lower: 91.9 % at a median 0.53 m; the spread
+    halved: 90.0 %. Store calibrated (E) 120 s: 0.52 / 3.27 -> 0.50 / 2.88 m; 600 s 0.45 / 2.29
+    -> 0.42 / 2.16 m, zone accuracy outside the band 90.6 -> 91.2 %, standing flaps 0.38 ->
+    0.63 per beacon-hour (3 -> 5). flat-calib2021 (six anchors that hear everything) the same.
+    Cost: the warehouse replay 41 -> 72 s (a tenth more slots for each grid point). 0 turns it
+    off."""
 
 
 @dataclass(frozen=True)
@@ -359,7 +375,8 @@ class Engine:
         self.gateway_ids = tuple(g.id for g in gws)
         self._gw_index = {g: i for i, g in enumerate(self.gateway_ids)}
         self.gw_xy = np.array([[g.x, g.y] for g in gws], dtype=np.float64)
-        self.gw_z = np.array([g.z for g in gws], dtype=np.float64)
+        # gw_floor_dbm: the quietest pair estimate each gateway has reported (its hearing's end)
+        self.gw_z, self.gw_floor_dbm = np.array([g.z for g in gws]), np.full(len(gws), np.inf)
         self.gw_level = np.array([g.level for g in gws], dtype=np.int64)
         radio = [site.gateway_radio(g) for g in gws]
         self.gw_ref = np.array([r.ref_rssi_1m_dbm for r in radio])
@@ -503,6 +520,7 @@ class Engine:
         if est.beacon.shape[0] == 0:
             return TickResult(self._empty(t), self._lost(t))
         idx, level, geo, static, t_meas = self._geometry(est)
+        np.minimum.at(self.gw_floor_dbm, est.gateway, est.rssi_dbm)
         area = self._area[idx]
         tracked = cfg.tracking & np.isfinite(self.tracks.t[idx])
         prior = np.full((idx.shape[0], 2), np.nan)
@@ -521,20 +539,21 @@ class Engine:
             grid_prior = (np.full((idx.shape[0], 2), np.nan), np.zeros((idx.shape[0], 2, 2)))
             grid_prior[0][tracked] = predicted[0][:, [0, 2]]
             grid_prior[1][tracked] = predicted[1][:, [0, 2]][:, :, [0, 2]] * PRIOR_INFLATION
+        geo_grid = self._with_unheard(geo, level, prior, np.unique(est.gateway))
         # with tracking, a beacon without a track yet searches wide (first_fix_search_m)
         fresh = ~tracked if cfg.tracking else np.zeros_like(tracked)
         if cfg.tracking:
             tracked, predicted = self._move_to_rivals(
                 idx,
                 tracked,
-                geo,
+                geo_grid,
                 level=level,
                 area=area,
                 prior=prior,
                 grid_prior=grid_prior,
                 predicted=predicted,
             )
-        xy, cov = self._locate(geo, prior, level, area, grid_prior, fresh=fresh)
+        xy, cov = self._locate(geo, prior, level, area, grid_prior, fresh=fresh, geo_grid=geo_grid)
         speed = np.zeros(idx.shape[0])
         unfitted_share = _variance_share(geo, self.gw_unfitted_db[geo.gw])
         if not cfg.tracking:
@@ -556,6 +575,7 @@ class Engine:
                     area[rows],
                     None,
                     fresh=np.ones(rows.shape[0], dtype=bool),
+                    geo_grid=select_rows(geo_grid, rows),
                 )
 
             xy, cov, speed, vel, vel_cov = self._track(
@@ -667,8 +687,10 @@ class Engine:
         grid_prior: tuple[F64, F64] | None,
         *,
         fresh: NDArray[np.bool_],
+        geo_grid: Geometry | None = None,
     ) -> tuple[F64, F64]:
-        """Multilateration, then the map likelihood around it when a map is in use."""
+        """Multilateration, then the map likelihood around it when a map is in use; the
+        likelihood reads `geo_grid` (geo with unheard gateways, _with_unheard) when given."""
         cfg = self.config
         use_map = self.radio_map is not None and cfg.use_map and self._map_learned
         radio_map: MapFn | None = None
@@ -685,7 +707,15 @@ class Engine:
             table = None
             if radio_map is not None and self.radio_map is not None:
                 table = self.radio_map.table(learned=use_map)
-            sol = self._solve_grid(geo, xy, level, area, table, grid_prior=grid_prior, fresh=fresh)
+            sol = self._solve_grid(
+                geo if geo_grid is None else geo_grid,
+                xy,
+                level,
+                area,
+                table,
+                grid_prior=grid_prior,
+                fresh=fresh,
+            )
             xy = sol.xy
         return xy, sol.cov
 
@@ -863,6 +893,47 @@ class Engine:
         mean = np.einsum("bc,bci->bi", w, pts) / np.maximum(total, 1e-300)[:, None]
         out[some] = np.where((total > 0)[:, None], mean, xy)
         return out
+
+    def _with_unheard(self, geo: Geometry, level: I64, prior: F64, up: I64) -> Geometry:
+        """`geo` with unheard_gateways more slots per beacon for the map likelihood: the
+        gateways nearest to its track's prediction `prior` (n, 2; NaN rows: to the weighted
+        centroid of those that heard it) on its level among those `up` (that heard some beacon)
+        that did not hear it, at their floor (Geometry.unheard). Fewer where fewer qualify;
+        `geo` itself without the grid solver or with unheard_gateways 0."""
+        if not self._grid_solver or self.config.unheard_gateways == 0:
+            return geo
+        near = np.where(np.isnan(prior), weighted_centroid(geo), prior)
+        n, n_gw = geo.gw.shape[0], self.gw_xy.shape[0]
+        ok = np.zeros((n, n_gw), dtype=bool)
+        ok[:, up] = True
+        ok &= (self.gw_level[None, :] == level[:, None]) & np.isfinite(self.gw_floor_dbm)
+        rows = np.broadcast_to(np.arange(n)[:, None], geo.gw.shape)
+        ok[rows[geo.mask], geo.gw[geo.mask]] = False  # it heard these
+        d2 = ((near[:, None, :] - self.gw_xy[None, :, :]) ** 2).sum(axis=2)
+        d2[~ok] = np.inf
+        k = min(self.config.unheard_gateways, n_gw)
+        slot_g = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n_gw else np.argsort(d2, axis=1)
+        use = np.isfinite(np.take_along_axis(d2, slot_g, axis=1))
+        static = self.gw_static_db[slot_g] * (MAP_STATIC_FACTOR if self._survey_map else 1.0)
+        # a beacon's own height and tx offset, from its first slot (always a heard gateway)
+        height = self.gw_z[geo.gw[:, 0]] - geo.dz_m[:, 0]
+        offset = geo.ref_dbm[:, 0] - self.gw_ref[geo.gw[:, 0]]
+        return Geometry(
+            gw=np.concatenate([geo.gw, slot_g], axis=1),
+            gw_xy=np.concatenate([geo.gw_xy, self.gw_xy[slot_g]], axis=1),
+            dz_m=np.concatenate([geo.dz_m, self.gw_z[slot_g] - height[:, None]], axis=1),
+            ref_dbm=np.concatenate([geo.ref_dbm, self.gw_ref[slot_g] + offset[:, None]], axis=1),
+            exponent=np.concatenate([geo.exponent, self.gw_exp[slot_g]], axis=1),
+            rssi_dbm=np.concatenate(
+                [geo.rssi_dbm, np.where(use, self.gw_floor_dbm[slot_g], 0.0)], axis=1
+            ),
+            # one sample's spread: nothing was averaged
+            sd_db=np.concatenate(
+                [geo.sd_db, np.sqrt(static**2 + self.gw_fast_db[slot_g] ** 2)], axis=1
+            ),
+            mask=np.concatenate([geo.mask, use], axis=1),
+            unheard=np.concatenate([np.zeros(geo.gw.shape, dtype=bool), use], axis=1),
+        )
 
     def _solve_grid(
         self,

@@ -85,6 +85,11 @@ class Geometry:
     rssi_dbm: F64
     sd_db: F64
     mask: NDArray[np.bool_]
+    unheard: NDArray[np.bool_] | None = None
+    """(B, K) slots of gateways that are up but did *not* hear the beacon, with rssi_dbm their
+    floor (the quietest they report): only a prediction above it is evidence, so such a slot's
+    z is capped at 0. Only the map likelihood reads them (_neg_cost: solve_grid, grid_mode);
+    least squares is never given them."""
 
 
 @dataclass(frozen=True)
@@ -337,9 +342,11 @@ def select_rows(geo: Geometry, rows: NDArray[np.intp]) -> Geometry:
 
 def _take_rows(obj: _RowsT, rows: NDArray[np.intp]) -> _RowsT:
     """The same per-beacon arrays (every field has beacons first), for these beacons only."""
-    return dataclasses.replace(
-        obj, **{f.name: getattr(obj, f.name)[rows] for f in dataclasses.fields(obj)}
-    )
+    taken: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        taken[f.name] = None if value is None else value[rows]
+    return dataclasses.replace(obj, **taken)
 
 
 def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
@@ -598,6 +605,12 @@ def _neg_cost(
     cx, cy = cand[:, 0].astype(f32), cand[:, 1].astype(f32)
     s_all = np.where(sub.mask, 1.0 / sub.sd_db, 0.0).T
     gx_all, gy_all, dz2_all, a_all, b_all, s32 = _slot_constants(sub, s_all)
+    # +inf for a gateway that heard, 0 for one that did not: z = min(z, cap)
+    cap_all = (
+        None
+        if sub.unheard is None
+        else np.ascontiguousarray(np.where(sub.unheard.T, 0.0, np.inf), dtype=f32)
+    )
     table = radio_map
     cells = gw_base = None
     if table is not None:
@@ -636,6 +649,8 @@ def _neg_cost(
             cells.correction(table, spread(gw_base[k]), m, t)
             t *= spread(s32[k])
             z -= t
+        if cap_all is not None:
+            np.minimum(z, spread(cap_all[k]), out=z)
         # Huber as m (|z| - m / 2), m = min(|z|, k): 0.5 z^2 inside, k (|z| - k / 2) beyond
         np.abs(z, out=z)
         np.minimum(z, f32(HUBER_K), out=t)

@@ -131,6 +131,40 @@ def test_a_calibrated_map_uses_the_far_gateways_too() -> None:
     assert used == {"uncalibrated": 10, "calibrated": 20}
 
 
+@pytest.mark.parametrize("unheard", [0, 8])
+def test_a_gateway_that_does_not_hear_a_beacon_rules_out_places_beside_it(unheard: int) -> None:
+    """Two gateways hear the tag at (10, 10) and cannot tell it from its mirror (10, 2) across
+    their line; a third beside the mirror is up (it hears a pallet at -77 dBm, its floor so
+    far) but not the tag: there it would read -67 dBm, by the truth -79 (below its floor). With
+    the map likelihood weighing unheard gateways the fix is on the true side; without, the
+    mirror keeps its weight."""
+    site = room_site(
+        gateways=[
+            {"id": "g0", "x": 0.0, "y": 6.0, "z": 3.0},
+            {"id": "g1", "x": 20.0, "y": 6.0, "z": 3.0},
+            {"id": "g2", "x": 10.0, "y": 0.5, "z": 3.0},
+        ]
+    )
+    gateways = tuple(g.id for g in site.gateways)
+    fit = GatewayFit(-59.0, 2.0, 4.0, 3.0, 100)
+    calibration = Calibration(
+        site.id, dict.fromkeys(gateways, fit), RadioMap.for_site(site, gateways)
+    )
+    engine = Engine(site, EngineConfig(tracking=False, unheard_gateways=unheard), calibration)
+    heard = {r.gateway: r for r in exact_readings(site, TAG, (10.0, 10.0), 10.0)}
+    engine.ingest(heard["g0"])
+    engine.ingest(heard["g1"])
+    engine.ingest(
+        next(r for r in exact_readings(site, PALLET, (18.0, 1.0), 10.0) if r.gateway == "g2")
+    )
+    fixes = engine.tick(10.5).fixes
+    y = fixes.y[fixes.beacons.index(TAG)]
+    if unheard:
+        assert y > 7.5, y  # 7.9: the two gateways leave the basin long across their line
+    else:
+        assert y < 6.5, y  # 6.0: both mirrors
+
+
 def _one_fix(
     site: Site, calibration: Calibration | None, tracking: bool
 ) -> tuple[float, float, float]:

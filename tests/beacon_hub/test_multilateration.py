@@ -146,6 +146,43 @@ def test_grid_mode_commits_to_the_most_likely_candidate() -> None:
     assert np.abs(below[0] - [5.0, -4.0]).max() <= 0.25
 
 
+def with_silent_gateway(geo: Geometry, xy: tuple[float, float], floor_dbm: float) -> Geometry:
+    """`geo` and one more gateway at `xy` that did not hear the beacons, whose floor is
+    `floor_dbm` (Geometry.unheard)."""
+    n, k = geo.mask.shape
+    return Geometry(
+        gw=np.c_[geo.gw, np.full(n, k)],
+        gw_xy=np.concatenate([geo.gw_xy, np.broadcast_to(xy, (n, 1, 2))], axis=1),
+        dz_m=np.c_[geo.dz_m, np.full(n, DZ_M)],
+        ref_dbm=np.c_[geo.ref_dbm, np.full(n, REF_DBM)],
+        exponent=np.c_[geo.exponent, np.full(n, EXPONENT)],
+        rssi_dbm=np.c_[geo.rssi_dbm, np.full(n, floor_dbm)],
+        sd_db=np.c_[geo.sd_db, np.full(n, SD_DB)],
+        mask=np.c_[geo.mask, np.ones(n, dtype=bool)],
+        unheard=np.c_[np.zeros((n, k), dtype=bool), np.ones(n, dtype=bool)],
+    )
+
+
+def test_a_silent_gateway_rules_out_the_mirror_beside_it() -> None:
+    """Two gateways cannot tell (5, 4) from its mirror (5, -4); a third gateway 1 m from the
+    mirror that heard nothing, with a floor of -70 dBm, can: there it would have read about
+    -63 dBm, by the truth -79 dBm (below its floor: no evidence against the truth). The same
+    gateway treated as having *heard* -70 dBm would pull the fix towards it instead."""
+    truth = np.array([[5.0, 4.0]])
+    geo = two_gateways(truth)
+    start = np.array([[5.0, 0.0]])
+    offsets = grid_offsets(0.25, 8.0)
+    assert abs(solve_grid(geo, start, None, offsets=offsets).xy[0, 1]) < 1.0  # both mirrors
+    silent = with_silent_gateway(geo, (5.0, -5.0), -70.0)
+    # two gateways leave the basin long across their line: the mean is on the true side, the
+    # mode on the truth
+    assert solve_grid(silent, start, None, offsets=offsets).xy[0, 1] > 2.5
+    mode, _ = grid_mode(silent, start, None, None, offsets)
+    np.testing.assert_allclose(mode, truth, atol=0.25)
+    heard = dataclasses.replace(silent, unheard=None)
+    assert solve_grid(heard, start, None, offsets=offsets).xy[0, 1] < 0.0
+
+
 def test_blocks_of_beacons_give_what_each_beacon_alone_gives() -> None:
     rng = np.random.default_rng(5)
     truth = rng.uniform(2, 28, (400, 2))  # more than one block of the wide grid
