@@ -520,7 +520,6 @@ class Engine:
         if est.beacon.shape[0] == 0:
             return TickResult(self._empty(t), self._lost(t))
         idx, level, geo, static, t_meas = self._geometry(est)
-        np.minimum.at(self.gw_floor_dbm, est.gateway, est.rssi_dbm)
         area = self._area[idx]
         tracked = cfg.tracking & np.isfinite(self.tracks.t[idx])
         prior = np.full((idx.shape[0], 2), np.nan)
@@ -539,7 +538,7 @@ class Engine:
             grid_prior = (np.full((idx.shape[0], 2), np.nan), np.zeros((idx.shape[0], 2, 2)))
             grid_prior[0][tracked] = predicted[0][:, [0, 2]]
             grid_prior[1][tracked] = predicted[1][:, [0, 2]][:, :, [0, 2]] * PRIOR_INFLATION
-        geo_grid = self._with_unheard(geo, level, prior, np.unique(est.gateway))
+        geo_grid = self._with_unheard(geo, level, prior, est)
         # with tracking, a beacon without a track yet searches wide (first_fix_search_m)
         fresh = ~tracked if cfg.tracking else np.zeros_like(tracked)
         if cfg.tracking:
@@ -894,14 +893,16 @@ class Engine:
         out[some] = np.where((total > 0)[:, None], mean, xy)
         return out
 
-    def _with_unheard(self, geo: Geometry, level: I64, prior: F64, up: I64) -> Geometry:
+    def _with_unheard(self, geo: Geometry, level: I64, prior: F64, est: PairEstimates) -> Geometry:
         """`geo` with unheard_gateways more slots per beacon for the map likelihood: the
         gateways nearest to its track's prediction `prior` (n, 2; NaN rows: to the weighted
-        centroid of those that heard it) on its level among those `up` (that heard some beacon)
-        that did not hear it, at their floor (Geometry.unheard). Fewer where fewer qualify;
-        `geo` itself without the grid solver or with unheard_gateways 0."""
+        centroid of those that heard it) on its level among those up (that heard some beacon
+        in the window `est`) that did not hear it, at their floor (Geometry.unheard). Fewer
+        where fewer qualify; `geo` itself without the grid solver or with unheard_gateways 0."""
         if not self._grid_solver or self.config.unheard_gateways == 0:
             return geo
+        np.minimum.at(self.gw_floor_dbm, est.gateway, est.rssi_dbm)
+        up = np.unique(est.gateway)
         near = np.where(np.isnan(prior), weighted_centroid(geo), prior)
         n, n_gw = geo.gw.shape[0], self.gw_xy.shape[0]
         ok = np.zeros((n, n_gw), dtype=bool)
