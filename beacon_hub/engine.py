@@ -189,8 +189,11 @@ class EngineConfig(BaseModel):
     calibration, measured 2026-12-05 (median / p90): flat-calib2021's robot 2.38 / 3.21 ->
     1.96 / 2.59 m, the store (C) 3.79 / 8.50 -> 3.50 / 7.35 m, the warehouse (D) 3.41 / 9.49 ->
     2.88 / 10.27 m, right or neighbouring bay 51 -> 56 % but standing flaps 1.0 -> 3.0 per
-    beacon-hour; at the grid's cost (bench/engine_tick.py: 72 ms -> 2 s a tick for 10,000
-    beacons), so auto keeps least squares there and a small site may choose grid."""
+    beacon-hour; with unheard_gateways (8c70f4d) the store 3.40 / 7.29 m, zone accuracy
+    outside the band 59 -> 70 % but standing flaps 0 -> 2.9, the warehouse 1.81 / 6.78 m,
+    bay 51 -> 71 %, flaps 1.0 -> 2.1; at the grid's cost (bench/engine_tick.py: 72 ms -> 2 s
+    a tick for 10,000 beacons), so auto keeps least squares there and a small site may choose
+    grid."""
     grid_threads: Annotated[int, Field(ge=0, le=64)] = 0
     """Threads for the map likelihood of a tick's beacons (solve_grid); 0: one per CPU core.
     The fixes are the same with any number."""
@@ -229,15 +232,15 @@ class EngineConfig(BaseModel):
     level that heard some beacon in the window. A place where the map predicts such a gateway
     above its floor (the quietest pair estimate it has reported) is unlikely; below, it says
     nothing (Geometry.unheard). It rules out a rival basin by a gateway that stays silent.
-    Simulated warehouse calibrated (F), all pallets, 0 -> 4 -> 8: median 0.68 -> 0.48 -> 0.46 m,
-    p90 7.12 -> 4.01 -> 3.54 m, parked pallets in the right or a neighbouring bay 82.3 -> 90.7
-    -> 92.1 % (right bay 65.7 -> 73.3 -> 74.0 %), within accuracy_m 69 -> 72 -> 71 %; the floor
-    3 dB higher (weaker evidence): 88.8 %, 3 dB lower: 91.9 % at a median 0.53 m; the spread
-    halved: 90.0 %. Store calibrated (E) 120 s: 0.52 / 3.27 -> 0.50 / 2.88 m; 600 s 0.45 / 2.29
-    -> 0.42 / 2.16 m, zone accuracy outside the band 90.6 -> 91.2 %, standing flaps 0.38 ->
-    0.63 per beacon-hour (3 -> 5). flat-calib2021 (six anchors that hear everything) the same.
-    Cost: the warehouse replay 41 -> 72 s (a tenth more slots for each grid point). 0 turns it
-    off."""
+    Simulated warehouse calibrated (F), all pallets, 0 -> 4 -> 8: median / p90 0.68 / 7.12 ->
+    0.48 / 4.01 -> 0.45 / 3.52 m, parked pallets in the right or a neighbouring bay 82.3 -> 90.7
+    -> 92.4 % (right bay 65.7 -> 73.3 -> 74.8 %), within accuracy_m 69 -> 72 -> 71 %; with 8,
+    the floor 3 dB higher (weaker evidence) 88.8 %, 3 dB lower 91.9 % at a median 0.53 m, the
+    spread halved 90.0 %. Store calibrated (E), 120 s: 0.52 / 3.27 -> 0.50 / 2.94 m; 600 s:
+    0.45 / 2.29 -> 0.42 / 2.12 m, zone accuracy outside the band 90.6 -> 91.2 %, standing flaps
+    0.38 -> 0.75 per beacon-hour (3 -> 6): all its 20 gateways hear a cart, and one that misses
+    a window at its edge reads as silence. flat-calib2021 (six anchors that hear everything):
+    the same. Cost: (F)'s replay 41 -> 72 s (2026-12-05). 0 turns it off."""
 
 
 @dataclass(frozen=True)
