@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from beacon_hub.basins import RIVAL_DECAY, RIVAL_LOCAL_M, RivalBasins
 from beacon_hub.calibration import Calibration, typical_height_m
-from beacon_hub.conditioning import PairEstimates, ReadingWindow
+from beacon_hub.conditioning import PairEstimates, ReadingWindow, ReceiverFloors
 from beacon_hub.floorplan import FLOOR, STORAGE, TRAFFIC_ZONE_KINDS, WALKWAY, FloorPlan
 from beacon_hub.gaussian2d import radius_68_m
 from beacon_hub.multilateration import (
@@ -230,13 +230,14 @@ class EngineConfig(BaseModel):
     """With the map likelihood (solver grid), this many gateways that did *not* hear a beacon
     weigh in too: the nearest to its track (or to the gateways that heard it) among those on its
     level that heard some beacon in the window. A place where the map predicts such a gateway
-    above its floor (the quietest pair estimate it has reported) is unlikely; below, it says
-    nothing (Geometry.unheard). It rules out a rival basin by a gateway that stays silent.
+    above its floor (the 0.1 % quantile of what it has reported, ReceiverFloors) is unlikely;
+    below, it says nothing (Geometry.unheard). It rules out a rival basin by a gateway that
+    stays silent.
     Simulated warehouse calibrated (F), all pallets, 0 -> 4 -> 8: median / p90 0.68 / 7.12 ->
-    0.48 / 4.01 -> 0.45 / 3.52 m, parked pallets in the right or a neighbouring bay 82.3 -> 90.7
-    -> 92.4 % (right bay 65.7 -> 73.3 -> 74.8 %), within accuracy_m 69 -> 72 -> 71 %; with 8,
+    0.48 / 4.01 -> 0.46 / 3.50 m, parked pallets in the right or a neighbouring bay 82.3 -> 90.7
+    -> 92.4 % (right bay 65.7 -> 73.3 -> 74.7 %), within accuracy_m 69 -> 72 -> 71 %; with 8,
     the floor 3 dB higher (weaker evidence) 88.8 %, 3 dB lower 91.9 % at a median 0.53 m, the
-    spread halved 90.0 %. Store calibrated (E), 120 s: 0.52 / 3.27 -> 0.50 / 2.94 m; 600 s:
+    spread halved 90.0 %. Store calibrated (E), 120 s: 0.52 / 3.27 -> 0.50 / 2.95 m; 600 s:
     0.45 / 2.29 -> 0.42 / 2.12 m, zone accuracy outside the band 90.6 -> 91.2 %, standing flaps
     0.38 -> 0.75 per beacon-hour (3 -> 6): all its 20 gateways hear a cart, and one that misses
     a window at its edge reads as silence. flat-calib2021 (six anchors that hear everything):
@@ -378,8 +379,8 @@ class Engine:
         self.gateway_ids = tuple(g.id for g in gws)
         self._gw_index = {g: i for i, g in enumerate(self.gateway_ids)}
         self.gw_xy = np.array([[g.x, g.y] for g in gws], dtype=np.float64)
-        # gw_floor_dbm: the quietest pair estimate each gateway has reported (its hearing's end)
-        self.gw_z, self.gw_floor_dbm = np.array([g.z for g in gws]), np.full(len(gws), np.inf)
+        # gw_floors: where each gateway's hearing ends (for unheard_gateways)
+        self.gw_z, self.gw_floors = np.array([g.z for g in gws]), ReceiverFloors(len(gws))
         self.gw_level = np.array([g.level for g in gws], dtype=np.int64)
         radio = [site.gateway_radio(g) for g in gws]
         self.gw_ref = np.array([r.ref_rssi_1m_dbm for r in radio])
@@ -904,13 +905,14 @@ class Engine:
         where fewer qualify; `geo` itself without the grid solver or with unheard_gateways 0."""
         if not self._grid_solver or self.config.unheard_gateways == 0:
             return geo
-        np.minimum.at(self.gw_floor_dbm, est.gateway, est.rssi_dbm)
+        self.gw_floors.add(est.gateway, est.rssi_dbm)
+        floor = self.gw_floors.dbm
         up = np.unique(est.gateway)
         near = np.where(np.isnan(prior), weighted_centroid(geo), prior)
         n, n_gw = geo.gw.shape[0], self.gw_xy.shape[0]
         ok = np.zeros((n, n_gw), dtype=bool)
         ok[:, up] = True
-        ok &= (self.gw_level[None, :] == level[:, None]) & np.isfinite(self.gw_floor_dbm)
+        ok &= (self.gw_level[None, :] == level[:, None]) & np.isfinite(floor)
         rows = np.broadcast_to(np.arange(n)[:, None], geo.gw.shape)
         ok[rows[geo.mask], geo.gw[geo.mask]] = False  # it heard these
         d2 = ((near[:, None, :] - self.gw_xy[None, :, :]) ** 2).sum(axis=2)
@@ -942,7 +944,7 @@ class Engine:
             dz_m=placed(geo.dz_m, self.gw_z[slot_g] - height[:, None], 0.0),
             ref_dbm=placed(geo.ref_dbm, self.gw_ref[slot_g] + offset[:, None], 0.0),
             exponent=placed(geo.exponent, self.gw_exp[slot_g], 1.0),
-            rssi_dbm=placed(geo.rssi_dbm, np.where(use, self.gw_floor_dbm[slot_g], 0.0), 0.0),
+            rssi_dbm=placed(geo.rssi_dbm, np.where(use, floor[slot_g], 0.0), 0.0),
             # one sample's spread: nothing was averaged
             sd_db=placed(geo.sd_db, np.sqrt(static**2 + self.gw_fast_db[slot_g] ** 2), 1.0),
             mask=placed(geo.mask, use, False),

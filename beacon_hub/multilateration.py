@@ -87,7 +87,7 @@ class Geometry:
     mask: NDArray[np.bool_]
     unheard: NDArray[np.bool_] | None = None
     """(B, K) slots of gateways that are up but did *not* hear the beacon, with rssi_dbm their
-    floor (the quietest they report): only a prediction above it is evidence, so such a slot's
+    floor (about the quietest they report): only a prediction above it is evidence, so such a slot's
     z is capped at 0. Only the map likelihood reads them (_neg_cost: solve_grid, grid_mode);
     least squares is never given them."""
 

@@ -1,10 +1,12 @@
-"""RSSI conditioning: the interquartile mean per (beacon, gateway) over the window."""
+"""RSSI conditioning: the interquartile mean per (beacon, gateway) over the window, and each
+gateway's floor."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from beacon_hub.conditioning import ReadingWindow
+from beacon_hub.conditioning import ReadingWindow, ReceiverFloors
 
 
 def _window(t: list[float], b: list[int], g: list[int], r: list[float]) -> ReadingWindow:
@@ -77,3 +79,18 @@ def test_the_order_samples_arrive_in_changes_nothing() -> None:
         assert np.array_equal(est.samples, ref.samples)
         assert np.array_equal(est.last_t, ref.last_t)
         assert np.allclose(est.mean_t, ref.mean_t, rtol=0, atol=1e-12)
+
+
+def test_a_receivers_floor_is_where_its_hearing_ends_and_junk_cannot_lower_it() -> None:
+    """+inf before a gateway reports anything; with few estimates, the quietest; with many, a
+    handful of junk readings far below the rest leave the floor where the rest end."""
+    floors = ReceiverFloors(3)
+    assert np.isinf(floors.dbm).all()
+    floors.add(np.array([0, 0, 1]), np.array([-70.0, -91.2, -60.0]))
+    assert floors.dbm[0] == pytest.approx(-91.5, abs=0.5)
+    assert floors.dbm[1] == pytest.approx(-60.0, abs=0.5)
+    assert np.isinf(floors.dbm[2])
+    rng = np.random.default_rng(1)
+    floors.add(np.full(20_000, 2), rng.uniform(-95.0, -40.0, 20_000))
+    floors.add(np.full(5, 2), np.full(5, -126.0))  # junk: 0.025 % of what it reported
+    assert -96.0 <= floors.dbm[2] <= -94.5
