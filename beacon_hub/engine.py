@@ -690,10 +690,10 @@ class Engine:
         grid_prior: tuple[F64, F64] | None,
         *,
         fresh: NDArray[np.bool_],
-        geo_grid: Geometry | None = None,
+        geo_grid: Geometry,
     ) -> tuple[F64, F64]:
-        """Multilateration, then the map likelihood around it when a map is in use; the
-        likelihood reads `geo_grid` (geo with unheard gateways, _with_unheard) when given."""
+        """Multilateration on `geo`, then the map likelihood around it when a map is in use,
+        on `geo_grid` (geo with its unheard gateways, _with_unheard)."""
         cfg = self.config
         use_map = self.radio_map is not None and cfg.use_map and self._map_learned
         radio_map: MapFn | None = None
@@ -711,13 +711,7 @@ class Engine:
             if radio_map is not None and self.radio_map is not None:
                 table = self.radio_map.table(learned=use_map)
             sol = self._solve_grid(
-                geo if geo_grid is None else geo_grid,
-                xy,
-                level,
-                area,
-                table,
-                grid_prior=grid_prior,
-                fresh=fresh,
+                geo_grid, xy, level, area, table, grid_prior=grid_prior, fresh=fresh
             )
             xy = sol.xy
         return xy, sol.cov

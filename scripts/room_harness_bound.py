@@ -38,7 +38,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a plain checkout too
 
-from beacon_hub.csvfiles import FIXES, CsvWriter, Reading, read_readings  # noqa: E402
+from beacon_hub.csvfiles import FIXES, CsvWriter, Reading, read_fixes, read_readings  # noqa: E402
 from beacon_hub.evaluation import zones_at  # noqa: E402
 from beacon_hub.pathloss import mean_rssi_dbm  # noqa: E402
 from beacon_hub.site import Site, load_site  # noqa: E402
@@ -185,7 +185,7 @@ def measure(seed: int, work: Path) -> dict[str, dict[str, float]]:
             _write_fixes(bound, one_sample_bound(site, readings))
             windows: dict[str, tuple[float, float] | None] = dict(WALKS)
         else:
-            times = [float(line.split(",", 1)[0]) for line in engine.read_text().splitlines()[1:]]
+            times = [f.t for f in read_fixes(engine)]
             _write_fixes(bound, tracked_bound(site, readings, times))
             windows = {"both walks": None}
         for who, path in (("engine", engine), ("bound", bound)):
