@@ -3,7 +3,9 @@
 The simulator draws its radio with it and the engine expects it, so both see the same
 building. A wall costs its loss at each crossing; an obstacle (shelf, rack) costs its loss once
 if the straight path crosses its outline below its top, the path's height at the crossing
-being interpolated between the two ends. Hub-side module (numpy): the gateway never imports it.
+being interpolated between the two ends. A person pushing a cart shadows the paths that leave the
+cart's tag backwards, through their body (body_shadowed). Hub-side module (numpy): the gateway
+never imports it.
 
 Testing every link against every edge is what costs (a racked warehouse's plan losses took
 seconds), so pairs are first culled per gateway: a link can only cross an edge (a wall, or a side
@@ -24,12 +26,20 @@ from numpy.typing import NDArray
 
 from beacon_hub.site import Level
 
-__all__ = ["LevelObstructions"]
+__all__ = ["BODY_HEIGHT_M", "BODY_OFFSET_M", "LevelObstructions", "body_shadowed"]
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 Bool = NDArray[np.bool_]
 XY = tuple[F64, F64]
+
+BODY_OFFSET_M = 0.5
+"""A shopper stands about half a metre behind the cart handle that carries the tag."""
+BODY_HEIGHT_M = 1.7
+"""A path that passes the shopper above head height is not shadowed (an adult's height)."""
+BODY_CONE_COS = 0.5
+"""A path within 60 degrees of straight back passes through the body: a torso about 0.5 m
+wide, 0.5 m away, subtends about 53 degrees, and a path grazing it still loses a few dB."""
 
 LINK_CHUNK = 2_000_000
 """Links x edges evaluated per block: bounds the temporaries to some tens of MB."""
@@ -44,6 +54,19 @@ CULL_MARGIN_RAD = 1e-9
 CULL_MIN_POINTS = 128
 """Below this many points per gateway the plain all-pairs test is quicker than sorting them by
 bearing (the result is the same either way)."""
+
+
+def body_shadowed(delta_xy: F64, dz_m: F64, tag_z_m: F64 | float, heading_rad: F64 | float) -> Bool:
+    """Whether a person BODY_OFFSET_M behind a tag (against its heading, radians from +x)
+    stands in its path to a gateway `delta_xy` (..., 2) away horizontally and `dz_m` higher:
+    within 60 degrees of straight back, and the path still below head height where it passes
+    the body. The other arguments broadcast against delta_xy's leading axes."""
+    dx, dy = delta_xy[..., 0], delta_xy[..., 1]
+    horizontal = np.sqrt(dx * dx + dy * dy)
+    along = dx * -np.cos(heading_rad) + dy * -np.sin(heading_rad)  # metres backwards
+    rise = dz_m * BODY_OFFSET_M
+    below_head = tag_z_m + rise / np.maximum(horizontal, BODY_OFFSET_M) < BODY_HEIGHT_M
+    return np.asarray((along > BODY_CONE_COS * horizontal) & below_head, dtype=np.bool_)
 
 
 @dataclass(frozen=True, slots=True)

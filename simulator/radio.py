@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from beacon_hub.obstruction import LevelObstructions
+from beacon_hub.obstruction import LevelObstructions, body_shadowed
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.site import Level, Site
 
@@ -86,10 +86,6 @@ frequency-selective fading already inside the fast part."""
 BODY_LOSS_DB = 6.0
 """A shopper between the cart tag and the gateway: 2.4 GHz body shadowing is 5-15 dB in
 wearable measurements; the path often grazes the body, so 6 dB."""
-BODY_OFFSET_M = 0.5
-"""The shopper stands about half a metre behind the cart handle."""
-BODY_HEIGHT_M = 1.7
-"""A path that passes the body above head height is not shadowed."""
 
 FLOOR_LOSS_DB = 15.0
 """Loss of one concrete floor slab at 2.4 GHz (ITU-R P.1238 floor penetration, 10-20 dB)."""
@@ -301,14 +297,13 @@ class RadioModel:
             return out
         rows = np.flatnonzero(body)
         p = xyz[rows]
-        back = -np.column_stack([np.cos(heading_rad[rows]), np.sin(heading_rad[rows])])
-        d = self.gateway_xyz[None, :, :2] - p[:, None, :2]
-        horizontal = np.sqrt(np.sum(d * d, axis=2))
-        along = np.sum(d * back[:, None, :], axis=2)  # metres towards the gateway, backwards
-        behind = along > 0.5 * horizontal  # within 60 degrees of straight back
-        rise = (self.gateway_xyz[None, :, 2] - p[:, None, 2]) * BODY_OFFSET_M
-        below_head = p[:, None, 2] + rise / np.maximum(horizontal, BODY_OFFSET_M) < BODY_HEIGHT_M
-        out[rows] = np.where(behind & below_head, self.config.body_loss_db, 0.0)
+        shadowed = body_shadowed(
+            self.gateway_xyz[None, :, :2] - p[:, None, :2],
+            self.gateway_xyz[None, :, 2] - p[:, None, 2],
+            p[:, None, 2],
+            heading_rad[rows][:, None],
+        )
+        out[rows] = np.where(shadowed, self.config.body_loss_db, 0.0)
         return out
 
     # -- random part -------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Obstruction loss: the culled crossing search gives what testing every link against every edge
-gives, float for float, on the shipped sites and on random small plans."""
+gives, float for float, on the shipped sites and on random small plans; and which paths a
+shopper behind a cart shadows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from beacon_hub import obstruction
-from beacon_hub.obstruction import LevelObstructions
+from beacon_hub.obstruction import LevelObstructions, body_shadowed
 from beacon_hub.site import Level, Obstacle, Wall, load_site
 
 F64 = NDArray[np.float64]
@@ -190,3 +191,25 @@ def test_culled_crossings_equal_all_pairs_on_random_plans(
     rng = np.random.default_rng(seed)
     extra = np.c_[rng.uniform(-6, 6, size=(20, 2)), rng.choice([0.0, 1.5], size=20)]
     _assert_same(obs, np.concatenate([pts, extra]), gw)
+
+
+def test_body_shadows_the_paths_behind_the_tag_below_head_height() -> None:
+    """A tag 1 m up heading east (+x), its shopper half a metre behind: gateways 3 m up and
+    10 m away to the west, and up to 60 degrees off straight back, are behind the body; east,
+    past 60 degrees, or 1 m away (the path passes the body above head height) are not."""
+
+    def at(degrees: float, distance_m: float) -> NDArray[np.float64]:
+        a = np.radians(180.0 + degrees)
+        return np.array([distance_m * np.cos(a), distance_m * np.sin(a)])
+
+    delta = np.array([at(0, 10), at(59, 10), at(-59, 10), at(61, 10), at(180, 10), at(0, 1.0)])
+    shadowed = body_shadowed(delta, np.full(6, 2.0), np.float64(1.0), np.float64(0.0))
+    assert shadowed.tolist() == [True, True, True, False, False, False]
+    # turned round (heading west), the east gateway is the one behind
+    turned = body_shadowed(delta, np.full(6, 2.0), np.float64(1.0), np.float64(np.pi))
+    assert turned.tolist() == [False, False, False, False, True, False]
+    # broadcasting: two tags' headings against the same gateways
+    both = body_shadowed(
+        delta[None, :, :], np.full((1, 6), 2.0), np.float64(1.0), np.array([[0.0], [np.pi]])
+    )
+    assert both.tolist() == [shadowed.tolist(), turned.tolist()]
