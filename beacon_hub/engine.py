@@ -12,6 +12,7 @@ beacon at once: RSSI conditioning (conditioning.py) -> ranging model and radio m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -41,6 +42,7 @@ from beacon_hub.multilateration import (
     solve_grid,
     weighted_centroid,
 )
+from beacon_hub.obstruction import body_shadowed
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
 from beacon_hub.site import BEACON_KINDS, Site, ZoneKindName
@@ -130,6 +132,12 @@ _RIVAL_LOCAL = grid_offsets(FIRST_FIX_STEP_M, RIVAL_LOCAL_M)
 """Where a rival and a track look for their best point (basins.RIVAL_LOCAL_M)."""
 
 
+HEADING_MIN_SPEED_M_S = 0.4
+"""A track faster than this has a heading: a shopper walks at 0.8-1.4 m/s (the simulator's
+0.6-1.4), and a standing cart's track drifts at some 0.1-0.2 m/s in no direction."""
+BODY_MOVING_NATS = 10.0
+"""A cart that moves has someone behind it: the evidence for the body is set to this while it
+moves, so a shopper who stops keeps the body until a few windows say otherwise."""
 MOVED_NATS = 40.0
 """Lead of the fix over the parked spot at which a parked pallet has moved (see
 Engine._pallet_moves). Simulated warehouse calibrated (building seed 1), 480 s at 240 moves an
@@ -414,7 +422,12 @@ class Engine:
         self._id_arr = np.empty(0, dtype=object)
         self._kind_arr = np.empty(0, dtype=object)
         self._kind_code = np.zeros(0, dtype=np.int8)
-        self._height = np.zeros(0)
+        # mounting height; a person behind the tag (its kind's body_loss_db), its track's
+        # heading (the body is on the side it came from) and the evidence, in nats, that
+        # someone still is there (_with_body)
+        self._height, self._body_db, self._heading, self._body_nats = (
+            np.zeros(0) for _ in range(4)
+        )
         self._zone_height = zone_heights(site)
         self._area = np.zeros(0, dtype=np.int8)  # its floorplan area when moving (_areas)
         self._offset_db = np.zeros(0)
@@ -449,6 +462,7 @@ class Engine:
         self._id_arr[i] = beacon
         self._kind_arr[i] = None if kind is None else kind.kind
         self._height[i] = 1.0 if kind is None else kind.height_m
+        self._body_db[i] = 0.0 if kind is None else kind.body_loss_db
         self._kind_code[i] = -1 if kind is None else BEACON_KINDS.index(kind.kind)
         self._area[i] = WALKWAY if kind is not None and kind.kind == "cart" else FLOOR
         for ref in self.site.reference_beacons:
@@ -463,6 +477,9 @@ class Engine:
         self._id_arr = np.r_[self._id_arr, np.full(grow, None, dtype=object)]
         self._kind_arr = np.r_[self._kind_arr, np.full(grow, None, dtype=object)]
         self._height = np.r_[self._height, np.ones(grow)]
+        self._body_db = np.r_[self._body_db, np.zeros(grow)]
+        self._heading = np.r_[self._heading, np.full(grow, np.nan)]
+        self._body_nats = np.r_[self._body_nats, np.zeros(grow)]
         self._kind_code = np.r_[self._kind_code, np.full(grow, -1, dtype=np.int8)]
         self._area = np.r_[self._area, np.zeros(grow, dtype=np.int8)]
         self._offset_db = np.r_[self._offset_db, np.zeros(grow)]
@@ -542,7 +559,7 @@ class Engine:
             grid_prior = (np.full((idx.shape[0], 2), np.nan), np.zeros((idx.shape[0], 2, 2)))
             grid_prior[0][tracked] = predicted[0][:, [0, 2]]
             grid_prior[1][tracked] = predicted[1][:, [0, 2]][:, :, [0, 2]] * PRIOR_INFLATION
-        geo_grid = self._with_unheard(geo, level, prior, est)
+        geo, geo_grid = self._with_body(geo, self._with_unheard(geo, level, prior, est), idx, prior)
         # with tracking, a beacon without a track yet searches wide (first_fix_search_m)
         fresh = ~tracked if cfg.tracking else np.zeros_like(tracked)
         if cfg.tracking:
@@ -945,6 +962,62 @@ class Engine:
             unheard=placed(np.zeros(geo.mask.shape, dtype=bool), use, False),
         )
 
+    def _with_body(
+        self, geo: Geometry, geo_grid: Geometry, idx: I64, prior: F64
+    ) -> tuple[Geometry, Geometry]:
+        """`geo` and `geo_grid` expecting a kind's body_loss_db on the paths from the track's
+        prediction `prior` that a person behind the tag shadows (obstruction.body_shadowed),
+        where its track has a heading and someone is still there: a cart moved by hand has
+        someone; one that stands may have been left (returned to the corral), so each tick
+        weighs the window's log-likelihood at the prediction with the body against without,
+        decayed as the rival basins' evidence is, and the body is expected while the sum is
+        positive. Without such beacons, the geometries themselves."""
+        loss = self._body_db[idx]
+        rows = np.flatnonzero((loss > 0) & np.isfinite(self._heading[idx]) & ~np.isnan(prior[:, 0]))
+        if rows.shape[0] == 0:
+            return geo, geo_grid
+
+        def shadowing(g: Geometry) -> F64:
+            shadowed = body_shadowed(
+                g.gw_xy[rows] - prior[rows][:, None, :],
+                g.dz_m[rows],
+                self._height[idx[rows]][:, None],
+                self._heading[idx[rows]][:, None],
+            )
+            return np.where(shadowed, loss[rows][:, None], 0.0)
+
+        def with_loss(g: Geometry, at: NDArray[np.intp], db: F64) -> Geometry:
+            ref = g.ref_dbm.copy()
+            ref[rows[at]] -= db[at]
+            return dataclasses.replace(g, ref_dbm=ref)
+
+        grid_db = shadowing(geo_grid)
+        everyone = np.arange(rows.shape[0])
+        table, here = self._likelihood_table(), np.zeros((1, 2))
+        sub = select_rows(geo_grid, rows)
+        _, ll_none = grid_mode(sub, prior[rows], table, None, here)
+        body = select_rows(with_loss(geo_grid, everyone, grid_db), rows)
+        _, ll_body = grid_mode(body, prior[rows], table, None, here)
+        b = idx[rows]
+        self._body_nats[b] = RIVAL_DECAY * self._body_nats[b] + (ll_body - ll_none)
+        there = np.flatnonzero(self._body_nats[b] > 0)
+        geo_grid = with_loss(geo_grid, there, grid_db)
+        geo = with_loss(geo, there, shadowing(geo))
+        return geo, geo_grid
+
+    def _update_headings(self, idx: I64, tracked: NDArray[np.bool_], vel: F64) -> None:
+        """A body-shadowed beacon's heading: its track's direction while it moves faster than
+        HEADING_MIN_SPEED_M_S, kept while it stands (a shopper stops behind the cart); a new
+        track has none until it moves."""
+        rows = np.flatnonzero(self._body_db[idx] > 0)
+        if rows.shape[0] == 0:
+            return
+        self._heading[idx[rows[~tracked[rows]]]] = np.nan
+        v = vel[rows]
+        moving = rows[np.hypot(v[:, 0], v[:, 1]) > HEADING_MIN_SPEED_M_S]
+        self._heading[idx[moving]] = np.arctan2(vel[moving, 1], vel[moving, 0])
+        self._body_nats[idx[moving]] = BODY_MOVING_NATS
+
     def _solve_grid(
         self,
         geo: Geometry,
@@ -1030,6 +1103,7 @@ class Engine:
         xy = x[:, [0, 2]]
         cov = p[:, [0, 2]][:, :, [0, 2]]
         vel = x[:, [1, 3]]
+        self._update_headings(idx, tracked, vel)
         vel_cov = p[:, [1, 3]][:, :, [1, 3]]
         return xy, cov, np.hypot(vel[:, 0], vel[:, 1]), vel, vel_cov
 
