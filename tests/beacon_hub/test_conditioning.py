@@ -94,3 +94,30 @@ def test_a_receivers_floor_is_where_its_hearing_ends_and_junk_cannot_lower_it() 
     floors.add(np.full(20_000, 2), rng.uniform(-95.0, -40.0, 20_000))
     floors.add(np.full(5, 2), np.full(5, -126.0))  # junk: 0.025 % of what it reported
     assert -96.0 <= floors.dbm[2] <= -94.5
+
+
+def test_a_beacon_that_advertises_often_gets_a_shorter_window() -> None:
+    """Over the 2 s window beacon 0 advertises at 5 Hz (10 samples, its RSSI falling 1 dB a
+    sample as it walks away), beacon 1 at 1 Hz (2 samples). With 5 samples targeted, beacon 0
+    is estimated over its last 1 s (5 samples), beacon 1 over the whole window; with 2 samples
+    targeted and at least 1.5 s, beacon 0 over 1.5 s; with nothing shortened, bit for bit the
+    full window's estimate."""
+    fast_t = [0.1 + 0.2 * k for k in range(10)]
+    w = _window(
+        [*fast_t, 0.5, 1.5],
+        [0] * 10 + [1, 1],
+        [0] * 12,
+        [-60.0 - k for k in range(10)] + [-80.0, -82.0],
+    )
+    full = w.estimate(2.0)
+    short = w.estimate(2.0, target_samples=5, min_window_s=1.0)
+    assert full.samples.tolist() == [10, 2]
+    assert short.samples.tolist() == [5, 2]
+    assert short.rssi_dbm[0] == np.mean([-66.0, -67.0, -68.0])  # middle half of -65..-69
+    assert short.mean_t[0] == pytest.approx(1.5)
+    assert short.rssi_dbm[1] == full.rssi_dbm[1]
+    floor = w.estimate(2.0, target_samples=2, min_window_s=1.5)
+    assert floor.samples.tolist() == [7, 2]  # 0.5 < t <= 2.0
+    slow = w.estimate(2.0, target_samples=20, min_window_s=1.0)
+    for name in ("beacon", "gateway", "rssi_dbm", "samples", "last_t", "mean_t"):
+        np.testing.assert_array_equal(getattr(slow, name), getattr(full, name))
