@@ -134,7 +134,7 @@ _RIVAL_LOCAL = grid_offsets(FIRST_FIX_STEP_M, RIVAL_LOCAL_M)
 
 HEADING_MIN_SPEED_M_S = 0.4
 """A track faster than this has a heading: a shopper walks at 0.8-1.4 m/s (the simulator's
-0.6-1.4), and a standing cart's track drifts at some 0.1-0.2 m/s in no direction."""
+0.5-1.5), and a standing cart's track drifts at some 0.1-0.2 m/s in no direction."""
 BODY_MOVING_NATS = 10.0
 """A cart that moves has someone behind it: the evidence for the body is set to this while it
 moves, so a shopper who stops keeps the body until a few windows say otherwise."""
@@ -1001,11 +1001,10 @@ class Engine:
             return dataclasses.replace(g, ref_dbm=ref)
 
         grid_db = shadowing(geo_grid)
-        everyone = np.arange(rows.shape[0])
         table, here = self._likelihood_table(), np.zeros((1, 2))
         sub = select_rows(geo_grid, rows)
         _, ll_none = grid_mode(sub, prior[rows], table, None, here)
-        body = select_rows(with_loss(geo_grid, everyone, grid_db), rows)
+        body = dataclasses.replace(sub, ref_dbm=sub.ref_dbm - grid_db)
         _, ll_body = grid_mode(body, prior[rows], table, None, here)
         b = idx[rows]
         self._body_nats[b] = RIVAL_DECAY * self._body_nats[b] + (ll_body - ll_none)
@@ -1077,10 +1076,10 @@ class Engine:
         predicted: tuple[F64, F64] | None,
         relocate: Callable[[NDArray[np.intp]], tuple[F64, F64]] | None = None,
     ) -> tuple[F64, F64, F64, F64, F64]:
-        """IMM update at each beacon's measurement time; returns position, its covariance,
-        speed, velocity and its covariance. `relocate(rows)` measures the rows whose track
-        restarts afresh, without the prediction that weighed z and r; their zone settles
-        (ZoneTracker.hold)."""
+        """IMM update at each beacon's measurement time (and the headings it gives,
+        _update_headings); returns position, its covariance, speed, velocity and its
+        covariance. `relocate(rows)` measures the rows whose track restarts afresh, without the
+        prediction that weighed z and r; their zone settles (ZoneTracker.hold)."""
         tracks = self.tracks
         m = mode_transition(self.config.tick_interval_s, tracks.params)
         t_idx = idx[tracked]
