@@ -320,6 +320,23 @@ class FixTable:
         ids = self.gateway_ids
         return tuple(ids[g] for g in self.gateway_slots[i][self.gateway_mask[i]])
 
+    def select(self, rows: NDArray[np.intp], beacons: list[str] | None = None) -> FixTable:
+        """The fixes `rows`, in that order (with new ids if `beacons` is given): every per-row
+        column, array or list, whatever columns the table has grown."""
+        n = len(self.beacons)
+        changes: dict[str, Any] = {
+            "beacons": [self.beacons[i] for i in rows.tolist()] if beacons is None else beacons
+        }
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "beacons":
+                continue
+            if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
+                changes[f.name] = value[rows]
+            elif isinstance(value, list) and len(value) == n:
+                changes[f.name] = [value[i] for i in rows.tolist()]
+        return dataclasses.replace(self, **changes)
+
     def fixes(self) -> list[Fix]:
         return [
             Fix(

@@ -120,6 +120,12 @@ class Metrics:
         self.store_written = Counter(
             p + "store_written_points", "Points the store acknowledged", ["store"], registry=r
         )
+        self.store_thinned = Counter(
+            p + "store_thinned_fixes",
+            "Fixes not stored: within stores.deadband_m of the last stored one",
+            ["site"],
+            registry=r,
+        )
         self.store_dropped = Counter(
             p + "store_dropped_points", "Points dropped (spill full)", ["store"], registry=r
         )

@@ -149,6 +149,15 @@ class StoresConfig(_Section):
     """Days kept per beacon kind that is not a shopper's (`pallet: 365`), `default` for the
     kinds not listed and beacons of no kind; a missing or null entry keeps forever. Shoppers
     follow `privacy.retention_days` (docs/privacy.md, Retention)."""
+    deadband_m: float = Field(default=0.0, ge=0, le=100)
+    """Store a beacon's fix only when it moved this far from its last stored fix, changed zone
+    or level, or `heartbeat_s` passed (beacon_hub/thinning.py); 0 stores every fix. A parked
+    pallet's fix wanders a few tens of centimetres from tick to tick: 0.5 m stored 9 % of the
+    fixes of 480 s of the calibrated simulated warehouse, 14 % of the hub bench's (docs/hub.md,
+    Thinning)."""
+    heartbeat_s: float = Field(default=60.0, gt=0, le=86_400)
+    """With `deadband_m`, a beacon still heard gets a stored fix at least this often: a
+    history query over any minute finds it (a common historian heartbeat)."""
 
 
 def _is_loopback(host: str) -> bool:

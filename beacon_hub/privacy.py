@@ -230,22 +230,10 @@ class Privacy:
 
 
 def _select(fixes: FixTable, keep: list[int], beacons: list[str]) -> FixTable:
-    """The rows `keep` of a FixTable, with new beacon ids; every per-row column (array or
-    list) is taken, whatever columns the table has grown."""
-    n = len(fixes)
-    if len(keep) == n:
+    """The rows `keep` of a FixTable, with new beacon ids."""
+    if len(keep) == len(fixes):
         return dataclasses.replace(fixes, beacons=beacons)
-    idx = np.asarray(keep, dtype=np.intp)
-    changes: dict[str, Any] = {"beacons": beacons}
-    for f in dataclasses.fields(fixes):
-        if f.name == "beacons":
-            continue
-        value = getattr(fixes, f.name)
-        if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
-            changes[f.name] = value[idx]
-        elif isinstance(value, list) and len(value) == n:
-            changes[f.name] = [value[i] for i in keep]
-    return dataclasses.replace(fixes, **changes)
+    return fixes.select(np.asarray(keep, dtype=np.intp), beacons)
 
 
 # ---------------------------------------------------------------------------------- retention

@@ -72,6 +72,7 @@ from beacon_hub.stores import (
     TickRecord,
     TickWrite,
 )
+from beacon_hub.thinning import FixThinner
 from beacon_hub.web import WebServer
 
 __all__ = ["Hub", "run_hub"]
@@ -124,6 +125,8 @@ class _SiteRun:
     ledger: list[LedgerEntry] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     last_tick_wall: float | None = None
+    thinner: FixThinner = field(default_factory=lambda: FixThinner(0.0, 60.0))
+    """What the stores keep (stores.deadband_m); every fix unless configured."""
 
 
 class _Round(NamedTuple):
@@ -193,6 +196,7 @@ class Hub:
                 else None
             )
             run = _SiteRun(site, engine, outputs, frozenset(g.id for g in site.gateways))
+            run.thinner = FixThinner(cfg.stores.deadband_m, cfg.stores.heartbeat_s)
             last = self.sqlite.last_tick(site.id)
             if last is not None and last >= clock() - MAX_CATCH_UP_S:
                 run.next_tick = last + cfg.engine.tick_interval_s
@@ -267,7 +271,13 @@ class Hub:
         self._last_asset_save = time.monotonic()
         self._rate_t = time.monotonic()
         self._rate_n = 0
-        self.totals: dict[str, int] = {"fixes": 0, "events": 0, "batches": 0, "rejected": 0}
+        self.totals: dict[str, int] = {
+            "fixes": 0,
+            "thinned": 0,
+            "events": 0,
+            "batches": 0,
+            "rejected": 0,
+        }
         """Counted over this process's life; logged as JSON when it stops (operators, tests)."""
         self.ready = threading.Event()
         """Set once connected and serving (tests wait on it)."""
@@ -464,7 +474,16 @@ class Hub:
         labels = self.registry.labels(table.beacons) if len(self.registry) else [None] * len(table)
         if run.outputs is not None:
             run.outputs.tick(t, table, events, labels)
-        record = TickRecord(site, t, table, events, labels)
+        rows = run.thinner.keep(table)
+        if rows.shape[0] < len(table):
+            thinned = len(table) - rows.shape[0]
+            self.metrics.store_thinned.labels(site).inc(thinned)
+            self.totals["thinned"] += thinned
+            record = TickRecord(
+                site, t, table.select(rows), events, [labels[i] for i in rows.tolist()]
+            )
+        else:
+            record = TickRecord(site, t, table, events, labels)
         saved = []
         for gw in run.touched:
             st = self.ingestor.state.get((site, gw))

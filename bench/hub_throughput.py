@@ -31,6 +31,7 @@ import json
 import math
 import queue
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -394,6 +395,12 @@ def main() -> None:
         default="0",
         help="seconds after each whole second at which the gateways publish, or 'random'",
     )
+    parser.add_argument(
+        "--deadband-m",
+        type=float,
+        default=0.0,
+        help="stores.deadband_m for the hub (0: every fix stored; docs/hub.md, Thinning)",
+    )
     args = parser.parse_args()
     phase_s = random.random() if args.phase == "random" else float(args.phase) % 1.0
     live_s = 10 if args.quick else 60
@@ -410,13 +417,20 @@ def main() -> None:
                 folder / "hub",
                 broker,
                 [path],
-                extra={"engine.tick_interval_s": 1.0, "outputs.track_refresh_s": 30.0},
+                extra={
+                    "engine.tick_interval_s": 1.0,
+                    "outputs.track_refresh_s": 30.0,
+                    "stores.deadband_m": args.deadband_m,
+                },
             )
             try:
                 rounds = capacity_rounds(hub, broker, work, capacity_s)
                 result = live(hub, broker, work, live_s, phase_s)
                 if hub.stop() != 0:
                     raise SystemExit(f"the hub did not stop cleanly:\n{hub.log()[-2000:]}")
+                totals = [json.loads(m) for m in re.findall(r"stopped; totals (\{.*\})", hub.log())]
+                fixes = sum(t["fixes"] for t in totals)
+                stored_share = 1.0 - sum(t.get("thinned", 0) for t in totals) / max(fixes, 1)
             finally:
                 hub.close()
         finally:
@@ -434,7 +448,13 @@ def main() -> None:
             ),
         ),
         ("baseline capacity", f"{base:,.0f} readings/s (decode + validate only; median)"),
-        ("hub capacity", f"{cap:,.0f} readings/s (engine, outputs, SQLite; median)"),
+        (
+            "hub capacity",
+            (
+                f"{cap:,.0f} readings/s (engine, outputs, SQLite; median; "
+                f"stores.deadband_m {args.deadband_m:g})"
+            ),
+        ),
         (
             "ratio",
             (
@@ -466,6 +486,7 @@ def main() -> None:
             ),
         ),
         ("tick", f"{result['tick_ms_mean']:.0f} ms mean (engine + MQTT outputs)"),
+        ("stored", f"{stored_share:.1%} of {fixes:,} fixes (the rest thinned)"),
         (
             "memory",
             (
@@ -489,6 +510,8 @@ def main() -> None:
         "rss_mb": round(result["rss_mb"]),
         "tick_ms_mean": round(result["tick_ms_mean"]),
         "live_s": live_s,
+        "deadband_m": args.deadband_m,
+        "stored_share": round(stored_share, 3),
     }
     print(json.dumps(summary))
 

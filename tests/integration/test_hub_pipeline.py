@@ -3,6 +3,7 @@ InfluxDB 1.x, and the hub's MQTT outputs, all real (issue #5, Checked by)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import queue
@@ -145,6 +146,55 @@ def test_every_fix_reaches_sqlite_and_influxdb(
     # Every fix the engine produced, in SQLite and in InfluxDB, with the documented schema.
     _check_influx(hub, influx, db, site, counts)
     _check_mqtt(broker, listener, site, gws, counts)
+
+
+def test_a_deadband_stores_the_moves_and_counts_what_it_left_out(
+    tmp_path: Path, broker: Mosquitto, influx_db: tuple[InfluxDB, str]
+) -> None:
+    """stores.deadband_m: both stores hold the same thinned history, every beacon's first fix
+    and a fix at least every heartbeat; stored plus thinned is every fix the engine made."""
+    influx, db = influx_db
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    heartbeat_s, tick_s = 2.0, 0.5
+    hub = HubProcess(
+        tmp_path / "hub",
+        broker,
+        [path],
+        influx_url=influx.url,
+        influx_db=db,
+        extra={"stores.deadband_m": 1.0, "stores.heartbeat_s": heartbeat_s},
+    )
+    hub.start()
+    gws = Gateways(broker, path)
+    try:
+        gws.run_for(8)
+        gws.settle()
+        published = {(p.gw, p.seq) for p in gws.published}
+        wait_until(
+            "every batch in the ledger",
+            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= len(published),
+        )
+        assert hub.stop() == 0
+    finally:
+        gws.close()
+        hub.close()
+    counts = totals(hub)
+    stored = hub.sql("SELECT beacon, t FROM fixes WHERE site = ? ORDER BY beacon, t", site)
+    assert 0 < counts["thinned"] < counts["fixes"]
+    assert len(stored) + counts["thinned"] == counts["fixes"]
+    rows = influx.rows(f"SELECT count(x) FROM fix WHERE site = '{site}'", db)
+    assert rows[0]["count"] == len(stored)
+    first_tick = hub.sql("SELECT min(t) FROM fixes WHERE site = ?", site)[0][0]
+    by_beacon: dict[str, list[float]] = {}
+    for beacon, t in stored:
+        by_beacon.setdefault(beacon, []).append(t)
+    assert set(by_beacon) == set(gws.beacon_ids)
+    for times in by_beacon.values():
+        # heard every tick: a stored fix at least every heartbeat (on the tick grid)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert max(gaps, default=0.0) <= heartbeat_s + tick_s + 1e-6
+        assert times[0] - first_tick <= tick_s * 4  # its first fix, within the first ticks
 
 
 def _check_influx(
