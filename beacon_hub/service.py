@@ -10,10 +10,10 @@ learnt clock offset). Gateways close their windows on whole seconds of their clo
 as one burst just after T. Tick T runs as soon as its round is complete (every gateway heard
 in the last two ticks whose batches end in step with the grid has sent the one for T), or once
 a batch ends a whole interval past T (a gateway gone quiet does not hold a backlog up).
-Otherwise the wall clock decides: `ROUND_WAIT_S` past T when gateways in step are expected,
-`TICK_GRACE_S` past T when none are, once the inbox is empty; while batches wait in it and the
-data is live (its newest reading within `max_lateness_s` of now), the same if no gateway is in
-step, a whole interval past T if some are. A restarted hub continues from its last
+Otherwise the wall clock decides: `ROUND_WAIT_TICKS` intervals past T when gateways in step
+are expected, `TICK_GRACE_S` past T when none are, once the inbox is empty; while batches wait
+in it and the data is live (its newest reading within `max_lateness_s` of now), the same if no
+gateway is in step, a whole interval past T if some are. A restarted hub continues from its last
 stored tick, so a backlog the broker queued while it was down is replayed through the ticks it
 missed (driven by the data) instead of arriving "late".
 
@@ -90,11 +90,14 @@ hub time is about the arrival time, so this covers a window closed late on a bus
 the network's jitter."""
 EARLY_S = 0.05
 """See IN_STEP_S: a clock a little behind the hub's that the offset has not absorbed."""
-ROUND_WAIT_S = 0.3
-"""How long past a tick an incomplete round of gateways in step is waited for: a straggler's
-batch (Wi-Fi, a busy gateway, 60 batches decoded one after another here) gets into the tick
-it belongs to; a gateway that stays silent costs each tick this long until, two ticks on, it
-is no longer expected."""
+ROUND_WAIT_TICKS = 0.6
+"""How long past a tick, in tick intervals, an incomplete round of gateways in step is waited
+for: a straggler's batch (Wi-Fi, a busy gateway, 60 batches decoded one after another here)
+gets into the tick it belongs to; a gateway that stays silent costs each tick this long until,
+two ticks on, it is no longer expected. bench/hub_throughput.py on a slower day (2026-12-06):
+with 0.3 s the last batches of a round came after the wait, and waited a whole tick more
+(p95 latency 1,340 ms); with 0.6 s, 684 ms. Relative to the interval so that a short tick
+never waits longer than itself."""
 STARTUP_SETTLE_S = 1.0
 """After connecting, the broker delivers a queued backlog within milliseconds; wall-clock ticks
 wait this long so they do not race ahead of it."""
@@ -136,11 +139,13 @@ class _Round(NamedTuple):
     """Gateways in step with the grid are expected for the tick."""
     complete: bool
     """Each of them has sent its batch for it."""
+    step: float
+    """The tick interval."""
 
     @property
     def wait_s(self) -> float:
         """How long past the tick the wall clock waits for the round."""
-        return ROUND_WAIT_S if self.in_step else TICK_GRACE_S
+        return ROUND_WAIT_TICKS * self.step if self.in_step else TICK_GRACE_S
 
 
 def _round(reported: dict[str, float], t: float, step: float) -> _Round:
@@ -153,7 +158,7 @@ def _round(reported: dict[str, float], t: float, step: float) -> _Round:
         phase = end % step
         if end > t - 2.0 * step and (phase < late or phase > step - early):
             ends.append(end)
-    return _Round(bool(ends), bool(ends) and min(ends) >= t - 0.5 * step)
+    return _Round(bool(ends), bool(ends) and min(ends) >= t - 0.5 * step, step)
 
 
 def _load_sites(cfg: HubConfig) -> list[tuple[Site, Engine]]:
