@@ -96,6 +96,19 @@ class Listener:
         self.client.disconnect()
 
 
+def run_into_ledger(hub: HubProcess, gws: Gateways, seconds: float) -> set[tuple[str, int]]:
+    """The gateways publish for `seconds`; returns their batches once the hub's ledger has
+    them all (each batch's tick ran and was stored)."""
+    gws.run_for(seconds)
+    gws.settle()
+    published = {(p.gw, p.seq) for p in gws.published}
+    wait_until(
+        "every batch in the ledger",
+        lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= len(published),
+    )
+    return published
+
+
 def test_every_fix_reaches_sqlite_and_influxdb(
     tmp_path: Path, broker: Mosquitto, influx_db: tuple[InfluxDB, str]
 ) -> None:
@@ -114,13 +127,7 @@ def test_every_fix_reaches_sqlite_and_influxdb(
     listener = Listener(broker, site)
     gws = Gateways(broker, path)
     try:
-        gws.run_for(6)
-        gws.settle()
-        published = {(p.gw, p.seq) for p in gws.published}
-        wait_until(
-            "every batch in the ledger",
-            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= len(published),
-        )
+        published = run_into_ledger(hub, gws, 6)
         # Silence: every beacon is lost after lost_after_s, and its retained track cleared.
         wait_until(
             "beacon_lost for every beacon",
@@ -168,18 +175,13 @@ def test_a_deadband_stores_the_moves_and_counts_what_it_left_out(
     hub.start()
     gws = Gateways(broker, path)
     try:
-        gws.run_for(8)
-        gws.settle()
-        published = {(p.gw, p.seq) for p in gws.published}
-        wait_until(
-            "every batch in the ledger",
-            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= len(published),
-        )
+        published = run_into_ledger(hub, gws, 8)
         assert hub.stop() == 0
     finally:
         gws.close()
         hub.close()
     counts = totals(hub)
+    assert counts["batches"] == len(published)
     stored = hub.sql("SELECT beacon, t FROM fixes WHERE site = ? ORDER BY beacon, t", site)
     assert 0 < counts["thinned"] < counts["fixes"]
     assert len(stored) + counts["thinned"] == counts["fixes"]
