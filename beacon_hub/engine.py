@@ -487,6 +487,8 @@ class Engine:
         self._kind_arr[i] = None if kind is None else kind.kind
         self._height[i] = 1.0 if kind is None else kind.height_m
         self._body_db[i] = 0.0 if kind is None else kind.body_loss_db
+        if kind is not None:
+            self.zones.set_rules(i, kind.zone_hysteresis_m, kind.zone_min_dwell_s)
         self._kind_code[i] = -1 if kind is None else BEACON_KINDS.index(kind.kind)
         self._area[i] = WALKWAY if kind is not None and kind.kind == "cart" else FLOOR
         for ref in self.site.reference_beacons:

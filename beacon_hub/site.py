@@ -209,6 +209,12 @@ class BeaconKind(_Model):
     pushing a cart: 2.4 GHz body shadowing is 5-15 dB in wearable measurements, a path that
     grazes the body loses less; the example store says 6). The engine expects it on the paths
     obstruction.body_shadowed gives, once a track has a heading; 0: nobody is behind it."""
+    zone_hysteresis_m: Annotated[float, Field(ge=0, le=10)] | None = None
+    zone_min_dwell_s: Annotated[float, Field(ge=0, le=600)] | None = None
+    """This kind's zone rules instead of the engine's `hysteresis_m` and `min_dwell_s` (0.6 m,
+    2 s: set for carts standing at a shelf edge, where a flap is the complaint). A tag carried
+    from room to room wants quicker ones: the room harness and flat-calib2021 say 0.3 m and
+    0.6 s (README, Accuracy)."""
 
 
 class ReferenceBeacon(_Model):

@@ -66,6 +66,9 @@ class ZoneTracker:
         self.dwell_fired = np.zeros(capacity, dtype=np.int64)
         self.held_until = np.full(capacity, -np.inf)
         """No zone change is reported before this time (`hold`)."""
+        self.hysteresis_m = np.full(capacity, self.params.hysteresis_m)
+        self.min_dwell_s = np.full(capacity, self.params.min_dwell_s)
+        """Each beacon's rules: the params', unless its kind sets its own (`set_rules`)."""
 
     def ensure(self, capacity: int) -> None:
         old = self.current.shape[0]
@@ -78,6 +81,17 @@ class ZoneTracker:
         self.candidate_since = np.r_[self.candidate_since, np.zeros(grow)]
         self.dwell_fired = np.r_[self.dwell_fired, np.zeros(grow, dtype=np.int64)]
         self.held_until = np.r_[self.held_until, np.full(grow, -np.inf)]
+        self.hysteresis_m = np.r_[self.hysteresis_m, np.full(grow, self.params.hysteresis_m)]
+        self.min_dwell_s = np.r_[self.min_dwell_s, np.full(grow, self.params.min_dwell_s)]
+
+    def set_rules(
+        self, b: int, hysteresis_m: float | None = None, min_dwell_s: float | None = None
+    ) -> None:
+        """Beacon `b`'s own hysteresis and minimum dwell (None keeps the params')."""
+        if hysteresis_m is not None:
+            self.hysteresis_m[b] = hysteresis_m
+        if min_dwell_s is not None:
+            self.min_dwell_s[b] = min_dwell_s
 
     def zone_of(self, idx: NDArray[np.intp]) -> list[str | None]:
         cur = self.current[idx]
@@ -116,7 +130,7 @@ class ZoneTracker:
         for z in np.unique(cur[leaving]):
             rows = np.flatnonzero(leaving & (cur == z))
             polygon = self.plan.site.zones[int(z)].polygon
-            near = distance_to_polygon_m(xy[rows], polygon) <= self.params.hysteresis_m
+            near = distance_to_polygon_m(xy[rows], polygon) <= self.hysteresis_m[idx[rows]]
             raw[rows[near]] = z
         events: list[ZoneEvent] = []
         ids = self.plan.zone_ids
@@ -134,7 +148,7 @@ class ZoneTracker:
             if self.candidate[b] != raw[row]:
                 self.candidate[b] = raw[row]
                 self.candidate_since[b] = t
-            dwell = self.params.min_dwell_s
+            dwell = float(self.min_dwell_s[b])
             if accuracy_m is not None and self.params.min_dwell_accuracy_m > 0:
                 dwell *= max(1.0, float(accuracy_m[row]) / self.params.min_dwell_accuracy_m)
             if t - self.candidate_since[b] >= dwell and t >= self.held_until[b]:

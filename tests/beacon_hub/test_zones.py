@@ -68,3 +68,20 @@ def test_a_less_certain_fix_must_stay_longer_in_the_new_zone() -> None:
     excursion = [LEFT] * 5 + [RIGHT] * 4 + [LEFT] * 5
     assert run(params, excursion, accuracy_m=4.5) == [(0.0, "zone_enter", "left")]
     assert len(run(params, excursion, accuracy_m=1.0)) == 5
+
+
+def test_a_beacon_of_a_kind_with_its_own_rules_changes_zone_sooner() -> None:
+    """Two beacons walk the same path across the edge at x = 10; the one whose kind says 0.3 m
+    and no dwell enters the next zone when its fix is 0.3 m past the edge, the other 0.6 m past
+    it and 2 s later, as the params say."""
+    zones = ZoneTracker(FloorPlan(room_site()), ZoneParams(hysteresis_m=0.6, min_dwell_s=2.0))
+    both = np.array([0, 1])
+    zones.ensure(2)
+    zones.set_rules(1, hysteresis_m=0.3, min_dwell_s=0.0)
+    entered: dict[int, float] = {}
+    for step, x in enumerate([9.0, 9.5, 10.2, 10.4, 10.7, 11.0, 11.5, 12.0, 12.5]):
+        xy = np.array([[x, 6.0], [x, 6.0]])
+        for e in zones.update(both, float(step), np.zeros(2, dtype=np.int64), xy):
+            if e.type == "zone_enter" and e.zone == "right":
+                entered[e.beacon] = x
+    assert entered == {1: 10.4, 0: 11.5}  # 0: past 0.6 m at 10.7, then 2 s
