@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
 from beacon_hub.engine import FixTable
+from beacon_hub.thinning import LastFixes
 from beacon_hub.wire import (
     MAX_BATCH_BYTES,
     Event,
@@ -39,9 +39,6 @@ __all__ = ["OutputCounts", "SiteOutputs"]
 MM_DECIMALS = 3
 CM_DECIMALS = 2
 
-INITIAL_SLOTS = 256
-"""Beacons remembered before the arrays first grow (they double as needed)."""
-
 Publish = Callable[[str, bytes, int, bool], bool]
 """(topic, payload, qos, retain) -> False if the client refused it."""
 
@@ -58,36 +55,18 @@ class OutputCounts:
 class SiteOutputs:
     """What one site publishes; remembers the last published fix per beacon.
 
-    The last published fix lives in arrays indexed by a slot per beacon, so that a tick tests
-    10,000 beacons for a change at once and loops in Python only over those it publishes.
+    The last published fix lives in thinning.LastFixes, so that a tick tests 10,000 beacons
+    for a change at once and loops in Python only over those it publishes.
     """
 
     def __init__(self, site: str, publish: Publish, refresh_s: float) -> None:
         self.site = site
         self.refresh_s = refresh_s
         self._publish = publish
-        self._slot: dict[str, int] = {}
-        self._last_t = np.full(INITIAL_SLOTS, np.nan)
-        """When the beacon's track was last published; NaN: never, or cleared since."""
-        self._last_x = np.zeros(INITIAL_SLOTS)
-        self._last_y = np.zeros(INITIAL_SLOTS)
-        self._last_zone = np.full(INITIAL_SLOTS, None, dtype=object)
+        self._last = LastFixes()
+        """The last published fix per beacon; forgotten when the beacon is lost."""
         self.counts = OutputCounts()
         self._tracks_topic = tracks_topic(site)
-
-    def _slots(self, beacons: Sequence[str]) -> NDArray[np.intp]:
-        slot = self._slot
-        # a new beacon gets the next slot
-        slots = np.fromiter(
-            (slot.setdefault(b, len(slot)) for b in beacons), dtype=np.intp, count=len(beacons)
-        )
-        if len(slot) > self._last_t.shape[0]:
-            grow = max(len(slot), 2 * self._last_t.shape[0]) - self._last_t.shape[0]
-            self._last_t = np.r_[self._last_t, np.full(grow, np.nan)]
-            self._last_x = np.r_[self._last_x, np.zeros(grow)]
-            self._last_y = np.r_[self._last_y, np.zeros(grow)]
-            self._last_zone = np.r_[self._last_zone, np.full(grow, None, dtype=object)]
-        return slots
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if not self._publish(topic, payload, qos, retain):
@@ -147,17 +126,18 @@ class SiteOutputs:
         for payload in payloads:
             self._send(self._tracks_topic, payload, 0, False)
             self.counts.tracks += 1
-        slots = self._slots(table.beacons)
+        last = self._last
+        slots = last.slots(table.beacons)
         xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         zones = np.empty(n, dtype=object)
         zones[:] = table.zones
         # DESIGN.md's "change": a zone change, the refresh interval, or a move beyond half the
         # accuracy since the last published fix (a never-published beacon has last_t NaN).
         unchanged = (
-            (t - self._last_t[slots] < self.refresh_s)
-            & (self._last_zone[slots] == zones)
+            (t - last.t[slots] < self.refresh_s)
+            & (last.zone[slots] == zones)
             & (
-                np.hypot(xs - self._last_x[slots], ys - self._last_y[slots])
+                np.hypot(xs - last.x[slots], ys - last.y[slots])
                 <= np.asarray(acc, dtype=np.float64) / 2
             )
         )
@@ -177,8 +157,7 @@ class SiteOutputs:
             )
             self._send(track_topic(self.site, beacon), encode_fix(fix, self.site), 0, True)
             k = slots[i]
-            self._last_t[k], self._last_x[k], self._last_y[k] = t, x[i], y[i]
-            self._last_zone[k] = zone
+            last.t[k], last.x[k], last.y[k], last.zone[k] = t, x[i], y[i], zone
             self.counts.track += 1
         for e in events:
             self._send(event_topic(self.site, e.type), encode_event(e), 1, False)
@@ -186,7 +165,5 @@ class SiteOutputs:
             if e.type == "beacon_lost":
                 # An empty retained message removes the retained track (MQTT 3.1.1, 3.3.1.3).
                 self._send(track_topic(self.site, e.beacon), b"", 1, True)
-                k_lost = self._slot.get(e.beacon)
-                if k_lost is not None:
-                    self._last_t[k_lost] = np.nan
+                last.forget(e.beacon)
                 self.counts.cleared += 1

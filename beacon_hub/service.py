@@ -120,6 +120,8 @@ class _SiteRun:
     engine: Engine
     outputs: SiteOutputs | None
     gateways: frozenset[str]
+    thinner: FixThinner
+    """What the stores keep (stores.deadband_m)."""
     next_tick: float | None = None
     data_wm: float = -math.inf
     reported: dict[str, float] = field(default_factory=dict)
@@ -128,8 +130,6 @@ class _SiteRun:
     ledger: list[LedgerEntry] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     last_tick_wall: float | None = None
-    thinner: FixThinner = field(default_factory=lambda: FixThinner(0.0, 60.0))
-    """What the stores keep (stores.deadband_m); every fix unless configured."""
 
 
 class _Round(NamedTuple):
@@ -200,8 +200,13 @@ class Hub:
                 if cfg.outputs.mqtt
                 else None
             )
-            run = _SiteRun(site, engine, outputs, frozenset(g.id for g in site.gateways))
-            run.thinner = FixThinner(cfg.stores.deadband_m, cfg.stores.heartbeat_s)
+            run = _SiteRun(
+                site,
+                engine,
+                outputs,
+                frozenset(g.id for g in site.gateways),
+                FixThinner(cfg.stores.deadband_m, cfg.stores.heartbeat_s),
+            )
             last = self.sqlite.last_tick(site.id)
             if last is not None and last >= clock() - MAX_CATCH_UP_S:
                 run.next_tick = last + cfg.engine.tick_interval_s

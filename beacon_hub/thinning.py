@@ -22,74 +22,85 @@ always see every fix; only the stores are thinned, and what was left out is coun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
 from beacon_hub.engine import FixTable
 
-__all__ = ["FixThinner"]
+__all__ = ["FixThinner", "LastFixes"]
 
 INITIAL_SLOTS = 256
 """Beacons remembered before the arrays first grow (they double as needed)."""
 
 
-class FixThinner:
-    """Remembers each beacon's last stored fix and picks a tick's fixes worth storing.
+class LastFixes:
+    """The last fix emitted per beacon (stored here, published for outputs.py), in arrays
+    indexed by a slot per beacon: a tick tests 10,000 beacons against them at once."""
 
-    State lives in arrays indexed by a slot per beacon, so a tick tests 10,000 fixes at once."""
-
-    def __init__(self, deadband_m: float, heartbeat_s: float) -> None:
-        self.deadband_m = deadband_m
-        self.heartbeat_s = heartbeat_s
+    def __init__(self) -> None:
         self._slot: dict[str, int] = {}
-        self._t = np.full(INITIAL_SLOTS, np.nan)
-        """Time of the beacon's last stored fix; NaN: never stored."""
-        self._x = np.zeros(INITIAL_SLOTS)
-        self._y = np.zeros(INITIAL_SLOTS)
-        self._level = np.zeros(INITIAL_SLOTS, dtype=np.int64)
-        self._zone = np.full(INITIAL_SLOTS, None, dtype=object)
+        self.t = np.full(INITIAL_SLOTS, np.nan)
+        """When the beacon's fix was last emitted; NaN: never, or forgotten since."""
+        self.x = np.zeros(INITIAL_SLOTS)
+        self.y = np.zeros(INITIAL_SLOTS)
+        self.level = np.zeros(INITIAL_SLOTS, dtype=np.int64)
+        self.zone = np.full(INITIAL_SLOTS, None, dtype=object)
 
-    @property
-    def enabled(self) -> bool:
-        return self.deadband_m > 0
-
-    def _slots(self, beacons: list[str]) -> NDArray[np.intp]:
+    def slots(self, beacons: Sequence[str]) -> NDArray[np.intp]:
+        """Each beacon's slot; a new beacon gets the next one."""
         slot = self._slot
         slots = np.fromiter(
             (slot.setdefault(b, len(slot)) for b in beacons), dtype=np.intp, count=len(beacons)
         )
-        size = self._t.shape[0]
+        size = self.t.shape[0]
         if len(slot) > size:
             grow = max(len(slot), 2 * size) - size
-            self._t = np.r_[self._t, np.full(grow, np.nan)]
-            self._x = np.r_[self._x, np.zeros(grow)]
-            self._y = np.r_[self._y, np.zeros(grow)]
-            self._level = np.r_[self._level, np.zeros(grow, dtype=np.int64)]
-            self._zone = np.r_[self._zone, np.full(grow, None, dtype=object)]
+            self.t = np.r_[self.t, np.full(grow, np.nan)]
+            self.x = np.r_[self.x, np.zeros(grow)]
+            self.y = np.r_[self.y, np.zeros(grow)]
+            self.level = np.r_[self.level, np.zeros(grow, dtype=np.int64)]
+            self.zone = np.r_[self.zone, np.full(grow, None, dtype=object)]
         return slots
+
+    def forget(self, beacon: str) -> None:
+        """The beacon's next fix counts as its first."""
+        k = self._slot.get(beacon)
+        if k is not None:
+            self.t[k] = np.nan
+
+
+class FixThinner:
+    """Remembers each beacon's last stored fix and picks a tick's fixes worth storing."""
+
+    def __init__(self, deadband_m: float, heartbeat_s: float) -> None:
+        self.deadband_m = deadband_m
+        self.heartbeat_s = heartbeat_s
+        self.last = LastFixes()
 
     def keep(self, table: FixTable) -> NDArray[np.intp]:
         """Indices of the fixes of `table` to store (all of them when disabled), remembered
         as each beacon's last stored fix."""
         n = len(table)
-        if not self.enabled or n == 0:
+        if self.deadband_m <= 0 or n == 0:
             return np.arange(n, dtype=np.intp)
-        slots = self._slots(table.beacons)
+        last = self.last
+        slots = last.slots(table.beacons)
         zones = np.empty(n, dtype=object)
         zones[:] = table.zones
-        last_t = self._t[slots]
-        # NaN last_t (never stored) compares False, so the first fix is always kept
+        # NaN last.t (never stored) compares False, so the first fix is always kept
         quiet = (
-            (table.t - last_t < self.heartbeat_s)
-            & (self._zone[slots] == zones)
-            & (self._level[slots] == table.level)
-            & (np.hypot(table.x - self._x[slots], table.y - self._y[slots]) < self.deadband_m)
+            (table.t - last.t[slots] < self.heartbeat_s)
+            & (last.zone[slots] == zones)
+            & (last.level[slots] == table.level)
+            & (np.hypot(table.x - last.x[slots], table.y - last.y[slots]) < self.deadband_m)
         )
         rows = np.flatnonzero(~quiet)
         k = slots[rows]
-        self._t[k] = table.t
-        self._x[k] = table.x[rows]
-        self._y[k] = table.y[rows]
-        self._level[k] = table.level[rows]
-        self._zone[k] = zones[rows]
+        last.t[k] = table.t
+        last.x[k] = table.x[rows]
+        last.y[k] = table.y[rows]
+        last.level[k] = table.level[rows]
+        last.zone[k] = zones[rows]
         return rows

@@ -31,7 +31,6 @@ import json
 import math
 import queue
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -58,7 +57,13 @@ from beacon_hub.wire import (
     readings_topic,
     tracks_topic,
 )
-from tests.integration.hubkit import HubProcess, shipped_broker, site_file, wait_until
+from tests.integration.hubkit import (
+    HubProcess,
+    logged_totals,
+    shipped_broker,
+    site_file,
+    wait_until,
+)
 
 GOAL_READINGS_PER_S = 100_000
 GOAL_RATIO = 0.5
@@ -428,7 +433,7 @@ def main() -> None:
                 result = live(hub, broker, work, live_s, phase_s)
                 if hub.stop() != 0:
                     raise SystemExit(f"the hub did not stop cleanly:\n{hub.log()[-2000:]}")
-                totals = [json.loads(m) for m in re.findall(r"stopped; totals (\{.*\})", hub.log())]
+                totals = logged_totals(hub.log())
                 fixes = sum(t["fixes"] for t in totals)
                 stored_share = 1.0 - sum(t.get("thinned", 0) for t in totals) / max(fixes, 1)
             finally:

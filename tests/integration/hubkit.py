@@ -7,6 +7,7 @@ writes real SQLite and InfluxDB. Waiting is always for a condition (`wait_until`
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -213,6 +214,11 @@ class Gateways:
 
 
 # -------------------------------------------------------------------------------- the hub
+
+
+def logged_totals(log: str) -> list[dict[str, int]]:
+    """The counts a hub logs each time it stops (SIGTERM), oldest first."""
+    return [json.loads(m) for m in re.findall(r"stopped; totals (\{.*\})", log)]
 
 
 class HubProcess:

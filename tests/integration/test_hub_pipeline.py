@@ -4,7 +4,6 @@ InfluxDB 1.x, and the hub's MQTT outputs, all real (issue #5, Checked by)."""
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import queue
 import re
@@ -25,6 +24,7 @@ from tests.integration.hubkit import (
     WAIT_S,
     Gateways,
     HubProcess,
+    logged_totals,
     shipped_broker,
     site_file,
     unique_site,
@@ -47,10 +47,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 
 def totals(hub: HubProcess) -> dict[str, int]:
     """The counts the hub logs as it stops (SIGTERM)."""
-    found = re.findall(r"stopped; totals (\{.*\})", hub.log())
+    found = logged_totals(hub.log())
     assert found, f"no totals line in the hub's log:\n{hub.log()[-3000:]}"
-    counts: dict[str, int] = json.loads(found[-1])
-    return counts
+    return found[-1]
 
 
 class Listener:
