@@ -96,8 +96,8 @@ for: a straggler's batch (Wi-Fi, a busy gateway, 60 batches decoded one after an
 gets into the tick it belongs to; a gateway that stays silent costs each tick this long until,
 two ticks on, it is no longer expected. bench/hub_throughput.py on a slower day (2026-12-06):
 with 0.3 s the last batches of a round came after the wait, and waited a whole tick more
-(p95 latency 1,340 ms); with 0.6 s, 684 ms. Relative to the interval so that a short tick
-never waits longer than itself."""
+(p95 latency 1,336 and 1,340 ms); with 0.6 s, 684, 819, 1,010 and 1,378 ms (a slow minute).
+Relative to the interval so that a short tick never waits longer than itself."""
 STARTUP_SETTLE_S = 1.0
 """After connecting, the broker delivers a queued backlog within milliseconds; wall-clock ticks
 wait this long so they do not race ahead of it."""
