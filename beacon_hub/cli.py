@@ -287,16 +287,23 @@ def _replay(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from beacon_hub.calibration import fit_calibration, save_calibration  # noqa: PLC0415
     from beacon_hub.csvfiles import read_readings, read_truth  # noqa: PLC0415
+    from beacon_hub.replay import path_loss_accuracy_scale  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415
 
     site = load_site(args.site)
+    readings = list(read_readings(args.readings))
+    truth = list(read_truth(args.truth))
     calibration = fit_calibration(
         site,
-        read_readings(args.readings),
-        read_truth(args.truth),
+        readings,
+        truth,
         with_map=not args.no_map,
         plan_losses=args.plan_losses,
         progress=True,
+    )
+    print("calibrate: replaying the walk on path loss alone to size accuracy_m", file=sys.stderr)
+    calibration.path_loss_accuracy_scale = path_loss_accuracy_scale(
+        site, readings, truth, calibration, progress=True
     )
     save_calibration(calibration, args.out)
     print(
@@ -314,7 +321,12 @@ def _calibrate(args: argparse.Namespace) -> int:
             indent=1,
         )
     )
-    print(f"calibrate: {len(calibration.gateways)} gateways -> {args.out}", file=sys.stderr)
+    scale = calibration.path_loss_accuracy_scale
+    print(
+        f"calibrate: {len(calibration.gateways)} gateways, accuracy_m on path loss alone x "
+        f"{'1 (too few fixes met the truth)' if scale is None else f'{scale:.3f}'} -> {args.out}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

@@ -165,6 +165,8 @@ class Evaluation:
 
     summary: dict[str, Any]
     errors_m: FloatArray = field(repr=False)
+    accuracy_m: FloatArray = field(repr=False)
+    """The scored fixes' own accuracy_m, in the order of errors_m."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +429,7 @@ def evaluate_path(
         bay_accuracy=None,
         bay_or_neighbour_accuracy=None,
     )
-    return Evaluation(summary=summary, errors_m=errors)
+    return Evaluation(summary=summary, errors_m=errors, accuracy_m=fx.accuracy_m)
 
 
 @dataclass(frozen=True)
@@ -599,7 +601,7 @@ def evaluate_truth(
     summary["latency_s"] = float(np.median(m.latencies_s)) if m.latencies_s else None
     summary["latency_beacons"] = len(m.latencies_s)
     summary["coverage"] = _coverage(tracks, fx)
-    return Evaluation(summary=summary, errors_m=errors)
+    return Evaluation(summary=summary, errors_m=errors, accuracy_m=fx.accuracy_m[m.index])
 
 
 def neighbour_zones(zones: Sequence[Zone], gap_m: float = NEIGHBOUR_GAP_M) -> dict[str, set[str]]:
@@ -979,7 +981,9 @@ def run_eval(
                 of_kind = {p.beacon for p in truth or [] if _kind_name(site, p.beacon) == kind}
             moves = pallet_moves(truth or [], read_events(events_path), of_kind)
             summary.update(_rounded(moves))
-        runs.append((name, Evaluation(summary=summary, errors_m=run.errors_m)))
+        runs.append(
+            (name, Evaluation(summary=summary, errors_m=run.errors_m, accuracy_m=run.accuracy_m))
+        )
     result: dict[str, Any] = (
         runs[0][1].summary if len(runs) == 1 else {"runs": [r.summary for _, r in runs]}
     )

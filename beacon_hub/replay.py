@@ -8,9 +8,11 @@ mode that published harnesses score.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +20,29 @@ from pathlib import Path
 import numpy as np
 
 from beacon_hub.calibration import Calibration
-from beacon_hub.csvfiles import EVENTS, FIXES, CsvWriter, EventRow, Reading, read_readings
-from beacon_hub.engine import Engine, EngineConfig, Readings
+from beacon_hub.csvfiles import (
+    EVENTS,
+    FIXES,
+    CsvWriter,
+    EventRow,
+    Reading,
+    TruthPoint,
+    read_readings,
+)
+from beacon_hub.engine import Engine, EngineConfig, Readings, TickResult
 from beacon_hub.errors import BeaconHubError
+from beacon_hub.evaluation import EvaluationError, evaluate_truth
 from beacon_hub.site import Site
 
-__all__ = ["ReplayStats", "replay"]
+__all__ = ["EngineReplay", "ReplayStats", "path_loss_accuracy_scale", "replay"]
 
 SAMPLE_INSTANT_S = 0.05
 """--no-tracking: readings within 50 ms belong to one sample instant (the dataset bins at 1/3 s)."""
+ACCURACY_QUANTILE = 0.68
+"""accuracy_m is a 68 % radius (the share of a 2-D normal within its 1-sigma-equivalent circle
+that the engine's radius_68_m aims at)."""
+MIN_SCALE_FIXES = 30
+"""Fewer scored fixes do not pin a 68th percentile: its standard error is about 10 points."""
 
 
 @dataclass
@@ -78,6 +94,54 @@ def _sample_instants(rows: list[Reading]) -> list[float] | None:
     return [float(t) for t in times[last]]
 
 
+class EngineReplay:
+    """The engine over readings in memory (sorted by time), fed exactly as the live service
+    feeds it: `ticks()` yields one result per tick; `engine` holds its counts afterwards."""
+
+    def __init__(
+        self,
+        site: Site,
+        rows: list[Reading],
+        *,
+        config: EngineConfig | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        if not rows:
+            raise BeaconHubError("no readings")
+        config = config or EngineConfig()
+        tick_at: list[float] | None = None
+        if not config.tracking:
+            tick_at = _sample_instants(rows)
+            if tick_at is not None:
+                config = config.model_copy(update={"window_s": SAMPLE_INSTANT_S})
+        if tick_at is None:
+            step = config.tick_interval_s
+            t0 = rows[0].t
+            n_ticks = int(np.floor((rows[-1].t - t0) / step)) + 1
+            tick_at = [t0 + step * (k + 1) for k in range(n_ticks)]
+        self.rows = rows
+        self.tick_at = tick_at
+        self.engine = Engine(site, config, calibration)
+
+    def ticks(self, *, progress: bool = False) -> Iterator[TickResult]:
+        pos = fixes = 0
+        last_report = time.monotonic()
+        rows = self.rows
+        for k, t in enumerate(self.tick_at):
+            end = pos
+            while end < len(rows) and rows[end].t <= t:
+                end += 1
+            for chunk in _chunks(rows[pos:end]):
+                self.engine.ingest(chunk)
+            pos = end
+            result = self.engine.tick(t)
+            fixes += len(result.fixes)
+            yield result
+            if progress and time.monotonic() - last_report > 2.0:
+                last_report = time.monotonic()
+                print(f"replay: tick {k + 1}/{len(self.tick_at)}, {fixes} fixes", file=sys.stderr)
+
+
 def replay(
     site: Site,
     readings_path: Path,
@@ -94,50 +158,59 @@ def replay(
     rows = sorted(read_readings(readings_path), key=lambda r: r.t)
     if not rows:
         raise BeaconHubError(f"{readings_path}: no readings")
-    config = config or EngineConfig()
-    tick_at: list[float] | None = None
-    if not config.tracking:
-        tick_at = _sample_instants(rows)
-        if tick_at is not None:
-            config = config.model_copy(update={"window_s": SAMPLE_INSTANT_S})
-    if tick_at is None:
-        step = config.tick_interval_s
-        t0 = rows[0].t
-        n_ticks = int(np.floor((rows[-1].t - t0) / step)) + 1
-        tick_at = [t0 + step * (k + 1) for k in range(n_ticks)]
-    engine = Engine(site, config, calibration)
+    run = EngineReplay(site, rows, config=config, calibration=calibration)
     fixes = events = 0
-    pos = 0
-    total = len(tick_at)
-    last_report = time.monotonic()
     with ExitStack() as files:
         out = files.enter_context(CsvWriter(FIXES, out_path))
         ev_out = (
             None if events_path is None else files.enter_context(CsvWriter(EVENTS, events_path))
         )
-        for k, t in enumerate(tick_at):
-            end = pos
-            while end < len(rows) and rows[end].t <= t:
-                end += 1
-            for chunk in _chunks(rows[pos:end]):
-                engine.ingest(chunk)
-            pos = end
-            result = engine.tick(t)
+        for result in run.ticks(progress=progress):
             out.write_all(result.fixes.fixes())
             if ev_out is not None:
                 ev_out.write_all(EventRow(e.t, e.beacon, e.type, e.zone) for e in result.events)
             fixes += len(result.fixes)
             events += len(result.events)
-            if progress and time.monotonic() - last_report > 2.0:
-                last_report = time.monotonic()
-                print(f"replay: tick {k + 1}/{total}, {fixes} fixes", file=sys.stderr)
-    counts = engine.counts
+    counts = run.engine.counts
     return ReplayStats(
         readings=len(rows),
-        ticks=total,
+        ticks=len(run.tick_at),
         fixes=fixes,
         events=events,
         late=counts.late,
         unknown_gateway=counts.unknown_gateway,
         seconds=time.monotonic() - started,
     )
+
+
+def path_loss_accuracy_scale(
+    site: Site,
+    readings: Iterable[Reading],
+    truth: Sequence[TruthPoint],
+    calibration: Calibration,
+    *,
+    progress: bool = False,
+) -> float | None:
+    """The factor that makes accuracy_m a 68 % radius when the engine places by the
+    calibration's path loss alone: the 68th percentile of error / accuracy_m over the
+    calibration walk replayed so (tracking on, the engine's defaults). None when fewer than
+    MIN_SCALE_FIXES fixes meet the truth.
+
+    Only for path loss: its few parameters per gateway barely learn the walk they are fitted
+    on, so the walk scores like new data (flat-calib2021: 0.67 on the calibration walk, 0.70 on
+    the robot route). A map learns the walk's own field and would understate its error there."""
+    rows = sorted(readings, key=lambda r: r.t)
+    config = EngineConfig(use_map=False)
+    plain = dataclasses.replace(calibration, path_loss_accuracy_scale=None)
+    run = EngineReplay(site, rows, config=config, calibration=plain)
+    fixes = [fix for result in run.ticks(progress=progress) for fix in result.fixes.fixes()]
+    if not fixes:
+        return None
+    try:
+        scored = evaluate_truth(fixes, truth)
+    except EvaluationError:
+        return None
+    if scored.errors_m.shape[0] < MIN_SCALE_FIXES:
+        return None
+    ratio = scored.errors_m / np.maximum(scored.accuracy_m, 1e-9)
+    return float(np.quantile(ratio, ACCURACY_QUANTILE))

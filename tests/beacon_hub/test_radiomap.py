@@ -1,8 +1,10 @@
 """The radio map in a calibration file: what `calibrate` writes, `replay` and the hub read back
-to 0.1 dB, files written as YAML lists before still read, and a damaged file a clear error."""
+to 0.1 dB, files written as YAML lists before still read, and a damaged file a clear error;
+the path-loss accuracy scale beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -64,4 +66,23 @@ def test_a_damaged_map_names_the_file(tmp_path: Path) -> None:
     assert sep
     (tmp_path / "cal.yaml").write_text(head + sep + "0.0 zero " + tail)
     with pytest.raises(ConfigError, match=r"cal\.yaml: not a calibration file"):
+        load_calibration(tmp_path / "cal.yaml", site)
+
+
+def test_the_path_loss_accuracy_scale_reads_back(tmp_path: Path) -> None:
+    site = load_site(ROOT / "config" / "room.yaml")
+    cal = dataclasses.replace(calibrated(site), path_loss_accuracy_scale=0.6684)
+    save_calibration(cal, tmp_path / "cal.yaml")
+    assert load_calibration(tmp_path / "cal.yaml", site).path_loss_accuracy_scale == 0.668
+    save_calibration(calibrated(site), tmp_path / "none.yaml")
+    assert load_calibration(tmp_path / "none.yaml", site).path_loss_accuracy_scale is None
+
+
+@pytest.mark.parametrize("bad", ["-0.5", "0", "'x'", "true", ".inf"])
+def test_a_bad_path_loss_accuracy_scale_names_the_key(tmp_path: Path, bad: str) -> None:
+    site = load_site(ROOT / "config" / "room.yaml")
+    save_calibration(calibrated(site), tmp_path / "cal.yaml")
+    text = (tmp_path / "cal.yaml").read_text()
+    (tmp_path / "cal.yaml").write_text(text + f"path_loss_accuracy_scale: {bad}\n")
+    with pytest.raises(ConfigError, match=r"cal\.yaml: path_loss_accuracy_scale: expected a pos"):
         load_calibration(tmp_path / "cal.yaml", site)

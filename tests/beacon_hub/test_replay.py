@@ -1,16 +1,21 @@
-"""`beacon-hub replay`: how ticks are laid over a recording when tracking is off."""
+"""`beacon-hub replay`: how ticks are laid over a recording when tracking is off; the
+calibration walk replayed on path loss alone to size accuracy_m."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from beacon_hub.csvfiles import READINGS, CsvWriter, Reading, read_events, read_fixes
-from beacon_hub.engine import EngineConfig
+from beacon_hub.calibration import Calibration, fit_calibration
+from beacon_hub.csvfiles import READINGS, CsvWriter, Reading, TruthPoint, read_events, read_fixes
+from beacon_hub.engine import Engine, EngineConfig
+from beacon_hub.evaluation import evaluate_truth
 from beacon_hub.pathloss import mean_rssi_dbm
-from beacon_hub.replay import ReplayStats, replay
+from beacon_hub.replay import EngineReplay, ReplayStats, path_loss_accuracy_scale, replay
 from beacon_hub.site import Site, validate_site_data
 
 T0 = 1_700_000_000.0
@@ -98,3 +103,59 @@ def test_replay_writes_the_engine_s_events(tmp_path: Path) -> None:
     events = list(read_events(tmp_path / "e.csv"))
     assert len(events) == stats.events
     assert [e.beacon for e in events if e.type == "beacon_lost"] == [beacon(1)]
+
+
+def noisy_walk(seed: int) -> tuple[list[Reading], list[TruthPoint]]:
+    """A tag walking loops of the square for 4 minutes, heard by every gateway 3 times a second
+    through a static field (4 dB, smooth over metres, its own per gateway) and 2 dB of fading:
+    the path-loss model fitted to it counts the static field as independent noise."""
+    rng = np.random.default_rng(seed)
+    rows: list[Reading] = []
+    truth: list[TruthPoint] = []
+    for k in range(720):
+        t = T0 + k / 3.0
+        angle = 2.0 * np.pi * k / 240.0
+        x, y = 5.0 + 3.5 * np.cos(angle), 5.0 + 3.0 * np.sin(angle)
+        truth.append(TruthPoint(t, beacon(1), float(x), float(y)))
+        for j, (g, (gx, gy)) in enumerate(GATEWAYS.items()):
+            d = max(float(np.hypot(x - gx, y - gy)), 0.1)
+            static = 4.0 * np.sin(x / 1.5 + j) * np.cos(y / 2.0 + 2 * j)
+            rssi = mean_rssi_dbm(d, REF_DBM, EXPONENT) + static + rng.normal(0.0, 2.0)
+            rows.append(Reading(t, g, beacon(1), float(rssi)))
+    return rows, truth
+
+
+def test_the_path_loss_accuracy_scale_makes_accuracy_a_68_percent_radius() -> None:
+    """Replayed on path loss alone with the scale that calibrate measures, 68 % of the walk's
+    true positions fall within accuracy_m, on the walk itself and on another walk through the
+    same field; the unscaled model says otherwise. With a map in use the scale stays out."""
+    site = square()
+    rows, truth = noisy_walk(1)
+    calibration = fit_calibration(site, rows, truth, with_map=False)
+    scale = path_loss_accuracy_scale(site, rows, truth, calibration)
+    assert scale is not None
+
+    def within(walk: tuple[list[Reading], list[TruthPoint]], cal: Calibration) -> float:
+        run = EngineReplay(site, walk[0], config=EngineConfig(use_map=False), calibration=cal)
+        fixes = [f for result in run.ticks() for f in result.fixes.fixes()]
+        return float(evaluate_truth(fixes, walk[1]).summary["within_accuracy"])
+
+    scaled = dataclasses.replace(calibration, path_loss_accuracy_scale=scale)
+    assert within((rows, truth), scaled) == pytest.approx(0.68, abs=0.02)
+    assert within(noisy_walk(2), scaled) == pytest.approx(0.68, abs=0.08)
+    assert abs(within((rows, truth), calibration) - 0.68) > 0.08
+
+    mapped = fit_calibration(site, rows, truth, with_map=True)
+    assert Engine(site, calibration=scaled).accuracy_scale == pytest.approx(scale)
+    with_map = dataclasses.replace(mapped, path_loss_accuracy_scale=scale)
+    assert Engine(site, calibration=with_map).accuracy_scale == 1.0
+    assert Engine(
+        site, EngineConfig(use_map=False), calibration=with_map
+    ).accuracy_scale == pytest.approx(scale)
+
+
+def test_too_short_a_walk_measures_no_scale() -> None:
+    site = square()
+    rows, truth = noisy_walk(1)
+    calibration = fit_calibration(site, rows, truth, with_map=False)
+    assert path_loss_accuracy_scale(site, rows[:40], truth, calibration) is None

@@ -39,6 +39,14 @@ def test_path_loss_only_meets_its_goal(results: dict[str, dict[str, Any]]) -> No
     assert robot["p90_m"] <= 2.6
 
 
+def test_path_loss_only_is_honest_with_the_calibrated_scale(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    """calibrate sizes accuracy_m on path loss alone from its own walk: 93 % within without."""
+    for mode in ("path loss + tracking", "path loss, one fix per sample"):
+        assert 0.60 <= results[mode]["robot"]["within_accuracy"] <= 0.76
+
+
 def test_the_map_helps(results: dict[str, dict[str, Any]]) -> None:
     with_map = results["map + tracking"]["robot"]["median_m"]
     without = results["path loss + tracking"]["robot"]["median_m"]
