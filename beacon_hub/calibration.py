@@ -13,7 +13,7 @@ import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ def typical_height_m(site: Site) -> float:
 
 
 __all__ = [
+    "PATH_LOSS_MODES",
     "Calibration",
     "GatewayFit",
     "fit_calibration",
@@ -53,6 +54,8 @@ __all__ = [
     "typical_height_m",
 ]
 
+PATH_LOSS_MODES = ("tracking", "no_tracking")
+"""The engine's modes a path-loss accuracy scale is measured for, keyed by these names."""
 MIN_SAMPLES_PER_GATEWAY = 30
 """Fewer samples than this do not pin down two parameters against 6 dB of shadowing."""
 
@@ -76,11 +79,12 @@ class Calibration:
     plan_losses: bool = False
     """Whether the fit took the site file's walls and obstacles out first; the engine then
     expects them too, whatever its own setting."""
-    path_loss_accuracy_scale: float | None = None
-    """Multiplies accuracy_m when the engine places by these fits' path loss alone (no map in
-    use): measured on the calibration walk replayed so (replay.path_loss_accuracy_scale). The
-    path-loss model's spread counts the static field at each gateway as independent noise and
-    overstates the error (flat-calib2021: 93 % of true positions within accuracy_m)."""
+    path_loss_accuracy_scale: dict[str, float] = field(default_factory=dict)
+    """By PATH_LOSS_MODES ("tracking", "no_tracking"): what multiplies accuracy_m when the
+    engine places by these fits' path loss alone (no map in use), measured on the calibration
+    walk replayed so (replay.path_loss_accuracy_scale). The path-loss spread counts the static
+    field at each gateway as independent noise and overstates the error (flat-calib2021: 91 %
+    and 85 % of true positions within accuracy_m)."""
 
     def apply(self, engine: Engine) -> None:
         """Put the fitted parameters and map into an engine built for the same site."""
@@ -247,14 +251,36 @@ def save_calibration(cal: Calibration, path: Path) -> None:
             for gw, f in cal.gateways.items()
         },
     }
-    if cal.path_loss_accuracy_scale is not None:
-        data["path_loss_accuracy_scale"] = round(cal.path_loss_accuracy_scale, 3)
+    if cal.path_loss_accuracy_scale:
+        data["path_loss_accuracy_scale"] = {
+            k: round(v, 3) for k, v in cal.path_loss_accuracy_scale.items()
+        }
     if cal.radio_map is not None:
         data["radio_map"] = cal.radio_map.to_dict()
     text = "# beacon-hub calibration: written by `beacon-hub calibrate`\n" + yaml.dump(
         data, Dumper=_DUMPER, sort_keys=False, default_flow_style=None, width=120
     )
     path.write_text(text)
+
+
+def _path_loss_scales(path: Path, value: object) -> dict[str, float]:
+    where = f"{path}: path_loss_accuracy_scale"
+    if not isinstance(value, dict):
+        raise ConfigError(str(path), [f"{where}: expected a mapping of {PATH_LOSS_MODES}"])
+    out = {}
+    for mode, scale in value.items():
+        if mode not in PATH_LOSS_MODES:
+            raise ConfigError(str(path), [f"{where}: {mode!r} is not one of {PATH_LOSS_MODES}"])
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not 0 < scale < math.inf
+        ):
+            raise ConfigError(
+                str(path), [f"{where}: {mode}: expected a positive number, got {scale!r}"]
+            )
+        out[mode] = float(scale)
+    return out
 
 
 def load_calibration(path: Path, site: Site) -> Calibration:
@@ -287,18 +313,11 @@ def load_calibration(path: Path, site: Site) -> Calibration:
     plan = data.get("plan_losses", False)
     if not isinstance(plan, bool):
         raise ConfigError(str(path), [f"{path}: plan_losses: expected true or false"])
-    scale = data.get("path_loss_accuracy_scale")
-    if scale is not None and (
-        isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf
-    ):
-        raise ConfigError(
-            str(path),
-            [f"{path}: path_loss_accuracy_scale: expected a positive number, got {scale!r}"],
-        )
+    scales = _path_loss_scales(path, data.get("path_loss_accuracy_scale", {}))
     return Calibration(
         site=site.id,
         gateways=fits,
         radio_map=radio_map,
         plan_losses=plan,
-        path_loss_accuracy_scale=None if scale is None else float(scale),
+        path_loss_accuracy_scale=scales,
     )

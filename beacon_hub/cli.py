@@ -301,10 +301,16 @@ def _calibrate(args: argparse.Namespace) -> int:
         plan_losses=args.plan_losses,
         progress=True,
     )
-    print("calibrate: replaying the walk on path loss alone to size accuracy_m", file=sys.stderr)
-    calibration.path_loss_accuracy_scale = path_loss_accuracy_scale(
-        site, readings, truth, calibration, progress=True
-    )
+    for mode, tracking in (("tracking", True), ("no_tracking", False)):
+        print(
+            f"calibrate: replaying the walk on path loss alone ({mode}) to size accuracy_m",
+            file=sys.stderr,
+        )
+        scale = path_loss_accuracy_scale(
+            site, readings, truth, calibration, tracking=tracking, progress=True
+        )
+        if scale is not None:
+            calibration.path_loss_accuracy_scale[mode] = scale
     save_calibration(calibration, args.out)
     print(
         json.dumps(
@@ -321,10 +327,11 @@ def _calibrate(args: argparse.Namespace) -> int:
             indent=1,
         )
     )
-    scale = calibration.path_loss_accuracy_scale
+    scales = calibration.path_loss_accuracy_scale
+    sized = ", ".join(f"{k} x {v:.3f}" for k, v in scales.items()) or "not (too few fixes)"
     print(
-        f"calibrate: {len(calibration.gateways)} gateways, accuracy_m on path loss alone x "
-        f"{'1 (too few fixes met the truth)' if scale is None else f'{scale:.3f}'} -> {args.out}",
+        f"calibrate: {len(calibration.gateways)} gateways, accuracy_m on path loss alone "
+        f"sized {sized} -> {args.out}",
         file=sys.stderr,
     )
     return EXIT_OK

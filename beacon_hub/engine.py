@@ -37,6 +37,7 @@ from beacon_hub.multilateration import (
     Solution,
     grid_mode,
     grid_offsets,
+    reduced_chi2,
     select_rows,
     solve,
     solve_grid,
@@ -45,6 +46,7 @@ from beacon_hub.multilateration import (
 from beacon_hub.obstruction import body_shadowed
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
+from beacon_hub.residuals import ResidualSpread
 from beacon_hub.site import BEACON_KINDS, Site, ZoneKindName
 from beacon_hub.tracking import GATE_CHI2_2DOF, MotionParams, Tracks, mode_transition
 from beacon_hub.wire import RSSI_MAX_DBM, RSSI_MIN_DBM, Event, Fix, ReadingBatch
@@ -392,12 +394,14 @@ def _variance_share(geo: Geometry, spread_db: F64) -> F64:
 def _accuracy_scale(
     config: EngineConfig, calibration: Calibration | None, *, map_in_use: bool
 ) -> float:
-    """What multiplies accuracy_m: the config's factor, and the calibration's for its path loss
-    alone when no map is in use (with a map the model's own spreads hold: flat-calib2021's
-    robot has 67 % of true positions within accuracy_m, map and tracking)."""
+    """What multiplies accuracy_m besides the residuals' factor: the config's, and the
+    calibration's for its path loss alone in this tracking mode when no map is in use (with a
+    map the model's own spreads hold: flat-calib2021's robot has 70 % of true positions within
+    accuracy_m, map and tracking)."""
     scale = config.accuracy_scale
-    if calibration is not None and calibration.path_loss_accuracy_scale and not map_in_use:
-        scale *= calibration.path_loss_accuracy_scale
+    if calibration is not None and not map_in_use:
+        mode = "tracking" if config.tracking else "no_tracking"
+        scale *= calibration.path_loss_accuracy_scale.get(mode, 1.0)
     return scale
 
 
@@ -482,7 +486,10 @@ class Engine:
             _search_offsets(self.config.first_fix_search_m),
             _search_offsets(self.config.basin_search_m),
         )
-        self.rivals = RivalBasins(self.config.basin_checks_per_tick)
+        self.rivals, self.residuals = (
+            RivalBasins(self.config.basin_checks_per_tick),
+            ResidualSpread(),
+        )
         self._grid_workers = self.config.grid_threads or os.cpu_count() or 1
         self.counts = IngestCounts()
 
@@ -617,6 +624,7 @@ class Engine:
                 predicted=predicted,
             )
         xy, cov = self._locate(geo, prior, level, area, grid_prior, fresh=fresh, geo_grid=geo_grid)
+        self.residuals.observe(t, reduced_chi2(geo, xy, self._map_fn()))
         speed = np.zeros(idx.shape[0])
         unfitted_share = _variance_share(geo, self.gw_unfitted_db[geo.gw])
         if not cfg.tracking:
@@ -666,7 +674,7 @@ class Engine:
             cov = cov + static_cov
             xy = self._project(level, xy, area)
         self._active[idx] = True
-        accuracy = radius_68_m(cov)
+        accuracy = radius_68_m(cov) * self.residuals.factor()
         events = [
             Event(e.type, t, self.site.id, self.beacon_ids[e.beacon], e.zone, e.data)
             for e in self.zones.update(idx, t, level, xy, accuracy * self.accuracy_scale)
@@ -754,13 +762,8 @@ class Engine:
     ) -> tuple[F64, F64]:
         """Multilateration on `geo`, then the map likelihood around it when a map is in use,
         on `geo_grid` (geo with its unheard gateways, _with_unheard)."""
-        cfg = self.config
-        use_map = self.radio_map is not None and cfg.use_map and self._map_learned
-        radio_map: MapFn | None = None
-        if self.radio_map is not None and use_map:
-            radio_map = self.radio_map.correction
-        elif self.radio_map is not None and self.plan_losses:
-            radio_map = functools.partial(self.radio_map.correction, learned=False)
+        use_map = self.radio_map is not None and self.config.use_map and self._map_learned
+        radio_map = self._map_fn()
         # The grid searches near this start, so it needs the plan's losses as much as least
         # squares does: `solver=grid` once started from path loss alone and, with the
         # warehouse's 10 dB racks, searched the wrong aisle (D: 8.23 m median, now 2.88).
@@ -775,6 +778,17 @@ class Engine:
             )
             xy = sol.xy
         return xy, sol.cov
+
+    def _map_fn(self) -> MapFn | None:
+        """What least squares adds to path loss: the learned map when in use, else the floor
+        plan's losses alone, else nothing."""
+        if self.radio_map is None:
+            return None
+        if self.config.use_map and self._map_learned:
+            return self.radio_map.correction
+        if self.plan_losses:
+            return functools.partial(self.radio_map.correction, learned=False)
+        return None
 
     def _move_to_rivals(
         self,

@@ -35,6 +35,7 @@ __all__ = [
     "Solution",
     "grid_mode",
     "grid_offsets",
+    "reduced_chi2",
     "select_rows",
     "solve",
     "solve_grid",
@@ -115,6 +116,19 @@ def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
         mu = mu + correction
         grad = grad + np.stack([d_dx, d_dy], axis=-1)
     return mu, grad
+
+
+def reduced_chi2(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
+    """Per beacon heard by 3 gateways or more, how well the position explains its readings: the
+    sum of squared standardized residuals over the degrees of freedom left (gateways - 2)."""
+    rows = np.flatnonzero(geo.mask.sum(axis=1) >= 3)
+    if rows.shape[0] == 0:
+        return np.zeros(0)
+    sub = select_rows(geo, rows)
+    mu, _ = _model(sub, xy[rows], radio_map)
+    z2 = np.where(sub.mask, ((sub.rssi_dbm - mu) / sub.sd_db) ** 2, 0.0)
+    dof = sub.mask.sum(axis=1) - 2
+    return np.asarray(z2.sum(axis=1) / dof)
 
 
 def _sum_slots(a: F64) -> F64:

@@ -180,7 +180,8 @@ advert)."""
 
 
 def measure(seed: int, work: Path) -> dict[str, dict[str, float]]:
-    """{row: {"median_m", "p95_m", "wrong_room"}} for the engine and the bound, both modes."""
+    """{row: {"median_m", "p95_m", "wrong_room", "within_accuracy"}} for the engine and the
+    bound, both modes."""
     site = load_site(SITE)
     sim = [sys.executable, "-m", "simulator.cli", "run", "--site", str(SITE)]
     hub = [sys.executable, "-m", "beacon_hub.cli", "replay", "--site", str(SITE)]
@@ -210,6 +211,7 @@ def measure(seed: int, work: Path) -> dict[str, dict[str, float]]:
                     "median_m": s["median_m"],
                     "p95_m": s["p95_m"],
                     "wrong_room": wrong if wrong is not None else float("nan"),
+                    "within_accuracy": s["within_accuracy"],
                 }
     return out
 

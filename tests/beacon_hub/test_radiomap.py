@@ -69,20 +69,33 @@ def test_a_damaged_map_names_the_file(tmp_path: Path) -> None:
         load_calibration(tmp_path / "cal.yaml", site)
 
 
-def test_the_path_loss_accuracy_scale_reads_back(tmp_path: Path) -> None:
+def test_the_path_loss_accuracy_scales_read_back(tmp_path: Path) -> None:
     site = load_site(ROOT / "config" / "room.yaml")
-    cal = dataclasses.replace(calibrated(site), path_loss_accuracy_scale=0.6684)
+    scales = {"tracking": 0.6684, "no_tracking": 1.2}
+    cal = dataclasses.replace(calibrated(site), path_loss_accuracy_scale=scales)
     save_calibration(cal, tmp_path / "cal.yaml")
-    assert load_calibration(tmp_path / "cal.yaml", site).path_loss_accuracy_scale == 0.668
+    back = load_calibration(tmp_path / "cal.yaml", site).path_loss_accuracy_scale
+    assert back == {"tracking": 0.668, "no_tracking": 1.2}
     save_calibration(calibrated(site), tmp_path / "none.yaml")
-    assert load_calibration(tmp_path / "none.yaml", site).path_loss_accuracy_scale is None
+    assert load_calibration(tmp_path / "none.yaml", site).path_loss_accuracy_scale == {}
 
 
-@pytest.mark.parametrize("bad", ["-0.5", "0", "'x'", "true", ".inf"])
-def test_a_bad_path_loss_accuracy_scale_names_the_key(tmp_path: Path, bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("0.7", "expected a mapping"),
+        ("{walking: 0.7}", "'walking' is not one of"),
+        ("{tracking: -0.5}", "tracking: expected a positive number"),
+        ("{tracking: 0}", "tracking: expected a positive number"),
+        ("{no_tracking: x}", "no_tracking: expected a positive number"),
+        ("{tracking: true}", "tracking: expected a positive number"),
+        ("{tracking: .inf}", "tracking: expected a positive number"),
+    ],
+)
+def test_a_bad_path_loss_accuracy_scale_names_the_key(tmp_path: Path, bad: str, says: str) -> None:
     site = load_site(ROOT / "config" / "room.yaml")
     save_calibration(calibrated(site), tmp_path / "cal.yaml")
     text = (tmp_path / "cal.yaml").read_text()
     (tmp_path / "cal.yaml").write_text(text + f"path_loss_accuracy_scale: {bad}\n")
-    with pytest.raises(ConfigError, match=r"cal\.yaml: path_loss_accuracy_scale: expected a pos"):
+    with pytest.raises(ConfigError, match=rf"cal\.yaml: path_loss_accuracy_scale: {says}"):
         load_calibration(tmp_path / "cal.yaml", site)
