@@ -113,6 +113,12 @@ class Metrics:
             registry=r,
         )
         self.fixes = Counter(p + "fixes", "Fixes produced by the engine", ["site"], registry=r)
+        self.accuracy_factor = Gauge(
+            p + "accuracy_factor",
+            "What the site's residuals multiply accuracy_m by (below 1: quieter than its radio)",
+            ["site"],
+            registry=r,
+        )
         self.events = Counter(p + "events", "Events produced", ["site", "type"], registry=r)
         self.store_backlog = Gauge(
             p + "store_backlog_points", "Points waiting (memory and spill)", ["store"], registry=r

@@ -522,6 +522,7 @@ class Hub:
             self.registry.seen(table.beacons, t)
         run.last_tick_wall = self.clock()
         self.metrics.fixes.labels(site).inc(len(table))
+        self.metrics.accuracy_factor.labels(site).set(run.engine.residuals.factor())
         self.totals["fixes"] += len(table)
         self.totals["events"] += len(result.events)
         for e in result.events:

@@ -345,6 +345,10 @@ def test_simulator_through_mosquitto_into_both_stores(
             lambda: hub.sql("SELECT count(*) FROM batches")[0][0] >= batches,
             hub=hub,
         )
+        # the residuals have moved accuracy_m's factor off the prior's 1
+        factor = hub.metric_sum("beacon_hub_accuracy_factor", site=site)
+        assert 0.05 < factor < 20.0
+        assert factor != 1.0
         assert hub.stop() == 0
     finally:
         hub.close()
