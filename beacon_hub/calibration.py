@@ -1,10 +1,11 @@
-"""Calibration: fit the radio model per gateway, and the radio map, from a walk with known
+"""Calibration: fit the radio model per gateway, and the radio map, from walks with known
 positions.
 
-`beacon-hub calibrate` reads a readings CSV and a truth CSV (positions of the walking tag over
-time), interpolates the tag's position at every reading, fits each gateway's reference RSSI and
-path-loss exponent (pathloss.fit_path_loss), and learns the radio map from the residuals
-(radiomap.RadioMap). The result is a YAML file the engine loads with `--calibration`.
+`beacon-hub calibrate` reads one or more pairs of a readings CSV and a truth CSV (positions of
+the walking tag over time), interpolates the tag's position at every reading, fits each
+gateway's reference RSSI and path-loss exponent (pathloss.fit_path_loss), and learns the radio
+map from the residuals (radiomap.RadioMap). The result is a YAML file the engine loads with
+`--calibration`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ __all__ = [
     "PATH_LOSS_MODES",
     "Calibration",
     "GatewayFit",
+    "Walk",
     "fit_calibration",
     "load_calibration",
     "save_calibration",
@@ -56,6 +58,8 @@ __all__ = [
 
 PATH_LOSS_MODES = ("tracking", "no_tracking")
 """The engine's modes a path-loss accuracy scale is measured for, keyed by these names."""
+Walk = tuple[Iterable[Reading], Iterable[TruthPoint]]
+"""A calibration walk: its readings and where the tag really was."""
 MIN_SAMPLES_PER_GATEWAY = 30
 """Fewer samples than this do not pin down two parameters against 6 dB of shadowing."""
 
@@ -175,18 +179,32 @@ def _match_readings(
     return {g: table[rows] for g, rows in by_gateway.items() if rows.any()}
 
 
+def _match_walks(
+    site: Site, walks: Sequence[Walk], max_gap_s: float, progress: bool
+) -> dict[str, NDArray[np.float64]]:
+    """_match_readings of each walk, per gateway in walk order."""
+    parts: dict[str, list[NDArray[np.float64]]] = defaultdict(list)
+    for readings, truth in walks:
+        for gw, arr in _match_readings(site, readings, truth, max_gap_s, progress).items():
+            parts[gw].append(arr)
+    return {gw: np.concatenate(arrs) for gw, arrs in parts.items()}
+
+
 def fit_calibration(
     site: Site,
-    readings: Iterable[Reading],
-    truth: Iterable[TruthPoint],
+    walks: Sequence[Walk],
     *,
     with_map: bool = True,
     plan_losses: bool = False,
     max_gap_s: float = 2.0,
     progress: bool = False,
 ) -> Calibration:
-    """Fit every gateway heard during the walk, and the map from their residuals."""
-    rows = _match_readings(site, readings, truth, max_gap_s, progress)
+    """Fit every gateway heard during the walks, and the map from their residuals. Each walk
+    (its readings and its truth) is matched on its own, so walks of different days may share
+    beacons and clock times; their readings are then fitted together."""
+    if not walks:
+        raise BeaconHubError("calibration: no walk given")
+    rows = _match_walks(site, walks, max_gap_s, progress)
     gw_ids = tuple(g.id for g in site.gateways)
     gateways = {g.id: g for g in site.gateways}
     fits: dict[str, GatewayFit] = {}

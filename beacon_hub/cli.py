@@ -224,8 +224,22 @@ def _add_engine_verbs(verbs: Any) -> None:
 
     calibrate = verbs.add_parser("calibrate", help="fit the radio model from a walk or survey")
     calibrate.add_argument("--site", type=Path, required=True, metavar="S.yaml")
-    calibrate.add_argument("--readings", type=Path, required=True, metavar="R.csv")
-    calibrate.add_argument("--truth", type=Path, required=True, metavar="T.csv")
+    calibrate.add_argument(
+        "--readings",
+        type=Path,
+        required=True,
+        action="append",
+        metavar="R.csv",
+        help="a walk's readings; repeat with --truth for more walks (other days, other aisles)",
+    )
+    calibrate.add_argument(
+        "--truth",
+        type=Path,
+        required=True,
+        action="append",
+        metavar="T.csv",
+        help="where the tags were: one per --readings, in the same order",
+    )
     calibrate.add_argument("--out", type=Path, required=True, metavar="C.yaml")
     calibrate.add_argument("--no-map", action="store_true", help="fit path loss only")
     calibrate.add_argument(
@@ -287,16 +301,23 @@ def _replay(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from beacon_hub.calibration import fit_calibration, save_calibration  # noqa: PLC0415
     from beacon_hub.csvfiles import read_readings, read_truth  # noqa: PLC0415
+    from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
     from beacon_hub.replay import path_loss_accuracy_scale  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415
 
+    if len(args.readings) != len(args.truth):
+        raise BeaconHubError(
+            f"calibrate: {len(args.readings)} --readings but {len(args.truth)} --truth: give "
+            "one truth file per readings file, in the same order"
+        )
     site = load_site(args.site)
-    readings = list(read_readings(args.readings))
-    truth = list(read_truth(args.truth))
+    walks = [
+        (list(read_readings(r)), list(read_truth(t)))
+        for r, t in zip(args.readings, args.truth, strict=True)
+    ]
     calibration = fit_calibration(
         site,
-        readings,
-        truth,
+        walks,
         with_map=not args.no_map,
         plan_losses=args.plan_losses,
         progress=True,
@@ -306,9 +327,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"calibrate: replaying the walk on path loss alone ({mode}) to size accuracy_m",
             file=sys.stderr,
         )
-        scale = path_loss_accuracy_scale(
-            site, readings, truth, calibration, tracking=tracking, progress=True
-        )
+        scale = path_loss_accuracy_scale(site, walks, calibration, tracking=tracking, progress=True)
         if scale is not None:
             calibration.path_loss_accuracy_scale[mode] = scale
     save_calibration(calibration, args.out)

@@ -12,12 +12,13 @@ import dataclasses
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from beacon_hub.calibration import Calibration
 from beacon_hub.csvfiles import (
@@ -185,8 +186,7 @@ def replay(
 
 def path_loss_accuracy_scale(
     site: Site,
-    readings: Iterable[Reading],
-    truth: Sequence[TruthPoint],
+    walks: Sequence[tuple[Sequence[Reading], Sequence[TruthPoint]]],
     calibration: Calibration,
     *,
     tracking: bool,
@@ -202,18 +202,22 @@ def path_loss_accuracy_scale(
     calibration walk, 0.74 on the robot route). A map learns the walk's own field and would
     understate its error there. Tracking on and off each get their own: the simulated store's
     walk asks 0.94 tracked and 1.21 one fix per tick."""
-    rows = sorted(readings, key=lambda r: r.t)
     config = EngineConfig(use_map=False, tracking=tracking)
     plain = dataclasses.replace(calibration, path_loss_accuracy_scale={})
-    run = EngineReplay(site, rows, config=config, calibration=plain)
-    fixes = [fix for result in run.ticks(progress=progress) for fix in result.fixes.fixes()]
-    if not fixes:
+    ratios: list[NDArray[np.float64]] = []
+    for readings, truth in walks:
+        if not readings:
+            continue
+        run = EngineReplay(
+            site, sorted(readings, key=lambda r: r.t), config=config, calibration=plain
+        )
+        fixes = [fix for result in run.ticks(progress=progress) for fix in result.fixes.fixes()]
+        try:
+            scored = evaluate_truth(fixes, truth)
+        except EvaluationError:
+            continue
+        ratios.append(scored.errors_m / np.maximum(scored.accuracy_m, 1e-9))
+    ratio = np.concatenate(ratios) if ratios else np.zeros(0)
+    if ratio.shape[0] < MIN_SCALE_FIXES:
         return None
-    try:
-        scored = evaluate_truth(fixes, truth)
-    except EvaluationError:
-        return None
-    if scored.errors_m.shape[0] < MIN_SCALE_FIXES:
-        return None
-    ratio = scored.errors_m / np.maximum(scored.accuracy_m, 1e-9)
     return float(np.quantile(ratio, ACCURACY_QUANTILE))

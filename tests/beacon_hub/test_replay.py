@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,18 +24,19 @@ REF_DBM, EXPONENT = -59.0, 2.0
 GATEWAYS = {"g1": (0.0, 0.0), "g2": (10.0, 0.0), "g3": (10.0, 10.0), "g4": (0.0, 10.0)}
 
 
+SQUARE: dict[str, Any] = {
+    "id": "square",
+    "kind": "lab",
+    "radio": {"ref_rssi_1m_dbm": REF_DBM, "path_loss_exponent": EXPONENT},
+    "levels": [{"outline": [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]]}],
+    "gateways": [{"id": g, "x": x, "y": y, "z": 1.0} for g, (x, y) in GATEWAYS.items()],
+    "beacon_kinds": [{"kind": "asset", "match": ["ibeacon:*"], "height_m": 1.0}],
+}
+"""A 10 m square lab with a gateway in each corner, as a site file's data."""
+
+
 def square() -> Site:
-    return validate_site_data(
-        {
-            "id": "square",
-            "kind": "lab",
-            "radio": {"ref_rssi_1m_dbm": REF_DBM, "path_loss_exponent": EXPONENT},
-            "levels": [{"outline": [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]]}],
-            "gateways": [{"id": g, "x": x, "y": y, "z": 1.0} for g, (x, y) in GATEWAYS.items()],
-            "beacon_kinds": [{"kind": "asset", "match": ["ibeacon:*"], "height_m": 1.0}],
-        },
-        "square",
-    )
+    return validate_site_data(SQUARE, "square")
 
 
 def beacon(i: int) -> str:
@@ -131,8 +133,8 @@ def test_the_path_loss_accuracy_scale_makes_accuracy_a_68_percent_radius() -> No
     walk through the same field; unscaled, 84 %. With a map in use the scale stays out."""
     site = square()
     rows, truth = noisy_walk(1)
-    calibration = fit_calibration(site, rows, truth, with_map=False)
-    scale = path_loss_accuracy_scale(site, rows, truth, calibration, tracking=False)
+    calibration = fit_calibration(site, [(rows, truth)], with_map=False)
+    scale = path_loss_accuracy_scale(site, [(rows, truth)], calibration, tracking=False)
     assert scale is not None
 
     def within(walk: tuple[list[Reading], list[TruthPoint]], cal: Calibration) -> float:
@@ -146,7 +148,7 @@ def test_the_path_loss_accuracy_scale_makes_accuracy_a_68_percent_radius() -> No
     assert within(noisy_walk(2), scaled) == pytest.approx(0.68, abs=0.05)
     assert within((rows, truth), calibration) > 0.78
 
-    mapped = fit_calibration(site, rows, truth, with_map=True)
+    mapped = fit_calibration(site, [(rows, truth)], with_map=True)
     untracked = EngineConfig(tracking=False)
     assert Engine(site, untracked, calibration=scaled).accuracy_scale == pytest.approx(scale)
     assert Engine(site, calibration=scaled).accuracy_scale == 1.0  # measured without tracking
@@ -159,7 +161,7 @@ def test_the_path_loss_accuracy_scale_makes_accuracy_a_68_percent_radius() -> No
 def test_too_short_a_walk_measures_no_scale() -> None:
     site = square()
     rows, truth = noisy_walk(1)
-    calibration = fit_calibration(site, rows, truth, with_map=False)
+    calibration = fit_calibration(site, [(rows, truth)], with_map=False)
     for tracking in (True, False):
-        short = path_loss_accuracy_scale(site, rows[:40], truth, calibration, tracking=tracking)
+        short = path_loss_accuracy_scale(site, [(rows[:40], truth)], calibration, tracking=tracking)
         assert short is None
