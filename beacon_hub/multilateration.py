@@ -121,14 +121,16 @@ def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
 def reduced_chi2(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     """Per beacon heard by 3 gateways or more, how well the position explains its readings: the
     sum of squared standardized residuals over the degrees of freedom left (gateways - 2)."""
-    rows = np.flatnonzero(geo.mask.sum(axis=1) >= 3)
-    if rows.shape[0] == 0:
+    heard = geo.mask.sum(axis=1)
+    rows = heard >= 3
+    if not rows.any():
         return np.zeros(0)
-    sub = select_rows(geo, rows)
-    mu, _ = _model(sub, xy[rows], radio_map)
-    z2 = np.where(sub.mask, ((sub.rssi_dbm - mu) / sub.sd_db) ** 2, 0.0)
-    dof = sub.mask.sum(axis=1) - 2
-    return np.asarray(z2.sum(axis=1) / dof)
+    d2 = ((xy[:, None, :] - geo.gw_xy) ** 2).sum(axis=2) + geo.dz_m**2
+    mu = mean_rssi_dbm(np.sqrt(np.maximum(d2, MIN_DISTANCE_M**2)), geo.ref_dbm, geo.exponent)
+    if radio_map is not None:
+        mu = mu + radio_map(geo.gw, xy[:, None, :])[0]
+    z2 = np.where(geo.mask, ((geo.rssi_dbm - mu) / geo.sd_db) ** 2, 0.0)
+    return np.asarray(z2.sum(axis=1)[rows] / (heard[rows] - 2))
 
 
 def _sum_slots(a: F64) -> F64:

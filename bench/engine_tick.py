@@ -26,9 +26,10 @@ from scipy.optimize import least_squares
 
 from beacon_hub.calibration import Calibration, GatewayFit
 from beacon_hub.engine import Engine, EngineConfig, Readings
-from beacon_hub.multilateration import Geometry, solve
+from beacon_hub.multilateration import Geometry, reduced_chi2, solve
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
+from beacon_hub.residuals import ResidualSpread
 from beacon_hub.site import Site, validate_site_data
 
 SIDE_M = 100.0
@@ -182,6 +183,11 @@ def main() -> int:
     start = time.perf_counter()
     sol = solve(geo)
     solve_s = time.perf_counter() - start
+    start = time.perf_counter()
+    spread = ResidualSpread()
+    spread.observe(0.0, reduced_chi2(geo, sol.xy, None))
+    spread.factor()
+    residuals_s = time.perf_counter() - start
     m = min(n, 300 if args.quick else 1000)
     base_s, base_xy = time_baseline(gw_xy, rssi, nearest, m)
     baseline_s = base_s * n / m
@@ -201,6 +207,10 @@ def main() -> int:
         f"  scipy least_squares per beacon {1000 * baseline_s:9.1f} ms   median error "
         f"{err_base:.2f} m (timed on {m}, scaled to {n})"
     )
+    print(
+        f"  residuals (accuracy's factor)  {1000 * residuals_s:9.1f} ms   "
+        f"factor {spread.factor():.2f} (the bench draws the site's own spread)"
+    )
     print(f"  ratio (baseline / whole tick)  {ratio:9.1f}")
     map_s = None
     if args.map:
@@ -213,6 +223,7 @@ def main() -> int:
         "beacons": n,
         "gateways_per_beacon": GATEWAYS_PER_BEACON,
         "tick_ms": round(1000 * tick_s, 2),
+        "residuals_ms": round(1000 * residuals_s, 2),
         "tick_best_ms": round(1000 * best_s, 2),
         "multilateration_ms": round(1000 * solve_s, 2),
         "baseline_ms": round(1000 * baseline_s, 1),
