@@ -52,6 +52,7 @@ __all__ = [
     "Walk",
     "fit_calibration",
     "load_calibration",
+    "path_loss_mode",
     "save_calibration",
     "typical_height_m",
 ]
@@ -62,6 +63,11 @@ Walk = tuple[Iterable[Reading], Iterable[TruthPoint]]
 """A calibration walk: its readings and where the tag really was."""
 MIN_SAMPLES_PER_GATEWAY = 30
 """Fewer samples than this do not pin down two parameters against 6 dB of shadowing."""
+
+
+def path_loss_mode(tracking: bool) -> str:
+    """The PATH_LOSS_MODES key of an engine with tracking on or off."""
+    return PATH_LOSS_MODES[0] if tracking else PATH_LOSS_MODES[1]
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from beacon_hub.calibration import fit_calibration, save_calibration  # noqa: PLC0415
+    from beacon_hub.calibration import (  # noqa: PLC0415  # numpy: keeps --help fast
+        fit_calibration,
+        path_loss_mode,
+        save_calibration,
+    )
     from beacon_hub.csvfiles import read_readings, read_truth  # noqa: PLC0415
     from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
     from beacon_hub.replay import path_loss_accuracy_scale  # noqa: PLC0415
@@ -322,9 +326,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         plan_losses=args.plan_losses,
         progress=True,
     )
-    for mode, tracking in (("tracking", True), ("no_tracking", False)):
+    for tracking in (True, False):
+        mode = path_loss_mode(tracking)
         print(
-            f"calibrate: replaying the walk on path loss alone ({mode}) to size accuracy_m",
+            f"calibrate: replaying the walks on path loss alone ({mode}) to size accuracy_m",
             file=sys.stderr,
         )
         scale = path_loss_accuracy_scale(site, walks, calibration, tracking=tracking, progress=True)

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from beacon_hub.basins import RIVAL_DECAY, RIVAL_LOCAL_M, RivalBasins
-from beacon_hub.calibration import Calibration, typical_height_m
+from beacon_hub.calibration import Calibration, path_loss_mode, typical_height_m
 from beacon_hub.conditioning import PairEstimates, ReadingWindow, ReceiverFloors
 from beacon_hub.floorplan import FLOOR, STORAGE, TRAFFIC_ZONE_KINDS, WALKWAY, FloorPlan
 from beacon_hub.gaussian2d import radius_68_m
@@ -400,8 +400,7 @@ def _accuracy_scale(
     accuracy_m, map and tracking)."""
     scale = config.accuracy_scale
     if calibration is not None and not map_in_use:
-        mode = "tracking" if config.tracking else "no_tracking"
-        scale *= calibration.path_loss_accuracy_scale.get(mode, 1.0)
+        scale *= calibration.path_loss_accuracy_scale.get(path_loss_mode(config.tracking), 1.0)
     return scale
 
 

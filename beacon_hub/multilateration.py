@@ -103,11 +103,17 @@ class Solution:
     """(B,) gateways that contributed."""
 
 
-def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
-    """Predicted RSSI (B, K) and its gradient with respect to position (B, K, 2)."""
+def _ranges(geo: Geometry, xy: F64) -> tuple[F64, F64]:
+    """Offsets from each gateway to the position (B, K, 2) and 3-D distances (B, K), at least
+    MIN_DISTANCE_M."""
     delta = xy[:, None, :] - geo.gw_xy
     d2 = (delta**2).sum(axis=2) + geo.dz_m**2
-    d = np.sqrt(np.maximum(d2, MIN_DISTANCE_M**2))
+    return delta, np.sqrt(np.maximum(d2, MIN_DISTANCE_M**2))
+
+
+def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
+    """Predicted RSSI (B, K) and its gradient with respect to position (B, K, 2)."""
+    delta, d = _ranges(geo, xy)
     mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
     # d mu / d p = -10 n / ln(10) * (p - g) / d^2
     grad = (-geo.exponent / LN10_OVER_10 / (d * d))[..., None] * delta
@@ -118,6 +124,16 @@ def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
     return mu, grad
 
 
+def _standardized(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
+    """(reading - predicted) / sd_db per slot (B, K), 0 on empty slots; the predicted RSSI as
+    _model has it, without the gradient the cost alone does not need."""
+    _, d = _ranges(geo, xy)
+    mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
+    if radio_map is not None:
+        mu = mu + radio_map(geo.gw, xy[:, None, :])[0]
+    return np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
+
+
 def reduced_chi2(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     """Per beacon heard by 3 gateways or more, how well the position explains its readings: the
     sum of squared standardized residuals over the degrees of freedom left (gateways - 2)."""
@@ -125,11 +141,7 @@ def reduced_chi2(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     rows = heard >= 3
     if not rows.any():
         return np.zeros(0)
-    d2 = ((xy[:, None, :] - geo.gw_xy) ** 2).sum(axis=2) + geo.dz_m**2
-    mu = mean_rssi_dbm(np.sqrt(np.maximum(d2, MIN_DISTANCE_M**2)), geo.ref_dbm, geo.exponent)
-    if radio_map is not None:
-        mu = mu + radio_map(geo.gw, xy[:, None, :])[0]
-    z2 = np.where(geo.mask, ((geo.rssi_dbm - mu) / geo.sd_db) ** 2, 0.0)
+    z2 = _standardized(geo, xy, radio_map) ** 2
     return np.asarray(z2.sum(axis=1)[rows] / (heard[rows] - 2))
 
 
@@ -163,9 +175,7 @@ def _prior_var(geo: Geometry) -> F64:
 
 
 def _cost(geo: Geometry, xy: F64, prior: F64, radio_map: MapFn | None) -> F64:
-    mu, _ = _model(geo, xy, radio_map)
-    z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
-    huber = _huber(np.abs(z))
+    huber = _huber(np.abs(_standardized(geo, xy, radio_map)))
     d = xy - prior
     total = _sum_slots(huber) + 0.5 * (d[:, 0] ** 2 + d[:, 1] ** 2) / _prior_var(geo)
     return np.asarray(total, dtype=np.float64)

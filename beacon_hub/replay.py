@@ -201,7 +201,7 @@ def path_loss_accuracy_scale(
     on, so the walk scores like new data (flat-calib2021, one fix per sample: 0.73 on the
     calibration walk, 0.74 on the robot route). A map learns the walk's own field and would
     understate its error there. Tracking on and off each get their own: the simulated store's
-    walk asks 0.94 tracked and 1.21 one fix per tick."""
+    walk asks 0.90 tracked and 1.21 one fix per tick."""
     config = EngineConfig(use_map=False, tracking=tracking)
     plain = dataclasses.replace(calibration, path_loss_accuracy_scale={})
     ratios: list[NDArray[np.float64]] = []
