@@ -33,6 +33,7 @@ __all__ = [
     "Geometry",
     "MapTable",
     "Solution",
+    "grid_loglik",
     "grid_mode",
     "grid_offsets",
     "reduced_chi2",
@@ -882,6 +883,35 @@ def _by_last_slot(geo: Geometry) -> NDArray[np.intp]:
     return np.argsort(-last, kind="stable")
 
 
+def grid_loglik(
+    geo: Geometry,
+    start: F64,
+    radio_map: MapTable | None,
+    allowed: Callable[[F64], NDArray[np.bool_]] | None,
+    offsets: F64,
+) -> NDArray[np.float32]:
+    """The log-likelihood of each beacon at every candidate among `offsets` around `start`,
+    (n, c); -inf off the allowed floor (a beacon whose candidates are all off it keeps them
+    all). Every candidate is evaluated (no coarse-to-fine: a far mode may sit between coarse
+    points)."""
+    n = start.shape[0]
+    out = np.full((n, offsets.shape[0]), -np.inf, dtype=np.float32)
+    order = _by_last_slot(geo)
+    chunk = max(1, EVAL_BLOCK // max(1, offsets.shape[0]))
+    for lo in range(0, n, chunk):
+        these = order[lo : lo + chunk]
+        sub = select_rows(geo, these)
+        ok = np.ones((these.shape[0], offsets.shape[0]), dtype=bool)
+        if allowed is not None:
+            cand = start[these][:, None, :] + offsets[None, :, :]
+            ok = allowed(cand.reshape(-1, 2)).reshape(ok.shape)
+            ok |= ~ok.any(axis=1, keepdims=True)
+        ll = np.full(ok.shape, -np.inf, dtype=np.float32)
+        ll[ok] = _evaluate(sub, ok, start[these], offsets, radio_map)
+        out[these] = ll
+    return out
+
+
 def grid_mode(
     geo: Geometry,
     start: F64,
@@ -891,25 +921,8 @@ def grid_mode(
 ) -> tuple[F64, F64]:
     """The most likely candidate of each beacon among `offsets` around `start` on the allowed
     floor, and its log-likelihood: (n, 2), (n,). Unlike solve_grid's mean, which keeps the weight
-    of every mode, this commits to one: the engine asks it where else a beacon could be. Every
-    candidate is evaluated (no coarse-to-fine: a far mode may sit between coarse points)."""
-    n = start.shape[0]
-    best_xy = start.copy()
-    best = np.full(n, -np.inf)
-    order = _by_last_slot(geo)
-    chunk = max(1, EVAL_BLOCK // max(1, offsets.shape[0]))
-    for lo in range(0, n, chunk):
-        these = order[lo : lo + chunk]
-        sub = select_rows(geo, these)
-        cand = start[these][:, None, :] + offsets[None, :, :]
-        ok = np.ones(cand.shape[:2], dtype=bool)
-        if allowed is not None:
-            ok = allowed(cand.reshape(-1, 2)).reshape(cand.shape[:2])
-            ok |= ~ok.any(axis=1, keepdims=True)
-        ll = np.full(cand.shape[:2], -np.inf)
-        ll[ok] = _evaluate(sub, ok, start[these], offsets, radio_map)
-        k = np.argmax(ll, axis=1)
-        r = np.arange(these.shape[0])
-        best_xy[these] = cand[r, k]
-        best[these] = ll[r, k]
-    return best_xy, best
+    of every mode, this commits to one: the engine asks it where else a beacon could be."""
+    ll = grid_loglik(geo, start, radio_map, allowed, offsets)
+    k = np.argmax(ll, axis=1)
+    best = ll[np.arange(start.shape[0]), k].astype(np.float64)
+    return start + offsets[k], best

@@ -16,6 +16,7 @@ from beacon_hub.gaussian2d import radius_68_m
 from beacon_hub.multilateration import (
     Geometry,
     MapTable,
+    grid_loglik,
     grid_mode,
     grid_offsets,
     select_rows,
@@ -144,6 +145,26 @@ def test_grid_mode_commits_to_the_most_likely_candidate() -> None:
     assert loglik[0] == pytest.approx(max(one_by_one), abs=1e-4)
     below = grid_mode(geo, start, None, lambda p: p[:, 1] < 0, offsets)[0]
     assert np.abs(below[0] - [5.0, -4.0]).max() <= 0.25
+
+
+def test_grid_loglik_is_every_candidate_and_nothing_off_the_floor() -> None:
+    """The whole log-likelihood surface grid_mode commits from: its maximum is grid_mode's, the
+    mirror scores like the truth (two gateways), and candidates off the allowed floor are -inf
+    unless none is on it."""
+    truth = np.array([[5.0, 4.0]])
+    geo = two_gateways(truth)
+    start = np.array([[5.0, 0.0]])
+    offsets = grid_offsets(0.5, 8.0)
+    ll = grid_loglik(geo, start, None, None, offsets)
+    assert ll.shape == (1, offsets.shape[0])
+    assert float(ll.max()) == pytest.approx(grid_mode(geo, start, None, None, offsets)[1][0])
+    at = [int(np.argmin(np.hypot(*(start + offsets - p).T))) for p in ([5.0, 4.0], [5.0, -4.0])]
+    assert ll[0, at[0]] == pytest.approx(ll[0, at[1]], abs=1e-3)
+    upper = grid_loglik(geo, start, None, lambda p: p[:, 1] > 0, offsets)
+    assert np.isneginf(upper[0, (start + offsets)[:, 1] <= 0]).all()
+    assert np.isfinite(upper[0, (start + offsets)[:, 1] > 0]).all()
+    nowhere = grid_loglik(geo, start, None, lambda p: p[:, 1] > 100, offsets)
+    np.testing.assert_array_equal(nowhere, ll)
 
 
 def with_silent_gateway(geo: Geometry, xy: tuple[float, float], floor_dbm: float) -> Geometry:
