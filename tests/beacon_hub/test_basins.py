@@ -1,14 +1,20 @@
 """Rival basins: a far mode becomes a rival, its lead decays and adds up, and it wins only when
-it keeps explaining the data better than the track."""
+it keeps explaining the data better than the track. A still pallet's windows, summed, move its
+track to the spot that fits them all."""
 
 import numpy as np
 import pytest
 
 from beacon_hub.basins import (
+    PARKED_BEGIN_S,
+    PARKED_EVERY_TICKS,
+    PARKED_MIN_WINDOWS,
+    PARKED_NATS,
     RIVAL_DECAY,
     RIVAL_MIN_M,
     RIVAL_NATS,
     RIVAL_NATS_PER_GATEWAY,
+    ParkedEvidence,
     RivalBasins,
 )
 from beacon_hub.engine import Engine, EngineConfig
@@ -121,3 +127,91 @@ def test_a_lead_summed_over_more_gateways_must_be_larger() -> None:
         rivals.weigh(b, np.array([1.5 * RIVAL_NATS]))
         results.append(bool(rivals.winners(b, gateways)[0][0]))
     assert results == [True, False]
+
+
+def _window(ev: ParkedEvidence, peak: tuple[float, float], nats: float) -> np.ndarray:
+    """A window's log-likelihood over ev's candidates around the origin: `nats` higher within
+    a metre of `peak` than anywhere else."""
+    near = np.hypot(*(ev.offsets - np.array(peak)).T) <= 1.0
+    return np.where(near, nats, 0.0).astype(np.float32)[None, :]
+
+
+def test_windows_that_agree_move_a_still_track_once_enough_add_up() -> None:
+    ev = ParkedEvidence(radius_m=10.0)
+    ev.ensure(3)
+    b = np.array([1])
+    track = np.zeros((1, 2))
+    ev.begin(b, track, np.array([0]))
+    per_window = PARKED_NATS / (PARKED_MIN_WINDOWS - 2)
+    for k in range(PARKED_MIN_WINDOWS):
+        # a lead that no single window gives (per_window < PARKED_NATS), past it by the 4th
+        assert not ev.winners(b, track)[0].any(), k
+        ev.add(b, _window(ev, (6.0, 0.0), per_window))
+    win, points = ev.winners(b, track)
+    assert win.tolist() == [True]
+    assert np.hypot(*(points[0] - (6.0, 0.0))) <= 1.0
+    assert ev.moves == 1
+    # a track already there stays: its own basin is the best
+    assert not ev.winners(b, points)[0].any()
+
+
+def test_a_close_best_or_an_even_sum_does_not_move_it() -> None:
+    ev = ParkedEvidence(radius_m=10.0)
+    ev.ensure(2)
+    b = np.array([0, 1])
+    track = np.zeros((2, 2))
+    ev.begin(b, track, np.array([0, 0]))
+    for _ in range(2 * PARKED_MIN_WINDOWS):
+        ev.add(b[:1], _window(ev, (RIVAL_MIN_M - 1.0, 0.0), 5.0))  # within the track's basin
+        ev.add(b[1:], _window(ev, (0.0, 0.0), 5.0))  # the track's own spot
+    assert not ev.winners(b, track)[0].any()
+
+
+def test_an_ended_spell_holds_nothing_and_begins_afresh() -> None:
+    ev = ParkedEvidence(radius_m=5.0)
+    ev.ensure(2)
+    b = np.array([0])
+    ev.begin(b, np.array([[3.0, 4.0]]), np.array([1]))
+    for _ in range(PARKED_MIN_WINDOWS):
+        ev.add(b, _window(ev, (4.0, 0.0), 10.0))
+    ev.end(b)
+    assert not ev.holds(b)[0]
+    assert not ev.winners(b, np.zeros((1, 2)))[0].any()
+    ev.begin(b, np.array([[0.0, 0.0]]), np.array([0]))
+    assert ev.windows[0] == 0
+    assert float(ev.total[0].max()) == 0.0
+
+
+def test_a_standing_pallet_sums_its_windows_until_it_is_carried_off() -> None:
+    """With the grid solver, a pallet standing still gathers windows (every second tick, once
+    still for PARKED_BEGIN_S); carried off at a forklift's pace, its spell ends, and its old
+    spot does not pull the track back once it is set down elsewhere."""
+    site = room_site()
+    engine = Engine(site, EngineConfig(solver="grid"))
+    ev = engine.parked
+    assert ev is not None
+    spot = (14.0, 8.0)
+    for step in range(40):
+        for r in exact_readings(site, PALLET, spot, step - 0.5):
+            engine.ingest(r)
+        engine.tick(float(step))
+    i = np.array([engine.beacon_ids.index(PALLET)])
+    assert ev.holds(i)[0]
+    assert 5 <= ev.windows[i[0]] <= (40 - PARKED_BEGIN_S) / PARKED_EVERY_TICKS + 1
+    # the sum's best candidate (0.5 m apart) is the spot
+    best = ev.centre[i[0]] + ev.offsets[np.argmax(ev.total[i[0]])]
+    assert np.hypot(*(best - spot)) <= 0.5
+    held = []
+    for step in range(40, 70):  # carried 13 m at 1.5 m/s, then set down
+        xy = (max(1.0, spot[0] - 1.5 * (step - 39)), spot[1])
+        for r in exact_readings(site, PALLET, xy, step - 0.5):
+            engine.ingest(r)
+        fixes = engine.tick(float(step)).fixes
+        held.append(bool(ev.holds(i)[0]))
+    # its recent windows contradict the sum within a few seconds of being set down (the IMM
+    # alone is never sure here: its still-mode probability bottoms out at 0.05 for 2 ticks)
+    assert held[0]
+    assert not any(held[-15:])
+    assert ev.ended == 1
+    assert ev.moves == 0
+    assert np.hypot(fixes.x[0] - 1.0, fixes.y[0] - 8.0) < 1.5
