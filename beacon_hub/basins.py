@@ -206,6 +206,8 @@ class ParkedEvidence:
         self.level = np.zeros(0, dtype=np.int64)
         self.windows = np.zeros(0, dtype=np.int64)
         self.moving_ticks = np.zeros(0, dtype=np.int64)
+        self.best = np.zeros(0, dtype=np.int64)
+        """Each spell's best candidate, argmax of `total`: changes only when a window is added."""
         self.total = np.zeros((0, self.offsets.shape[0]), dtype=np.float32)
         self.recent = np.zeros((0, self.offsets.shape[0]), dtype=np.float16)
         self.ticks = 0
@@ -221,6 +223,7 @@ class ParkedEvidence:
             self.level = np.r_[self.level, np.zeros(grow, dtype=np.int64)]
             self.windows = np.r_[self.windows, np.zeros(grow, dtype=np.int64)]
             self.moving_ticks = np.r_[self.moving_ticks, np.zeros(grow, dtype=np.int64)]
+            self.best = np.r_[self.best, np.zeros(grow, dtype=np.int64)]
             shape = (grow, self.offsets.shape[0])
             self.total = np.r_[self.total, np.zeros(shape, np.float32)]
             self.recent = np.r_[self.recent, np.zeros(shape, np.float16)]
@@ -242,7 +245,7 @@ class ParkedEvidence:
     def begin(self, beacons: I64, xy: F64, level: I64) -> None:
         self.centre[beacons] = xy
         self.level[beacons] = level
-        self.windows[beacons] = 0
+        self.windows[beacons] = self.best[beacons] = 0
         self.total[beacons] = self.recent[beacons] = 0.0
 
     def due(self, beacons: I64) -> NDArray[np.bool_]:
@@ -251,9 +254,9 @@ class ParkedEvidence:
         due: NDArray[np.bool_] = (beacons + self.ticks) % PARKED_EVERY_TICKS == 0
         return due
 
-    def add(self, beacons: I64, loglik: NDArray[np.float32]) -> NDArray[np.bool_]:
-        """Each beacon's window log-likelihood at its candidates (centre + offsets). Returns
-        which spells this ended (PARKED_END_NATS)."""
+    def add(self, beacons: I64, loglik: NDArray[np.float32]) -> None:
+        """Each beacon's window log-likelihood at its candidates (centre + offsets); a spell
+        whose recent windows fit another candidate PARKED_END_NATS better than its best ends."""
         total = self.total[beacons] + loglik
         recent = self.recent[beacons].astype(np.float32) * PARKED_RECENT_DECAY + loglik
         # kept relative to its best, where float16 is exact enough (0.01 nats within 16 nats
@@ -261,11 +264,12 @@ class ParkedEvidence:
         recent -= recent.max(axis=1, keepdims=True)
         self.total[beacons], self.recent[beacons] = total, recent
         self.windows[beacons] += 1
-        best = recent[np.arange(beacons.shape[0]), np.argmax(total, axis=1)]
-        ended: NDArray[np.bool_] = recent.max(axis=1) - best >= PARKED_END_NATS
+        best = np.argmax(total, axis=1)
+        self.best[beacons] = best
+        # recent's maximum is 0 now: the gap to it is minus recent at the best
+        ended = -recent[np.arange(beacons.shape[0]), best] >= PARKED_END_NATS
         self.end(beacons[ended])
         self.ended += int(ended.sum())
-        return ended
 
     def winners(self, beacons: I64, track_xy: F64) -> tuple[NDArray[np.bool_], F64]:
         """Which beacons' summed best leads the best near their track (RIVAL_LOCAL_M) by
@@ -278,7 +282,7 @@ class ParkedEvidence:
         if rows.shape[0] == 0:
             return win, points
         b = beacons[rows]
-        k = np.argmax(self.total[b], axis=1)
+        k = self.best[b]
         best_xy = self.centre[b] + self.offsets[k]
         # most tracks sit at their sum's best: only the others are weighed (a 10,000-pallet
         # tick spent seconds on the whole (beacons, candidates) arrays otherwise)
