@@ -17,6 +17,7 @@ proximity fix: the gateway's position with the range as uncertainty.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from beacon_hub.pathloss import LN10_OVER_10, MIN_DISTANCE_M, distance_m, mean_r
 
 __all__ = [
     "HUBER_K",
+    "MAP_SLOPE_CAP_DB_M",
     "Geometry",
+    "MapFn",
     "MapTable",
     "Solution",
     "grid_loglik",
@@ -69,6 +72,20 @@ RESLICE_SHARE = 0.7
 the few beacons that have converged meanwhile."""
 PRIOR_SD_WELL_POSED_M = 100.0
 """With three or more gateways the data decide; the prior only keeps the algebra regular."""
+MAP_SLOPE_CAP_DB_M = math.sqrt(2.0) * 5.9 / 1.5
+"""Steepest slope (dB/m) of the radio map that a fix's covariance counts as information: the
+rms slope of the unknown static field, sqrt(2) sd / L for a Gaussian correlation of length L
+(5.9 dB over 1.5 m before any fit, simulator/radio.py's fit to flat-calib2021), 5.6 dB/m. The
+floor plan's losses step by a rack's or a wall's 10 dB within one map cell (40 dB/m): that
+tells which side of the face a beacon is on, not where, and counted as a slope it pinned a fix
+to the face (to 2 cm, test_multilateration) and the Kalman filter followed such fixes. Capped
+(2026-12-07), replays without a calibration, nothing else changed: the simulated warehouse (D)
+3.41 / 9.49 -> 3.14 / 8.70 m, 55 -> 68 % within accuracy_m, parked pallets in the right or a
+neighbouring bay 51 -> 58 %, standing flaps 1.0 -> 0.8 per beacon-hour; the store (C) 3.51 /
+7.97 -> 3.26 / 7.57 m, 69 -> 76 % (600 s: 4.24 / 10.01 -> 4.05 / 9.91 m, 63 -> 67 %);
+flat-calib2021 tracked, robot 2.38 / 3.19 -> 2.38 / 3.10 m, 63 -> 69 %, walk 0.66 / 1.53 ->
+0.53 / 1.42 m. Calibrated maps go through the map likelihood, whose covariance is the
+posterior's: unchanged."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +129,11 @@ def _ranges(geo: Geometry, xy: F64) -> tuple[F64, F64]:
     return delta, np.sqrt(np.maximum(d2, MIN_DISTANCE_M**2))
 
 
-def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
-    """Predicted RSSI (B, K) and its gradient with respect to position (B, K, 2)."""
+def _model(
+    geo: Geometry, xy: F64, radio_map: MapFn | None, *, map_slope_cap_db_m: float = math.inf
+) -> tuple[F64, F64]:
+    """Predicted RSSI (B, K) and its gradient with respect to position (B, K, 2), the map's
+    part of the gradient no steeper than `map_slope_cap_db_m` in each slot."""
     delta, d = _ranges(geo, xy)
     mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
     # d mu / d p = -10 n / ln(10) * (p - g) / d^2
@@ -121,7 +141,9 @@ def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
     if radio_map is not None:
         correction, d_dx, d_dy = radio_map(geo.gw, xy[:, None, :])
         mu = mu + correction
-        grad = grad + np.stack([d_dx, d_dy], axis=-1)
+        slope = np.hypot(d_dx, d_dy)
+        keep = np.minimum(1.0, map_slope_cap_db_m / np.maximum(slope, 1e-12))
+        grad = grad + np.stack([d_dx * keep, d_dy * keep], axis=-1)
     return mu, grad
 
 
@@ -387,8 +409,9 @@ def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     the noise model, and two gateways leave none. Simulated store (README, C): 32 -> 45 % of
     carts' true positions within accuracy_m; warehouse (D) 46 -> 50 %, its tracked pallets'
     median 5.23 -> 5.06 m as the Kalman filter trusts such fixes less; where the noise model
-    holds (the simulated room, B) nothing changes."""
-    mu, grad = _model(geo, xy, radio_map)
+    holds (the simulated room, B) nothing changes. The map's slopes count up to
+    MAP_SLOPE_CAP_DB_M."""
+    mu, grad = _model(geo, xy, radio_map, map_slope_cap_db_m=MAP_SLOPE_CAP_DB_M)
     z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
     a = np.abs(z)
     w = np.where(geo.mask, _huber_weight(a), 0.0)

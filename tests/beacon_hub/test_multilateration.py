@@ -1,6 +1,7 @@
 """Least squares (`solve`): its covariance widens where the gateways disagree beyond their
 noise model and, for two gateways, over the mirror image; one gateway gives a proximity fix
-whose spread holds 68 %. The map likelihood (`solve_grid`): a wide search reaches a beacon its
+whose spread holds 68 %; a radio map's slope counts in the covariance up to
+MAP_SLOPE_CAP_DB_M. The map likelihood (`solve_grid`): a wide search reaches a beacon its
 local grid cannot, blocks of beacons give what each beacon alone gives, threads what one thread
 gives, and the coarse-to-fine search gives what evaluating every candidate gives."""
 
@@ -14,7 +15,9 @@ from scipy import ndimage
 
 from beacon_hub.gaussian2d import radius_68_m
 from beacon_hub.multilateration import (
+    MAP_SLOPE_CAP_DB_M,
     Geometry,
+    MapFn,
     MapTable,
     grid_loglik,
     grid_mode,
@@ -112,6 +115,48 @@ def test_two_gateways_spread_a_fix_over_its_mirror_image_unless_the_prior_rules_
     assert sol.cov[0, 1, 1] > 0.3 * 6.0**2
     assert sol.cov[0, 0, 0] < 0.1 * sol.cov[0, 1, 1]
     assert sol.cov[1, 1, 1] < 2.0
+
+
+def wall_map(slope_db_m: float, loss_db: float = 10.0) -> MapFn:
+    """A wall at x = 15 m across the floor of SIX_GATEWAYS, as the radio map has the floor
+    plan's losses: the gateways west of it lose `loss_db` east of it, ramped in over
+    loss_db / slope_db_m metres (a map cell)."""
+
+    def correction(gw: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        width = loss_db / slope_db_m
+        west = np.broadcast_to(
+            SIX_GATEWAYS[:, 0][gw] < 15.0, np.broadcast_shapes(gw.shape, xy.shape[:-1])
+        )
+        u = (xy[..., 0] - 15.0) / width + 0.5
+        on_ramp = west & (u > 0.0) & (u < 1.0)
+        value = np.where(west, -loss_db * np.clip(u, 0.0, 1.0), 0.0)
+        d_dx = np.where(on_ramp, -slope_db_m, 0.0)
+        return value, d_dx, np.zeros_like(d_dx)
+
+    return correction
+
+
+def through(geo: Geometry, radio_map: MapFn, truth: np.ndarray) -> Geometry:
+    """`geo`'s noise-free readings with the map's losses on their paths."""
+    return dataclasses.replace(geo, rssi_dbm=geo.rssi_dbm + radio_map(geo.gw, truth[:, None, :])[0])
+
+
+def test_a_map_slope_counts_up_to_the_cap_and_no_steeper() -> None:
+    """Beacons at a wall's face, where the floor plan's 10 dB fall within a map cell (40 dB/m):
+    the fix is where it was, and its covariance is what a slope at MAP_SLOPE_CAP_DB_M gives, no
+    narrower (the step says which side of the wall, not where); a gentler slope counts in full."""
+    truth = np.c_[np.full(3, 15.0), np.linspace(8.0, 22.0, 3)]
+    geo = geometry(truth)
+    step, at_cap = wall_map(40.0), wall_map(MAP_SLOPE_CAP_DB_M)
+    gentle, none = wall_map(MAP_SLOPE_CAP_DB_M / 2.0), solve(geo)
+    sol_step = solve(through(geo, step, truth), radio_map=step)
+    sol_cap = solve(through(geo, at_cap, truth), radio_map=at_cap)
+    sol_gentle = solve(through(geo, gentle, truth), radio_map=gentle)
+    np.testing.assert_allclose(sol_step.xy, truth, atol=0.02)
+    np.testing.assert_allclose(sol_step.cov, sol_cap.cov, rtol=1e-6)
+    # along x the gentle ramp tells less than the capped one, both more than no wall
+    assert sol_cap.cov[:, 0, 0].max() < sol_gentle.cov[:, 0, 0].min()
+    assert sol_gentle.cov[:, 0, 0].max() < none.cov[:, 0, 0].min()
 
 
 def test_a_wide_search_reaches_a_beacon_the_local_grid_cannot() -> None:
