@@ -111,26 +111,33 @@ class ReadingWindow:
         self._n = k
 
     def estimate(
-        self, t: float, *, target_samples: int = 0, min_window_s: float = 0.0
+        self,
+        t: float,
+        *,
+        target_samples: int = 0,
+        min_window_s: float = 0.0,
+        window_s: float | None = None,
     ) -> PairEstimates:
         """Robust estimate of every pair over (t - window_s, t]; later samples wait their turn.
 
         With `target_samples`, each beacon's window is shortened to about that many samples of
         its busiest pair (at least `min_window_s`, at most window_s): a cart advertising at 5 Hz
         is estimated over 1 s, a pallet at 1 Hz over the whole window. Where nothing is
-        shortened the result is that of the full window, bit for bit."""
+        shortened the result is that of the full window, bit for bit. `window_s` instead of the
+        window's own (no longer than what it keeps)."""
         n = self._n
-        sel = (self._t[:n] > t - self.window_s) & (self._t[:n] <= t)
+        span = self.window_s if window_s is None else window_s
+        sel = (self._t[:n] > t - span) & (self._t[:n] <= t)
         full = self._estimate(sel)
         if target_samples <= 0 or full.beacon.shape[0] == 0:
             return full
         # per beacon (its pairs are consecutive): its busiest pair's samples in the window
         first = np.flatnonzero(np.r_[True, full.beacon[1:] != full.beacon[:-1]])
         busiest = np.maximum.reduceat(full.samples, first)
-        window = np.clip(target_samples * self.window_s / busiest, min_window_s, self.window_s)
-        if (window >= self.window_s).all():
+        window = np.clip(target_samples * span / busiest, min_window_s, span)
+        if (window >= span).all():
             return full
-        per_beacon = np.full(int(self._b[:n].max()) + 1, self.window_s)
+        per_beacon = np.full(int(self._b[:n].max()) + 1, span)
         per_beacon[full.beacon[first]] = window
         sel &= self._t[:n] > t - per_beacon[self._b[:n]]
         return self._estimate(sel)

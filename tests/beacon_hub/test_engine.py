@@ -1,4 +1,5 @@
-"""The engine core: exact on noise-free data, indifferent to gateway order, honest when lost."""
+"""The engine core: exact on noise-free data, indifferent to gateway order, honest when lost,
+its residual factor judged on windows of the default length whatever its own."""
 
 from typing import Any, Literal
 
@@ -506,3 +507,39 @@ def test_a_shopper_behind_a_cart_is_expected_until_the_readings_say_they_left() 
     engine, left = _cart_walks_then_stands(aware, body_until_s=18.0)
     assert engine._body_nats[engine.beacon_index(TAG)] < 0
     assert left[-1] < 0.8 * max(left), left
+
+
+def test_a_short_window_still_sees_a_site_without_a_static_field() -> None:
+    """Pallets read with fresh noise on every advert (no static field: a lab, the room
+    harness): the residual factor narrows accuracy_m. With a tick and window of 0.2 s, one
+    sample a gateway cannot tell that apart from fading, so the factor is taken on windows of
+    the default's length (RESIDUAL_FIT_WINDOW_S) and says what the default engine says."""
+    site = room_site()
+    rng = np.random.default_rng(3)
+    spots = [(4.0, 3.0), (15.0, 9.0), (9.0, 5.0), (17.0, 2.0)]
+    beacons = [f"ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:2:{i}" for i in range(len(spots))]
+    short = Engine(site, EngineConfig(tick_interval_s=0.2, window_s=0.2))
+    default = Engine(site, EngineConfig())
+    for step in range(300):  # 60 s of adverts at 5 Hz
+        t = 0.2 * step
+        for g in site.gateways:
+            d = np.hypot(
+                np.array([s[0] for s in spots]) - g.x, np.array([s[1] for s in spots]) - g.y
+            )
+            rssi = mean_rssi_dbm(np.sqrt(d**2 + (g.z - 1.0) ** 2), -59.0, 2.0)
+            rssi = rssi + rng.normal(0.0, site.radio.shadowing_db, rssi.shape)
+            batch = Readings(
+                g.id,
+                beacons,
+                np.arange(len(beacons)),
+                np.full(len(beacons), t - 0.01),
+                rssi,
+                np.full(len(beacons), np.nan),
+            )
+            short.ingest(batch)
+            default.ingest(batch)
+        short.tick(t)
+        if step % 5 == 0:
+            default.tick(t)
+    assert default.residuals.factor() < 0.8
+    assert abs(short.residuals.factor() - default.residuals.factor()) < 0.15
