@@ -30,13 +30,15 @@ __all__ = [
 
 F64 = NDArray[np.float64]
 
-RESIDUAL_TO_ERROR = 0.89
-"""accuracy_m's factor per sqrt(median reduced chi-square). Measured 2026-12-06 as the 68th
-percentile of error / accuracy_m over sqrt(m) on nine recordings, which ranged 0.83-0.92:
-flat-calib2021's robot (not calibrated tracked 0.91 and one fix per sample 0.89; its map 0.89
-and 0.92), the companion harness (A) 0.85 and (B) 0.89, the simulated store (C) 0.89 and (E)
-0.83, the warehouse (F) 0.91. Below 1 because a residual also holds what does not move a fix:
-an offset common to all of a beacon's gateways (a body, the beacon's own tx power)."""
+RESIDUAL_TO_ERROR = 0.85
+"""accuracy_m's factor per sqrt(median reduced chi-square): the median over nine recordings of
+the 68th percentile of error / accuracy_m over sqrt(m). Measured 2026-12-07 (0.89 on
+2026-12-06, before the map-slope cap of multilateration.MAP_SLOPE_CAP_DB_M and other changes
+of that day): flat-calib2021's robot, map tracked 0.85 and one fix per sample 0.88, not
+calibrated tracked 0.88 and one fix per sample 0.86; the companion harness (A) 0.79 and (B)
+0.81; the simulated store (C) 0.74 and (E) 0.83; the warehouse (F) 0.85. Below 1 because a
+residual also holds what does not move a fix: an offset common to all of a beacon's gateways
+(a body, the beacon's own tx power)."""
 RESIDUAL_WINDOW_S = 300.0
 """The running median forgets with this time constant (data time): long enough that a
 site's quiet minute does not shrink every circle, short enough to follow a day's crowds."""
