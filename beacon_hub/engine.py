@@ -60,6 +60,9 @@ from beacon_hub.wire import RSSI_MAX_DBM, RSSI_MIN_DBM, Event, Fix, ReadingBatch
 from beacon_hub.zones import ZoneParams, ZoneTracker
 
 __all__ = [
+    "RESIDUAL_FIT_MIN_WINDOW_S",
+    "RESIDUAL_FIT_SAMPLES",
+    "RESIDUAL_FIT_WINDOW_S",
     "Engine",
     "EngineConfig",
     "FixTable",
@@ -87,9 +90,12 @@ rule, simulated store (C) 45 -> 61 %, warehouse (D) 40 -> 54 %; the room harness
 static field, 68 -> 80 % (A) and 89 -> 97 % (B) (2026-12-05)."""
 RESIDUAL_FIT_WINDOW_S = 2.0
 """The window (EngineConfig.window_s's default) on which the residual factor's chi-square is
-taken whatever the tick's own window."""
+taken whatever the tick's own window (Engine._residual_chi2): RESIDUAL_TO_ERROR was measured
+on such windows."""
 RESIDUAL_FIT_SAMPLES = 5
-"""... and its samples per busiest pair (EngineConfig.window_samples's default)."""
+"""... its samples per busiest pair (EngineConfig.window_samples's default) ..."""
+RESIDUAL_FIT_MIN_WINDOW_S = 1.0
+"""... and its shortest window (EngineConfig.tick_interval_s's default)."""
 MAP_STATIC_FACTOR = 0.6
 """Share of the static spread left once a calibrated radio map is applied (flat-calib2021: the
 map cuts the in-sample residual from 6.6 to 4.6 dB; out of sample it does less). A map learnt
@@ -743,7 +749,7 @@ class Engine:
         est = self.window.estimate(
             t,
             target_samples=RESIDUAL_FIT_SAMPLES,
-            min_window_s=min(1.0, RESIDUAL_FIT_WINDOW_S),
+            min_window_s=RESIDUAL_FIT_MIN_WINDOW_S,
             window_s=RESIDUAL_FIT_WINDOW_S,
         )
         if est.beacon.shape[0] == 0:

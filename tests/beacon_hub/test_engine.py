@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beacon_hub.calibration import Calibration, GatewayFit
-from beacon_hub.engine import Engine, EngineConfig, Readings
+from beacon_hub.engine import (
+    RESIDUAL_FIT_MIN_WINDOW_S,
+    RESIDUAL_FIT_SAMPLES,
+    RESIDUAL_FIT_WINDOW_S,
+    Engine,
+    EngineConfig,
+    Readings,
+)
 from beacon_hub.floorplan import FLOOR
 from beacon_hub.multilateration import Geometry, solve
 from beacon_hub.obstruction import body_shadowed
@@ -507,6 +514,13 @@ def test_a_shopper_behind_a_cart_is_expected_until_the_readings_say_they_left() 
     engine, left = _cart_walks_then_stands(aware, body_until_s=18.0)
     assert engine._body_nats[engine.beacon_index(TAG)] < 0
     assert left[-1] < 0.8 * max(left), left
+
+
+def test_the_residual_fit_window_is_the_default_engine_s() -> None:
+    default = EngineConfig()
+    assert default.window_s == RESIDUAL_FIT_WINDOW_S
+    assert default.window_samples == RESIDUAL_FIT_SAMPLES
+    assert default.tick_interval_s == RESIDUAL_FIT_MIN_WINDOW_S
 
 
 def test_a_short_window_still_sees_a_site_without_a_static_field() -> None:
