@@ -221,8 +221,8 @@ class EngineConfig(BaseModel):
     """With a grid solver and tracking, a still pallet's windows are summed over candidates this
     far around where it stood still, and its track moves to their best when that leads
     (basins.ParkedEvidence). Simulated warehouse (F): parked pallets in the right or a
-    neighbouring bay 92.1 -> 95.3 % (15 m: 95.5 %); replay 62 -> 75 s; 11 KB a still pallet.
-    0 turns it off."""
+    neighbouring bay 92.1 -> 95.3 % (15 m: 95.5 %) on 2026-12-06 (95.1 % since the residual
+    factor's constant of 2026-12-07); replay 62 -> 75 s; 11 KB a still pallet. 0 turns it off."""
     solver: Literal["auto", "nlls", "grid"] = "auto"
     """nlls: robust least squares (fast); grid: likelihood over the map near the least-squares
     start; auto: grid when a calibrated map is in use. A map learnt only from reference beacons
@@ -744,8 +744,9 @@ class Engine:
         its own residuals measure. (B) at 0.2 s: 98.5 -> 73.6 % within, positions the same,
         replay 3.9 -> 4.5 s for the extra solve (2026-12-07)."""
         cfg = self.config
+        map_fn = self._map_fn()
         if cfg.window_s >= RESIDUAL_FIT_WINDOW_S or not cfg.tracking:
-            return reduced_chi2(geo, xy, self._map_fn())
+            return reduced_chi2(geo, xy, map_fn)
         est = self.window.estimate(
             t,
             target_samples=RESIDUAL_FIT_SAMPLES,
@@ -755,8 +756,7 @@ class Engine:
         if est.beacon.shape[0] == 0:
             return np.zeros(0)
         _, _, geo_fit, _, _ = self._geometry(est)
-        sol = solve(geo_fit, None, self._map_fn())
-        return reduced_chi2(geo_fit, sol.xy, self._map_fn())
+        return reduced_chi2(geo_fit, solve(geo_fit, None, map_fn).xy, map_fn)
 
     def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64, F64]:
         """Pad each beacon's gateways into (beacons, K) slots, strongest first in slot 0."""

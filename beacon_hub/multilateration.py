@@ -129,11 +129,10 @@ def _ranges(geo: Geometry, xy: F64) -> tuple[F64, F64]:
     return delta, np.sqrt(np.maximum(d2, MIN_DISTANCE_M**2))
 
 
-def _model(
-    geo: Geometry, xy: F64, radio_map: MapFn | None, *, map_slope_cap_db_m: float = math.inf
-) -> tuple[F64, F64]:
-    """Predicted RSSI (B, K) and its gradient with respect to position (B, K, 2), the map's
-    part of the gradient no steeper than `map_slope_cap_db_m` in each slot."""
+def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
+    """Predicted RSSI (B, K) and its gradient with respect to position (B, K, 2) as the
+    covariance counts it: the map's part no steeper than MAP_SLOPE_CAP_DB_M in each slot (the
+    descent, _normal_equations, follows the map's own slope)."""
     delta, d = _ranges(geo, xy)
     mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
     # d mu / d p = -10 n / ln(10) * (p - g) / d^2
@@ -142,7 +141,7 @@ def _model(
         correction, d_dx, d_dy = radio_map(geo.gw, xy[:, None, :])
         mu = mu + correction
         slope = np.hypot(d_dx, d_dy)
-        keep = np.minimum(1.0, map_slope_cap_db_m / np.maximum(slope, 1e-12))
+        keep = np.minimum(1.0, MAP_SLOPE_CAP_DB_M / np.maximum(slope, 1e-12))
         grad = grad + np.stack([d_dx * keep, d_dy * keep], axis=-1)
     return mu, grad
 
@@ -411,7 +410,7 @@ def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     median 5.23 -> 5.06 m as the Kalman filter trusts such fixes less; where the noise model
     holds (the simulated room, B) nothing changes. The map's slopes count up to
     MAP_SLOPE_CAP_DB_M."""
-    mu, grad = _model(geo, xy, radio_map, map_slope_cap_db_m=MAP_SLOPE_CAP_DB_M)
+    mu, grad = _model(geo, xy, radio_map)
     z = np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
     a = np.abs(z)
     w = np.where(geo.mask, _huber_weight(a), 0.0)
