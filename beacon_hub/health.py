@@ -112,6 +112,18 @@ class Metrics:
             buckets=TICK_BUCKETS_S,
             registry=r,
         )
+        self.tick_lag = Gauge(
+            p + "tick_lag_seconds",
+            "How far the site's last tick was behind the clock when it ran",
+            ["site"],
+            registry=r,
+        )
+        self.ticks_skipped = Counter(
+            p + "ticks_skipped",
+            "Ticks left out because the site fell ingest.max_tick_lag_s behind the clock",
+            ["site"],
+            registry=r,
+        )
         self.fixes = Counter(p + "fixes", "Fixes produced by the engine", ["site"], registry=r)
         self.accuracy_factor = Gauge(
             p + "accuracy_factor",

@@ -130,6 +130,11 @@ class _SiteRun:
     ledger: list[LedgerEntry] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     last_tick_wall: float | None = None
+    last_tick: float | None = None
+    skipped: int = 0
+    """Ticks the overload policy left out."""
+    skip_logged: float = -math.inf
+    """When the overload policy last warned about this site (ingest.log_every_s)."""
 
 
 class _Round(NamedTuple):
@@ -279,18 +284,20 @@ class Hub:
             self._add_influx(InfluxStore(cfg.stores.influx, self.metrics, self.retention))
         self._connected_at: float | None = None
         self._last_asset_save = time.monotonic()
-        self._rate_t = time.monotonic()
-        self._rate_n = 0
+        self._rate_t, self._rate_n = time.monotonic(), 0
         self.totals: dict[str, int] = {
             "fixes": 0,
             "thinned": 0,
             "events": 0,
             "batches": 0,
             "rejected": 0,
+            "skipped_ticks": 0,
         }
         """Counted over this process's life; logged as JSON when it stops (operators, tests)."""
         self.ready = threading.Event()
         """Set once connected and serving (tests wait on it)."""
+        self._live_from = clock()
+        """Ticks before this are a backlog (a restart's): replayed in full, never skipped."""
 
     def _add_influx(self, influx: InfluxStore) -> None:
         """Adds the store and sends it again the ticks SQLite stored lately. Its writer holds a
@@ -458,6 +465,7 @@ class Hub:
                     run.next_tick = self._align(now)
                 continue
             for _ in range(MAX_TICKS_PER_STEP):
+                self._skip_if_behind(run, self.clock())
                 t = run.next_tick
                 rnd = _round(run.reported, t, step)
                 by_data = rnd.complete or run.data_wm >= t + step
@@ -474,6 +482,39 @@ class Hub:
                 run.next_tick = t + step
                 if run.next_tick < now - MAX_CATCH_UP_S:
                     run.next_tick = self._align(now - MAX_CATCH_UP_S)
+
+    def _skip_if_behind(self, run: _SiteRun, now: float) -> None:
+        """The overload policy's second half (docs/hub.md): a live site's next tick more than
+        ingest.max_tick_lag_s behind the clock gives way to the newest one, counted and
+        warned about. Without it an engine slower than the data falls behind for good (a tick
+        of 20 ms for the demo's warehouse: 2.6 s behind after 30 s and growing), and the
+        map shows where things were minutes ago. What the left-out ticks' readings would have
+        placed is gone from the map and the history; the readings themselves were ingested
+        (the next tick's window holds the newest) and acknowledged with that tick."""
+        budget = self.cfg.ingest.max_tick_lag_s
+        t = run.next_tick
+        if budget is None or t is None or t < self._live_from or now - t <= budget:
+            return
+        step = self.cfg.engine.tick_interval_s
+        newest = math.floor(now / step) * step
+        skipped = round((newest - t) / step)
+        if skipped <= 0:
+            return
+        run.next_tick = newest
+        run.skipped += skipped
+        self.metrics.ticks_skipped.labels(run.site.id).inc(skipped)
+        self.totals["skipped_ticks"] += skipped
+        if now - run.skip_logged >= self.cfg.ingest.log_every_s:
+            run.skip_logged = now
+            log.warning(
+                "site %s: ticks %.1f s behind the clock (more than ingest.max_tick_lag_s = %g);"
+                " %d left out, going on from the newest (more seen in"
+                " beacon_hub_ticks_skipped_total)",
+                run.site.id,
+                now - t,
+                budget,
+                skipped,
+            )
 
     def _tick(self, run: _SiteRun, t: float) -> None:
         started = time.perf_counter()
@@ -521,6 +562,8 @@ class Hub:
         if len(self.registry):
             self.registry.seen(table.beacons, t)
         run.last_tick_wall = self.clock()
+        run.last_tick = t
+        self.metrics.tick_lag.labels(site).set(run.last_tick_wall - t)
         self.metrics.fixes.labels(site).inc(len(table))
         self.metrics.accuracy_factor.labels(site).set(run.engine.residuals.factor())
         self.totals["fixes"] += len(table)
@@ -545,7 +588,13 @@ class Hub:
             age = None if run.last_tick_wall is None else now - run.last_tick_wall
             if age is not None and age > stale:
                 ok = False
-            sites[sid] = {"next_tick": run.next_tick, "seconds_since_tick": age}
+            lag = None if run.last_tick is None else now - run.last_tick
+            sites[sid] = {
+                "next_tick": run.next_tick,
+                "seconds_since_tick": age,
+                "tick_lag_s": lag,
+                "ticks_skipped": run.skipped,
+            }
         return ok, {
             "broker_connected": self.link.connected.is_set(),
             "inbox_depth": self.link.inbox.qsize(),

@@ -1,10 +1,14 @@
-"""The inbox overload policy against a real Mosquitto (docs/hub.md, Overload policy): a full
-inbox drops messages unacknowledged and counts them, and the broker sends exactly those again
-when the persistent session reconnects."""
+"""The overload policy against a real Mosquitto (docs/hub.md, Overload policy): a full inbox
+drops messages unacknowledged and counts them, and the broker sends exactly those again when the
+persistent session reconnects; a hub whose ticks fall behind the clock skips to the newest,
+counted, while a restarted hub's backlog is ticked in full."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import queue
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -17,12 +21,26 @@ from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import BrokerConfig, IngestConfig
 from beacon_hub.ingest import Inbound, MqttLink
 from beacon_hub.wire import readings_topic
-from tests.integration.hubkit import WAIT_S, shipped_broker, unique_site, wait_until
+from tests.integration.hubkit import (
+    WAIT_S,
+    Gateways,
+    HubProcess,
+    shipped_broker,
+    site_file,
+    unique_site,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 RESTART_PAUSE_S = 1.0
 """Between the hub's clean stop and its restart: time for the broker to read the first one out."""
+TICK_S = 0.5
+"""The kit hub's tick interval (HubProcess)."""
+MAX_LAG_S = 2.0
+"""ingest.max_tick_lag_s for the stall test: a third of the stall."""
+STALL_S = 6.0
+"""How long the hub is stopped (SIGSTOP) while the gateways go on publishing."""
 
 
 def test_a_full_inbox_drops_unacknowledged_and_the_broker_sends_them_again(
@@ -86,3 +104,75 @@ def _drain(link: MqttLink, into: list[bytes]) -> int:
             return len(into)
         link.ack(item.mid, item.qos)
         into.append(item.payload)
+
+
+def _tick_times(hub: HubProcess, site: str) -> list[float]:
+    return [t for (t,) in hub.sql("SELECT DISTINCT t FROM fixes WHERE site = ? ORDER BY t", site)]
+
+
+def _missing_ticks(times: list[float]) -> int:
+    """Ticks of the grid with no fixes between the first and the last that has some."""
+    return sum(round((b - a) / TICK_S) - 1 for a, b in itertools.pairwise(times))
+
+
+def test_a_stalled_hub_skips_to_the_newest_tick_and_a_restarted_one_ticks_its_backlog(
+    tmp_path: Path,
+) -> None:
+    broker = shipped_broker(tmp_path / "mq")
+    broker.start()
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    hub = HubProcess(tmp_path / "hub", broker, [path], extra={"ingest.max_tick_lag_s": MAX_LAG_S})
+    gws = Gateways(broker, path)
+    try:
+        hub.start()
+        gws.run_for(3.0)
+        gws.settle()
+        wait_until("live ticks", lambda: len(_tick_times(hub, site)) >= 3)
+        assert hub.proc is not None
+        # A stall (a paused VM, swapping): the broker queues the rounds for the hub's session.
+        hub.proc.send_signal(signal.SIGSTOP)
+        try:
+            gws.run_for(STALL_S)
+        finally:
+            hub.proc.send_signal(signal.SIGCONT)
+        gws.run_for(2.0)
+        gws.settle()
+        wait_until(
+            "every batch in the ledger",
+            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] == len(gws.published),
+        )
+        skipped = hub.metric_sum("beacon_hub_ticks_skipped_total", site=site)
+        # Back from the stall the hub goes on from the newest tick: the ones it left out are
+        # counted, and they are exactly the ticks missing from the history.
+        stall_ticks = STALL_S / TICK_S
+        assert stall_ticks - math.ceil(MAX_LAG_S / TICK_S) - 2 <= skipped <= stall_ticks + 2
+        assert _missing_ticks(_tick_times(hub, site)) == skipped
+        assert "ticks" in hub.log()
+        assert "behind the clock" in hub.log()
+        # Every reading was taken in: nothing refused as late, every batch acknowledged.
+        accepted, samples = hub.sql("SELECT sum(accepted), sum(samples) FROM batches")[0]
+        assert accepted == samples == gws.samples
+        lag = hub.metric_sum("beacon_hub_tick_lag_seconds", site=site)
+        assert 0.0 < lag < MAX_LAG_S
+
+        # A restart is not a stall: what the broker queued while the hub was down (longer than
+        # max_tick_lag_s) is ticked in full, as DESIGN.md's recovery promises.
+        assert hub.stop() == 0
+        before = len(_tick_times(hub, site))
+        gws.run_for(STALL_S)
+        gws.settle()
+        hub.start()
+        gws.run_for(2.0)
+        gws.settle()
+        wait_until(
+            "every batch in the ledger again",
+            lambda: hub.sql("SELECT count(*) FROM batches")[0][0] == len(gws.published),
+        )
+        wait_until("ticks past the downtime", lambda: len(_tick_times(hub, site)) > before + 12)
+        assert hub.metric_sum("beacon_hub_ticks_skipped_total", site=site) == 0
+        assert _missing_ticks(_tick_times(hub, site)) == skipped
+    finally:
+        gws.close()
+        hub.close()
+        broker.stop()
