@@ -961,7 +961,17 @@ class Engine:
             if int(lv) in self.plan.levels:
                 allowed = functools.partial(self.plan.allowed, int(lv), area=area)
             sub = select_rows(geo, part)
-            ev.add(idx[part], grid_loglik(sub, ev.centre[idx[part]], table, allowed, ev.offsets))
+            ev.add(
+                idx[part],
+                grid_loglik(
+                    sub,
+                    ev.centre[idx[part]],
+                    table,
+                    allowed,
+                    ev.offsets,
+                    workers=self._grid_workers,
+                ),
+            )
         # only a track that is more likely still than moving is moved: one being carried is
         # where its data say
         calm = np.flatnonzero(still > 0.5)
@@ -1017,7 +1027,9 @@ class Engine:
             if int(lv) in self.plan.levels:
                 allowed = functools.partial(self.plan.allowed, int(lv), area=int(a))
             sub = select_rows(geo, rows[part])
-            mode[part], loglik[part] = grid_mode(sub, points[part], table, allowed, offsets)
+            mode[part], loglik[part] = grid_mode(
+                sub, points[part], table, allowed, offsets, workers=self._grid_workers
+            )
         return mode, loglik
 
     def _heights(self, idx: I64) -> F64:

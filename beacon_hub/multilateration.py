@@ -911,16 +911,20 @@ def grid_loglik(
     radio_map: MapTable | None,
     allowed: Callable[[F64], NDArray[np.bool_]] | None,
     offsets: F64,
+    *,
+    workers: int = 1,
 ) -> NDArray[np.float32]:
     """The log-likelihood of each beacon at every candidate among `offsets` around `start`,
     (n, c); -inf off the allowed floor (a beacon whose candidates are all off it keeps them
     all). Every candidate is evaluated (no coarse-to-fine: a far mode may sit between coarse
-    points)."""
+    points). `workers` threads share the chunks as solve_grid's blocks do (the same result
+    bit for bit with any number)."""
     n = start.shape[0]
     out = np.full((n, offsets.shape[0]), -np.inf, dtype=np.float32)
     order = _by_last_slot(geo)
     chunk = max(1, EVAL_BLOCK // max(1, offsets.shape[0]))
-    for lo in range(0, n, chunk):
+
+    def part(lo: int) -> None:
         these = order[lo : lo + chunk]
         sub = select_rows(geo, these)
         ok = np.ones((these.shape[0], offsets.shape[0]), dtype=bool)
@@ -930,7 +934,15 @@ def grid_loglik(
             ok |= ~ok.any(axis=1, keepdims=True)
         ll = np.full(ok.shape, -np.inf, dtype=np.float32)
         ll[ok] = _evaluate(sub, ok, start[these], offsets, radio_map)
-        out[these] = ll
+        out[these] = ll  # rows of its own: the chunks never share one
+
+    starts = range(0, n, chunk)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            list(pool.map(part, starts))
+    else:
+        for lo in starts:
+            part(lo)
     return out
 
 
@@ -940,11 +952,13 @@ def grid_mode(
     radio_map: MapTable | None,
     allowed: Callable[[F64], NDArray[np.bool_]] | None,
     offsets: F64,
+    *,
+    workers: int = 1,
 ) -> tuple[F64, F64]:
     """The most likely candidate of each beacon among `offsets` around `start` on the allowed
     floor, and its log-likelihood: (n, 2), (n,). Unlike solve_grid's mean, which keeps the weight
     of every mode, this commits to one: the engine asks it where else a beacon could be."""
-    ll = grid_loglik(geo, start, radio_map, allowed, offsets)
+    ll = grid_loglik(geo, start, radio_map, allowed, offsets, workers=workers)
     k = np.argmax(ll, axis=1)
     best = ll[np.arange(start.shape[0]), k].astype(np.float64)
     return start + offsets[k], best

@@ -271,6 +271,11 @@ def test_threads_give_the_same_fixes_bit_for_bit() -> None:
     three = solve_grid(geo, start, None, workers=3)
     np.testing.assert_array_equal(one.xy, three.xy)
     np.testing.assert_array_equal(one.cov, three.cov)
+    # the whole grid's likelihood (parked pallets' evidence, rival spots): chunks on threads
+    one_ll = grid_loglik(geo, start, None, None, grid_offsets())
+    three_ll = grid_loglik(geo, start, None, None, grid_offsets(), workers=3)
+    assert one_ll.shape == (1_200, grid_offsets().shape[0])
+    np.testing.assert_array_equal(one_ll, three_ll)
 
 
 def test_coarse_to_fine_gives_what_every_candidate_gives() -> None:
