@@ -117,6 +117,7 @@ class ReadingWindow:
         target_samples: int = 0,
         min_window_s: float = 0.0,
         window_s: float | None = None,
+        share: tuple[int, int] = (1, 0),
     ) -> PairEstimates:
         """Robust estimate of every pair over (t - window_s, t]; later samples wait their turn.
 
@@ -124,10 +125,14 @@ class ReadingWindow:
         its busiest pair (at least `min_window_s`, at most window_s): a cart advertising at 5 Hz
         is estimated over 1 s, a pallet at 1 Hz over the whole window. Where nothing is
         shortened the result is that of the full window, bit for bit. `window_s` instead of the
-        window's own (no longer than what it keeps)."""
+        window's own (no longer than what it keeps). `share` (stride, phase): only the beacons
+        whose index is phase modulo stride."""
         n = self._n
         span = self.window_s if window_s is None else window_s
         sel = (self._t[:n] > t - span) & (self._t[:n] <= t)
+        stride, phase = share
+        if stride > 1:
+            sel &= self._b[:n] % stride == phase
         full = self._estimate(sel)
         if target_samples <= 0 or full.beacon.shape[0] == 0:
             return full

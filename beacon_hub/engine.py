@@ -60,6 +60,7 @@ from beacon_hub.wire import RSSI_MAX_DBM, RSSI_MIN_DBM, Event, Fix, ReadingBatch
 from beacon_hub.zones import ZoneParams, ZoneTracker
 
 __all__ = [
+    "RESIDUAL_FIT_BEACONS",
     "RESIDUAL_FIT_MIN_WINDOW_S",
     "RESIDUAL_FIT_SAMPLES",
     "RESIDUAL_FIT_WINDOW_S",
@@ -96,6 +97,11 @@ RESIDUAL_FIT_SAMPLES = 5
 """... its samples per busiest pair (EngineConfig.window_samples's default) ..."""
 RESIDUAL_FIT_MIN_WINDOW_S = 1.0
 """... and its shortest window (EngineConfig.tick_interval_s's default)."""
+RESIDUAL_FIT_BEACONS = 500
+"""At most about this many beacons a tick take that fit, a share that turns with the ticks:
+the factor is a running median over minutes of fixes, and a fit of every beacon doubled a
+tick of 10,000 (bench/engine_tick.py, whose window is 1 s: 141 -> 90 ms a tick in the same
+hour, 2026-12-07). A site of up to this many beacons fits them all, every tick."""
 MAP_STATIC_FACTOR = 0.6
 """Share of the static spread left once a calibrated radio map is applied (flat-calib2021: the
 map cuts the in-sample residual from 6.6 to 4.6 dB; out of sample it does less). A map learnt
@@ -512,10 +518,12 @@ class Engine:
             _search_offsets(self.config.first_fix_search_m),
             _search_offsets(self.config.basin_search_m),
         )
-        self.rivals, self.residuals, self.parked = (
+        # _residual_turn: which share of the beacons the next residual fit takes
+        self.rivals, self.residuals, self.parked, self._residual_turn = (
             RivalBasins(self.config.basin_checks_per_tick),
             ResidualSpread(),
             ParkedEvidence(self.config.parked_search_m) if self._sums_parked else None,
+            0,
         )
         self._grid_workers = self.config.grid_threads or os.cpu_count() or 1
         self.counts = IngestCounts()
@@ -747,11 +755,14 @@ class Engine:
         map_fn = self._map_fn()
         if cfg.window_s >= RESIDUAL_FIT_WINDOW_S or not cfg.tracking:
             return reduced_chi2(geo, xy, map_fn)
+        stride = -(-geo.gw.shape[0] // RESIDUAL_FIT_BEACONS)
+        self._residual_turn += 1
         est = self.window.estimate(
             t,
             target_samples=RESIDUAL_FIT_SAMPLES,
             min_window_s=RESIDUAL_FIT_MIN_WINDOW_S,
             window_s=RESIDUAL_FIT_WINDOW_S,
+            share=(stride, self._residual_turn % stride),
         )
         if est.beacon.shape[0] == 0:
             return np.zeros(0)

@@ -121,3 +121,26 @@ def test_a_beacon_that_advertises_often_gets_a_shorter_window() -> None:
     slow = w.estimate(2.0, target_samples=20, min_window_s=1.0)
     for name in ("beacon", "gateway", "rssi_dbm", "samples", "last_t", "mean_t"):
         np.testing.assert_array_equal(getattr(slow, name), getattr(full, name))
+
+
+def test_shares_of_the_beacons_partition_the_estimate() -> None:
+    """`share` (stride, phase) keeps the beacons whose index is phase modulo stride: the shares
+    of one window together are its estimate, pair for pair and bit for bit."""
+    rng = np.random.default_rng(4)
+    n = 400
+    b = rng.integers(0, 37, n)
+    w = _window(
+        rng.uniform(0.0, 2.0, n).tolist(),
+        b.tolist(),
+        rng.integers(0, 5, n).tolist(),
+        rng.normal(-70.0, 6.0, n).tolist(),
+    )
+    full = w.estimate(2.0, target_samples=3, min_window_s=1.0)
+    parts = [w.estimate(2.0, target_samples=3, min_window_s=1.0, share=(3, k)) for k in range(3)]
+    for k, part in enumerate(parts):
+        assert part.beacon.shape[0] > 0
+        assert (part.beacon % 3 == k).all()
+    merged = np.argsort(np.concatenate([p.beacon * 8 + p.gateway for p in parts]))
+    for name in ("beacon", "gateway", "rssi_dbm", "samples", "last_t", "mean_t"):
+        joined = np.concatenate([getattr(p, name) for p in parts])[merged]
+        np.testing.assert_array_equal(joined, getattr(full, name))

@@ -1,6 +1,7 @@
 """The engine core: exact on noise-free data, indifferent to gateway order, honest when lost,
 its residual factor judged on windows of the default length whatever its own."""
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from beacon_hub.calibration import Calibration, GatewayFit
 from beacon_hub.engine import (
+    RESIDUAL_FIT_BEACONS,
     RESIDUAL_FIT_MIN_WINDOW_S,
     RESIDUAL_FIT_SAMPLES,
     RESIDUAL_FIT_WINDOW_S,
@@ -22,6 +24,7 @@ from beacon_hub.multilateration import Geometry, solve
 from beacon_hub.obstruction import body_shadowed
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.radiomap import RadioMap
+from beacon_hub.residuals import RESIDUAL_WINDOW_S
 from beacon_hub.site import Site, validate_site_data
 
 TAG = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:7"
@@ -557,3 +560,37 @@ def test_a_short_window_still_sees_a_site_without_a_static_field() -> None:
             default.tick(t)
     assert default.residuals.factor() < 0.8
     assert abs(short.residuals.factor() - default.residuals.factor()) < 0.15
+
+
+def test_a_large_site_fits_its_residuals_on_a_turning_share_of_the_beacons() -> None:
+    """With 3.5 x RESIDUAL_FIT_BEACONS beacons, each tick's extra least-squares fit (a window
+    shorter than RESIDUAL_FIT_WINDOW_S) takes a quarter of them, and four ticks take each
+    beacon once: the factor is a running median, and fitting all doubled the bench's tick."""
+    site = room_site()
+    rng = np.random.default_rng(8)
+    n = int(3.5 * RESIDUAL_FIT_BEACONS)
+    spots = rng.uniform(1.0, 17.0, (n, 2))
+    beacons = [f"ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:3:{i}" for i in range(n)]
+    engine = Engine(site, EngineConfig(tick_interval_s=0.5, window_s=0.5))
+    seen: list[float] = []
+    for step in range(12):
+        t = 0.5 * step
+        for g in site.gateways:
+            d = np.hypot(spots[:, 0] - g.x, spots[:, 1] - g.y)
+            rssi = mean_rssi_dbm(np.sqrt(d**2 + (g.z - 1.0) ** 2), -59.0, 2.0)
+            engine.ingest(
+                Readings(
+                    g.id,
+                    beacons,
+                    np.arange(n),
+                    np.full(n, t - 0.01),
+                    rssi + rng.normal(0.0, 3.0, n),
+                    np.full(n, np.nan),
+                )
+            )
+        # what the counts keep of the ticks before, after forgetting over this tick's 0.5 s
+        kept = float(engine.residuals.counts.sum()) * math.exp(-0.5 / RESIDUAL_WINDOW_S)
+        assert len(engine.tick(t).fixes) == n
+        seen.append(float(engine.residuals.counts.sum()) - kept)
+    # each of the last four ticks (their windows full) a quarter, one share after the other
+    assert seen[-4:] == pytest.approx([n / 4] * 4, abs=1.0)
