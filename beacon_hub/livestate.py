@@ -135,6 +135,7 @@ class SiteSnapshot:
         "alerts",
         "columns",
         "gateways",
+        "lag_s",
         "occupancy",
         "site",
         "t",
@@ -151,10 +152,14 @@ class SiteSnapshot:
         occupancy: Occupancy,
         gateways: list[dict[str, Any]],
         alerts: dict[str, list[dict[str, Any]]],
+        lag_s: float = 0.0,
     ) -> None:
         self.site = site
         self.version = version
         self.t = t
+        self.lag_s = lag_s
+        """How long after its data time `t` the tick ran (the hub catching up, or overloaded:
+        docs/hub.md, Overload policy); the dashboard says so past BEHIND_S in app.js."""
         self.columns = columns
         self.occupancy = occupancy
         self.gateways = gateways
@@ -175,7 +180,12 @@ class SiteSnapshot:
 
     def payload(self, part: str) -> Any:  # JSON-ready by construction
         if part == "positions":
-            return {"site": self.site, "t": self.t, "positions": self.positions}
+            return {
+                "site": self.site,
+                "t": self.t,
+                "lag_s": self.lag_s,
+                "positions": self.positions,
+            }
         if part == "occupancy":
             return {"site": self.site, "t": self.t, "zones": self.occupancy}
         if part == "gateways":
@@ -186,6 +196,7 @@ class SiteSnapshot:
             "site": self.site,
             "version": self.version,
             "t": self.t,
+            "lag_s": self.lag_s,
             "positions": self.positions,
             "zones": self.occupancy,
             "gateways": self.gateways,
@@ -413,6 +424,7 @@ class LiveState:
                 "lost": list(reversed(live.lost.values())),
                 "low_battery": self._low_battery,
             },
+            lag_s=round(max(now - t, 0.0), 1),
         )
         if self.occupancy_sink is not None and t >= live.next_occupancy_t:
             live.next_occupancy_t = t + self.config.occupancy_sample_s

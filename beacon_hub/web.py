@@ -111,6 +111,9 @@ class Position(_Out):
 class Positions(_Out):
     site: str
     t: float | None
+    lag_s: float | None = None
+    """How long after its data time `t` the hub ran this tick (above about a second: catching
+    up after a restart, or overloaded; docs/hub.md, Overload policy)."""
     positions: list[Position]
 
 
@@ -219,6 +222,8 @@ class Tick(_Out):
     site: str
     version: int
     t: float
+    lag_s: float
+    """How long after `t` the tick ran (as in Positions)."""
     positions: list[Position]
     zones: dict[str, dict[str, int]]
     gateways: list[GatewayHealth]

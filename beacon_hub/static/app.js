@@ -9,6 +9,7 @@ const HEAT_REFRESH_MS = 30000; // heat map and dwell: a period's statistics chan
 const DOT_RADIUS_M = 0.45;
 const COARSE_ACCURACY_M = 6; // beyond this the accuracy circle is drawn as a faint outline
 const CROWDED_DOTS = 150; // beyond this many dots on a level, accuracy circles only on hover or search
+const BEHIND_S = 5; // a tick this late is "behind": a hub in step runs it within 1.4 s (docs/hub.md)
 
 const state = {
   sites: [],
@@ -470,7 +471,13 @@ function onTick(tick) {
   drawOccupancy(tick.zones);
   drawGateways(tick.gateways);
   drawAlerts(tick);
-  setStatus(`live · ${clock(tick.t)}`, "live");
+  // The hub ran this tick long after its data time: catching up after a restart, or
+  // overloaded (docs/hub.md, Overload policy). Normal ticks run within about a second.
+  if ((tick.lag_s ?? 0) >= BEHIND_S) {
+    setStatus(`behind · ${clock(tick.t)} (${Math.round(tick.lag_s)} s behind)`, "behind");
+  } else {
+    setStatus(`live · ${clock(tick.t)}`, "live");
+  }
   if (state.highlight) {
     const p = tick.positions.find((q) => q.beacon === state.highlight);
     if (p) {

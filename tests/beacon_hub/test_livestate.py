@@ -5,6 +5,7 @@ sampling and the stream queues' newest-wins policy across the thread boundary.""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -122,6 +123,21 @@ def test_pallets_idle_at_a_dock_past_the_threshold() -> None:
     snap = feed(live, 1062.0, rows)
     assert snap.alerts["idle"] == []
     assert snap.positions[0]["last_move"] == 1062.0
+
+
+def test_a_tick_says_how_long_after_its_data_time_it_ran() -> None:
+    """lag_s: the hub's clock when the tick ran minus its data time, in the stream's tick and
+    in /positions (the dashboard shows `behind` from 5 s); never negative."""
+    now = [1000.4]
+    live = LiveState([dock_site()], HttpConfig(), clock=lambda: now[0])
+    rows = [(P1, "dock-a", "pallet")]
+    assert feed(live, 1000.0, rows).lag_s == 0.4
+    now[0] = 1012.0  # catching up: the tick of 1001.0 runs 11 s late
+    snap = feed(live, 1001.0, rows)
+    assert json.loads(snap.json())["lag_s"] == 11.0
+    assert json.loads(snap.json("positions"))["lag_s"] == 11.0
+    now[0] = 1001.5  # a gateway clock ahead of the hub's: not early, just on time
+    assert feed(live, 1002.0, rows).lag_s == 0.0
 
 
 def test_lost_beacons_listed_until_heard_again() -> None:

@@ -127,6 +127,9 @@ def test_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
 
             # live pallet dots, and they move between two screenshots
             page.wait_for_selector('g#dots g.dot[data-kind="pallet"]', state="attached")
+            # a hub in step: its ticks run within a second or so of their data time
+            assert page.get_attribute("#status", "data-state") == "live"
+            assert page.inner_text("#status").startswith("live")
             # The first screenshot must show `before`: a tick that lands while it is taken (a
             # second or more under load) would let the wait below pass on a move it already shows.
             while True:
