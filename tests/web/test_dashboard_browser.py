@@ -26,6 +26,7 @@ import pytest
 import yaml
 from playwright.sync_api import Page, sync_playwright
 
+from tests.beacon_hub.webworld import build_world, run_world
 from tests.demo_process import DemoProcess, demo_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,3 +196,39 @@ def test_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
             save(page, tmp_path / "dashboard.png")
         finally:
             browser.close()
+
+
+def test_the_status_says_when_ticks_run_behind_their_data(tmp_path: Path) -> None:
+    """A hub catching up after a restart, or overloaded, runs ticks long after their data time
+    (lag_s); the status says `behind` from 5 s (docs/api.md) and `live` again once in step.
+    The real LiveState and WebServer of the web tests' world; only its clock is set ahead."""
+    world = build_world(tmp_path)
+    world.server.start()
+    try:
+        run_world(world)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"{world.url}/#{SITE}")
+                page.wait_for_selector("g#dots g.dot", state="attached")
+
+                def status_after_a_tick(state: str) -> str:
+                    world.step(world.t + 1.0)
+                    page.wait_for_selector(f'#status[data-state="{state}"]', timeout=10_000)
+                    return page.inner_text("#status")
+
+                assert status_after_a_tick("live").startswith("live")
+                world.live.clock = lambda: time.time() + 30.0
+                behind = status_after_a_tick("behind")
+                assert re.fullmatch(r"behind · .+ \((29|30|31) s behind\)", behind), behind
+                world.live.clock = time.time
+                assert status_after_a_tick("live").startswith("live")
+            finally:
+                browser.close()
+    finally:
+        world.server.stop()
+        world.store.close()
