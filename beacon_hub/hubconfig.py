@@ -95,12 +95,12 @@ class IngestConfig(_Section):
     log_every_s: float = Field(default=60.0, ge=0, le=86_400)
     """Bad input is logged at most once per gateway and reason in this interval."""
     max_tick_lag_s: float | None = Field(default=10.0, gt=0, le=3600)
-    """A live site whose next tick has fallen this far behind the clock (ticks slower than
-    their interval: more beacons than the machine can place, a stall) skips to the newest tick
-    and counts the ones it left out (docs/hub.md, Overload policy). Ten seconds is ten times
-    the longest stall bench/hub_throughput.py has shown (1.1 s) and keeps a map no more than
-    seconds stale. Data from before the hub started (a restart's backlog) is always ticked in
-    full. None: never skip (the ticks fall behind without bound, up to 600 s)."""
+    """A live site whose next tick still waits this long after its interval has ended (ticks
+    slower than their interval: more beacons than the machine can place, a stall) skips to the
+    newest tick and counts the ones it left out (docs/hub.md, Overload policy). Ten seconds is
+    ten times the longest stall bench/hub_throughput.py has shown (1.1 s) and keeps a map no
+    more than seconds stale. Data from before the hub started (a restart's backlog) is always
+    ticked in full. None: never skip (the ticks fall behind without bound, up to 600 s)."""
 
 
 class OutputsConfig(_Section):

@@ -133,6 +133,9 @@ class _SiteRun:
     last_tick: float | None = None
     skipped: int = 0
     """Ticks the overload policy left out."""
+    hold_until: float = -math.inf
+    """After a skip, the wall clock alone does not run the newest tick before this (see
+    _skip_if_behind)."""
     skip_logged: float = -math.inf
     """When the overload policy last warned about this site (ingest.log_every_s)."""
 
@@ -475,7 +478,12 @@ class Hub:
                 # A round in step still being decoded is this tick's: the inbox first (a tick
                 # begun now would leave the rest to the next one), unless a whole tick late.
                 busy_ok = live and (not rnd.in_step or now >= t + step)
-                by_clock = settled and (idle or busy_ok) and now >= t + rnd.wait_s
+                by_clock = (
+                    settled
+                    and (idle or busy_ok)
+                    and now >= t + rnd.wait_s
+                    and (live or now >= run.hold_until)
+                )
                 if not (by_data or by_clock):
                     break
                 self._tick(run, t)
@@ -484,23 +492,28 @@ class Hub:
                     run.next_tick = self._align(now - MAX_CATCH_UP_S)
 
     def _skip_if_behind(self, run: _SiteRun, now: float) -> None:
-        """The overload policy's second half (docs/hub.md): a live site's next tick more than
-        ingest.max_tick_lag_s behind the clock gives way to the newest one, counted and
-        warned about. Without it an engine slower than the data falls behind for good (a tick
-        of 20 ms for the demo's warehouse: 2.6 s behind after 30 s and growing), and the
-        map shows where things were minutes ago. What the left-out ticks' readings would have
-        placed is gone from the map and the history; the readings themselves were ingested
-        (the next tick's window holds the newest) and acknowledged with that tick."""
+        """The overload policy's second half (docs/hub.md): a live site's next tick still
+        waiting ingest.max_tick_lag_s after its interval has ended (a tick in step runs within
+        it: the round's wait is 0.6 intervals) gives way to the newest one, counted and warned
+        about. Without it an engine slower than the data falls behind for good (a tick of 20 ms
+        for the demo's warehouse: 17 s behind after 70 s and growing), and the map shows where
+        things were minutes ago. What the left-out ticks' readings would have placed is gone
+        from the map and the history; the readings themselves were ingested (the next tick's
+        window holds the newest) and acknowledged with that tick."""
         budget = self.cfg.ingest.max_tick_lag_s
         t = run.next_tick
-        if budget is None or t is None or t < self._live_from or now - t <= budget:
-            return
         step = self.cfg.engine.tick_interval_s
+        if budget is None or t is None or t < self._live_from or now - t - step <= budget:
+            return
         newest = math.floor(now / step) * step
         skipped = round((newest - t) / step)
         if skipped <= 0:
             return
         run.next_tick = newest
+        # Right after a stall the inbox can look empty for a moment before paho hands over what
+        # the socket holds: the newest tick waits for its data (the site live again) up to
+        # max_lateness_s, or it would run on an empty window and refuse the rest as late.
+        run.hold_until = now + self.cfg.engine.max_lateness_s
         run.skipped += skipped
         self.metrics.ticks_skipped.labels(run.site.id).inc(skipped)
         self.totals["skipped_ticks"] += skipped
