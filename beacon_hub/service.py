@@ -577,6 +577,7 @@ class Hub:
         run.last_tick_wall = self.clock()
         run.last_tick = t
         self.metrics.tick_lag.labels(site).set(run.last_tick_wall - t)
+        self.metrics.ticks_skipped.labels(site)  # the series exists (at 0) before any skip
         self.metrics.fixes.labels(site).inc(len(table))
         self.metrics.accuracy_factor.labels(site).set(run.engine.residuals.factor())
         self.totals["fixes"] += len(table)
@@ -601,7 +602,11 @@ class Hub:
             age = None if run.last_tick_wall is None else now - run.last_tick_wall
             if age is not None and age > stale:
                 ok = False
-            lag = None if run.last_tick is None else now - run.last_tick
+            lag = (
+                None
+                if run.last_tick is None or run.last_tick_wall is None
+                else run.last_tick_wall - run.last_tick
+            )
             sites[sid] = {
                 "next_tick": run.next_tick,
                 "seconds_since_tick": age,
