@@ -48,6 +48,7 @@ __all__ = [
 
 F64 = NDArray[np.float64]
 _RowsT = TypeVar("_RowsT", "Geometry", "_Terms")
+_T = TypeVar("_T")
 MapFn = Callable[[NDArray[np.intp], F64], tuple[F64, F64, F64]]
 """(gateway index (...), points (..., 2) broadcasting against it) -> dB, dB/m in x, y."""
 
@@ -801,20 +802,22 @@ def solve_grid(
             prior=part,
         )
 
-    starts = range(0, n, chunk)
-    # Blocks on threads: numpy leaves the GIL inside its loops, and a block reads only what it
-    # is given. The blocks do not depend on `workers` and their results go in place after all
-    # have run, so the output is the same bit for bit with any number of threads.
-    if workers > 1 and len(starts) > 1:
-        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
-            results = list(pool.map(block, starts))
-    else:
-        results = [block(lo) for lo in starts]
-    for these, (block_xy, block_cov) in results:
+    for these, (block_xy, block_cov) in _on_threads(block, range(0, n, chunk), workers):
         xy[these], cov[these] = block_xy, block_cov
     if single.any():
         xy, cov = _proximity(geo, xy, cov, single)
     return Solution(xy=xy, cov=cov, used=used)
+
+
+def _on_threads(work: Callable[[int], _T], starts: range, workers: int) -> list[_T]:
+    """`work` of each block start, on up to `workers` threads: numpy leaves the GIL inside its
+    loops, and a block reads only what it is given and returns or writes only its own rows.
+    The blocks do not depend on `workers`, so results are the same bit for bit with any
+    number of threads."""
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            return list(pool.map(work, starts))
+    return [work(lo) for lo in starts]
 
 
 def _log_prior(
@@ -936,13 +939,7 @@ def grid_loglik(
         ll[ok] = _evaluate(sub, ok, start[these], offsets, radio_map)
         out[these] = ll  # rows of its own: the chunks never share one
 
-    starts = range(0, n, chunk)
-    if workers > 1 and len(starts) > 1:
-        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
-            list(pool.map(part, starts))
-    else:
-        for lo in starts:
-            part(lo)
+    _on_threads(part, range(0, n, chunk), workers)
     return out
 
 

@@ -10,8 +10,7 @@ multiplied by RESIDUAL_TO_ERROR * sqrt(m). Positions and the tracker are left al
 
 What it cannot see: a fix in the wrong basin that explains its readings well (the simulated
 warehouse without calibration, (D): the factor there is 0.98; 55 % stayed within until
-multilateration.MAP_SLOPE_CAP_DB_M, 68 % since). RESIDUAL_TO_ERROR was measured before that
-cap, which took the uncalibrated store (C) from 69 to 76 % within.
+multilateration.MAP_SLOPE_CAP_DB_M, 68 % since).
 """
 
 from __future__ import annotations
