@@ -6,12 +6,15 @@ counted, while a restarted hub's backlog is ticked in full."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import queue
 import signal
 import time
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -110,6 +113,14 @@ def _tick_times(hub: HubProcess, site: str) -> list[float]:
     return [t for (t,) in hub.sql("SELECT DISTINCT t FROM fixes WHERE site = ? ORDER BY t", site)]
 
 
+def _site_health(hub: HubProcess, site: str) -> dict[str, Any]:
+    """The site's part of the hub's /healthz (loopback, no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{hub.http_port}/healthz", timeout=WAIT_S) as r:
+        sites: dict[str, dict[str, Any]] = json.load(r)["sites"]
+    return sites[site]
+
+
 def _missing_ticks(times: list[float]) -> int:
     """Ticks of the grid with no fixes between the first and the last that has some."""
     return sum(round((b - a) / TICK_S) - 1 for a, b in itertools.pairwise(times))
@@ -155,8 +166,10 @@ def test_a_stalled_hub_skips_to_the_newest_tick_and_a_restarted_one_ticks_its_ba
         # Every reading was taken in: nothing refused as late, every batch acknowledged.
         accepted, samples = hub.sql("SELECT sum(accepted), sum(samples) FROM batches")[0]
         assert accepted == samples == gws.samples
-        lag = hub.metric_sum("beacon_hub_tick_lag_seconds", site=site)
-        assert 0.0 < lag < MAX_LAG_S
+        # /healthz says the same as the counter, and the lag gauge is set (no timing bound here:
+        # how late a tick runs is the machine's, bench/hub_throughput.py measures it)
+        assert _site_health(hub, site)["ticks_skipped"] == skipped
+        assert hub.metric_sum("beacon_hub_tick_lag_seconds", site=site) > 0.0
 
         # A restart is not a stall: what the broker queued while the hub was down (longer than
         # max_tick_lag_s) is ticked in full, as DESIGN.md's recovery promises.
