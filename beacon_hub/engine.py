@@ -44,6 +44,7 @@ from beacon_hub.multilateration import (
     grid_loglik,
     grid_mode,
     grid_offsets,
+    mean_residual_db,
     reduced_chi2,
     select_rows,
     solve,
@@ -56,6 +57,7 @@ from beacon_hub.radiomap import RadioMap
 from beacon_hub.residuals import ResidualSpread
 from beacon_hub.site import BEACON_KINDS, Site, ZoneKindName
 from beacon_hub.tracking import GATE_CHI2_2DOF, MotionParams, Tracks, mode_transition
+from beacon_hub.txoffset import TX_OFFSET_MIN_GATEWAYS, TxOffsets
 from beacon_hub.wire import RSSI_MAX_DBM, RSSI_MIN_DBM, Event, Fix, ReadingBatch
 from beacon_hub.zones import ZoneParams, ZoneTracker
 
@@ -244,6 +246,16 @@ class EngineConfig(BaseModel):
     grid_threads: Annotated[int, Field(ge=0, le=64)] = 0
     """Threads for the map likelihood of a tick's beacons (solve_grid); 0: one per CPU core.
     The fixes are the same with any number."""
+    tx_offset: Literal["auto", "unannounced", "all", "none"] = "auto"
+    """Learn each beacon's transmit power with its position (txoffset.py): for beacons that
+    announce none (unannounced), for every beacon on top of what it announces (all), or not
+    (none); auto: unannounced without a calibration, none with one (its walk measured the
+    tag's power with the gateways'). Reference beacons never: their spot teaches the map.
+    flat-calib2021, tracked, median (robot / walk): with a generic -59 dBm for its tag
+    (-47.4 fitted) 3.78 / 0.94 -> 1.89 / 0.66 m, without walls 3.64 / 0.72 -> 1.27 / 0.58 m
+    (the fitted reference: 1.23 / 0.59 m); with the fitted reference 2.38 / 0.53 -> 1.87 /
+    0.67 m (the site's 4 dB walls are more than the flat's, and a beacon's one offset
+    absorbs them where it stands); calibrated with the map 1.04 / 0.34 -> 1.06 / 0.56 m."""
     lost_after_s: Annotated[float, Field(gt=0)] = 30.0
     """Silence after which beacon_lost fires and the track is dropped."""
     hysteresis_m: Annotated[float, Field(ge=0)] = 0.6
@@ -434,6 +446,15 @@ def _accuracy_scale(
     return scale
 
 
+def _tx_learning(
+    config: EngineConfig, calibration: Calibration | None
+) -> Literal["unannounced", "all", "none"]:
+    """Which beacons' tx power the engine learns (EngineConfig.tx_offset, auto resolved)."""
+    if config.tx_offset == "auto":
+        return "unannounced" if calibration is None else "none"
+    return config.tx_offset
+
+
 def _zone_params(config: EngineConfig) -> ZoneParams:
     # One sample's fix is wide everywhere: without tracking, the dwell by accuracy would only
     # slow every change.
@@ -507,9 +528,10 @@ class Engine:
         self._zone_height = zone_heights(site)
         self._area = np.zeros(0, dtype=np.int8)  # its floorplan area when moving (_areas)
         self._offset_db, self._last_heard = np.zeros(0), np.zeros(0)
-        self._active = np.zeros(0, dtype=bool)
-        self._parked_xy = np.zeros((0, 2))
-        # when a pallet's still spell began, and the evidence that it left its parked spot
+        # learnt tx offsets (txoffset.py, tx_offset), and which beacons announce their power
+        self.tx_offsets, self._announces = TxOffsets(), np.zeros(0, dtype=bool)
+        # a pallet's parked spot, when its still spell began, and the evidence that it left
+        self._active, self._parked_xy = np.zeros(0, dtype=bool), np.zeros((0, 2))
         self._still_since, self._move_nats = np.zeros(0), np.zeros(0)
         self._reference_xy: dict[int, tuple[float, float, float, int]] = {}
         self.watermark = self._last_reference_update = -math.inf
@@ -526,7 +548,7 @@ class Engine:
             0,
         )
         self._grid_workers = self.config.grid_threads or os.cpu_count() or 1
-        self.counts = IngestCounts()
+        self.counts, self._learn_tx = IngestCounts(), _tx_learning(self.config, calibration)
 
     # ------------------------------------------------------------------ ingest
 
@@ -566,6 +588,8 @@ class Engine:
         self._kind_code = np.r_[self._kind_code, np.full(grow, -1, dtype=np.int8)]
         self._area = np.r_[self._area, np.zeros(grow, dtype=np.int8)]
         self._offset_db = np.r_[self._offset_db, np.zeros(grow)]
+        self._announces = np.r_[self._announces, np.zeros(grow, dtype=bool)]
+        self.tx_offsets.ensure(capacity)
         self._last_heard = np.r_[self._last_heard, np.full(grow, -np.inf)]
         self._active = np.r_[self._active, np.zeros(grow, dtype=bool)]
         self._parked_xy = np.r_[self._parked_xy, np.full((grow, 2), np.nan)]
@@ -608,6 +632,7 @@ class Engine:
                 self._offset_db[b[has_tx]] = (
                     readings.tx[keep][has_tx] - self.site.radio.ref_rssi_1m_dbm
                 )
+                self._announces[b[has_tx]] = True
             self.window.add(t, b, np.full(b.shape[0], g, dtype=np.int64), readings.rssi[keep])
             np.maximum.at(self._last_heard, b, t)
         self.counts.accepted += counts.accepted
@@ -664,7 +689,7 @@ class Engine:
                 predicted=predicted,
             )
         xy, cov = self._locate(geo, prior, level, area, grid_prior, fresh=fresh, geo_grid=geo_grid)
-        self.residuals.observe(t, self._residual_chi2(t, geo, xy))
+        self._learn_from_fixes(t, idx, geo, xy)
         speed = np.zeros(idx.shape[0])
         unfitted_share = _variance_share(geo, self.gw_unfitted_db[geo.gw])
         if not cfg.tracking:
@@ -769,6 +794,28 @@ class Engine:
         _, _, geo_fit, _, _ = self._geometry(est)
         return reduced_chi2(geo_fit, solve(geo_fit, None, map_fn).xy, map_fn)
 
+    def _learn_from_fixes(self, t: float, idx: I64, geo: Geometry, xy: F64) -> None:
+        """What the tick's fixes leave unexplained: the spread of their residuals (the residual
+        factor, residuals.py) and, where tx_offset says, their mean (txoffset.py)."""
+        self.residuals.observe(t, self._residual_chi2(t, geo, xy))
+        mode = self._learn_tx
+        if mode == "none":
+            return
+        learn = np.ones(idx.shape[0], dtype=bool) if mode == "all" else ~self._announces[idx]
+        if self._reference_xy:
+            learn &= ~np.isin(idx, np.fromiter(self._reference_xy, dtype=np.int64))
+        rows = np.flatnonzero(learn)
+        if rows.shape[0] == 0:
+            return
+        mean, var = mean_residual_db(
+            select_rows(geo, rows), xy[rows], self._map_fn(), TX_OFFSET_MIN_GATEWAYS
+        )
+        self.tx_offsets.update(t, idx[rows], mean, var)
+
+    def _beacon_offset_db(self, idx: I64) -> F64:
+        """What beacons `idx` add to their gateways' reference: announced and learnt power."""
+        return np.asarray(self._offset_db[idx] + self.tx_offsets.offset_db[idx])
+
     def _geometry(self, est: PairEstimates) -> tuple[I64, I64, Geometry, F64, F64]:
         """Pad each beacon's gateways into (beacons, K) slots, strongest first in slot 0."""
         beacon, gw = est.beacon, est.gateway  # sorted by beacon already
@@ -807,7 +854,7 @@ class Engine:
             gw=slot_g,
             gw_xy=self.gw_xy[slot_g],
             dz_m=self.gw_z[slot_g] - self._heights(idx)[:, None],
-            ref_dbm=self.gw_ref[slot_g] + self._offset_db[idx][:, None],
+            ref_dbm=self.gw_ref[slot_g] + self._beacon_offset_db(idx)[:, None],
             exponent=self.gw_exp[slot_g],
             rssi_dbm=slot_r,
             sd_db=np.sqrt(static**2 + self.gw_fast_db[slot_g] ** 2 / slot_n),

@@ -39,6 +39,7 @@ __all__ = [
     "grid_loglik",
     "grid_mode",
     "grid_offsets",
+    "mean_residual_db",
     "reduced_chi2",
     "select_rows",
     "solve",
@@ -166,6 +167,26 @@ def reduced_chi2(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
         return np.zeros(0)
     z2 = _standardized(geo, xy, radio_map) ** 2
     return np.asarray(z2.sum(axis=1)[rows] / (heard[rows] - 2))
+
+
+def mean_residual_db(
+    geo: Geometry, xy: F64, radio_map: MapFn | None, min_gateways: int
+) -> tuple[F64, F64]:
+    """Per beacon: the mean of its residuals (reading - predicted, dB) at `xy`, weighed as the
+    fit weighs them (inverse variance times Huber's weight), and that mean's variance; NaN for
+    beacons heard by fewer than `min_gateways`. An offset common to all of a beacon's
+    gateways (its tx power) shows here and nowhere else (txoffset.py)."""
+    _, d = _ranges(geo, xy)
+    mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
+    if radio_map is not None:
+        mu = mu + radio_map(geo.gw, xy[:, None, :])[0]
+    res = np.where(geo.mask, geo.rssi_dbm - mu, 0.0)
+    w = np.where(geo.mask, _huber_weight(np.abs(res) / geo.sd_db) / geo.sd_db**2, 0.0)
+    total = w.sum(axis=1)
+    enough = (geo.mask.sum(axis=1) >= min_gateways) & (total > 0.0)
+    safe = np.where(enough, total, 1.0)
+    mean = np.where(enough, (w * res).sum(axis=1) / safe, np.nan)
+    return mean, np.where(enough, 1.0 / safe, np.nan)
 
 
 def _sum_slots(a: F64) -> F64:

@@ -5,7 +5,9 @@
 Runs exactly the commands the README lists (as subprocesses of the installed CLI):
 convert the dataset, `beacon-hub calibrate` on the calibration walk, `beacon-hub replay` of the
 robot route and of the walk in four modes (map or path loss only, tracking on or off) and in
-two without the calibration (the site file's radio, as on the day of installation), and
+four without the calibration (the site file's radio, as on the day of installation; with and
+without learning the tag's tx power), two more with a generic -59 dBm reference for the tag
+instead of the site file's fitted one (a site drawn without any measurement), and
 `beacon-hub eval` against the robot's truth and the walk's reference path. Prints a markdown
 table; with --json, one JSON object as the last line.
 """
@@ -14,23 +16,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "config" / "flat-calib2021.yaml"
-MODES: dict[str, tuple[bool, list[str]]] = {
-    "map + tracking": (True, []),
-    "map, one fix per sample": (True, ["--no-tracking"]),
-    "path loss + tracking": (True, ["--no-map"]),
-    "path loss, one fix per sample": (True, ["--no-map", "--no-tracking"]),
-    "no calibration + tracking": (False, []),
-    "no calibration, one fix per sample": (False, ["--no-tracking"]),
+GENERIC_REF_DBM = -59.0
+"""A generic iBeacon's measured power at 1 m (its advertised default), against the -47.4 dBm
+the site file fitted for the flat's tag: what a site drawn without measurements would say."""
+NOT_LEARNT = ["--set", "tx_offset=none"]
+MODES: dict[str, tuple[str, bool, list[str]]] = {
+    "map + tracking": ("fitted", True, []),
+    "map, one fix per sample": ("fitted", True, ["--no-tracking"]),
+    "path loss + tracking": ("fitted", True, ["--no-map"]),
+    "path loss, one fix per sample": ("fitted", True, ["--no-map", "--no-tracking"]),
+    "no calibration + tracking": ("fitted", False, []),
+    "no calibration, one fix per sample": ("fitted", False, ["--no-tracking"]),
+    "no calibration, tx power not learnt + tracking": ("fitted", False, NOT_LEARNT),
+    "no calibration, tx power not learnt, one fix per sample": (
+        "fitted",
+        False,
+        [*NOT_LEARNT, "--no-tracking"],
+    ),
+    "generic -59 dBm + tracking": ("generic", False, []),
+    "generic -59 dBm, tx power not learnt + tracking": ("generic", False, NOT_LEARNT),
 }
-"""Mode -> (calibrated, replay flags)."""
+"""Mode -> (the site file's radio or the generic reference, calibrated, replay flags)."""
 
 
 def _run(args: list[str]) -> str:
@@ -67,22 +84,27 @@ def measure(dataset: Path | None, work: Path) -> dict[str, dict[str, Any]]:
             str(cal),
         ]
     )
+    sites = {"fitted": SITE, "generic": work / "flat-generic-reference.yaml"}
+    generic = yaml.safe_load(SITE.read_text())
+    generic["radio"] = {**generic["radio"], "ref_rssi_1m_dbm": GENERIC_REF_DBM}
+    sites["generic"].write_text(yaml.safe_dump(generic, sort_keys=False))
     out: dict[str, dict[str, Any]] = {}
-    for mode, (calibrated, flags) in MODES.items():
+    for mode, (radio, calibrated, flags) in MODES.items():
         out[mode] = {}
         calibration = ["--calibration", str(cal)] if calibrated else []
-        name = "-".join([f.strip("-") for f in flags] + ([] if calibrated else ["uncalibrated"]))
+        name = re.sub(r"[^a-z0-9]+", "-", mode.lower()).strip("-")
+        site = sites[radio]
         for route, reference in (
             ("robot", ["--truth", "robot_truth.csv"]),
             ("walk", ["--path", "walk_path.csv"]),
         ):
-            fixes = work / f"{route}-{name or 'default'}.csv"
+            fixes = work / f"{route}-{name}.csv"
             _run(
                 [
                     *hub,
                     "replay",
                     "--site",
-                    str(SITE),
+                    str(site),
                     "--readings",
                     str(work / f"{route}_readings.csv"),
                     *calibration,
@@ -93,7 +115,7 @@ def measure(dataset: Path | None, work: Path) -> dict[str, dict[str, Any]]:
             )
             ref = [reference[0], str(work / reference[1])]
             out[mode][route] = json.loads(
-                _run([*hub, "eval", "--fixes", str(fixes), *ref, "--site", str(SITE)])
+                _run([*hub, "eval", "--fixes", str(fixes), *ref, "--site", str(site)])
             )
     return out
 

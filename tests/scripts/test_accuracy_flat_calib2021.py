@@ -61,3 +61,17 @@ def test_without_calibration_the_accuracy_is_still_honest(
     assert 0.60 <= tracked["within_accuracy"] <= 0.76  # 0.47 before the unfitted excess
     assert 0.60 <= results["no calibration, one fix per sample"]["robot"]["within_accuracy"] <= 0.76
     assert results["map + tracking"]["robot"]["median_m"] < 0.6 * tracked["median_m"]
+
+
+def test_a_generic_reference_is_rescued_by_learning_the_tag_s_power(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    """A site drawn with a generic -59 dBm for a tag 11.6 dB stronger: learnt with the
+    position, the tag's power puts the robot where the site file's fitted reference does."""
+    learnt = results["generic -59 dBm + tracking"]["robot"]
+    not_learnt = results["generic -59 dBm, tx power not learnt + tracking"]["robot"]
+    fitted = results["no calibration + tracking"]["robot"]
+    assert learnt["median_m"] < 0.65 * not_learnt["median_m"]  # 1.94 against 3.54
+    assert learnt["median_m"] < fitted["median_m"] + 0.25  # 1.87
+    assert 0.60 <= learnt["within_accuracy"] <= 0.78  # 75 %; 100 % not learnt
+    assert results["generic -59 dBm + tracking"]["walk"]["median_m"] < 0.80  # 0.65; 0.99

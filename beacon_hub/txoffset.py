@@ -1,0 +1,83 @@
+"""A beacon's transmit power, learnt from its own fixes where nothing else says it.
+
+Ranging assumes the site's ref_rssi_1m_dbm, or what the beacon announces (an iBeacon's
+measured power, Eddystone's tx power). A beacon that announces nothing and is weaker than the
+site assumes is placed as if every gateway were farther: a generic -59 dBm on flat-calib2021,
+whose tag is 11.6 dB stronger than that, put the robot 3.7 m off (median) instead of 1.2 m.
+That is the "calibration pain" of ESPresense's per-device `rssi@1m` and Bermuda's per-device
+reference power, set by hand.
+
+Heard by three gateways or more, an offset common to all of a beacon's gateways is
+observable together with its position. After each tick's fix, the beacon's residuals
+(reading - predicted, Huber-weighted, inverse-variance) have a mean that says how far its
+offset is off; a scalar Kalman filter per beacon (a random walk) accumulates that mean into
+the offset the next tick ranges with. The fix is least squares given the offset and the
+offset is the mean residual given the fix, so the fixed point is the joint least-squares fit
+of both (coordinate descent over ticks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "TX_OFFSET_DRIFT_DB2_S",
+    "TX_OFFSET_LIMIT_DB",
+    "TX_OFFSET_MIN_GATEWAYS",
+    "TX_OFFSET_PRIOR_SD_DB",
+    "TxOffsets",
+]
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+TX_OFFSET_PRIOR_SD_DB = 10.0
+"""Spread of a beacon's power about the site's reference before any fix: 1 m RSSI of common
+tags spans about -70 to -45 dBm over their models and power settings (Apple's iBeacon
+guidance calibrates each; ESPresense's default rssi@1m is -65, a generic iBeacon's -59,
+flat-calib2021's tag -47.4)."""
+TX_OFFSET_DRIFT_DB2_S = 0.01
+"""Random-walk variance a second (dB^2 / s): a battery sagging, a tag turned in its holder.
+With a tick's mean residual spread of about 8 dB^2 (7 dB shadowing over 6 gateways) the
+filter settles at a gain of about 0.035 a tick: a time constant of half a minute, long enough
+to average a walker's static field over several places."""
+TX_OFFSET_LIMIT_DB = 30.0
+"""No beacon is this far from the site's reference: beyond it the fit is in a wrong basin."""
+TX_OFFSET_MIN_GATEWAYS = 3
+"""With fewer, the offset and the position are not separable (two readings, three unknowns)."""
+
+
+class TxOffsets:
+    """Per beacon (engine index): the learnt offset (dB, added to the beacon's reference), its
+    variance and the data time of its last update."""
+
+    def __init__(self) -> None:
+        self.offset_db = np.zeros(0)
+        self.var_db2 = np.zeros(0)
+        self.t = np.zeros(0)
+
+    def ensure(self, capacity: int) -> None:
+        grow = capacity - self.offset_db.shape[0]
+        if grow <= 0:
+            return
+        self.offset_db = np.r_[self.offset_db, np.zeros(grow)]
+        self.var_db2 = np.r_[self.var_db2, np.full(grow, TX_OFFSET_PRIOR_SD_DB**2)]
+        self.t = np.r_[self.t, np.full(grow, np.nan)]
+
+    def update(self, t: float, beacons: I64, mean_residual_db: F64, residual_var_db2: F64) -> None:
+        """One Kalman step per beacon: `mean_residual_db` (the tick's mean residual at its fix,
+        ranged with the current offset) measures the offset's error with `residual_var_db2`.
+        Non-finite rows are skipped."""
+        ok = np.isfinite(mean_residual_db) & np.isfinite(residual_var_db2)
+        b = beacons[ok]
+        if b.shape[0] == 0:
+            return
+        dt = np.where(np.isnan(self.t[b]), 0.0, np.maximum(t - self.t[b], 0.0))
+        var = self.var_db2[b] + TX_OFFSET_DRIFT_DB2_S * dt
+        gain = var / (var + residual_var_db2[ok])
+        self.offset_db[b] = np.clip(
+            self.offset_db[b] + gain * mean_residual_db[ok], -TX_OFFSET_LIMIT_DB, TX_OFFSET_LIMIT_DB
+        )
+        self.var_db2[b] = (1.0 - gain) * var
+        self.t[b] = t
