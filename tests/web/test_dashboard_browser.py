@@ -224,7 +224,9 @@ def test_the_status_says_when_ticks_run_behind_their_data(tmp_path: Path) -> Non
                 assert status_after_a_tick("live").startswith("live")
                 world.live.clock = lambda: time.time() + 30.0
                 behind = status_after_a_tick("behind")
-                assert re.fullmatch(r"behind · .+ \((29|30|31) s behind\)", behind), behind
+                # 30 s ahead, plus the lag it had while live (under BEHIND_S = 5 s; a slow CI
+                # machine showed 32 s)
+                assert re.fullmatch(r"behind · .+ \((29|3[0-5]) s behind\)", behind), behind
                 world.live.clock = time.time
                 assert status_after_a_tick("live").startswith("live")
             finally:
