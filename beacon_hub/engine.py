@@ -252,9 +252,9 @@ class EngineConfig(BaseModel):
     (none); auto: unannounced without a calibration, none with one (its walk measured the
     tag's power with the gateways'). Reference beacons never: their spot teaches the map.
     flat-calib2021, tracked, median (robot / walk): with a generic -59 dBm for its tag
-    (-47.4 fitted) 3.78 / 0.94 -> 1.89 / 0.66 m, without walls 3.64 / 0.72 -> 1.27 / 0.58 m
-    (the fitted reference: 1.23 / 0.59 m); with the fitted reference 2.38 / 0.53 -> 1.87 /
-    0.67 m (the site's 4 dB walls are more than the flat's, and a beacon's one offset
+    (-47.4 fitted) 3.54 / 0.99 -> 1.94 / 0.65 m, without walls 3.60 / 0.67 -> 1.26 / 0.59 m
+    (the fitted reference: 1.23 / 0.59 -> 1.23 / 0.58 m); with the fitted reference 2.38 /
+    0.53 -> 1.87 / 0.67 m (the site's 4 dB walls are more than the flat's, and a beacon's one offset
     absorbs them where it stands); calibrated with the map 1.04 / 0.34 -> 1.06 / 0.56 m."""
     lost_after_s: Annotated[float, Field(gt=0)] = 30.0
     """Silence after which beacon_lost fires and the track is dropped."""

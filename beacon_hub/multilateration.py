@@ -148,13 +148,19 @@ def _model(geo: Geometry, xy: F64, radio_map: MapFn | None) -> tuple[F64, F64]:
     return mu, grad
 
 
-def _standardized(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
-    """(reading - predicted) / sd_db per slot (B, K), 0 on empty slots; the predicted RSSI as
-    _model has it, without the gradient the cost alone does not need."""
+def _predicted_rssi(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
+    """Predicted RSSI (B, K) as _model has it, without the gradient the cost and the residuals
+    do not need."""
     _, d = _ranges(geo, xy)
     mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
     if radio_map is not None:
         mu = mu + radio_map(geo.gw, xy[:, None, :])[0]
+    return np.asarray(mu, dtype=np.float64)
+
+
+def _standardized(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
+    """(reading - predicted) / sd_db per slot (B, K), 0 on empty slots."""
+    mu = _predicted_rssi(geo, xy, radio_map)
     return np.where(geo.mask, (geo.rssi_dbm - mu) / geo.sd_db, 0.0)
 
 
@@ -176,11 +182,7 @@ def mean_residual_db(
     fit weighs them (inverse variance times Huber's weight), and that mean's variance; NaN for
     beacons heard by fewer than `min_gateways`. An offset common to all of a beacon's
     gateways (its tx power) shows here and nowhere else (txoffset.py)."""
-    _, d = _ranges(geo, xy)
-    mu = mean_rssi_dbm(d, geo.ref_dbm, geo.exponent)
-    if radio_map is not None:
-        mu = mu + radio_map(geo.gw, xy[:, None, :])[0]
-    res = np.where(geo.mask, geo.rssi_dbm - mu, 0.0)
+    res = np.where(geo.mask, geo.rssi_dbm - _predicted_rssi(geo, xy, radio_map), 0.0)
     w = np.where(geo.mask, _huber_weight(np.abs(res) / geo.sd_db) / geo.sd_db**2, 0.0)
     total = w.sum(axis=1)
     enough = (geo.mask.sum(axis=1) >= min_gateways) & (total > 0.0)

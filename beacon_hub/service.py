@@ -130,7 +130,8 @@ class _SiteRun:
     ledger: list[LedgerEntry] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     last_tick_wall: float | None = None
-    last_tick: float | None = None
+    tick_lag_s: float | None = None
+    """How long after its data time the last tick ran (wall clock minus t)."""
     skipped: int = 0
     """Ticks the overload policy left out."""
     hold_until: float = -math.inf
@@ -203,22 +204,7 @@ class Hub:
             self.registry.add(read_assets(cfg.assets))
         self.sites: dict[str, _SiteRun] = {}
         for site, engine in sites:
-            outputs = (
-                SiteOutputs(site.id, self.link.publish, cfg.outputs.track_refresh_s)
-                if cfg.outputs.mqtt
-                else None
-            )
-            run = _SiteRun(
-                site,
-                engine,
-                outputs,
-                frozenset(g.id for g in site.gateways),
-                FixThinner(cfg.stores.deadband_m, cfg.stores.heartbeat_s),
-            )
-            last = self.sqlite.last_tick(site.id)
-            if last is not None and last >= clock() - MAX_CATCH_UP_S:
-                run.next_tick = last + cfg.engine.tick_interval_s
-            self.sites[site.id] = run
+            self.sites[site.id] = self._site_run(site, engine, clock())
         self.ingestor = Ingestor(
             {s.id: r.gateways for s, r in ((r.site, r) for r in self.sites.values())},
             cfg.ingest,
@@ -301,6 +287,27 @@ class Hub:
         """Set once connected and serving (tests wait on it)."""
         self._live_from = clock()
         """Ticks before this are a backlog (a restart's): replayed in full, never skipped."""
+
+    def _site_run(self, site: Site, engine: Engine, now: float) -> _SiteRun:
+        """A site's run, its ticks going on after the last one SQLite stored if that is recent."""
+        cfg = self.cfg
+        outputs = (
+            SiteOutputs(site.id, self.link.publish, cfg.outputs.track_refresh_s)
+            if cfg.outputs.mqtt
+            else None
+        )
+        run = _SiteRun(
+            site,
+            engine,
+            outputs,
+            frozenset(g.id for g in site.gateways),
+            FixThinner(cfg.stores.deadband_m, cfg.stores.heartbeat_s),
+        )
+        self.metrics.ticks_skipped.labels(site.id)  # the series exists (at 0) before a skip
+        last = self.sqlite.last_tick(site.id)
+        if last is not None and last >= now - MAX_CATCH_UP_S:
+            run.next_tick = last + cfg.engine.tick_interval_s
+        return run
 
     def _add_influx(self, influx: InfluxStore) -> None:
         """Adds the store and sends it again the ticks SQLite stored lately. Its writer holds a
@@ -575,9 +582,8 @@ class Hub:
         if len(self.registry):
             self.registry.seen(table.beacons, t)
         run.last_tick_wall = self.clock()
-        run.last_tick = t
-        self.metrics.tick_lag.labels(site).set(run.last_tick_wall - t)
-        self.metrics.ticks_skipped.labels(site)  # the series exists (at 0) before any skip
+        run.tick_lag_s = run.last_tick_wall - t
+        self.metrics.tick_lag.labels(site).set(run.tick_lag_s)
         self.metrics.fixes.labels(site).inc(len(table))
         self.metrics.accuracy_factor.labels(site).set(run.engine.residuals.factor())
         self.totals["fixes"] += len(table)
@@ -602,15 +608,10 @@ class Hub:
             age = None if run.last_tick_wall is None else now - run.last_tick_wall
             if age is not None and age > stale:
                 ok = False
-            lag = (
-                None
-                if run.last_tick is None or run.last_tick_wall is None
-                else run.last_tick_wall - run.last_tick
-            )
             sites[sid] = {
                 "next_tick": run.next_tick,
                 "seconds_since_tick": age,
-                "tick_lag_s": lag,
+                "tick_lag_s": run.tick_lag_s,
                 "ticks_skipped": run.skipped,
             }
         return ok, {

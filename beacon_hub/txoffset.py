@@ -3,7 +3,8 @@
 Ranging assumes the site's ref_rssi_1m_dbm, or what the beacon announces (an iBeacon's
 measured power, Eddystone's tx power). A beacon that announces nothing and is weaker than the
 site assumes is placed as if every gateway were farther: a generic -59 dBm on flat-calib2021,
-whose tag is 11.6 dB stronger than that, put the robot 3.7 m off (median) instead of 1.2 m.
+whose tag is 11.6 dB stronger than that, put the robot 3.54 m off (median, tracked) instead
+of the 2.38 m of the fitted reference (1.94 m with the power learnt: README, Accuracy).
 That is the "calibration pain" of ESPresense's per-device `rssi@1m` and Bermuda's per-device
 reference power, set by hand.
 
@@ -34,9 +35,9 @@ I64 = NDArray[np.int64]
 
 TX_OFFSET_PRIOR_SD_DB = 10.0
 """Spread of a beacon's power about the site's reference before any fix: 1 m RSSI of common
-tags spans about -70 to -45 dBm over their models and power settings (Apple's iBeacon
-guidance calibrates each; ESPresense's default rssi@1m is -65, a generic iBeacon's -59,
-flat-calib2021's tag -47.4)."""
+tags spans tens of dB over their models and power settings (a generic iBeacon's advertised
+default -59 dBm, flat-calib2021's tag -47.4); 10 dB lets the data move it that far within a
+few ticks."""
 TX_OFFSET_DRIFT_DB2_S = 0.01
 """Random-walk variance a second (dB^2 / s): a battery sagging, a tag turned in its holder.
 With a tick's mean residual spread of about 8 dB^2 (7 dB shadowing over 6 gateways) the
