@@ -76,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         raise BeaconHubError("nothing to do: give --broker, --out and/or --truth")
     if not args.duration > 0:
         raise BeaconHubError(f"--duration must be positive, got {args.duration:g}")
+    if not args.tag_power_sd_db >= 0:
+        raise BeaconHubError(f"--tag-power-sd-db must be 0 or more, got {args.tag_power_sd_db:g}")
     site = load_site(args.site)
     scenario = cast(ScenarioName | None, args.scenario)
     population = default_population(site, scenario)
@@ -105,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         population=population,
         radio=radio,
         building_seed=args.building_seed,
+        tag_power_sd_db=args.tag_power_sd_db,
+        announce_tx=not args.no_announce,
     )
     try:
         sim = Simulation(site, options)
@@ -162,6 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         metavar="KIND=S",
         help="advertising interval of a beacon kind, e.g. pallet=0.5 (repeatable)",
+    )
+    extra.add_argument(
+        "--tag-power-sd-db",
+        type=float,
+        default=0.0,
+        metavar="SD",
+        help="each tag transmits N(0, SD) dB off what it announces (mixed models; 0)",
+    )
+    extra.add_argument(
+        "--no-announce",
+        action="store_true",
+        help="tags announce no tx power (plain adverts; the hub then learns it, tx_offset)",
     )
     extra.add_argument(
         "--start", type=float, metavar="UNIX_S", help="simulated start time (see docs)"

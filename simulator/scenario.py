@@ -89,6 +89,11 @@ class RunOptions:
     """Draws the building's radio (static shadowing fields, channel offsets, gateway clocks)
     apart from the run: a survey walk and a later day with other shoppers share one building.
     None: the run's seed, so a seed alone still fixes everything."""
+    tag_power_sd_db: float = 0.0
+    """Each tag transmits this far (dB, normal, drawn from the run's seed) from what it
+    announces: a fleet of mixed models and power settings. 0: exactly what it announces."""
+    announce_tx: bool = True
+    """Tags announce their power (TX_AT_1M_DBM); False: plain adverts that say nothing."""
 
 
 @dataclass
@@ -154,6 +159,12 @@ class Simulation:
         phase = np.where(self._delay > 0, self._rng.random(n), 0.5)
         self._next_adv = options.start_s + phase * interval
         self._slow = self.radio.new_slow_state(n, self._rng)
+        self._power_db = np.zeros(n)
+        if options.tag_power_sd_db > 0:
+            # a stream of its own: every other draw stays as a run without the spread makes it
+            power_rng = np.random.default_rng(np.random.SeedSequence(options.seed).spawn(5)[4])
+            self._power_db = power_rng.normal(0.0, options.tag_power_sd_db, n)
+        self._tx = TX_AT_1M_DBM if options.announce_tx else None
         g = self.radio.n_gateways
         self._cache = _Cache(
             end_s=np.full(n, np.nan),
@@ -233,7 +244,7 @@ class Simulation:
                 truth_zone=truth_zone,
                 t0=t0,
             )
-        rssi = self.radio.packets(link, self._rng)
+        rssi = self.radio.packets(link + self._power_db[who, None], self._rng)
         return self._window(
             t0=t0,
             t1=t1,
@@ -319,7 +330,7 @@ class Simulation:
                     b=tuple(b.tolist()),
                     dt_ms=tuple(dt_ms.tolist()),
                     rssi=tuple(values.tolist()),
-                    tx=(TX_AT_1M_DBM,) * heard.size,
+                    tx=(self._tx,) * heard.size,
                 )
             )
             self.seq[g] += 1
@@ -407,7 +418,7 @@ class ReadingsCsv:
         if window.reading_t_s.size == 0:
             return
         gw, beacon = sim.gateway_ids, sim.beacon_ids
-        tx = f"{TX_AT_1M_DBM:g}"
+        tx = f"{TX_AT_1M_DBM:g}" if sim.options.announce_tx else ""
         integer = sim.options.radio.integer_rssi
         rssi = [f"{v:.0f}" if integer else f"{v:.2f}" for v in window.reading_rssi.tolist()]
         lines = [

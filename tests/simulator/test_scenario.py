@@ -112,6 +112,46 @@ def test_building_seed_fixes_the_building_and_leaves_the_run_to_its_seed() -> No
     assert not np.array_equal(ends[0], ends[2])
 
 
+def test_tags_can_stay_silent_about_their_power_and_differ_in_it(tmp_path: Path) -> None:
+    """--no-announce blanks tx_power and nothing else; --tag-power-sd-db moves each tag's
+    readings by its own offset before the receivers' sensitivity, so a stronger tag is heard
+    more often, not just louder."""
+    runs = {}
+    for name, extra in (
+        ("plain", []),
+        ("silent", ["--no-announce"]),
+        ("mixed", ["--no-announce", "--tag-power-sd-db", "6"]),
+    ):
+        r, t = tmp_path / f"{name}_r.csv", tmp_path / f"{name}_t.csv"
+        argv = ["run", "--site", str(STORE), "--duration", "20", "--seed", "3", "--speed", "max"]
+        assert main([*argv, "--out", str(r), "--truth", str(t), *extra]) == 0
+        runs[name] = (list(read_readings(r)), t.read_bytes())
+    plain, silent, mixed = (runs[k][0] for k in ("plain", "silent", "mixed"))
+    assert runs["plain"][1] == runs["silent"][1] == runs["mixed"][1]  # the same shoppers
+    assert {x.tx_power for x in plain} == {-59.0}
+    assert {x.tx_power for x in silent} == {x.tx_power for x in mixed} == {None}
+    assert [(x.t, x.gateway, x.beacon, x.rssi) for x in plain] == [
+        (x.t, x.gateway, x.beacon, x.rssi) for x in silent
+    ]
+
+    def per_tag(rows: list[Any]) -> tuple[dict[str, float], Counter[str]]:
+        sums: Counter[str] = Counter()
+        counts: Counter[str] = Counter(x.beacon for x in rows)
+        for x in rows:
+            sums[x.beacon] += x.rssi
+        return {b: sums[b] / counts[b] for b in counts}, counts
+
+    (mean0, n0), (mean6, n6) = per_tag(plain), per_tag(mixed)
+    tags = sorted(set(n0) & set(n6))
+    shift = np.array([mean6[b] - mean0[b] for b in tags])
+    heard = np.array([np.log(n6[b] / n0[b]) for b in tags])
+    assert len(tags) > 50
+    # less than 6 dB apart on average: a weak tag's weakest readings go unheard, a strong
+    # one's join (2.9 dB measured)
+    assert np.std(shift) > 2.0
+    assert np.corrcoef(shift, heard)[0, 1] > 0.5
+
+
 def test_room_companion_mode_is_the_harness_noise(tmp_path: Path) -> None:
     """One sample a second along the two walks, heard by all four nodes, with Gaussian 2.5 dB
     and a 6 dB dip on 10 % of samples around the log-distance mean."""
@@ -157,6 +197,8 @@ def test_bad_broker_and_nothing_to_do_fail_with_a_message(
     assert "nothing to do" in capsys.readouterr().err
     assert main([*base, "--broker", "http://x"]) == 1
     assert "mqtt://host" in capsys.readouterr().err
+    assert main([*base, "--out", "x.csv", "--tag-power-sd-db", "-1"]) == 1
+    assert "--tag-power-sd-db must be 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.integration
