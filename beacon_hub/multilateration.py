@@ -176,16 +176,39 @@ def reduced_chi2(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
 
 
 def mean_residual_db(
-    geo: Geometry, xy: F64, radio_map: MapFn | None, min_gateways: int
+    geo: Geometry,
+    xy: F64,
+    radio_map: MapFn | None,
+    min_gateways: int,
+    above_dbm: F64 | None = None,
 ) -> tuple[F64, F64]:
     """Per beacon: the mean of its residuals (reading - predicted, dB) at `xy`, weighed as the
     fit weighs them (inverse variance times Huber's weight), and that mean's variance; NaN for
-    beacons heard by fewer than `min_gateways`. An offset common to all of a beacon's
-    gateways (its tx power) shows here and nowhere else (txoffset.py)."""
-    res = np.where(geo.mask, geo.rssi_dbm - _predicted_rssi(geo, xy, radio_map), 0.0)
-    w = np.where(geo.mask, _huber_weight(np.abs(res) / geo.sd_db) / geo.sd_db**2, 0.0)
+    beacons with fewer than `min_gateways` such readings. An offset common to all of a
+    beacon's gateways (its tx power) shows here and nowhere else (txoffset.py).
+
+    With `above_dbm` (B, K), only slots predicted above it count: near a gateway's floor only
+    the readings that fading lifted over it are heard, and their residuals lean positive. The
+    cut is on the prediction, not the reading (which leans the same way), moved by the mean
+    residual of all slots: a beacon whose power is still far off would otherwise have none
+    predicted above it (a generic -59 dBm predicts flat-calib2021's tag 12 dB low)."""
+    mu = _predicted_rssi(geo, xy, radio_map)
+    res = geo.rssi_dbm - mu
+    mean, var = _weighted_mean_residual(geo, geo.mask, res, min_gateways)
+    if above_dbm is None:
+        return mean, var
+    shifted = mu + np.nan_to_num(mean)[:, None]
+    return _weighted_mean_residual(geo, geo.mask & (shifted >= above_dbm), res, min_gateways)
+
+
+def _weighted_mean_residual(
+    geo: Geometry, use: NDArray[np.bool_], residual_db: F64, min_gateways: int
+) -> tuple[F64, F64]:
+    """mean_residual_db over the slots `use`."""
+    res = np.where(use, residual_db, 0.0)
+    w = np.where(use, _huber_weight(np.abs(res) / geo.sd_db) / geo.sd_db**2, 0.0)
     total = w.sum(axis=1)
-    enough = (geo.mask.sum(axis=1) >= min_gateways) & (total > 0.0)
+    enough = (use.sum(axis=1) >= min_gateways) & (total > 0.0)
     safe = np.where(enough, total, 1.0)
     mean = np.where(enough, (w * res).sum(axis=1) / safe, np.nan)
     return mean, np.where(enough, 1.0 / safe, np.nan)

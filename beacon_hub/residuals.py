@@ -81,6 +81,16 @@ class ResidualSpread:
         m = self.median()
         if m is None:
             return 1.0
+        return self._leaning(math.log(RESIDUAL_TO_ERROR * math.sqrt(m)))
+
+    def spread_ratio(self) -> float:
+        """The residuals' spread over the one the model gives them: sqrt(median), leaning on 1
+        while there is little evidence (PRIOR_FIXES)."""
+        m = self.median()
+        if m is None:
+            return 1.0
+        return self._leaning(math.log(math.sqrt(m)))
+
+    def _leaning(self, measured_log: float) -> float:
         n = float(self.counts.sum())
-        measured = math.log(RESIDUAL_TO_ERROR * math.sqrt(m))
-        return math.exp(measured * n / (n + PRIOR_FIXES))
+        return math.exp(measured_log * n / (n + PRIOR_FIXES))

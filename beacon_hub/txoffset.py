@@ -24,6 +24,8 @@ from numpy.typing import NDArray
 
 __all__ = [
     "TX_OFFSET_DRIFT_DB2_S",
+    "TX_OFFSET_FLOOR_MAX_DBM",
+    "TX_OFFSET_FLOOR_SD",
     "TX_OFFSET_LIMIT_DB",
     "TX_OFFSET_MIN_GATEWAYS",
     "TX_OFFSET_PRIOR_SD_DB",
@@ -47,6 +49,19 @@ TX_OFFSET_LIMIT_DB = 30.0
 """No beacon is this far from the site's reference: beyond it the fit is in a wrong basin."""
 TX_OFFSET_MIN_GATEWAYS = 3
 """With fewer, the offset and the position are not separable (two readings, three unknowns)."""
+
+TX_OFFSET_FLOOR_SD = 2.5
+"""A gateway's reading counts only where the fix predicts it (moved by the beacon's mean
+residual) this many of its spreads above the gateway's floor: nearer the floor, what is heard
+is what fading lifted over it, and it leans high. On the simulated store (C) with its carts
+silent about their power and all at the site's reference, learning cost 3.26 -> 3.75 m
+(median) with every gateway counted, 3.26 -> 3.36 m with this cut (README, Accuracy); 6 spreads
+left too few gateways to learn from."""
+TX_OFFSET_FLOOR_MAX_DBM = -95.0
+"""The floor counts no higher than this: BLE receivers hear down to -95..-100 dBm (ESP32's
+datasheet: -97 dBm at 1 Mbps). A gateway's floor learnt from few beacons (ReceiverFloors: the
+weakest it has reported) is where they were, not where its hearing ends: on flat-calib2021,
+one tag, the floors cut most readings and the tag learnt nothing for two minutes."""
 
 
 class TxOffsets:

@@ -78,6 +78,29 @@ def test_the_mean_residual_at_the_true_spot_is_the_offset() -> None:
     assert math.isnan(var[0])
 
 
+def test_gateways_predicted_near_their_floor_do_not_count() -> None:
+    """Far gateways hear only what fading lifted over their floor: their readings lean high.
+    Cut on the prediction (moved by the mean residual, so a tag far from the site's reference
+    keeps its near gateways), the mean is the near gateways' own."""
+    xy = (3.0, 3.0)  # near gateways 0 and 4 (and 3), far from 1 and 2
+    for offset_db in (0.0, 10.0):
+        geo = _geometry(xy, offset_db, 5)
+        geo.rssi_dbm[0, 1:3] += 6.0  # the far two, censored
+        at = np.array([xy])
+        predicted = geo.rssi_dbm[0] - offset_db - np.r_[0.0, 6.0, 6.0, 0.0, 0.0]
+        everything, _ = mean_residual_db(geo, at, None, 3)
+        assert everything[0] > offset_db + 1.0
+        # between the far and the near, as the cut sees them (moved by the mean residual)
+        above = np.full((1, 5), (predicted[1] + predicted[3]) / 2 + everything[0])
+        mean, var = mean_residual_db(geo, at, None, 3, above_dbm=above)
+        assert mean[0] == pytest.approx(offset_db)
+        # three readings of 4 dB, each weighed down alike beyond Huber's k (1.5 sd)
+        assert var[0] == pytest.approx(16.0 / 3 * max(1.0, offset_db / 4.0 / 1.5))
+        # fewer than three clear of the floor: nothing to say
+        mean, _ = mean_residual_db(geo, at, None, 3, above_dbm=above + 100.0)
+        assert math.isnan(mean[0])
+
+
 def _readings(site: Site, t: float, *, announce: bool) -> list[Readings]:
     out = []
     for g in site.gateways:

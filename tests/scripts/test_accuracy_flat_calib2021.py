@@ -74,4 +74,4 @@ def test_a_generic_reference_is_rescued_by_learning_the_tag_s_power(
     assert learnt["median_m"] < 0.65 * not_learnt["median_m"]  # 1.94 against 3.54
     assert learnt["median_m"] < fitted["median_m"] + 0.25  # 1.87
     assert 0.60 <= learnt["within_accuracy"] <= 0.78  # 75 %; 100 % not learnt
-    assert results["generic -59 dBm + tracking"]["walk"]["median_m"] < 0.80  # 0.65; 0.99
+    assert results["generic -59 dBm + tracking"]["walk"]["median_m"] < 0.80  # 0.71; 0.99
