@@ -541,7 +541,8 @@ class Engine:
         self._active, self._parked_xy = np.zeros(0, dtype=bool), np.zeros((0, 2))
         self._still_since, self._move_nats = np.zeros(0), np.zeros(0)
         self._reference_xy: dict[int, tuple[float, float, float, int]] = {}
-        self.watermark = self._last_reference_update = -math.inf
+        # _floors_t: the tick whose estimates gw_floors has counted (_receiver_floors)
+        self.watermark = self._last_reference_update = self._floors_t = -math.inf
         # the wide searches' candidates: a new track's first fix, and the rival basins'
         self._wide_offsets, self._rival_offsets = (
             _search_offsets(self.config.first_fix_search_m),
@@ -681,7 +682,9 @@ class Engine:
             grid_prior = (np.full((idx.shape[0], 2), np.nan), np.zeros((idx.shape[0], 2, 2)))
             grid_prior[0][tracked] = predicted[0][:, [0, 2]]
             grid_prior[1][tracked] = predicted[1][:, [0, 2]][:, :, [0, 2]] * PRIOR_INFLATION
-        geo, geo_grid = self._with_body(geo, self._with_unheard(geo, level, prior, est), idx, prior)
+        geo, geo_grid = self._with_body(
+            geo, self._with_unheard(t, geo, level, prior, est), idx, prior
+        )
         # with tracking, a beacon without a track yet searches wide (first_fix_search_m)
         fresh = ~tracked if cfg.tracking else np.zeros_like(tracked)
         if cfg.tracking:
@@ -818,10 +821,8 @@ class Engine:
         rows = np.flatnonzero(learn)
         if rows.shape[0] == 0:
             return
-        if not self._grid_solver or self.config.unheard_gateways == 0:
-            self.gw_floors.add(est.gateway, est.rssi_dbm)  # else _with_unheard has
         sub = select_rows(geo, rows)
-        floor = np.minimum(self.gw_floors.dbm[sub.gw], TX_OFFSET_FLOOR_MAX_DBM)
+        floor = np.minimum(self._receiver_floors(t, est)[sub.gw], TX_OFFSET_FLOOR_MAX_DBM)
         # A site quieter than the model says (its residuals' spread) leans less near the floor.
         # Never a higher cut than the model's: on the simulated store (spread ratio 1.12-1.2)
         # it left fewer gateways and placed worse (median / p90 3.36 / 7.63 -> 3.41 / 8.39 m).
@@ -834,6 +835,14 @@ class Engine:
             above_dbm=floor + TX_OFFSET_FLOOR_SD * spread * sub.sd_db,
         )
         self.tx_offsets.update(t, idx[rows], mean, var)
+
+    def _receiver_floors(self, t: float, est: PairEstimates) -> F64:
+        """Each gateway's floor with tick `t`'s pair estimates `est` counted once, whoever
+        asks first (the map likelihood's unheard gateways, the learnt tx power's cut)."""
+        if self._floors_t != t:
+            self._floors_t = t
+            self.gw_floors.add(est.gateway, est.rssi_dbm)
+        return self.gw_floors.dbm
 
     def _beacon_offset_db(self, idx: I64) -> F64:
         """What beacons `idx` add to their gateways' reference: announced and learnt power."""
@@ -1184,7 +1193,9 @@ class Engine:
         out[some] = np.where((total > 0)[:, None], mean, xy)
         return out
 
-    def _with_unheard(self, geo: Geometry, level: I64, prior: F64, est: PairEstimates) -> Geometry:
+    def _with_unheard(
+        self, t: float, geo: Geometry, level: I64, prior: F64, est: PairEstimates
+    ) -> Geometry:
         """`geo` with unheard_gateways more slots per beacon for the map likelihood: the
         gateways nearest to its track's prediction `prior` (n, 2; NaN rows: to the weighted
         centroid of those that heard it) on its level among those up (that heard some beacon
@@ -1192,8 +1203,7 @@ class Engine:
         where fewer qualify; `geo` itself without the grid solver or with unheard_gateways 0."""
         if not self._grid_solver or self.config.unheard_gateways == 0:
             return geo
-        self.gw_floors.add(est.gateway, est.rssi_dbm)
-        floor = self.gw_floors.dbm
+        floor = self._receiver_floors(t, est)
         up = np.unique(est.gateway)
         near = np.where(np.isnan(prior), weighted_centroid(geo), prior)
         n, n_gw = geo.gw.shape[0], self.gw_xy.shape[0]

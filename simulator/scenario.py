@@ -134,8 +134,10 @@ class Simulation:
     def __init__(self, site: Site, options: RunOptions) -> None:
         self.site = site
         self.options = options
-        seeds = np.random.SeedSequence(options.seed).spawn(4)
-        radio_rng, pop_rng, self._rng, boot_rng = (np.random.default_rng(s) for s in seeds)
+        # a child seed's stream depends on its index alone: a fifth (the tags' powers, drawn
+        # only with tag_power_sd_db) leaves the other four as they were
+        seeds = np.random.SeedSequence(options.seed).spawn(5)
+        radio_rng, pop_rng, self._rng, boot_rng = (np.random.default_rng(s) for s in seeds[:4])
         if options.building_seed is not None:
             # the radio stream exactly as a run with that seed draws it
             radio_rng = np.random.default_rng(
@@ -161,10 +163,10 @@ class Simulation:
         self._slow = self.radio.new_slow_state(n, self._rng)
         self._power_db = np.zeros(n)
         if options.tag_power_sd_db > 0:
-            # a stream of its own: every other draw stays as a run without the spread makes it
-            power_rng = np.random.default_rng(np.random.SeedSequence(options.seed).spawn(5)[4])
+            power_rng = np.random.default_rng(seeds[4])
             self._power_db = power_rng.normal(0.0, options.tag_power_sd_db, n)
-        self._tx = TX_AT_1M_DBM if options.announce_tx else None
+        self.announced_tx_dbm = TX_AT_1M_DBM if options.announce_tx else None
+        """What every tag's adverts say of its power (None: nothing)."""
         g = self.radio.n_gateways
         self._cache = _Cache(
             end_s=np.full(n, np.nan),
@@ -330,7 +332,7 @@ class Simulation:
                     b=tuple(b.tolist()),
                     dt_ms=tuple(dt_ms.tolist()),
                     rssi=tuple(values.tolist()),
-                    tx=(self._tx,) * heard.size,
+                    tx=(self.announced_tx_dbm,) * heard.size,
                 )
             )
             self.seq[g] += 1
@@ -418,7 +420,7 @@ class ReadingsCsv:
         if window.reading_t_s.size == 0:
             return
         gw, beacon = sim.gateway_ids, sim.beacon_ids
-        tx = f"{TX_AT_1M_DBM:g}" if sim.options.announce_tx else ""
+        tx = "" if sim.announced_tx_dbm is None else f"{sim.announced_tx_dbm:g}"
         integer = sim.options.radio.integer_rssi
         rssi = [f"{v:.0f}" if integer else f"{v:.2f}" for v in window.reading_rssi.tolist()]
         lines = [
