@@ -117,6 +117,10 @@ memory (it flushes every 0.2 s here, retries after 0.5 s): the diagnosis names s
 CATCH_UP_TIMEOUT_S = 120.0
 """At the end: the hub must have processed everything offered within this long."""
 POLL_S = 0.1
+EARLY_ACK_KEEP_S = 3600.0
+"""How long a PUBACK for a mid the gateway has not filed is kept: a reading's comes within
+milliseconds of publish(); a status's or heartbeat's is never asked for. A client reuses a mid
+only after 65,535 messages, some 15 hours of a soak gateway's (a round a second)."""
 UUID_ = "7c0f5a3e-2b1d-4e8f-9a6c-1d2e3f4a5b6c"
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -155,6 +159,8 @@ class Gateway:
         self.up = False
         """Connected or reconnecting (not dropped)."""
         self._inflight: dict[int, Sent] = {}
+        self._early: dict[int, float] = {}
+        """PUBACKs paho reported for mids not (yet) in _inflight, by mid: when."""
         self.client = self._connect()
 
     def boot_again(self) -> None:
@@ -176,7 +182,7 @@ class Gateway:
         client.on_publish = self._on_publish
         client.on_connect = self._on_connect
         with self.lock:
-            self._inflight = {}
+            self._inflight, self._early = {}, {}
         client.connect_async(self.broker.host, self.broker.port, keepalive=10)
         client.loop_start()
         self.up = True
@@ -198,18 +204,29 @@ class Gateway:
             c.publish(status_topic(self.site, self.id), self._status("online"), 1, retain=True)
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        # paho's network thread calls this holding paho's outgoing-message lock, which
+        # client.publish() takes too: publish() must not hold self.lock while it calls paho
+        # (the two locks taken in opposite orders deadlocked a CI soak, 2026-12-07).
+        now = time.time()
         with self.lock:
             s = self._inflight.pop(mid, None)
             if s is not None:
-                s.acked = time.time()
+                s.acked = now
+                return
+            # acknowledged before publish() filed it, or a status / heartbeat (EARLY_ACK_KEEP_S)
+            self._early = {m: at for m, at in self._early.items() if now - at < EARLY_ACK_KEEP_S}
+            self._early[mid] = now
 
     def publish(self, batch: ReadingBatch) -> None:
         payload = encode_batch(batch)
         s = Sent(self.id, batch.boot, batch.seq, len(batch), time.time())
+        info = self.client.publish(readings_topic(self.site, self.id), payload, qos=1)
         with self.lock:
-            # Under the lock: paho may call on_publish before publish() returns.
-            info = self.client.publish(readings_topic(self.site, self.id), payload, qos=1)
-            self._inflight[info.mid] = s
+            acked = self._early.pop(info.mid, None)
+            if acked is None:
+                self._inflight[info.mid] = s
+            else:
+                s.acked = acked
             self.sent.append(s)
             self.recent.append((s, payload))
 
