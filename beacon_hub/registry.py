@@ -236,13 +236,17 @@ class AssetRegistry:
             if (a := self._by_beacon[b]) is not None
         ]
         db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO assets (beacon, kind, battery_mv, temperature_c, last_seen) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (beacon) DO UPDATE SET "
-            "battery_mv = excluded.battery_mv, temperature_c = excluded.temperature_c, "
-            "last_seen = excluded.last_seen",
-            rows,
-        )
-        db.execute("COMMIT")
+        try:
+            db.executemany(
+                "INSERT INTO assets (beacon, kind, battery_mv, temperature_c, last_seen) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (beacon) DO UPDATE SET "
+                "battery_mv = excluded.battery_mv, temperature_c = excluded.temperature_c, "
+                "last_seen = excluded.last_seen",
+                rows,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")  # the writer's next transaction must be able to begin
+            raise
         self._dirty.clear()
         return len(rows)

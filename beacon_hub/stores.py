@@ -273,6 +273,13 @@ index page is written once per transaction instead of once per tick. Measured he
 _HISTORY_ORDER = operator.itemgetter(0, 1, 2)
 """A fixes row's (site, beacon, t): the order of the history index `fixes_by_beacon`."""
 
+TICK_COMMIT_ATTEMPTS = 3
+"""A tick group's transaction is tried this many times before its ticks are given up (counted
+in store_errors, logged): a lock held past the busy timeout (an `erase` scanning the fixes
+table, an `assets import`) passes; a full or broken disk does not, and the hub goes on."""
+TICK_RETRY_BACKOFF_S = 1.0
+"""Pause before the second attempt, twice this before the third, on top of the busy timeout."""
+
 MAX_PENDING_JOBS = 8
 """Ticks waiting for the SQLite writer. When full, the service thread waits (back-pressure on
 the inbox, then on the broker): a slow disk slows the hub down, it does not lose data."""
@@ -339,17 +346,28 @@ class SqliteStore:
             try:
                 job(self.db)
             except Exception:
+                # A job that failed inside its own transaction must not leave it open: every
+                # later BEGIN would fail, and with it every tick until a restart.
+                _roll_back(self.db)
                 log.exception("SQLite store %s: a write failed", self.path)
                 self.metrics.store_errors.labels(self.name).inc()
 
     def _commit_ticks(self, group: Sequence[TickWrite]) -> None:
-        ok = True
-        try:
-            self.commit_many([(w.record, w.ledger, w.gateways) for w in group])
-        except Exception:  # the writer thread must outlive any one write
-            ok = False
-            ticks = ", ".join(f"{w.record.site} {w.record.t:.3f}" for w in group)
-            log.exception("SQLite store %s: ticks not stored: %s", self.path, ticks)
+        ok = False
+        for attempt in range(TICK_COMMIT_ATTEMPTS):
+            if attempt:
+                time.sleep(TICK_RETRY_BACKOFF_S * attempt)
+            try:
+                self.commit_many([(w.record, w.ledger, w.gateways) for w in group])
+            except Exception:  # the writer thread must outlive any one write
+                ticks = ", ".join(f"{w.record.site} {w.record.t:.3f}" for w in group)
+                log.exception(
+                    "SQLite store %s: ticks not stored (attempt %d of %d): %s",
+                    self.path, attempt + 1, TICK_COMMIT_ATTEMPTS, ticks,
+                )  # fmt: skip
+                continue
+            ok = True
+            break
         for w in group:
             w.then(ok)
 
@@ -422,15 +440,15 @@ class SqliteStore:
     ) -> None:
         """Several ticks in one transaction, in order: all of them or none."""
         db = self.db
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             if self.keep_fixes:
                 self._insert_fixes(db, [record for record, _, _ in ticks])
             for record, ledger, gateways in ticks:
                 self._insert_tick(db, record, ledger, gateways)
             db.execute("COMMIT")
         except BaseException as e:
-            db.execute("ROLLBACK")  # whatever failed, the next BEGIN must work
+            _roll_back(db)  # whatever failed, the next BEGIN must work
             self.metrics.store_errors.labels(self.name).inc()
             if isinstance(e, sqlite3.Error):
                 raise StoreError(f"SQLite store {self.path}: {e}") from e
@@ -553,6 +571,12 @@ class SqliteStore:
             self._thread.join()
             self._thread = None
         self.db.close()
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """End a transaction a failed write left open (a no-op when none is)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 # ------------------------------------------------------------------------- SQLite, read side

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -298,6 +299,46 @@ def test_ticks_waiting_for_the_writer_share_a_transaction_in_order(tmp_path: Pat
     assert db.execute(
         "SELECT t, x FROM fixes WHERE site = ? AND beacon = ? ORDER BY t", (SITE, BEACON.format(2))
     ).fetchall() == [(T0, 2.0), (T0 + 1, 3.0)]
+
+
+def test_a_write_that_fails_inside_its_transaction_does_not_stop_later_ticks(
+    tmp_path: Path,
+) -> None:
+    """Another process holding the write lock past the busy timeout (an `erase`, an `assets
+    import`): the registry's save fails inside its transaction, which must not stay open (every
+    later BEGIN failed until a restart), and a tick that meets the lock is tried again."""
+    path = tmp_path / "hub.sqlite"
+    metrics = Metrics()
+    store = SqliteStore(path, metrics)
+    store.db.execute("PRAGMA busy_timeout = 50")  # the hub waits 10 s; the test need not
+    store.start()
+    registry = AssetRegistry([Asset(BEACON.format(1), "P-1")])
+    registry.seen([BEACON.format(1)], T0)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    store.submit(registry.save_job())
+    assert store.flush(30)
+    errors = metrics.store_errors.labels("sqlite")
+    assert errors._value.get() == 1
+    stored: list[bool] = []
+    store.submit_tick(
+        TickWrite(TickRecord(SITE, T0, _table([BEACON.format(1)], [1.0], [None]), [], [None]),
+                  [], [], stored.append)
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while errors._value.get() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the tick's first attempt meets the lock
+    other.execute("COMMIT")
+    other.close()
+    assert store.flush(30)
+    assert stored == [True]
+    registry.seen([BEACON.format(1)], T0 + 1)  # the next tick's save, as the hub makes them
+    store.submit(registry.save_job())
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM fixes").fetchone() == (1,)
+    assert db.execute("SELECT last_seen FROM assets").fetchone() == (T0 + 1,)
+    db.close()
 
 
 def test_a_failed_tick_transaction_is_reported_and_the_writer_goes_on(tmp_path: Path) -> None:
