@@ -9,12 +9,17 @@ Three sources feed one registry, and the newest decision about a beacon wins:
 - the API (`PUT/DELETE /api/consent/{beacon}`, web.py) calls `grant`/`revoke`, which decide at
   once and publish the same retained topic for each site of this hub, so the other processes
   agree. A decision's `t` (wall clock of the deciding process) orders decisions from several
-  sources; a re-delivered older one changes nothing.
+  sources; a re-delivered older one changes nothing. An API decision is the newest this process
+  knows: its `t` is never before the decision it replaces (a wall clock stepped back, or another
+  process's clock ahead, must not make the shopper's latest choice lose).
 
 Consent is per tag, hub-wide: a message on any site's topic decides for the beacon.
 
 Threads. `grant`/`revoke` run on the HTTP server's threads, `apply` on the service thread,
 `has_consent` on the service thread (privacy.py) and HTTP threads: one lock guards the map.
+A second lock makes each `grant`/`revoke` whole: the clock is read, the map written and the
+retained topic published before the next one starts, so the broker keeps the last decision, not
+whichever publish came last. `apply` and `has_consent` never wait for a publish.
 """
 
 from __future__ import annotations
@@ -227,6 +232,11 @@ class ConsentRegistry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._lock = threading.Lock()
+        self._decide_lock = threading.Lock()
+        """Held by grant/revoke from reading the clock to the last publish (module docstring).
+        Safe to hold across MqttLink.publish: MqttLink (ingest.py) sets no on_publish callback,
+        so paho's publish() never calls back into the hub, and no paho callback takes this
+        lock."""
         self._by_beacon: dict[str, Consent] = dict(initial or {})
         self._publish = publish
         self._sites = tuple(sites)
@@ -245,7 +255,7 @@ class ConsentRegistry:
         """Record consent now, publish it retained for this hub's sites; the pseudonym the
         beacon will have in every output."""
         beacon = canonical_beacon_id(beacon)
-        self._decide(beacon, Consent(True, self._clock(), expires))
+        self._decide(beacon, consent=True, expires=expires)
         if self._pseudonym is None:
             # An unkeyed hash of a guessable id would be no pseudonym at all.
             raise BeaconHubError("consent registry: no privacy key attached (Privacy.attach)")
@@ -254,7 +264,7 @@ class ConsentRegistry:
     def revoke(self, beacon: str) -> None:
         """Withdraw consent now (tracking stops at the next tick); stored data stays until
         retention or `beacon-hub erase`."""
-        self._decide(canonical_beacon_id(beacon), Consent(False, self._clock(), None))
+        self._decide(canonical_beacon_id(beacon), consent=False, expires=None)
 
     def has_consent(self, beacon: str, at: float | None = None) -> bool:
         """True if the beacon's shopper has consented and the grant has not expired at `at`
@@ -282,11 +292,17 @@ class ConsentRegistry:
         with self._lock:
             return sorted(b for b, c in self._by_beacon.items() if c.consent)
 
-    def _decide(self, beacon: str, decision: Consent) -> None:
-        with self._lock:
-            self._by_beacon[beacon] = decision
-            self.version += 1
-        if self._publish is not None:
-            payload = encode_consent(decision)
-            for site in self._sites:
-                self._publish(consent_topic(site, beacon), payload, 1, True)
+    def _decide(self, beacon: str, *, consent: bool, expires: float | None) -> None:
+        """Decide now and publish, whole (module docstring): two calls at once take effect, and
+        reach the broker, in one order, and the later one wins everywhere."""
+        with self._decide_lock:
+            with self._lock:
+                old = self._by_beacon.get(beacon)
+                now = self._clock()
+                decision = Consent(consent, now if old is None else max(now, old.t), expires)
+                self._by_beacon[beacon] = decision
+                self.version += 1
+            if self._publish is not None:
+                payload = encode_consent(decision)
+                for site in self._sites:
+                    self._publish(consent_topic(site, beacon), payload, 1, True)

@@ -163,13 +163,21 @@ class Inbound:
 class RateLimitedLog:
     """Warn at most once per key and interval, saying how many were suppressed."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+    ) -> None:
         self.interval_s = interval_s
         self._clock = clock
+        self._logger = logger
         self._last: dict[tuple[str, ...], float] = {}
         self._suppressed: dict[tuple[str, ...], int] = {}
 
-    def warning(self, key: tuple[str, ...], message: str, *args: object) -> None:
+    def warning(
+        self, key: tuple[str, ...], message: str, *args: object, exc_info: bool = False
+    ) -> None:
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
@@ -178,9 +186,9 @@ class RateLimitedLog:
         self._last[key] = now
         skipped = self._suppressed.pop(key, 0)
         if skipped:
-            log.warning(message + " (%d more like it suppressed)", *args, skipped)  # noqa: G003
-        else:
-            log.warning(message, *args)
+            message += " (%d more like it suppressed)"
+            args = (*args, skipped)
+        self._logger.warning(message, *args, exc_info=exc_info)
 
 
 class MqttLink:

@@ -16,7 +16,9 @@ without consent is stored without an id. A `sent` is published QoS 1 on
 `beacons/{site}/promotion/{beacon}` and, if configured, POSTed to the webhook.
 
 Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
-dropped and counted), retries with doubling backoff on network errors, 408, 429 and 5xx. Each
+dropped and counted), retries with doubling backoff on network errors (a broken HTTP answer
+included), 408, 429 and 5xx. The worker never dies: a delivery that raises anything unforeseen
+is counted failed and logged, and the next promotion is delivered as usual. Each
 POST carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature:
 sha256={hex HMAC-SHA256(secret, "{timestamp}.{body}")}` and `Idempotency-Key` (the same on
 every retry of one promotion, so the receiver drops a retry whose first try did arrive).
@@ -28,6 +30,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import http.client
 import logging
 import queue
 import sqlite3
@@ -48,6 +51,7 @@ from beacon_hub.config_loader import load_model
 from beacon_hub.errors import ConfigError
 from beacon_hub.hubconfig import WebhookConfig
 from beacon_hub.ids import NAME_ID_PATTERN
+from beacon_hub.ingest import RateLimitedLog
 from beacon_hub.site import Site
 from beacon_hub.wire import Event, Promotion, encode_promotion, promotion_topic
 
@@ -82,6 +86,9 @@ PRUNE_EVERY_TICKS = 1000
 """Cooldown entries older than their cooldown are forgotten this often (bounded memory)."""
 RETRYABLE_HTTP = frozenset({408, 425, 429})
 """Besides 5xx: timeouts and rate limits are worth another try; other 4xx never succeed."""
+WEBHOOK_LOG_EVERY_S = 60.0
+"""A broken receiver fails every attempt: say why at most once a minute per kind of failure
+(the counter has every one)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS promotion_decisions (
@@ -319,6 +326,7 @@ class Webhook:
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=cfg.queue)
         self._stop = threading.Event()
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._log = RateLimitedLog(WEBHOOK_LOG_EVERY_S, logger=log)
         self._thread = threading.Thread(target=self._run, name="beacon-hub-webhook", daemon=True)
         self._thread.start()
 
@@ -339,11 +347,23 @@ class Webhook:
         self._thread.join(self.cfg.timeout_s + 1.0)
 
     def _run(self) -> None:
+        """The worker. Whatever one delivery raises, it is counted failed and the worker goes
+        on: a dead worker would leave every later promotion to fill the queue and be dropped."""
         while (item := self._queue.get()) is not None:
             if self._stop.is_set():
                 self._counter.labels("dropped").inc()
                 continue
-            self._deliver(*item)
+            try:
+                self._deliver(*item)
+            except Exception:  # noqa: BLE001  # outlive any delivery; traceback logged
+                self._counter.labels("failed").inc()
+                self._log.warning(  # with the traceback: a bug to fix
+                    ("unexpected",),
+                    "webhook %s: promotion %s failed unexpectedly; the worker goes on",
+                    self.cfg.url,
+                    item[0],
+                    exc_info=True,
+                )
 
     def _deliver(self, key: str, body: bytes) -> None:
         wait = RETRY_MIN_S
@@ -381,7 +401,16 @@ class Webhook:
                 return "retry"
             log.warning("webhook %s refused a promotion: HTTP %d", self.cfg.url, e.code)
             return "refused"
-        except OSError:
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            # OSError: refused, reset, timeout, TLS (URLError is one). HTTPException: a receiver
+            # that breaks HTTP, e.g. a truncated body (IncompleteRead), a garbage status line
+            # (BadStatusLine) or an over-long header (LineTooLong); none is an OSError.
+            # ValueError: anything else http.client refuses in an answer. All worth a retry; a
+            # receiver that did get the POST drops the retry by its Idempotency-Key.
+            kind = type(e).__name__
+            self._log.warning(
+                ("attempt", kind), "webhook %s: attempt failed (%s: %s)", self.cfg.url, kind, e
+            )
             return "retry"
         return "ok"
 

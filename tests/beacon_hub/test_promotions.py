@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import socket
 import threading
 import zoneinfo
 from collections.abc import Iterator
@@ -12,12 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 
 from beacon_hub.errors import ConfigError
 from beacon_hub.hubconfig import WebhookConfig
-from beacon_hub.promotions import Evaluator, Promotions, Rule, load_rules, sign
+from beacon_hub.promotions import Evaluator, Promotions, Rule, Webhook, load_rules, sign
 from beacon_hub.site import Site, load_site
 from beacon_hub.stores import open_sqlite
 from beacon_hub.wire import Event, decode_promotion
@@ -203,3 +205,116 @@ def test_webhook_delivers_each_trigger_once_despite_a_failing_first_try(
     assert sample("beacon_hub_promotion_webhook_total", {"outcome": "retried"}) == 1
     labels = {"site": SITE, "rule": "coffee", "decision": "sent"}
     assert sample("beacon_hub_promotion_decisions_total", labels) == 1
+
+
+GOOD_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+BROKEN_ANSWERS = {
+    # Content-Length promises 100 bytes, 2 arrive, then the connection closes.
+    "IncompleteRead": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok",
+    "BadStatusLine": b"SPAM AND EGGS\r\n\r\n",
+    "LineTooLong": b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * 70_000 + b"\r\n\r\n",
+}
+"""Answers that break HTTP; http.client raises an HTTPException (not an OSError) for each."""
+
+
+class _RawReceiver:
+    """A receiver at the socket level, so it can break HTTP: the first answer is `first`, every
+    later one a good 200. Records each request's Idempotency-Key."""
+
+    def __init__(self, first: bytes) -> None:
+        self.keys: list[str] = []
+        self._first = first
+        self._closing = False
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._address = self._server.getsockname()
+        self.url = f"http://127.0.0.1:{self._address[1]}/promo"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self._server.accept()
+            with conn:
+                if self._closing:
+                    return
+                headers = self._read_request(conn)
+                self.keys.append(headers["idempotency-key"])
+                answer = self._first if len(self.keys) == 1 else GOOD_ANSWER
+                with contextlib.suppress(OSError):  # the client may hang up mid-answer
+                    conn.sendall(answer)
+                    conn.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> dict[str, str]:
+        """The whole request is read before answering, so closing never resets the
+        connection (the client would see a reset instead of the broken answer)."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+        while len(body) < int(headers.get("content-length", "0")):
+            body += conn.recv(65536)
+        return headers
+
+    def close(self) -> None:
+        self._closing = True
+        socket.create_connection(self._address).close()  # wakes accept()
+        self._thread.join(10.0)
+        self._server.close()
+
+
+def _webhook_counter() -> tuple[Counter, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return Counter("hook", "webhook outcomes", ["outcome"], registry=registry), registry
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_ANSWERS))
+def test_webhook_retries_a_broken_http_answer_and_its_worker_goes_on(
+    broken: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = _RawReceiver(BROKEN_ANSWERS[broken])
+    counter, registry = _webhook_counter()
+    webhook = Webhook(WebhookConfig(url=receiver.url, retry_max_s=0.5), counter)
+    try:
+        webhook.post("first", b"{}")
+        webhook.post("second", b"{}")
+        webhook.close(30.0)  # delivers what is queued
+    finally:
+        receiver.close()
+    # The broken answer is retried with the same key; the worker then delivers the next one.
+    assert receiver.keys == ["first", "first", "second"]
+    outcomes = {
+        o: registry.get_sample_value("hook_total", {"outcome": o})
+        for o in ("delivered", "retried", "failed")
+    }
+    assert outcomes == {"delivered": 2.0, "retried": 1.0, "failed": None}
+    assert f"attempt failed ({broken}" in caplog.text
+
+
+def test_webhook_worker_survives_an_unexpected_error_in_one_delivery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver = _RawReceiver(GOOD_ANSWER)
+    counter, registry = _webhook_counter()
+    calls: list[float] = []
+
+    def clock() -> float:  # a bug in the first delivery, before anything is sent
+        calls.append(T0)
+        if len(calls) == 1:
+            raise RuntimeError("clock broke")
+        return T0
+
+    webhook = Webhook(WebhookConfig(url=receiver.url), counter, clock=clock)
+    try:
+        webhook.post("first", b"{}")
+        webhook.post("second", b"{}")
+        webhook.close(30.0)
+    finally:
+        receiver.close()
+    assert receiver.keys == ["second"]
+    assert registry.get_sample_value("hook_total", {"outcome": "failed"}) == 1
+    assert registry.get_sample_value("hook_total", {"outcome": "delivered"}) == 1
+    assert "promotion first failed unexpectedly" in caplog.text
+    assert "RuntimeError: clock broke" in caplog.text  # with the traceback
