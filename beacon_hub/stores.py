@@ -40,6 +40,7 @@ from beacon_hub.engine import FixTable
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import InfluxConfig
+from beacon_hub.ingest import RateLimitedLog
 from beacon_hub.privacy import Retention
 from beacon_hub.wire import Event
 
@@ -1019,15 +1020,22 @@ def ensure_policies(
 
 
 class _Spill:
-    """Batches on disk, oldest first: `{n:012d}-{points}.lp`; bounded in bytes."""
+    """Batches on disk, oldest first: `{n:012d}-{points}.lp`; bounded in bytes.
+
+    A file removed behind the writer's back (an operator's clean-up, tmpfiles, a second hub
+    given the same folder) is forgotten and its points counted in `vanished`; it must not stop
+    the writer."""
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
         folder.mkdir(parents=True, exist_ok=True)
         self.files = sorted(folder.glob("*.lp"))
-        self.bytes = sum(f.stat().st_size for f in self.files)
+        self._sizes = {f: f.stat().st_size for f in self.files}
+        self.bytes = sum(self._sizes.values())
         self.points = sum(self._points(f) for f in self.files)
+        self.vanished = 0
+        """Points of files that disappeared from the folder, not yet reported."""
         self._next = int(self.files[-1].name.split("-")[0]) + 1 if self.files else 0
 
     @staticmethod
@@ -1048,21 +1056,40 @@ class _Spill:
         tmp.write_bytes(body)
         tmp.replace(path)  # a crash leaves a whole file or none
         self.files.append(path)
+        self._sizes[path] = len(body)
         self.bytes += len(body)
         self.points += points
         return dropped
 
-    def oldest(self) -> tuple[bytes, int, Path]:
-        f = self.files[0]
-        return f.read_bytes(), self._points(f), f
+    def oldest(self) -> tuple[bytes, int, Path] | None:
+        """The oldest batch still on disk, or None."""
+        while self.files:
+            f = self.files[0]
+            try:
+                return f.read_bytes(), self._points(f), f
+            except FileNotFoundError:
+                self.vanished += self._forget_oldest()
+        return None
 
     def pop_oldest(self) -> int:
+        """Delete the oldest batch; returns its points."""
+        f = self.files[0]
+        points = self._forget_oldest()
+        f.unlink(missing_ok=True)
+        return points
+
+    def _forget_oldest(self) -> int:
         f = self.files.pop(0)
-        self.bytes -= f.stat().st_size
+        self.bytes -= self._sizes.pop(f)
         points = self._points(f)
         self.points -= points
-        f.unlink()
         return points
+
+
+WRITER_PAUSE_S = 1.0
+"""After a writer pass that failed unexpectedly: a pause, so a lasting fault does not spin."""
+WRITER_LOG_EVERY_S = 60.0
+"""Such a failure's traceback at most this often (store_errors counts every one)."""
 
 
 class InfluxStore:
@@ -1103,6 +1130,7 @@ class InfluxStore:
                 self._spill.points,
             )
         self._lock = threading.Condition()
+        self._log = RateLimitedLog(WRITER_LOG_EVERY_S, logger=log)
         self._buffer: list[str] = []
         self._sending = 0
         self._stop = False
@@ -1188,48 +1216,76 @@ class InfluxStore:
         return max(0.0, self._buffered_since + self.cfg.flush_interval_s - now)
 
     def _run(self) -> None:
-        cfg = self.cfg
-        sent_file: Path | None = None
+        """The writer thread: outlives any one failure (counted, logged at most once per
+        WRITER_LOG_EVERY_S, tried again after a pause), or write() would pile up records that
+        nothing sends or spills any more."""
         while True:
-            with self._lock:
-                while (wait := self._due_locked(time.monotonic())) > 0:
-                    self._lock.wait(wait)
-                if self._stop:
+            try:
+                if self._pass():
                     return
-                records, self._records = self._records, []
-            if records:
-                lines = [line for r in records for line in self._lines(r)]
-                self.write_lines(lines)
+            except Exception:  # noqa: BLE001  # outlive any failure; traceback logged
+                self.metrics.store_errors.labels(self.name).inc()
+                self._log.warning(("writer",), "%s: writer pass failed", self.name, exc_info=True)
                 with self._lock:
-                    self._record_points -= sum(len(r.fixes) + len(r.events) for r in records)
-                continue
+                    self._sending = 0
+                    self._lock.wait(WRITER_PAUSE_S)
+
+    def _pass(self) -> bool:
+        """One turn of the writer: records to lines, or one batch sent. True when stopped."""
+        with self._lock:
+            while (wait := self._due_locked(time.monotonic())) > 0:
+                self._lock.wait(wait)
+            if self._stop:
+                return True
+            records, self._records = self._records, []
+        if records:
+            lines = [line for r in records for line in self._lines(r)]
+            self.write_lines(lines)
             with self._lock:
-                if self._due_locked(time.monotonic()) != 0.0 or self._stop:
-                    continue
-                self._flush_now = False
-                # Order: anything spilled goes first; a new batch joins the spill behind it.
-                batch = self._buffer[: cfg.batch_points]
-                del self._buffer[: cfg.batch_points]
-                self._buffered_since = time.monotonic()
-                if batch and len(self._spill):
-                    self._spill_locked(batch)
-                    batch = []
-                if batch:
-                    body, points, from_spill = "\n".join(batch).encode(), len(batch), False
-                    self._sending = points
-                else:
-                    body, points, sent_file = self._spill.oldest()
-                    from_spill = True
-            ok = self._attempt(body, points)
-            with self._lock:
-                self._sending = 0
-                # (the spill may have dropped that file meanwhile to stay within its bound)
-                if from_spill and ok is not None and self._spill.files[:1] == [sent_file]:
-                    self._spill.pop_oldest()
-                elif not from_spill and ok is None:
-                    self._spill_locked_body(body, points)
-                self._lock.notify_all()
-            self._gauge()
+                self._record_points -= sum(len(r.fixes) + len(r.events) for r in records)
+            return False
+        sent_file: Path | None = None
+        with self._lock:
+            if self._due_locked(time.monotonic()) != 0.0 or self._stop:
+                return False
+            self._flush_now = False
+            # Order: anything spilled goes first; a new batch joins the spill behind it.
+            batch = self._buffer[: self.cfg.batch_points]
+            del self._buffer[: self.cfg.batch_points]
+            self._buffered_since = time.monotonic()
+            if batch and len(self._spill):
+                self._spill_locked(batch)
+                batch = []
+            if batch:
+                body, points, from_spill = "\n".join(batch).encode(), len(batch), False
+                self._sending = points
+            else:
+                oldest = self._spill.oldest()
+                self._count_vanished_locked()
+                if oldest is None:
+                    return False
+                body, points, sent_file = oldest
+                from_spill = True
+        ok = self._attempt(body, points)
+        with self._lock:
+            self._sending = 0
+            # (the spill may have dropped that file meanwhile to stay within its bound)
+            if from_spill and ok is not None and self._spill.files[:1] == [sent_file]:
+                self._spill.pop_oldest()
+            elif not from_spill and ok is None:
+                self._spill_locked_body(body, points)
+            self._lock.notify_all()
+        self._gauge()
+        return False
+
+    def _count_vanished_locked(self) -> None:
+        lost, self._spill.vanished = self._spill.vanished, 0
+        if lost:
+            log.error(
+                "%s: %d spilled points lost: their files were removed from %s",
+                self.name, lost, self.cfg.spill_dir,
+            )  # fmt: skip
+            self.metrics.store_dropped.labels(self.name).inc(lost)
 
     def _lines(self, record: TickRecord) -> list[str]:
         """A tick's line protocol, each line marked with its class's policy when there are any."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -412,11 +413,49 @@ def test_spill_keeps_order_and_its_bound(tmp_path: Path) -> None:
     assert spill.append(b"a" * 40, 4) == 0
     assert spill.append(b"b" * 40, 4) == 0
     assert spill.append(b"c" * 40, 4) == 4  # the oldest went to stay within 100 bytes
-    assert spill.oldest()[0] == b"b" * 40
+    assert spill.oldest() == (b"b" * 40, 4, tmp_path / "000000000001-4.lp")
     again = _Spill(tmp_path, max_bytes=100)  # a restarted hub finds it, in order
-    assert [again.oldest()[0][:1], again.points] == [b"b", 8]
+    assert [again.oldest(), again.points] == [(b"b" * 40, 4, tmp_path / "000000000001-4.lp"), 8]
     again.pop_oldest()
-    assert again.oldest()[0] == b"c" * 40
+    assert again.oldest() == (b"c" * 40, 4, tmp_path / "000000000002-4.lp")
+    again.pop_oldest()
+    assert (again.oldest(), again.points, again.bytes) == (None, 0, 0)
+
+
+def test_influx_writer_outlives_a_spill_file_removed_behind_its_back(tmp_path: Path) -> None:
+    """An operator's clean-up (or a second hub on the same folder) deletes a spilled batch: its
+    points are counted lost, and the writer goes on spilling and then writing the rest."""
+    endpoint = _V2Endpoint(fail_first=10**9)
+    spill = tmp_path / "spill"
+    cfg = InfluxConfig(
+        version=2, url=endpoint.url, bucket="bk", org="acme", token=SecretStr("tok"),
+        spill_dir=spill, flush_interval_s=0.05, retry_max_s=0.1, batch_points=100,
+    )  # fmt: skip
+    metrics = Metrics()
+    store = InfluxStore(cfg, metrics)
+    try:
+        store.write_lines([f"fix,site=s1 x={i} {i}" for i in range(10)])
+        _wait_for(lambda: len(list(spill.glob("*.lp"))) == 1)
+        for f in spill.glob("*.lp"):
+            f.unlink()
+        later = [f"fix,site=s1 x={i} {i}" for i in range(10, 15)]
+        store.write_lines(later)
+        _wait_for(lambda: metrics.store_dropped.labels(store.name)._value.get() == 10)
+        endpoint.failures = 0
+        assert store.flush(30.0)
+        assert store._thread.is_alive()
+    finally:
+        store.close()
+        endpoint.close()
+    written = [ln for _, _, body in endpoint.requests for ln in body.decode().split("\n")]
+    assert written == later
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def test_assets_from_csv_and_yaml_and_import(tmp_path: Path) -> None:
