@@ -68,6 +68,7 @@ MAX_DWELL_VISITS = 200_000
 """zone_exit events a dwell query reads at most (the newest); a busy store has ~50,000 a day."""
 MAX_ASSET_RESULTS = 100
 MAX_QUERY_CHARS = 64
+"""Longest asset search (`q`); the dashboard's search box has the same maxlength."""
 KEEPALIVE_S = 15.0
 """An SSE comment this often keeps proxies from closing an idle stream (nginx: 60 s)."""
 SHUTDOWN_GRACE_S = 2
@@ -638,6 +639,8 @@ def create_app(ctx: _Context) -> FastAPI:  # noqa: PLR0915  # one route after an
         limit: Annotated[int, Query(ge=1, le=MAX_ASSET_RESULTS)] = 20,
     ) -> dict[str, Any]:
         needle = q.strip().casefold()
+        if not needle:  # "" is in every label: a blank query would list everything
+            raise HTTPException(422, "q: blank; give part of a label or beacon id")
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         for site_id, p in live.find(needle, limit):

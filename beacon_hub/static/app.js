@@ -10,14 +10,31 @@ const DOT_RADIUS_M = 0.45;
 const COARSE_ACCURACY_M = 6; // beyond this the accuracy circle is drawn as a faint outline
 const CROWDED_DOTS = 150; // beyond this many dots on a level, accuracy circles only on hover or search
 const BEHIND_S = 5; // a tick this late is "behind": a hub in step runs it within 1.4 s (docs/hub.md)
+// Watchdog. A hung hub keeps its stream open and sends nothing, which the EventSource cannot
+// tell from a quiet one: without a tick for STALE_TICKS tick intervals (and at least
+// STALE_MIN_S) the page says since when it has no data. The interval is the smallest step
+// between the data times (`t`) of recent ticks; until two have come, DEFAULT_TICK_S.
+const DEFAULT_TICK_S = 1; // EngineConfig.tick_interval_s's default: the hub ticks about once a second
+const STALE_TICKS = 5;
+const STALE_MIN_S = 5; // as BEHIND_S: a hub in step is never this late
+const TICK_GAPS_KEPT = 8; // a slow client skips snapshots (docs/api.md): the smallest of 8 gaps is the interval
+const RESTREAM_MS = 5000; // a stream the browser gave up on (an HTTP error such as 503) is reopened after this
+const MAX_MATCHES = 20; // a search lists at most this many matches to pick from
 
 const state = {
   sites: [],
-  site: null, // geometry of the selected site (/api/sites/{site})
+  site: null, // geometry of the selected site (/api/sites/{site}); null while none is drawn
   level: 0,
   stream: null,
   tick: null, // the last tick received
-  highlight: null, // beacon id found by the search
+  gateways: [], // the gateway list drawn last (a tick's, or the /gateways snapshot's)
+  stale: false, // no tick for too long, or the stream broke: the data shown is not live
+  tickGaps: [], // seconds between the data times of recent ticks
+  watchdog: null,
+  restream: null,
+  loading: 0, // counts selectSite calls: an older one that resumes after a newer began gives up
+  picking: 0, // likewise for search and selection
+  highlight: null, // beacon id selected (search, a dot, a panel row)
   heatTimer: null,
   maxY: 0,
 };
@@ -41,6 +58,33 @@ function token() {
   return localStorage.getItem(TOKEN_KEY);
 }
 
+// FastAPI answers {"detail": "..."}, or for a parameter that fails validation {"detail":
+// [{"loc": ["query", "q"], "msg": "String should have at most 64 characters", ...}]}.
+function problem(detail) {
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((d) => {
+        const where = (d.loc ?? []).filter((part) => !["query", "path", "body"].includes(part)).join(".");
+        return where ? `${where}: ${d.msg}` : d.msg ?? JSON.stringify(d);
+      })
+      .join("; ");
+  }
+  return detail === null || detail === undefined ? null : JSON.stringify(detail);
+}
+
+class ApiError extends Error {
+  constructor(path, status, detail) {
+    super(`${detail} (HTTP ${status})`);
+    this.path = path;
+    this.status = status;
+  }
+}
+
+function message(e) {
+  return String(e?.message ?? e);
+}
+
 async function api(path, retry = true) {
   const headers = {};
   const t = token();
@@ -54,13 +98,13 @@ async function api(path, retry = true) {
     }
   }
   if (!res.ok) {
-    let detail = res.statusText;
+    let detail = null;
     try {
-      detail = (await res.json()).detail ?? detail;
+      detail = problem((await res.json()).detail);
     } catch {
       /* not JSON */
     }
-    throw new Error(`${path}: ${res.status} ${detail}`);
+    throw new ApiError(path, res.status, detail ?? res.statusText ?? "request failed");
   }
   return res.json();
 }
@@ -93,9 +137,19 @@ function zoneName(id) {
   return z ? z.name || z.id : id ?? "—";
 }
 
-function setStatus(text, st) {
+// #status is a live region (role="status"): `text` is announced when it changes; `detail`
+// changes with every tick (its clock) and is hidden from screen readers, or they would read
+// the pill out once a second.
+function setStatus(text, st, detail = "") {
   const s = $("#status");
-  s.textContent = text;
+  let [main, more] = s.children;
+  if (!more) {
+    main = el("span", { class: "status-text" });
+    more = el("span", { class: "status-detail", "aria-hidden": "true" });
+    s.replaceChildren(main, more);
+  }
+  if (main.textContent !== text) main.textContent = text;
+  more.textContent = detail;
   s.dataset.state = st;
 }
 
@@ -161,13 +215,31 @@ function drawSite() {
   const gws = $("#gateway-marks");
   gws.replaceChildren();
   for (const g of site.gateways.filter((g) => g.level === lv.level)) {
-    const m = el("svg:g", { class: "gw", "data-gateway": g.id, "data-state": "offline", transform: `translate(${g.x},${sy(g.y)})` });
+    const m = el("svg:g", { class: "gw", "data-gateway": g.id, "data-state": "unknown", transform: `translate(${g.x},${sy(g.y)})` });
     m.append(el("svg:rect", { x: -0.5, y: -0.5, width: 1, height: 1, rx: 0.15 }));
     m.append(el("svg:title", {}, g.name || g.id));
     gws.append(m);
   }
   $("#dots").replaceChildren();
   $("#trail").setAttribute("d", "");
+}
+
+// Nothing of a site stays drawn: while another loads, or when it failed to.
+function clearLive() {
+  $("#dots").replaceChildren();
+  $("#trail").setAttribute("d", "");
+  $("#counts").textContent = "";
+  for (const id of ["#gateways", "#idle", "#lost", "#battery", "#occupancy", "#dwell"]) {
+    empty($(id), "waiting for data");
+  }
+}
+
+function clearMap() {
+  for (const id of ["#floor", "#heat", "#zones", "#walls", "#gateway-marks"]) $(id).replaceChildren();
+  const map = $("#map");
+  map.removeAttribute("viewBox");
+  delete map.dataset.site;
+  delete map.dataset.level;
 }
 
 function drawDots(positions) {
@@ -204,18 +276,53 @@ function drawDots(positions) {
   const onLevel = positions.filter((p) => p.level === state.level);
   // 600 pallets' circles bury the racks: then only the searched or hovered dot shows its circle.
   layer.classList.toggle("crowded", onLevel.length > CROWDED_DOTS);
+  drawCounts(onLevel);
+}
+
+function drawCounts(onLevel) {
   const kinds = {};
   for (const p of onLevel) kinds[p.kind ?? "other"] = (kinds[p.kind ?? "other"] ?? 0) + 1;
-  $("#counts").textContent = `${onLevel.length} live · ` +
+  const when = state.stale ? `at ${clock(state.tick?.t)}` : "live";
+  $("#counts").textContent = `${onLevel.length} ${when} · ` +
     Object.entries(kinds).map(([k, n]) => `${n} ${k}`).join(" · ");
 }
 
 // --------------------------------------------------------------------------------- panels
 
-function row(attrs, cells) {
-  const r = el("div", { class: "row", ...attrs });
+function row(attrs, cells, tag = "div") {
+  const r = el(tag, { class: "row", ...attrs });
   for (const [cls, text] of cells) r.append(el("span", { class: cls }, text));
   return r;
+}
+
+// A row that selects its beacon (a button: keyboard users reach it with Tab, press Enter).
+function beaconRow(record, cells) {
+  const r = row({ type: "button", "data-beacon": record.beacon, "data-zone": record.zone ?? null }, cells, "button");
+  r.title = `show ${record.label ?? record.beacon}`;
+  r.onclick = () => pick(record.beacon, record);
+  return r;
+}
+
+// Rows keyed by data-beacon are updated in place, so the row a keyboard user is on keeps its
+// focus from tick to tick (replacing it would drop the focus once a second).
+function keyedRows(box, rows) {
+  const old = new Map();
+  for (const n of box.children) if (n.dataset.beacon) old.set(n.dataset.beacon, n);
+  const kept = rows.map((fresh) => {
+    const prev = old.get(fresh.dataset.beacon);
+    if (!prev) return fresh;
+    if (prev.innerHTML !== fresh.innerHTML) prev.replaceChildren(...fresh.childNodes);
+    for (const a of [...prev.attributes]) if (!fresh.hasAttribute(a.name)) prev.removeAttribute(a.name);
+    for (const a of fresh.attributes) {
+      if (prev.getAttribute(a.name) !== a.value) prev.setAttribute(a.name, a.value);
+    }
+    prev.onclick = fresh.onclick; // with the newest record
+    return prev;
+  });
+  kept.forEach((r, i) => {
+    if (box.children[i] !== r) box.insertBefore(r, box.children[i] ?? null);
+  });
+  while (box.children.length > kept.length) box.lastElementChild.remove();
 }
 
 function empty(container, text) {
@@ -271,14 +378,17 @@ function gatewayTitle(g) {
   return lines.join("\n");
 }
 
+// While the page is stale no gateway's state is known: the last one drawn may be hours old.
 function drawGateways(gateways) {
+  state.gateways = gateways;
   const box = $("#gateways");
+  const shown = (g) => (state.stale ? "unknown" : g.state);
   box.replaceChildren(
     ...gateways.map((g) => {
       const hb = g.heartbeat;
       const dropped = hb && hb.adverts_seen ? (100 * hb.adverts_dropped) / hb.adverts_seen : null;
       const r = row(
-        { "data-gateway": g.id, "data-state": g.state, "data-reason": g.offline_reason ?? "" },
+        { "data-gateway": g.id, "data-state": shown(g), "data-reason": g.offline_reason ?? "" },
         [
           ["led", ""],
           ["name", g.name || g.id],
@@ -288,13 +398,14 @@ function drawGateways(gateways) {
           ["meta hb", hb ? `q ${hb.queue_depth} · drop ${dropped === null ? "—" : dropped.toFixed(1) + "%"} · up ${duration(hb.uptime_s)}` : ""],
         ],
       );
-      r.title = gatewayTitle(g);
+      r.title = (state.stale ? `state unknown: no data since ${clock(state.tick?.t)}\nlast known: ` : "") +
+        gatewayTitle(g);
       return r;
     }),
   );
-  for (const g of gateways) {
-    const mark = document.querySelector(`#gateway-marks [data-gateway="${CSS.escape(g.id)}"]`);
-    if (mark) mark.dataset.state = g.state;
+  for (const mark of document.querySelectorAll("#gateway-marks [data-gateway]")) {
+    const g = gateways.find((x) => x.id === mark.dataset.gateway);
+    mark.dataset.state = g ? shown(g) : "unknown";
   }
 }
 
@@ -302,9 +413,10 @@ function drawAlerts(tick) {
   const idle = $("#idle");
   if (!tick.idle.length) empty(idle, "no pallet idle too long");
   else {
-    idle.replaceChildren(
-      ...tick.idle.map((p) =>
-        row({ "data-beacon": p.beacon, "data-zone": p.zone }, [
+    keyedRows(
+      idle,
+      tick.idle.map((p) =>
+        beaconRow(p, [
           ["name", p.label ?? p.beacon],
           ["meta", zoneName(p.zone)],
           ["num warn", duration(p.idle_s)],
@@ -315,9 +427,10 @@ function drawAlerts(tick) {
   const lost = $("#lost");
   if (!tick.lost.length) empty(lost, "none");
   else {
-    lost.replaceChildren(
-      ...tick.lost.slice(0, 50).map((b) =>
-        row({ "data-beacon": b.beacon }, [
+    keyedRows(
+      lost,
+      tick.lost.slice(0, 50).map((b) =>
+        beaconRow(b, [
           ["name", b.label ?? b.beacon],
           ["meta", b.zone ? zoneName(b.zone) : "—"],
           ["num", `since ${clock(b.last_heard ?? b.t)}`],
@@ -328,9 +441,10 @@ function drawAlerts(tick) {
   const bat = $("#battery");
   if (!tick.low_battery.length) empty(bat, "none below threshold");
   else {
-    bat.replaceChildren(
-      ...tick.low_battery.slice(0, 50).map((b) =>
-        row({ "data-beacon": b.beacon }, [
+    keyedRows(
+      bat,
+      tick.low_battery.slice(0, 50).map((b) =>
+        beaconRow(b, [
           ["name", b.label ?? b.beacon],
           ["num warn", `${b.battery_mv} mV`],
         ]),
@@ -382,53 +496,114 @@ async function drawStats() {
   }
 }
 
-// --------------------------------------------------------------------------------- search
+// ------------------------------------------------------------------------ search + select
 
+const lower = (v) => (v ?? "").toLowerCase();
+
+function clearSelection() {
+  state.highlight = null;
+  $("#pallet-panel").hidden = true;
+  delete $("#pallet-info").dataset.beacon;
+  $("#trail").setAttribute("d", "");
+  if (state.tick) drawDots(state.tick.positions);
+}
+
+function showInPanel(...nodes) {
+  state.highlight = null;
+  const info = $("#pallet-info");
+  delete info.dataset.beacon;
+  info.replaceChildren(...nodes);
+  $("#pallet-panel").hidden = false;
+  $("#trail").setAttribute("d", "");
+  if (state.tick) drawDots(state.tick.positions);
+}
+
+function searchFailed(e) {
+  console.warn(e);
+  showInPanel(el("div", { class: "empty search-failed" }, `search failed: ${message(e)}`));
+}
+
+// Live positions on this site first (no request for an exact or single match), then the
+// API's, which has the other sites' live positions and registered assets without one.
 async function search(text) {
   const q = text.trim();
-  if (!q) {
-    state.highlight = null;
-    $("#pallet-panel").hidden = true;
-    $("#trail").setAttribute("d", "");
-    if (state.tick) drawDots(state.tick.positions);
-    return;
-  }
+  const seq = ++state.picking;
+  if (!q) return clearSelection();
   const needle = q.toLowerCase();
   const positions = state.tick?.positions ?? [];
-  let hit =
-    positions.find((p) => (p.label ?? "").toLowerCase() === needle || p.beacon === needle) ??
-    positions.find((p) => (p.label ?? "").toLowerCase().includes(needle) || p.beacon.includes(needle));
-  let elsewhere = null;
-  if (!hit) {
-    const found = await api(`/api/assets?q=${encodeURIComponent(q)}&limit=5`);
-    elsewhere = found.assets[0] ?? null;
-    if (elsewhere?.site && elsewhere.site !== state.site.id) {
-      await selectSite(elsewhere.site);
-      return search(text);
-    }
+  const exact = positions.find((p) => lower(p.label) === needle || p.beacon === needle);
+  if (exact) return select(exact.beacon, exact);
+  const here = positions.filter((p) => lower(p.label).includes(needle) || p.beacon.includes(needle));
+  if (here.length === 1) return select(here[0].beacon, here[0]);
+  const found = await api(`/api/assets?q=${encodeURIComponent(q)}&limit=${MAX_MATCHES + 1}`);
+  if (seq !== state.picking) return;
+  const matches = here.map((p) => ({ ...p, site: state.site?.id ?? null }));
+  for (const a of found.assets) {
+    if (!matches.some((m) => m.beacon === a.beacon)) matches.push(a);
   }
-  const beacon = hit?.beacon ?? elsewhere?.beacon ?? null;
-  const info = $("#pallet-info");
-  $("#pallet-panel").hidden = false;
-  if (!beacon) {
-    state.highlight = null;
-    info.replaceChildren(el("div", { class: "empty" }, `nothing matches “${q}”`));
-    $("#trail").setAttribute("d", "");
-    return;
+  const same = matches.find((m) => lower(m.label) === needle || m.beacon === needle);
+  if (same) return select(same.beacon, same, same.site);
+  if (matches.length === 1) return select(matches[0].beacon, matches[0], matches[0].site);
+  if (!matches.length) return showInPanel(el("div", { class: "empty" }, `nothing matches “${q}”`));
+  listMatches(q, matches);
+}
+
+function siteName(id) {
+  const s = state.sites.find((x) => x.id === id);
+  return s ? s.name || s.id : id;
+}
+
+function listMatches(q, matches) {
+  const shown = matches.slice(0, MAX_MATCHES);
+  const head = matches.length > MAX_MATCHES
+    ? `more than ${MAX_MATCHES} match “${q}”; the first ${MAX_MATCHES} (type more to narrow it):`
+    : `${matches.length} match “${q}”:`;
+  const list = el("div", { class: "rows matches" });
+  for (const m of shown) {
+    const where = !m.site
+      ? "no live position"
+      : m.site === state.site?.id
+        ? zoneName(m.zone)
+        : `${siteName(m.site)}${m.zone ? ` · ${m.zone}` : ""}`;
+    const r = row({ type: "button", "data-beacon": m.beacon }, [["name", m.label ?? m.beacon], ["meta", where]], "button");
+    r.onclick = () => {
+      $("#search").value = m.label ?? m.beacon;
+      pick(m.beacon, m, m.site);
+    };
+    list.append(r);
   }
+  showInPanel(el("div", { class: "kv note" }, head), list);
+}
+
+// Select a beacon (search, a map dot, a panel row): highlight its dot, show its panel and
+// trail; on `site` if that is given and not the one shown.
+async function select(beacon, known = null, site = null) {
+  const seq = ++state.picking;
+  if (site && site !== state.site?.id) {
+    await selectSite(site);
+    if (seq !== state.picking) return;
+  }
+  const p = state.tick?.positions.find((q) => q.beacon === beacon) ?? null;
   state.highlight = beacon;
-  if (hit && hit.level !== state.level) {
-    $("#level").value = String(hit.level);
-    selectLevel(hit.level);
+  if (p && p.level !== state.level) {
+    $("#level").value = String(p.level);
+    selectLevel(p.level);
   }
   if (state.tick) drawDots(state.tick.positions);
-  renderInfo(hit ?? elsewhere);
+  renderInfo(p ?? known ?? { beacon });
+  $("#pallet-panel").hidden = false;
   await drawTrail(beacon);
+}
+
+function pick(beacon, known = null, site = null) {
+  select(beacon, known, site).catch(searchFailed);
 }
 
 function renderInfo(p) {
   const info = $("#pallet-info");
   info.dataset.beacon = p.beacon;
+  const live = p.accuracy_m !== undefined && p.accuracy_m !== null;
+  info.dataset.live = live ? "yes" : "no";
   const zone = el("span", { class: "bay", "data-zone": p.zone ?? "" }, p.zone ? zoneName(p.zone) : "not in a zone");
   info.replaceChildren(
     el("div", { class: "big" }, p.label ?? p.beacon),
@@ -438,21 +613,28 @@ function renderInfo(p) {
   info.children[1].append(zone, el("span", { class: "zone-id" }, p.zone ? ` (${p.zone})` : ""));
   info.append(
     el("div", { class: "kv", id: "last-move" }, `last move: ${when(p.last_move)}`),
-    el("div", { class: "kv" }, p.accuracy_m !== undefined && p.accuracy_m !== null
-      ? `position ±${p.accuracy_m} m at ${clock(state.tick?.t)}`
-      : "no live position"),
+    el("div", { class: "kv" }, live ? `position ±${p.accuracy_m} m at ${clock(state.tick?.t)}` : "no live position"),
     el("div", { class: "kv small", id: "trail-info" }, ""),
   );
 }
 
 async function drawTrail(beacon) {
+  if (!state.site) return;
   const period = Number($("#period").value);
   const now = Date.now() / 1000;
-  const h = await api(
-    `/api/sites/${state.site.id}/beacons/${encodeURIComponent(beacon)}/history` +
-      `?since=${Math.floor(now - period)}&until=${Math.ceil(now)}&limit=5000`,
-  );
-  if (state.highlight !== beacon) return;
+  let h;
+  try {
+    h = await api(
+      `/api/sites/${state.site.id}/beacons/${encodeURIComponent(beacon)}/history` +
+        `?since=${Math.floor(now - period)}&until=${Math.ceil(now)}&limit=5000`,
+    );
+  } catch (e) {
+    console.warn(e);
+    const ti = $("#trail-info");
+    if (ti && state.highlight === beacon) ti.textContent = `no trail: ${message(e)}`;
+    return;
+  }
+  if (state.highlight !== beacon || state.site?.id !== h.site) return;
   const fixes = h.fixes.filter((f) => f.level === state.level);
   const d = fixes.map((f, i) => `${i ? "L" : "M"}${f.x.toFixed(2)},${sy(f.y).toFixed(2)}`).join(" ");
   const trail = $("#trail");
@@ -465,8 +647,42 @@ async function drawTrail(beacon) {
 
 // ---------------------------------------------------------------------------- live stream
 
+function tickInterval() {
+  return state.tickGaps.length ? Math.min(...state.tickGaps) : DEFAULT_TICK_S;
+}
+
+function armWatchdog() {
+  clearTimeout(state.watchdog);
+  const ms = 1000 * Math.max(STALE_MIN_S, STALE_TICKS * tickInterval());
+  state.watchdog = setTimeout(() => markStale(false), ms);
+}
+
+// No tick for too long (`down` false), or the stream broke (`down`): grey the map, show no
+// gateway's state as known, say since when; the next tick undoes it (onTick).
+function markStale(down) {
+  state.stale = true;
+  document.body.dataset.stale = down ? "down" : "silent";
+  const since = state.tick ? `no data since ${clock(state.tick.t)}` : "no data yet";
+  if (down) {
+    clearTimeout(state.watchdog); // the stream says more than the watchdog can
+    setStatus("reconnecting…", "down", ` · ${since}`);
+  } else {
+    setStatus(since, "stale");
+  }
+  drawGateways(state.gateways);
+  if (state.tick) drawCounts(state.tick.positions.filter((p) => p.level === state.level));
+}
+
 function onTick(tick) {
+  if (tick.site !== state.site?.id) return; // a site no longer shown
+  if (state.tick && tick.t > state.tick.t) {
+    state.tickGaps.push(tick.t - state.tick.t);
+    if (state.tickGaps.length > TICK_GAPS_KEPT) state.tickGaps.shift();
+  }
   state.tick = tick;
+  state.stale = false;
+  delete document.body.dataset.stale;
+  armWatchdog();
   drawDots(tick.positions);
   drawOccupancy(tick.zones);
   drawGateways(tick.gateways);
@@ -474,15 +690,21 @@ function onTick(tick) {
   // The hub ran this tick long after its data time: catching up after a restart, or
   // overloaded (docs/hub.md, Overload policy). Normal ticks run within about a second.
   if ((tick.lag_s ?? 0) >= BEHIND_S) {
-    setStatus(`behind · ${clock(tick.t)} (${Math.round(tick.lag_s)} s behind)`, "behind");
+    setStatus("behind", "behind", ` · ${clock(tick.t)} (${Math.round(tick.lag_s)} s behind)`);
   } else {
-    setStatus(`live · ${clock(tick.t)}`, "live");
+    setStatus("live", "live", ` · ${clock(tick.t)}`);
   }
   if (state.highlight) {
     const p = tick.positions.find((q) => q.beacon === state.highlight);
-    if (p) {
-      const bay = document.querySelector("#pallet-info .bay");
-      if (bay && bay.dataset.zone !== (p.zone ?? "")) renderInfo(p);
+    const info = $("#pallet-info");
+    if (p && info.dataset.beacon === p.beacon) {
+      const bay = info.querySelector(".bay");
+      // the first tick after a search moved to this site: its position is known only now
+      if (info.dataset.live !== "yes" && p.level !== state.level) {
+        $("#level").value = String(p.level);
+        selectLevel(p.level);
+      }
+      if (info.dataset.live !== "yes" || (bay && bay.dataset.zone !== (p.zone ?? ""))) renderInfo(p);
       else {
         const lm = $("#last-move");
         if (lm) lm.textContent = `last move: ${when(p.last_move)}`;
@@ -491,51 +713,123 @@ function onTick(tick) {
   }
 }
 
-function connect() {
+function closeStream() {
   if (state.stream) state.stream.close();
+  state.stream = null;
+  clearTimeout(state.watchdog);
+  clearTimeout(state.restream);
+}
+
+function connect() {
+  closeStream();
   const t = token();
   const url = `/api/sites/${state.site.id}/stream` + (t ? `?token=${encodeURIComponent(t)}` : "");
   const es = new EventSource(url);
   state.stream = es;
-  es.addEventListener("tick", (ev) => onTick(JSON.parse(ev.data)));
-  es.onerror = () => setStatus("reconnecting…", "down");
+  const current = () => state.stream === es;
+  es.addEventListener("tick", (ev) => {
+    if (current()) onTick(JSON.parse(ev.data));
+  });
+  es.onopen = () => {
+    if (current()) armWatchdog();
+  };
+  es.onerror = () => {
+    if (!current()) return;
+    markStale(true);
+    // A network error is retried by the browser; an HTTP error (503: too many streams) is not.
+    if (es.readyState === EventSource.CLOSED) {
+      state.restream = setTimeout(() => current() && connect(), RESTREAM_MS);
+    }
+  };
+  armWatchdog();
 }
 
 // ----------------------------------------------------------------------------- selection
 
 function selectLevel(level) {
+  if (!state.site) return;
   state.level = level;
   drawSite();
+  drawGateways(state.gateways);
   if (state.tick) {
     drawDots(state.tick.positions);
     drawOccupancy(state.tick.zones);
-    drawGateways(state.tick.gateways);
   }
   drawStats();
 }
 
+// The old site's stream is closed and its data cleared before anything is awaited, so no tick
+// of it can land on the new map. A site that fails to load leaves no site drawn (the select
+// shows none, so picking it again retries) and says why in the status.
 async function selectSite(id) {
-  state.site = await api(`/api/sites/${encodeURIComponent(id)}`);
-  state.tick = null;
-  state.highlight = null;
+  const seq = ++state.loading;
+  closeStream();
+  Object.assign(state, { tick: null, gateways: [], tickGaps: [], stale: false, highlight: null });
+  delete document.body.dataset.stale;
   $("#pallet-panel").hidden = true;
+  delete $("#pallet-info").dataset.beacon;
   $("#site").value = id;
-  document.body.dataset.kind = state.site.kind;
+  clearLive();
+  setStatus(`loading ${siteName(id)}…`, "connecting");
+  let site;
+  try {
+    site = await api(`/api/sites/${encodeURIComponent(id)}`);
+  } catch (e) {
+    if (seq === state.loading) {
+      state.site = null;
+      clearMap();
+      $("#site").value = "";
+      setStatus(`${id}: could not load the site: ${message(e)}`, "down");
+    }
+    throw e;
+  }
+  if (seq !== state.loading) return;
+  state.site = site;
+  document.body.dataset.kind = site.kind;
   const levels = $("#level");
   levels.replaceChildren(
-    ...state.site.levels.map((l) => el("option", { value: l.level }, l.name || `Level ${l.level}`)),
+    ...site.levels.map((l) => el("option", { value: l.level }, l.name || `Level ${l.level}`)),
   );
-  state.level = state.site.levels[0].level;
+  state.level = site.levels[0].level;
   levels.value = String(state.level);
   drawSite();
-  const snap = await api(`/api/sites/${encodeURIComponent(id)}/gateways`);
-  drawGateways(snap.gateways);
   connect();
   drawStats();
   history.replaceState(null, "", `#${id}`);
+  // The gateways until the first tick brings them; the ticks carry them, so a failure here
+  // costs nothing more.
+  try {
+    const snap = await api(`/api/sites/${encodeURIComponent(id)}/gateways`);
+    if (seq === state.loading && !state.tick && snap.site === id) drawGateways(snap.gateways);
+  } catch (e) {
+    console.warn(e);
+  }
 }
 
 async function main() {
+  $("#site").addEventListener("change", (e) => {
+    selectSite(e.target.value).catch((err) => {
+      console.warn(err);
+      if ($("#status").dataset.state !== "down") setStatus(message(err), "down");
+    });
+  });
+  $("#level").addEventListener("change", (e) => selectLevel(Number(e.target.value)));
+  $("#period").addEventListener("change", () => {
+    drawStats();
+    if (state.highlight) drawTrail(state.highlight);
+  });
+  $("#search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    search($("#search").value).catch(searchFailed);
+  });
+  $("#dots").addEventListener("click", (e) => {
+    const dot = e.target.closest(".dot");
+    if (!dot) return;
+    $("#search").value = dot.dataset.label || dot.dataset.beacon;
+    const p = state.tick?.positions.find((q) => q.beacon === dot.dataset.beacon);
+    pick(dot.dataset.beacon, p);
+  });
+  state.heatTimer = setInterval(drawStats, HEAT_REFRESH_MS);
   try {
     const { sites } = await api("/api/sites");
     state.sites = sites;
@@ -545,20 +839,9 @@ async function main() {
     const wanted = location.hash.slice(1);
     await selectSite(sites.some((s) => s.id === wanted) ? wanted : sites[0].id);
   } catch (e) {
-    setStatus(String(e.message ?? e), "down");
-    throw e;
+    console.error(e);
+    if ($("#status").dataset.state !== "down") setStatus(message(e), "down");
   }
-  $("#site").addEventListener("change", (e) => selectSite(e.target.value));
-  $("#level").addEventListener("change", (e) => selectLevel(Number(e.target.value)));
-  $("#period").addEventListener("change", () => {
-    drawStats();
-    if (state.highlight) drawTrail(state.highlight);
-  });
-  $("#search-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    search($("#search").value).catch((err) => console.warn(err));
-  });
-  state.heatTimer = setInterval(drawStats, HEAT_REFRESH_MS);
 }
 
 main();

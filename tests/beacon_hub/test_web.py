@@ -172,6 +172,14 @@ def test_assets_search_finds_live_and_registered(world: World) -> None:
     assert [(a.beacon, a.site, a.battery_mv) for a in gone.assets] == [(VANISHING, None, 2100)]
 
 
+@pytest.mark.parametrize("blank", ["%20", "+%20%09", "%E3%80%80"])  # spaces, a tab, CJK space
+def test_assets_search_refuses_a_blank_query(world: World, blank: str) -> None:
+    """Blank once stripped, a query would match every label and id: refused, with the reason."""
+    status, body = get(f"{world.url}/api/assets?q={blank}")
+    assert status == 422, body[:300]
+    assert json.loads(body) == {"detail": "q: blank; give part of a label or beacon id"}
+
+
 def test_openapi_is_complete_and_needs_no_cdn(world: World) -> None:
     doc = get_json(world.url + "/openapi.json")
     paths = doc["paths"]
