@@ -191,6 +191,10 @@ class RateLimitedLog:
         self._logger.warning(message, *args, exc_info=exc_info)
 
 
+STOP_POLL_S = 0.1
+"""How often paho's thread, waiting for room in the inbox, looks whether the hub is stopping."""
+
+
 class MqttLink:
     """The hub's one MQTT connection: subscribes to the sites' readings, hands messages over,
     acknowledges, publishes outputs. See the module docstring for threads and policy."""
@@ -269,16 +273,27 @@ class MqttLink:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         """paho's thread: hand the bytes over, never touch service state (module docstring)."""
         item = Inbound(time.time(), msg.topic, bytes(msg.payload), msg.mid, msg.qos)
-        try:
-            self.inbox.put(item, timeout=self._overload_wait_s)
-        except queue.Full:
-            # Policy: dropped unacknowledged, counted; the broker re-sends on the next connect.
-            self.metrics.inbox_dropped.inc()
-            self._overload_log.warning(
-                ("overload",),
-                "inbox full for %.1f s: dropped a message unacknowledged",
-                self._overload_wait_s,
-            )
+        deadline = time.monotonic() + self._overload_wait_s
+        while not self._stopping:
+            # In slices: a stop must not wait out overload_wait_s per message paho still
+            # reads before it writes the DISCONNECT (20 outstanding outputs made it 94 s,
+            # past systemd's stop timeout, and the stores were never flushed).
+            try:
+                self.inbox.put(
+                    item, timeout=max(0.0, min(STOP_POLL_S, deadline - time.monotonic()))
+                )
+            except queue.Full:
+                if time.monotonic() < deadline:
+                    continue
+                # Policy: dropped unacknowledged, counted; the broker re-sends on the next connect.
+                self.metrics.inbox_dropped.inc()
+                self._overload_log.warning(
+                    ("overload",),
+                    "inbox full for %.1f s: dropped a message unacknowledged",
+                    self._overload_wait_s,
+                )
+            return
+        # Stopping: left unacknowledged, so the broker keeps it for the next connect.
 
     def _on_connect(
         self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _props: Any
@@ -440,7 +455,7 @@ class Ingestor:
         )
 
     def handle(self, item: Inbound) -> Accepted | Rejected | ConsentUpdate | GatewayUpdate:  # noqa: PLR0915  # one check after another, in the order that matters
-        if "/consent/" in item.topic:
+        if item.topic.split("/", 3)[2:3] == ["consent"]:  # not a gateway or site named so
             return self._consent(item)
         try:
             topic = parse_topic(item.topic)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from beacon_hub.consent import Consent, encode_consent
 from beacon_hub.engine import FixTable
 from beacon_hub.errors import CsvError
 from beacon_hub.health import UNKNOWN_GATEWAY, Metrics
@@ -93,6 +94,20 @@ def test_sequence_gaps_are_counted_and_duplicates_dropped() -> None:
     assert reason(ing.handle(msg(batch(seq=1), arrival=T0 + 3.3))) == "duplicate"
     # A new boot starts a new sequence.
     assert reason(ing.handle(msg(batch(seq=0, boot="beef"), arrival=T0 + 4))) == "accepted"
+
+
+def test_a_gateway_named_consent_is_a_gateway() -> None:
+    """Topics are told apart by their third level, not by a substring: a gateway or site whose
+    id is "consent" (a valid name) had every batch refused as a bad consent topic."""
+    ing = Ingestor({"consent": frozenset({"consent"})}, IngestConfig(), Metrics())
+    payload = batch(gw="consent")
+    item = Inbound(T0 + 0.05, "beacons/consent/gateway/consent/readings", payload, 1, 1)
+    assert reason(ing.handle(item)) == "accepted"
+    beacon = BEACON.format(1)
+    payload = encode_consent(Consent(consent=True, t=T0, expires=None))
+    decision = ing.handle(Inbound(T0, f"beacons/consent/consent/{beacon}", payload, 2, 1))
+    assert isinstance(decision, ConsentUpdate), decision
+    assert (decision.beacon, decision.consent) == (beacon, Consent(True, T0, None))
 
 
 def test_a_boot_the_gateway_has_left_is_refused_not_taken_for_a_reboot() -> None:

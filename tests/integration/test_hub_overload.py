@@ -148,6 +148,42 @@ def _restart_while_gateways_publish(hub: HubProcess, gws: Gateways, site: str) -
     return before
 
 
+def test_a_stop_with_a_full_inbox_does_not_wait_out_the_overload_wait(tmp_path: Path) -> None:
+    """The service loop has stopped draining the inbox; paho's thread waits for room for each
+    message it reads before it writes the DISCONNECT. Stopping must end that wait at once:
+    with a minute's overload wait per message, the stop took minutes (past systemd's stop
+    timeout, and the stores were never flushed). The held messages stay with the broker."""
+    broker = shipped_broker(tmp_path / "mq")
+    broker.start()
+    site = unique_site()
+    ingest = IngestConfig(queue_messages=10, overload_wait_s=60)
+    metrics = Metrics()
+    link = MqttLink(
+        BrokerConfig(url=broker.url), ingest, client_id=f"hub-{uuid.uuid4().hex[:8]}",
+        site_ids=[site], metrics=metrics,
+    )  # fmt: skip
+    link.start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        assert link.connected.wait(WAIT_S)
+        for i in range(20):
+            pub.publish(readings_topic(site, "gw-1"), str(i).encode(), qos=1)
+        wait_until("the inbox full", link.inbox.full)
+        for _ in range(5):  # the hub's QoS 1 outputs still waiting for their PUBACK
+            link.publish(f"beacons/{site}/event/zone_enter", b"{}", 1)
+        stopper = threading.Thread(target=link.stop)
+        stopper.start()
+        stopper.join(ingest.overload_wait_s / 2)  # a guard against a hang, not a speed test
+        assert not stopper.is_alive(), "MqttLink.stop() still waiting on a full inbox"
+        assert metrics.inbox_dropped._value.get() == 0  # left with the broker, not dropped
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        broker.stop()
+
+
 def test_a_stalled_hub_skips_to_the_newest_tick_and_a_restarted_one_ticks_its_backlog(
     tmp_path: Path,
 ) -> None:
