@@ -149,9 +149,13 @@ def _expiry(text: str, where: str) -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise ConfigError(where, [f"{where}: expires {text!r:.40} is not a finite time"])
+        return seconds
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError as e:

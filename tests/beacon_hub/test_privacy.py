@@ -206,6 +206,10 @@ def test_consent_files_csv_and_yaml(tmp_path: Path) -> None:
     bad.write_text(f"beacon\n{CART.format(1)}\nnot-an-id\n")
     with pytest.raises(ConfigError, match=r"bad\.csv:3"):
         read_consent_file(bad)
+    for never in ("nan", "1e400", "-inf"):
+        bad.write_text(f"beacon,expires\n{CART.format(1)},{never}\n")
+        with pytest.raises(ConfigError, match=r"bad\.csv:2.*not a finite time"):
+            read_consent_file(bad)
 
 
 def test_consent_payloads_round_trip_and_refuse_with_reasons() -> None:
