@@ -175,7 +175,9 @@ class Gateway:
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat payload (wire.Heartbeat), with `samples_per_s` and `beacons_heard`
-        that give the sampling rate per beacon."""
+        that give the sampling rate per beacon, and `malformed_frames`: beacon fields since the
+        start that did not fit their frame's layout (wire.py's Heartbeat has no field for it;
+        its decoder ignores unknown keys, as every v1 reader must)."""
         now = time.monotonic()
         seen = self.pipeline.counters.adverts_seen
         samples = self.pipeline.counters.samples
@@ -199,6 +201,7 @@ class Gateway:
             beacons_heard=len(self._beacons_heard),
         )
         payload: dict[str, Any] = json.loads(encode_heartbeat(hb))
+        payload["malformed_frames"] = self.pipeline.counters.malformed
         self._beacons_heard = set()
         return payload
 

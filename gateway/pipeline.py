@@ -36,6 +36,8 @@ class PipelineCounters:
     malformed: int = 0
     """Fields that claimed a frame type but did not fit its layout."""
     below_rssi: int = 0
+    """Advertisements dropped for their RSSI: below the floor, outside the HCI range, or none
+    reported."""
     telemetry: int = 0
 
 
@@ -72,32 +74,45 @@ class Pipeline:
     def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
         counters = self.counters
         counters.adverts_seen += 1
-        rssi = adv.rssi
+        rssi: object = adv.rssi  # typed int by bleak, but a backend may report None
         # BlueZ reports 127 for "not available" (HCI); anything outside the HCI range is noise.
-        if not RSSI_MIN_DBM <= rssi <= RSSI_MAX_DBM or rssi < self.filter.min_rssi_dbm:
+        if (
+            not isinstance(rssi, int | float)
+            or not RSSI_MIN_DBM <= rssi <= RSSI_MAX_DBM
+            or rssi < self.filter.min_rssi_dbm
+        ):
             counters.below_rssi += 1
             return
+        rssi_dbm = float(rssi)
         frames, telemetry, bad = self.parser.frames(adv.manufacturer_data, adv.service_data)
         counters.malformed += bad
         now = self.monotonic()
-        batcher = self.batcher
         for frame in frames:
             if self.filter.allows(frame):
-                batcher.add(frame.beacon, now, float(rssi), frame.tx_1m_dbm)
-                counters.samples += 1
+                self._add(frame.beacon, now, rssi_dbm, frame.tx_1m_dbm)
                 if frame.beacon.startswith("eddystone:"):
                     self._remember_owner(device.address, frame.beacon)
         if not frames:
             beacon = self.filter.mac_beacon(device.address)
             if beacon is not None:
-                batcher.add(beacon, now, float(rssi), None)
-                counters.samples += 1
+                self._add(beacon, now, rssi_dbm, None)
         if telemetry is not None:
             owner = self._tlm_owner.get(device.address)
             if owner is not None:  # TLM before any UID from that device: nothing to tie it to
-                batcher.add_telemetry(telemetry.for_beacon(owner))
+                self.batcher.add_telemetry(telemetry.for_beacon(owner))
                 counters.telemetry += 1
-        if batcher.full and self.on_full is not None:
+                self._take_if_full()
+
+    def _add(self, beacon: str, now: float, rssi_dbm: float, tx_1m_dbm: float | None) -> None:
+        self.batcher.add(beacon, now, rssi_dbm, tx_1m_dbm)
+        self.counters.samples += 1
+        self._take_if_full()
+
+    def _take_if_full(self) -> None:
+        """Checked after every sample, not once per advertisement: one advertisement may carry
+        many frames (an extended advertisement has room for dozens, and BlueZ may keep
+        manufacturer data a device sent earlier), which together could pass a limit."""
+        if self.batcher.full and self.on_full is not None:
             self.on_full()
 
     def _remember_owner(self, address: str, beacon: str) -> None:
