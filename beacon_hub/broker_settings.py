@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from beacon_hub.config_loader import ConfigPath
 from beacon_hub.errors import ConfigError
 
 __all__ = ["BrokerSettings", "TlsConfig"]
@@ -31,11 +32,11 @@ MQTTS_PORT = 8883
 class TlsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ca_file: Path | None = None
+    ca_file: ConfigPath | None = None
     """CA bundle that signed the broker's certificate; None uses the system's CAs."""
-    cert_file: Path | None = None
+    cert_file: ConfigPath | None = None
     """Client certificate, for brokers that authenticate clients by certificate."""
-    key_file: Path | None = None
+    key_file: ConfigPath | None = None
 
     @model_validator(mode="after")
     def _pair(self) -> Self:
@@ -52,7 +53,7 @@ class BrokerSettings(BaseModel):
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     username: str | None = None
     password: SecretStr | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     tls: TlsConfig | None = None
     """TLS settings; mqtts:// alone turns TLS on with the system's CAs."""
     keepalive_s: int = Field(default=30, ge=5, le=3600)
@@ -139,8 +140,12 @@ class BrokerSettings(BaseModel):
             return self.password.get_secret_value()
         if self.password_file is None:
             return None
+        where = str(self.password_file)
         try:
             return self.password_file.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            where = str(self.password_file)
-            raise ConfigError(where, [f"broker.password_file {where}: {e.strerror}"]) from e
+        except UnicodeDecodeError as e:  # the reason only: the message must not show the bytes
+            reason = f"not UTF-8 text ({e.reason} at byte {e.start})"
+            raise ConfigError(where, [f"broker.password_file {where}: {reason}"]) from e
+        except (OSError, ValueError) as e:  # ValueError: a NUL in a path built in code
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(where, [f"broker.password_file {where}: {reason}"]) from e

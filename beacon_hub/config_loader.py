@@ -11,17 +11,18 @@ Imports only pydantic and PyYAML: the gateway uses it on a Pi Zero.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from beacon_hub.errors import ConfigError
 
 __all__ = [
+    "ConfigPath",
     "Loc",
     "Located",
     "format_loc",
@@ -39,6 +40,28 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 """Largest config or site file read: a 2,000-bay warehouse is about 1 MiB of YAML."""
+MAX_ALIAS_EXPANSION_NODES = 1_000_000
+"""Values that YAML aliases may add to a document beyond those written in it. A 1 MiB site file
+holds about 100,000 (config/warehouse.yaml: 6,000 in 67 KB), so ten times that is room for any
+use of anchors for shared settings; a "billion laughs" of a few hundred bytes expands past it
+at once and would otherwise hold the validator for minutes."""
+
+
+def _openable(path: Path) -> Path:
+    """A path the OS can be handed: no NUL character (open() raises ValueError for it) and
+    nothing the file system encoding cannot write (a lone surrogate from a YAML escape)."""
+    if "\0" in str(path):
+        raise ValueError("a path cannot contain a NUL character")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"a path cannot contain {e.object[e.start : e.end]!r}") from e
+    return path
+
+
+ConfigPath = Annotated[Path, AfterValidator(_openable)]
+"""The type of every path field of a config schema: refused when it names no possible file, so
+the error names the config file and line instead of a ValueError where the file is opened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +115,53 @@ def read_yaml(path: Path) -> Located:
 
 
 def parse_yaml_text(text: str, source: str) -> Located:
+    """Parse one YAML document; `source` names it in messages (a file name)."""
+    data, origins = _parse(text, source)
+    return Located(data={} if data is None else data, origins=origins, source=source)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, whose constructors raise only YAML errors marked with their place.
+
+    PyYAML's own constructors let plain ValueError, IndexError, KeyError, AttributeError or
+    OverflowError out for scalars such as `!!float abc`, `!!bool maybe`, an empty `!!int` or an
+    integer of more than 4300 digits.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as e:
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            text = str(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+            shown = repr(text if len(text) <= 40 else text[:37] + "...")
+            detail = f" ({e})" if isinstance(e, ValueError) else ""  # e.g. month must be in 1..12
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown} is not a valid {kind}{detail}", node.start_mark
+            ) from e
+
+
+def _parse(text: str, source: str) -> tuple[Any, dict[Loc, str]]:
+    """The data of one YAML document (None when empty) and the line of each path in it.
+
+    The node graph is indexed (and refused if it must be) before any data is built from it, so
+    an alias cycle or an alias explosion costs only a walk over the nodes as written.
+    """
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _Loader(text)  # refuses control characters at once
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, max(0, e.position)) + 1
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        problem = f"{source}:{line}: not valid YAML: character {char} ({e.reason})"
+        raise ConfigError(source, [problem]) from e
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        origins = _index(node, source)
+        return loader.construct_document(node), origins
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -103,45 +170,115 @@ def parse_yaml_text(text: str, source: str) -> Located:
         raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
     except RecursionError as e:
         raise ConfigError(source, [f"{source}: nested too deeply"]) from e
-    origins: dict[Loc, str] = {}
+    finally:
+        loader.dispose()
+
+
+class _Open:
+    """A collection node being walked: its children still to visit and its size so far."""
+
+    __slots__ = ("children", "node", "size")
+
+    def __init__(self, node: yaml.Node, children: Iterator[tuple[yaml.Node, Loc]]) -> None:
+        self.node = node
+        self.children = children
+        self.size = 1
+
+
+def _index(root: yaml.Node, source: str) -> dict[Loc, str]:
+    """The line of every key and list item, walking each node once (an alias is not entered
+    again); ConfigError for duplicate keys, an alias inside the node it names, and aliases
+    that would expand the document by more than MAX_ALIAS_EXPANSION_NODES values."""
+    origins: dict[Loc, str] = {(): _line(source, root)}
     duplicates: list[str] = []
-    if node is not None:
-        _index_node(node, (), source, origins, duplicates)
+    expanded: dict[yaml.Node, int] = {}  # values each walked collection stands for
+    written = 1  # nodes as written: each collection once, scalars wherever they appear
+    largest: tuple[int, yaml.Node | None] = (0, None)  # the biggest node reached by an alias
+    stack = [_Open(root, _children(root, (), source, origins, duplicates))]
+    walking = {root}
+    while stack:
+        top = stack[-1]
+        step = next(top.children, None)
+        if step is None:
+            stack.pop()
+            walking.discard(top.node)
+            expanded[top.node] = top.size
+            if stack:
+                stack[-1].size += top.size
+            continue
+        child, loc = step
+        if child in walking:
+            where = f"{_line(source, child)}: {format_loc(loc)}"
+            raise ConfigError(
+                source,
+                [f"{where}: an alias inside the node it names; a config cannot contain itself"],
+            )
+        size = expanded.get(child)
+        if size is not None:  # an alias of a node walked already
+            top.size += size
+            if size > largest[0]:
+                largest = (size, child)
+        elif isinstance(child, yaml.CollectionNode):
+            written += 1
+            walking.add(child)
+            stack.append(_Open(child, _children(child, loc, source, origins, duplicates)))
+        else:
+            written += 1
+            top.size += 1
     if duplicates:
         raise ConfigError(source, duplicates)
-    return Located(data={} if data is None else data, origins=origins, source=source)
+    total = expanded[root] if isinstance(root, yaml.CollectionNode) else 1
+    if total - written > MAX_ALIAS_EXPANSION_NODES and largest[1] is not None:
+        problem = (
+            f"{_line(source, largest[1])}: aliases of this node and others expand the document to "
+            f"{total:,} values, {total - written:,} more than written; at most "
+            f"{MAX_ALIAS_EXPANSION_NODES:,} more are allowed"
+        )
+        raise ConfigError(source, [problem])
+    return origins
 
 
-def _index_node(
+def _children(
     node: yaml.Node, loc: Loc, source: str, origins: dict[Loc, str], duplicates: list[str]
-) -> None:
-    origins[loc] = f"{source}:{node.start_mark.line + 1}"
+) -> Iterator[tuple[yaml.Node, Loc]]:
+    """A collection's values with their paths; records each one's line and duplicate keys."""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                # A list or mapping as a key names no setting, and its text can be an alias
+                # explosion of its own.
+                raise ConfigError(
+                    source,
+                    [f"{_line(source, key_node)}: {format_loc(loc)}: a key must be a plain name"],
+                )
             key = str(key_node.value)
             if key in seen:
                 duplicates.append(
-                    f"{source}:{key_node.start_mark.line + 1}: {format_loc((*loc, key))}: "
+                    f"{_line(source, key_node)}: {format_loc((*loc, key))}: "
                     "key given twice; each key may appear once"
                 )
             seen.add(key)
-            _index_node(value_node, (*loc, key), source, origins, duplicates)
-            origins[(*loc, key)] = f"{source}:{key_node.start_mark.line + 1}"
+            origins[(*loc, key)] = _line(source, key_node)
+            yield value_node, (*loc, key)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_node(item, (*loc, i), source, origins, duplicates)
+            origins[(*loc, i)] = _line(source, item)
+            yield item, (*loc, i)
+
+
+def _line(source: str, node: yaml.Node) -> str:
+    return f"{source}:{node.start_mark.line + 1}"
 
 
 def parse_override(text: str, source: str) -> Any:
     """A value from the environment or the command line, read as a YAML scalar or flow list."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(source, [f"{source}: {text!r} is not a valid value"]) from e
+    return _parse(text, source)[0]
 
 
 def _set_path(data: dict[str, Any], path: Sequence[str], value: Any, source: str) -> None:
+    if not path:
+        raise ConfigError(source, [f"{source}: names no key; expected section.key=value"])
     node = data
     for i, key in enumerate(path[:-1]):
         child = node.get(key)

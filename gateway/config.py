@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from beacon_hub.broker_settings import BrokerSettings, TlsConfig
-from beacon_hub.config_loader import load_model
+from beacon_hub.config_loader import ConfigPath, load_model
 from beacon_hub.ids import NAME_ID_PATTERN, mac_id
 
 __all__ = [
@@ -75,7 +75,7 @@ class ScannerConfig(_Section):
     power_cycle_after_failures: int | None = Field(default=None, ge=1, le=100)
     """After this many failed starts in a row, power the adapter off and on (D-Bus); off by
     default because it also drops other Bluetooth connections of the Pi."""
-    replay_file: Path | None = None
+    replay_file: ConfigPath | None = None
     """JSON lines of advertisements (source: replay); see docs/gateway.md."""
     replay_interval_s: float = Field(default=0.1, ge=0.0, le=60)
     """Pause between replayed advertisements when a line gives no `delay_s`."""
@@ -137,7 +137,7 @@ class BufferConfig(_Section):
     max_batches: int = Field(default=600, ge=1, le=1_000_000)
     """Batches kept while the broker is unreachable: 600 one-second batches = 10 minutes.
     When full the oldest is dropped and counted."""
-    dir: Path | None = None
+    dir: ConfigPath | None = None
     """Keep the buffer on disk in this folder (survives a restart; costs SD card writes, only
     while the broker is away). None keeps it in memory."""
     inflight: int = Field(default=10, ge=1, le=100)

@@ -121,10 +121,10 @@ def load_replay(path: Path, default_delay_s: float) -> list[ReplayRecord]:
     "manufacturer_data": {"76": "0215..."}, "service_data": {"feaa": "00..."},
     "local_name": "...", "delay_s": 0.1}; company ids decimal or "0x004c".
     """
-    source = str(path)
+    source = str(path) if str(path).isprintable() else repr(str(path))
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, or a NUL in the path
         raise ConfigError(source, [f"{source}: cannot read replay file: {e}"]) from e
     if len(lines) > _REPLAY_MAX_LINES:
         raise ConfigError(source, [f"{source}: more than {_REPLAY_MAX_LINES} lines"])
@@ -134,7 +134,10 @@ def load_replay(path: Path, default_delay_s: float) -> list[ReplayRecord]:
             continue
         try:
             records.append(_record(json.loads(line), default_delay_s))
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except RecursionError as e:
+            raise ConfigError(source, [f"{source}:{number}: nested too deeply"]) from e
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as e:
+            # ArithmeticError: int() of an infinite rssi (1e999) overflows
             raise ConfigError(source, [f"{source}:{number}: not a replay record: {e}"]) from e
     if not records:
         raise ConfigError(source, [f"{source}: no advertisements in the replay file"])

@@ -6,7 +6,12 @@ import pytest
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr
 
 from beacon_hub.commands import overrides_from
-from beacon_hub.config_loader import format_loc, load_model
+from beacon_hub.config_loader import (
+    MAX_ALIAS_EXPANSION_NODES,
+    format_loc,
+    load_model,
+    parse_yaml_text,
+)
 from beacon_hub.errors import BeaconHubError, ConfigError
 
 
@@ -68,3 +73,99 @@ def test_bad_set_option_is_our_error() -> None:
 def test_format_loc() -> None:
     assert format_loc(("gateways", 3, "x")) == "gateways[3].x"
     assert format_loc(()) == "(top level)"
+
+
+# --- untrusted YAML: every failure is a ConfigError naming the file and line
+
+
+def test_an_alias_inside_its_own_node_is_refused_with_its_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_yaml_text("site: a\nx: &a [*a]\n", "g.yaml")
+    assert info.value.problems == [
+        "g.yaml:2: x[0]: an alias inside the node it names; a config cannot contain itself"
+    ]
+
+
+def laughs(levels: int, copies: int = 10) -> str:
+    """A "billion laughs": each level holds `copies` aliases of the one before."""
+    return "site: a\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * copies) + "]\n" for i in range(1, levels + 1)
+    )
+
+
+def test_an_alias_explosion_is_refused_naming_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(laughs(9))  # 356 bytes standing for 10**10 values
+    with pytest.raises(ConfigError) as info:
+        load_model(Program, path=path)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}:10: aliases of this node and others expand the document")
+    assert f"{MAX_ALIAS_EXPANSION_NODES:,} more are allowed" in problem
+
+
+def test_aliases_within_the_bound_are_read_once_and_shared() -> None:
+    doc = parse_yaml_text(laughs(3), "g.yaml")  # 11,110 values, 50 written
+    assert doc.data["l3"][9][9] is doc.data["l1"]
+    assert len(doc.origins) < 100  # each aliased node indexed once, not once per alias
+    assert doc.where(("l3", 9, 9, 9)) == "g.yaml:4"  # inside an alias: the aliased node's line
+    shared = parse_yaml_text("a: &b {url: mqtt://h}\nc: *b\nd:\n  <<: *b\n  url: x\n", "g.yaml")
+    assert shared.data == {"a": {"url": "mqtt://h"}, "c": {"url": "mqtt://h"}, "d": {"url": "x"}}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "!!float",
+        "!!float abc",
+        "!!int abc",
+        "!!int",
+        "!!timestamp 2020-13-45",
+        "!!timestamp 2020-01-01 99:00",
+        "1" * 5000,
+        "!!bool maybe",
+    ],
+)
+def test_a_value_yaml_cannot_build_is_refused_with_its_line(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_yaml_text(f"site: a\nbroker:\n  keepalive_s: {value}\n", "g.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith("g.yaml:3:16: not valid YAML: ")
+    assert "is not a valid" in problem
+
+
+def test_a_value_yaml_cannot_build_in_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_model(Program, env_prefix="BEACON_HUB", environ={"BEACON_HUB__SITE": "!!float abc"})
+    assert info.value.problems[0].startswith("environment BEACON_HUB__SITE:1:1: not valid YAML")
+
+
+@pytest.mark.parametrize("option", [".=1", "..=1"])
+def test_a_set_option_naming_no_key_is_refused(option: str) -> None:
+    overrides = overrides_from([option])
+    with pytest.raises(ConfigError) as info:
+        load_model(Program, overrides={**overrides, "site": "a"})
+    assert info.value.problems == [
+        f"command line {option.partition('=')[0]}: names no key; expected section.key=value"
+    ]
+
+
+def test_an_empty_override_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="names no key"):
+        load_model(Program, overrides={"": 1, "site": "a"})
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x19", "\x7f"])
+def test_a_control_character_is_refused_with_its_line(char: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"g\.yaml:2: not valid YAML: character U\+{ord(char):04X}"
+    ):
+        parse_yaml_text(f"a: 1\nb: 2{char}\n", "g.yaml")
+
+
+def test_a_list_as_a_key_is_refused_before_its_aliases_expand() -> None:
+    """`str()` of a collection key expanded its aliases: 9 levels of 9 ran for minutes."""
+    text = "? &k0 [x, x, x, x, x, x, x, x, x]\n: 1\n" + "".join(
+        f"? &k{i} [{', '.join([f'*k{i - 1}'] * 9)}]\n: 1\n" for i in range(1, 9)
+    )
+    with pytest.raises(ConfigError, match=r"g\.yaml:1: \(top level\): a key must be a plain name"):
+        parse_yaml_text(text, "g.yaml")

@@ -128,6 +128,19 @@ def test_allow_lists_and_rssi_floor() -> None:
     assert batch.beacons == (ED,)
 
 
+def test_an_advert_without_rssi_is_counted_not_raised() -> None:
+    """bleak types rssi as int, but a backend may report none (the fuzzing audit's TypeError)."""
+    pipe, _ = make()
+    no_rssi = advert(-60, {APPLE_COMPANY_ID: IBEACON})._replace(rssi=None)  # type: ignore[arg-type]
+    pipe.on_advertisement(device(), no_rssi)
+    pipe.on_advertisement(device(), advert(-60, {APPLE_COMPANY_ID: IBEACON}))
+    assert pipe.counters.adverts_seen == 2
+    assert pipe.counters.below_rssi == 1
+    batch = pipe.take(1.0)
+    assert batch is not None
+    assert batch.rssi == (-60.0,)
+
+
 def test_tlm_is_tied_to_the_uid_of_the_same_device() -> None:
     pipe, _ = make()
     tlm = advert(-70, svc={EDDYSTONE_SERVICE_UUID: EDDYSTONE_TLM})
@@ -245,6 +258,46 @@ def test_credentials_in_the_url_move_out_of_it() -> None:
         None, {"gateway_id": "gw", "site": "s"}, {"BEACON_GATEWAY__BROKER__PASSWORD": "123456"}
     )
     assert numeric.broker.read_password() == "123456"
+
+
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ('scanner: {source: replay, replay_file: "a\\0b"}', "scanner.replay_file"),
+        ('buffer: {dir: "spool\\0"}', "buffer.dir"),
+        ('broker: {password_file: "\\0pw"}', "broker.password_file"),
+        ('broker: {tls: {ca_file: "ca\\0.pem"}}', "broker.tls.ca_file"),
+        ('buffer: {dir: "spool\\ud800"}', "buffer.dir"),  # no file system can write it
+    ],
+)
+def test_a_path_no_file_can_have_is_refused_with_its_line(
+    tmp_path: Path, section: str, where: str
+) -> None:
+    """Not a ValueError later, where the daemon opens the file (buffer.py, scanner.py)."""
+    path = tmp_path / "g.yaml"
+    path.write_text(f"gateway_id: gw\nsite: s1\n{section}\n")
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(path, environ={})
+    assert f"{path}:3: {where}: a path cannot contain" in str(info.value)
+
+
+def test_an_unreadable_password_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_bytes(b"s3cr3t\xff\n")
+    config = load_gateway_config(
+        None,
+        {"gateway_id": "gw", "site": "s", "broker.username": "gw", "broker.password_file": secret},
+        {},
+    )
+    with pytest.raises(ConfigError) as info:
+        config.broker.read_password()
+    assert f"broker.password_file {secret}: not UTF-8 text" in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+    assert "xff" not in str(info.value)  # not even the byte that failed
+    for missing in (tmp_path / "none", Path("a\0b")):  # the NUL only through code, not config
+        broker = config.broker.model_copy(update={"password_file": missing})
+        with pytest.raises(ConfigError, match=r"broker\.password_file"):
+            broker.read_password()
 
 
 def test_defaults_are_what_the_issue_asks() -> None:

@@ -111,6 +111,33 @@ def test_replay_file_errors_name_the_line(tmp_path: Path) -> None:
         load_replay(path, 0.1)
 
 
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"address": "AA:BB:CC:DD:EE:FF", "rssi": 1e999}', "not a replay record"),  # inf
+        ('{"address": "AA:BB:CC:DD:EE:FF", "rssi": -Infinity}', "not a replay record"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"address": "A", "rssi": -60, "manufacturer_data": [1]}', "not a replay record"),
+    ],
+    ids=["overflow", "infinity", "deep", "mfg-list"],
+)
+def test_any_bad_replay_line_is_a_config_error_naming_it(
+    tmp_path: Path, line: str, reason: str
+) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(f'{{"address": "AA:BB:CC:DD:EE:FF", "rssi": -60}}\n{line}\n')
+    with pytest.raises(ConfigError) as info:
+        load_replay(path, 0.1)
+    assert f"{path}:2: {reason}" in str(info.value)
+
+
+def test_a_replay_path_with_a_nul_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "r\0.jsonl"
+    with pytest.raises(ConfigError) as info:
+        load_replay(path, 0.1)
+    assert f"{str(path)!r}: cannot read replay file" in str(info.value)
+
+
 # --- the supervisor and its watchdog
 
 
