@@ -121,6 +121,7 @@ def _counters(hb: Heartbeat) -> dict[str, Any]:
         "cpu_temp_c": hb.cpu_temp_c,
         "samples_per_s": hb.samples_per_s,
         "beacons_heard": hb.beacons_heard,
+        "malformed_frames": hb.malformed_frames,
     }
 
 

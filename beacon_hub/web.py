@@ -165,6 +165,8 @@ class GatewayCounters(_Out):
     cpu_temp_c: float | None
     samples_per_s: float | None
     beacons_heard: int | None
+    malformed_frames: int | None
+    """Undecodable beacon frames since the gateway started (absent from older gateways)."""
 
 
 class GatewayHealth(_Out):

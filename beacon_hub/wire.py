@@ -371,6 +371,9 @@ class Heartbeat:
     """Samples batched per second; with beacons_heard it gives the RSSI rate per beacon."""
     beacons_heard: int | None = None
     """Distinct beacons in the batches since the last heartbeat."""
+    malformed_frames: int | None = None
+    """Beacon frames since the gateway started that could not be decoded (a broken or hostile
+    advertiser nearby)."""
 
 
 _HEARTBEAT_COUNTERS = (
@@ -404,6 +407,7 @@ def decode_heartbeat(raw: bytes | bytearray) -> Heartbeat:
         cpu_temp_c=_opt_num(obj, "cpu_temp_c", -100.0, 200.0),
         samples_per_s=_opt_num(obj, "samples_per_s", 0.0, 1e9),
         beacons_heard=_opt_int(obj, "beacons_heard", 0, 10_000_000),
+        malformed_frames=_opt_int(obj, "malformed_frames", 0, 2**63 - 1),
         **counters,
     )
 

@@ -199,9 +199,9 @@ class Gateway:
             cpu_temp_c=cpu_temp_c(),
             samples_per_s=round((samples - samples_then) / elapsed, 2),
             beacons_heard=len(self._beacons_heard),
+            malformed_frames=self.pipeline.counters.malformed,
         )
         payload: dict[str, Any] = json.loads(encode_heartbeat(hb))
-        payload["malformed_frames"] = self.pipeline.counters.malformed
         self._beacons_heard = set()
         return payload
 
