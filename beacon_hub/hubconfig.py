@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from beacon_hub.broker_settings import BrokerSettings, TlsConfig
-from beacon_hub.config_loader import load_model
+from beacon_hub.config_loader import ConfigPath, load_model
 from beacon_hub.engine import EngineConfig
 from beacon_hub.site import BeaconKindName
 
@@ -58,9 +58,9 @@ class _Section(BaseModel):
 
 
 class SiteEntry(_Section):
-    site: Path
+    site: ConfigPath
     """A site file (docs/site-file.md)."""
-    calibration: Path | None = None
+    calibration: ConfigPath | None = None
     """Output of `beacon-hub calibrate` for this site."""
 
 
@@ -110,7 +110,7 @@ class OutputsConfig(_Section):
 
 
 class SqliteConfig(_Section):
-    path: Path = Path("beacon-hub.sqlite")
+    path: ConfigPath = Path("beacon-hub.sqlite")
     """The embedded store and the hub's own state (gateway sequence numbers, assets)."""
     fixes: bool = True
     """Store fixes and events here; False keeps only the hub's state in SQLite."""
@@ -134,7 +134,7 @@ class InfluxConfig(_Section):
     flush_interval_s: float = Field(default=1.0, gt=0, le=300)
     retry_max_s: float = Field(default=30.0, gt=0, le=3600)
     """Backoff between failed writes doubles from 0.5 s up to this."""
-    spill_dir: Path = Path("beacon-hub-spill")
+    spill_dir: ConfigPath = Path("beacon-hub-spill")
     spill_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """While the database is unreachable, batches go to files here; beyond this size the
     oldest file is dropped and counted (an outage longer than the spill can hold)."""
@@ -223,9 +223,9 @@ class PrivacyConfig(_Section):
     key: SecretStr | None = None
     """The pseudonym key (HMAC-SHA256). Unset: a random key in `key_file`, created at first
     start. Hub processes that share a database or dashboard must share the key."""
-    key_file: Path | None = None
+    key_file: ConfigPath | None = None
     """Default: `{stores.sqlite.path}.privacy-key` next to the SQLite file, mode 0600."""
-    consent_file: Path | None = None
+    consent_file: ConfigPath | None = None
     """Beacons whose shoppers said yes: CSV (`beacon[,expires]`) or YAML (a list of ids or of
     `{beacon, expires}`); `expires` is Unix seconds or an ISO 8601 date-time."""
     retention_days: float | None = Field(default=None, gt=0, le=36_500)
@@ -255,7 +255,7 @@ class WebhookConfig(_Section):
 
 
 class PromotionsConfig(_Section):
-    rules: Path | None = None
+    rules: ConfigPath | None = None
     """The rules file (docs/promotions.md); None: no promotions."""
     webhook: WebhookConfig | None = None
 
@@ -270,7 +270,7 @@ class HubConfig(_Section):
     http: HttpConfig = HttpConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     promotions: PromotionsConfig = PromotionsConfig()
-    assets: Path | None = None
+    assets: ConfigPath | None = None
     """An asset registry file (CSV or YAML) loaded at start, on top of the imported ones."""
 
     @model_validator(mode="after")

@@ -18,9 +18,9 @@ from pydantic import SecretStr
 
 from beacon_hub.consent import Consent, encode_consent
 from beacon_hub.engine import FixTable
-from beacon_hub.errors import CsvError
+from beacon_hub.errors import ConfigError, CsvError
 from beacon_hub.health import UNKNOWN_GATEWAY, Metrics
-from beacon_hub.hubconfig import InfluxConfig, IngestConfig
+from beacon_hub.hubconfig import InfluxConfig, IngestConfig, load_hub_config
 from beacon_hub.ingest import (
     DECODE_REASONS,
     FUTURE_RESYNC_BATCHES,
@@ -525,6 +525,16 @@ def test_run_with_a_config_error_exits_1_naming_file_line_and_key(tmp_path: Path
     done = _cli("run", "--config", str(cfg), cwd=tmp_path)
     assert done.returncode == 1
     assert f"{cfg}:4: broker.url" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "key", ["stores.sqlite.path", "stores.influx.spill_dir", "privacy.consent_file"]
+)
+def test_a_path_no_file_can_have_is_refused_naming_the_key(key: str) -> None:
+    """A NUL in a path passed validation and raised ValueError where the file was opened."""
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises(ConfigError, match=rf"command line {key}: {key}: a path cannot contain"):
+        load_hub_config(None, sites=[root / "config/store.yaml"], overrides={key: "a\0b"})
 
 
 def test_assets_import_with_a_bad_csv_exits_1(tmp_path: Path) -> None:
