@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from beacon_hub.site import Site, ZoneKindName
+from beacon_hub.site import FLOOR_GRID_M, FLOOR_GRID_MARGIN_M, Site, ZoneKindName
 
 __all__ = [
     "AREAS",
@@ -33,9 +33,9 @@ __all__ = [
 
 F64 = NDArray[np.float64]
 
-GRID_RESOLUTION_M = 0.1
-"""Cell size: a tenth of the best achievable BLE accuracy, and 400k cells for an 80 x 50 m hall."""
-MARGIN_M = 1.0
+GRID_RESOLUTION_M = FLOOR_GRID_M
+"""Cell size, defined with the site schema that bounds a site's cells (site.FLOOR_GRID_M)."""
+MARGIN_M = FLOOR_GRID_MARGIN_M
 
 FLOOR = 0
 """Area: anywhere inside the level's outline."""

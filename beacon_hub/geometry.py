@@ -23,6 +23,15 @@ __all__ = [
 Point = tuple[float, float]
 
 EPS_M = 1e-9
+PAIR_BOX_SLACK_M = 0.01
+"""self_intersection tests only edges whose bounding boxes come this close: its tests need the
+edges within 1e-9 m (a vertex on an edge) or, for collinear overlap, 1.5 mm; the rest is room
+for rounding."""
+MAX_SAMPLE_TESTS = 2_000_000
+"""Point-to-edge tests polygon_inside_polygon spends on one polygon, about a second: beyond it
+the edges are sampled more coarsely than `step_m`. Only a polygon with 2 km of edges in an
+outline of 100 corners (or 200 m in one of 1,000) gets there; a zone of a site file has tens of
+metres of edges in an outline of a few corners."""
 
 
 def polygon_area_m2(poly: Sequence[Point]) -> float:
@@ -90,27 +99,54 @@ def _segments_overlap(a: Point, b: Point, c: Point, d: Point) -> bool:
     return min(hi1, hi2) - max(lo1, lo2) > 1e-9
 
 
+def _near_edge_pairs(poly: Sequence[Point], slack_m: float) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, in order, of edges whose bounding boxes come within 2 * slack_m:
+    a sweep along x, so a polygon of n edges costs n log n plus its close pairs, not n^2."""
+    n = len(poly)
+    boxes = []
+    for i in range(n):
+        (ax, ay), (bx, by) = poly[i], poly[(i + 1) % n]
+        boxes.append(
+            (
+                min(ax, bx) - slack_m,
+                max(ax, bx) + slack_m,
+                min(ay, by) - slack_m,
+                max(ay, by) + slack_m,
+            )
+        )
+    pairs: list[tuple[int, int]] = []
+    active: list[int] = []
+    for i in sorted(range(n), key=lambda k: boxes[k][0]):
+        x0, _, y0, y1 = boxes[i]
+        active = [j for j in active if boxes[j][1] >= x0]
+        pairs.extend(
+            (min(i, j), max(i, j)) for j in active if boxes[j][2] <= y1 and y0 <= boxes[j][3]
+        )
+        active.append(i)
+    pairs.sort()
+    return pairs
+
+
 def self_intersection(poly: Sequence[Point]) -> tuple[int, int] | None:
     """The first pair of edges (i, j) that cross or overlap, or None for a simple polygon.
 
-    Edge i runs from vertex i to vertex i+1. O(n^2), fine for zones and outlines.
+    Edge i runs from vertex i to vertex i+1. Only edges whose boxes come close are tested, in the
+    order of every pair, so the pair reported is the first of all pairs that fails.
     """
     n = len(poly)
-    for i in range(n):
+    for i, j in _near_edge_pairs(poly, PAIR_BOX_SLACK_M):
         a, b = poly[i], poly[(i + 1) % n]
-        for j in range(i + 1, n):
-            if j == i + 1 or (i == 0 and j == n - 1):
-                c, d = poly[j], poly[(j + 1) % n]
-                # Neighbours share a vertex; they only fail by folding back along each other.
-                if _segments_overlap(a, b, c, d):
-                    return (i, j)
-                continue
-            c, d = poly[j], poly[(j + 1) % n]
-            if segments_cross(a, b, c, d) or _segments_overlap(a, b, c, d):
+        c, d = poly[j], poly[(j + 1) % n]
+        if j == i + 1 or (i == 0 and j == n - 1):
+            # Neighbours share a vertex; they only fail by folding back along each other.
+            if _segments_overlap(a, b, c, d):
                 return (i, j)
-            # An edge passing exactly through a non-adjacent vertex also makes it non-simple.
-            if point_segment_distance_m(c, a, b) < 1e-9 or point_segment_distance_m(a, c, d) < 1e-9:
-                return (i, j)
+            continue
+        if segments_cross(a, b, c, d) or _segments_overlap(a, b, c, d):
+            return (i, j)
+        # An edge passing exactly through a non-adjacent vertex also makes it non-simple.
+        if point_segment_distance_m(c, a, b) < 1e-9 or point_segment_distance_m(a, c, d) < 1e-9:
+            return (i, j)
     return None
 
 
@@ -121,8 +157,11 @@ def polygon_inside_polygon(
 
     Edges are sampled every `step_m`, so an edge between two inside vertices that cuts across a
     notch of a concave outline is caught, while a zone drawn on the outline itself is accepted.
+    The step grows where that would take more than MAX_SAMPLE_TESTS point-to-edge tests.
     """
     n = len(inner)
+    perimeter = sum(math.dist(inner[i], inner[(i + 1) % n]) for i in range(n))
+    step_m = max(step_m, perimeter * len(outer) / MAX_SAMPLE_TESTS)
     for i in range(n):
         a, b = inner[i], inner[(i + 1) % n]
         steps = max(1, math.ceil(math.dist(a, b) / step_m))

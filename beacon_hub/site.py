@@ -68,6 +68,31 @@ are screwed to outer walls and plans are drawn to about a hand's width."""
 MIN_ZONE_AREA_M2 = 0.05
 """Smaller zones are degenerate: no fix is precise enough to land in them."""
 
+MAX_COORDINATE_M = 10_000.0
+"""Farthest a point of a site file may lie from the site's origin, in x and in y. The origin is
+a corner of the building or a survey point on its plot, and the largest single buildings are
+about 1 km across; 10 km is room for any of them placed anywhere on a campus plan."""
+
+MAX_POLYGON_CORNERS = 1_000
+"""Corners of one outline, obstacle or zone. A drawn or CAD-exported floor polygon has tens (the
+example sites at most 37, a round hall traced at 1-degree steps 360); the self-intersection
+check compares pairs of edges, so 10,000 corners took longer than 20 s to validate."""
+
+FLOOR_GRID_M = 0.1
+"""Cell of the engine's floor grids (floorplan.GRID_RESOLUTION_M): a tenth of the best
+achievable BLE accuracy, and 400k cells for an 80 x 50 m hall."""
+FLOOR_GRID_MARGIN_M = 1.0
+"""The floor grid reaches this far beyond the outline's bounding box on every side."""
+FLOOR_GRID_BYTES_PER_CELL = 138
+"""What the engine allocates per floor-grid cell while building a level: 67 bytes are kept
+(area masks, zone index, nearest cell and clearance of each area) and the rest is scratch
+(measured at 1 and 9 million cells, floorplan.FloorPlan)."""
+MAX_FLOOR_GRID_CELLS = 15_000_000
+"""Floor-grid cells of all levels of a site together: about 2 GB while the engine starts and
+1 GB kept. That is 150,000 m2 of the outlines' bounding boxes, margin included: a 385 x 385 m
+hall, or 1,000 x 147 m, where a large hypermarket is 10,000-20,000 m2 and the example warehouse
+4,000 m2. A larger building is split into several sites, each with its own floor grid."""
+
 BEACON_KINDS = ("cart", "pallet", "reference", "asset")
 BeaconKindName = Literal["cart", "pallet", "reference", "asset"]
 
@@ -86,10 +111,42 @@ ZoneKindName = Literal[
 ]
 
 NameId = Annotated[StrictStr, StringConstraints(pattern=NAME_ID_PATTERN)]
-Metres = StrictFloat
-PointM = tuple[StrictFloat, StrictFloat]
+Metres = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+Coordinate = Annotated[Metres, Field(ge=-MAX_COORDINATE_M, le=MAX_COORDINATE_M)]
+"""x or y in site metres."""
+PointM = tuple[Coordinate, Coordinate]
 """[x, y] in site metres."""
-Polygon = Annotated[list[PointM], Field(min_length=3, max_length=10_000)]
+Polygon = Annotated[list[PointM], Field(min_length=3, max_length=MAX_POLYGON_CORNERS)]
+
+
+def _floor_grid_cells(outline: Sequence[Point]) -> int:
+    """Cells of the engine's floor grid for a level with this outline, sized as
+    floorplan.FloorPlan sizes it."""
+    cells = 1
+    for axis in (0, 1):
+        lo = min(p[axis] for p in outline) - FLOOR_GRID_MARGIN_M
+        hi = max(p[axis] for p in outline) + FLOOR_GRID_MARGIN_M
+        cells *= math.ceil((hi - lo) / FLOOR_GRID_M)
+    return cells
+
+
+def _too_many_cells(what: str, cells: int) -> str:
+    return (
+        f"{what} would have {cells:,} cells of the engine's {FLOOR_GRID_M:g} m floor grid "
+        f"(an outline's bounding box and {FLOOR_GRID_MARGIN_M:g} m around it), more than the "
+        f"{MAX_FLOOR_GRID_CELLS:,} a site may have (about "
+        f"{MAX_FLOOR_GRID_CELLS * FLOOR_GRID_BYTES_PER_CELL / 1e9:.0f} GB as the engine starts); "
+        "split a larger building into several sites"
+    )
+
+
+def _fits_floor_grid(outline: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    cells = _floor_grid_cells(outline)
+    if cells > MAX_FLOOR_GRID_CELLS:
+        xs, ys = [p[0] for p in outline], [p[1] for p in outline]
+        span = f"{max(xs) - min(xs):g} x {max(ys) - min(ys):g} m"
+        raise ValueError(_too_many_cells(f"an outline spanning {span}", cells))
+    return outline
 
 
 def _beacon_id(value: str) -> str:
@@ -116,8 +173,10 @@ def _id_pattern(value: str) -> str:
 def _timezone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
-        raise ValueError(f"{value!r} is not an IANA time zone such as 'Europe/Berlin'") from e
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as e:
+        # OSError: a directory of the zone database ('America') or a name too long for a path.
+        # The message leaves the value to config_loader, which shortens a long one.
+        raise ValueError("not an IANA time zone such as 'Europe/Berlin'") from e
     return value
 
 
@@ -181,15 +240,15 @@ class Level(_Model):
     name: StrictStr = ""
     elevation_m: Annotated[Metres, Field(ge=-100, le=1000)] = 0.0
     """Height of this level's floor above the site's ground floor."""
-    outline: Polygon
+    outline: Annotated[Polygon, AfterValidator(_fits_floor_grid)]
     walls: list[Wall] = []
     obstacles: list[Obstacle] = []
 
 
 class Gateway(_Model):
     id: NameId
-    x: Metres
-    y: Metres
+    x: Coordinate
+    y: Coordinate
     z: Annotated[Metres, Field(ge=0, le=30)]
     """Mounting height above the level's floor."""
     level: StrictInt = 0
@@ -221,8 +280,8 @@ class ReferenceBeacon(_Model):
     """A beacon fixed at a known position: live calibration of the radio map."""
 
     beacon: BeaconIdStr
-    x: Metres
-    y: Metres
+    x: Coordinate
+    y: Coordinate
     z: Annotated[Metres, Field(ge=0, le=30)]
     level: StrictInt = 0
     label: StrictStr = ""
@@ -348,6 +407,15 @@ def _cross_checks(site: Site) -> Iterator[tuple[Loc, str]]:
     yield from _duplicates(site.zones, "id", "zones", "zone id")
     yield from _duplicates(site.reference_beacons, "beacon", "reference_beacons", "beacon")
     outlines = {level.level: level.outline for level in site.levels}
+    cells = 0
+    for li, level in enumerate(site.levels):
+        cells += _floor_grid_cells(level.outline)
+        if cells > MAX_FLOOR_GRID_CELLS:
+            yield (
+                ("levels", li, "outline"),
+                _too_many_cells(f"levels[0..{li}] together", cells),
+            )
+            break
     obstacle_ids: dict[str, Loc] = {}
     for li, level in enumerate(site.levels):
         problem = _polygon_problem(level.outline)

@@ -1,8 +1,11 @@
 """Site files: the examples validate; broken copies fail with the file, line and path."""
 
 import copy
+import math
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +14,16 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from beacon_hub import site as site_module
 from beacon_hub.errors import ConfigError
-from beacon_hub.geometry import polygon_area_m2, self_intersection
+from beacon_hub.floorplan import FloorPlan
+from beacon_hub.geometry import (
+    _segments_overlap,
+    point_segment_distance_m,
+    polygon_area_m2,
+    segments_cross,
+    self_intersection,
+)
 from beacon_hub.site import load_site, site_summary, validate_site_data
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -205,3 +216,163 @@ def test_any_polygon_validates_or_is_refused_with_a_reason(
     polygon = list(site.zones[0].polygon)
     assert self_intersection(polygon) is None
     assert polygon_area_m2(polygon) > 0
+
+
+def _polygon_edit(key: str, polygon: list[list[float]]) -> Any:
+    def edit(data: dict[str, Any]) -> None:
+        if key == "zones":
+            data["zones"][0]["polygon"] = polygon
+        elif key == "obstacles":
+            data["levels"][0]["obstacles"] = [
+                {"id": "o", "kind": "shelf", "loss_db": 5.0, "polygon": polygon}
+            ]
+        else:
+            data["levels"][0]["outline"] = polygon
+
+    return edit
+
+
+def _set(*path: str | int, value: Any) -> Any:
+    def edit(data: dict[str, Any]) -> None:
+        node: Any = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+def _circle(corners: int, radius: float) -> list[list[float]]:
+    return [
+        [radius * math.cos(2 * math.pi * i / corners), radius * math.sin(2 * math.pi * i / corners)]
+        for i in range(corners)
+    ]
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("edit", "place", "words"),
+    [
+        # the audit's OverflowError at geometry.py (math.ceil(inf)), for zones and obstacles
+        (_polygon_edit("zones", [[1, 1], [INF, 1], [2, 2]]), "zones[0].polygon[1][0]",
+         "finite number"),
+        (_polygon_edit("obstacles", [[1, 1], [INF, 1], [2, 2]]),
+         "levels[0].obstacles[0].polygon[1][0]", "finite number"),
+        (_set("gateways", 0, "x", value=float("nan")), "gateways[0].x", "finite number"),
+        (_set("gateways", 0, "y", value=-20_000.0), "gateways[0].y",
+         "out of range: must be greater than or equal to -10000"),
+        (_polygon_edit("outline", [[0, 0], [1e5, 0], [1e5, 1e5], [0, 1e5]]),
+         "levels[0].outline[1][0]", "out of range: must be less than or equal to 10000"),
+        (_set("timezone", value="America"), "timezone", "not an IANA time zone"),
+        (_set("timezone", value="a" * 300), "timezone", "not an IANA time zone"),
+        (_polygon_edit("outline", _circle(1001, 5.0)), "levels[0].outline",
+         "at most 1000 items"),
+        # the engine's floor grid would have taken 74 GiB (MemoryError in Engine(site))
+        (_polygon_edit("outline", [[0, 0], [9999, 0], [9999, 9999], [0, 9999]]),
+         "levels[0].outline", "spanning 9999 x 9999 m would have 10,002,000,100 cells"),
+        (_set("levels", value=[
+            {"level": 0, "outline": [[0, 0], [300, 0], [300, 300], [0, 300]]},
+            {"level": 1, "outline": [[0, 0], [300, 0], [300, 300], [0, 300]]},
+        ]), "levels[1].outline", "levels[0..1] together would have 18,240,800 cells"),
+    ],
+)  # fmt: skip
+def test_out_of_bounds_values_name_file_line_and_place(
+    tmp_path: Path, edit: Any, place: str, words: str
+) -> None:
+    data = minimal()
+    edit(data)
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        load_site(path)
+    line = next((p for p in info.value.problems if f": {place}: " in p), None)
+    assert line is not None, info.value.problems
+    assert words in line
+    assert re.match(rf"{re.escape(str(path))}:\d+: ", line), line
+
+
+def test_the_floor_grid_limit_counts_the_cells_the_engine_allocates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for source in EXAMPLES:
+        data = yaml.safe_load(source.read_text())
+        engine_cells = sum(
+            g.floor.size for g in FloorPlan(validate_site_data(data, "x")).levels.values()
+        )
+        monkeypatch.setattr(site_module, "MAX_FLOOR_GRID_CELLS", engine_cells - 1)
+        with pytest.raises(ConfigError, match=f"would have {engine_cells:,} cells"):
+            validate_site_data(data, "x")
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # a round hall of the most corners allowed, with a zone along its wall
+        {"outline": _circle(1000, 190.0), "zone": _circle(1000, 189.9)},
+        # a 20 km strip, the widest the coordinates allow, with a zone drawn on its outline
+        {
+            "outline": [[-9999, 0], [9999, 0], [9999, 5], [-9999, 5]],
+            "zone": [[-9999, 0], [9999, 0], [9999, 5], [-9999, 5]],
+        },
+        # a comb of 1,000 corners whose edges' boxes all overlap (no sweep shortcut)
+        {
+            "outline": [
+                *([i * 0.3, 0.0] if k == 0 else [i * 0.3 + 300, 300.0]
+                  for i in range(499) for k in (0, 1)),
+                [149.4 + 300, -1.0], [0.0, -1.0],
+            ],
+        },
+    ],
+    ids=["round-hall", "strip", "comb"],
+)  # fmt: skip
+def test_the_largest_polygons_allowed_validate_in_seconds(shape: dict[str, Any]) -> None:
+    data = minimal()
+    data["levels"][0]["outline"] = shape["outline"]
+    x, y = shape["outline"][0]
+    data["gateways"] = [{"id": "gw-1", "x": float(x), "y": float(y), "z": 3.0}]
+    data["zones"] = (
+        [{"id": "z", "kind": "aisle", "polygon": shape["zone"]}] if "zone" in shape else []
+    )
+    start = time.perf_counter()
+    validate_site_data(data, "big")
+    assert time.perf_counter() - start < 10.0  # 0.2, 0.7 and 1.2 s measured
+
+
+def _first_failing_pair(poly: list[tuple[float, float]]) -> tuple[int, int] | None:
+    """self_intersection's definition: every pair of edges tested, in order."""
+    n = len(poly)
+    for i in range(n):
+        a, b = poly[i], poly[(i + 1) % n]
+        for j in range(i + 1, n):
+            c, d = poly[j], poly[(j + 1) % n]
+            if j == i + 1 or (i == 0 and j == n - 1):
+                if _segments_overlap(a, b, c, d):
+                    return (i, j)
+            elif (
+                segments_cross(a, b, c, d)
+                or _segments_overlap(a, b, c, d)
+                or point_segment_distance_m(c, a, b) < 1e-9
+                or point_segment_distance_m(a, c, d) < 1e-9
+            ):
+                return (i, j)
+    return None
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 4).map(float), st.floats(-50, 50)),
+            st.one_of(st.integers(0, 4).map(float), st.floats(-50, 50)),
+        ),
+        min_size=3,
+        max_size=12,
+    )
+)
+def test_self_intersection_reports_the_pair_testing_every_pair_would(
+    points: list[tuple[float, float]],
+) -> None:
+    """Only edges whose boxes come close are tested: the first failing pair is the same."""
+    assert self_intersection(points) == _first_failing_pair(points)
