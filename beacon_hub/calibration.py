@@ -10,23 +10,24 @@ map from the residuals (radiomap.RadioMap). The result is a YAML file the engine
 
 from __future__ import annotations
 
-import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import yaml
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from beacon_hub.config_loader import Loc, Located, format_loc, problems_to_error, validate_located
 from beacon_hub.csvfiles import Reading, TruthPoint
 from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.obstruction import LevelObstructions
 from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
-from beacon_hub.radiomap import RadioMap
+from beacon_hub.radiomap import RadioMap, RadioMapFile, map_file_problems
 from beacon_hub.site import Site
 
 # libyaml's safe loader and dumper when PyYAML has them: a warehouse map (35 gateways x 20,000
@@ -287,61 +288,168 @@ def save_calibration(cal: Calibration, path: Path) -> None:
     path.write_text(text)
 
 
-def _path_loss_scales(path: Path, value: object) -> dict[str, float]:
-    where = f"{path}: path_loss_accuracy_scale"
-    if not isinstance(value, dict):
-        raise ConfigError(str(path), [f"{where}: expected a mapping of {PATH_LOSS_MODES}"])
-    out = {}
-    for mode, scale in value.items():
-        if mode not in PATH_LOSS_MODES:
-            raise ConfigError(str(path), [f"{where}: {mode!r} is not one of {PATH_LOSS_MODES}"])
-        if (
-            isinstance(scale, bool)
-            or not isinstance(scale, int | float)
-            or not 0 < scale < math.inf
-        ):
+MAX_CALIBRATION_BYTES = 1024 * 1024 * 1024
+"""Largest calibration file read. `calibrate` writes about 0.22 MB a gateway (two grids of
+20,000 cells, about 5 characters a value: the example warehouse's 60 gateways are 13 MB), so
+1 GiB holds the maps of 4,000 gateways."""
+
+FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayFitFile(_FileModel):
+    """One gateway's fit as save_calibration writes it. The ranges are several times what a
+    least-squares fit of readings (-127..+20 dBm) gives, and keep the engine's arithmetic
+    finite: a value of 1e300 in any of the first three made its tick fail, 1,000 did not."""
+
+    ref_rssi_1m_dbm: Annotated[FiniteFloat, Field(ge=-200, le=100)]
+    path_loss_exponent: Annotated[FiniteFloat, Field(ge=-20, le=20)]
+    """2 in free space, 1.5-3.1 on flat-calib2021; fits of the simulated warehouse's obstructed
+    gateways give -0.4-0.1 (an unconstrained fit)."""
+    shadowing_db: Annotated[FiniteFloat, Field(ge=0, le=100)]
+    residual_after_map_db: Annotated[FiniteFloat, Field(ge=0, le=100)]
+    samples: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
+
+
+class PathLossScalesFile(_FileModel):
+    """What multiplies accuracy_m in each of PATH_LOSS_MODES."""
+
+    tracking: Annotated[FiniteFloat, Field(gt=0)] | None = None
+    no_tracking: Annotated[FiniteFloat, Field(gt=0)] | None = None
+
+
+class CalibrationFile(_FileModel):
+    """A calibration file as save_calibration writes it."""
+
+    site: StrictStr
+    plan_losses: StrictBool = False
+    gateways: dict[StrictStr, GatewayFitFile]
+    path_loss_accuracy_scale: PathLossScalesFile = PathLossScalesFile()
+    radio_map: RadioMapFile | None = None
+
+
+def _read_yaml(path: Path) -> Located:
+    """The document with the line of every key, read by libyaml when PyYAML has it:
+    config_loader.read_yaml's pure-Python parser takes 7.1 s for the example warehouse's
+    13 MB calibration, this 0.3 s. Refuses duplicate keys as read_yaml does, and an alias of a
+    list or mapping: `calibrate` writes none, and one could multiply the work of validating."""
+    source = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CALIBRATION_BYTES:
             raise ConfigError(
-                str(path), [f"{where}: {mode}: expected a positive number, got {scale!r}"]
+                source, [f"{source}: file of {size:,} bytes exceeds {MAX_CALIBRATION_BYTES:,}"]
             )
-        out[mode] = float(scale)
-    return out
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(source, [f"{source}: cannot read: {e.strerror or e}"]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            source, [f"{source}: not UTF-8 text ({e.reason} at byte {e.start})"]
+        ) from e
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Located(data={}, origins={(): f"{source}:1"}, source=source)
+        origins = _origins(node, source)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(source, [f"{where}: not valid YAML: {e.problem}"]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
+    except RecursionError as e:
+        raise ConfigError(source, [f"{source}: nested too deeply"]) from e
+    except ConfigError:
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+        # PyYAML's constructors: an integer of more than 4,300 digits, `!!float abc` ...
+        raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
+    finally:
+        loader.dispose()
+    return Located(data=data, origins=origins, source=source)
+
+
+def _origins(root: yaml.Node, source: str) -> dict[Loc, str]:
+    """The line of every mapping key (a list item is placed by its list); ConfigError for a
+    key given twice or a list or mapping reached twice (an alias)."""
+    origins: dict[Loc, str] = {(): f"{source}:{root.start_mark.line + 1}"}
+    problems: list[str] = []
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, Loc]] = [(root, ())]
+    while stack:
+        node, loc = stack.pop()
+        if not isinstance(node, yaml.CollectionNode):
+            continue
+        if id(node) in seen:
+            problems.append(
+                f"{source}:{node.start_mark.line + 1}: {format_loc(loc)}: an alias of a list or "
+                "mapping; a calibration file holds none"
+            )
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                line = f"{source}:{key_node.start_mark.line + 1}"
+                if key in keys:
+                    problems.append(
+                        f"{line}: {format_loc((*loc, key))}: key given twice; each key may "
+                        "appear once"
+                    )
+                keys.add(key)
+                origins[(*loc, key)] = line
+                stack.append((value_node, (*loc, key)))
+        else:
+            # only lists and mappings: a grid written as a YAML list has 20,000 numbers
+            stack.extend(
+                (item, (*loc, i))
+                for i, item in enumerate(node.value)
+                if isinstance(item, yaml.CollectionNode)
+            )
+    if problems:
+        raise ConfigError(source, problems)
+    return origins
 
 
 def load_calibration(path: Path, site: Site) -> Calibration:
-    try:
-        data = yaml.load(path.read_text(), Loader=_LOADER)  # noqa: S506 - a safe loader
-    except OSError as e:
-        raise ConfigError(str(path), [f"{path}: cannot read: {e.strerror or e}"]) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), [f"{path}: not valid YAML: {e}"]) from e
-    try:
-        if data.get("site") != site.id:
-            raise ConfigError(
-                str(path), [f"{path}: site: calibrated for {data.get('site')!r}, not {site.id!r}"]
-            )
-        fits = {
-            gw: GatewayFit(
-                float(v["ref_rssi_1m_dbm"]),
-                float(v["path_loss_exponent"]),
-                float(v["shadowing_db"]),
-                float(v["residual_after_map_db"]),
-                int(v["samples"]),
-            )
-            for gw, v in data["gateways"].items()
-        }
-        radio_map = None
-        if "radio_map" in data:
-            radio_map = RadioMap.from_dict(data["radio_map"], tuple(g.id for g in site.gateways))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ConfigError(str(path), [f"{path}: not a calibration file of beacon-hub ({e})"]) from e
-    plan = data.get("plan_losses", False)
-    if not isinstance(plan, bool):
-        raise ConfigError(str(path), [f"{path}: plan_losses: expected true or false"])
-    scales = _path_loss_scales(path, data.get("path_loss_accuracy_scale", {}))
+    """Read and validate a calibration file for `site`; ConfigError lists every problem with
+    file:line and the path inside the file."""
+    doc = _read_yaml(path)
+    checked = validate_located(CalibrationFile, doc)
+    problems: list[tuple[Loc, str]] = []
+    if checked.site != site.id:
+        problems.append((("site",), f"calibrated for {checked.site!r}, not {site.id!r}"))
+    if checked.radio_map is not None:
+        problems.extend(
+            (("radio_map", *loc), what) for loc, what in map_file_problems(checked.radio_map)
+        )
+    if problems:
+        raise problems_to_error(doc, problems)
+    fits = {
+        gw: GatewayFit(
+            v.ref_rssi_1m_dbm,
+            v.path_loss_exponent,
+            v.shadowing_db,
+            v.residual_after_map_db,
+            v.samples,
+        )
+        for gw, v in checked.gateways.items()
+    }
+    radio_map = None
+    if checked.radio_map is not None:
+        radio_map = RadioMap.from_file(checked.radio_map, tuple(g.id for g in site.gateways))
+    scales = checked.path_loss_accuracy_scale.model_dump(exclude_none=True)
     return Calibration(
         site=site.id,
         gateways=fits,
         radio_map=radio_map,
-        plan_losses=plan,
+        plan_losses=checked.plan_losses,
         path_loss_accuracy_scale=scales,
     )

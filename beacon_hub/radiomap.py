@@ -13,18 +13,30 @@ Sums of evidence are kept, so live observations add to them with exponential for
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from scipy import ndimage
 
+from beacon_hub.config_loader import Loc
 from beacon_hub.multilateration import MapTable
 from beacon_hub.obstruction import LevelObstructions
-from beacon_hub.site import Site
+from beacon_hub.site import MAX_COORDINATE_M, Site
 
-__all__ = ["RadioMap"]
+__all__ = ["RadioMap", "RadioMapFile", "map_file_problems"]
 
 F64 = NDArray[np.float64]
 
@@ -41,6 +53,22 @@ _PLAN_CACHE: dict[tuple[object, ...], F64] = {}
 hub's tests, replay after calibrate) compute them once; seconds for a racked warehouse."""
 _PLAN_CACHE_SIZE = 8
 """Evidence, in samples, that the path-loss model (correction 0) is worth in every cell."""
+
+MAX_FILE_MAP_CELLS = 100_000
+"""Cells of one gateway's grid in a calibration file. RadioMap.for_site sizes its step by the
+area, for MAP_MAX_CELLS, and a long thin site gets more: 42,423 for a 20 km strip, the thinnest
+the site schema admits. The engine keeps about 64 bytes a cell and gateway (sums, values and
+plan base in float64, the bilinear tables in float32)."""
+MAX_FILE_GRID_CHARS = 32 * MAX_FILE_MAP_CELLS
+"""A grid written as one string is at most this long: _as_text writes a value in at most 24
+characters and a space (repr of a float); checked before the string is split."""
+MAX_FILE_KERNEL_CELLS = 8.0
+"""Largest bandwidth_m in cells (resolution_m): the live update's Gaussian filter costs this
+many cells on each side, times 4, per cell. `calibrate` writes at most 1.6 (0.4 m over 0.25 m)."""
+MAX_CORRECTION_DB = 150.0
+"""Largest learned correction |sum_r| / (sum_w + prior_weight) in a file: RSSI spans 147 dB
+(-127..+20 dBm, wire.RSSI_MIN_DBM..RSSI_MAX_DBM), so no residual, and no mean of them, is
+larger."""
 
 
 @dataclass
@@ -74,7 +102,12 @@ class RadioMap:
     def with_plan_losses(self, site: Site, height_m: float) -> RadioMap:
         """Set the base to minus the wall and obstacle losses from each gateway to every cell,
         for a beacon at `height_m` on the gateway's level."""
-        key = (site.model_dump_json(), height_m, self.origin, self.resolution_m, self.gateways)
+        # The grid's shape too: two maps of one site at one origin and step can differ in
+        # extent (a calibration's map against the site's own), and set_base needs this shape.
+        key = (
+            site.model_dump_json(), height_m, self.origin, self.resolution_m, self.sum_r.shape,
+            self.gateways,
+        )  # fmt: skip
         cached = _PLAN_CACHE.get(key)
         if cached is None:
             cached = self._plan_losses(site, height_m)
@@ -237,25 +270,158 @@ class RadioMap:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], gateways: tuple[str, ...]) -> RadioMap:
-        """Rebuild a map for `gateways` (a gateway missing from the data gets no correction)."""
-        ny, nx = (int(v) for v in data["shape"])
+        """Rebuild a map for `gateways` (a gateway missing from the data gets no correction).
+
+        ValueError (pydantic's ValidationError among them) for data that does not validate;
+        a calibration file is validated with file, line and path by load_calibration.
+        """
+        checked = RadioMapFile.model_validate(data)
+        problems = [
+            f"{'.'.join(map(str, loc))}: {what}" for loc, what in map_file_problems(checked)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cls.from_file(checked, gateways)
+
+    @classmethod
+    def from_file(cls, data: RadioMapFile, gateways: tuple[str, ...]) -> RadioMap:
+        """The map of a validated section (map_file_problems found nothing) for `gateways`."""
+        ny, nx = data.shape
         sum_r = np.zeros((len(gateways), ny, nx))
         sum_w = np.zeros((len(gateways), ny, nx))
         for i, gw in enumerate(gateways):
-            entry = data["gateways"].get(gw)
+            entry = data.gateways.get(gw)
             if entry is not None:
-                sum_r[i] = _from_text(entry["sum_r"]).reshape(ny, nx)
-                sum_w[i] = _from_text(entry["sum_w"]).reshape(ny, nx)
-        origin = (float(data["origin"][0]), float(data["origin"][1]))
+                sum_r[i] = entry.sum_r.reshape(ny, nx)
+                sum_w[i] = entry.sum_w.reshape(ny, nx)
         return cls(
             gateways,
-            origin,
-            float(data["resolution_m"]),
-            float(data["bandwidth_m"]),
-            float(data["prior_weight"]),
+            data.origin,
+            data.resolution_m,
+            data.bandwidth_m,
+            data.prior_weight,
             sum_r,
             sum_w,
         )
+
+
+FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+GridSize = Annotated[StrictInt, Field(ge=2, le=MAX_FILE_MAP_CELLS)]
+"""Rows or columns of a map: two at least, as bilinear interpolation reads a cell and the next."""
+
+
+def _grid(value: object) -> F64:
+    """A grid as _as_text writes it (one string of numbers) or as a list (files written before),
+    flat and finite; its length is checked against the shape by map_file_problems."""
+    if isinstance(value, str):
+        if len(value) > MAX_FILE_GRID_CHARS:
+            raise ValueError(
+                f"{len(value):,} characters, more than a grid of {MAX_FILE_MAP_CELLS:,} numbers"
+            )
+        try:
+            out = np.array(value.split(), dtype=np.float64)
+        except ValueError as e:
+            raise ValueError(f"expected numbers separated by spaces ({e})") from None
+    elif isinstance(value, list):
+        if len(value) > MAX_FILE_MAP_CELLS:
+            raise ValueError(f"{len(value):,} numbers, more than {MAX_FILE_MAP_CELLS:,}")
+        try:
+            out = np.array(value, dtype=np.float64)
+        except (ValueError, TypeError, OverflowError):
+            out = np.zeros((0, 0))
+        if out.ndim != 1:
+            raise ValueError("expected a list of numbers")
+    else:
+        # ValueError: pydantic turns it into a located problem; a TypeError would escape
+        raise ValueError(f"expected a string of numbers, got {type(value).__name__}")  # noqa: TRY004
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        raise ValueError(f"value {bad[0] + 1} is {out[bad[0]]}; expected finite numbers")
+    return out
+
+
+Grid = Annotated[F64, PlainValidator(_grid)]
+
+
+def _shape(value: tuple[int, int]) -> tuple[int, int]:
+    cells = value[0] * value[1]
+    if cells > MAX_FILE_MAP_CELLS:
+        raise ValueError(f"{cells:,} cells; a map may have {MAX_FILE_MAP_CELLS:,} a gateway")
+    return value
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class GridsFile(_FileModel):
+    """One gateway's evidence, each grid row by row (ny * nx values)."""
+
+    sum_r: Grid
+    sum_w: Grid
+
+
+class RadioMapFile(_FileModel):
+    """The `radio_map` section of a calibration file, as RadioMap.to_dict writes it."""
+
+    origin: tuple[
+        Annotated[FiniteFloat, Field(ge=-2 * MAX_COORDINATE_M, le=2 * MAX_COORDINATE_M)],
+        Annotated[FiniteFloat, Field(ge=-2 * MAX_COORDINATE_M, le=2 * MAX_COORDINATE_M)],
+    ]
+    """The centre of the first cell, on the site's plane (site coordinates are within
+    MAX_COORDINATE_M; twice that leaves room for the map's margin)."""
+    resolution_m: Annotated[FiniteFloat, Field(ge=0.01, le=1000.0)]
+    """RadioMap.for_site's step: 0.25 m or more (MAP_RESOLUTION_M), 2.7 m for the largest floor
+    the site schema admits and 141 m for levels at opposite corners of its coordinates."""
+    bandwidth_m: Annotated[FiniteFloat, Field(gt=0)]
+    prior_weight: Annotated[FiniteFloat, Field(gt=0)]
+    """Must be positive: a cell without evidence divides by it."""
+    shape: Annotated[tuple[GridSize, GridSize], AfterValidator(_shape)]
+    """(ny, nx)."""
+    gateways: dict[StrictStr, GridsFile]
+
+
+def map_file_problems(data: RadioMapFile) -> Iterator[tuple[Loc, str]]:
+    """What a radio map section's schema cannot check: grids of the shape's length, evidence
+    that is not negative, corrections within MAX_CORRECTION_DB, a kernel of bounded size."""
+    kernel = data.bandwidth_m / data.resolution_m
+    if kernel > MAX_FILE_KERNEL_CELLS:
+        yield (
+            ("bandwidth_m",),
+            (
+                f"{data.bandwidth_m:g} m is {kernel:g} cells of resolution_m "
+                f"{data.resolution_m:g} m; at most {MAX_FILE_KERNEL_CELLS:g}"
+            ),
+        )
+    ny, nx = data.shape
+    for gw, entry in data.gateways.items():
+        sizes_ok = True
+        for name, grid in (("sum_r", entry.sum_r), ("sum_w", entry.sum_w)):
+            if grid.size != ny * nx:
+                sizes_ok = False
+                yield (
+                    ("gateways", gw, name),
+                    f"{grid.size:,} values; expected {ny * nx:,} (shape {ny} x {nx})",
+                )
+        if not sizes_ok:
+            continue
+        if (entry.sum_w < 0).any():
+            i = int(np.flatnonzero(entry.sum_w < 0)[0])
+            yield (
+                ("gateways", gw, "sum_w"),
+                f"value {i + 1} is {entry.sum_w[i]:g}; evidence cannot be negative",
+            )
+            continue
+        correction = np.abs(entry.sum_r) / (entry.sum_w + data.prior_weight)
+        if (correction > MAX_CORRECTION_DB).any():
+            i = int(np.argmax(correction))
+            yield (
+                ("gateways", gw, "sum_r"),
+                (
+                    f"value {i + 1} ({entry.sum_r[i]:g}) makes a correction of "
+                    f"{correction[i]:g} dB; at most {MAX_CORRECTION_DB:g}"
+                ),
+            )
 
 
 def _as_text(values: F64) -> str:
@@ -263,13 +429,6 @@ def _as_text(values: F64) -> str:
     1.5 million values took 7.0 s to load (the parser resolves every item's type in Python),
     the string 0.14 s."""
     return " ".join(map(repr, (np.round(values, 1) + 0.0).ravel().tolist()))  # + 0.0: no -0.0
-
-
-def _from_text(values: str | list[float]) -> F64:
-    """The values as `_as_text` wrote them, or as a list (calibration files written before)."""
-    if isinstance(values, str):
-        return np.array(values.split(), dtype=np.float64)
-    return np.asarray(values, dtype=np.float64)
 
 
 def _bilinear(
