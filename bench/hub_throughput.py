@@ -196,7 +196,7 @@ def baseline_capacity(broker: Any, cid: str, total: int) -> float:
         counted[0] = got
         done.set()
 
-    worker = threading.Thread(target=consume)
+    worker = threading.Thread(target=consume, daemon=True)  # may wait for ever: see below
     worker.start()
     c = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=False
@@ -204,11 +204,13 @@ def baseline_capacity(broker: Any, cid: str, total: int) -> float:
     c.on_message = lambda _c, _u, m: inbox.put(bytes(m.payload))
     c.connect(broker.host, broker.port)
     c.loop_start()
-    done.wait(600)
+    finished = done.wait(600)
     elapsed = time.perf_counter() - float(counted[1])
-    worker.join()
     c.loop_stop()
     c.disconnect()
+    if not finished:  # the worker still waits for readings the broker did not deliver
+        raise SystemExit(f"the decode-only baseline got fewer than {total:,} readings in 600 s")
+    worker.join()
     return total / elapsed
 
 
