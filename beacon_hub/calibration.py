@@ -22,7 +22,15 @@ import yaml
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from beacon_hub.config_loader import Loc, Located, format_loc, problems_to_error, validate_located
+from beacon_hub.config_loader import (
+    Loc,
+    Located,
+    format_loc,
+    problems_to_error,
+    read_config_text,
+    validate_located,
+    yaml_errors,
+)
 from beacon_hub.csvfiles import Reading, TruthPoint
 from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.obstruction import LevelObstructions
@@ -337,41 +345,22 @@ def _read_yaml(path: Path) -> Located:
     13 MB calibration, this 0.3 s. Refuses duplicate keys as read_yaml does, and an alias of a
     list or mapping: `calibrate` writes none, and one could multiply the work of validating."""
     source = str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_CALIBRATION_BYTES:
-            raise ConfigError(
-                source, [f"{source}: file of {size:,} bytes exceeds {MAX_CALIBRATION_BYTES:,}"]
-            )
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(source, [f"{source}: cannot read: {e.strerror or e}"]) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            source, [f"{source}: not UTF-8 text ({e.reason} at byte {e.start})"]
-        ) from e
-    loader = _LOADER(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return Located(data={}, origins={(): f"{source}:1"}, source=source)
-        origins = _origins(node, source)
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigError(source, [f"{where}: not valid YAML: {e.problem}"]) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
-    except RecursionError as e:
-        raise ConfigError(source, [f"{source}: nested too deeply"]) from e
-    except ConfigError:
-        raise
-    except (ArithmeticError, LookupError, TypeError, ValueError) as e:
-        # PyYAML's constructors: an integer of more than 4,300 digits, `!!float abc` ...
-        raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
-    finally:
-        loader.dispose()
+    text = read_config_text(path, MAX_CALIBRATION_BYTES)
+    with yaml_errors(source, text):
+        loader = _LOADER(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return Located(data={}, origins={(): f"{source}:1"}, source=source)
+            origins = _origins(node, source)
+            data = loader.construct_document(node)
+        except ConfigError:
+            raise  # a ValueError too, but one of ours, already naming its place
+        except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+            # PyYAML's constructors: an integer of more than 4,300 digits, `!!float abc` ...
+            raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
+        finally:
+            loader.dispose()
     return Located(data=data, origins=origins, source=source)
 
 

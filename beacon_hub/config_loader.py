@@ -10,6 +10,7 @@ Imports only pydantic and PyYAML: the gateway uses it on a Pi Zero.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ __all__ = [
     "load_model",
     "parse_override",
     "problems_to_error",
+    "read_config_text",
     "read_yaml",
     "validate_located",
+    "yaml_errors",
 ]
 
 Loc = tuple[str | int, ...]
@@ -97,21 +100,44 @@ def read_yaml(path: Path) -> Located:
 
     Refuses duplicate keys, which PyYAML would otherwise resolve silently to the last one.
     """
+    return parse_yaml_text(read_config_text(path), str(path))
+
+
+def read_config_text(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """A config file's text; ConfigError when it is too big, unreadable or not UTF-8."""
     source = str(path)
     try:
         size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(
-                source, [f"{source}: file of {size} bytes exceeds {MAX_CONFIG_BYTES}"]
-            )
-        text = path.read_text(encoding="utf-8")
+        if size > max_bytes:
+            raise ConfigError(source, [f"{source}: file of {size:,} bytes exceeds {max_bytes:,}"])
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(source, [f"{source}: cannot read: {e.strerror or e}"]) from e
     except UnicodeDecodeError as e:
         raise ConfigError(
             source, [f"{source}: not UTF-8 text ({e.reason} at byte {e.start})"]
         ) from e
-    return parse_yaml_text(text, source)
+
+
+@contextlib.contextmanager
+def yaml_errors(source: str, text: str) -> Iterator[None]:
+    """PyYAML's errors while reading `text` (and building a loader for it, which refuses
+    control characters at once) as ConfigErrors naming `source` and the place."""
+    try:
+        yield
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, max(0, e.position)) + 1
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        problem = f"{source}:{line}: not valid YAML: character {char} ({e.reason})"
+        raise ConfigError(source, [problem]) from e
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(source, [f"{where}: not valid YAML: {e.problem}"]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
+    except RecursionError as e:
+        raise ConfigError(source, [f"{source}: nested too deeply"]) from e
 
 
 def parse_yaml_text(text: str, source: str) -> Located:
@@ -149,29 +175,16 @@ def _parse(text: str, source: str) -> tuple[Any, dict[Loc, str]]:
     The node graph is indexed (and refused if it must be) before any data is built from it, so
     an alias cycle or an alias explosion costs only a walk over the nodes as written.
     """
-    try:
-        loader = _Loader(text)  # refuses control characters at once
-    except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, max(0, e.position)) + 1
-        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
-        problem = f"{source}:{line}: not valid YAML: character {char} ({e.reason})"
-        raise ConfigError(source, [problem]) from e
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, {}
-        origins = _index(node, source)
-        return loader.construct_document(node), origins
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigError(source, [f"{where}: not valid YAML: {e.problem}"]) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(source, [f"{source}: not valid YAML: {e}"]) from e
-    except RecursionError as e:
-        raise ConfigError(source, [f"{source}: nested too deeply"]) from e
-    finally:
-        loader.dispose()
+    with yaml_errors(source, text):
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None, {}
+            origins = _index(node, source)
+            return loader.construct_document(node), origins
+        finally:
+            loader.dispose()
 
 
 class _Open:

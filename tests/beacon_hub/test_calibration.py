@@ -168,6 +168,7 @@ def test_a_bad_calibration_names_file_line_and_place(
         (GOOD.replace("-59.0", "1" + "0" * 5000), "not valid YAML: Exceeds the limit"),
         ("site: room\ngateways: {g0: [\n", "not valid YAML"),
         ("site: room\ngateways: {g0: !!float abc}\n", "not valid YAML"),
+        ("site: room\n\x19\n", "cal.yaml:2: not valid YAML: character U+0019"),
     ],
 )
 def test_an_unreadable_calibration_names_the_file(
