@@ -325,7 +325,7 @@ def load_model(
         origins = dict(located.origins)
         source = located.source
     else:
-        data, origins, source = {}, {}, "defaults"
+        data, origins, source = {}, {}, "settings"
     env = os.environ if environ is None else environ
     if env_prefix:
         head = f"{env_prefix.upper()}__"
@@ -335,13 +335,21 @@ def load_model(
                 if keys:
                     where = f"environment {name}"
                     _set_path(data, keys, parse_override(env[name], where), where)
-                    origins[tuple(keys)] = where
+                    _note_origin(origins, keys, where)
     for dotted, value in (overrides or {}).items():
         keys = [k for k in dotted.split(".") if k]
         where = f"command line {dotted}"
         _set_path(data, keys, value, where)
-        origins[tuple(keys)] = where
+        _note_origin(origins, keys, where)
     return validate_located(model, Located(data=data, origins=origins, source=source))
+
+
+def _note_origin(origins: dict[Loc, str], keys: Sequence[str], where: str) -> None:
+    """`where` set the value at `keys`, and made the sections above it that nothing else did:
+    an error in one of those (`--set tick_interval_s.x=1`) names the option, not the defaults."""
+    for end in range(1, len(keys)):
+        origins.setdefault(tuple(keys[:end]), where)
+    origins[tuple(keys)] = where
 
 
 def validate_located(model: type[M], doc: Located) -> M:

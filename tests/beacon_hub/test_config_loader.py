@@ -169,3 +169,11 @@ def test_a_list_as_a_key_is_refused_before_its_aliases_expand() -> None:
     )
     with pytest.raises(ConfigError, match=r"g\.yaml:1: \(top level\): a key must be a plain name"):
         parse_yaml_text(text, "g.yaml")
+
+
+def test_a_set_option_that_makes_a_section_of_a_value_is_blamed_on_the_option() -> None:
+    """`--set x.y=1` where x is a value: the error named the defaults, not the option."""
+    with pytest.raises(ConfigError) as info:
+        load_model(Program, overrides={"site": "s", "tick_interval_s.x": 1})
+    assert "settings: 1 problem" in str(info.value)
+    assert "command line tick_interval_s.x: tick_interval_s: expected" in str(info.value)
