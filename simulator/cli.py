@@ -74,10 +74,15 @@ def _run(args: argparse.Namespace) -> int:
 
     if not (args.broker or args.out or args.truth):
         raise BeaconHubError("nothing to do: give --broker, --out and/or --truth")
-    if not args.duration > 0:
-        raise BeaconHubError(f"--duration must be positive, got {args.duration:g}")
-    if not args.tag_power_sd_db >= 0:
+    if not 0 < args.duration < math.inf:
+        raise BeaconHubError(
+            f"--duration must be a positive number of seconds, got {args.duration:g}"
+        )
+    if not 0 <= args.tag_power_sd_db < math.inf:
         raise BeaconHubError(f"--tag-power-sd-db must be 0 or more, got {args.tag_power_sd_db:g}")
+    for option, seed in (("--seed", args.seed), ("--building-seed", args.building_seed)):
+        if seed is not None and seed < 0:
+            raise BeaconHubError(f"{option} must be 0 or more, got {seed}")
     site = load_site(args.site)
     scenario = cast(ScenarioName | None, args.scenario)
     population = default_population(site, scenario)

@@ -199,6 +199,13 @@ def test_bad_broker_and_nothing_to_do_fail_with_a_message(
     assert "mqtt://host" in capsys.readouterr().err
     assert main([*base, "--out", "x.csv", "--tag-power-sd-db", "-1"]) == 1
     assert "--tag-power-sd-db must be 0 or more" in capsys.readouterr().err
+    # an infinite run overflowed the simulator's clock; a negative seed blamed the site file
+    assert main([*base, "--out", "x.csv", "--duration", "inf"]) == 1
+    assert "--duration must be a positive number of seconds, got inf" in capsys.readouterr().err
+    assert main([*base, "--out", "x.csv", "--seed", "-1"]) == 1
+    assert "--seed must be 0 or more, got -1" in capsys.readouterr().err
+    assert main([*base, "--out", "x.csv", "--building-seed", "-2"]) == 1
+    assert "--building-seed must be 0 or more, got -2" in capsys.readouterr().err
 
 
 @pytest.mark.integration
