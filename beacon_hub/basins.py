@@ -94,6 +94,11 @@ class RivalBasins:
             self.xy = np.r_[self.xy, np.full((grow, 2), np.nan)]
             self.nats = np.r_[self.nats, np.zeros(grow)]
 
+    def compact(self, keep: I64) -> None:
+        """Keep only the beacons `keep` (ascending), renumbered 0, 1, ... in that order
+        (Engine.compact), then ensure() the capacity."""
+        self.xy, self.nats = self.xy[keep], self.nats[keep]
+
     def forget(self, beacons: I64) -> None:
         """These beacons' tracks start afresh: what was said against the old ones is moot."""
         self.xy[beacons] = np.nan
@@ -107,14 +112,15 @@ class RivalBasins:
         hold a rival."""
         self.nats[beacons] = self.nats[beacons] * RIVAL_DECAY + gain_nats
 
-    def due(self, beacons: I64) -> NDArray[np.bool_]:
+    def due(self, turns: I64) -> NDArray[np.bool_]:
         """Which of this tick's tracked beacons get searched: each in turn, checks_per_tick of
-        them a tick (round robin on the beacon index)."""
+        them a tick (round robin on `turns`, a number per beacon that no compaction changes:
+        Engine._serial)."""
         self.ticks += 1
-        if self.checks_per_tick == 0 or beacons.shape[0] == 0:
-            return np.zeros(beacons.shape[0], dtype=bool)
-        period = -(-beacons.shape[0] // self.checks_per_tick)
-        due: NDArray[np.bool_] = beacons % period == self.ticks % period
+        if self.checks_per_tick == 0 or turns.shape[0] == 0:
+            return np.zeros(turns.shape[0], dtype=bool)
+        period = -(-turns.shape[0] // self.checks_per_tick)
+        due: NDArray[np.bool_] = turns % period == self.ticks % period
         return due
 
     def offer(self, beacons: I64, mode: F64, track_xy: F64) -> None:
@@ -228,6 +234,13 @@ class ParkedEvidence:
             self.total = np.r_[self.total, np.zeros(shape, np.float32)]
             self.recent = np.r_[self.recent, np.zeros(shape, np.float16)]
 
+    def compact(self, keep: I64) -> None:
+        """Keep only the beacons `keep` (ascending), renumbered 0, 1, ... in that order
+        (Engine.compact), then ensure() the capacity."""
+        self.centre, self.level = self.centre[keep], self.level[keep]
+        self.windows, self.moving_ticks = self.windows[keep], self.moving_ticks[keep]
+        self.best, self.total, self.recent = self.best[keep], self.total[keep], self.recent[keep]
+
     def holds(self, beacons: I64) -> NDArray[np.bool_]:
         held: NDArray[np.bool_] = np.isfinite(self.centre[beacons, 0])
         return held
@@ -248,10 +261,11 @@ class ParkedEvidence:
         self.windows[beacons] = self.best[beacons] = 0
         self.total[beacons] = self.recent[beacons] = 0.0
 
-    def due(self, beacons: I64) -> NDArray[np.bool_]:
-        """Which of these beacons add this tick's window (every PARKED_EVERY_TICKS, in turn)."""
+    def due(self, turns: I64) -> NDArray[np.bool_]:
+        """Which of these beacons add this tick's window (every PARKED_EVERY_TICKS, in turn, by
+        `turns`: as RivalBasins.due's)."""
         self.ticks += 1
-        due: NDArray[np.bool_] = (beacons + self.ticks) % PARKED_EVERY_TICKS == 0
+        due: NDArray[np.bool_] = (turns + self.ticks) % PARKED_EVERY_TICKS == 0
         return due
 
     def add(self, beacons: I64, loglik: NDArray[np.float32]) -> None:

@@ -72,6 +72,7 @@ class ReadingWindow:
 
     def __init__(self, window_s: float, capacity: int = 4096) -> None:
         self.window_s = window_s
+        self._min_capacity = capacity
         self._t = np.empty(capacity)
         self._b = np.empty(capacity, dtype=np.int64)
         self._g = np.empty(capacity, dtype=np.int64)
@@ -97,6 +98,20 @@ class ReadingWindow:
         self._r[self._n : end] = rssi_dbm
         self._n = end
 
+    def renumber(self, new_index: I64) -> None:
+        """Beacon b's samples become new_index[b]'s; those of a beacon mapped to -1 are dropped
+        (Engine.compact). The buffers shrink to twice what is left: a burst of beacons since
+        forgotten does not hold its samples' room for ever."""
+        n = self._n
+        b = new_index[self._b[:n]]
+        keep = b >= 0
+        size = max(self._min_capacity, 2 * int(keep.sum()))
+        self._b = np.resize(b[keep], size)
+        self._t = np.resize(self._t[:n][keep], size)
+        self._g = np.resize(self._g[:n][keep], size)
+        self._r = np.resize(self._r[:n][keep], size)
+        self._n = int(keep.sum())
+
     def expire(self, before_t: float) -> None:
         """Forget samples older than `before_t`."""
         n = self._n
@@ -118,6 +133,7 @@ class ReadingWindow:
         min_window_s: float = 0.0,
         window_s: float | None = None,
         share: tuple[int, int] = (1, 0),
+        turns: I64 | None = None,
     ) -> PairEstimates:
         """Robust estimate of every pair over (t - window_s, t]; later samples wait their turn.
 
@@ -126,13 +142,15 @@ class ReadingWindow:
         is estimated over 1 s, a pallet at 1 Hz over the whole window. Where nothing is
         shortened the result is that of the full window, bit for bit. `window_s` instead of the
         window's own (no longer than what it keeps). `share` (stride, phase): only the beacons
-        whose index is phase modulo stride."""
+        whose number in `turns` (indexed by beacon; default the index itself) is phase modulo
+        stride."""
         n = self._n
         span = self.window_s if window_s is None else window_s
         sel = (self._t[:n] > t - span) & (self._t[:n] <= t)
         stride, phase = share
         if stride > 1:
-            sel &= self._b[:n] % stride == phase
+            turn = self._b[:n] if turns is None else turns[self._b[:n]]
+            sel &= turn % stride == phase
         full = self._estimate(sel)
         if target_samples <= 0 or full.beacon.shape[0] == 0:
             return full

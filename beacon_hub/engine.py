@@ -156,6 +156,38 @@ def _unit_disc(step: float, radius: float) -> F64:
 _FLOOR_MEAN_UNIT = _unit_disc(FLOOR_MEAN_STEP_SD, FLOOR_MEAN_RADIUS_SD)
 _FLOOR_MEAN_WEIGHT = np.exp(-0.5 * (_FLOOR_MEAN_UNIT**2).sum(axis=1))
 
+COMPACT_SHARE = 0.5
+"""Forgotten beacons' slots are reclaimed once they are this share of the slots in use (and at
+least COMPACT_MIN_SLOTS): each compaction copies the live beacons' state once, so its cost
+per forgotten beacon is constant (as a list's doubling), and memory stays within twice what
+the live beacons need."""
+MIN_CAPACITY = 256
+"""Per-beacon arrays start with room for this many beacons and double when full."""
+COMPACT_MIN_SLOTS = MIN_CAPACITY
+"""... and never fewer than the smallest capacity: they are not worth a copy."""
+_PER_BEACON_FILL: dict[str, object] = {
+    "_id_arr": None,
+    "_kind_arr": None,
+    "_kind_code": -1,
+    "_height": 1.0,
+    "_body_db": 0.0,
+    "_heading": np.nan,
+    "_body_nats": 0.0,
+    "_area": 0,
+    "_offset_db": 0.0,
+    "_announces": False,
+    "_last_heard": -np.inf,
+    "_active": False,
+    "_parked_xy": np.nan,
+    "_still_since": np.nan,
+    "_move_nats": 0.0,
+    "_serial": 0,
+    "_forgotten": False,
+}
+"""The engine's own arrays indexed by beacon, and what a beacon never heard has there
+(Engine._grow, Engine.compact); its parts hold theirs (tracks, zones, rivals, parked,
+tx_offsets, and the window's samples)."""
+
 FIRST_FIX_STEP_M = 0.5
 """Candidate spacing of a new track's wide search: coarser than the local grid (0.25 m) to keep
 its ~5,000 candidates affordable; the next tick's local grid refines it."""
@@ -265,6 +297,15 @@ class EngineConfig(BaseModel):
     3.36 m; 8 dB apart: 3.79 -> 3.49 m (README, Accuracy)."""
     lost_after_s: Annotated[float, Field(gt=0)] = 30.0
     """Silence after which beacon_lost fires and the track is dropped."""
+    forget_after_s: Annotated[float, Field(ge=0)] = 3600.0
+    """Silence after beacon_lost after which the beacon is forgotten: its slot in every
+    per-beacon array is freed (Engine.compact), and heard again it starts as a new beacon.
+    Lost already dropped its track, zone and parked spot; what forgetting loses is the
+    learnt tx power (txoffset.py), the body evidence and the announced power, and in an hour
+    the offset's own random walk (TX_OFFSET_DRIFT_DB2_S) has widened it by 36 dB^2, a third
+    of the prior's 100: worth little. Without it every id ever heard (pallets that left, a
+    dongle broadcasting random ids) kept its slot for ever: 0.6 KB of arrays each, 11.4 KB
+    with a calibrated map (the still pallets' sums, basins.ParkedEvidence), and its id."""
     hysteresis_m: Annotated[float, Field(ge=0)] = 0.6
     min_dwell_s: Annotated[float, Field(ge=0)] = 2.0
     min_dwell_accuracy_m: Annotated[float, Field(ge=0)] = 1.5
@@ -518,6 +559,8 @@ class Engine:
         )
         self.tracks = Tracks(MotionParams())
         self.zones = ZoneTracker(self.plan, _zone_params(self.config))
+        # each slot's id (a forgotten beacon's until compact() reclaims it), and each heard
+        # id's slot
         self.beacon_ids: list[str] = []
         self._beacon_index: dict[str, int] = {}
         # Ids (beacon_ids mirrored) and kinds as object arrays, kinds as codes too (an index
@@ -532,14 +575,18 @@ class Engine:
         self._height, self._body_db, self._heading, self._body_nats = (
             np.zeros(0) for _ in range(4)
         )
-        self._zone_height = zone_heights(site)
-        self._area = np.zeros(0, dtype=np.int8)  # its floorplan area when moving (_areas)
+        # a kind's height in a zone that overrides it; a beacon's floorplan area when moving
+        self._zone_height, self._area = zone_heights(site), np.zeros(0, dtype=np.int8)
         self._offset_db, self._last_heard = np.zeros(0), np.zeros(0)
         # learnt tx offsets (txoffset.py, tx_offset), and which beacons announce their power
         self.tx_offsets, self._announces = TxOffsets(), np.zeros(0, dtype=bool)
         # a pallet's parked spot, when its still spell began, and the evidence that it left
         self._active, self._parked_xy = np.zeros(0, dtype=bool), np.zeros((0, 2))
         self._still_since, self._move_nats = np.zeros(0), np.zeros(0)
+        # the order the beacons were first heard in, which compact() leaves alone: whose turn
+        # it is (rival searches, parked sums, the residual fit's share) is the same whatever
+        # was forgotten (_opened: the next one); and the slots of forgotten beacons (_forget)
+        self._serial, self._forgotten = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
         self._reference_xy: dict[int, tuple[float, float, float, int]] = {}
         # _floors_t: the tick whose estimates gw_floors has counted (_receiver_floors)
         self.watermark = self._last_reference_update = self._floors_t = -math.inf
@@ -549,10 +596,11 @@ class Engine:
             _search_offsets(self.config.basin_search_m),
         )
         # _residual_turn: which share of the beacons the next residual fit takes
-        self.rivals, self.residuals, self.parked, self._residual_turn = (
+        self.rivals, self.residuals, self.parked, self._residual_turn, self._opened = (
             RivalBasins(self.config.basin_checks_per_tick),
             ResidualSpread(),
             ParkedEvidence(self.config.parked_search_m) if self._sums_parked else None,
+            0,
             0,
         )
         self._grid_workers = self.config.grid_threads or os.cpu_count() or 1
@@ -569,7 +617,8 @@ class Engine:
         self._beacon_index[beacon] = i
         kind = self.site.kind_of(beacon)
         if i >= self._height.shape[0]:
-            self._grow(max(256, 2 * self._height.shape[0]))
+            self._grow(max(MIN_CAPACITY, 2 * self._height.shape[0]))
+        self._serial[i], self._opened = self._opened, self._opened + 1
         self._id_arr[i] = beacon
         self._kind_arr[i] = None if kind is None else kind.kind
         self._height[i] = 1.0 if kind is None else kind.height_m
@@ -586,28 +635,47 @@ class Engine:
         return i
 
     def _grow(self, capacity: int) -> None:
-        grow = capacity - self._height.shape[0]
-        self._id_arr = np.r_[self._id_arr, np.full(grow, None, dtype=object)]
-        self._kind_arr = np.r_[self._kind_arr, np.full(grow, None, dtype=object)]
-        self._height = np.r_[self._height, np.ones(grow)]
-        self._body_db = np.r_[self._body_db, np.zeros(grow)]
-        self._heading = np.r_[self._heading, np.full(grow, np.nan)]
-        self._body_nats = np.r_[self._body_nats, np.zeros(grow)]
-        self._kind_code = np.r_[self._kind_code, np.full(grow, -1, dtype=np.int8)]
-        self._area = np.r_[self._area, np.zeros(grow, dtype=np.int8)]
-        self._offset_db = np.r_[self._offset_db, np.zeros(grow)]
-        self._announces = np.r_[self._announces, np.zeros(grow, dtype=bool)]
+        """Every per-beacon array to `capacity` rows, new ones as a beacon never heard."""
+        for name, fill in _PER_BEACON_FILL.items():
+            old: NDArray[Any] = getattr(self, name)
+            more = np.full((capacity - old.shape[0], *old.shape[1:]), fill, dtype=old.dtype)
+            setattr(self, name, np.concatenate([old, more]))
         self.tx_offsets.ensure(capacity)
-        self._last_heard = np.r_[self._last_heard, np.full(grow, -np.inf)]
-        self._active = np.r_[self._active, np.zeros(grow, dtype=bool)]
-        self._parked_xy = np.r_[self._parked_xy, np.full((grow, 2), np.nan)]
-        self._still_since = np.r_[self._still_since, np.full(grow, np.nan)]
-        self._move_nats = np.r_[self._move_nats, np.zeros(grow)]
         self.rivals.ensure(capacity)
         if self.parked is not None:
             self.parked.ensure(capacity)
         self.tracks.ensure(capacity)
         self.zones.ensure(capacity)
+
+    def compact(self) -> None:
+        """Reclaim the slots of forgotten beacons (_forget) now: every per-beacon structure is
+        rebuilt without them, the others renumbered in the same order, with room for as many
+        again (COMPACT_MIN_SLOTS at least). Nothing a tick computes changes: rows keep their
+        order, and turns go by _serial. A tick calls it once forgotten slots are COMPACT_SHARE
+        of those in use (_forget)."""
+        n = len(self.beacon_ids)
+        keep = np.flatnonzero(~self._forgotten[:n])
+        if keep.shape[0] == n:
+            return
+        new_index = np.full(n, -1, dtype=np.int64)
+        new_index[keep] = np.arange(keep.shape[0])
+        self.beacon_ids = [self.beacon_ids[i] for i in keep.tolist()]
+        self._beacon_index = {b: i for i, b in enumerate(self.beacon_ids)}
+        self._reference_xy = {
+            int(new_index[i]): spot for i, spot in self._reference_xy.items() if new_index[i] >= 0
+        }
+        for name in _PER_BEACON_FILL:
+            setattr(self, name, getattr(self, name)[keep])
+        self.tx_offsets.compact(keep)
+        self.rivals.compact(keep)
+        if self.parked is not None:
+            self.parked.compact(keep)
+        self.tracks.compact(keep)
+        self.zones.compact(keep)
+        self.window.renumber(new_index)
+        # room for as many again, or for the forgotten slots that make the next compaction:
+        # a steady churn then runs at one capacity, without a growth between compactions
+        self._grow(keep.shape[0] + max(keep.shape[0], COMPACT_MIN_SLOTS))
 
     def ingest(self, readings: Readings) -> IngestCounts:
         """Accept samples of one gateway; returns what happened to them (also summed in counts)."""
@@ -654,6 +722,7 @@ class Engine:
     def tick(self, t: float) -> TickResult:
         cfg = self.config
         self.watermark = max(self.watermark, t)
+        self._forget(t)  # first: it may renumber the beacons
         est = self.window.estimate(
             t,
             target_samples=cfg.window_samples,
@@ -700,8 +769,10 @@ class Engine:
             )
         xy, cov = self._locate(geo, prior, level, area, grid_prior, fresh=fresh, geo_grid=geo_grid)
         self._learn_from_fixes(t, idx, geo, xy, est)
-        speed = np.zeros(idx.shape[0])
-        unfitted_share = _variance_share(geo, self.gw_unfitted_db[geo.gw])
+        speed, unfitted_share = (
+            np.zeros(idx.shape[0]),
+            _variance_share(geo, self.gw_unfitted_db[geo.gw]),
+        )
         if not cfg.tracking:
             cov = cov * (1.0 + unfitted_share)[:, None, None]
         else:
@@ -798,6 +869,7 @@ class Engine:
             min_window_s=RESIDUAL_FIT_MIN_WINDOW_S,
             window_s=RESIDUAL_FIT_WINDOW_S,
             share=(stride, self._residual_turn % stride),
+            turns=self._serial,
         )
         if est.beacon.shape[0] == 0:
             return np.zeros(0)
@@ -1000,7 +1072,7 @@ class Engine:
                 _, rival_ll = self._best_near(held, self.rivals.xy[idx[held]], *near)
                 _, track_ll = self._best_near(held, prior[held], *near)
                 self.rivals.weigh(idx[held], rival_ll - track_ll)
-            due = rows[self.rivals.due(idx[rows])]
+            due = rows[self.rivals.due(self._serial[idx[rows]])]
             offsets = self._rival_offsets
             mode, _ = self._best_near(due, prior[due], geo, level, area, table, offsets)
             self.rivals.offer(idx[due], mode, prior[due])
@@ -1043,7 +1115,7 @@ class Engine:
         settled = self.watermark - self._still_since[b] >= PARKED_BEGIN_S
         start = ~ev.holds(b) & (still > 0.5) & settled
         ev.begin(b[start], prior[rows[start]], level[rows[start]])
-        due = rows[ev.holds(b) & ev.due(b)]
+        due = rows[ev.holds(b) & ev.due(self._serial[b])]
         area = STORAGE if self.config.traffic_zones else FLOOR
         for lv in np.unique(level[due]):
             part = due[level[due] == lv]
@@ -1480,6 +1552,24 @@ class Engine:
             )
             for i in lost
         ]
+
+    def _forget(self, t: float) -> None:
+        """Before tick t: beacons lost (beacon_lost fired) and silent for forget_after_s more
+        are forgotten. Their ids are free (heard again, a forgotten beacon is a new one) and
+        their slots idle until compact(), which runs once they are COMPACT_SHARE of the slots
+        in use. Never a beacon with a sample the window could still hold (a window longer than
+        the silence: the samples go first)."""
+        n = len(self.beacon_ids)
+        cfg = self.config
+        since = min(t - cfg.lost_after_s - cfg.forget_after_s, t - self.window.window_s)
+        gone = np.flatnonzero(
+            ~self._active[:n] & ~self._forgotten[:n] & (self._last_heard[:n] < since)
+        )
+        self._forgotten[gone] = True
+        for i in gone.tolist():
+            del self._beacon_index[self.beacon_ids[i]]
+        if int(self._forgotten[:n].sum()) >= max(COMPACT_MIN_SLOTS, COMPACT_SHARE * n):
+            self.compact()
 
     def _update_references(self, t: float, idx: I64, geo: Geometry) -> None:
         """Reference beacons at known positions teach the live radio map what the model misses."""

@@ -148,6 +148,13 @@ class Tracks:
         self.t = np.concatenate([self.t, np.full(grow, np.nan)])
         self.rejected = np.concatenate([self.rejected, np.zeros(grow, dtype=np.int64)])
 
+    def compact(self, keep: NDArray[np.intp]) -> None:
+        """Keep only the rows `keep` (ascending), renumbered 0, 1, ... in that order: the
+        engine reclaims forgotten beacons' rows (Engine.compact), then ensure()s its capacity."""
+        self.x, self.P, self.mu = self.x[keep], self.P[keep], self.mu[keep]
+        self.omega, self.cbar = self.omega[keep], self.cbar[keep]
+        self.t, self.rejected = self.t[keep], self.rejected[keep]
+
     def start(
         self, idx: NDArray[np.intp], t: float | F64, z: F64, r: F64, *, mu: F64, m: F64
     ) -> None:

@@ -81,6 +81,12 @@ class TxOffsets:
         self.var_db2 = np.r_[self.var_db2, np.full(grow, TX_OFFSET_PRIOR_SD_DB**2)]
         self.t = np.r_[self.t, np.full(grow, np.nan)]
 
+    def compact(self, keep: I64) -> None:
+        """Keep only the beacons `keep` (ascending), renumbered 0, 1, ... in that order
+        (Engine.compact), then ensure() the capacity."""
+        self.offset_db, self.var_db2 = self.offset_db[keep], self.var_db2[keep]
+        self.t = self.t[keep]
+
     def update(self, t: float, beacons: I64, mean_residual_db: F64, residual_var_db2: F64) -> None:
         """One Kalman step per beacon: `mean_residual_db` (the tick's mean residual at its fix,
         ranged with the current offset) measures the offset's error with `residual_var_db2`.

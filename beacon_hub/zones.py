@@ -84,6 +84,14 @@ class ZoneTracker:
         self.hysteresis_m = np.r_[self.hysteresis_m, np.full(grow, self.params.hysteresis_m)]
         self.min_dwell_s = np.r_[self.min_dwell_s, np.full(grow, self.params.min_dwell_s)]
 
+    def compact(self, keep: NDArray[np.intp]) -> None:
+        """Keep only the beacons `keep` (ascending), renumbered 0, 1, ... in that order
+        (Engine.compact), then ensure() the capacity."""
+        self.current, self.since = self.current[keep], self.since[keep]
+        self.candidate, self.candidate_since = self.candidate[keep], self.candidate_since[keep]
+        self.dwell_fired, self.held_until = self.dwell_fired[keep], self.held_until[keep]
+        self.hysteresis_m, self.min_dwell_s = self.hysteresis_m[keep], self.min_dwell_s[keep]
+
     def set_rules(
         self, b: int, hysteresis_m: float | None = None, min_dwell_s: float | None = None
     ) -> None:

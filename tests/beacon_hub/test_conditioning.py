@@ -144,3 +144,31 @@ def test_shares_of_the_beacons_partition_the_estimate() -> None:
     for name in ("beacon", "gateway", "rssi_dbm", "samples", "last_t", "mean_t"):
         joined = np.concatenate([getattr(p, name) for p in parts])[merged]
         np.testing.assert_array_equal(joined, getattr(full, name))
+
+
+def test_renumbered_beacons_keep_their_samples_and_their_turns() -> None:
+    """Engine.compact renumbers the beacons and drops the forgotten ones' samples: the estimate
+    is the same, pair for pair, under the new numbers; a share taken by turns (each beacon's
+    number before) picks the same beacons as before; and the buffers shrink after a burst."""
+    rng = np.random.default_rng(6)
+    n = 6000
+    w = _window(
+        rng.uniform(0.0, 2.0, n).tolist(),
+        rng.integers(0, 40, n).tolist(),
+        rng.integers(0, 5, n).tolist(),
+        np.round(rng.normal(-70.0, 6.0, n)).tolist(),
+    )
+    w.expire(1.5)  # the burst has passed
+    left = w._b[: len(w)].copy()
+    before = w.estimate(2.0, share=(3, 1))
+    kept = np.flatnonzero(np.arange(40) % 4 != 2)  # every fourth beacon forgotten
+    new_index = np.full(40, -1)
+    new_index[kept] = np.arange(kept.shape[0])
+    w.renumber(new_index)
+    assert len(w) == int(np.isin(left, kept).sum())
+    assert w._t.shape[0] < n / 2  # the buffer let go of the burst's room
+    after = w.estimate(2.0, share=(3, 1), turns=kept)
+    stays = np.isin(before.beacon, kept)
+    np.testing.assert_array_equal(kept[after.beacon], before.beacon[stays])
+    for name in ("gateway", "rssi_dbm", "samples", "last_t", "mean_t"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name)[stays])

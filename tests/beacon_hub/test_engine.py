@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from beacon_hub.calibration import Calibration, GatewayFit
 from beacon_hub.engine import (
+    _PER_BEACON_FILL,
+    COMPACT_MIN_SLOTS,
     RESIDUAL_FIT_BEACONS,
     RESIDUAL_FIT_MIN_WINDOW_S,
     RESIDUAL_FIT_SAMPLES,
@@ -597,3 +600,215 @@ def test_a_large_site_fits_its_residuals_on_a_turning_share_of_the_beacons() -> 
         seen.append(float(engine.residuals.counts.sum()) - kept)
     # each of the last four ticks (their windows full) a quarter, one share after the other
     assert seen[-4:] == pytest.approx([n / 4] * 4, abs=1.0)
+
+
+# ---------------------------------------------------------------- forgetting (forget_after_s)
+
+NEVER = 1e12
+"""forget_after_s that no test reaches: forgetting off."""
+
+
+def _ids(major: int, count: int, start: int = 0) -> list[str]:
+    return [
+        f"ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:{major}:{i}"
+        for i in range(start, start + count)
+    ]
+
+
+def _heard(
+    site: Site,
+    spots: dict[str, tuple[float, float]],
+    t: float,
+    rng: np.random.Generator | None = None,
+    ref_dbm: float = -59.0,
+) -> list[Readings]:
+    """One batch per gateway: every beacon at its spot, one sample at t (whole dBm, as HCI
+    reports, with 4 dB of noise when `rng` is given)."""
+    names = list(spots)
+    xy = np.array([spots[b] for b in names]).reshape(-1, 2)
+    out = []
+    for g in site.gateways:
+        d = np.sqrt((xy[:, 0] - g.x) ** 2 + (xy[:, 1] - g.y) ** 2 + (g.z - 1.0) ** 2)
+        rssi = mean_rssi_dbm(d, ref_dbm, 2.0)
+        if rng is not None:
+            rssi = rssi + rng.normal(0.0, 4.0, rssi.shape)
+        n = len(names)
+        out.append(
+            Readings(g.id, names, np.arange(n), np.full(n, t), np.round(rssi), np.full(n, np.nan))
+        )
+    return out
+
+
+def _per_beacon(engine: Engine) -> dict[str, NDArray[Any]]:
+    """Every per-beacon array by name: the engine's own and its parts'."""
+    arrays = {name: getattr(engine, name) for name in _PER_BEACON_FILL}
+    for part in ("tracks", "zones", "rivals", "tx_offsets", "parked"):
+        if getattr(engine, part) is None:
+            continue
+        for name, value in vars(getattr(engine, part)).items():
+            if isinstance(value, np.ndarray) and name not in {"offsets", "_offsets_sq", "_names"}:
+                arrays[f"{part}.{name}"] = value
+    return arrays
+
+
+def _capacities(engine: Engine) -> set[int]:
+    """Rows of every per-beacon array: one per slot, whatever compaction did."""
+    return {value.shape[0] for value in _per_beacon(engine).values()}
+
+
+def _same_rows(a: Engine, rows_a: list[int], b: Engine, rows_b: list[int], skip: str = "") -> None:
+    arrays_b = _per_beacon(b)
+    for name, value in _per_beacon(a).items():
+        if name != skip:
+            nan = value.dtype.kind == "f"
+            assert np.array_equal(value[rows_a], arrays_b[name][rows_b], equal_nan=nan), name
+
+
+def _passing_recording(site: Site, beacons: int, seconds: int, tick_s: float) -> list[Any]:
+    """Pallets standing and carts walking, with noise; every third beacon falls silent at a
+    fifth of the run for good (interleaved: the ones that stay are renumbered by different
+    amounts), and a few new ones arrive at half of it. Per tick, (t, batches)."""
+    rng = np.random.default_rng(5)
+    names = [b for pair in zip(_ids(2, beacons), _ids(1, beacons), strict=True) for b in pair]
+    names = names[:beacons]
+    late = _ids(2, 3, start=beacons)
+    spots = {b: (rng.uniform(1.0, 19.0), rng.uniform(1.0, 11.0)) for b in names + late}
+    out = []
+    for k in range(int(seconds / tick_s)):
+        t = k * tick_s
+        here = {}
+        for i, b in enumerate(names + late):
+            if (b in late and t < seconds / 2) or (i % 3 == 1 and t >= seconds / 5):
+                continue
+            x, y = spots[b]
+            if ":1:" in b:  # a cart walks to and fro
+                x = 10.0 + 8.0 * math.sin(t / 7.0 + i)
+            here[b] = (x, y)
+        out.append((t, _heard(site, here, t - 0.1 * tick_s, rng)))
+    return out
+
+
+def _table(fixes: Any) -> tuple[Any, ...]:
+    return (
+        fixes.beacons,
+        fixes.x.tolist(),
+        fixes.y.tolist(),
+        fixes.accuracy_m.tolist(),
+        fixes.level.tolist(),
+        fixes.zones,
+        fixes.kinds,
+        fixes.speed_m_s.tolist(),
+        fixes.gateway_slots.tolist(),
+        fixes.gateway_mask.tolist(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "beacons", "seconds"),
+    [
+        # the grid: rival searches and still pallets' sums, taken in turns
+        (EngineConfig(solver="grid", basin_checks_per_tick=1, lost_after_s=3.0), 9, 60),
+        # more than RESIDUAL_FIT_BEACONS with a short window: the residual fit's turning share
+        (EngineConfig(tick_interval_s=0.5, window_s=0.5, lost_after_s=2.0), 800, 12),
+    ],
+    ids=["grid", "residual-share"],
+)
+def test_forgetting_changes_nothing_for_the_beacons_that_stay(
+    config: EngineConfig, beacons: int, seconds: int
+) -> None:
+    """The same recording with forgetting on (compacted after every tick) and off: beacons
+    that went silent for good are forgotten and the others renumbered, and every fix and event
+    is the same, to the bit. Turns (whose rival is searched, which still pallet adds its
+    window, which share fits the residuals) go by the order first heard, not the slot."""
+    site = room_site()
+    recording = _passing_recording(site, beacons, seconds, config.tick_interval_s)
+    on = Engine(site, config.model_copy(update={"forget_after_s": 2.0}))
+    off = Engine(site, config.model_copy(update={"forget_after_s": NEVER}))
+    for t, batches in recording:
+        for batch in batches:
+            on.ingest(batch)
+            off.ingest(batch)
+        a, b = on.tick(t + config.tick_interval_s / 2), off.tick(t + config.tick_interval_s / 2)
+        on.compact()
+        assert _table(a.fixes) == _table(b.fixes)
+        assert a.events == b.events
+        assert _capacities(on) == {on.tracks.capacity}
+        # and what they carry to the next tick, rival and still spell included
+        ids = list(on._beacon_index)
+        _same_rows(on, [on.beacon_index(i) for i in ids], off, [off.beacon_index(i) for i in ids])
+    assert len(on.beacon_ids) < len(off.beacon_ids) - beacons // 4  # it did forget
+
+
+def test_waves_of_passing_beacons_leave_memory_bounded() -> None:
+    """Waves of new ids (a hostile dongle's random ones, pallets through a dock), each heard
+    for two seconds and then silent for good: the slots and the arrays' capacity stop growing
+    once the first waves are forgotten; without forgetting they grow with every wave."""
+    site = room_site()
+    wave, waves = 40, 48
+    engines = {
+        forget: Engine(site, EngineConfig(lost_after_s=3.0, forget_after_s=forget))
+        for forget in (5.0, NEVER)
+    }
+    capacity: dict[float, list[int]] = {forget: [] for forget in engines}
+    slots: dict[float, list[int]] = {forget: [] for forget in engines}
+    rng = np.random.default_rng(2)
+    t = 0.0
+    for w in range(waves):
+        spots = {b: (rng.uniform(1, 19), rng.uniform(1, 11)) for b in _ids(4, wave, w * wave)}
+        for k in range(6):
+            t += 1.0
+            for engine in engines.values():
+                if k < 2:
+                    for batch in _heard(site, spots, t - 0.5):
+                        engine.ingest(batch)
+                engine.tick(t)
+                assert _capacities(engine) == {engine.tracks.capacity}
+        for forget, engine in engines.items():
+            capacity[forget].append(engine.tracks.capacity)
+            slots[forget].append(len(engine.beacon_ids))
+    half = waves // 2
+    assert capacity[5.0][half:] == [capacity[5.0][half]] * (waves - half)
+    assert max(slots[5.0][half:]) <= max(slots[5.0][:half])
+    assert max(slots[5.0]) < 2 * COMPACT_MIN_SLOTS + wave
+    assert slots[NEVER][-1] == wave * waves  # every id ever heard
+    assert capacity[NEVER][-1] >= 4 * capacity[5.0][-1]
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_a_forgotten_beacon_heard_again_starts_as_a_new_one(compacted: bool) -> None:
+    """A tag 8 dB weaker than the site's reference, which it does not announce: the engine
+    learns the offset. Lost and then forgotten, it comes back (its old slot reclaimed or still
+    idle): every per-beacon row it has is a never-heard beacon's, and its first fix is the one
+    an engine that never heard it gives. Not forgotten (only lost), it keeps what it learnt."""
+    site = room_site()
+    spot = {TAG: (6.0, 5.0)}
+    back = 100.0
+
+    def returning(forget_after_s: float) -> Engine:
+        engine = Engine(site, EngineConfig(lost_after_s=5.0, forget_after_s=forget_after_s))
+        for step in range(30):
+            for batch in _heard(site, spot, step - 0.5, ref_dbm=-67.0):
+                engine.ingest(batch)
+            engine.tick(float(step))
+        for step in range(30, int(back)):
+            engine.tick(float(step))
+        if compacted:
+            engine.compact()
+        return engine
+
+    fresh, forgot, kept = Engine(site), returning(10.0), returning(NEVER)
+    assert kept.tx_offsets.offset_db[kept.beacon_index(TAG)] < -4.0  # learnt over 30 s
+    assert forgot.beacon_ids == ([] if compacted else [TAG])  # an idle slot, no longer its
+    for engine in (fresh, forgot, kept):
+        for batch in _heard(site, spot, back - 0.5, ref_dbm=-67.0):
+            engine.ingest(batch)
+    assert forgot.beacon_index(TAG) == (0 if compacted else 1)
+    # its turn is the next serial: the only row that differs from a new engine's
+    _same_rows(forgot, [forgot.beacon_index(TAG)], fresh, [fresh.beacon_index(TAG)], "_serial")
+    results = {
+        name: e.tick(back) for name, e in (("fresh", fresh), ("forgot", forgot), ("kept", kept))
+    }
+    xy = {name: (r.fixes.x[0], r.fixes.y[0]) for name, r in results.items()}
+    assert xy["forgot"] == xy["fresh"]
+    assert xy["kept"] != xy["fresh"]
+    assert [e.type for e in results["forgot"].events] == ["zone_enter"]
