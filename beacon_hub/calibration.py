@@ -10,9 +10,10 @@ map from the residuals (radiomap.RadioMap). The result is a YAML file the engine
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,7 +32,7 @@ from beacon_hub.config_loader import (
     validate_located,
     yaml_errors,
 )
-from beacon_hub.csvfiles import Reading, TruthPoint
+from beacon_hub.csvfiles import OutputFile, Reading, TruthPoint, listed
 from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.obstruction import LevelObstructions
 from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
@@ -45,6 +46,8 @@ _DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 if TYPE_CHECKING:
     from beacon_hub.engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 def typical_height_m(site: Site) -> float:
@@ -72,6 +75,8 @@ Walk = tuple[Iterable[Reading], Iterable[TruthPoint]]
 """A calibration walk: its readings and where the tag really was."""
 MIN_SAMPLES_PER_GATEWAY = 30
 """Fewer samples than this do not pin down two parameters against 6 dB of shadowing."""
+Warn = Callable[[str], None]
+"""Where a problem that does not stop the work is told: the CLI prints it, the hub logs it."""
 
 
 def path_loss_mode(tracking: bool) -> str:
@@ -135,40 +140,98 @@ def _interpolate_truth(
     return out
 
 
+@dataclass
+class _Heard:
+    """A walk's readings as _match_readings collects them, and what it left out."""
+
+    by_beacon: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    """Per beacon of the truth, its rows in the columns below."""
+    gateway: list[int] = field(default_factory=list)
+    t: list[float] = field(default_factory=list)
+    rssi: list[float] = field(default_factory=list)
+    count: int = 0
+    """Readings in the file."""
+    unknown: Counter[str] = field(default_factory=Counter)
+    """Readings per gateway that the site does not have."""
+    untracked: Counter[str] = field(default_factory=Counter)
+    """Readings (from the site's gateways) per beacon that the truth does not follow."""
+
+
+def _collect(
+    site: Site, readings: Iterable[Reading], paths: dict[str, Any], progress: bool
+) -> _Heard:
+    gateway_ids = {g.id: i for i, g in enumerate(site.gateways)}
+    heard = _Heard()
+    for r in readings:
+        heard.count += 1
+        g = gateway_ids.get(r.gateway)
+        if g is None:
+            heard.unknown[r.gateway] += 1
+        elif r.beacon not in paths:
+            heard.untracked[r.beacon] += 1
+        else:
+            heard.by_beacon[r.beacon].append(len(heard.gateway))
+            heard.gateway.append(g)
+            heard.t.append(r.t)
+            heard.rssi.append(r.rssi)
+        if progress and heard.count % 200_000 == 0:
+            print(f"calibrate: {heard.count} readings read", file=sys.stderr)
+    return heard
+
+
+def _check_walk(site: Site, heard: _Heard, paths: dict[str, Any], names: tuple[str, str]) -> None:
+    """The cause, when no reading of a walk can meet its truth: no readings, none from the
+    site's gateways, none of the truth's beacons."""
+    readings_name, truth_name = names
+    if heard.count == 0:
+        raise BeaconHubError(f"{readings_name}: no readings; the file has a header and no rows")
+    if heard.unknown.total() == heard.count:
+        raise BeaconHubError(
+            f"{readings_name}: none of its gateways is in site {site.id}: the readings come "
+            f"from {listed(sorted(heard.unknown))}; the site has "
+            f"{listed(g.id for g in site.gateways)}"
+        )
+    if not heard.t:
+        raise BeaconHubError(
+            f"{readings_name}: no reading of a beacon in {truth_name}: the readings hear "
+            f"{listed(sorted(heard.untracked))}; the truth follows {listed(sorted(paths))}"
+        )
+
+
 def _match_readings(
     site: Site,
     readings: Iterable[Reading],
     truth: Iterable[TruthPoint],
     max_gap_s: float,
+    *,
     progress: bool,
+    names: tuple[str, str],
+    warn: Warn,
 ) -> dict[str, NDArray[np.float64]]:
     """Per gateway, rows (x, y, z, rssi) in reading order: each reading at the tag's
     interpolated position.
 
     Only readings between two truth points at most `max_gap_s` apart are used: never across a
     gap in the walk. The readings are collected first and matched per beacon at once (a
-    300 s warehouse recording holds half a million readings).
+    300 s warehouse recording holds half a million readings). A walk of which no reading
+    matches is refused with its cause, naming its files (`names`: readings, truth); readings
+    from gateways that are not the site's are left out with a warning.
     """
+    readings_name, truth_name = names
     paths = _interpolate_truth(truth)
     if not paths:
-        raise BeaconHubError("calibration: the truth file holds no positions")
-    gateway_ids = {g.id: i for i, g in enumerate(site.gateways)}
-    by_beacon: dict[str, list[int]] = defaultdict(list)
-    gw_col: list[int] = []
-    t_col: list[float] = []
-    rssi_col: list[float] = []
-    for count, r in enumerate(readings, 1):
-        g = gateway_ids.get(r.gateway)
-        if r.beacon in paths and g is not None:
-            by_beacon[r.beacon].append(len(gw_col))
-            gw_col.append(g)
-            t_col.append(r.t)
-            rssi_col.append(r.rssi)
-        if progress and count % 200_000 == 0:
-            print(f"calibrate: {count} readings read", file=sys.stderr)
-    rt = np.asarray(t_col, dtype=np.float64)
+        raise BeaconHubError(f"{truth_name}: no positions; the truth file has a header and no rows")
+    heard = _collect(site, readings, paths, progress)
+    _check_walk(site, heard, paths, names)
+    if heard.unknown:
+        warn(
+            f"{readings_name}: {heard.unknown.total()} readings from gateways that are not in "
+            f"site {site.id} are left out: "
+            + listed(f"{g} ({n} readings)" for g, n in sorted(heard.unknown.items()))
+        )
+    rt = np.asarray(heard.t, dtype=np.float64)
     xyz = np.full((rt.shape[0], 3), np.nan)
-    for beacon, rows_list in by_beacon.items():
+    for beacon, rows_list in heard.by_beacon.items():
         rows = np.asarray(rows_list, dtype=np.intp)
         t, x, y, z = paths[beacon]
         at = rt[rows]
@@ -185,22 +248,39 @@ def _match_readings(
         else:
             kind = site.kind_of(beacon)
             xyz[ok, 2] = kind.height_m if kind else 1.0
-    gw = np.asarray(gw_col, dtype=np.intp)
+    gw = np.asarray(heard.gateway, dtype=np.intp)
     matched = np.isfinite(xyz[:, 0])
-    table = np.c_[xyz, np.asarray(rssi_col, dtype=np.float64)]
+    table = np.c_[xyz, np.asarray(heard.rssi, dtype=np.float64)]
     if progress:
         print(f"calibrate: {int(matched.sum())} readings matched to truth", file=sys.stderr)
+    if not matched.any():
+        truth_t = np.concatenate([p[0] for p in paths.values()])
+        raise BeaconHubError(
+            f"{readings_name}: none of its {rt.shape[0]} readings of the beacons in "
+            f"{truth_name} falls within the truth's time span, between two positions at most "
+            f"{max_gap_s:g} s apart: the readings run from {rt.min():.3f} to {rt.max():.3f}, "
+            f"the truth from {truth_t.min():.3f} to {truth_t.max():.3f} (Unix seconds)"
+        )
     by_gateway = {g.id: matched & (gw == i) for i, g in enumerate(site.gateways)}
     return {g: table[rows] for g, rows in by_gateway.items() if rows.any()}
 
 
 def _match_walks(
-    site: Site, walks: Sequence[Walk], max_gap_s: float, progress: bool
+    site: Site,
+    walks: Sequence[Walk],
+    max_gap_s: float,
+    *,
+    progress: bool,
+    names: Sequence[tuple[str, str]],
+    warn: Warn,
 ) -> dict[str, NDArray[np.float64]]:
     """_match_readings of each walk, per gateway in walk order."""
     parts: dict[str, list[NDArray[np.float64]]] = defaultdict(list)
-    for readings, truth in walks:
-        for gw, arr in _match_readings(site, readings, truth, max_gap_s, progress).items():
+    for (readings, truth), walk_names in zip(walks, names, strict=True):
+        matched = _match_readings(
+            site, readings, truth, max_gap_s, progress=progress, names=walk_names, warn=warn
+        )
+        for gw, arr in matched.items():
             parts[gw].append(arr)
     return {gw: np.concatenate(arrs) for gw, arrs in parts.items()}
 
@@ -213,13 +293,21 @@ def fit_calibration(
     plan_losses: bool = False,
     max_gap_s: float = 2.0,
     progress: bool = False,
+    names: Sequence[tuple[str, str]] | None = None,
+    warn: Warn = log.warning,
 ) -> Calibration:
     """Fit every gateway heard during the walks, and the map from their residuals. Each walk
     (its readings and its truth) is matched on its own, so walks of different days may share
-    beacons and clock times; their readings are then fitted together."""
+    beacons and clock times; their readings are then fitted together.
+
+    `names` (each walk's readings and truth files) go into the messages: BeaconHubError for a
+    walk of which no reading meets its truth, with the cause; `warn` for readings from
+    gateways the site does not have, and for the site's gateways left without a fit."""
     if not walks:
         raise BeaconHubError("calibration: no walk given")
-    rows = _match_walks(site, walks, max_gap_s, progress)
+    if names is None:
+        names = [(f"walk {k} readings", f"walk {k} truth") for k in range(1, len(walks) + 1)]
+    rows = _match_walks(site, walks, max_gap_s, progress=progress, names=names, warn=warn)
     gw_ids = tuple(g.id for g in site.gateways)
     gateways = {g.id: g for g in site.gateways}
     fits: dict[str, GatewayFit] = {}
@@ -243,10 +331,21 @@ def fit_calibration(
         fits[gw_id] = GatewayFit(
             pl.ref_rssi_1m_dbm, pl.exponent, pl.residual_sd_db, pl.residual_sd_db, pl.samples
         )
+    matched = sorted(
+        ((g.id, rows[g.id].shape[0] if g.id in rows else 0) for g in site.gateways),
+        key=lambda item: -item[1],
+    )
+    counts = listed(f"{gw} ({n})" for gw, n in matched if gw not in fits)
     if not fits:
         raise BeaconHubError(
-            f"calibration: no gateway has {MIN_SAMPLES_PER_GATEWAY} readings matched to truth "
-            "(check that readings and truth cover the same beacon and time span)"
+            f"{listed(r for r, _ in names)}: no gateway has {MIN_SAMPLES_PER_GATEWAY} readings "
+            f"matched to truth ({counts}); walk longer, or nearer the gateways"
+        )
+    if len(fits) < len(site.gateways):
+        warn(
+            f"no fit for {len(site.gateways) - len(fits)} of site {site.id}'s "
+            f"{len(site.gateways)} gateways, with fewer than {MIN_SAMPLES_PER_GATEWAY} readings "
+            f"matched to truth ({counts}): the engine keeps the site's radio settings for them"
         )
     radio_map = None
     if with_map:
@@ -293,7 +392,8 @@ def save_calibration(cal: Calibration, path: Path) -> None:
     text = "# beacon-hub calibration: written by `beacon-hub calibrate`\n" + yaml.dump(
         data, Dumper=_DUMPER, sort_keys=False, default_flow_style=None, width=120
     )
-    path.write_text(text)
+    with OutputFile(path) as out:  # whole or not at all: an interrupted save keeps the old file
+        out.write(text)
 
 
 MAX_CALIBRATION_BYTES = 1024 * 1024 * 1024
@@ -407,11 +507,43 @@ def _origins(root: yaml.Node, source: str) -> dict[Loc, str]:
     return origins
 
 
-def load_calibration(path: Path, site: Site) -> Calibration:
+def _warn_unknown_gateways(
+    path: Path, doc: Located, checked: CalibrationFile, site: Site, warn: Warn
+) -> None:
+    """Tell of the file's gateways (fits or map grids) that the site does not have: the engine
+    leaves them unused, and the site's gateways they were meant for keep its radio settings."""
+    site_ids = [g.id for g in site.gateways]
+    named = dict.fromkeys(checked.gateways)
+    if checked.radio_map is not None:
+        named.update(dict.fromkeys(checked.radio_map.gateways))
+    unknown = [gw for gw in named if gw not in site_ids]
+    if not unknown:
+        return
+    origins = doc.origins
+    places = [
+        f"{gw} ({origins.get(('gateways', gw)) or origins.get(('radio_map', 'gateways', gw))})"
+        for gw in unknown
+    ]
+    unfitted = [gw for gw in site_ids if gw not in checked.gateways]
+    warn(
+        f"{path}: {len(unknown)} calibrated gateways are not in site {site.id} and are left "
+        f"unused: {listed(places)}"
+        + (
+            f"; {len(unfitted)} of the site's gateways have no fit here and keep its radio "
+            f"settings: {listed(unfitted)}"
+            if unfitted
+            else ""
+        )
+    )
+
+
+def load_calibration(path: Path, site: Site, *, warn: Warn = log.warning) -> Calibration:
     """Read and validate a calibration file for `site`; ConfigError lists every problem with
-    file:line and the path inside the file."""
+    file:line and the path inside the file. Fits of gateways the site does not have are a
+    warning, not an error (a gateway may have been removed since): `warn` names them."""
     doc = _read_yaml(path)
     checked = validate_located(CalibrationFile, doc)
+    _warn_unknown_gateways(path, doc, checked, site, warn)
     problems: list[tuple[Loc, str]] = []
     if checked.site != site.id:
         problems.append((("site",), f"calibrated for {checked.site!r}, not {site.id!r}"))

@@ -12,6 +12,7 @@ from typing import Any
 from beacon_hub.commands import (
     EXIT_OK,
     add_set_option,
+    check_outputs,
     dispatch,
     new_parser,
     overrides_from,
@@ -20,6 +21,11 @@ from beacon_hub.commands import (
 __all__ = ["build_parser", "main"]
 
 PROG = "beacon-hub"
+
+
+def _warn(message: str) -> None:
+    """A problem that does not stop the command: on stderr, once, beside its errors' format."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,18 +181,25 @@ def _erase(args: argparse.Namespace) -> int:
     """Remove a shopper's rows under its id and its pseudonym from SQLite and InfluxDB."""
     from beacon_hub.hubconfig import load_hub_config  # noqa: PLC0415
     from beacon_hub.ids import canonical_beacon_id  # noqa: PLC0415
-    from beacon_hub.privacy import erase_influx, erase_sqlite, load_key, pseudonym  # noqa: PLC0415
-    from beacon_hub.stores import EVENT_MEASUREMENT, FIX_MEASUREMENT, open_sqlite  # noqa: PLC0415
+    from beacon_hub.privacy import (  # noqa: PLC0415
+        erase_influx,
+        erase_key,
+        erase_sqlite,
+        open_erase_sqlite,
+        pseudonym,
+    )
+    from beacon_hub.stores import EVENT_MEASUREMENT, FIX_MEASUREMENT  # noqa: PLC0415
 
     overrides = overrides_from(args.overrides)
     cfg = load_hub_config(args.config, sites=args.site, overrides=overrides)
     beacon = canonical_beacon_id(args.beacon)
     ids = [beacon]
-    if not beacon.startswith("anon:"):
-        ids.append(pseudonym(load_key(cfg.privacy, cfg.stores.sqlite.path), beacon))
-    print(f"erase: {' and '.join(ids)}")
-    db = open_sqlite(cfg.stores.sqlite.path)
+    # The existing database and key, or a message: a new key would erase another pseudonym.
+    db = open_erase_sqlite(cfg.stores.sqlite.path)
     try:
+        if not beacon.startswith("anon:"):
+            ids.append(pseudonym(erase_key(cfg.privacy, cfg.stores.sqlite.path), beacon))
+        print(f"erase: {' and '.join(ids)}")
         removed = erase_sqlite(db, ids)
     finally:
         db.close()
@@ -279,8 +292,17 @@ def _replay(args: argparse.Namespace) -> int:
     from beacon_hub.replay import replay  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415
 
+    check_outputs(
+        [("--out", args.out), ("--events", args.events)],
+        inputs=[
+            ("--site", args.site),
+            ("--readings", args.readings),
+            ("--calibration", args.calibration),
+            ("--config", args.config),
+        ],
+    )
     site = load_site(args.site)
-    calibration = load_calibration(args.calibration, site) if args.calibration else None
+    calibration = load_calibration(args.calibration, site, warn=_warn) if args.calibration else None
     stats = replay(
         site,
         args.readings,
@@ -288,6 +310,7 @@ def _replay(args: argparse.Namespace) -> int:
         config=_engine_config(args),
         calibration=calibration,
         events_path=args.events,
+        warn=_warn,
     )
     print(
         f"replay: {stats.readings} readings, {stats.ticks} ticks, {stats.fixes} fixes, "
@@ -314,17 +337,33 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"calibrate: {len(args.readings)} --readings but {len(args.truth)} --truth: give "
             "one truth file per readings file, in the same order"
         )
+    check_outputs(
+        [("--out", args.out)],
+        inputs=[
+            ("--site", args.site),
+            *(("--readings", r) for r in args.readings),
+            *(("--truth", t) for t in args.truth),
+        ],
+    )
     site = load_site(args.site)
-    walks = [
-        (list(read_readings(r)), list(read_truth(t)))
-        for r, t in zip(args.readings, args.truth, strict=True)
-    ]
+    walks = []
+    for r, t in zip(args.readings, args.truth, strict=True):
+        readings = list(read_readings(r))
+        repeated = len(readings) - len(set(readings))
+        if repeated:
+            _warn(
+                f"{r}: {repeated} rows repeat an earlier row exactly (t, gateway, beacon, rssi "
+                "and tx_power); they are fitted as recorded"
+            )
+        walks.append((readings, list(read_truth(t))))
     calibration = fit_calibration(
         site,
         walks,
         with_map=not args.no_map,
         plan_losses=args.plan_losses,
         progress=True,
+        names=[(str(r), str(t)) for r, t in zip(args.readings, args.truth, strict=True)],
+        warn=_warn,
     )
     for tracking in (True, False):
         mode = path_loss_mode(tracking)
@@ -402,6 +441,7 @@ def _eval_options(evaluate: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from beacon_hub.evaluation import run_eval  # noqa: PLC0415  # numpy: keeps --help fast
 
+    check_outputs([], directories=[("--report", args.report)])
     result = run_eval(
         args.fixes,
         truth_path=args.truth,

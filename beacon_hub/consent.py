@@ -183,7 +183,7 @@ def read_consent_file(path: Path) -> dict[str, Consent]:
     out: dict[str, Consent] = {}
     if path.suffix.lower() == ".csv":
         try:
-            with path.open(newline="", encoding="utf-8") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
                 rows = list(csv.reader(f))
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise ConfigError(str(path), [f"{path}: cannot read: {e}"]) from e

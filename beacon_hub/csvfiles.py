@@ -1,8 +1,9 @@
 """The CSV files of DESIGN.md: readings, truth and fixes.
 
 Header row first; columns in any order; times are Unix seconds, positions metres. Readers stream
-rows and refuse bad input with `CsvError` naming the file, the line and the column; writers
-stream too, so a long simulation or replay never holds a file in memory.
+rows and refuse bad input with `CsvError` naming the file, the line and the column; a UTF-8 byte
+order mark (Excel's "CSV UTF-8") is skipped. Writers stream too, so a long simulation or replay
+never holds a file in memory, through `OutputFile`: a file appears whole or not at all.
 
     readings  t,gateway,beacon,rssi[,tx_power]
     truth     t,beacon,x,y[,z,level,zone]
@@ -11,13 +12,18 @@ stream too, so a long simulation or replay never holds a file in memory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import math
+import os
+import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 from beacon_hub.errors import CsvError, IdError
 from beacon_hub.ids import is_beacon_id, is_name_id, parse_beacon_id
@@ -31,8 +37,10 @@ __all__ = [
     "CsvTable",
     "CsvWriter",
     "EventRow",
+    "OutputFile",
     "Reading",
     "TruthPoint",
+    "listed",
     "read_events",
     "read_fixes",
     "read_readings",
@@ -284,7 +292,7 @@ def read_table(table: CsvTable[R], path: Path | str) -> Iterator[R]:
     where = str(path)
     try:
         # Closed by the `with` below; opened here so a missing file fails before the first row.
-        handle = Path(path).open(newline="", encoding="utf-8")  # noqa: SIM115
+        handle = Path(path).open(newline="", encoding="utf-8-sig")  # noqa: SIM115
     except OSError as e:
         raise CsvError(f"{where}: cannot open: {e.strerror or e}") from e
     with handle:
@@ -345,10 +353,123 @@ def read_fixes(path: Path | str) -> Iterator[Fix]:
     return read_table(FIXES, path)
 
 
+def listed(names: Iterable[str], limit: int = 12) -> str:
+    """Ids for a message, comma-separated, the first `limit` of them and how many more."""
+    items = list(names)
+    if not items:
+        return "none"
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def _named(e: OSError, path: Path | str) -> OSError:
+    """`e` again, naming `path` (the user's name of it) instead of a temporary file."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+class OutputFile:
+    """A file that appears whole or not at all: written to a temporary file beside `path`,
+    which `commit` renames over `path` and `discard` removes. An interrupted or failed run so
+    leaves the earlier file as it was, never a truncated one that looks finished.
+
+    As a context manager it gives the open handle and commits when the block ends without an
+    exception. An existing file keeps its permissions; one that is read-only is refused as
+    `open(path, "w")` would refuse it. What exists and is not a regular file (/dev/null, a
+    FIFO) is written in place. OSError names `path`, never the temporary file.
+    """
+
+    def __init__(
+        self, path: Path | str, *, binary: bool = False, newline: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
+        self._target = target
+        self._temp: Path | None = None
+        try:
+            st: os.stat_result | None = target.stat()
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise _named(e, self.path) from e
+        text: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": newline}
+        mode = "wb" if binary else "w"
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            try:
+                self.handle: IO[Any] = target.open(mode, **text)
+            except OSError as e:
+                raise _named(e, self.path) from e
+            return
+        if st is not None and not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.path))
+        fd = self._create_temp(st)
+        try:
+            self.handle = os.fdopen(fd, mode, **text)
+        except BaseException:
+            os.close(fd)
+            self._remove_temp()
+            raise
+
+    def _create_temp(self, st: os.stat_result | None) -> int:
+        """A new file beside the target: the target's mode, or what `open` gives a new one."""
+        while True:
+            temp = self._target.with_name(f".{self._target.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise _named(e, self.path) from e
+            self._temp = temp
+            if st is not None:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            return fd
+
+    def _remove_temp(self) -> None:
+        if self._temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._temp.unlink()
+            self._temp = None
+
+    def commit(self) -> None:
+        """Close and put the file in place; on failure nothing is left but the earlier file."""
+        try:
+            self.handle.close()
+            if self._temp is not None:
+                self._temp.replace(self._target)
+                self._temp = None
+        except OSError as e:
+            self.discard()
+            raise _named(e, self.path) from e
+
+    def discard(self) -> None:
+        """Close and remove the temporary file: the earlier file, if any, stays as it was."""
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        self._remove_temp()
+
+    def __enter__(self) -> IO[Any]:
+        return self.handle
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
 class CsvWriter(Generic[R]):
     """Streams records of one kind to a CSV file; use as a context manager.
 
-    Optional columns are written only when named in `optional` (all of them by default).
+    Optional columns are written only when named in `optional` (all of them by default). A
+    file named by its path is an `OutputFile`: it replaces the earlier file when the writer
+    closes, and leaves that alone when the `with` block ends in an exception (or `discard`).
     """
 
     def __init__(
@@ -362,17 +483,21 @@ class CsvWriter(Generic[R]):
         if unknown:
             raise ValueError(f"{table.name} has no column(s) {', '.join(unknown)}")
         self._table = table
-        self._own = isinstance(target, Path | str)
+        self._file: OutputFile | None = None
         self._handle: IO[str]
         if isinstance(target, Path | str):
-            # Held open across write() calls and closed by close() / __exit__.
-            self._handle = Path(target).open("w", newline="", encoding="utf-8")  # noqa: SIM115
+            self._file = OutputFile(target, newline="")
+            self._handle = self._file.handle
         else:
             self._handle = target
         self._writer = csv.DictWriter(
             self._handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n"
         )
-        self._writer.writeheader()
+        try:
+            self._writer.writeheader()
+        except BaseException:
+            self.discard()
+            raise
         self.rows = 0
 
     def write(self, record: R) -> None:
@@ -388,10 +513,16 @@ class CsvWriter(Generic[R]):
         return self.rows - before
 
     def close(self) -> None:
-        if self._own:
-            self._handle.close()
+        """Finish the file: put it in place (a path) or flush it (a handle, left open)."""
+        if self._file is not None:
+            self._file.commit()
         else:
             self._handle.flush()
+
+    def discard(self) -> None:
+        """Give the file up: the earlier file at the path, if any, stays as it was."""
+        if self._file is not None:
+            self._file.discard()
 
     def __enter__(self) -> CsvWriter[R]:
         return self
@@ -402,7 +533,10 @@ class CsvWriter(Generic[R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is None or self._file is None:
+            self.close()  # a handle is flushed either way, as it always was
+        else:
+            self.discard()
 
 
 def read_events(path: Path | str) -> Iterator[EventRow]:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -65,7 +66,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from beacon_hub.csvfiles import EventRow, TruthPoint, read_events, read_fixes, read_truth
+from beacon_hub.csvfiles import (
+    EventRow,
+    OutputFile,
+    TruthPoint,
+    read_events,
+    read_fixes,
+    read_truth,
+)
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.site import Site, Zone, load_site
 from beacon_hub.wire import Fix
@@ -757,7 +765,7 @@ def read_path(path: Path | str) -> FloatArray:
     where = str(path)
     rows: list[list[float]] = []
     try:
-        with Path(path).open(newline="", encoding="utf-8") as handle:
+        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = [h.strip() for h in next(reader, [])]
             if header != list(PATH_COLUMNS):
@@ -777,7 +785,13 @@ def read_path(path: Path | str) -> FloatArray:
         raise EvaluationError(f"{where}: not valid CSV: {e}") from e
     if not rows:
         raise EvaluationError(f"{where}: no segments; expected rows of {','.join(PATH_COLUMNS)}")
-    return np.asarray(rows, dtype=np.float64)
+    segments = np.asarray(rows, dtype=np.float64)
+    if not np.any(segments[:, 0:2] != segments[:, 2:4]):
+        raise EvaluationError(
+            f"{where}: the path has no length: each of its {len(rows)} segments ends where it "
+            "starts; expected a route of segments x0,y0 -> x1,y1"
+        )
+    return segments
 
 
 def _segment(row: Sequence[str], where: str, line: int) -> list[float]:
@@ -800,7 +814,7 @@ def _segment(row: Sequence[str], where: str, line: int) -> list[float]:
 def write_path(path: Path | str, segments: Iterable[Sequence[float]]) -> int:
     """Write segments (x0, y0, x1, y1) as a path CSV; returns the number of rows."""
     rows = 0
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+    with OutputFile(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(PATH_COLUMNS)
         for segment in segments:
@@ -851,9 +865,14 @@ def write_report(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small", title="dashed: median, dotted: p90")
     png = directory / "cdf.png"
-    figure.savefig(png)
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
     out = directory / "summary.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    # Each file whole or not at all: an interrupted report leaves the last one as it was.
+    with OutputFile(png, binary=True) as handle:
+        handle.write(image.getvalue())
+    with OutputFile(out) as handle:
+        handle.write(json.dumps(summary, indent=2) + "\n")
     return png, out
 
 
@@ -955,13 +974,22 @@ def run_eval(
     runs: list[tuple[str, Evaluation]] = []
     for name, fixes_path in zip(names, fixes_paths, strict=True):
         fixes = list(read_fixes(fixes_path))
+        if not fixes:
+            raise EvaluationError(f"{fixes_path}: no fixes; the file has a header and no rows")
+        in_file = len(fixes)
         if kind is not None and site is not None:
             fixes = [f for f in fixes if _kind_name(site, f.beacon) == kind]
         if window_s is not None:
             fixes = [f for f in fixes if window_s[0] <= f.t - truth_t0 < window_s[1]]
         if not fixes:
-            which = [f"of kind {kind}" if kind else "", "in --window-s" if window_s else ""]
-            raise EvaluationError(f"{fixes_path}: no fixes {' '.join(w for w in which if w)}")
+            which = [
+                f"of kind {kind}" if kind else "",
+                f"in --window-s {window_s[0]:g} {window_s[1]:g}" if window_s else "",
+            ]
+            raise EvaluationError(
+                f"{fixes_path}: no fixes {' and '.join(w for w in which if w)} "
+                f"(of {in_file} in the file)"
+            )
         try:
             if segments is not None:
                 run = evaluate_path(fixes, segments, band_m)

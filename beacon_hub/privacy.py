@@ -60,9 +60,11 @@ __all__ = [
     "PrivacyError",
     "Retention",
     "erase_influx",
+    "erase_key",
     "erase_sqlite",
     "key_file_path",
     "load_key",
+    "open_erase_sqlite",
     "pseudonym",
     "retention_job",
     "site_kind_of",
@@ -407,6 +409,52 @@ def _sites_in(db: sqlite3.Connection, table: str) -> list[str]:
         sites.append(str(row[0]))
         row = db.execute(f"{query} WHERE site > ?", (sites[-1],)).fetchone()
     return sites
+
+
+def erase_key(cfg: PrivacyConfig, sqlite_path: Path) -> bytes:
+    """load_key for `erase`: the key the stores' pseudonyms were made with, never a new one.
+    A key file that is not there (a typo in the database's path) would give a fresh key and
+    the pseudonym of another shopper."""
+    if cfg.key is None:
+        path = key_file_path(cfg, sqlite_path)
+        if not path.is_file():
+            raise PrivacyError(
+                f"privacy key file {path}: no such file; erase needs the key the hub made its "
+                "pseudonyms with (privacy.key_file, by default beside stores.sqlite.path)"
+            )
+    return load_key(cfg, sqlite_path)
+
+
+def open_erase_sqlite(path: Path) -> sqlite3.Connection:
+    """The hub's existing SQLite database, for `erase`: opened without creating the file, its
+    directory or its tables, and refused when it holds none of the tables erase cleans."""
+    from beacon_hub.stores import SQLITE_BUSY_TIMEOUT_S  # noqa: PLC0415  # stores imports us
+
+    if not path.is_file():
+        raise PrivacyError(
+            f"{path}: no such SQLite database (stores.sqlite.path); erase works on the hub's "
+            "existing database"
+        )
+    try:
+        db = sqlite3.connect(
+            path.resolve().as_uri() + "?mode=rw",
+            uri=True,
+            timeout=SQLITE_BUSY_TIMEOUT_S,
+            isolation_level=None,
+        )
+    except sqlite3.Error as e:
+        raise PrivacyError(f"{path}: cannot open the SQLite database: {e}") from e
+    try:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as e:
+        db.close()
+        raise PrivacyError(f"{path}: not a SQLite database: {e}") from e
+    if not names & set(_ERASE_TABLES):
+        db.close()
+        raise PrivacyError(
+            f"{path}: not the hub's database: it has none of the tables {', '.join(_ERASE_TABLES)}"
+        )
+    return db
 
 
 def erase_sqlite(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, int]:

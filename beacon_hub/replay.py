@@ -9,10 +9,11 @@ mode that published harnesses score.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from beacon_hub.csvfiles import (
     EventRow,
     Reading,
     TruthPoint,
+    listed,
     read_readings,
 )
 from beacon_hub.engine import Engine, EngineConfig, Readings, TickResult
@@ -35,7 +37,16 @@ from beacon_hub.errors import BeaconHubError
 from beacon_hub.evaluation import EvaluationError, evaluate_truth
 from beacon_hub.site import Site
 
-__all__ = ["EngineReplay", "ReplayStats", "path_loss_accuracy_scale", "replay"]
+__all__ = [
+    "EngineReplay",
+    "ReplayStats",
+    "check_recording",
+    "path_loss_accuracy_scale",
+    "read_sorted",
+    "replay",
+]
+
+log = logging.getLogger(__name__)
 
 SAMPLE_INSTANT_S = 0.05
 """--no-tracking: readings within 50 ms belong to one sample instant (the dataset bins at 1/3 s)."""
@@ -44,6 +55,8 @@ ACCURACY_QUANTILE = 0.68
 that the engine's radius_68_m aims at)."""
 MIN_SCALE_FIXES = 30
 """Fewer scored fixes do not pin a 68th percentile: its standard error is about 10 points."""
+PROGRESS_READINGS = 200_000
+"""A progress line per this many readings read: about one a second (1.2 M rows take 7 s)."""
 
 
 @dataclass
@@ -143,6 +156,47 @@ class EngineReplay:
                 print(f"replay: tick {k + 1}/{len(self.tick_at)}, {fixes} fixes", file=sys.stderr)
 
 
+def read_sorted(path: Path, *, progress: bool = False) -> list[Reading]:
+    """The readings of a CSV file sorted by time (stable: rows of one time keep file order),
+    with a progress line on stderr every PROGRESS_READINGS rows when `progress`."""
+    rows: list[Reading] = []
+    for count, reading in enumerate(read_readings(path), 1):
+        rows.append(reading)
+        if progress and count % PROGRESS_READINGS == 0:
+            print(f"replay: {count} readings read", file=sys.stderr)
+    rows.sort(key=lambda r: r.t)
+    return rows
+
+
+def check_recording(
+    site: Site, rows: Sequence[Reading], where: Path | str, warn: Callable[[str], None]
+) -> None:
+    """BeaconHubError when no reading comes from a gateway of the site (the wrong site or
+    recording: every fix would be missing); a warning naming the gateways that are not the
+    site's, and one counting rows repeated exactly. Neither changes what the engine gets."""
+    if not rows:
+        raise BeaconHubError(f"{where}: no readings; the file has a header and no rows")
+    known = {g.id for g in site.gateways}
+    per_gateway = Counter(r.gateway for r in rows)
+    unknown = {g: n for g, n in sorted(per_gateway.items()) if g not in known}
+    if len(unknown) == len(per_gateway):
+        raise BeaconHubError(
+            f"{where}: none of its gateways is in site {site.id}: the readings come from "
+            f"{listed(unknown)}; the site has {listed(g.id for g in site.gateways)}"
+        )
+    if unknown:
+        warn(
+            f"{where}: {sum(unknown.values())} readings from gateways that are not in site "
+            f"{site.id} are left out: " + listed(f"{g} ({n} readings)" for g, n in unknown.items())
+        )
+    repeated = len(rows) - len(set(rows))
+    if repeated:
+        warn(
+            f"{where}: {repeated} rows repeat an earlier row exactly (t, gateway, beacon, rssi "
+            "and tx_power); they are used as recorded"
+        )
+
+
 def replay(
     site: Site,
     readings_path: Path,
@@ -152,13 +206,15 @@ def replay(
     calibration: Calibration | None = None,
     progress: bool = True,
     events_path: Path | None = None,
+    warn: Callable[[str], None] = log.warning,
 ) -> ReplayStats:
     """Run the engine over the readings at `readings_path`, writing its fixes to `out_path` and,
-    with `events_path`, its events (zone changes, pallet_moved, ...) there."""
+    with `events_path`, its events (zone changes, pallet_moved, ...) there. The outputs appear
+    whole when the run ends, or not at all (csvfiles.OutputFile). `warn` hears of readings
+    from gateways the site does not have and of repeated rows (check_recording)."""
     started = time.monotonic()
-    rows = sorted(read_readings(readings_path), key=lambda r: r.t)
-    if not rows:
-        raise BeaconHubError(f"{readings_path}: no readings")
+    rows = read_sorted(readings_path, progress=progress)
+    check_recording(site, rows, readings_path, warn)
     run = EngineReplay(site, rows, config=config, calibration=calibration)
     fixes = events = 0
     with ExitStack() as files:

@@ -1,16 +1,19 @@
 """`beacon-hub calibrate` from more than one walk: each matched to its own truth (other days
-share beacons and clock times), then fitted together."""
+share beacons and clock times), then fitted together; walks that cannot be matched refused with
+their cause, readings and fits of gateways the site does not have warned about."""
 
 from __future__ import annotations
 
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from beacon_hub import cli
 from beacon_hub.calibration import (
     Calibration,
     GatewayFit,
@@ -18,8 +21,8 @@ from beacon_hub.calibration import (
     load_calibration,
     save_calibration,
 )
-from beacon_hub.csvfiles import READINGS, TRUTH, CsvWriter
-from beacon_hub.errors import ConfigError
+from beacon_hub.csvfiles import READINGS, TRUTH, CsvWriter, Reading, TruthPoint
+from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.site import load_site
 from tests.beacon_hub.test_engine import room_site
 from tests.beacon_hub.test_replay import SQUARE, noisy_walk, square
@@ -209,3 +212,124 @@ def test_what_save_calibration_writes_loads_exactly(tmp_path: Path) -> None:
     assert back.radio_map is not None
     written = cal.radio_map.to_dict()
     assert back.radio_map.to_dict() == written
+
+
+def test_readings_of_gateways_not_in_the_site_and_gateways_left_unfitted_are_warned_of() -> None:
+    """They were dropped without a word: a renamed gateway silently lost its fit."""
+    site = square()
+    rows, truth = noisy_walk(1)
+    rows = [r for r in rows if r.gateway != "g4"]
+    rows += [dataclasses.replace(r, gateway="g9") for r in rows[:50]]
+    said: list[str] = []
+    cal = fit_calibration(
+        site, [(rows, truth)], with_map=False, names=[("r.csv", "t.csv")], warn=said.append
+    )
+    assert set(cal.gateways) == {"g1", "g2", "g3"}
+    assert said == [
+        (
+            "r.csv: 50 readings from gateways that are not in site square are left out: "
+            "g9 (50 readings)"
+        ),
+        (
+            "no fit for 1 of site square's 4 gateways, with fewer than 30 readings matched to "
+            "truth (g4 (0)): the engine keeps the site's radio settings for them"
+        ),
+    ]
+
+
+def _shifted(rows: list[Reading], s: float) -> list[Reading]:
+    return [dataclasses.replace(r, t=r.t + s) for r in rows]
+
+
+OTHER = "ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:9:9"
+
+
+@pytest.mark.parametrize(
+    ("walk", "says"),
+    [
+        (lambda _r, t: ([], t), "r.csv: no readings; the file has a header and no rows"),
+        (lambda r, _t: (r, []), "t.csv: no positions; the truth file has a header and no rows"),
+        (
+            lambda r, t: ([dataclasses.replace(x, gateway="gx") for x in r], t),
+            (
+                "r.csv: none of its gateways is in site square: the readings come from gx; the "
+                "site has g1, g2, g3, g4"
+            ),
+        ),
+        (
+            lambda r, t: ([dataclasses.replace(x, beacon=OTHER) for x in r], t),
+            (
+                f"r.csv: no reading of a beacon in t.csv: the readings hear {OTHER}; the truth "
+                "follows ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:1:1"
+            ),
+        ),
+        (
+            lambda r, t: (_shifted(r, 1000.0), t),
+            (
+                "r.csv: none of its 2880 readings of the beacons in t.csv falls within the "
+                "truth's time span, between two positions at most 2 s apart: the readings run "
+                "from 1700001000.000 to 1700001239.667, the truth from 1700000000.000 to "
+                "1700000239.667 (Unix seconds)"
+            ),
+        ),
+    ],
+)
+def test_a_walk_that_cannot_be_matched_is_refused_with_its_cause(
+    walk: Callable[[list[Reading], list[TruthPoint]], tuple[list[Reading], list[TruthPoint]]],
+    says: str,
+) -> None:
+    """Each once said `no gateway has 30 readings matched to truth`, naming no file."""
+    rows, truth = noisy_walk(1)
+    with pytest.raises(BeaconHubError) as info:
+        fit_calibration(square(), [walk(rows, truth)], names=[("r.csv", "t.csv")])
+    assert str(info.value) == says
+
+
+def test_calibrate_names_the_empty_readings_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site_path = tmp_path / "square.yaml"
+    site_path.write_text(yaml.safe_dump(SQUARE))
+    _, truth = _write_walk(tmp_path, "day1", 1)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("t,gateway,beacon,rssi\n")
+    status = cli.main(
+        ["calibrate", "--site", str(site_path), "--readings", str(empty), "--truth", str(truth),
+         "--out", str(tmp_path / "cal.yaml")]
+    )  # fmt: skip
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"beacon-hub: {empty}: no readings; the file has a header and no rows\n"
+    )
+    assert not (tmp_path / "cal.yaml").exists()
+
+
+def test_fits_of_gateways_the_site_does_not_have_are_warned_of_with_their_line(
+    tmp_path: Path,
+) -> None:
+    """A calibration of the same site id made before its gateways were renamed: the fits were
+    left unused without a word. A warning, not an error: a gateway may have been removed."""
+    path = tmp_path / "cal.yaml"
+    path.write_text(f"site: room\ngateways:\n  g0: {FIT}\n  gw-old: {FIT}\n")
+    said: list[str] = []
+    cal = load_calibration(path, room_site(), warn=said.append)
+    assert set(cal.gateways) == {"g0", "gw-old"}
+    assert said == [
+        (
+            f"{path}: 1 calibrated gateways are not in site room and are left unused: "
+            f"gw-old ({path}:4); 4 of the site's gateways have no fit here and keep its radio "
+            "settings: g1, g2, g3, g4"
+        )
+    ]
+    said.clear()
+    _load_text(tmp_path, GOOD)
+    load_calibration(tmp_path / "cal.yaml", room_site(), warn=said.append)
+    assert said == []
+
+
+def test_a_calibration_that_cannot_be_saved_leaves_nothing(tmp_path: Path) -> None:
+    cal = fit_calibration(square(), [noisy_walk(1)], with_map=False)
+    with pytest.raises(FileNotFoundError) as info:
+        save_calibration(cal, tmp_path / "nodir" / "cal.yaml")
+    assert info.value.filename == str(tmp_path / "nodir" / "cal.yaml")
+    assert list(tmp_path.iterdir()) == []

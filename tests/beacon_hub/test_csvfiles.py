@@ -1,7 +1,9 @@
-"""CSV files of DESIGN.md: round trips, and bad rows named by file, line and column."""
+"""CSV files of DESIGN.md: round trips, and bad rows named by file, line and column; a file
+written whole or not at all."""
 
 import contextlib
 import io
+import stat
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from beacon_hub.csvfiles import (
     TRUTH,
     CsvWriter,
     EventRow,
+    OutputFile,
     Reading,
     TruthPoint,
     read_events,
@@ -114,3 +117,57 @@ def test_any_bytes_read_or_raise_csv_error(payload: bytes) -> None:
         path.write_bytes(b"t,gateway,beacon,rssi\n" + payload)
         with contextlib.suppress(CsvError):
             list(read_readings(path))
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with U+FEFF, which once became part of the first column name
+    (`unknown column(s) \\ufefft`)."""
+    path = tmp_path / "r.csv"
+    path.write_bytes(f"\ufefft,gateway,beacon,rssi\n10.5,gw-1,{B},-60\n".encode())
+    assert list(read_readings(path)) == [Reading(t=10.5, gateway="gw-1", beacon=B, rssi=-60.0)]
+    path.write_bytes(f"\ufefft,beacon,x,y\n1,{B},2,3\n".encode())
+    assert list(read_truth(path)) == [TruthPoint(t=1.0, beacon=B, x=2.0, y=3.0)]
+
+
+def test_a_failed_write_leaves_the_earlier_file_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_text("earlier\n")
+    row = Reading(t=1.0, gateway="gw-1", beacon=B, rssi=-60.0)
+
+    def fail_half_way() -> None:
+        with CsvWriter(READINGS, path) as out:
+            out.write_all([row] * 1000)
+            raise RuntimeError("the run failed half-way")
+
+    with pytest.raises(RuntimeError):
+        fail_half_way()
+    assert path.read_text() == "earlier\n"
+    assert sorted(tmp_path.iterdir()) == [path]
+    with CsvWriter(READINGS, path) as out:
+        out.write(row)
+    assert list(read_readings(path)) == [row]
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_rewritten_file_keeps_its_mode_and_a_new_one_gets_open_s(tmp_path: Path) -> None:
+    kept = tmp_path / "kept.csv"
+    kept.write_text("earlier\n")
+    kept.chmod(0o640)
+    with CsvWriter(READINGS, kept):
+        pass
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    with (tmp_path / "by_open.csv").open("w"):
+        pass
+    with CsvWriter(READINGS, tmp_path / "new.csv"):
+        pass
+    assert (tmp_path / "new.csv").stat().st_mode == (tmp_path / "by_open.csv").stat().st_mode
+
+
+def test_an_output_file_names_the_path_it_cannot_write(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        OutputFile(tmp_path / "nodir" / "f.csv")
+    assert info.value.filename == str(tmp_path / "nodir" / "f.csv")
+    with pytest.raises(IsADirectoryError) as directory:
+        OutputFile(tmp_path)
+    assert directory.value.filename == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []

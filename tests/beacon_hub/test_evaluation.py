@@ -262,6 +262,19 @@ def test_path_file_round_trip_and_refusal(tmp_path: Path) -> None:
     target.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(EvaluationError, match=r"p\.csv:1: not a path file"):
         read_path(target)
+    target.write_bytes("\ufeffx0,y0,x1,y1\n0,0,4,0\n".encode())  # Excel's UTF-8 mark
+    assert read_path(target) == pytest.approx(L_PATH[:1])
+
+
+@pytest.mark.parametrize("rows", ["1,1,1,1\n", "1,1,1,1\n1,1,1,1\n", "1,1,1,1\n2,5,2,5\n"])
+def test_a_path_without_length_is_refused(tmp_path: Path, rows: str) -> None:
+    """One point, or points only: every fix was scored against a point and accepted."""
+    target = tmp_path / "p.csv"
+    target.write_text("x0,y0,x1,y1\n" + rows, encoding="utf-8")
+    with pytest.raises(EvaluationError, match=r"p\.csv: the path has no length"):
+        read_path(target)
+    target.write_text("x0,y0,x1,y1\n" + rows + "1,1,1,2\n", encoding="utf-8")
+    assert read_path(target).shape[0] == rows.count("\n") + 1
 
 
 # --- zones -----------------------------------------------------------------------------------
@@ -456,6 +469,14 @@ beacon_kinds:
 """
 
 
+def test_a_fixes_file_without_rows_is_named_and_said_so(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path / "t.csv", still_truth())
+    empty = write_fixes(tmp_path / "f.csv", [])
+    with pytest.raises(EvaluationError) as info:
+        run_eval([empty], truth_path=truth)
+    assert str(info.value) == f"{empty}: no fixes; the file has a header and no rows"
+
+
 def test_run_eval_scores_one_kind(tmp_path: Path) -> None:
     """--kind cart leaves the reference beacon (B2, 3 m off) out; the cart (B1) is 1 m off."""
     site = tmp_path / "site.yaml"
@@ -567,6 +588,18 @@ def test_cli_exits_1_naming_the_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "nope.csv" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_report_replaces_the_last_one_whole(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path / "truth.csv", still_truth())
+    fixes = write_fixes(tmp_path / "fixes.csv", [fix(T0 + i, float(i), 0.0) for i in range(10)])
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text("the last report\n")
+    result = run_cli("--fixes", fixes, "--truth", truth, "--report", report)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((report / "summary.json").read_text()) == json.loads(result.stdout)
+    assert sorted(p.name for p in report.iterdir()) == ["cdf.png", "summary.json"]
 
 
 def test_evaluation_imports_no_matplotlib() -> None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from beacon_hub import cli
 from beacon_hub.consent import (
     Consent,
     ConsentRegistry,
@@ -196,6 +197,8 @@ def test_consent_files_csv_and_yaml(tmp_path: Path) -> None:
     got = read_consent_file(csv_path)
     assert got[CART.format(1)] == Consent(True, 0.0, None)
     assert got[CART.format(2)].expires == 1893456000.0
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())  # as Excel saves it
+    assert read_consent_file(csv_path) == got
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text(yaml.safe_dump([CART.format(3), {"beacon": CART.format(4), "expires": 5}]))
     assert read_consent_file(yaml_path) == {
@@ -361,3 +364,39 @@ def test_erase_removes_a_shopper_from_sqlite_and_influxdb_1_6(
     db.close()
     for m in ("fix", "event"):
         assert {r["beacon"] for r in server.rows(f'SELECT * FROM "{m}"', name)} == {other}
+
+
+def _erase(capsys: pytest.CaptureFixture[str], beacon: str, db_path: Path) -> tuple[int, str]:
+    site = str(ROOT / "config" / "store.yaml")
+    status = cli.main(["erase", beacon, "--site", site, "--set", f"stores.sqlite.path={db_path}"])
+    return status, capsys.readouterr().err
+
+
+def test_erase_refuses_a_database_that_is_not_there_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in the path once created a database and a new privacy key, and erased the
+    pseudonym under that new key: another shopper's, or nobody's."""
+    typo = tmp_path / "typo" / "hub.sqlite"
+    status, err = _erase(capsys, CART.format(5), typo)
+    assert status == 1
+    assert err == (
+        f"beacon-hub: {typo}: no such SQLite database (stores.sqlite.path); erase works on the "
+        "hub's existing database\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_erase_refuses_a_missing_privacy_key_and_creates_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_path = tmp_path / "hub.sqlite"
+    SqliteStore(db_path, Metrics()).close()
+    files = sorted(tmp_path.iterdir())
+    status, err = _erase(capsys, CART.format(5), db_path)
+    assert status == 1
+    assert f"privacy key file {db_path}.privacy-key: no such file" in err
+    assert sorted(tmp_path.iterdir()) == files
+    load_key(PrivacyConfig(), db_path)  # the hub's own start makes it; then erase goes ahead
+    status, err = _erase(capsys, CART.format(5), db_path)
+    assert status == 0, err

@@ -1,5 +1,6 @@
 """`beacon-hub replay`: how ticks are laid over a recording when tracking is off; the
-calibration walk replayed on path loss alone to size accuracy_m."""
+calibration walk replayed on path loss alone to size accuracy_m; recordings that do not fit the
+site refused or warned about."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from beacon_hub import replay as replay_module
 from beacon_hub.calibration import Calibration, fit_calibration
 from beacon_hub.csvfiles import READINGS, CsvWriter, Reading, TruthPoint, read_events, read_fixes
 from beacon_hub.engine import Engine, EngineConfig
+from beacon_hub.errors import BeaconHubError
 from beacon_hub.evaluation import evaluate_truth
 from beacon_hub.pathloss import mean_rssi_dbm
 from beacon_hub.replay import EngineReplay, ReplayStats, path_loss_accuracy_scale, replay
@@ -165,3 +168,66 @@ def test_too_short_a_walk_measures_no_scale() -> None:
     for tracking in (True, False):
         short = path_loss_accuracy_scale(site, [(rows[:40], truth)], calibration, tracking=tracking)
         assert short is None
+
+
+def write_readings(path: Path, rows: list[Reading]) -> Path:
+    with CsvWriter(READINGS, path) as out:
+        out.write_all(rows)
+    return path
+
+
+def test_a_recording_from_none_of_the_site_s_gateways_is_refused(tmp_path: Path) -> None:
+    """It once replayed to a fixes file holding only its header, and exited 0."""
+    rows = [
+        dataclasses.replace(r, gateway=f"x-{r.gateway}")
+        for k in range(10)
+        for r in heard(T0 + k, beacon(1), 4.0, 6.0)
+    ]
+    path = write_readings(tmp_path / "r.csv", rows)
+    with pytest.raises(BeaconHubError) as info:
+        replay(square(), path, tmp_path / "f.csv", progress=False)
+    assert str(info.value) == (
+        f"{path}: none of its gateways is in site square: the readings come from x-g1, x-g2, "
+        "x-g3, x-g4; the site has g1, g2, g3, g4"
+    )
+    assert not (tmp_path / "f.csv").exists()
+
+
+def test_readings_from_some_unknown_gateways_are_named_once(tmp_path: Path) -> None:
+    rows = [r for k in range(10) for r in heard(T0 + k, beacon(1), 4.0, 6.0)]
+    rows += [Reading(T0 + k, "gw-old", beacon(1), -70.0) for k in range(3)]
+    rows += [Reading(T0 + 0.5, "gw-gone", beacon(1), -70.0)]
+    path = write_readings(tmp_path / "r.csv", sorted(rows, key=lambda r: r.t))
+    said: list[str] = []
+    stats = replay(square(), path, tmp_path / "f.csv", progress=False, warn=said.append)
+    assert said == [
+        (
+            f"{path}: 4 readings from gateways that are not in site square are left out: "
+            "gw-gone (1 readings), gw-old (3 readings)"
+        )
+    ]
+    assert stats.unknown_gateway == 4
+
+
+def test_repeated_rows_are_counted_and_replayed_as_recorded(tmp_path: Path) -> None:
+    rows = [r for k in range(10) for r in heard(T0 + k, beacon(1), 4.0, 6.0)]
+    path = write_readings(tmp_path / "r.csv", rows + rows[:7])
+    said: list[str] = []
+    stats = replay(square(), path, tmp_path / "f.csv", progress=False, warn=said.append)
+    assert len(said) == 1
+    assert said[0].startswith(f"{path}: 7 rows repeat an earlier row exactly")
+    assert stats.readings == len(rows) + 7
+
+
+def test_reading_a_long_recording_shows_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1.2 M rows take seconds to read and sort: a line per PROGRESS_READINGS, as calibrate."""
+    monkeypatch.setattr(replay_module, "PROGRESS_READINGS", 15)
+    rows = [r for k in range(10) for r in heard(T0 + k, beacon(1), 4.0, 6.0)]
+    replay(square(), write_readings(tmp_path / "r.csv", rows), tmp_path / "f.csv")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if "readings read" in line] == [
+        "replay: 15 readings read",
+        "replay: 30 readings read",
+    ]
