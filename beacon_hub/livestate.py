@@ -67,9 +67,19 @@ MAX_LOSS_ENTRIES = 4096
 """Batches remembered per gateway for the loss window (a gateway sends ~1 per second, 300 in
 the window); the bound stops a flood of tiny batches from growing memory."""
 MAX_LOST = 5_000
-"""Lost beacons listed per site; beyond this the oldest loss is forgotten."""
+"""Lost beacons listed per site; beyond this the oldest loss is forgotten, with its last move."""
 MAX_TRACKED_BEACONS = 200_000
 """Beacons whose zone and last move are remembered per site (the registry's own bound)."""
+STALE_AFTER_S = 3600.0
+"""A beacon without a fix for this long (hub time) that was not reported lost has its zone,
+last position and last move forgotten (`_sweep`). The engine reports a beacon lost after
+`lost_after_s` (30 s) of silence, and `beacon_lost` forgets them at once; this catches the
+beacons whose `beacon_lost` never comes here: privacy.py withholds it once a shopper's consent
+has ended. An hour, the engine's own `forget_after_s`: no beacon still heard goes without a
+fix that long."""
+SWEEP_EVERY_S = 60.0
+"""How often (hub time) a site looks for stale beacons: one pass over its remembered beacons,
+about 1 ms per 10,000."""
 ASSET_REFRESH_S = 10.0
 """How often (wall clock) the asset list and low batteries are copied from the registry: the
 registry changes with telemetry, a few times a minute per beacon at most."""
@@ -258,12 +268,39 @@ class _SiteLive:
     zone_since: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     last_move: dict[str, float] = field(default_factory=dict)
     lost: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
-    last_pos: dict[str, tuple[tuple[Any, Any, Any], int, str | None]] = field(default_factory=dict)
-    """beacon -> (x, y, level arrays of its last tick, its row, its zone): kept as references,
-    not copied, so the per-tick cost stays one dict write per beacon."""
+    last_pos: dict[str, tuple[tuple[Any, Any, Any, float], int, str | None]] = field(
+        default_factory=dict
+    )
+    """beacon -> ((x, y, level arrays, t) of its last tick, its row, its zone): kept as
+    references, not copied, so the per-tick cost stays one dict write per beacon."""
     gateways: dict[str, _GatewayLog] = field(default_factory=dict)
     version: int = 0
     next_occupancy_t: float = float("-inf")
+    next_sweep_t: float = float("-inf")
+
+
+def _sweep(live: _SiteLive, t: float) -> None:
+    """Every SWEEP_EVERY_S of hub time: forget the beacons without a fix for STALE_AFTER_S
+    before `t` that are not listed as lost: their last position and zone, and their last move
+    unless newer. With `beacon_lost` (forgets position and zone; the last move is kept while
+    the loss is listed) this bounds every per-beacon dict to the beacons with a fix in the
+    last STALE_AFTER_S and the MAX_LOST listed losses."""
+    if t < live.next_sweep_t:
+        return
+    live.next_sweep_t = t + SWEEP_EVERY_S
+    cutoff = t - STALE_AFTER_S
+    last_pos, zone_since, last_move, lost = (
+        live.last_pos,
+        live.zone_since,
+        live.last_move,
+        live.lost,
+    )
+    for b in [b for b, (cols, _, _) in last_pos.items() if cols[3] < cutoff]:
+        del last_pos[b]
+        zone_since.pop(b, None)
+    for b in [b for b, m in last_move.items() if m < cutoff]:
+        if b not in last_pos and b not in lost:
+            del last_move[b]
 
 
 class LiveState:
@@ -371,7 +408,7 @@ class LiveState:
         threshold = self.config.idle_at_dock_s
         room = len(since_map) < MAX_TRACKED_BEACONS
         lost = live.lost
-        cols = (table.x, table.y, table.level)
+        cols = (table.x, table.y, table.level, t)
         for i, beacon in enumerate(beacons):
             zone = zones[i]
             held = since_map.get(beacon)
@@ -390,6 +427,7 @@ class LiveState:
                 last_pos[beacon] = (cols, i, zone)
             if zone in docks and kinds[i] == "pallet" and t - since[i] >= threshold:
                 idle_rows.append(i)
+        _sweep(live, t)
         columns = (
             beacons,
             list(labels),
@@ -453,7 +491,8 @@ class LiveState:
         }
         live.lost.move_to_end(e.beacon)
         while len(live.lost) > MAX_LOST:
-            live.lost.popitem(last=False)
+            gone, _ = live.lost.popitem(last=False)
+            live.last_move.pop(gone, None)
 
     def _gateways(self, live: _SiteLive, now: float) -> list[dict[str, Any]]:
         out = []

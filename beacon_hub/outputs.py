@@ -64,7 +64,11 @@ class SiteOutputs:
         self.refresh_s = refresh_s
         self._publish = publish
         self._last = LastFixes()
-        """The last published fix per beacon; forgotten when the beacon is lost."""
+        """The last published fix per beacon; forgotten when the beacon is lost, and when it
+        was published `refresh_s` ago or more (its next fix is published as a refresh anyway,
+        so nothing published changes): only beacons published within `refresh_s` (at most an
+        hour, hubconfig) are remembered, also those whose `beacon_lost` never comes here
+        (privacy.py withholds it once a shopper's consent has ended)."""
         self.counts = OutputCounts()
         self._tracks_topic = tracks_topic(site)
 
@@ -167,3 +171,4 @@ class SiteOutputs:
                 self._send(track_topic(self.site, e.beacon), b"", 1, True)
                 last.forget(e.beacon)
                 self.counts.cleared += 1
+        last.expire(t, self.refresh_s)

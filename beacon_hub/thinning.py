@@ -33,14 +33,30 @@ __all__ = ["FixThinner", "LastFixes"]
 
 INITIAL_SLOTS = 256
 """Beacons remembered before the arrays first grow (they double as needed)."""
+COMPACT_SHARE = 0.5
+"""Forgotten beacons' slots are reclaimed once they are this share of the slots in use (and at
+least COMPACT_MIN_SLOTS), as the engine does (engine.COMPACT_SHARE): each compaction copies the
+remembered beacons once, so its cost per forgotten beacon is constant, and the arrays stay
+within about twice what the remembered beacons need."""
+COMPACT_MIN_SLOTS = INITIAL_SLOTS
+"""... and never fewer than the smallest capacity: they are not worth a copy."""
 
 
 class LastFixes:
     """The last fix emitted per beacon (stored here, published for outputs.py), in arrays
-    indexed by a slot per beacon: a tick tests 10,000 beacons against them at once."""
+    indexed by a slot per beacon: a tick tests 10,000 beacons against them at once.
+
+    A slot whose `t` is NaN holds nothing: every user treats the beacon's next fix as its first
+    (NaN compares False), exactly as for a beacon never seen. `forget` and `expire` set it; the
+    next `slots` call reclaims such slots once they are COMPACT_SHARE of those in use (the
+    others keep their order and state), so beacons that come and go (pallets that left,
+    shoppers' tags, a dongle broadcasting random ids) do not grow it for ever. Slots returned
+    by `slots` are valid until its next call.
+    """
 
     def __init__(self) -> None:
         self._slot: dict[str, int] = {}
+        """beacon -> slot; slots are numbered in the order of this dict (first seen first)."""
         self.t = np.full(INITIAL_SLOTS, np.nan)
         """When the beacon's fix was last emitted; NaN: never, or forgotten since."""
         self.x = np.zeros(INITIAL_SLOTS)
@@ -48,20 +64,19 @@ class LastFixes:
         self.level = np.zeros(INITIAL_SLOTS, dtype=np.int64)
         self.zone = np.full(INITIAL_SLOTS, None, dtype=object)
 
+    def __len__(self) -> int:
+        """Slots in use (remembered beacons, and forgotten ones not yet reclaimed)."""
+        return len(self._slot)
+
     def slots(self, beacons: Sequence[str]) -> NDArray[np.intp]:
         """Each beacon's slot; a new beacon gets the next one."""
+        self._reclaim()
         slot = self._slot
         slots = np.fromiter(
             (slot.setdefault(b, len(slot)) for b in beacons), dtype=np.intp, count=len(beacons)
         )
-        size = self.t.shape[0]
-        if len(slot) > size:
-            grow = max(len(slot), 2 * size) - size
-            self.t = np.r_[self.t, np.full(grow, np.nan)]
-            self.x = np.r_[self.x, np.zeros(grow)]
-            self.y = np.r_[self.y, np.zeros(grow)]
-            self.level = np.r_[self.level, np.zeros(grow, dtype=np.int64)]
-            self.zone = np.r_[self.zone, np.full(grow, None, dtype=object)]
+        if len(slot) > self.t.shape[0]:
+            self._resize(np.arange(self.t.shape[0]), max(len(slot), 2 * self.t.shape[0]))
         return slots
 
     def forget(self, beacon: str) -> None:
@@ -70,9 +85,44 @@ class LastFixes:
         if k is not None:
             self.t[k] = np.nan
 
+    def expire(self, t: float, after_s: float) -> None:
+        """Forget every beacon whose fix was last emitted `after_s` or more before `t`. For a
+        user whose next fix at `t` or later is emitted anyway once `t - last.t < after_s` fails
+        (a heartbeat, a refresh), this changes nothing it emits: forgotten, the fix is a
+        first one and emitted all the same."""
+        n = len(self._slot)
+        last = self.t[:n]
+        last[t - last >= after_s] = np.nan  # NaN compares False: already forgotten
+
+    def _reclaim(self) -> None:
+        """Drop the forgotten slots once they are COMPACT_SHARE of those in use."""
+        n = len(self._slot)
+        held = np.flatnonzero(~np.isnan(self.t[:n]))
+        kept = held.shape[0]
+        if n - kept < max(COMPACT_MIN_SLOTS, COMPACT_SHARE * n):
+            return
+        ids = list(self._slot)
+        self._slot = {ids[k]: i for i, k in enumerate(held.tolist())}
+        # room for as many again: a steady churn runs at one capacity
+        self._resize(held, kept + max(kept, COMPACT_MIN_SLOTS))
+
+    def _resize(self, rows: NDArray[np.intp], capacity: int) -> None:
+        """Arrays of `capacity` slots holding `rows` of the old ones first, then empty slots."""
+        m = rows.shape[0]
+        t, x, y = np.full(capacity, np.nan), np.zeros(capacity), np.zeros(capacity)
+        level, zone = np.zeros(capacity, dtype=np.int64), np.full(capacity, None, dtype=object)
+        t[:m], x[:m], y[:m] = self.t[rows], self.x[rows], self.y[rows]
+        level[:m], zone[:m] = self.level[rows], self.zone[rows]
+        self.t, self.x, self.y, self.level, self.zone = t, x, y, level, zone
+
 
 class FixThinner:
-    """Remembers each beacon's last stored fix and picks a tick's fixes worth storing."""
+    """Remembers each beacon's last stored fix and picks a tick's fixes worth storing.
+
+    It remembers only the beacons stored within the last `heartbeat_s` (at most a day,
+    hubconfig): an older one's next fix is due for the heartbeat anyway, so forgetting it
+    (LastFixes.expire) stores exactly what remembering it would. The engine's ticks come in
+    time order, which this relies on."""
 
     def __init__(self, deadband_m: float, heartbeat_s: float) -> None:
         self.deadband_m = deadband_m
@@ -83,9 +133,12 @@ class FixThinner:
         """Indices of the fixes of `table` to store (all of them when disabled), remembered
         as each beacon's last stored fix."""
         n = len(table)
-        if self.deadband_m <= 0 or n == 0:
+        if self.deadband_m <= 0:
             return np.arange(n, dtype=np.intp)
         last = self.last
+        if n == 0:
+            last.expire(table.t, self.heartbeat_s)
+            return np.arange(0, dtype=np.intp)
         slots = last.slots(table.beacons)
         zones = np.empty(n, dtype=object)
         zones[:] = table.zones
@@ -103,4 +156,5 @@ class FixThinner:
         last.y[k] = table.y[rows]
         last.level[k] = table.level[rows]
         last.zone[k] = zones[rows]
+        last.expire(table.t, self.heartbeat_s)
         return rows

@@ -611,3 +611,71 @@ def test_influx_v2_path_retries_then_writes_in_order(tmp_path: Path) -> None:
     assert headers["Authorization"] == "Token tok"
     written = [ln for _, _, body in endpoint.requests for ln in body.decode().split("\n")]
     assert written == lines  # every point, in order, after two refusals
+
+
+def _fixes(t: float, beacons: list[str], x: list[float], zones: list[str | None]) -> FixTable:
+    n = len(beacons)
+    return FixTable(
+        t=t,
+        beacons=beacons,
+        x=np.array(x),
+        y=np.zeros(n),
+        accuracy_m=np.full(n, 1.0),
+        level=np.zeros(n, dtype=np.int64),
+        zones=zones,
+        kinds=[None] * n,
+        speed_m_s=np.zeros(n),
+        gateway_slots=np.zeros((n, 1), dtype=np.intp),
+        gateway_mask=np.ones((n, 1), dtype=bool),
+        gateway_ids=("gw-1",),
+    )
+
+
+def test_outputs_forget_beacons_that_come_and_go_and_publish_the_same_tracks() -> None:
+    """Waves of new ids, each fixed for a while and then gone (half with beacon_lost, half
+    without: privacy.py withholds it once consent ends), among beacons that stay or come back
+    after gaps. What is remembered stays bounded, and each track published is what DESIGN.md's
+    rule gives remembering every beacon for ever."""
+    refresh = 10.0
+    sent: list[tuple[str, bytes]] = []
+
+    def publish(topic: str, payload: bytes, _qos: int, _retain: bool) -> bool:
+        sent.append((topic, payload))
+        return True
+
+    out = SiteOutputs(SITE, publish, refresh)
+    want: list[str] = []
+    held: dict[str, tuple[float, float, str | None]] = {}  # the rule, remembering all
+    rng = np.random.default_rng(5)
+    stay = [BEACON.format(k) for k in range(40)]
+    sizes = []
+    previous: list[str] = []
+    for k in range(400):
+        t = T0 + k
+        wave = [f"eddystone:{k // 20:020x}:{j:012x}" for j in range(300)]
+        beacons = [b for b in stay if rng.random() < 0.8]
+        # away for 4, 9, 10 or 13 ticks at a time: back before, at and after the refresh
+        beacons += [BEACON.format(1000 + p) for p in (4, 9, 10, 13) if (k // p) % 2 == 0]
+        beacons += wave
+        x = np.round(rng.uniform(0.0, 0.7, len(beacons)), 3).tolist()
+        zones: list[str | None] = [None if rng.random() < 0.9 else "z1" for _ in beacons]
+        now = set(beacons)
+        gone = [b for b in previous if b not in now and int(b[-12:], 16) % 2 == 0]
+        events = [Event("beacon_lost", t, SITE, b) for b in gone]
+        previous = wave
+        out.tick(t, _fixes(t, beacons, x, zones), events, [None] * len(beacons))
+        for i, b in enumerate(beacons):
+            h = held.get(b)
+            if h is None or t - h[0] >= refresh or h[2] != zones[i] or abs(x[i] - h[1]) > 0.5:
+                held[b] = (t, x[i], zones[i])
+                want.append(b)
+        for b in gone:
+            held.pop(b, None)
+        sizes.append((len(out._last), out._last.t.shape[0]))
+    got = [topic.rsplit("/", 1)[1] for topic, payload in sent if "/track/" in topic and payload]
+    assert got == want
+    assert len(held) == 20 * 150 + 150 + 44  # the rule remembers those lost without an event
+    # the current wave and the one before (within the refresh), the 44 that stay, and
+    # forgotten slots not yet reclaimed
+    assert max(s for s, _ in sizes[50:]) <= 3 * (2 * 300 + 44)
+    assert max(c for _, c in sizes[50:]) <= 4_096

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from beacon_hub import livestate
 from beacon_hub.engine import FixTable
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import BrokerConfig, HttpConfig, IngestConfig
@@ -395,3 +396,70 @@ def test_gateway_subscriptions_cover_status_and_heartbeat() -> None:
         BrokerConfig(), IngestConfig(), client_id="t", site_ids=["yard"], metrics=Metrics()
     )
     assert set(gateway_subscriptions("yard")) <= set(link.subscriptions)
+
+
+def _pallet(k: int) -> str:
+    return f"ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:3:{k}"
+
+
+def _sizes(live: LiveState) -> tuple[int, int, int, int]:
+    s = live._live["yard"]
+    return len(s.zone_since), len(s.last_pos), len(s.last_move), len(s.lost)
+
+
+def test_beacons_that_come_and_go_are_forgotten_and_those_that_stay_look_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waves of new pallets, each fixed for a while, moved, then lost (a fifth without a
+    beacon_lost: privacy.py withholds it once consent ends), among pallets that stay. Every
+    per-beacon dict stays bounded, and the staying pallets' positions and idle alerts are
+    what a hub that never saw the waves shows."""
+    monkeypatch.setattr(livestate, "MAX_LOST", 150)
+    cfg = HttpConfig(idle_at_dock_s=120.0)
+    live, alone = LiveState([dock_site()], cfg), LiveState([dock_site()], cfg)
+    stay = [_pallet(k) for k in range(20)]
+    previous: list[str] = []
+    sizes = []
+    for k in range(800):  # 8,000 s, a wave of 100 pallets every 50 s
+        t = 1000.0 + 10.0 * k
+        wave = [_pallet(1000 + 100 * (k // 5) + j) for j in range(100)]
+        zones = ["dock-a" if (k // (3 + j % 7)) % 2 else "bay-a" for j in range(20)]
+        rows = [(b, z, "pallet") for b, z in zip(stay, zones, strict=True)]
+        moves = [Event("pallet_moved", t, "yard", b, None, {}) for b in stay[k % 20 :: 20]]
+        if k % 5 == 0:
+            moves += [Event("pallet_moved", t, "yard", b, None, {}) for b in wave[::2]]
+        gone = [b for b in previous if b not in wave and int(b.rsplit(":", 1)[1]) % 5]
+        lost = [Event("beacon_lost", t, "yard", b, None, {"last_heard": t - 10}) for b in gone]
+        previous = wave
+        snap = feed(live, t, [*rows, *((b, "dock-a", "pallet") for b in wave)], moves + lost)
+        want = feed(alone, t, rows, moves[: len(stay[k % 20 :: 20])])
+        assert snap.positions[: len(stay)] == want.positions
+        idle = [p for p in snap.alerts["idle"] if p["beacon"] in stay]
+        assert idle == want.alerts["idle"]
+        sizes.append(_sizes(live))
+    zone_since, last_pos, last_move, lost = (max(s) for s in zip(*sizes[400:], strict=True))
+    # staying and current, and a fifth of the waves of the last STALE_AFTER_S plus a sweep
+    bound = 20 + 100 + 20 * int((livestate.STALE_AFTER_S + livestate.SWEEP_EVERY_S) / 50 + 1)
+    assert zone_since <= bound
+    assert last_pos <= bound
+    assert last_move <= bound + 150
+    assert lost == 150
+    assert sizes[-1][1] < 20 + 100 * 160 / 10  # 16,020 pallets were fixed
+
+
+def test_a_beacon_without_fixes_or_beacon_lost_is_swept_and_a_lost_one_keeps_its_move() -> None:
+    live = LiveState([dock_site()], HttpConfig())
+    p3 = _pallet(3)
+    feed(live, 0.0, [(P1, "dock-a", "pallet"), (P2, "bay-a", "pallet"), (p3, "bay-a", "pallet")])
+    moved = [Event("pallet_moved", 5.0, "yard", b, None, {}) for b in (P1, P2)]
+    feed(live, 5.0, [(P1, "dock-a", "pallet"), (P2, "bay-a", "pallet")], moved)
+    feed(live, 40.0, [(P1, "dock-a", "pallet")], [Event("beacon_lost", 40.0, "yard", P2, None, {})])
+    for t in np.arange(60.0, 3660.0, 60.0).tolist():
+        feed(live, t, [(P1, "dock-a", "pallet")])
+    assert _sizes(live) == (2, 2, 2, 1)  # p3 still remembered: no fix for under an hour
+    snap = feed(live, 3660.0, [(P1, "dock-a", "pallet")])
+    assert _sizes(live) == (1, 1, 2, 1)  # p3 forgotten; P2 listed lost, with its move
+    assert (snap.positions[0]["zone_since"], snap.positions[0]["last_move"]) == (0.0, 5.0)
+    back = feed(live, 3670.0, [(P1, "dock-a", "pallet"), (P2, "bay-a", "pallet")])
+    assert back.positions[1]["last_move"] == 5.0
+    assert back.alerts["lost"] == []

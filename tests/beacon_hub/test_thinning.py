@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beacon_hub.engine import FixTable
-from beacon_hub.thinning import FixThinner
+from beacon_hub.thinning import COMPACT_MIN_SLOTS, FixThinner, LastFixes
 
 T0 = 1_735_689_600.0
 A, B = "ibeacon:00000000-0000-0000-0000-000000000001:1:1", "eddystone:00000000000000000001:1"
@@ -111,3 +111,72 @@ def test_every_left_out_fix_stood_within_the_deadband_of_the_last_stored_one(
             assert T0 + k - last[0] < heartbeat
         if kept:
             last = (T0 + k, x, y, zone)
+
+
+def _reference_keep(
+    last: dict[str, tuple[float, float, float, int, str | None]],
+    tab: FixTable,
+    deadband: float,
+    heartbeat: float,
+) -> list[int]:
+    """The thinning rule one beacon at a time, remembering every beacon for ever."""
+    rows = []
+    for i, b in enumerate(tab.beacons):
+        x, y, lv, zone = float(tab.x[i]), float(tab.y[i]), int(tab.level[i]), tab.zones[i]
+        held = last.get(b)
+        if (
+            held is None
+            or not tab.t - held[0] < heartbeat
+            or held[4] != zone
+            or held[3] != lv
+            or not np.hypot(x - held[1], y - held[2]) < deadband
+        ):
+            rows.append(i)
+            last[b] = (tab.t, x, y, lv, zone)
+    return rows
+
+
+def test_beacons_that_come_and_go_are_forgotten_and_what_is_stored_does_not_change() -> None:
+    """Waves of new ids, each heard for a while and then never again, among beacons that stay
+    or come back after gaps: the thinner remembers only what stored within the heartbeat, its
+    arrays shrink back, and it stores exactly what remembering every beacon for ever does."""
+    deadband, heartbeat = 0.5, 20.0
+    thinner = FixThinner(deadband, heartbeat)
+    reference: dict[str, tuple[float, float, float, int, str | None]] = {}
+    rng = np.random.default_rng(11)
+    stay = [f"eddystone:{k:020d}:1" for k in range(50)]
+    sizes = []
+    for k in range(600):
+        wave = [f"ibeacon:00000000-0000-0000-0000-{k // 30:012d}:{j}:1" for j in range(400)]
+        back = [b for b in stay if rng.random() < 0.7]
+        # away for 9, 19, 20 or 25 ticks at a time: back before, at and after the heartbeat
+        back += [f"eddystone:{p:020d}:2" for p in (9, 19, 20, 25) if (k // p) % 2 == 0]
+        beacons = back + wave
+        n = len(beacons)
+        xy = rng.uniform(0.0, 0.6, (n, 2))
+        zones = [("z1", "z2", None)[z] for z in rng.integers(0, 3, n)] if k % 7 == 0 else None
+        tab = table(T0 + k, beacons, [(a, b) for a, b in xy], zones)
+        assert thinner.keep(tab).tolist() == _reference_keep(reference, tab, deadband, heartbeat)
+        sizes.append((len(thinner.last), thinner.last.t.shape[0]))
+    # 20 waves of 400 ids (8,054 in all); held: the ids stored in the last heartbeat (400 of
+    # the current wave, one before it, the 54 that stay) and forgotten slots not yet reclaimed
+    assert len(reference) == 8_054
+    assert max(s for s, _ in sizes[100:]) <= 3 * (2 * 400 + 54)
+    assert max(c for _, c in sizes[100:]) <= 4_096
+
+
+def test_forgotten_slots_are_reclaimed_keeping_the_others() -> None:
+    last = LastFixes()
+    for wave in range(50):
+        beacons = [f"{wave}-{j}" for j in range(100)] + [A, B]
+        k = last.slots(beacons)
+        last.t[k], last.x[k] = 1.0 * wave, np.arange(102.0)
+        last.zone[k[-2:]] = ["bay-1", "bay-2"]
+        for b in beacons[:100]:
+            last.forget(b)
+    assert len(last) <= 2 * COMPACT_MIN_SLOTS + 102
+    assert last.t.shape[0] <= 4 * COMPACT_MIN_SLOTS
+    k = last.slots([A, B])
+    assert last.t[k].tolist() == [49.0, 49.0]
+    assert last.x[k].tolist() == [100.0, 101.0]
+    assert last.zone[k].tolist() == ["bay-1", "bay-2"]
