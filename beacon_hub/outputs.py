@@ -167,8 +167,13 @@ class SiteOutputs:
             self._send(event_topic(self.site, e.type), encode_event(e), 1, False)
             self.counts.events += 1
             if e.type == "beacon_lost":
-                # An empty retained message removes the retained track (MQTT 3.1.1, 3.3.1.3).
-                self._send(track_topic(self.site, e.beacon), b"", 1, True)
-                last.forget(e.beacon)
-                self.counts.cleared += 1
+                self.clear(e.beacon)
         last.expire(t, self.refresh_s)
+
+    def clear(self, beacon: str) -> None:
+        """Remove the beacon's retained track: it was lost, or (privacy.py) its shopper's
+        consent ended, after which no fix and no beacon_lost of it comes here any more."""
+        # An empty retained message removes the retained track (MQTT 3.1.1, 3.3.1.3).
+        self._send(track_topic(self.site, beacon), b"", 1, True)
+        self._last.forget(beacon)
+        self.counts.cleared += 1

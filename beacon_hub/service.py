@@ -405,6 +405,8 @@ class Hub:
         if isinstance(res, ConsentUpdate):
             if res.consent is not None:
                 self.consent.apply(res.beacon, res.consent)
+                if not res.consent.consent:
+                    self._clear_shopper_track(res.beacon)
             self.link.ack(item.mid, item.qos)
             return
         if isinstance(res, StatusUpdate | HeartbeatUpdate):
@@ -459,6 +461,14 @@ class Hub:
             self.link.ack(item.mid, item.qos)
         else:
             run.pending_acks.append((item.mid, item.qos))
+
+    def _clear_shopper_track(self, beacon: str) -> None:
+        """A revoked shopper's retained track (under its pseudonym) would show where the cart
+        last was for as long as the broker runs: privacy.apply drops its fixes and its
+        beacon_lost from then on, so the outputs never clear it themselves."""
+        for site_id, run in self.sites.items():
+            if run.outputs is not None and self.privacy.is_shopper(site_id, beacon):
+                run.outputs.clear(self.privacy.pseudonym(beacon))
 
     def _align(self, t: float) -> float:
         step = self.cfg.engine.tick_interval_s

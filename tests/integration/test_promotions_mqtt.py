@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from beacon_hub.consent import Consent, consent_topic, encode_consent
 from beacon_hub.hubconfig import PrivacyConfig
 from beacon_hub.privacy import load_key, pseudonym
 from beacon_hub.wire import decode_promotion
@@ -131,3 +133,53 @@ def test_dwelling_shopper_gets_one_promotion_and_the_unconsented_one_nothing(  #
     assert sum(1 for _, d in decisions if d == "sent") == 1
     # Zone occupancy (counted before the privacy step) still counts both carts.
     assert occupancy["zones"]["produce"]["cart"] == 2
+
+
+def test_a_revoked_shoppers_retained_track_is_cleared(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """After a revocation the hub outputs nothing of the shopper, its beacon_lost included, so
+    nothing cleared the retained `track/{pseudonym}`: the broker showed where the cart last was
+    to every new subscriber for as long as it ran."""
+    site_id = unique_site()
+    site_path = site_file(tmp_path, site_id)
+    gws = Gateways(mosquitto, site_path, beacons=1, samples_per_beacon=3)
+    gws.spots = [(35.0, 15.0)]
+    [cart] = gws.beacon_ids
+    consent_file = tmp_path / "consent.yaml"
+    consent_file.write_text(yaml.safe_dump([cart]))
+    hub = HubProcess(
+        tmp_path / "hub",
+        mosquitto,
+        [site_path],
+        extra={"privacy.consent_file": str(consent_file), "privacy.shopper_kinds": ["cart"]},
+    )
+    listener = _Listener(mosquitto, site_id)
+    revoker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"r-{uuid.uuid4().hex[:8]}")
+    revoker.connect(mosquitto.host, mosquitto.port)
+    revoker.loop_start()
+    try:
+        hub.start()
+        track = f"beacons/{site_id}/track/{pseudonym(load_key(PrivacyConfig(), hub.db_path), cart)}"
+        stop = threading.Event()
+        sender = threading.Thread(target=gws.run_for, args=(60.0, stop))
+        sender.start()
+        try:
+            published = lambda: any(p for t, p in listener.topics("track/") if t == track)  # noqa: E731
+            wait_until("the cart's track", published, hub=hub)
+            revoke = encode_consent(Consent(consent=False, t=time.time(), expires=None))
+            info = revoker.publish(consent_topic(site_id, cart), revoke, qos=1, retain=True)
+            info.wait_for_publish(10)
+            wait_until(
+                "the retained track cleared",
+                lambda: (track, b"") in listener.topics("track/"),
+                hub=hub,
+            )
+        finally:
+            stop.set()
+            sender.join()
+        assert hub.stop() == 0
+    finally:
+        hub.close()
+        listener.close()
+        revoker.loop_stop()
+        revoker.disconnect()
+        gws.close()
