@@ -7,12 +7,22 @@ newest: we never let it hold more than `inflight` batches.) Batches leave in the
 came in.
 
 `MemoryBuffer` is a deque; `DiskBuffer` keeps one file per batch in a folder, so a restart
-(power loss, upgrade) does not lose what the broker has not yet acknowledged.
+(power loss, upgrade, kill -9) does not lose what the broker has not yet acknowledged: a file
+is deleted only by `release`, which the publisher calls on the batch's PUBACK. A batch handed
+to paho but not acknowledged is therefore replayed after a restart (QoS 1 allows the duplicate;
+the hub drops it by (boot, seq)).
+
+When the folder refuses writes (disk full, remounted read-only), `DiskBuffer` keeps new batches
+in memory under the same bound and goes back to the disk once that overflow has drained; the
+trouble is logged once per episode, never once per batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +30,20 @@ from typing import Final, Protocol
 
 __all__ = ["Buffered", "DiskBuffer", "MemoryBuffer", "OfflineBuffer"]
 
+log = logging.getLogger(__name__)
+
 _SUFFIX: Final = ".batch"
 
 
 @dataclass(frozen=True, slots=True)
 class Buffered:
-    """One encoded readings batch and the number of samples in it (for the counters)."""
+    """One encoded readings batch and the number of samples in it (for the counters).
+
+    `ticket` names the disk file it was read from (None: not on disk); see `release`."""
 
     payload: bytes
     samples: int
+    ticket: int | None = None
 
 
 class OfflineBuffer(Protocol):
@@ -39,6 +54,9 @@ class OfflineBuffer(Protocol):
     def __len__(self) -> int: ...
     def append(self, item: Buffered) -> None: ...
     def popleft(self) -> Buffered: ...
+    def release(self, item: Buffered) -> None:
+        """The broker acknowledged `item` (taken with `popleft`): forget it for good."""
+        ...
 
 
 class MemoryBuffer:
@@ -63,12 +81,46 @@ class MemoryBuffer:
     def popleft(self) -> Buffered:
         return self._items.popleft()
 
+    def release(self, item: Buffered) -> None:
+        pass
+
+
+def _header(item: Buffered) -> bytes:
+    """`samples length crc32` of the payload: a torn or truncated file is recognised."""
+    return b"%d %d %08x\n" % (item.samples, len(item.payload), zlib.crc32(item.payload))
+
+
+def _parse(raw: bytes) -> tuple[Buffered | None, int]:
+    """(the batch, or None if the file is damaged; the sample count its header claims)."""
+    head, newline, payload = raw.partition(b"\n")
+    fields = head.split()
+    samples = int(fields[0]) if fields and fields[0].isdigit() else 0
+    if not newline:
+        return None, samples
+    if len(fields) == 1 and fields[0].isdigit():  # written before checksums (one release back)
+        return (Buffered(payload, samples) if payload else None), samples
+    if len(fields) != 3 or not fields[1].isdigit():
+        return None, samples
+    try:
+        crc = int(fields[2], 16)
+    except ValueError:
+        return None, samples
+    if int(fields[1]) != len(payload) or zlib.crc32(payload) != crc or not payload:
+        return None, samples
+    return Buffered(payload, samples), samples
+
 
 class DiskBuffer:
-    """At most `max_batches` files in `folder`, named by a counter so order survives restarts.
+    """At most `max_batches` batches in `folder`, one file each, named by a counter so order
+    survives restarts; see the module docstring for acknowledgement and a failing disk.
 
-    Each file is written to a temporary name and renamed, so a power cut leaves either the whole
-    batch or none of it. The sample count is the first line of the file.
+    Each file is written to a temporary name, fsync'd and renamed (and the folder fsync'd), so
+    a power cut leaves either the whole batch or none of it. The first line of a file is
+    `samples length crc32`; a file that does not match it is deleted, logged and counted as
+    dropped instead of being published.
+
+    Raises OSError if `folder` cannot be created or cleaned of stale temporary files (a
+    read-only file system): the daemon then runs with a `MemoryBuffer`.
     """
 
     def __init__(self, folder: Path, max_batches: int) -> None:
@@ -83,45 +135,120 @@ class DiskBuffer:
             sorted(int(p.stem) for p in folder.glob(f"*{_SUFFIX}") if p.stem.isdigit())
         )
         self._next = (self._names[-1] + 1) if self._names else 0
+        self._overflow: deque[Buffered] = deque()
+        """Batches the disk refused; all newer than every file, so they leave after them."""
+        self._trouble: str | None = None
+        """The disk error of the current episode (logged once); None while the disk works."""
         while len(self._names) > max_batches:  # the bound may have shrunk since the last run
             self._drop_oldest()
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._names) + len(self._overflow)
 
     def _path(self, number: int) -> Path:
         return self.folder / f"{number:020d}{_SUFFIX}"
 
     def append(self, item: Buffered) -> None:
-        if len(self._names) >= self.max_batches:
+        if len(self) >= self.max_batches:
             self._drop_oldest()
+        if not self._overflow:  # order: nothing goes to disk while older batches wait in memory
+            try:
+                self._write(item)
+            except OSError as e:
+                self._disk_failed("cannot write to", e)
+            else:
+                self._disk_works()
+                return
+        self._overflow.append(item)
+
+    def _write(self, item: Buffered) -> None:
         number = self._next
         self._next += 1
         tmp = self.folder / f"{number:020d}.tmp"
-        with tmp.open("wb") as f:
-            f.write(b"%d\n" % item.samples)
-            f.write(item.payload)
-        tmp.replace(self._path(number))
+        try:
+            with tmp.open("wb") as f:
+                f.write(_header(item))
+                f.write(item.payload)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self._path(number))
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
         self._names.append(number)
+        self._fsync_folder()
+
+    def _fsync_folder(self) -> None:
+        """Make the rename durable; some file systems cannot fsync a folder, which is no error."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def popleft(self) -> Buffered:
+        """The oldest batch; its file stays until `release`. A damaged or unreadable file comes
+        back as an empty payload (counted as dropped), which the caller skips."""
+        if not self._names:
+            return self._overflow.popleft()
         number = self._names.popleft()
         path = self._path(number)
         try:
             raw = path.read_bytes()
-        except OSError:
-            return Buffered(b"", 0)  # removed under us; the caller skips empty payloads
-        path.unlink(missing_ok=True)
-        head, _, payload = raw.partition(b"\n")
-        samples = int(head) if head.isdigit() else 0
-        return Buffered(payload, samples)
+        except FileNotFoundError:
+            return Buffered(b"", 0)  # removed under us
+        except OSError as e:
+            raw = b""
+            self._disk_failed("cannot read from", e)
+        item, samples = _parse(raw)
+        if item is None:
+            log.error(
+                "buffered batch %s is damaged (%d bytes); deleted, counted as dropped",
+                path,
+                len(raw),
+            )
+            self.dropped_batches += 1
+            self.dropped_samples += samples
+            self._unlink(number)
+            return Buffered(b"", 0)
+        return Buffered(item.payload, item.samples, ticket=number)
+
+    def release(self, item: Buffered) -> None:
+        if item.ticket is not None:
+            self._unlink(item.ticket)
+
+    def _unlink(self, number: int) -> None:
+        """A file that cannot be deleted stays behind: it was already taken out of the queue,
+        so it is not sent again in this run (after a restart, once: a duplicate the hub drops)."""
+        try:
+            self._path(number).unlink(missing_ok=True)
+        except OSError as e:
+            self._disk_failed("cannot delete from", e)
+
+    def _disk_failed(self, what: str, error: OSError) -> None:
+        if self._trouble is None:
+            log.error(
+                "%s the buffer folder %s (%s); keeping batches in memory until it recovers",
+                what,
+                self.folder,
+                error.strerror or error,
+            )
+        self._trouble = str(error)
+
+    def _disk_works(self) -> None:
+        if self._trouble is not None:
+            log.warning("the buffer folder %s takes writes again", self.folder)
+            self._trouble = None
 
     def _drop_oldest(self) -> None:
+        self.dropped_batches += 1
+        if not self._names:
+            self.dropped_samples += self._overflow.popleft().samples
+            return
         number = self._names.popleft()
         path = self._path(number)
         with contextlib.suppress(OSError):
-            head = path.read_bytes().partition(b"\n")[0]
-            self.dropped_samples += int(head) if head.isdigit() else 0
-        self.dropped_batches += 1
-        with contextlib.suppress(OSError):
-            path.unlink()
+            self.dropped_samples += _parse(path.read_bytes())[1]
+        self._unlink(number)

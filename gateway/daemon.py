@@ -47,6 +47,23 @@ def _call_logged(action: Callable[[], None]) -> None:
         log.exception("periodic task failed")
 
 
+def _open_buffer(config: GatewayConfig) -> OfflineBuffer:
+    """The configured buffer; a folder we cannot use (read-only, say) must not stop the daemon
+    (systemd would restart it into the same failure), so it then runs with one in memory."""
+    if config.buffer.dir is None:
+        return MemoryBuffer(config.buffer.max_batches)
+    try:
+        return DiskBuffer(config.buffer.dir, config.buffer.max_batches)
+    except OSError as e:
+        problem = e
+    log.error(  # one line, no traceback: the reason is all an operator can act on
+        "cannot use the buffer folder %s (%s); buffering in memory, lost on restart",
+        config.buffer.dir,
+        problem,
+    )
+    return MemoryBuffer(config.buffer.max_batches)
+
+
 class Gateway:
     """One gateway process. Parts are attributes so tests can watch their counters."""
 
@@ -62,11 +79,7 @@ class Gateway:
         self.boot = new_boot_id()
         self.started_mono = time.monotonic()
         self.notifier = notifier or SystemdNotifier()
-        buffer: OfflineBuffer
-        if config.buffer.dir is not None:
-            buffer = DiskBuffer(config.buffer.dir, config.buffer.max_batches)
-        else:
-            buffer = MemoryBuffer(config.buffer.max_batches)
+        buffer = _open_buffer(config)
         self.buffer = buffer
         self.publisher = Publisher(
             config.broker,
@@ -140,7 +153,10 @@ class Gateway:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.flush()
+        try:
+            self.flush()
+        except Exception:  # the publisher must stop (offline status, clean DISCONNECT) anyway
+            log.exception("the last batch could not be queued")
         await self.publisher.stop(DRAIN_TIMEOUT_S)
         left = self.publisher.queue_depth
         if left and isinstance(self.buffer, MemoryBuffer):
@@ -165,10 +181,16 @@ class Gateway:
         together then send each window within milliseconds of each other, just after the
         second, and a fix follows its readings by the hub's tick work alone; windows on each
         gateway's own phase would wait up to a whole tick for it. The next multiple is worked
-        out afresh each time, so a clock step moves the grid instead of drifting from it."""
+        out afresh each time, so a clock step moves the grid instead of drifting from it. A step
+        backwards after `due` was set (NTP, while `action` ran) would leave `due` far ahead: more
+        than the 1.5 intervals the rounding allows means the clock moved, and the next multiple
+        of the clock as it is now is due instead, so batching pauses for one window at most."""
         due = (math.floor(time.time() / interval_s) + 1.0) * interval_s
         while True:
-            await asyncio.sleep(max(0.0, due - time.time()))
+            now = time.time()
+            if due - now > 1.5 * interval_s:
+                due = (math.floor(now / interval_s) + 1.0) * interval_s
+            await asyncio.sleep(max(0.0, due - now))
             # Rounded, not floored: waking a hair before the multiple must not call twice.
             due = (round(time.time() / interval_s) + 1.0) * interval_s
             _call_logged(action)

@@ -11,6 +11,10 @@ connected; everything else waits in our buffer, which drops the oldest when full
 paho keeps what it was handed across a reconnect and re-sends it (DUP set); nothing newer is
 handed over until those are acknowledged, so order holds. A batch is either acknowledged, in
 paho's hands, in our buffer, or counted as dropped: never silently lost while the process runs.
+
+Every batch goes through the buffer, and the buffer is told (`release`) only when its PUBACK
+arrives: with a `DiskBuffer`, a batch in paho's hands is still on disk, so a kill -9 or a stop
+with the broker away loses nothing that a restart does not replay.
 """
 
 from __future__ import annotations
@@ -209,6 +213,7 @@ class Publisher:
     def _on_publish(self, mid: int) -> None:
         item = self._inflight.pop(mid, None)
         if item is not None:
+            self.buffer.release(item)
             self.counters.batches_published += 1
             self.counters.samples_published += item.samples
             if not self._inflight:
@@ -234,11 +239,9 @@ class Publisher:
         """Queue one batch for publishing; never blocks, never raises for a full buffer."""
         item = Buffered(encode_batch(batch), len(batch))
         self._drained.clear()
-        if not len(self.buffer) and self._can_send():
-            self._send(item)  # the common case: no disk write, no queueing
-        else:
-            self.buffer.append(item)
-            self._pump()
+        # Through the buffer even when it is empty: a DiskBuffer keeps the batch until PUBACK.
+        self.buffer.append(item)
+        self._pump()
 
     def publish_heartbeat(self, payload: bytes) -> None:
         """QoS 0, not buffered: a stale heartbeat is worthless."""
@@ -268,6 +271,7 @@ class Publisher:
             log.error("paho refused a batch (queue full); it is counted as dropped")
             self.buffer.dropped_batches += 1
             self.buffer.dropped_samples += item.samples
+            self.buffer.release(item)
             return
         # NO_CONN also lands here: paho keeps a QoS 1 message and sends it after reconnecting.
         self._inflight[info.mid] = item

@@ -236,9 +236,13 @@ def test_disk_buffer_keeps_order_bound_and_survives_reopening(tmp_path: Path) ->
     assert (buffer.dropped_batches, buffer.dropped_samples) == (2, 0 + 1)
     reopened = DiskBuffer(folder, max_batches=2)  # a smaller bound after an upgrade
     assert reopened.dropped_batches == 1
-    assert [reopened.popleft().payload for _ in range(len(reopened))] == [b"batch-3", b"batch-4"]
+    taken = [reopened.popleft() for _ in range(len(reopened))]
+    assert [item.payload for item in taken] == [b"batch-3", b"batch-4"]
     with contextlib.suppress(IndexError):
         reopened.popleft()
+    assert len(list(folder.iterdir())) == 2  # kept until the broker acknowledges them
+    for item in taken:
+        reopened.release(item)
     assert not list(folder.iterdir())
 
 
