@@ -1,19 +1,29 @@
 """Proximity promotions: rules over the engine's zone events, decided in data time
 (docs/promotions.md).
 
-    evaluator = Evaluator(rules, sites, kind_of, has_consent)       # pure: no clock, no I/O
-    decisions = evaluator.evaluate(site, t, events, withheld)       # once per tick
+    shoppers = PseudonymConsent(consent_registry, privacy.pseudonym)
+    evaluator = Evaluator(rules, sites, kind_of, has_consent, shopper_kinds, shoppers=shoppers)
+    decisions = evaluator.evaluate(site, t, events, withheld)       # once per tick; no I/O
     promotions = Promotions(...); promotions.tick(site, t, events, withheld)   # the shell
 
 A visit starts at `zone_enter` (or a `dwell` event for a visit already under way when the hub
-started) and ends at `zone_exit` or `beacon_lost`. Once a visit has lasted a rule's
-`min_dwell_s`, the rule decides exactly once for that visit, in this order:
+started; a second `zone_enter` of an open visit is ignored) and ends at `zone_exit` or
+`beacon_lost`. Once a visit has lasted a rule's `min_dwell_s`, the rule decides exactly once for
+that visit, in this order:
 suppressed_no_consent -> outside_hours -> suppressed_cooldown -> suppressed_cap -> sent.
+Consent is asked again at that moment, for shoppers too: a shopper who revoked (or whose grant
+expired) mid-visit is `suppressed_no_consent`. Their later events reach us withheld, under the
+raw id; the open visit moves under that id, so their exit still closes it.
 Cooldown is per rule and shopper (from the last `sent`); the daily cap counts a rule's sends per
-site and local day (the site file's timezone). Every decision is counted in
-`beacon_hub_promotion_decisions_total` and stored in SQLite `promotion_decisions`; a shopper
-without consent is stored without an id. A `sent` is published QoS 1 on
-`beacons/{site}/promotion/{beacon}` and, if configured, POSTed to the webhook.
+site and local day (the site file's timezone). Both are rebuilt at start from the `sent` rows
+of SQLite `promotion_decisions`, so a restart resets neither. Every decision is counted in
+`beacon_hub_promotion_decisions_total` and stored in `promotion_decisions`; a shopper without
+consent is stored without an id. A `sent` is delivered once its row is stored (on the SQLite
+writer's thread, right after the tick's own transaction): published QoS 1 on
+`beacons/{site}/promotion/{beacon}` and, if configured, POSTed to the webhook. So a crash never
+delivers a promotion that a restart cannot see: the ticks after the last stored one are
+computed again (docs/hub.md), and a decision of theirs was either stored (the restored cooldown
+holds the repeat back) or never delivered.
 
 Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
 dropped and counted), retries with doubling backoff on network errors (a broken HTTP answer
@@ -33,6 +43,7 @@ import hmac
 import http.client
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -47,12 +58,13 @@ from typing import Annotated, Any, Literal
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
-from beacon_hub.config_loader import load_model
+from beacon_hub.config_loader import Loc, problems_to_error, read_yaml, validate_located
+from beacon_hub.consent import ConsentRegistry
 from beacon_hub.errors import ConfigError
 from beacon_hub.hubconfig import WebhookConfig
 from beacon_hub.ids import NAME_ID_PATTERN
 from beacon_hub.ingest import RateLimitedLog
-from beacon_hub.site import Site
+from beacon_hub.site import BeaconKindName, Site
 from beacon_hub.wire import Event, Promotion, encode_promotion, promotion_topic
 
 __all__ = [
@@ -60,6 +72,7 @@ __all__ = [
     "Decision",
     "Evaluator",
     "Promotions",
+    "PseudonymConsent",
     "Rule",
     "RulesFile",
     "Webhook",
@@ -84,6 +97,16 @@ RETRY_MIN_S = 0.5
 """First wait after a failed webhook POST; doubles up to `retry_max_s`."""
 PRUNE_EVERY_TICKS = 1000
 """Cooldown entries older than their cooldown are forgotten this often (bounded memory)."""
+VISIT_MAX_S = 2 * 86_400.0
+"""A visit open this long is forgotten at the next prune: longer than any `min_dwell_s` (at most
+a day), so every rule has decided it, and its exit may never reach us (consent given again
+mid-visit: the exit comes under the pseudonym, the visit was moved under the raw id)."""
+RESTORE_DAY_S = 25 * 3600.0
+"""At start, `sent` rows this far before the newest one are read besides each rule's cooldown:
+a local day lasts at most 25 h (the day daylight saving time ends)."""
+RESTORE_WAIT_S = 60.0
+"""How long the start waits for the SQLite writer to read those rows (it runs them at once
+before the writer thread starts, as service.py does)."""
 RETRYABLE_HTTP = frozenset({408, 425, 429})
 """Besides 5xx: timeouts and rate limits are worth another try; other 4xx never succeed."""
 WEBHOOK_LOG_EVERY_S = 60.0
@@ -97,14 +120,23 @@ CREATE TABLE IF NOT EXISTS promotion_decisions (
 );
 CREATE INDEX IF NOT EXISTS promotion_decisions_by_rule ON promotion_decisions (site, rule, t);
 CREATE INDEX IF NOT EXISTS promotion_decisions_by_beacon ON promotion_decisions (beacon);
+CREATE INDEX IF NOT EXISTS promotion_decisions_sent ON promotion_decisions (t)
+    WHERE decision = 'sent';
 """
+_SENT_SINCE = """
+SELECT site, rule, beacon, t FROM promotion_decisions
+WHERE decision = 'sent'
+  AND t >= (SELECT max(t) FROM promotion_decisions WHERE decision = 'sent') - ?
+"""
+_HH_MM = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
+"""A local wall-clock time. Nothing else: an offset ('08:00+01:00') would make an aware time
+that cannot be compared with the site's local one, and the site file's timezone already says
+where the rule's hours are."""
 
 
 def _clock_time(text: str) -> str:
-    try:
-        dt.time.fromisoformat(text)
-    except ValueError as e:
-        raise ValueError("expected a quoted local time HH:MM, e.g. '08:00'") from e
+    if _HH_MM.fullmatch(text) is None:
+        raise ValueError("expected a quoted local time HH:MM (the site's timezone), e.g. '08:00'")
     return text
 
 
@@ -117,8 +149,8 @@ class Rule(BaseModel):
     zone: Annotated[StrictStr, Field(pattern=NAME_ID_PATTERN)]
     site: Annotated[StrictStr, Field(pattern=NAME_ID_PATTERN)] | None = None
     """Only this site; None: every site of the hub with this zone."""
-    kind: StrictStr = "cart"
-    """The beacon kind it targets (site file `beacon_kinds`)."""
+    kind: BeaconKindName = "cart"
+    """The beacon kind it targets; a kind of the sites' `beacon_kinds` (load_rules checks)."""
     min_dwell_s: float = Field(default=10.0, ge=0, le=86_400)
     start: Annotated[StrictStr, AfterValidator(_clock_time)] | None = None
     """Local time (site timezone) from which it may fire; with `end`. Quote it: '08:00'."""
@@ -143,26 +175,45 @@ class RulesFile(BaseModel):
 
 def load_rules(path: Path, sites: Mapping[str, Site]) -> list[Rule]:
     """The rules file, checked against the hub's sites; errors name the file and line."""
-    doc = load_model(RulesFile, path=path)
-    problems: list[str] = []
+    doc = read_yaml(path)
+    if not isinstance(doc.data, dict):
+        raise ConfigError(str(path), [f"{path}: the top level must be a mapping of keys"])
+    rules = validate_located(RulesFile, doc).rules
+    problems: list[tuple[Loc, str]] = []
     seen: set[str] = set()
-    for i, rule in enumerate(doc.rules):
-        where = f"{path}: rules[{i}] ({rule.id})"
-        if rule.id in seen:
-            problems.append(f"{where}: rule id given twice")
+    for i, rule in enumerate(rules):
+        for key, what in _rule_problems(rule, sites, seen):
+            problems.append((("rules", i, key), f"rule {rule.id!r}: {what}"))
         seen.add(rule.id)
-        if (rule.start is None) != (rule.end is None):
-            problems.append(f"{where}: give both start and end, or neither")
-        targets = [sites[rule.site]] if rule.site is not None and rule.site in sites else []
-        if rule.site is not None and not targets:
-            problems.append(f"{where}: site {rule.site!r} is not served by this hub")
-        elif rule.site is None:
-            targets = list(sites.values())
-        if targets and not any(rule.zone in {z.id for z in s.zones} for s in targets):
-            problems.append(f"{where}: zone {rule.zone!r} is in none of the sites")
     if problems:
-        raise ConfigError(str(path), problems)
-    return list(doc.rules)
+        raise problems_to_error(doc, problems)
+    return list(rules)
+
+
+def _rule_problems(
+    rule: Rule, sites: Mapping[str, Site], seen: set[str]
+) -> Iterable[tuple[str, str]]:
+    """(key, what is wrong) of one rule against the hub's sites and the rules before it."""
+    if rule.id in seen:
+        yield "id", "rule id given twice"
+    if (rule.start is None) != (rule.end is None):
+        yield ("start" if rule.end is None else "end"), "give both start and end, or neither"
+    elif rule.start is not None and rule.start == rule.end:
+        yield "end", f"end equals start ({rule.start!r}): no time is inside; leave both out"
+    if rule.site is not None and rule.site not in sites:
+        yield "site", f"site {rule.site!r} is not served by this hub"
+        return
+    targets = [sites[rule.site]] if rule.site is not None else list(sites.values())
+    with_zone = [s for s in targets if rule.zone in {z.id for z in s.zones}]
+    if not with_zone:
+        yield "zone", f"zone {rule.zone!r} is in none of the sites"
+        return
+    kinds = {k.kind for s in with_zone for k in s.beacon_kinds}
+    if rule.kind not in kinds:
+        names = ", ".join(sorted(s.id for s in with_zone))
+        have = ", ".join(sorted(kinds)) or "none"
+        what = f"kind {rule.kind!r} is no beacon kind of {names} (site file beacon_kinds: {have})"
+        yield "kind", what + "; the rule would never fire"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +235,36 @@ class _Visit:
     decided: set[str] = field(default_factory=set)
 
 
+class PseudonymConsent:
+    """Consent asked by pseudonym. The registry knows shoppers by their raw ids; promotions see
+    only pseudonyms (privacy.py). This keeps the reverse index of the registry's consenting
+    beacons in memory, the same knowledge privacy.py's pseudonym cache holds, rebuilt when the
+    registry changed and a shopper's decision is due: one keyed hash per consenting beacon
+    (privacy.py caches them)."""
+
+    def __init__(self, registry: ConsentRegistry, pseudonym: Callable[[str], str]) -> None:
+        self._registry = registry
+        self.pseudonym = pseudonym
+        """Raw id -> pseudonym (Privacy.pseudonym)."""
+        self._version = -1
+        self._raw_of: dict[str, str] = {}
+
+    def has_consent(self, anon: str, at: float) -> bool:
+        """Has the shopper behind this pseudonym consent at data time `at`?"""
+        version = self._registry.version  # before reading: a change meanwhile rebuilds again
+        if version != self._version:
+            self._raw_of = {self.pseudonym(b): b for b in self._registry.consenting()}
+            self._version = version
+        raw = self._raw_of.get(anon)
+        return raw is not None and self._registry.has_consent(raw, at)
+
+
 class Evaluator:
-    """The rules over events, in data time; pure and deterministic."""
+    """The rules over events, in data time; pure and deterministic.
+
+    `shoppers` lets it follow a shopper's consent after the visit started (module docstring);
+    the hub must pass it. Without it (tests of other things), a shopper's consent is taken as
+    it was at the visit's first event."""
 
     def __init__(
         self,
@@ -194,11 +273,14 @@ class Evaluator:
         kind_of: Callable[[str, str], str | None],
         has_consent: Callable[[str, float], bool],
         shopper_kinds: Iterable[str] = ("cart",),
+        *,
+        shoppers: PseudonymConsent | None = None,
     ) -> None:
         self.rules = list(rules)
         self.kind_of = kind_of
         self.has_consent = has_consent
         self.shopper_kinds = frozenset(shopper_kinds)
+        self.shoppers = shoppers
         self._tz = {s.id: zoneinfo.ZoneInfo(s.timezone) for s in sites.values()}
         self._by_zone: dict[tuple[str, str], list[Rule]] = {}
         for site in sites.values():
@@ -212,13 +294,21 @@ class Evaluator:
         self._day: dict[tuple[str, str], tuple[dt.date, int]] = {}
         self._ticks = 0
 
+    @property
+    def open_visits(self) -> int:
+        """Visits under way; each ends at its exit, a beacon_lost or VISIT_MAX_S."""
+        return len(self._visits)
+
     def evaluate(
         self, site: str, t: float, events: Iterable[Event], withheld: Iterable[Event] = ()
     ) -> list[Decision]:
         """Advance with one tick's events (`withheld`: shoppers without consent, raw ids, from
         privacy.py); the decisions due at data time t."""
-        for e, consented in [*((e, True) for e in events), *((e, False) for e in withheld)]:
-            self._visit_event(site, e, consented)
+        for e in events:
+            self._visit_event(site, e, consented=True)
+        for e in withheld:
+            self._consent_ended(site, e.beacon)
+            self._visit_event(site, e, consented=False)
         out: list[Decision] = []
         for (vsite, beacon, zone), visit in self._visits.items():
             if vsite != site:
@@ -235,6 +325,40 @@ class Evaluator:
             self._prune(t)
         return out
 
+    def restore(self, sent: Iterable[tuple[str, str, str | None, float]]) -> None:
+        """Before the first tick: the cooldowns and daily counts that decisions already sent
+        left (site, rule, beacon, t: rows of promotion_decisions), e.g. after a restart. Each
+        rule's count is that of the local day of its newest send; rows of rules or sites this
+        hub no longer has are left out."""
+        known = {r.id for r in self.rules}
+        newest: float | None = None
+        for site, rule, beacon, t in sorted(sent, key=lambda row: row[3]):
+            if rule not in known or site not in self._tz:
+                continue
+            newest = t
+            if beacon is not None:
+                self._last_sent[(rule, site, beacon)] = t
+            day = dt.datetime.fromtimestamp(t, self._tz[site]).date()
+            counted, count = self._day.get((rule, site), (day, 0))
+            self._day[(rule, site)] = (day, count + 1 if counted == day else 1)
+        if newest is not None:
+            self._prune(newest)
+
+    def _consent_ended(self, site: str, raw: str) -> None:
+        """A withheld event of `raw`: its open visits under the pseudonym, if any (consent
+        ended mid-visit), go on as visits without consent under the raw id, so its exit closes
+        them and a rule that decides them decides suppressed_no_consent."""
+        if self.shoppers is None:
+            return
+        anon = self.shoppers.pseudonym(raw)
+        for zone in self._zones_of.pop((site, anon), set()):
+            visit = self._visits.pop((site, anon, zone), None)
+            if visit is None or (site, raw, zone) in self._visits:
+                continue
+            visit.consented = False
+            self._visits[(site, raw, zone)] = visit
+            self._zones_of.setdefault((site, raw), set()).add(zone)
+
     def _visit_event(self, site: str, e: Event, consented: bool) -> None:
         if e.type == "beacon_lost":
             for zone in self._zones_of.pop((site, e.beacon), set()):
@@ -243,7 +367,7 @@ class Evaluator:
         if e.zone is None or (site, e.zone) not in self._by_zone:
             return
         key = (site, e.beacon, e.zone)
-        if e.type == "zone_enter":
+        if e.type == "zone_enter" and key not in self._visits:  # else a repeat: the visit goes on
             self._visits[key] = _Visit(e.t, consented)
             self._zones_of.setdefault((site, e.beacon), set()).add(e.zone)
         elif e.type == "dwell" and key not in self._visits:
@@ -252,12 +376,16 @@ class Evaluator:
             self._visits[key] = _Visit(e.t - since, consented)
             self._zones_of.setdefault((site, e.beacon), set()).add(e.zone)
         elif e.type == "zone_exit":
-            self._visits.pop(key, None)
-            zones = self._zones_of.get((site, e.beacon))
-            if zones is not None:
-                zones.discard(e.zone)
-                if not zones:
-                    del self._zones_of[(site, e.beacon)]
+            self._close(key)
+
+    def _close(self, key: tuple[str, str, str]) -> None:
+        site, beacon, zone = key
+        self._visits.pop(key, None)
+        zones = self._zones_of.get((site, beacon))
+        if zones is not None:
+            zones.discard(zone)
+            if not zones:
+                del self._zones_of[(site, beacon)]
 
     def _decide(  # noqa: PLR0917  # one visit's facts, all needed
         self, rule: Rule, site: str, beacon: str, zone: str, t: float, consented: bool
@@ -267,11 +395,10 @@ class Evaluator:
 
         if not consented:
             return made("suppressed_no_consent", None)
-        if (
-            rule.consent_required
-            and rule.kind not in self.shopper_kinds
-            and not self.has_consent(beacon, t)
-        ):
+        if rule.kind in self.shopper_kinds:  # the visit's beacon is of the rule's kind
+            if self.shoppers is not None and not self.shoppers.has_consent(beacon, t):
+                return made("suppressed_no_consent", None)  # revoked or expired mid-visit
+        elif rule.consent_required and not self.has_consent(beacon, t):
             return made("suppressed_no_consent", None)
         local = dt.datetime.fromtimestamp(t, self._tz[site])
         if rule.start is not None and rule.end is not None:
@@ -299,6 +426,8 @@ class Evaluator:
         self._last_sent = {
             k: last for k, last in self._last_sent.items() if t - last < cooldown.get(k[0], 0.0)
         }
+        for key in [k for k, visit in self._visits.items() if t - visit.enter > VISIT_MAX_S]:
+            self._close(key)
 
 
 # ------------------------------------------------------------------------------------ webhook
@@ -421,17 +550,16 @@ Publish = Callable[[str, bytes, int, bool], bool]
 Submit = Callable[[Callable[[sqlite3.Connection], None]], None]
 
 
-def _create_table(db: sqlite3.Connection) -> None:
-    db.executescript(_SCHEMA)
-
-
 def idempotency_key(d: Decision) -> str:
     raw = f"{d.site}|{d.rule}|{d.beacon}|{d.t!r}".encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
 class Promotions:
-    """The service side: evaluate each tick, publish, POST, record, count."""
+    """The service side: evaluate each tick, count, record, then publish and POST (module
+    docstring). At construction it reads the `sent` rows back into the evaluator's cooldowns
+    and daily counts; `submit` runs jobs in order (SqliteStore.submit: at once before the
+    writer thread starts, on it afterwards)."""
 
     def __init__(
         self,
@@ -463,8 +591,28 @@ class Promotions:
             ["site"],
             registry=registry,
         )
-        submit(_create_table)
+        self._restore(evaluator)
         self.webhook = None if webhook is None else Webhook(webhook, self.webhook_posts)
+
+    def _restore(self, evaluator: Evaluator) -> None:
+        horizon = max([RESTORE_DAY_S, *(r.cooldown_s for r in evaluator.rules)])
+        rows: list[tuple[str, str, str | None, float]] = []
+        done = threading.Event()
+
+        def read(db: sqlite3.Connection) -> None:
+            try:
+                db.executescript(_SCHEMA)
+                rows.extend(db.execute(_SENT_SINCE, (horizon,)).fetchall())
+            finally:
+                done.set()
+
+        self._submit(read)
+        if not done.wait(RESTORE_WAIT_S):
+            log.warning("promotions: SQLite did not answer; cooldowns and daily caps start empty")
+            return
+        evaluator.restore(rows)
+        if rows:
+            log.info("promotions: cooldowns and daily counts restored from %d sends", len(rows))
 
     def tick(
         self, site: str, t: float, events: Iterable[Event], withheld: Iterable[Event] = ()
@@ -474,6 +622,31 @@ class Promotions:
             return decisions
         for d in decisions:
             self.decisions.labels(d.site, d.rule, d.decision).inc()
+        rows = [(d.site, d.t, d.rule, d.zone, d.beacon, d.decision) for d in decisions]
+
+        def record(db: sqlite3.Connection) -> None:
+            try:
+                db.execute("BEGIN")
+                try:
+                    db.executemany(
+                        "INSERT INTO promotion_decisions VALUES (?, ?, ?, ?, ?, ?)", rows
+                    )
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                # Stored first (module docstring); delivered even if storing failed (logged
+                # and counted by the writer): this process's cooldown still holds.
+                self._deliver(decisions)
+
+        self._submit(record)
+        return decisions
+
+    def _deliver(self, decisions: Iterable[Decision]) -> None:
+        """The `sent` ones, on the SQLite writer's thread (paho's publish and the webhook's
+        queue are thread-safe)."""
+        for d in decisions:
             if d.decision != "sent" or d.beacon is None:
                 continue
             body = encode_promotion(Promotion(d.t, d.site, d.beacon, d.rule, d.zone, d.offer))
@@ -481,20 +654,13 @@ class Promotions:
                 self.unpublished.labels(d.site).inc()
             if self.webhook is not None:
                 self.webhook.post(idempotency_key(d), body)
-        rows = [(d.site, d.t, d.rule, d.zone, d.beacon, d.decision) for d in decisions]
-
-        def record(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN")
-            try:
-                db.executemany("INSERT INTO promotion_decisions VALUES (?, ?, ?, ?, ?, ?)", rows)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-
-        self._submit(record)
-        return decisions
 
     def close(self, timeout_s: float) -> None:
+        """Deliver what the SQLite writer still holds, then the webhook's queue, within about
+        `timeout_s` (service.py calls this before it closes the writer)."""
+        deadline = time.monotonic() + timeout_s
+        flushed = threading.Event()
+        self._submit(lambda _db: flushed.set())
+        flushed.wait(timeout_s)
         if self.webhook is not None:
-            self.webhook.close(timeout_s)
+            self.webhook.close(max(0.0, deadline - time.monotonic()))

@@ -24,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,13 +381,23 @@ def _provision(
 ) -> Provisioned:
     device = out / role
     config_path = device / f"{role}.yaml"
+    url = broker_url or default_broker_url()
+    if urllib.parse.urlsplit(url).scheme == "mqtts" and ca_dir is None:
+        # Without a client certificate the config could not connect: the shipped TLS listener
+        # wants one from the site CA besides the password (deploy/mosquitto/secure.conf).
+        raise BeaconHubError(
+            f"provision {role}: {url} is the broker's TLS listener, which wants a client"
+            " certificate from the site CA (require_certificate true): pass --ca DIR (the"
+            " site CA, created there on first use); on the broker host itself,"
+            " --broker mqtt://127.0.0.1:1883 uses the loopback listener instead"
+        )
     if config_path.exists() and not force:
         raise BeaconHubError(
             f"{config_path} exists: pass --force to rotate {username}'s credentials"
         )
     broker_dir = out / "broker"
     broker: dict[str, Any] = cfg["broker"]
-    broker["url"] = broker_url or default_broker_url()
+    broker["url"] = url
     broker["username"] = username
     broker["password_file"] = str(install_dir / "mqtt-password")
 
@@ -411,6 +422,11 @@ def _provision(
             "key_file": str(install_dir / "client.key"),
         }
         files += [ca_cert, client_cert, client_key]
+    else:
+        # A rotation without a CA: an earlier run's certificate and key must not be copied to
+        # the device with a config that no longer names them.
+        for stale in ("ca.crt", "client.crt", "client.key"):
+            (device / stale).unlink(missing_ok=True)
     header = (
         f"# beacon-hub provision {role}: broker user {username}. Install this folder's files in\n"
         f"# {install_dir}/ (docs/security.md, Provisioning).\n"

@@ -59,7 +59,7 @@ from beacon_hub.ingest import (
 from beacon_hub.livestate import LiveState, zone_occupancy
 from beacon_hub.outputs import SiteOutputs
 from beacon_hub.privacy import RETENTION_EVERY_S, Privacy, Retention, load_key, retention_job
-from beacon_hub.promotions import Evaluator, Promotions, load_rules
+from beacon_hub.promotions import Evaluator, Promotions, PseudonymConsent, load_rules
 from beacon_hub.registry import AssetRegistry, read_assets
 from beacon_hub.site import Site, load_site
 from beacon_hub.stores import (
@@ -230,8 +230,9 @@ class Hub:
         if cfg.promotions.rules is not None:
             rules = load_rules(cfg.promotions.rules, site_map)
             evaluator = Evaluator(
-                rules, site_map, self.privacy.kind_of, self.consent.has_consent, priv.shopper_kinds
-            )
+                rules, site_map, self.privacy.kind_of, self.consent.has_consent, priv.shopper_kinds,
+                shoppers=PseudonymConsent(self.consent, self.privacy.pseudonym),
+            )  # fmt: skip
             self.promotions = Promotions(
                 evaluator,
                 publish=self.link.publish,

@@ -7,19 +7,32 @@ import datetime as dt
 import hashlib
 import hmac
 import socket
+import sqlite3
 import threading
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 
+from beacon_hub.consent import ConsentRegistry
+from beacon_hub.engine import FixTable
 from beacon_hub.errors import ConfigError
 from beacon_hub.hubconfig import WebhookConfig
-from beacon_hub.promotions import Evaluator, Promotions, Rule, Webhook, load_rules, sign
+from beacon_hub.privacy import Privacy
+from beacon_hub.promotions import (
+    Evaluator,
+    Promotions,
+    PseudonymConsent,
+    Rule,
+    Webhook,
+    load_rules,
+    sign,
+)
 from beacon_hub.site import Site, load_site
 from beacon_hub.stores import open_sqlite
 from beacon_hub.wire import Event, decode_promotion
@@ -115,6 +128,159 @@ def test_shoppers_without_consent_are_suppressed_without_an_id(site: Site) -> No
     assert [(d.decision, d.beacon) for d in got] == [("suppressed_no_consent", None)]
 
 
+def test_a_repeated_zone_enter_does_not_start_the_visit_again(site: Site) -> None:
+    ev = _evaluator(site, cooldown_s=0)
+    events = {T0: [_enter(A, T0)], T0 + 8: [_enter(A, T0)], T0 + 9: [_enter(A, T0 + 9)]}
+    assert _run(ev, T0, T0 + 30, events) == ["sent"]  # one visit, one decision
+
+
+CART = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:7"
+"""config/store.yaml's cart kind matches this uuid."""
+
+
+def _cart_fix(t: float) -> FixTable:
+    """The cart's fix in the end-cap zone, as the engine gives it each tick."""
+    return FixTable(
+        t=t,
+        beacons=[CART],
+        x=np.zeros(1),
+        y=np.zeros(1),
+        accuracy_m=np.ones(1),
+        level=np.zeros(1, dtype=np.int64),
+        zones=["endcap-2-front"],
+        kinds=["cart"],
+        speed_m_s=np.zeros(1),
+        gateway_slots=np.zeros((1, 1), dtype=np.intp),
+        gateway_mask=np.ones((1, 1), dtype=bool),
+        gateway_ids=("gw-1",),
+    )
+
+
+def _consent_run(
+    site: Site, raw_events: dict[int, list[Event]], revoke_at: int, seconds: int = 20
+) -> tuple[list[tuple[int, str, str | None]], Evaluator]:
+    """The real ConsentRegistry and Privacy in front of the Evaluator, as service.py chains
+    them; the shopper consents, then revokes at T0 + revoke_at."""
+    now = [T0]
+    consent = ConsentRegistry(clock=lambda: now[0])
+    privacy = Privacy({site.id: site}, consent, b"k" * 32)
+    rule = Rule.model_validate({"id": "coffee", "zone": "endcap-2-front", "min_dwell_s": 10})
+    ev = Evaluator(
+        [rule],
+        {site.id: site},
+        privacy.kind_of,
+        consent.has_consent,
+        shoppers=PseudonymConsent(consent, privacy.pseudonym),
+    )
+    consent.grant(CART)
+    out: list[tuple[int, str, str | None]] = []
+    for k in range(seconds):
+        t = now[0] = T0 + k
+        if k == revoke_at:
+            consent.revoke(CART)
+        _, events = privacy.apply(SITE, _cart_fix(t), raw_events.get(k, []))
+        out += [(k, d.decision, d.beacon) for d in ev.evaluate(SITE, t, events, privacy.withheld)]
+    return out, ev
+
+
+def test_a_shopper_who_revokes_and_walks_off_mid_visit_gets_nothing(site: Site) -> None:
+    # The audit's case: in at +0, revoked at +3, out at +6 (withheld: raw id, the visit is
+    # under the pseudonym). It used to be sent at +10 and the visit never ended.
+    events = {0: [Event("zone_enter", T0, SITE, CART, "endcap-2-front")]}
+    events[6] = [Event("zone_exit", T0 + 6, SITE, CART, "endcap-2-front", {"dwell_s": 6.0})]
+    got, ev = _consent_run(site, events, revoke_at=3)
+    assert got == []  # a 6 s visit decides nothing for a 10 s rule, consent or not
+    assert ev.open_visits == 0
+
+
+def test_a_shopper_who_revokes_and_stays_is_suppressed_without_an_id(site: Site) -> None:
+    enter = {0: [Event("zone_enter", T0, SITE, CART, "endcap-2-front")]}
+    # No event after the revocation: consent is asked again when the rule decides.
+    got, _ = _consent_run(site, enter, revoke_at=3)
+    assert got == [(10, "suppressed_no_consent", None)]
+    # A withheld event first (the engine's 10 s dwell), the exit later: the same, and closed.
+    events = {
+        **enter,
+        10: [Event("dwell", T0 + 10, SITE, CART, "endcap-2-front", {"dwell_s": 10.0})],
+        15: [Event("zone_exit", T0 + 15, SITE, CART, "endcap-2-front", {"dwell_s": 15.0})],
+    }
+    got, ev = _consent_run(site, events, revoke_at=3)
+    assert got == [(10, "suppressed_no_consent", None)]
+    assert ev.open_visits == 0
+    # Consent kept: sent under the pseudonym (the same chain, no revocation).
+    got, _ = _consent_run(site, enter, revoke_at=-1)
+    assert [(k, d) for k, d, b in got] == [(10, "sent")]
+    assert got[0][2] is not None
+    assert got[0][2].startswith("anon:")
+
+
+def _promotions(
+    site: Site, db_path: Path, published: list[str], *, submit: Callable[..., None] | None = None
+) -> Promotions:
+    """A hub's Promotions over the SQLite file `db_path` (a new one per process start)."""
+    db = open_sqlite(db_path)
+    return Promotions(
+        _evaluator(site, cooldown_s=3600, daily_cap=2),
+        publish=lambda topic, _b, _q, _r: not published.append(topic),  # type: ignore[func-returns-value]
+        submit=submit or (lambda job: job(db)),
+        registry=None,
+    )
+
+
+def _visit(promos: Promotions, b: str, t: float) -> list[str]:
+    got = promos.tick(SITE, t, [_enter(b, t)]) + promos.tick(SITE, t + 6, [])
+    got += promos.tick(SITE, t + 7, [_exit(b, t + 7)])
+    return [d.decision for d in got]
+
+
+def test_cooldown_and_daily_cap_survive_a_restart(tmp_path: Path, site: Site) -> None:
+    published: list[str] = []
+    first = _promotions(site, tmp_path / "hub.sqlite", published)
+    assert _visit(first, A, T0) == ["sent"]
+    # Restarted (or crashed: its last ticks computed again from the re-sent readings).
+    again = _promotions(site, tmp_path / "hub.sqlite", published)
+    assert _visit(again, A, T0) == ["suppressed_cooldown"]
+    assert _visit(again, A, T0 + 600) == ["suppressed_cooldown"]
+    assert _visit(again, B, T0 + 610) == ["sent"]  # the day's second of daily_cap 2
+    third = _promotions(site, tmp_path / "hub.sqlite", published)
+    assert _visit(third, "anon:00000000000000cc", T0 + 620) == ["suppressed_cap"]
+    assert published == [f"beacons/{SITE}/promotion/{b}" for b in (A, B)]
+    # Past the cooldown, and the next local day (T0 is 23:13 in Berlin): both start again.
+    fourth = _promotions(site, tmp_path / "hub.sqlite", published)
+    assert _visit(fourth, A, T0 + 3700) == ["sent"]
+    assert _visit(fourth, "anon:00000000000000cc", T0 + 3710) == ["sent"]
+
+
+def test_a_promotion_is_delivered_only_once_its_decision_is_stored(
+    tmp_path: Path, site: Site
+) -> None:
+    """A crash between the publish and the store used to leave a promotion out that the
+    restarted hub could not see, so it sent it again."""
+    jobs: list[Callable[[sqlite3.Connection], None]] = []
+    published: list[str] = []
+    db = open_sqlite(tmp_path / "hub.sqlite")
+    writer_started = False
+
+    def submit(job: Callable[[sqlite3.Connection], None]) -> None:
+        """SqliteStore.submit: at once until the writer thread starts, then queued for it."""
+        if writer_started:
+            jobs.append(job)
+        else:
+            job(db)
+
+    promos = _promotions(site, tmp_path / "hub.sqlite", published, submit=submit)
+    writer_started = True
+    assert [d.decision for d in promos.tick(SITE, T0, [_enter(A, T0)])] == []
+    assert [d.decision for d in promos.tick(SITE, T0 + 6, [])] == ["sent"]
+    assert published == []  # the writer has not stored it yet
+    for job in jobs:
+        job(db)
+    assert published == [f"beacons/{SITE}/promotion/{A}"]
+    assert db.execute("SELECT beacon, decision FROM promotion_decisions").fetchall() == [
+        (A, "sent")
+    ]
+
+
 def test_rules_file_errors_name_file_and_place(tmp_path: Path, site: Site) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("rules:\n  - id: x\n    zone: endcap-2-front\n    cooldown_s: -1\n")
@@ -125,6 +291,29 @@ def test_rules_file_errors_name_file_and_place(tmp_path: Path, site: Site) -> No
         load_rules(path, {site.id: site})
     rules = load_rules(ROOT / "config" / "promotions.yaml", {site.id: site})
     assert rules
+
+
+@pytest.mark.parametrize(
+    ("lines", "error"),
+    [
+        # An offset made an aware time that the first decision compared with a naive one: a
+        # TypeError out of the service step, and the hub crash-looped on its backlog.
+        ("    start: '08:00+01:00'\n    end: '20:00'\n", r":3: rules\[0\]\.start: .*HH:MM"),
+        ("    start: '08:00'\n    end: '20:00:30'\n", r":4: rules\[0\]\.end: .*HH:MM"),
+        ("    start: '24:00'\n    end: '20:00'\n", r":3: rules\[0\]\.start: .*HH:MM"),
+        ("    start: '08:00'\n    end: '08:00'\n", r":4: rules\[0\]\.end: .*end equals start"),
+        ("    kind: carts\n", r":3: rules\[0\]\.kind: expected 'cart', .*got 'carts'"),
+        # A kind that exists, but no beacon of config/store.yaml is of it.
+        ("    kind: pallet\n", r":3: rules\[0\]\.kind: rule 'x': kind 'pallet' is no beacon"),
+    ],
+)
+def test_rules_that_could_never_fire_or_would_crash_are_refused(
+    tmp_path: Path, site: Site, lines: str, error: str
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - id: x\n" + lines + "    zone: endcap-2-front\n")
+    with pytest.raises(ConfigError, match=r"rules\.yaml" + error):
+        load_rules(path, {site.id: site})
 
 
 class _Receiver:

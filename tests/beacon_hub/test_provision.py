@@ -101,10 +101,15 @@ def test_provision_gateway_writes_secrets_0600_and_prints_none(
     assert verify.returncode == 0
 
 
+LOOPBACK = ["--broker", "mqtt://127.0.0.1:1883"]
+"""The broker's plain loopback listener (deploy/mosquitto/mosquitto.conf): no certificate."""
+
+
 def test_provision_refuses_to_overwrite_without_force(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["provision", "gateway", "--site", "s1", "--id", "g1", "--out", str(tmp_path)]
+    argv += LOOPBACK
     assert main(argv) == 0
     first = (tmp_path / "gateway" / "mqtt-password").read_text()
     capsys.readouterr()
@@ -117,7 +122,7 @@ def test_provision_refuses_to_overwrite_without_force(
 
 def test_provision_hub_for_two_sites(tmp_path: Path) -> None:
     argv = ["provision", "hub", "--site", "s1,s2", "--id", "main", "--out", str(tmp_path)]
-    assert main([*argv, "--install-dir", "/opt/hub"]) == 0
+    assert main([*argv, *LOOPBACK, "--install-dir", "/opt/hub"]) == 0
     cfg = load_hub_config(tmp_path / "hub" / "hub.yaml")
     assert [s.site for s in cfg.sites] == [
         Path("/opt/hub/sites/s1.yaml"),
@@ -125,7 +130,7 @@ def test_provision_hub_for_two_sites(tmp_path: Path) -> None:
     ]
     assert cfg.broker.username == "hub.main"
     assert cfg.broker.client_id == "beacon-hub-main"
-    assert cfg.broker.tls is None  # no --ca: mqtts:// with the system's CAs
+    assert cfg.broker.tls is None  # the loopback listener: no TLS
     acl = (tmp_path / "broker" / "acl").read_text()
     assert "topic read beacons/s1/gateway/+/readings" in acl
     assert "topic read beacons/s2/gateway/+/readings" in acl
@@ -152,3 +157,29 @@ def test_bad_ids_are_refused_with_a_clear_message(
     ]
     assert main(two) == 1
     assert "exactly one --site" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("role", ["gateway", "hub"])
+def test_tls_without_a_site_ca_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], role: str
+) -> None:
+    """The shipped TLS listener wants a site-CA client certificate (require_certificate true):
+    a config for it without one could never connect."""
+    for broker in ([], ["--broker", "mqtts://broker.example:8883"]):
+        argv = ["provision", role, "--site", "s1", "--id", "g1", "--out", str(tmp_path / "o")]
+        assert main([*argv, *broker]) == 1
+        err = capsys.readouterr().err
+        assert "--ca DIR" in err
+        assert "require_certificate" in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_a_rotation_without_a_ca_leaves_no_earlier_certificate_behind(tmp_path: Path) -> None:
+    argv = ["provision", "gateway", "--site", "s1", "--id", "g1", "--out", str(tmp_path / "o")]
+    ca = ["--ca", str(tmp_path / "ca"), "--broker", "mqtts://broker.example:8883"]
+    assert main([*argv, *ca]) == 0
+    device = tmp_path / "o" / "gateway"
+    assert (device / "client.key").exists()
+    assert main([*argv, *LOOPBACK, "--force"]) == 0
+    assert sorted(p.name for p in device.iterdir()) == ["gateway.yaml", "mqtt-password"]
+    assert load_gateway_config(device / "gateway.yaml").broker.tls is None
