@@ -217,14 +217,21 @@ def test_any_bytes_are_accepted_or_refused_with_a_known_reason(raw: bytes) -> No
     assert reason(res) in (*DECODE_REASONS, "accepted", "gateway_mismatch")
 
 
-def _table(beacons: list[str], x: list[float], zones: list[str | None]) -> FixTable:
+def _table(
+    beacons: list[str],
+    x: list[float],
+    zones: list[str | None],
+    *,
+    t: float = T0,
+    accuracy_m: float = 2.0,
+) -> FixTable:
     n = len(beacons)
     return FixTable(
-        t=T0,
+        t=t,
         beacons=beacons,
         x=np.array(x),
         y=np.zeros(n),
-        accuracy_m=np.full(n, 2.0),
+        accuracy_m=np.full(n, accuracy_m),
         level=np.zeros(n, dtype=np.int64),
         zones=zones,
         kinds=[None] * n,
@@ -613,24 +620,6 @@ def test_influx_v2_path_retries_then_writes_in_order(tmp_path: Path) -> None:
     assert written == lines  # every point, in order, after two refusals
 
 
-def _fixes(t: float, beacons: list[str], x: list[float], zones: list[str | None]) -> FixTable:
-    n = len(beacons)
-    return FixTable(
-        t=t,
-        beacons=beacons,
-        x=np.array(x),
-        y=np.zeros(n),
-        accuracy_m=np.full(n, 1.0),
-        level=np.zeros(n, dtype=np.int64),
-        zones=zones,
-        kinds=[None] * n,
-        speed_m_s=np.zeros(n),
-        gateway_slots=np.zeros((n, 1), dtype=np.intp),
-        gateway_mask=np.ones((n, 1), dtype=bool),
-        gateway_ids=("gw-1",),
-    )
-
-
 def test_outputs_forget_beacons_that_come_and_go_and_publish_the_same_tracks() -> None:
     """Waves of new ids, each fixed for a while and then gone (half with beacon_lost, half
     without: privacy.py withholds it once consent ends), among beacons that stay or come back
@@ -663,7 +652,7 @@ def test_outputs_forget_beacons_that_come_and_go_and_publish_the_same_tracks() -
         gone = [b for b in previous if b not in now and int(b[-12:], 16) % 2 == 0]
         events = [Event("beacon_lost", t, SITE, b) for b in gone]
         previous = wave
-        out.tick(t, _fixes(t, beacons, x, zones), events, [None] * len(beacons))
+        out.tick(t, _table(beacons, x, zones, t=t, accuracy_m=1.0), events, [None] * len(beacons))
         for i, b in enumerate(beacons):
             h = held.get(b)
             if h is None or t - h[0] >= refresh or h[2] != zones[i] or abs(x[i] - h[1]) > 0.5:
