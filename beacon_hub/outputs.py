@@ -82,7 +82,11 @@ class SiteOutputs:
         table: FixTable,
         events: Sequence[Event],
         labels: Sequence[str | None],
+        *,
+        ended: Sequence[str] = (),
     ) -> None:
+        """One tick's outputs; `ended`: shoppers (pseudonyms) whose consent ended, whose
+        retained tracks are cleared (Privacy.ended)."""
         n = len(table)
         x = table.x.round(MM_DECIMALS).tolist()
         y = table.y.round(MM_DECIMALS).tolist()
@@ -168,6 +172,8 @@ class SiteOutputs:
             self.counts.events += 1
             if e.type == "beacon_lost":
                 self.clear(e.beacon)
+        for beacon in ended:
+            self.clear(beacon)
         last.expire(t, self.refresh_s)
 
     def clear(self, beacon: str) -> None:

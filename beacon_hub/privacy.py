@@ -145,6 +145,13 @@ class Privacy:
         self._pseudonyms: dict[str, str] = {}
         self._kinds: dict[tuple[str, str], str | None] = {}
         self._anon_kinds: dict[str, str] = {}
+        self._shown: dict[str, set[str]] = {}
+        """Per site, the shoppers whose fixes went out since their last beacon_lost (raw ids):
+        a retained track of theirs is at the broker under their pseudonym."""
+        self.ended: list[str] = []
+        """Pseudonyms of shoppers whose consent ended (revoked or expired) while their track was
+        out, found by the last `apply`: the outputs clear their retained tracks, since none of
+        their fixes, nor their beacon_lost, goes out any more."""
         self.withheld: list[Event] = []
         """Events of non-consenting shoppers removed by the last `apply` (raw ids; in memory
         only, for promotions.py's suppressed_no_consent count)."""
@@ -200,6 +207,8 @@ class Privacy:
         t = fixes.t
         shoppers = self.shopper_kinds
         has = self.consent.has_consent
+        shown = self._shown.setdefault(site, set())
+        ended: list[str] = []
         keep: list[int] = []
         beacons: list[str] = []
         changed = False
@@ -207,7 +216,11 @@ class Privacy:
             if k in shoppers:
                 changed = True
                 if not has(b, t):
+                    if b in shown:
+                        shown.discard(b)
+                        ended.append(self._anon(b, k))
                     continue
+                shown.add(b)
                 b = self._anon(b, k)  # noqa: PLW2901
             keep.append(i)
             beacons.append(b)
@@ -223,9 +236,14 @@ class Privacy:
                 out.append(e)
             elif has(e.beacon, e.t):
                 out.append(dataclasses.replace(e, beacon=self._anon(e.beacon, k)))
+                if e.type == "beacon_lost":
+                    shown.discard(e.beacon)  # its track is cleared with this event
             else:
                 withheld.append(e)
-        self.withheld = withheld
+                if e.type == "beacon_lost" and e.beacon in shown:  # silent when consent ended
+                    shown.discard(e.beacon)
+                    ended.append(self._anon(e.beacon, k))
+        self.withheld, self.ended = withheld, ended
         if withheld:
             self.withheld_events.labels(site).inc(len(withheld))
         return table, out

@@ -406,8 +406,6 @@ class Hub:
         if isinstance(res, ConsentUpdate):
             if res.consent is not None:
                 self.consent.apply(res.beacon, res.consent)
-                if not res.consent.consent:
-                    self._clear_shopper_track(res.beacon)
             self.link.ack(item.mid, item.qos)
             return
         if isinstance(res, StatusUpdate | HeartbeatUpdate):
@@ -462,14 +460,6 @@ class Hub:
             self.link.ack(item.mid, item.qos)
         else:
             run.pending_acks.append((item.mid, item.qos))
-
-    def _clear_shopper_track(self, beacon: str) -> None:
-        """A revoked shopper's retained track (under its pseudonym) would show where the cart
-        last was for as long as the broker runs: privacy.apply drops its fixes and its
-        beacon_lost from then on, so the outputs never clear it themselves."""
-        for site_id, run in self.sites.items():
-            if run.outputs is not None and self.privacy.is_shopper(site_id, beacon):
-                run.outputs.clear(self.privacy.pseudonym(beacon))
 
     def _align(self, t: float) -> float:
         step = self.cfg.engine.tick_interval_s
@@ -555,7 +545,7 @@ class Hub:
         table, events = self.privacy.apply(site, result.fixes, result.events)
         labels = self.registry.labels(table.beacons) if len(self.registry) else [None] * len(table)
         if run.outputs is not None:
-            run.outputs.tick(t, table, events, labels)
+            run.outputs.tick(t, table, events, labels, ended=self.privacy.ended)
         rows = run.thinner.keep(table)
         if rows.shape[0] < len(table):
             thinned = len(table) - rows.shape[0]

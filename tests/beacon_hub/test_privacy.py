@@ -136,6 +136,30 @@ def test_consent_expires_in_data_time_and_revocation_applies_next_tick() -> None
     assert len(privacy.apply("store-demo", _table(one, ["cart"], T0 + 10), [])[0]) == 0
 
 
+def test_a_shopper_whose_consent_ends_is_named_once_so_its_retained_track_is_cleared() -> None:
+    """Once consent ends (expired or revoked), none of the shopper's fixes nor its beacon_lost
+    goes out, so nothing else would clear its retained `track/{pseudonym}`."""
+    expiring, silent, staying = CART.format(1), CART.format(2), CART.format(3)
+    consent = ConsentRegistry(
+        {expiring: Consent(True, 0.0, T0 + 10), silent: Consent(True), staying: Consent(True)}
+    )
+    privacy, _ = _privacy(consent)
+    carts = [expiring, silent, staying]
+    privacy.apply("store-demo", _table(carts, ["cart"] * 3, T0), [])
+    assert privacy.ended == []
+    privacy.apply("store-demo", _table(carts, ["cart"] * 3, T0 + 10), [])
+    assert privacy.ended == [pseudonym(KEY, expiring)]  # its grant expired
+    privacy.apply("store-demo", _table([staying], ["cart"], T0 + 11), [])
+    assert privacy.ended == []  # named once
+    consent.apply(silent, Consent(False, T0 + 12))  # revoked while not heard
+    lost = [Event("beacon_lost", T0 + 40, "store-demo", b, None) for b in (silent, staying)]
+    _, out = privacy.apply("store-demo", _table([], [], T0 + 40), lost)
+    assert privacy.ended == [pseudonym(KEY, silent)]  # its beacon_lost is withheld
+    assert [e.beacon for e in out] == [pseudonym(KEY, staying)]  # clears its own track
+    privacy.apply("store-demo", _table([], [], T0 + 41), [])
+    assert privacy.ended == []
+
+
 def test_warehouse_tables_pass_through_untouched() -> None:
     privacy, _ = _privacy(ConsentRegistry())
     table = _table([ASSET.format(1)], ["pallet"])
