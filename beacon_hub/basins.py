@@ -213,9 +213,16 @@ class ParkedEvidence:
         self.windows = np.zeros(0, dtype=np.int64)
         self.moving_ticks = np.zeros(0, dtype=np.int64)
         self.best = np.zeros(0, dtype=np.int64)
-        """Each spell's best candidate, argmax of `total`: changes only when a window is added."""
+        """Each spell's best candidate, argmax of its sums: changes only when a window is added."""
+        self.row = np.zeros(0, dtype=np.int64)
+        """Each beacon's row of `total` and `recent` while its spell lasts, -1 otherwise. The sums
+        (6 bytes a candidate, 11 KB a spell at the default 12 m) are held per spell, not per
+        beacon: every beacon heard has an engine slot, and a site hearing tags that rotate their
+        ids holds tens of thousands of slots within forget_after_s, few of them still pallets."""
         self.total = np.zeros((0, self.offsets.shape[0]), dtype=np.float32)
         self.recent = np.zeros((0, self.offsets.shape[0]), dtype=np.float16)
+        self._free = np.zeros(0, dtype=np.int64)
+        """Rows of `total` and `recent` that no spell holds."""
         self.ticks = 0
         self.moves = 0
         """Tracks moved to their summed best so far (a health figure, as RivalBasins.moves)."""
@@ -230,22 +237,38 @@ class ParkedEvidence:
             self.windows = np.r_[self.windows, np.zeros(grow, dtype=np.int64)]
             self.moving_ticks = np.r_[self.moving_ticks, np.zeros(grow, dtype=np.int64)]
             self.best = np.r_[self.best, np.zeros(grow, dtype=np.int64)]
-            shape = (grow, self.offsets.shape[0])
-            self.total = np.r_[self.total, np.zeros(shape, np.float32)]
-            self.recent = np.r_[self.recent, np.zeros(shape, np.float16)]
+            self.row = np.r_[self.row, np.full(grow, -1, dtype=np.int64)]
 
     def compact(self, keep: I64) -> None:
         """Keep only the beacons `keep` (ascending), renumbered 0, 1, ... in that order
-        (Engine.compact), then ensure() the capacity."""
+        (Engine.compact), then ensure() the capacity. The sums shrink to the spells kept."""
         self.centre, self.level = self.centre[keep], self.level[keep]
         self.windows, self.moving_ticks = self.windows[keep], self.moving_ticks[keep]
-        self.best, self.total, self.recent = self.best[keep], self.total[keep], self.recent[keep]
+        self.best, self.row = self.best[keep], self.row[keep]
+        held = np.flatnonzero(self.row >= 0)
+        self.total, self.recent = self.total[self.row[held]], self.recent[self.row[held]]
+        self.row[held] = np.arange(held.shape[0])
+        self._free = np.zeros(0, dtype=np.int64)
+
+    @property
+    def spells(self) -> int:
+        """Spells holding sums now."""
+        return int(self.total.shape[0] - self._free.shape[0])
+
+    def sums(self, beacons: I64) -> NDArray[np.float32]:
+        """The summed log-likelihoods of these beacons' spells (each must hold one)."""
+        summed: NDArray[np.float32] = self.total[self.row[beacons]]
+        return summed
 
     def holds(self, beacons: I64) -> NDArray[np.bool_]:
         held: NDArray[np.bool_] = np.isfinite(self.centre[beacons, 0])
         return held
 
     def end(self, beacons: I64) -> None:
+        beacons = np.unique(beacons)
+        rows = self.row[beacons]
+        self._free = np.r_[self._free, rows[rows >= 0]]
+        self.row[beacons] = -1
         self.centre[beacons] = np.nan
 
     def carried(self, beacons: I64, still: F64) -> None:
@@ -256,10 +279,23 @@ class ParkedEvidence:
         self.end(beacons[self.moving_ticks[beacons] >= PARKED_END_TICKS])
 
     def begin(self, beacons: I64, xy: F64, level: I64) -> None:
+        new = np.unique(beacons[self.row[beacons] < 0])
+        short = new.shape[0] - self._free.shape[0]
+        if short > 0:
+            # grown by at least its size, so a site filling up copies the sums O(log n) times
+            size = self.total.shape[0]
+            grow = max(short, size)
+            shape = (grow, self.offsets.shape[0])
+            self.total = np.r_[self.total, np.zeros(shape, np.float32)]
+            self.recent = np.r_[self.recent, np.zeros(shape, np.float16)]
+            self._free = np.r_[self._free, np.arange(size, size + grow)]
+        self.row[new], self._free = self._free[: new.shape[0]], self._free[new.shape[0] :]
         self.centre[beacons] = xy
         self.level[beacons] = level
         self.windows[beacons] = self.best[beacons] = 0
-        self.total[beacons] = self.recent[beacons] = 0.0
+        rows = self.row[beacons]
+        self.total[rows] = 0.0
+        self.recent[rows] = 0.0
 
     def due(self, turns: I64) -> NDArray[np.bool_]:
         """Which of these beacons add this tick's window (every PARKED_EVERY_TICKS, in turn, by
@@ -271,12 +307,13 @@ class ParkedEvidence:
     def add(self, beacons: I64, loglik: NDArray[np.float32]) -> None:
         """Each beacon's window log-likelihood at its candidates (centre + offsets); a spell
         whose recent windows fit another candidate PARKED_END_NATS better than its best ends."""
-        total = self.total[beacons] + loglik
-        recent = self.recent[beacons].astype(np.float32) * PARKED_RECENT_DECAY + loglik
+        rows = self.row[beacons]
+        total = self.total[rows] + loglik
+        recent = self.recent[rows].astype(np.float32) * PARKED_RECENT_DECAY + loglik
         # kept relative to its best, where float16 is exact enough (0.01 nats within 16 nats
         # of it): only differences near the top are ever compared
         recent -= recent.max(axis=1, keepdims=True)
-        self.total[beacons], self.recent[beacons] = total, recent
+        self.total[rows], self.recent[rows] = total, recent
         self.windows[beacons] += 1
         best = np.argmax(total, axis=1)
         self.best[beacons] = best
@@ -302,7 +339,7 @@ class ParkedEvidence:
         # tick spent seconds on the whole (beacons, candidates) arrays otherwise)
         far = np.hypot(*(best_xy - track_xy[rows]).T) >= RIVAL_MIN_M
         rows, b, k, best_xy = rows[far], b[far], k[far], best_xy[far]
-        total, recent = self.total[b], self.recent[b]
+        total, recent = self.total[self.row[b]], self.recent[self.row[b]]
         # squared distance from each candidate to the track, through one matrix product
         d = track_xy[rows] - self.centre[b]
         dist2 = self._offsets_sq[None, :] - 2.0 * (d @ self.offsets.T) + (d**2).sum(axis=1)[:, None]

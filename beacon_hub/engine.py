@@ -304,8 +304,9 @@ class EngineConfig(BaseModel):
     learnt tx power (txoffset.py), the body evidence and the announced power, and in an hour
     the offset's own random walk (TX_OFFSET_DRIFT_DB2_S) has widened it by 36 dB^2, a third
     of the prior's 100: worth little. Without it every id ever heard (pallets that left, a
-    dongle broadcasting random ids) kept its slot for ever: 0.6 KB of arrays each, 11.4 KB
-    with a calibrated map (the still pallets' sums, basins.ParkedEvidence), and its id."""
+    dongle broadcasting random ids) kept its slot for ever: 0.6 KB of arrays each (11.4 KB
+    with a calibrated map until the still pallets' sums were held per spell,
+    basins.ParkedEvidence), and its id."""
     hysteresis_m: Annotated[float, Field(ge=0)] = 0.6
     min_dwell_s: Annotated[float, Field(ge=0)] = 2.0
     min_dwell_accuracy_m: Annotated[float, Field(ge=0)] = 1.5
@@ -1151,9 +1152,10 @@ class Engine:
     @property
     def _sums_parked(self) -> bool:
         """Still pallets' windows are summed (ParkedEvidence): only where _parked_moves reads
-        them, with tracks and the grid solver's likelihood. It holds 6 bytes a candidate for
-        every beacon, 108 MB at 10,000: the hub's benchmark (uncalibrated, least squares)
-        carried them unread, 248 -> 420 MB resident (2026-12-07)."""
+        them, with tracks and the grid solver's likelihood. It held 6 bytes a candidate for
+        every beacon, 108 MB at 10,000, which the hub's benchmark (uncalibrated, least squares)
+        carried unread, 248 -> 420 MB resident (2026-12-07); the sums are held per still
+        pallet's spell since, but no work is done for what nothing reads."""
         return self.config.parked_search_m > 0 and self.config.tracking and self._grid_solver
 
     @property

@@ -179,7 +179,7 @@ def test_an_ended_spell_holds_nothing_and_begins_afresh() -> None:
     assert not ev.winners(b, np.zeros((1, 2)))[0].any()
     ev.begin(b, np.array([[0.0, 0.0]]), np.array([0]))
     assert ev.windows[0] == 0
-    assert float(ev.total[0].max()) == 0.0
+    assert float(ev.sums(b).max()) == 0.0
 
 
 def test_a_standing_pallet_sums_its_windows_until_it_is_carried_off() -> None:
@@ -201,7 +201,8 @@ def test_a_standing_pallet_sums_its_windows_until_it_is_carried_off() -> None:
     assert ev.holds(i)[0]
     assert 5 <= ev.windows[i[0]] <= (40 - PARKED_BEGIN_S) / PARKED_EVERY_TICKS + 1
     # the sum's best candidate (0.5 m apart) is the spot
-    best = ev.centre[i[0]] + ev.offsets[np.argmax(ev.total[i[0]])]
+    best = ev.centre[i[0]] + ev.offsets[np.argmax(ev.sums(i)[0])]
+    assert ev.spells == 1
     assert np.hypot(*(best - spot)) <= 0.5
     held = []
     for step in range(40, 70):  # carried 13 m at 1.5 m/s, then set down
@@ -215,5 +216,33 @@ def test_a_standing_pallet_sums_its_windows_until_it_is_carried_off() -> None:
     assert held[0]
     assert not any(held[-15:])
     assert ev.ended == 1
+    assert ev.spells == 0
     assert ev.moves == 0
     assert np.hypot(fixes.x[0] - 1.0, fixes.y[0] - 8.0) < 1.5
+
+
+def test_sums_are_held_per_spell_and_given_back() -> None:
+    """Every beacon heard has a slot, few are still pallets: the 11 KB of sums a spell holds
+    are taken when it begins, reused when it ends, and given back when the engine compacts."""
+    ev = ParkedEvidence(radius_m=5.0)
+    ev.ensure(10_000)
+    assert ev.total.shape[0] == ev.recent.shape[0] == 0
+    b = np.array([3, 7, 9])
+    ev.begin(b, np.zeros((3, 2)), np.zeros(3, dtype=np.int64))
+    assert ev.spells == 3
+    ev.add(b, _window(ev, (2.0, 0.0), 4.0).repeat(3, axis=0) * np.array([[1.0], [2.0], [3.0]]))
+    pool = ev.total.shape[0]
+    ev.end(np.array([7]))
+    ev.begin(np.array([5]), np.zeros((1, 2)), np.zeros(1, dtype=np.int64))
+    # the ended spell's row is reused, cleared
+    assert (ev.total.shape[0], ev.spells) == (pool, 3)
+    assert float(np.abs(ev.sums(np.array([5]))).max()) == 0.0
+    before = ev.sums(np.array([3, 9])).copy()
+    ev.compact(np.array([3, 5, 9]))
+    assert ev.total.shape[0] == ev.spells == 3
+    assert ev.holds(np.arange(3)).all()
+    np.testing.assert_array_equal(ev.sums(np.array([0, 2])), before)
+    # a spell begun again over a held one starts afresh without a second row
+    ev.begin(np.array([0, 0]), np.ones((2, 2)), np.zeros(2, dtype=np.int64))
+    assert ev.spells == 3
+    assert float(np.abs(ev.sums(np.array([0]))).max()) == 0.0
