@@ -456,7 +456,11 @@ class _Track:
         return np.asarray(np.hypot(*np.diff(self.xy, axis=0).T) / np.where(dt > 0, dt, np.inf))
 
     def segment(self, t: FloatArray) -> NDArray[np.intp]:
-        """The truth interval holding each t (the first or last one outside the span)."""
+        """The truth interval holding each t (the first or last one outside the span); a t on a
+        sample is in the interval ending there: latency compares a fix with the truth before
+        it, so a fix at the instant the truth stops still counts as moving (still_since takes
+        the interval starting there instead). flat-calib2021's robot fixes mostly fall on a
+        truth sample: with the interval after, its latencies move by up to 1.8 s."""
         return np.clip(np.searchsorted(self.t, t) - 1, 0, len(self.t) - 2)
 
     def at(self, t: FloatArray) -> FloatArray:
@@ -475,7 +479,9 @@ class _Track:
 
     def still_since(self, t: FloatArray) -> FloatArray:
         """When the truth last stopped moving before each t (slower than STILL_SPEED_M_S over
-        the truth interval holding t), its first sample if it never moved; NaN while moving."""
+        the truth interval holding t, the one starting at t for a t on a sample: standing
+        still is the state from t on, so the instant it sets off is not still), its first
+        sample if it never moved; NaN while moving."""
         if len(self.t) < 2:
             return np.full(len(t), self.t[0])
         moving = self.speed >= STILL_SPEED_M_S
@@ -570,8 +576,13 @@ def evaluate_truth(
     truth: Sequence[TruthPoint],
     site: Site | None = None,
     band_m: float = BAND_M,
+    *,
+    covered: Sequence[TruthPoint] | None = None,
 ) -> Evaluation:
-    """Score fixes against truth interpolated in time per beacon (see the module docstring)."""
+    """Score fixes against truth interpolated in time per beacon (see the module docstring).
+    `coverage` counts the truth samples `covered` (default: all of `truth`): the samples the
+    fixes were chosen for, where only some were (`--kind`, `--window-s`); the whole truth still
+    places the fixes, so those near a window's edge interpolate across it."""
     fx = _Fixes.of(fixes)
     tracks = _tracks(truth)
     m = _match(fx, tracks)
@@ -608,7 +619,7 @@ def evaluate_truth(
     summary.update(_still_scores(fx, m, errors, zone_truth, zones))
     summary["latency_s"] = float(np.median(m.latencies_s)) if m.latencies_s else None
     summary["latency_beacons"] = len(m.latencies_s)
-    summary["coverage"] = _coverage(tracks, fx)
+    summary["coverage"] = _coverage(tracks if covered is None else _tracks(covered), fx)
     return Evaluation(summary=summary, errors_m=errors, accuracy_m=fx.accuracy_m[m.index])
 
 
@@ -970,6 +981,14 @@ def run_eval(
         raise EvaluationError(f"{truth_path}: no truth rows")
     segments = read_path(path_path) if path_path is not None else None
     truth_t0 = min((p.t for p in truth or []), default=0.0)  # --window-s counts from it
+
+    def chosen(beacon: str, t: float) -> bool:
+        """Of `kind` (with a site) and within `window_s`: the fixes scored, and the truth that
+        coverage counts (a cart's coverage is not diluted by the reference beacons' truth)."""
+        if kind is not None and site is not None and _kind_name(site, beacon) != kind:
+            return False
+        return window_s is None or window_s[0] <= t - truth_t0 < window_s[1]
+
     names = list(labels) or [p.stem for p in fixes_paths]
     runs: list[tuple[str, Evaluation]] = []
     for name, fixes_path in zip(names, fixes_paths, strict=True):
@@ -977,10 +996,7 @@ def run_eval(
         if not fixes:
             raise EvaluationError(f"{fixes_path}: no fixes; the file has a header and no rows")
         in_file = len(fixes)
-        if kind is not None and site is not None:
-            fixes = [f for f in fixes if _kind_name(site, f.beacon) == kind]
-        if window_s is not None:
-            fixes = [f for f in fixes if window_s[0] <= f.t - truth_t0 < window_s[1]]
+        fixes = [f for f in fixes if chosen(f.beacon, f.t)]
         if not fixes:
             which = [
                 f"of kind {kind}" if kind else "",
@@ -994,7 +1010,8 @@ def run_eval(
             if segments is not None:
                 run = evaluate_path(fixes, segments, band_m)
             else:
-                run = evaluate_truth(fixes, truth or [], site, band_m)
+                covered = [p for p in truth or [] if chosen(p.beacon, p.t)]
+                run = evaluate_truth(fixes, truth or [], site, band_m, covered=covered)
         except EvaluationError as e:
             raise EvaluationError(f"{fixes_path} against {reference}: {e}") from e
         summary = {

@@ -490,6 +490,9 @@ def test_run_eval_scores_one_kind(tmp_path: Path) -> None:
     assert every["median_m"] == pytest.approx(2.0)
     assert carts["median_m"] == pytest.approx(1.0)
     assert (carts["kind"], carts["beacons"], every["kind"]) == ("cart", 1, None)
+    # the cart's truth T0 .. T0 + 20 has fixes near T0 .. T0 + 5; the reference beacon's
+    # truth is not the carts' to cover (counted, 6 of 42)
+    assert carts["coverage"] == every["coverage"] == round(6 / 21, 4)
     with pytest.raises(EvaluationError, match=r"--kind pallet: .*site\.yaml has no beacons"):
         run_eval([path], truth_path=truth, site_path=site, kind="pallet")
     with pytest.raises(EvaluationError, match=r"--kind cart: needs --site"):
@@ -505,6 +508,9 @@ def test_run_eval_scores_a_window_of_the_recording(tmp_path: Path) -> None:
     assert run_eval([path], truth_path=truth)["median_m"] == pytest.approx(3.0)
     first = run_eval([path], truth_path=truth, window_s=(0.0, 5.0))
     assert (first["fixes"], first["median_m"]) == (4, pytest.approx(1.0))
+    # coverage counts the window's truth, T0 .. T0 + 4: each has a fix within 1 s (all the
+    # truth, T0 .. T0 + 10, would have 6)
+    assert first["coverage"] == pytest.approx(1.0)
     with pytest.raises(EvaluationError, match=r"--window-s 5 2: expected 0 <= START < END"):
         run_eval([path], truth_path=truth, window_s=(5.0, 2.0))
     with pytest.raises(EvaluationError, match=r"f\.csv: no fixes in --window-s"):
