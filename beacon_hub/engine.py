@@ -819,7 +819,10 @@ class Engine:
             area = self._areas(idx)
             xy = self._floor_mean(level, xy, vel_cov * (ahead**2)[:, None, None], area)
             cov = cov + static_cov
-            xy = self._project(level, xy, area)
+        # Onto the floor, one fix per sample too: the grid's fix is its likelihood's mean, which
+        # a concave floor can hold outside (flat-calib2021 calibrated, one fix per sample: 6 of
+        # 719 robot fixes up to 0.06 m off the floor, random readings up to 0.8 m).
+        xy = self._project(level, xy, area)
         self._active[idx] = True
         accuracy = radius_68_m(cov) * self.residuals.factor()
         events = [

@@ -146,6 +146,30 @@ def test_a_calibrated_map_uses_the_far_gateways_too() -> None:
     assert used == {"uncalibrated": 10, "calibrated": 20}
 
 
+def test_one_fix_per_sample_with_a_map_stays_on_a_concave_floor() -> None:
+    """The grid's fix is its likelihood's mean: readings that fit both arms of a U-shaped room
+    put that mean in the notch between them, off the floor (13.35, 4.48), unless projected."""
+    u_shape = [[0, 0], [20, 0], [20, 12], [14, 12], [14, 4], [6, 4], [6, 12], [0, 12]]
+    corners = [(3, 11), (17, 11), (10, 1), (3, 5), (17, 5)]
+    site = room_site(
+        levels=[{"outline": u_shape}],
+        zones=[],
+        gateways=[{"id": f"g{i}", "x": x, "y": y, "z": 3.0} for i, (x, y) in enumerate(corners)],
+    )
+    gateways = tuple(g.id for g in site.gateways)
+    fit = GatewayFit(-59.0, 2.0, 4.0, 3.0, 100)
+    calibration = Calibration(
+        site.id, dict.fromkeys(gateways, fit), RadioMap.for_site(site, gateways)
+    )
+    engine = Engine(site, EngineConfig(tracking=False), calibration)
+    for g, rssi in zip(gateways, (-80.0, -70.0, -70.0, -70.0, -70.0), strict=True):
+        one = (np.array([0]), np.array([10.0]), np.array([rssi]), np.array([np.nan]))
+        engine.ingest(Readings(g, [TAG], *one))
+    fixes = engine.tick(10.5).fixes
+    xy = np.array([[fixes.x[0], fixes.y[0]]])
+    assert engine.plan.allowed(0, xy, FLOOR)[0], xy
+
+
 @pytest.mark.parametrize("unheard", [0, 8])
 def test_a_gateway_that_does_not_hear_a_beacon_rules_out_places_beside_it(unheard: int) -> None:
     """Two gateways hear the tag at (10, 10) and cannot tell it from its mirror (10, 2) across
@@ -646,9 +670,23 @@ def _per_beacon(engine: Engine) -> dict[str, NDArray[Any]]:
         if getattr(engine, part) is None:
             continue
         for name, value in vars(getattr(engine, part)).items():
-            if isinstance(value, np.ndarray) and name not in {"offsets", "_offsets_sq", "_names"}:
+            if isinstance(value, np.ndarray) and name not in _NOT_PER_BEACON:
                 arrays[f"{part}.{name}"] = value
+    if engine.parked is not None:
+        # a still spell's sums live in a pool row of their own (basins.ParkedEvidence.row):
+        # each beacon's, zeros without a spell
+        ev = engine.parked
+        held = ev.row >= 0
+        for name, pool in (("total", ev.total), ("recent", ev.recent)):
+            rows = np.zeros((held.shape[0], pool.shape[1]), dtype=pool.dtype)
+            rows[held] = pool[ev.row[held]]
+            arrays[f"parked.{name}"] = rows
     return arrays
+
+
+_NOT_PER_BEACON = {"offsets", "_offsets_sq", "_names", "row", "total", "recent", "_free"}
+"""Arrays of the engine's parts that are not one row per beacon (the still spells' pool and
+their row numbers, which compaction renumbers)."""
 
 
 def _capacities(engine: Engine) -> set[int]:
