@@ -122,6 +122,29 @@ def test_permuting_gateways_changes_nothing() -> None:
     np.testing.assert_allclose(a.cov, c.cov, atol=1e-9)
 
 
+def test_a_changing_announced_power_is_the_newest_whatever_the_batch_order() -> None:
+    """A tag that steps its tx power within a tick: three gateways heard it announce -59 dBm
+    at t, two -75 dBm a moment later. The newest announcement counts, however the gateways'
+    batches are ordered (the last ingested counted: 0.4 m and 6 m of accuracy_m apart)."""
+    site = room_site()
+    out: dict[str, tuple[float, float, float]] = {}
+    for order in ("forward", "reversed"):
+        engine = Engine(site, EngineConfig(tracking=False))
+        batches = []
+        for i, g in enumerate(site.gateways):
+            tx, t = (-59.0, 10.0) if i < 3 else (-75.0, 10.2)
+            d = math.dist((g.x, g.y, g.z), (8.0, 5.0, 1.0))
+            rssi = float(mean_rssi_dbm(d, tx, 2.0))
+            one = (np.array([0]), np.array([t]), np.array([rssi]), np.array([tx]))
+            batches.append(Readings(g.id, [TAG], *one))
+        for r in batches if order == "forward" else batches[::-1]:
+            engine.ingest(r)
+        fixes = engine.tick(10.5).fixes
+        out[order] = (float(fixes.x[0]), float(fixes.y[0]), float(fixes.accuracy_m[0]))
+        assert engine._offset_db[0] == -75.0 - site.radio.ref_rssi_1m_dbm
+    assert out["forward"] == out["reversed"]
+
+
 def test_a_calibrated_map_uses_the_far_gateways_too() -> None:
     """Without a calibrated map the 10 strongest gateways place a beacon; with one, every
     gateway that hears it (up to 32): far gateways' weak readings rule out rival places."""
