@@ -184,6 +184,7 @@ _PER_BEACON_FILL: dict[str, object] = {
     "_move_nats": 0.0,
     "_serial": 0,
     "_forgotten": False,
+    "_track_level": -1,
 }
 """The engine's own arrays indexed by beacon, and what a beacon never heard has there
 (Engine._grow, Engine.compact); its parts hold theirs (tracks, zones, rivals, parked,
@@ -588,8 +589,13 @@ class Engine:
         self._still_since, self._move_nats = np.zeros(0), np.zeros(0)
         # the order the beacons were first heard in, which compact() leaves alone: whose turn
         # it is (rival searches, parked sums, the residual fit's share) is the same whatever
-        # was forgotten (_opened: the next one); and the slots of forgotten beacons (_forget)
-        self._serial, self._forgotten = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        # was forgotten (_opened: the next one); the slots of forgotten beacons (_forget); and
+        # the level each beacon's track is on (one that changes level starts a new track)
+        self._serial, self._forgotten, self._track_level = (
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=bool),
+            np.zeros(0, dtype=np.int64),
+        )
         self._reference_xy: dict[int, tuple[float, float, float, int]] = {}
         # _floors_t: the tick whose estimates gw_floors has counted (_receiver_floors)
         self.watermark = self._last_reference_update = self._floors_t = -math.inf
@@ -749,7 +755,9 @@ class Engine:
             return TickResult(self._empty(t), self._lost(t))
         idx, level, geo, static, t_meas = self._geometry(est)
         area = self._area[idx]
-        tracked = cfg.tracking & np.isfinite(self.tracks.t[idx])
+        # a track is followed on its own level only: on another, its prediction (projected onto
+        # the new floor) and its zone are of the old one, so it starts afresh there
+        tracked = cfg.tracking & np.isfinite(self.tracks.t[idx]) & (self._track_level[idx] == level)
         prior = np.full((idx.shape[0], 2), np.nan)
         predicted = None
         if tracked.any():
@@ -811,7 +819,7 @@ class Engine:
                 )
 
             xy, cov, speed, vel, vel_cov = self._track(
-                idx, tracked, t_meas, xy, cov, predicted=predicted, relocate=relocate
+                idx, tracked, t_meas, xy, cov, predicted=predicted, relocate=relocate, level=level
             )
             ahead = np.maximum(t - self.tracks.t[idx], 0.0)
             xy = xy + vel * ahead[:, None]
@@ -1442,13 +1450,16 @@ class Engine:
         r: F64,
         *,
         predicted: tuple[F64, F64] | None,
+        level: I64,
         relocate: Callable[[NDArray[np.intp]], tuple[F64, F64]] | None = None,
     ) -> tuple[F64, F64, F64, F64, F64]:
         """IMM update at each beacon's measurement time (and the headings it gives,
         _update_headings); returns position, its covariance, speed, velocity and its
         covariance. `relocate(rows)` measures the rows whose track restarts afresh, without the
-        prediction that weighed z and r; their zone settles (ZoneTracker.hold)."""
+        prediction that weighed z and r; their zone settles (ZoneTracker.hold). `level`: each
+        beacon's level this tick, which its track is on from now."""
         tracks = self.tracks
+        self._track_level[idx] = level
         m = mode_transition(self.config.tick_interval_s, tracks.params)
         t_idx = idx[tracked]
         restart = np.zeros(idx.shape[0], dtype=bool)

@@ -59,6 +59,8 @@ class ZoneTracker:
         self.params = params or ZoneParams()
         self._names = np.array([*plan.zone_ids, None], dtype=object)
         """Zone id by index; the last entry, None, for no zone."""
+        self._levels = np.array([z.level for z in plan.site.zones], dtype=np.int64)
+        """Zone level by index."""
         self.current = np.full(capacity, UNKNOWN, dtype=np.int64)
         self.since = np.zeros(capacity)
         self.candidate = np.full(capacity, UNKNOWN, dtype=np.int64)
@@ -133,8 +135,10 @@ class ZoneTracker:
             if int(lv) in self.plan.levels:
                 raw[on] = self.plan.zone_index(int(lv), xy[on])
         cur = self.current[idx]
-        # Hysteresis: still within hysteresis_m of the current zone counts as inside it.
+        # Hysteresis: still within hysteresis_m of the current zone counts as inside it, on its
+        # level (a fix on a mezzanine can pass near a ground-floor zone's edge in the plan).
         leaving = (raw != cur) & (cur >= 0)
+        leaving[leaving] = self._levels[cur[leaving]] == level[leaving]
         for z in np.unique(cur[leaving]):
             rows = np.flatnonzero(leaving & (cur == z))
             polygon = self.plan.site.zones[int(z)].polygon

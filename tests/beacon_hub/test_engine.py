@@ -707,9 +707,9 @@ def _per_beacon(engine: Engine) -> dict[str, NDArray[Any]]:
     return arrays
 
 
-_NOT_PER_BEACON = {"offsets", "_offsets_sq", "_names", "row", "total", "recent", "_free"}
-"""Arrays of the engine's parts that are not one row per beacon (the still spells' pool and
-their row numbers, which compaction renumbers)."""
+_NOT_PER_BEACON = {"offsets", "_offsets_sq", "_names", "_levels", "row", "total", "recent", "_free"}
+"""Arrays of the engine's parts that are not one row per beacon: candidates, zones' names and
+levels, the still spells' pool and their row numbers (which compaction renumbers)."""
 
 
 def _capacities(engine: Engine) -> set[int]:
@@ -873,3 +873,36 @@ def test_a_forgotten_beacon_heard_again_starts_as_a_new_one(compacted: bool) -> 
     assert xy["forgot"] == xy["fresh"]
     assert xy["kept"] != xy["fresh"]
     assert [e.type for e in results["forgot"].events] == ["zone_enter"]
+
+
+def test_a_beacon_that_changes_level_is_placed_and_zoned_on_its_new_level() -> None:
+    """A mezzanine above part of the ground floor: a tag carried up is placed by the
+    mezzanine's gateways at once (the ground floor's track, moved up, put it 7 m off) and
+    enters the mezzanine's zone after the minimum dwell (the ground floor's zone, whose edge
+    passes 0.3 m from it in the plan, kept it by hysteresis)."""
+    ground = [[0, 0], [30, 0], [30, 20], [0, 20]]
+    mezzanine = [[5, 5], [15, 5], [15, 12], [5, 12]]
+    site = room_site(
+        levels=[{"level": 0, "outline": ground}, {"level": 1, "outline": mezzanine}],
+        gateways=[{"id": f"a{i}", "x": x, "y": y, "z": 3.0} for i, (x, y) in enumerate(ground)]
+        + [
+            {"id": f"b{i}", "x": x, "y": y, "z": 3.0, "level": 1}
+            for i, (x, y) in enumerate(mezzanine)
+        ],
+        zones=[
+            {"id": "west", "kind": "room", "polygon": [[0, 0], [8.3, 0], [8.3, 20], [0, 20]]},
+            {"id": "mezzanine", "kind": "room", "polygon": mezzanine, "level": 1},
+        ],
+    )
+    engine = Engine(site, EngineConfig())
+    fixes = []
+    for k in range(16):
+        level, xy = (0, (4.0, 15.0)) if k < 8 else (1, (8.0, 10.0))
+        for r in exact_readings(site, TAG, xy, 100.0 + k):
+            if site.gateways[[g.id for g in site.gateways].index(r.gateway)].level == level:
+                engine.ingest(r)
+        fixes.append(engine.tick(100.5 + k).fixes)
+    up = fixes[8]
+    assert (int(up.level[0]), up.zones[0]) == (1, "west")  # the dwell rule holds it 2 s
+    assert math.dist((up.x[0], up.y[0]), (8.0, 10.0)) < 0.5
+    assert [f.zones[0] for f in fixes[11:]] == ["mezzanine"] * 5
