@@ -58,6 +58,10 @@ class OfflineBuffer(Protocol):
         """The broker acknowledged `item` (taken with `popleft`): forget it for good."""
         ...
 
+    def in_memory(self) -> tuple[int, int]:
+        """(batches, samples) waiting here that only memory holds: what a stop loses."""
+        ...
+
 
 class MemoryBuffer:
     """At most `max_batches` in memory."""
@@ -83,6 +87,9 @@ class MemoryBuffer:
 
     def release(self, item: Buffered) -> None:
         pass
+
+    def in_memory(self) -> tuple[int, int]:
+        return len(self._items), sum(item.samples for item in self._items)
 
 
 def _header(item: Buffered) -> bytes:
@@ -218,6 +225,10 @@ class DiskBuffer:
     def release(self, item: Buffered) -> None:
         if item.ticket is not None:
             self._unlink(item.ticket)
+
+    def in_memory(self) -> tuple[int, int]:
+        """The batches the disk refused (its files stay for the next start)."""
+        return len(self._overflow), sum(item.samples for item in self._overflow)
 
     def _unlink(self, number: int) -> None:
         """A file that cannot be deleted stays behind: it was already taken out of the queue,

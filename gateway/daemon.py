@@ -157,10 +157,8 @@ class Gateway:
             self.flush()
         except Exception:  # the publisher must stop (offline status, clean DISCONNECT) anyway
             log.exception("the last batch could not be queued")
+        # it says and counts what only memory held (a memory buffer, a full disk's overflow)
         await self.publisher.stop(DRAIN_TIMEOUT_S)
-        left = self.publisher.queue_depth
-        if left and isinstance(self.buffer, MemoryBuffer):
-            log.warning("%d batches were not published and are lost (memory buffer)", left)
 
     @staticmethod
     async def _every(interval_s: float, action: Callable[[], None]) -> None:

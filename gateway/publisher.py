@@ -156,6 +156,23 @@ class Publisher:
         self._client = None
         self.connected.clear()
         self.disconnected.set()
+        self._count_lost_at_stop()
+
+    def _count_lost_at_stop(self) -> None:
+        """Batches not acknowledged that no file holds die with the process: counted as dropped
+        and said once (they went unnoticed: a stop with the broker away, or a memory buffer)."""
+        batches, samples = self.buffer.in_memory()
+        volatile = [item for item in self._inflight.values() if item.ticket is None]
+        batches += len(volatile)
+        samples += sum(item.samples for item in volatile)
+        if batches:
+            self.buffer.dropped_batches += batches
+            self.buffer.dropped_samples += samples
+            log.warning(
+                "stopping: %d batches (%d samples) the broker has not acknowledged are lost",
+                batches,
+                samples,
+            )
 
     # -- the one place paho's thread hands over to the event loop
 

@@ -18,13 +18,13 @@ from bleak.backends.scanner import AdvertisementData
 
 from beacon_hub.wire import ReadingBatch, decode_batch, decode_status, readings_topic
 from gateway.buffer import Buffered, DiskBuffer, MemoryBuffer
-from gateway.config import GatewayConfig
+from gateway.config import BrokerConfig, GatewayConfig
 from gateway.daemon import Gateway
 from gateway.frames import APPLE_COMPANY_ID
 from gateway.publisher import Publisher
 from gateway.scanner import DetectionCallback
 from tests.gateway.mqtt_client import TIMEOUT_S, Received, Subscriber
-from tests.servers import Mosquitto
+from tests.servers import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +301,38 @@ def test_batches_in_flight_when_the_broker_dies_are_resent_first(tmp_path: Path)
     assert [b.seq for b in batches(messages, topic)] == [0, 1, 2, 3, 4, 5]
     assert publisher.counters.batches_published == 6
     assert buffer.dropped_batches == 0
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_stop_with_the_broker_away_counts_what_only_memory_held(
+    tmp_path: Path, on_disk: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped with nothing acknowledged: a memory buffer's batches die with the process, said
+    and counted as dropped (they went unnoticed); a disk buffer's wait in their files."""
+    broker = BrokerConfig.model_validate({"url": f"mqtt://127.0.0.1:{free_port()}"})
+    buffer = DiskBuffer(tmp_path / "buffer", 100) if on_disk else MemoryBuffer(100)
+
+    async def scenario() -> None:
+        publisher = Publisher(
+            broker,
+            site="site",
+            gateway_id="gw-test",
+            boot="00c0ffee",
+            version="test",
+            buffer=buffer,
+            inflight=2,
+        )
+        await publisher.start()
+        for seq in range(3):
+            publisher.submit(_batch(seq))
+        await publisher.stop(drain_timeout_s=0.1)
+
+    with caplog.at_level("WARNING", logger="gateway.publisher"):
+        asyncio.run(scenario())
+    lost = "3 batches (3 samples) the broker has not acknowledged are lost"
+    if on_disk:
+        assert (buffer.dropped_batches, len(DiskBuffer(tmp_path / "buffer", 100))) == (0, 3)
+        assert lost not in caplog.text
+    else:
+        assert (buffer.dropped_batches, buffer.dropped_samples) == (3, 3)
+        assert lost in caplog.text
