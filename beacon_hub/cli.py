@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="everything on one machine, no servers installed")
     demo.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    add_set_option(demo)
+    add_set_option(demo, example="http.port=0")
     demo.set_defaults(handler=_demo)
 
     site = verbs.add_parser("site", help="site files").add_subparsers(
@@ -231,8 +231,10 @@ def _add_engine_verbs(verbs: Any) -> None:
         metavar="E.csv",
         help="also write the engine's events (eval --events)",
     )
-    replay.add_argument("--config", type=Path, metavar="HUB.yaml", help="engine settings")
-    add_set_option(replay)
+    replay.add_argument(
+        "--config", type=Path, metavar="HUB.yaml", help="engine settings: its engine: section"
+    )
+    add_set_option(replay, example="solver=grid")
     replay.set_defaults(handler=_replay)
 
     calibrate = verbs.add_parser("calibrate", help="fit the radio model from a walk or survey")
@@ -283,7 +285,11 @@ def _engine_config(args: argparse.Namespace) -> Any:
     if args.no_map:
         overrides["use_map"] = False
     return load_model(
-        EngineConfig, path=args.config, env_prefix="BEACON_HUB_ENGINE", overrides=overrides
+        EngineConfig,
+        path=args.config,
+        env_prefix="BEACON_HUB_ENGINE",
+        overrides=overrides,
+        section="engine",
     )
 
 

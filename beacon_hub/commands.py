@@ -45,15 +45,18 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_set_option(parser: argparse.ArgumentParser) -> None:
-    """`--set key.path=value`, repeatable: overrides any config key without a flag per key."""
+def add_set_option(
+    parser: argparse.ArgumentParser, example: str = "broker.url=mqtt://10.0.0.5"
+) -> None:
+    """`--set key.path=value`, repeatable: overrides any config key without a flag per key;
+    `example` is one the program takes."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set broker.url=mqtt://10.0.0.5 (repeatable)",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
     )
 
 

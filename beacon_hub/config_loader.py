@@ -310,12 +310,15 @@ def load_model(
     env_prefix: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    section: str | None = None,
 ) -> M:
     """Build `model` from a YAML file, then environment, then command-line overrides.
 
     Later sources win. Environment variables are `{env_prefix}__SECTION__KEY=value`
     (case-insensitive keys); overrides are dotted paths (`broker.url`) to values, typically from
     repeated `--set broker.url=...` options, so no flag is copied into the config by hand.
+    `section`: a file whose top level has this key (a hub config's `engine:`) gives that
+    section, so the program's own config serves; a file of the model's keys alone too.
     """
     if path is not None:
         located = read_yaml(path)
@@ -324,6 +327,12 @@ def load_model(
         data: dict[str, Any] = located.data
         origins = dict(located.origins)
         source = located.source
+        if section is not None and section in data and section not in model.model_fields:
+            data = data[section] if data[section] is not None else {}
+            if not isinstance(data, dict):
+                where = origins.get((section,), source)
+                raise ConfigError(str(path), [f"{where}: {section}: expected a mapping of keys"])
+            origins = {loc[1:]: at for loc, at in origins.items() if loc[:1] == (section,)}
     else:
         data, origins, source = {}, {}, "settings"
     env = os.environ if environ is None else environ

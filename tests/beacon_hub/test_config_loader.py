@@ -177,3 +177,22 @@ def test_a_set_option_that_makes_a_section_of_a_value_is_blamed_on_the_option() 
         load_model(Program, overrides={"site": "s", "tick_interval_s.x": 1})
     assert "settings: 1 problem" in str(info.value)
     assert "command line tick_interval_s.x: tick_interval_s: expected" in str(info.value)
+
+
+def test_a_section_of_a_larger_config_serves_as_the_model(tmp_path: Path) -> None:
+    """`replay --config` takes the hub's config: its engine: section (a file of the engine's
+    keys alone as well), errors located at their lines in the whole file."""
+    hub = tmp_path / "hub.yaml"
+    hub.write_text("sites: [a.yaml]\nengine:\n  url: mqtt://section\n  keepalive_s: 10\n")
+    assert load_model(Broker, path=hub, section="engine") == Broker(
+        url="mqtt://section", keepalive_s=10
+    )
+    bare = tmp_path / "engine.yaml"
+    bare.write_text("keepalive_s: 20\n")
+    assert load_model(Broker, path=bare, section="engine").keepalive_s == 20
+    hub.write_text("sites: [a.yaml]\nengine:\n  keepalive_s: soon\n")
+    with pytest.raises(ConfigError, match=r"hub\.yaml:3: keepalive_s: expected an integer"):
+        load_model(Broker, path=hub, section="engine")
+    hub.write_text("engine: 3\n")
+    with pytest.raises(ConfigError, match=r"hub\.yaml:1: engine: expected a mapping of keys"):
+        load_model(Broker, path=hub, section="engine")
