@@ -184,6 +184,8 @@ def test_dashboards_and_provisioning_files_are_well_formed() -> None:
     )
     assert ds["datasources"][0]["uid"] == "beacon-hub-influx"
     assert ds["datasources"][0]["type"] == "influxdb"
+    # the hub's default database, so the shipped files fit together untouched
+    assert ds["datasources"][0]["database"] == InfluxConfig().database
     providers = yaml.safe_load(
         (GRAFANA / "provisioning" / "dashboards" / "beacon-hub.yaml").read_text()
     )
