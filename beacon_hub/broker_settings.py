@@ -4,7 +4,10 @@ share, each extending them in its own config schema. Light (pydantic only): the 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -22,7 +25,7 @@ from pydantic import (
 from beacon_hub.config_loader import ConfigPath
 from beacon_hub.errors import ConfigError
 
-__all__ = ["BrokerSettings", "TlsConfig"]
+__all__ = ["BrokerSettings", "TlsConfig", "paho_stopping"]
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
@@ -149,3 +152,23 @@ class BrokerSettings(BaseModel):
         except (OSError, ValueError) as e:  # ValueError: a NUL in a path built in code
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise ConfigError(where, [f"broker.password_file {where}: {reason}"]) from e
+
+
+class _AfterDisconnect(logging.Filter):
+    """paho's network thread reads once more after a clean DISCONNECT has closed the socket and
+    logs at ERROR "Client is not connected" (paho 2.1, client.py `_loop`): every clean stop of
+    the gateway and the hub logged an error. Only that record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+@contextlib.contextmanager
+def paho_stopping(logger: logging.Logger) -> Iterator[None]:
+    """Around a deliberate disconnect and `loop_stop` of a client logging to `logger`."""
+    quiet = _AfterDisconnect()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)

@@ -42,6 +42,7 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from beacon_hub.broker_settings import paho_stopping
 from beacon_hub.consent import Consent, consent_subscription, decode_consent, parse_consent_topic
 from beacon_hub.engine import Readings
 from beacon_hub.errors import WireError
@@ -81,6 +82,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_PAHO_LOG: Final = logging.getLogger("beacon_hub.paho")
 
 OFFSET_CREEP_S_PER_S = 1e-4
 """How fast the learnt clock offset may rise: 100 ppm, twice the +-50 ppm tolerance of the
@@ -236,7 +238,7 @@ class MqttLink:
             clean_session=False,
             manual_ack=True,
         )
-        client.enable_logger(logging.getLogger("beacon_hub.paho"))
+        client.enable_logger(_PAHO_LOG)
         self.broker.secure(client)
         client.reconnect_delay_set(self.broker.reconnect_min_s, self.broker.reconnect_max_s)
         client.max_inflight_messages_set(OUTPUT_INFLIGHT)
@@ -262,8 +264,9 @@ class MqttLink:
         self._stopping = True
         # A clean DISCONNECT keeps the persistent session (clean_session=False): the broker goes
         # on queueing readings for us until we are back.
-        client.disconnect()
-        client.loop_stop()
+        with paho_stopping(_PAHO_LOG):
+            client.disconnect()
+            client.loop_stop()
         self._client = None
         self.connected.clear()
         self.metrics.broker_connected.set(0)

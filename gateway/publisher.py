@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from beacon_hub.broker_settings import paho_stopping
 from beacon_hub.wire import (
     GatewayStatus,
     ReadingBatch,
@@ -44,6 +45,7 @@ from gateway.config import BrokerConfig
 __all__ = ["Publisher", "PublisherCounters"]
 
 log = logging.getLogger(__name__)
+_PAHO_LOG: Final = logging.getLogger("gateway.paho")
 
 _PAHO_SPARE_MESSAGES: Final = 4
 """Room in paho's queue beyond our in-flight window: the retained status messages."""
@@ -109,7 +111,7 @@ class Publisher:
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
-        client.enable_logger(logging.getLogger("gateway.paho"))
+        client.enable_logger(_PAHO_LOG)
         self.broker.secure(client)
         # The will has the form of the status message (DESIGN.md); `t` is when it was set.
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
@@ -150,9 +152,10 @@ class Publisher:
                     except TimeoutError:
                         log.warning("the broker did not acknowledge the offline status")
         self._stopping = True  # the disconnect below is ours: no "lost the broker" warning
-        if self.connected.is_set():
-            client.disconnect()  # a clean DISCONNECT: the broker discards the will
-        await asyncio.to_thread(client.loop_stop)
+        with paho_stopping(_PAHO_LOG):
+            if self.connected.is_set():
+                client.disconnect()  # a clean DISCONNECT: the broker discards the will
+            await asyncio.to_thread(client.loop_stop)
         self._client = None
         self.connected.clear()
         self.disconnected.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import uuid
@@ -336,3 +337,33 @@ def test_a_stop_with_the_broker_away_counts_what_only_memory_held(
     else:
         assert (buffer.dropped_batches, buffer.dropped_samples) == (3, 3)
         assert lost in caplog.text
+
+
+def test_a_clean_stop_logs_no_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """paho reads once more after our DISCONNECT and logged "Client is not connected" at ERROR
+    on every clean stop."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+
+    async def scenario() -> None:
+        publisher = Publisher(
+            BrokerConfig.model_validate({"url": broker.url}),
+            site="site",
+            gateway_id="gw-test",
+            boot="00c0ffee",
+            version="test",
+            buffer=MemoryBuffer(10),
+            inflight=2,
+        )
+        await publisher.start()
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        publisher.submit(_batch(0))
+        await publisher.stop(drain_timeout_s=TIMEOUT_S)
+
+    try:
+        with caplog.at_level("DEBUG", logger="gateway.paho"):
+            asyncio.run(scenario())
+    finally:
+        broker.stop()
+    assert "Sending DISCONNECT" in caplog.text  # paho's log is captured
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
