@@ -231,3 +231,49 @@ def test_reading_a_long_recording_shows_progress(
         "replay: 15 readings read",
         "replay: 30 readings read",
     ]
+
+
+def test_the_reading_table_feeds_the_engine_as_reading_objects_did() -> None:
+    """Columns instead of Reading objects (305 bytes a reading): each tick's chunks are what
+    grouping the objects gave (gateways in order of appearance, beacons sorted by name, samples
+    in row order), at 32 bytes a reading; repeated rows are counted as a set of rows did."""
+    rng = np.random.default_rng(2)
+    names = [beacon(int(i)) for i in rng.permutation(40)] + [
+        f"mac:aa:bb:cc:dd:ee:{i:02x}" for i in range(5)
+    ]
+    rows = [
+        Reading(
+            float(rng.integers(0, 20)) / 4,
+            f"g{rng.integers(0, 4)}",
+            names[int(rng.integers(0, len(names)))],
+            float(rng.integers(-90, -50)),
+            None if rng.random() < 0.5 else -59.0,
+        )
+        for _ in range(600)
+    ]
+    rows += rows[:7]  # exact repeats
+    table = replay_module.ReadingTable.of(rows).sorted_by_time()
+    assert table.repeated() == len(rows) - len(set(rows))
+    per_reading = sum(
+        c.nbytes for c in (table.t, table.gateway, table.beacon, table.rssi, table.tx)
+    )
+    assert per_reading / len(table) == 32
+    ordered = sorted(rows, key=lambda r: r.t)
+    pos = 0
+    for tick in np.arange(0.0, 5.5, 1.0):
+        end = pos
+        while end < len(ordered) and ordered[end].t <= tick:
+            end += 1
+        expected: dict[str, list[Reading]] = {}
+        for r in ordered[pos:end]:
+            expected.setdefault(r.gateway, []).append(r)
+        got = table.chunks(pos, end)
+        assert [c.gateway for c in got] == list(expected)
+        for chunk, items in zip(got, expected.values(), strict=True):
+            assert chunk.beacons == sorted({r.beacon for r in items})
+            assert [chunk.beacons[i] for i in chunk.b] == [r.beacon for r in items]
+            assert chunk.t.tolist() == [r.t for r in items]
+            assert chunk.rssi.tolist() == [r.rssi for r in items]
+            tx = [np.nan if r.tx_power is None else r.tx_power for r in items]
+            np.testing.assert_array_equal(chunk.tx, tx)
+        pos = end
