@@ -370,35 +370,59 @@ def retention_job(retention: Retention, now: float) -> Callable[[sqlite3.Connect
     return job
 
 
+_PSEUDONYM_END = PSEUDONYM_PREFIX[:-1] + chr(ord(PSEUDONYM_PREFIX[-1]) + 1)
+"""`anon;`: beacon ids from `anon:` up to this one are pseudonyms (an index range; LIKE 'anon:%'
+cannot use the index, being case-insensitive)."""
+
+
 def _prune_fixes(db: sqlite3.Connection, retention: Retention, cutoffs: Mapping[str, float]) -> int:
+    """Each kind's old rows through the `(kind, t)` index, so the work (inside the writer's
+    transaction) follows what is deleted: `SELECT DISTINCT kind ... WHERE t < ?` walked every
+    row older than the shortest retention, a year of pallet history to delete a day of carts."""
     removed = 0
-    # The kinds among rows old enough for some class (few), each mapped to its class.
-    newest = max(cutoffs.values())
-    kinds = [r[0] for r in db.execute("SELECT DISTINCT kind FROM fixes WHERE t < ?", (newest,))]
+    kinds: list[str | None] = []
+    if db.execute("SELECT 1 FROM fixes WHERE kind IS NULL LIMIT 1").fetchone():
+        kinds.append(None)
+    row = db.execute("SELECT min(kind) FROM fixes").fetchone()
+    while row is not None and row[0] is not None:  # hop along the index: one lookup a kind
+        kinds.append(str(row[0]))
+        row = db.execute("SELECT min(kind) FROM fixes WHERE kind > ?", (kinds[-1],)).fetchone()
     for kind in kinds:
         cls = retention.class_of(kind, "")
         if cls in cutoffs:
-            cur = db.execute("DELETE FROM fixes WHERE t < ? AND kind IS ?", (cutoffs[cls], kind))
+            cur = db.execute("DELETE FROM fixes WHERE kind IS ? AND t < ?", (kind, cutoffs[cls]))
             removed += cur.rowcount
     if SHOPPERS in cutoffs:  # pseudonyms of a kind no longer listed as a shopper kind
-        cur = db.execute(
-            "DELETE FROM fixes WHERE t < ? AND beacon LIKE 'anon:%'", (cutoffs[SHOPPERS],)
-        )
-        removed += cur.rowcount
+        for site in _sites_in(db, "fixes"):
+            cur = db.execute(
+                "DELETE FROM fixes WHERE site = ? AND beacon >= ? AND beacon < ? AND t < ?",
+                (site, PSEUDONYM_PREFIX, _PSEUDONYM_END, cutoffs[SHOPPERS]),
+            )
+            removed += cur.rowcount
     return removed
+
+
+def _beacons_in(db: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
+    """The distinct (site, beacon) of `table`, hopping along its (site, beacon, ...) index."""
+    pairs: list[tuple[str, str]] = []
+    query = f"SELECT min(beacon) FROM {table} WHERE site = ?"  # noqa: S608  # fixed names
+    for site in _sites_in(db, table):
+        row = db.execute(query, (site,)).fetchone()
+        while row is not None and row[0] is not None:
+            pairs.append((site, str(row[0])))
+            row = db.execute(f"{query} AND beacon > ?", (site, row[0])).fetchone()
+    return pairs
 
 
 def _prune_by_beacon(
     db: sqlite3.Connection, table: str, retention: Retention, cutoffs: Mapping[str, float]
 ) -> int:
-    """Rows of a table without a kind column: class each old row's (site, beacon) once."""
-    newest = max(cutoffs.values())
-    pairs = db.execute(
-        f"SELECT DISTINCT site, beacon FROM {table} WHERE t < ?",  # noqa: S608  # fixed names
-        (newest,),
-    ).fetchall()
+    """Rows of a table without a kind column: class each (site, beacon) once and delete its old
+    rows through the (site, beacon, t) index. The work follows the beacons and what is deleted;
+    `SELECT DISTINCT site, beacon ... WHERE t < ?` scanned the whole table (events has no
+    index on t)."""
     removed = 0
-    for site, beacon in pairs:
+    for site, beacon in _beacons_in(db, table):
         cls = retention.class_of_beacon(site, beacon)
         if cls in cutoffs:
             cur = db.execute(
@@ -506,16 +530,27 @@ def _influxql_string(value: str) -> str:
 
 
 def erase_influx(cfg: InfluxConfig, ids: Iterable[str], measurements: Iterable[str]) -> list[str]:
-    """Delete these beacons' points from InfluxDB; one line per thing removed.
+    """Delete these beacons' points from InfluxDB and from the hub's spill; one line per thing
+    removed.
 
-    1.x: `SHOW SERIES` then `DROP SERIES ... WHERE beacon = '...'` through /query (beacon is a
-    tag, so its series hold exactly its points). 2.x: the delete API with a tag predicate over
-    all time (not run against a real 2.x server here; docs/privacy.md)."""
+    The spill first (`spill_dir`: points waiting for InfluxDB, replayed at the hub's next
+    start), so that an erase during an outage does not come back, and works while the server
+    is down. 1.x: `SHOW SERIES` then `DROP SERIES ... WHERE beacon = '...'` through /query
+    (beacon is a tag, so its series hold exactly its points). 2.x: the delete API with a tag
+    predicate over all time (not run against a real 2.x server here; docs/privacy.md)."""
+    from beacon_hub.stores import erase_spilled  # noqa: PLC0415  # stores imports us
+
     ids = list(ids)
     measurements = list(measurements)
-    if cfg.version == 2:
-        return _erase_v2(cfg, ids, measurements)
+    try:
+        spilled = erase_spilled(cfg.spill_dir, ids)
+    except OSError as e:
+        raise PrivacyError(f"spill directory {cfg.spill_dir}: {e}") from e
     out: list[str] = []
+    if spilled:
+        out.append(f"spill {cfg.spill_dir}: {spilled} points")
+    if cfg.version == 2:
+        return out + _erase_v2(cfg, ids, measurements)
     for beacon in ids:
         where = f"WHERE beacon = {_influxql_string(beacon)}"
         frm = ", ".join(f'"{m}"' for m in measurements)

@@ -27,9 +27,19 @@ from beacon_hub.wire import Telemetry
 __all__ = ["ASSET_CSV", "Asset", "AssetRegistry", "import_assets", "read_assets"]
 
 LABEL_MAX_CHARS = 64
+LABEL_REFUSED = "text without control characters (newline, tab, ...)"
+"""A label goes into MQTT payloads, the dashboard and InfluxDB's line protocol, where a newline
+ends a point: refused at import rather than mangled on the way out."""
+
 MAX_ASSETS = 200_000
 """Beacons the registry learns about from telemetry without being imported: a chain's largest
 site has ~20,000; the bound stops a stream of invented ids from growing memory without end."""
+
+
+def _label_ok(label: str) -> bool:
+    """No C0 or C1 control character. (`str.isprintable` would also refuse a no-break space
+    and other invisible characters, which a label may hold.)"""
+    return not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,8 @@ def _parse_asset(c: object) -> Asset:
     label = c.row.get("label", "").strip() or None
     if label is not None and len(label) > LABEL_MAX_CHARS:
         raise c.error("label", f"at most {LABEL_MAX_CHARS} characters")
+    if label is not None and not _label_ok(label):
+        raise c.error("label", LABEL_REFUSED)
     kind = c.row.get("kind", "").strip() or None
     if kind is not None and kind not in BEACON_KINDS:
         raise c.error("kind", " or ".join(BEACON_KINDS))
@@ -81,6 +93,13 @@ class _AssetItem(BaseModel):
             raise ValueError(
                 "expected a canonical beacon id such as ibeacon:{uuid}:{major}:{minor}"
             )
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and not _label_ok(value):
+            raise ValueError(f"expected {LABEL_REFUSED}")
         return value
 
     @field_validator("kind")

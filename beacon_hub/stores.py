@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 from influxdb_client.client.influxdb_client import InfluxDBClient
@@ -59,6 +59,7 @@ __all__ = [
     "TickRecord",
     "TickWrite",
     "ensure_policies",
+    "erase_spilled",
     "fix_points",
     "policy_hours",
 ]
@@ -76,6 +77,33 @@ ALL_ZONES = "*"
 """Zone and kind of the `occupancy` row that holds a sample's total."""
 SQLITE_BUSY_TIMEOUT_S = 10.0
 """Wait for a lock held by a reader (the dashboard, an `assets import`) before failing."""
+UNSTORABLE_LOG_EVERY_S = 60.0
+"""A fix with a non-finite position or accuracy is skipped and counted; warned about at most
+this often (the writer must not log 10,000 lines a tick if the engine ever sends such ticks)."""
+
+
+def storable_fixes(table: FixTable) -> list[int] | None:
+    """The rows of a tick both stores keep, or None for all of them (the usual case).
+
+    A fix whose x, y or accuracy_m is not finite has no place to be stored: SQLite turns NaN
+    into NULL (its NOT NULL columns then fail the whole transaction of up to
+    MAX_TICKS_PER_TRANSACTION ticks) and Point silently leaves the field out. Both stores skip
+    such a fix, count it in `store_dropped` and warn (UNSTORABLE_LOG_EVERY_S)."""
+    ok = np.isfinite(table.x) & np.isfinite(table.y) & np.isfinite(table.accuracy_m)
+    if bool(ok.all()):
+        return None
+    keep: list[int] = np.flatnonzero(ok).tolist()
+    return keep
+
+
+def _count_unstorable(metrics: Metrics, store: str, warn: RateLimitedLog, skipped: int) -> None:
+    metrics.store_dropped.labels(store).inc(skipped)
+    warn.warning(
+        (store, "unstorable"),
+        "%s: %d fixes with a non-finite x, y or accuracy_m not stored",
+        store,
+        skipped,
+    )
 
 
 class StoreError(BeaconHubError):
@@ -145,6 +173,7 @@ CREATE TABLE IF NOT EXISTS fixes (
 );
 CREATE INDEX IF NOT EXISTS fixes_by_beacon ON fixes (site, beacon, t);
 CREATE INDEX IF NOT EXISTS fixes_by_time ON fixes (t);
+CREATE INDEX IF NOT EXISTS fixes_by_kind ON fixes (kind, t);
 CREATE TABLE IF NOT EXISTS latest (
     site TEXT NOT NULL, beacon TEXT NOT NULL, t REAL NOT NULL,
     x REAL NOT NULL, y REAL NOT NULL, level INTEGER NOT NULL, accuracy_m REAL NOT NULL,
@@ -303,6 +332,7 @@ class SqliteStore:
         self.db = open_sqlite(path)
         self._jobs: queue.Queue[Job | TickWrite | None] = queue.Queue(maxsize=MAX_PENDING_JOBS)
         self._thread: threading.Thread | None = None
+        self._log = RateLimitedLog(UNSTORABLE_LOG_EVERY_S, logger=log)
 
     # -- writer thread
 
@@ -441,10 +471,11 @@ class SqliteStore:
     ) -> None:
         """Several ticks in one transaction, in order: all of them or none."""
         db = self.db
+        skipped = 0
         try:
             db.execute("BEGIN")
             if self.keep_fixes:
-                self._insert_fixes(db, [record for record, _, _ in ticks])
+                skipped = self._insert_fixes(db, [record for record, _, _ in ticks])
             for record, ledger, gateways in ticks:
                 self._insert_tick(db, record, ledger, gateways)
             db.execute("COMMIT")
@@ -455,24 +486,30 @@ class SqliteStore:
                 raise StoreError(f"SQLite store {self.path}: {e}") from e
             raise
         if self.keep_fixes:
-            written = sum(len(r.fixes) + len(r.events) for r, _, _ in ticks)
+            written = sum(len(r.fixes) + len(r.events) for r, _, _ in ticks) - skipped
             self.metrics.store_written.labels(self.name).inc(written)
+        if skipped:
+            _count_unstorable(self.metrics, self.name, self._log, skipped)
 
     @staticmethod
-    def _insert_fixes(db: sqlite3.Connection, records: Sequence[TickRecord]) -> None:
+    def _insert_fixes(db: sqlite3.Connection, records: Sequence[TickRecord]) -> int:
         """The fixes of a transaction's ticks, and each beacon's newest in `latest`.
 
         Rows go in sorted by (site, beacon, t), the history index's order: the index is then
         walked once from end to end instead of being hit at 10,000 random places a tick
         (measured with 10,000 beacons a tick: 144 -> 124 ms a tick in transactions of one tick,
         85 -> 67 ms in transactions of five). A beacon's newest fix of the group is then the
-        last of its run, so `latest` is written once per beacon, not once per tick."""
+        last of its run, so `latest` is written once per beacon, not once per tick.
+
+        Fixes `storable_fixes` refuses are left out; returns how many."""
         rows: list[tuple[Any, ...]] = []
+        skipped = 0
         for record in records:
             site, t, table = record.site, record.t, record.fixes
             n = len(table)
             if n == 0:
                 continue
+            start = len(rows)
             rows.extend(
                 zip(
                     [site] * n,
@@ -490,6 +527,10 @@ class SqliteStore:
                     strict=True,
                 )
             )
+            keep = storable_fixes(table)
+            if keep is not None:
+                rows[start:] = [rows[start + i] for i in keep]
+                skipped += n - len(keep)
         rows.sort(key=_HISTORY_ORDER)
         db.executemany("INSERT INTO fixes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         newest = {(r[0], r[1]): r for r in rows} if len(records) > 1 else None
@@ -497,6 +538,7 @@ class SqliteStore:
             "INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?,?,?)",
             ((*r[:8], r[9]) for r in (rows if newest is None else newest.values())),
         )
+        return skipped
 
     def _insert_tick(
         self,
@@ -760,20 +802,35 @@ def _line(measurement: str, tags: dict[str, str], fields: dict[str, object], t_m
     return line
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters. Point escapes quotes and backslashes in a string field but
+not a newline, which ends a line of line protocol (InfluxDB 1.6 parses the rest as a new, broken
+point, and the spill and the per-policy split read a batch line by line)."""
+
+
+def _text(value: str) -> str:
+    """A string field's value with control characters as spaces (the registry refuses them in
+    labels; this keeps any other way in from breaking a batch)."""
+    return value if value.isprintable() else _CONTROL_CHARS.sub(" ", value)
+
+
 def fix_points(record: TickRecord) -> list[str]:
-    """Line protocol of one tick (docs/hub.md, Schema)."""
-    return [line for _, _, line in _points(record)]
+    """Line protocol of one tick (docs/hub.md, Schema); fixes `storable_fixes` refuses are
+    left out."""
+    return [line for _, _, line in _points(record, storable_fixes(record.fixes))]
 
 
-def _points(record: TickRecord) -> Iterator[tuple[str | None, str, str]]:
-    """(kind, beacon, line) of each point of one tick; an event's kind is its beacon's fix's in
-    the same tick, or None (the caller looks it up)."""
+def _points(
+    record: TickRecord, keep: Sequence[int] | None
+) -> Iterator[tuple[str | None, str, str]]:
+    """(kind, beacon, line) of each point of one tick (of the fixes `keep`, None: all); an
+    event's kind is its beacon's fix's in the same tick, or None (the caller looks it up)."""
     table, site = record.fixes, record.site
     t_ms = round(record.t * 1000)
     x, y = table.x.tolist(), table.y.tolist()
     acc, lvl, speed = table.accuracy_m.tolist(), table.level.tolist(), table.speed_m_s.tolist()
     gws = gateway_lists(table)
-    for i in range(len(table)):
+    for i in range(len(table)) if keep is None else keep:
         tags = {"site": site, "beacon": table.beacons[i]}
         kind = table.kinds[i]
         if kind is not None:
@@ -784,12 +841,12 @@ def _points(record: TickRecord) -> Iterator[tuple[str | None, str, str]]:
             "level": lvl[i],
             "accuracy_m": acc[i],
             "speed_m_s": speed[i],
-            "zone": table.zones[i] or "",
-            "gateways": gws[i],
+            "zone": _text(table.zones[i] or ""),
+            "gateways": _text(gws[i]),
         }
         label = record.labels[i]
         if label is not None:
-            fields["label"] = label
+            fields["label"] = _text(label)
         yield kind, table.beacons[i], _line(FIX_MEASUREMENT, tags, fields, t_ms)
     kinds: dict[str, str | None] | None = None
     for e in record.events:
@@ -828,26 +885,50 @@ def _split_marked(body: bytes) -> dict[str | None, list[str]]:
 
 
 class _RefusedError(Exception):
-    """The database refused a batch for good (malformed line, 4xx): retrying will not help."""
+    """The database refused a whole batch for good (malformed lines, 4xx): retrying will not
+    help."""
 
-    def __init__(self, message: str, points: int | None = None) -> None:
-        super().__init__(message)
-        self.points = points
-        """Points refused, if not the whole batch."""
+
+class _Outcome(NamedTuple):
+    """What the database did with a batch it answered: the points it did not store."""
+
+    expired: int = 0
+    """Dropped as older than the retention policy's duration (what retention asks for)."""
+    refused: int = 0
+    """Refused for good (a line it could not parse, a field type conflict); the rest stored."""
+    reason: str = ""
 
 
 class _PoliciesMissingError(Exception):
     """Retention policies the hub needs are missing and it may not create them (not admin)."""
 
 
-Sender = Callable[[str | None, bytes], int]
+Sender = Callable[[str | None, bytes], _Outcome]
 """Writes one batch of line protocol to a retention policy (None: the default; 2.x ignores it);
-returns the points the database dropped as older than the policy's duration. Raises
-_RefusedError (drop) or anything else (retry)."""
+returns the points the database did not store although it took the batch. Raises
+_RefusedError (none stored: drop) or anything else (retry)."""
 
 BEYOND_RETENTION = re.compile(r"points beyond retention policy dropped=(\d+)")
 """InfluxDB 1.x answers 400 `partial write: points beyond retention policy dropped=N` and stores
 the rest: those points are already past their retention, which is what retention asks for."""
+PARTIAL_DROPPED = re.compile(r"dropped=(\d+)\s*$")
+UNPARSED = "unable to parse '"
+"""InfluxDB 1.x (services/httpd/handler.go) answers 400 `partial write: REASON dropped=N` when
+it stored part of a batch: N counts points a shard refused (a field type conflict), but lines it
+could not parse are listed one `unable to parse '...'` each with `dropped=0`. A 400 without
+`partial write` stored nothing."""
+
+
+def _v1_outcome(status: int, error: str) -> _Outcome | None:
+    """The points a 1.x 400 `partial write` did not store; None if the answer is not one."""
+    if status != 400 or not error.startswith("partial write"):
+        return None
+    expired = BEYOND_RETENTION.search(error)
+    if expired:
+        return _Outcome(expired=int(expired.group(1)))
+    counted = PARTIAL_DROPPED.search(error)
+    refused = max(error.count(UNPARSED), int(counted.group(1)) if counted else 0)
+    return _Outcome(refused=refused, reason=error[:300])
 
 
 def _v1_auth(cfg: InfluxConfig) -> dict[str, str]:
@@ -863,7 +944,7 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def _v1_sender(cfg: InfluxConfig) -> Sender:
     base = {"db": cfg.database, "precision": "ms", **_v1_auth(cfg)}
 
-    def send(policy: str | None, body: bytes) -> int:
+    def send(policy: str | None, body: bytes) -> _Outcome:
         params = dict(base)
         if policy or cfg.retention_policy:
             params["rp"] = policy or cfg.retention_policy or ""
@@ -876,14 +957,18 @@ def _v1_sender(cfg: InfluxConfig) -> Sender:
                 response.read()
         except urllib.error.HTTPError as e:
             with e:
-                detail = e.read().decode(errors="replace")[:300]
-            expired = BEYOND_RETENTION.search(detail)
-            if e.code == 400 and expired:
-                return int(expired.group(1))
+                detail = e.read().decode(errors="replace")
+            try:
+                error = str(json.loads(detail).get("error", detail))
+            except (ValueError, AttributeError):
+                error = detail
+            outcome = _v1_outcome(e.code, error)
+            if outcome is not None:
+                return outcome
             if e.code in (400, 413):
-                raise _RefusedError(f"HTTP {e.code}: {detail}") from e
+                raise _RefusedError(f"HTTP {e.code}: {detail[:300]}") from e
             raise
-        return 0
+        return _Outcome()
 
     return send
 
@@ -897,7 +982,7 @@ def _v2_sender(cfg: InfluxConfig) -> tuple[Sender, Callable[[], None]]:
     )
     api = client.write_api(write_options=SYNCHRONOUS)
 
-    def send(_policy: str | None, body: bytes) -> int:
+    def send(_policy: str | None, body: bytes) -> _Outcome:
         try:
             api.write(bucket=cfg.bucket, org=cfg.org, record=body, write_precision=_MS)
         except Exception as e:  # ApiException carries the HTTP status; anything else: retry
@@ -905,7 +990,7 @@ def _v2_sender(cfg: InfluxConfig) -> tuple[Sender, Callable[[], None]]:
             if status in (400, 413):
                 raise _RefusedError(f"HTTP {status}: {e}") from e
             raise
-        return 0
+        return _Outcome()
 
     return send, client.close
 
@@ -1019,28 +1104,78 @@ def ensure_policies(
     return ran, optional
 
 
+MAX_BODY_BYTES = 5_000_000
+"""Bytes of line protocol in one spill file and in one POST. InfluxDB 1.x refuses a body over
+its `[http] max-body-size` (25,000,000 bytes by default, influxdb.conf) by closing the
+connection while the body is still being sent, which reads as "unreachable" and was retried for
+ever with everything queued behind it. A fifth of the default leaves room for a server
+configured lower, and is still a thousand times a tick's line of a beacon (~250 bytes)."""
+
+
+def _chunks(lines: Sequence[str], max_points: int, max_bytes: int) -> Iterator[list[str]]:
+    """`lines` in order, in runs of at most max_points lines and max_bytes bytes joined by
+    newlines (a single longer line makes a run of its own)."""
+    run: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line.encode()) + 1
+        if run and (len(run) >= max_points or size + n > max_bytes):
+            yield run
+            run, size = [], 0
+        run.append(line)
+        size += n
+    if run:
+        yield run
+
+
+_SPILL_NAME = re.compile(r"(\d+)-(\d+)\.lp")
+"""A spill file's name: its place in the order and its points."""
+
+
+def _spill_files(folder: Path) -> tuple[list[tuple[int, int, Path]], list[Path]]:
+    """(index, points, path) of the spill files in `folder` in order, and the other `*.lp`
+    files there (not ours: an operator's notes, a copy)."""
+    ours: list[tuple[int, int, Path]] = []
+    stray: list[Path] = []
+    for f in folder.glob("*.lp"):
+        m = _SPILL_NAME.fullmatch(f.name)
+        if m is None:
+            stray.append(f)
+        else:
+            ours.append((int(m.group(1)), int(m.group(2)), f))
+    ours.sort()
+    return ours, sorted(stray)
+
+
 class _Spill:
     """Batches on disk, oldest first: `{n:012d}-{points}.lp`; bounded in bytes.
 
     A file removed behind the writer's back (an operator's clean-up, tmpfiles, a second hub
     given the same folder) is forgotten and its points counted in `vanished`; it must not stop
-    the writer."""
+    the writer. A `*.lp` file whose name is not of that form is left alone (warned about)."""
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
         folder.mkdir(parents=True, exist_ok=True)
-        self.files = sorted(folder.glob("*.lp"))
+        found, stray = _spill_files(folder)
+        if stray:
+            log.warning(
+                "spill directory %s: ignoring files not named {n}-{points}.lp: %s",
+                folder,
+                ", ".join(f.name for f in stray),
+            )
+        self.files = [f for _, _, f in found]
+        self._counts = {f: points for _, points, f in found}
         self._sizes = {f: f.stat().st_size for f in self.files}
         self.bytes = sum(self._sizes.values())
-        self.points = sum(self._points(f) for f in self.files)
+        self.points = sum(self._counts.values())
         self.vanished = 0
         """Points of files that disappeared from the folder, not yet reported."""
-        self._next = int(self.files[-1].name.split("-")[0]) + 1 if self.files else 0
+        self._next = found[-1][0] + 1 if found else 0
 
-    @staticmethod
-    def _points(f: Path) -> int:
-        return int(f.stem.split("-")[1])
+    def _points(self, f: Path) -> int:
+        return self._counts[f]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -1056,6 +1191,7 @@ class _Spill:
         tmp.write_bytes(body)
         tmp.replace(path)  # a crash leaves a whole file or none
         self.files.append(path)
+        self._counts[path] = points
         self._sizes[path] = len(body)
         self.bytes += len(body)
         self.points += points
@@ -1081,9 +1217,50 @@ class _Spill:
     def _forget_oldest(self) -> int:
         f = self.files.pop(0)
         self.bytes -= self._sizes.pop(f)
-        points = self._points(f)
+        points = self._counts.pop(f)
         self.points -= points
         return points
+
+
+_TAG_ESCAPES = str.maketrans(
+    {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
+)
+"""A tag value's escapes as Point writes them."""
+
+
+_SERIES_KEY = re.compile(r"(?:\\.|[^ \\])*")
+"""The start of a line of line protocol up to its first unescaped space: measurement and tags."""
+
+
+def erase_spilled(folder: Path, beacons: Iterable[str]) -> int:
+    """Remove the points of these beacons (the `beacon` tag) from the spill files in `folder`;
+    returns the points removed. Each file changed is written anew (temporary file, rename) under
+    its new point count, then the old one is removed: a crash in between leaves points twice,
+    which InfluxDB stores once, and the erased ones until `erase` runs again."""
+    wanted = {f",beacon={b.translate(_TAG_ESCAPES)}," for b in beacons}
+    if not folder.is_dir() or not wanted:
+        return 0
+    removed = 0
+    for index, _, f in _spill_files(folder)[0]:
+        lines = f.read_bytes().decode(errors="replace").split("\n")
+        kept = []
+        for line in lines:
+            bare = line.partition(" ")[2] if line.startswith(_RP_MARK) else line
+            key = _SERIES_KEY.match(bare)
+            tags = (key.group(0) if key else bare) + ","
+            if not any(w in tags for w in wanted):
+                kept.append(line)
+        if len(kept) == len(lines):
+            continue
+        removed += len(lines) - len(kept)
+        path = folder / f"{index:012d}-{len(kept)}.lp"
+        if kept:
+            tmp = folder / f"{path.name}.erase.tmp"
+            tmp.write_bytes("\n".join(kept).encode())
+            tmp.replace(path)
+        if not kept or path != f:
+            f.unlink(missing_ok=True)
+    return removed
 
 
 WRITER_PAUSE_S = 1.0
@@ -1137,6 +1314,10 @@ class InfluxStore:
         self._flush_now = False
         self._retry_at = 0.0
         self._delay_s = RETRY_MIN_S
+        self._unreachable = False
+        """The last attempt failed: until one succeeds, whatever waits in memory goes to the
+        spill at once (docs/hub.md, failure table), not one batch per retry."""
+        self._unstorable_log = RateLimitedLog(UNSTORABLE_LOG_EVERY_S, logger=log)
         self._buffered_since = time.monotonic()
         self._records: list[TickRecord] = []
         self._record_points = 0
@@ -1205,6 +1386,8 @@ class InfluxStore:
         """0 if there is something to send now, else how long to wait."""
         if self._stop or self._records:
             return 0.0
+        if self._buffer and self._unreachable:
+            return 0.0  # to the spill, where a crash does not lose it
         if now < self._retry_at:
             return self._retry_at - now
         if len(self._spill):
@@ -1248,14 +1431,19 @@ class InfluxStore:
         with self._lock:
             if self._due_locked(time.monotonic()) != 0.0 or self._stop:
                 return False
+            if self._buffer and (self._unreachable or len(self._spill)):
+                # Order: anything spilled goes first, so what waits joins the spill behind it.
+                # While the database is unreachable that is all of it, at once: a crash then
+                # loses at most what arrived since the last pass (about one tick).
+                self._spill_locked(self._buffer)
+                self._buffer = []
+                self._buffered_since = time.monotonic()
+                if self._due_locked(time.monotonic()) != 0.0:
+                    return False  # a retry's backoff is still running
             self._flush_now = False
-            # Order: anything spilled goes first; a new batch joins the spill behind it.
-            batch = self._buffer[: self.cfg.batch_points]
-            del self._buffer[: self.cfg.batch_points]
+            batch = next(_chunks(self._buffer, self.cfg.batch_points, MAX_BODY_BYTES), [])
+            del self._buffer[: len(batch)]
             self._buffered_since = time.monotonic()
-            if batch and len(self._spill):
-                self._spill_locked(batch)
-                batch = []
             if batch:
                 body, points, from_spill = "\n".join(batch).encode(), len(batch), False
                 self._sending = points
@@ -1273,7 +1461,7 @@ class InfluxStore:
             if from_spill and ok is not None and self._spill.files[:1] == [sent_file]:
                 self._spill.pop_oldest()
             elif not from_spill and ok is None:
-                self._spill_locked_body(body, points)
+                self._spill_locked(batch)
             self._lock.notify_all()
         self._gauge()
         return False
@@ -1288,12 +1476,17 @@ class InfluxStore:
             self.metrics.store_dropped.labels(self.name).inc(lost)
 
     def _lines(self, record: TickRecord) -> list[str]:
-        """A tick's line protocol, each line marked with its class's policy when there are any."""
+        """A tick's line protocol, each line marked with its class's policy when there are any;
+        fixes `storable_fixes` refuses are left out (counted)."""
+        keep = storable_fixes(record.fixes)
+        if keep is not None:
+            skipped = len(record.fixes) - len(keep)
+            _count_unstorable(self.metrics, self.name, self._unstorable_log, skipped)
         if not self.policies:
-            return fix_points(record)
+            return [line for _, _, line in _points(record, keep)]
         retention, policies, site = self.retention, self.policies, record.site
         out: list[str] = []
-        for kind, beacon, line in _points(record):
+        for kind, beacon, line in _points(record, keep):
             if kind is None:
                 cls = retention.class_of_beacon(site, beacon)
             else:
@@ -1302,10 +1495,11 @@ class InfluxStore:
             out.append(line if policy is None else _marked(policy, line))
         return out
 
-    def _deliver(self, body: bytes) -> int:
-        """Send one batch, split by retention policy. A failure part way raises and the whole
-        batch is sent again later: a point written twice (same series, same time) is stored
-        once. Returns the points the database dropped as already past their retention."""
+    def _deliver(self, body: bytes) -> _Outcome:
+        """Send one batch, split by retention policy and in POSTs of at most MAX_BODY_BYTES. A
+        failure part way raises and the whole batch is sent again later: a point written twice
+        (same series, same time) is stored once. Returns the points not stored: past their
+        retention, or refused for good (the rest of their POST is stored)."""
         if not self._policies_ready:
             # Every class's policy exists, the unused ones too: the dashboards read them all.
             r = self.retention
@@ -1330,40 +1524,37 @@ class InfluxStore:
                     "; ".join(optional),
                 )
             self._policies_ready = True
-        refused: list[str] = []
-        refused_points = expired = 0
+        reasons: list[str] = []
+        refused = expired = 0
         for policy, lines in _split_marked(body).items():
-            try:
-                expired += self._send(policy, "\n".join(lines).encode())
-            except _RefusedError as e:
-                refused.append(str(e))
-                refused_points += len(lines)
-        if expired:
-            # Already past their retention (a spill replayed late, a replayed recording).
-            log.info(
-                "%s: %d points older than their retention policy not stored", self.name, expired
-            )
-            self.metrics.store_dropped.labels(self.name).inc(expired)
-        if refused:
-            raise _RefusedError("; ".join(refused), refused_points)
-        return expired
+            for chunk in _chunks(lines, len(lines), MAX_BODY_BYTES):
+                post = "\n".join(chunk).encode()
+                if len(post) > MAX_BODY_BYTES:  # one line longer than any server takes
+                    reasons.append(f"a line of {len(post)} bytes (more than {MAX_BODY_BYTES})")
+                    refused += 1
+                    continue
+                try:
+                    outcome = self._send(policy, post)
+                except _RefusedError as e:
+                    reasons.append(str(e))
+                    refused += len(chunk)
+                    continue
+                expired += outcome.expired
+                refused += outcome.refused
+                if outcome.reason:
+                    reasons.append(outcome.reason)
+        return _Outcome(expired, refused, "; ".join(reasons))
 
     def _attempt(self, body: bytes, points: int) -> bool | None:
-        """True written, False refused for good (dropped), None failed (keep and retry)."""
+        """True answered (written, or refused for good: dropped, counted), None failed (keep
+        and retry)."""
         try:
-            expired = self._deliver(body)
-        except _RefusedError as e:
-            dropped = points if e.points is None else e.points
-            log.error(  # noqa: TRY400  # the reason is in the message; no traceback wanted
-                "%s refused %d points for good (dropped): %s", self.name, dropped, e
-            )
-            self.metrics.store_errors.labels(self.name).inc()
-            self.metrics.store_dropped.labels(self.name).inc(dropped)
-            return False
+            outcome = self._deliver(body)
         except Exception as e:  # noqa: BLE001  # network, 5xx, timeouts: all retried
             self.metrics.store_errors.labels(self.name).inc()
             with self._lock:
                 self._retry_at = time.monotonic() + self._delay_s
+                self._unreachable = True
                 log.warning(
                     "%s unreachable (%s); %d points kept, retry in %.1f s",
                     self.name,
@@ -1373,15 +1564,35 @@ class InfluxStore:
                 )
                 self._delay_s = min(self._delay_s * 2, self.cfg.retry_max_s)
             return None
-        self.metrics.store_written.labels(self.name).inc(points - expired)
+        if outcome.expired:
+            # Already past their retention (a spill replayed late, a replayed recording).
+            log.info(
+                "%s: %d points older than their retention policy not stored",
+                self.name,
+                outcome.expired,
+            )
+        if outcome.refused or outcome.reason:
+            log.error(
+                "%s refused %d points for good (dropped), stored the rest: %s",
+                self.name,
+                outcome.refused,
+                outcome.reason,
+            )
+            self.metrics.store_errors.labels(self.name).inc()
+        dropped = min(points, outcome.expired + outcome.refused)
+        self.metrics.store_dropped.labels(self.name).inc(dropped)
+        self.metrics.store_written.labels(self.name).inc(points - dropped)
         with self._lock:
             if self._delay_s > RETRY_MIN_S:
                 log.info("%s reachable again", self.name)
             self._delay_s = RETRY_MIN_S
+            self._unreachable = False
         return True
 
     def _spill_locked(self, lines: list[str]) -> None:
-        self._spill_locked_body("\n".join(lines).encode(), len(lines))
+        """Lines to the spill, in files of at most batch_points lines and MAX_BODY_BYTES."""
+        for chunk in _chunks(lines, self.cfg.batch_points, MAX_BODY_BYTES):
+            self._spill_locked_body("\n".join(chunk).encode(), len(chunk))
 
     def _spill_locked_body(self, body: bytes, points: int) -> None:
         try:
