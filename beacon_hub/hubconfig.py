@@ -167,6 +167,10 @@ class StoresConfig(_Section):
     history query over any minute finds it (a common historian heartbeat)."""
 
 
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-:")
+"""What an allowed Host may hold: a DNS name, an IPv4 address or an IPv6 one (no brackets)."""
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -203,6 +207,34 @@ class HttpConfig(_Section):
     tick); the heat map and occupancy history read it."""
     max_stream_clients: int = Field(default=64, ge=1, le=10_000)
     """Server-sent event streams open at once; more are refused with 503."""
+    max_connections: int = Field(default=256, ge=1, le=60_000)
+    """HTTP connections open at once, streams included. At the cap a new connection closes the
+    one that has kept the server waiting longest for its request, or gets 503 when every one is
+    busy. 256 holds `max_stream_clients`' 64 dashboards plus 192 requests at a time; with the
+    ~200 sockets a flood holds for a moment beyond it (web.LISTEN_BACKLOG) it stays under half
+    of systemd's default soft limit of 1024 open files, leaving the rest to SQLite, MQTT and
+    InfluxDB even where LimitNOFILE was not raised."""
+    request_read_timeout_s: float = Field(default=10.0, ge=1.0, le=300.0)
+    """A client has this long to send its request (the head; a body nobody reads) from when the
+    server starts waiting for it; then the connection is closed, bytes trickling in or not.
+    The API's heads are under 1 kB and it takes no bodies: a working client needs milliseconds,
+    a poor Wi-Fi link a second or two; 10 s frees a slowloris' connections six times sooner
+    than nginx's default client_header_timeout (60 s)."""
+    allowed_hosts: list[str] = []
+    """Host names besides localhost, 127.x and [::1] that requests may carry when the hub is
+    bound to loopback without a token (names for this machine, e.g. behind a local reverse
+    proxy that keeps the client's Host); other Hosts get 400 (docs/security.md, DNS rebinding)."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, names: list[str]) -> list[str]:
+        out: list[str] = []
+        for name in names:
+            host = name.strip().lower().removeprefix("[").removesuffix("]")
+            if not 0 < len(host) <= 253 or not set(host) <= _HOST_CHARS or host.count(":") == 1:
+                raise ValueError(f"{name!r}: give a host name or IP address, without a port")
+            out.append(host)
+        return out
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> HttpConfig:
@@ -211,7 +243,17 @@ class HttpConfig(_Section):
                 f"http.bind is {self.bind!r} (beyond loopback) but http.token is not set: "
                 "set http.token (or BEACON_HUB__HTTP__TOKEN), or bind 127.0.0.1"
             )
+        if self.max_stream_clients > self.max_connections:
+            raise ValueError(
+                f"http.max_stream_clients ({self.max_stream_clients}) exceeds "
+                f"http.max_connections ({self.max_connections}): each stream holds a connection"
+            )
         return self
+
+    @property
+    def checks_host(self) -> bool:
+        """Requests must name this machine in Host: loopback bind and no token (web.py)."""
+        return _is_loopback(self.bind) and self.token is None
 
 
 class PrivacyConfig(_Section):

@@ -42,7 +42,9 @@ NAME_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_ID = re.compile(NAME_ID_PATTERN)
 
 # 0..65535 in decimal without leading zeros, in the regex itself so one fullmatch validates an id.
-_U16 = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}|0)"
+# [0-9], never \d: in a str pattern \d matches every Unicode decimal digit ("1\u0661" would pass
+# as canonical, though int() reads it as 11 and parse_beacon_id refuses it).
+_U16 = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _CANONICAL = re.compile(
     rf"ibeacon:{_UUID}:{_U16}:{_U16}"

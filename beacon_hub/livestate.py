@@ -632,6 +632,14 @@ class LiveState:
             q.put_nowait(snap)
         return q
 
+    def admit(self, site: str, cap: int) -> asyncio.Queue[SiteSnapshot | None] | None:
+        """On the loop: `subscribe`, unless `cap` streams are open (None). Count and subscription
+        in one call with no await between, so streams starting together cannot all fit under
+        the cap; the caller unsubscribes on every way out."""
+        if self.stream_count() >= cap:
+            return None
+        return self.subscribe(site)
+
     def unsubscribe(self, site: str, q: asyncio.Queue[SiteSnapshot | None]) -> None:
         self._streams.get(site, set()).discard(q)
 

@@ -11,7 +11,18 @@ Hostile input. Every id is validated against its pattern, every range and row co
 cap, times must be finite: what does not fit is a 4xx with a reason, never a 500. Auth: with
 `http.token` set, every /api request needs `Authorization: Bearer T` or `?token=T` (EventSource
 cannot send headers); the dashboard shell, its static files, /openapi.json, /healthz and
-/metrics carry no data and stay open, so the page can load and ask for the token.
+/metrics carry no data and stay open, so the page can load and ask for the token. Without a
+token (loopback bind only) every request's Host must name this machine (localhost, 127.x,
+[::1], or `http.allowed_hosts`): a web page that rebinds its own DNS name to 127.0.0.1 could
+otherwise read the API from a browser on the hub's host (docs/security.md, DNS rebinding).
+
+Slow clients. The token is checked only once a request's head has arrived, so the server's own
+limits must hold before it: at most `http.max_connections` connections at once, and a client
+that keeps the server waiting for its request longer than `http.request_read_timeout_s` is
+closed (`_bounded_h11`; uvicorn bounds neither: its `limit_concurrency` answers 503 only after a
+head arrived, and its keep-alive timer runs only between requests and restarts at every byte).
+asyncio's "accept() out of system resource" report is logged at most once a minute, since a
+flood of connections decides how often it happens.
 """
 
 from __future__ import annotations
@@ -19,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import re
+import resource
 import socket
 import threading
 import time
@@ -28,19 +41,23 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
+import h11
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HttpConfig
 from beacon_hub.ids import NAME_ID_PATTERN, is_beacon_id
-from beacon_hub.livestate import LiveState
+from beacon_hub.livestate import LiveState, SiteSnapshot
 from beacon_hub.site import Site
 from beacon_hub.stores import QueryTimeoutError, SqliteReader, StoreError
 
@@ -73,6 +90,22 @@ KEEPALIVE_S = 15.0
 """An SSE comment this often keeps proxies from closing an idle stream (nginx: 60 s)."""
 SHUTDOWN_GRACE_S = 2
 """uvicorn's graceful shutdown wait for open connections, seconds (an int for uvicorn)."""
+LISTEN_BACKLOG = 64
+"""Connections the kernel queues before the server accepts them; ample for a few dozen
+dashboards. asyncio also accepts up to this many per wake-up before any is admitted, so in a
+flood about three such batches (~200 sockets, measured) are open beyond http.max_connections,
+and out of file descriptors it reports that many errors per wake-up (uvicorn's 2048: a loop)."""
+MAX_HEAD_BYTES = 16 * 1024
+"""Longest request head (request line and headers) accepted; longer gets 400. h11's default,
+stated here so that it cannot change under us: the dashboard's heads are under 1 kB."""
+WARN_EVERY_S = 60.0
+"""At most one warning this often for what a client's connections decide the rate of (refused
+and closed connections, failed accepts), with a count of those not logged."""
+FD_RESERVE = 256
+"""File descriptors the rest of the hub may need beside HTTP's sockets (SQLite readers and
+writer, MQTT, InfluxDB, spill files, logs, Python's own): 23 in `beacon-hub demo` (measured),
+ten-fold for larger sites and spills. Below max_connections + 4 accept batches + this, a
+start-up warning says so."""
 _BEACON_ID_CHARS = 80
 _EVENT_TYPE = re.compile(r"^[a-z_]{1,32}$")
 
@@ -388,6 +421,152 @@ class Problem(_Out):
 # ----------------------------------------------------------------------------- the app
 
 
+class _Throttled:
+    """A warning logged at most once per WARN_EVERY_S; the ones held back are counted."""
+
+    def __init__(self) -> None:
+        self._next_s = 0.0
+        self._held = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next_s:
+            self._held += 1
+            return
+        self._next_s = now + WARN_EVERY_S
+        held, self._held = self._held, 0
+        log.warning("%s (%d more since the last such warning)", message % args, held)
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n"
+)
+
+
+def _bounded_h11(max_connections: int, read_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the two bounds it lacks (module docstring, Slow clients).
+
+    A connection on which the server waits for the client (for a request head, or for the rest
+    of a body after the answer went out) is closed `read_timeout_s` after that wait began, bytes
+    trickling in or not. At `max_connections`, a new connection closes the one that has kept the
+    server waiting longest; when none is waiting (all busy with requests or streams) the new one
+    gets 503 and is closed. A cap at accept is what bounds file descriptors: uvicorn's
+    `limit_concurrency` is checked only when a head is complete."""
+
+    class BoundedH11(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(admitted) >= max_connections:
+                if not waiting:
+                    notices.warn("http: %d connections busy; refused one", len(admitted))
+                    transport.write(_BUSY)
+                    transport.close()
+                    return
+                oldest = next(iter(waiting))
+                notices.warn("http: %d connections; closed the longest waiting", len(admitted))
+                oldest.drop()
+            admitted.add(self)
+            self.watch()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.forget()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            self.watch()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.watch()
+
+        def watch(self) -> None:
+            """Arm the deadline when a wait for the client begins, disarm it when it ends."""
+            states = (self.conn.our_state, self.conn.their_state)
+            on_client = states in {(h11.IDLE, h11.IDLE), (h11.DONE, h11.SEND_BODY)}
+            if on_client and self in admitted and not self.transport.is_closing():
+                if self._deadline is None:
+                    self._deadline = self.loop.call_later(read_timeout_s, self.drop)
+                    waiting[self] = None
+            elif self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+                waiting.pop(self, None)
+
+        def drop(self) -> None:
+            self.forget()
+            self.transport.close()
+
+        def forget(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            waiting.pop(self, None)
+            admitted.discard(self)
+
+    admitted: set[BoundedH11] = set()
+    waiting: dict[BoundedH11, None] = {}  # insertion order: the longest wait first
+    notices = _Throttled()
+    return BoundedH11
+
+
+def _host_name(value: str) -> str:
+    """The host in a Host header, lower case, without its port or an IPv6 address' brackets."""
+    text = value.strip().lower()
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        return name if bracket and (not rest or rest.startswith(":")) else text
+    name, colon, port = text.rpartition(":")
+    return name if colon and port.isascii() and (port.isdigit() or not port) else text
+
+
+def _is_loopback_host(name: str) -> bool:
+    if name in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _LoopbackHostsOnly:
+    """Refuses (400) a request whose Host is not this machine: with no token, a page that has
+    rebound its own DNS name to 127.0.0.1 would otherwise read the API (module docstring)."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            # No Host at all is an HTTP/1.0 client, never a browser: let it through.
+            hosts = [value for key, value in scope["headers"] if key == b"host"]
+            for name in (_host_name(value.decode("latin-1")) for value in hosts):
+                if not (_is_loopback_host(name) or name in self.allowed):
+                    detail = (
+                        f"Host {name[:64]!r} is not this machine: the hub is bound to loopback "
+                        "without a token, so it answers localhost, 127.x and [::1] only "
+                        "(http.allowed_hosts adds names; docs/security.md)"
+                    )
+                    await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _validation_detail(error: RequestValidationError) -> str:
+    """FastAPI's list of errors as one line naming each parameter and what it expects (the
+    input is not echoed: it may be 5,000 characters of someone's probe)."""
+    parts: list[str] = []
+    for err in error.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        where, name = (loc[0], ".".join(loc[1:])) if len(loc) > 1 else ("request", "".join(loc))
+        parts.append(f"{name} ({where} parameter): {err.get('msg', 'not valid')}")
+    return "; ".join(dict.fromkeys(parts)) or "the request is not valid"
+
+
 class _Context:
     def __init__(  # noqa: PLR0917  # built in one place, WebServer
         self,
@@ -458,6 +637,8 @@ def create_app(ctx: _Context) -> FastAPI:  # noqa: PLR0915  # one route after an
     app.state.ctx = ctx
     live, cfg = ctx.live, ctx.config
     token = cfg.token.get_secret_value().encode() if cfg.token is not None else None
+    if cfg.checks_host:
+        app.add_middleware(_LoopbackHostsOnly, allowed=frozenset(cfg.allowed_hosts))
 
     def require_token(request: Request) -> None:
         if token is None:
@@ -487,6 +668,11 @@ def create_app(ctx: _Context) -> FastAPI:  # noqa: PLR0915  # one route after an
         status = 503 if isinstance(e, QueryTimeoutError) else 500
         log.warning("store query failed: %s", e)
         return JSONResponse({"detail": str(e)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_r: Request, e: RequestValidationError) -> JSONResponse:
+        # Every 4xx is a Problem, as /openapi.json says; FastAPI's own 422 body is a list.
+        return JSONResponse({"detail": _validation_detail(e)}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
@@ -730,24 +916,46 @@ def create_app(ctx: _Context) -> FastAPI:  # noqa: PLR0915  # one route after an
         },
     )
     async def stream(site: SiteDep) -> StreamingResponse:
-        if live.stream_count() >= cfg.max_stream_clients:
-            raise HTTPException(503, "too many open streams")
-        return StreamingResponse(
-            _sse(ctx, site.id),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return _EventStream(live, site.id, cfg.max_stream_clients)
 
     app.include_router(api)
     return app
 
 
-async def _sse(ctx: _Context, site: str) -> AsyncIterator[bytes]:
-    """One client's stream; its queue holds the newest snapshot only (livestate.py). None in
-    the queue means the server is stopping."""
-    live = ctx.live
-    queue = live.subscribe(site)
-    try:
+class _EventStream(StreamingResponse):
+    """One client's server-sent events. The stream takes its place among
+    `http.max_stream_clients` when the response starts (`LiveState.admit`: count and
+    subscription at once), so requests arriving together cannot all pass the check, and the
+    `finally` gives the place back on every way out (the end, a disconnect, a cancellation, an
+    error). Checking in the handler and subscribing in the body let 39 of 40 concurrent
+    requests through a cap of 4."""
+
+    def __init__(self, live: LiveState, site: str, cap: int) -> None:
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        super().__init__(self._events(), media_type="text/event-stream", headers=headers)
+        self._live = live
+        self._site = site
+        self._cap = cap
+        self._queue: asyncio.Queue[SiteSnapshot | None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        queue = self._live.admit(self._site, self._cap)
+        if queue is None:
+            busy = JSONResponse({"detail": "too many open streams"}, status_code=503)
+            await busy(scope, receive, send)
+            return
+        self._queue = queue
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._live.unsubscribe(self._site, queue)
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        """Its queue holds the newest snapshot only (livestate.py); None means the server is
+        stopping. Runs only after __call__ subscribed."""
+        queue = self._queue
+        if queue is None:  # not admitted: __call__ answered 503 instead
+            return
         yield b"retry: 2000\n\n"
         while True:
             try:
@@ -760,8 +968,6 @@ async def _sse(ctx: _Context, site: str) -> AsyncIterator[bytes]:
             # Encoding 10,000 positions takes ~0.1 s: off the loop, once per snapshot (cached).
             body = await asyncio.to_thread(snap.json)
             yield b"event: tick\nid: %d\ndata: %s\n\n" % (snap.version, body)
-    finally:
-        live.unsubscribe(site, queue)
 
 
 class _Server(uvicorn.Server):
@@ -793,21 +999,27 @@ class WebServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((config.bind, config.port))
-            sock.listen(128)
+            sock.listen(LISTEN_BACKLOG)
         except OSError:
             sock.close()
             raise
         sock.setblocking(False)
         self._sock = sock
+        _warn_if_few_descriptors(config.max_connections)
         self._server = _Server(
             uvicorn.Config(
                 self.app,
+                http=_bounded_h11(config.max_connections, config.request_read_timeout_s),
+                ws="none",  # none served; an upgrade would take the connection out of the count
+                backlog=LISTEN_BACKLOG,
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             )
         )
+        self._accept_errors = _Throttled()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -825,6 +1037,7 @@ class WebServer:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
+        loop.set_exception_handler(self._loop_error)
         self.ctx.live.attach(loop)
         self._started.set()
         try:
@@ -834,6 +1047,18 @@ class WebServer:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of file descriptors, asyncio reports each failed accept (up to LISTEN_BACKLOG per
+        wake-up, with a traceback); one line a minute says as much."""
+        if context.get("message") == "socket.accept() out of system resource":
+            self._accept_errors.warn(
+                "http: accept() failed (%s): the process is out of file descriptors; see "
+                "LimitNOFILE and http.max_connections (docs/security.md)",
+                context.get("exception"),
+            )
+            return
+        loop.default_exception_handler(context)
 
     def stop(self) -> None:
         """Ask open streams to finish, stop uvicorn, join its thread."""
@@ -846,3 +1071,16 @@ class WebServer:
             self._thread.join()
             self._thread = None
         self._sock.close()
+
+
+def _warn_if_few_descriptors(max_connections: int) -> None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + 4 * LISTEN_BACKLOG + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        log.warning(
+            "http.max_connections is %d but the process may open only %d files: a flood of "
+            "connections could starve SQLite and MQTT; raise LimitNOFILE (deploy/systemd) or "
+            "lower http.max_connections",
+            max_connections,
+            soft,
+        )

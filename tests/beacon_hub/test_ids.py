@@ -1,10 +1,12 @@
 """Canonical beacon ids: one physical beacon, one id, everywhere."""
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beacon_hub.errors import IdError
+from beacon_hub.errors import IdError, WireError
 from beacon_hub.ids import (
     altbeacon_id,
     canonical_beacon_id,
@@ -16,6 +18,7 @@ from beacon_hub.ids import (
     mac_id,
     parse_beacon_id,
 )
+from beacon_hub.wire import decode_batch
 
 UUID = "e2c56db5-dffb-48d2-b060-d0f5a71096e0"
 
@@ -51,6 +54,42 @@ def test_bad_ids_are_refused(text: str) -> None:
     assert not is_beacon_id(text)
     with pytest.raises(IdError):
         parse_beacon_id(text)
+
+
+# Decimal digits that are not ASCII: Arabic-Indic one, Devanagari five, fullwidth nine.
+_NOT_ASCII_DIGITS = ("\u0661", "\u096b", "\uff19")
+
+
+@pytest.mark.parametrize("digit", _NOT_ASCII_DIGITS)
+@pytest.mark.parametrize(
+    "template",
+    [
+        f"ibeacon:{UUID}:1{{d}}:2",
+        f"ibeacon:{UUID}:1:{{d}}",
+        "altbeacon:" + "ab" * 16 + ":{d}:7",
+        f"ibeacon:{UUID}:6553{{d}}:0",
+    ],
+)
+def test_only_ascii_digits_make_an_id(template: str, digit: str) -> None:
+    text = template.format(d=digit)
+    assert not is_beacon_id(text)
+    with pytest.raises(IdError):
+        canonical_beacon_id(text)
+    with pytest.raises(IdError):
+        parse_beacon_id(text)
+    # The hub's wire decoder takes beacon ids from gateways with the same check.
+    batch = {"v": 1, "gw": "gw-01", "boot": "0badc0de", "seq": 1, "sent": 1.7e9}
+    batch |= {"beacons": [text], "b": [0], "dt_ms": [0.0], "rssi": [-70.0], "tx": [None]}
+    with pytest.raises(WireError, match="canonical beacon id"):
+        decode_batch(json.dumps(batch).encode())
+
+
+@given(st.text(alphabet=st.sampled_from("0123456789:" + "".join(_NOT_ASCII_DIGITS)), max_size=12))
+def test_every_id_is_beacon_id_accepts_is_its_own_canonical_form(tail: str) -> None:
+    text = f"ibeacon:{UUID}:{tail}"
+    if is_beacon_id(text):
+        assert text.isascii()
+        assert str(parse_beacon_id(text)) == text
 
 
 def test_builders_check_sizes() -> None:

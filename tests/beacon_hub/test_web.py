@@ -31,6 +31,7 @@ from beacon_hub.web import (
     History,
     Occupancy,
     Positions,
+    Problem,
     SiteGeometry,
     Sites,
     Tick,
@@ -358,6 +359,8 @@ def test_hostile_parameters_get_4xx_never_500(  # noqa: PLR0917  # hypothesis' a
     assert status < 500, (path, status, body[:300])
     if status == 200 and "/api/" in path:
         json.loads(body)
+    elif status >= 400:  # every refusal is the documented Problem
+        Problem.model_validate_json(body)
 
 
 @pytest.mark.parametrize(
@@ -389,6 +392,27 @@ def test_range_limits(world: World) -> None:
     assert get(f"{base}/events?since=nan")[0] == 422
     assert get(f"{world.url}/api/sites/nope/positions")[0] == 404
     assert get(f"{base}/beacons/not-a-beacon/history")[0] == 422
+
+
+def test_validation_errors_are_the_documented_problem(world: World) -> None:
+    base = f"{world.url}/api/sites/{STORE}"
+    for url, words in (
+        (f"{base}/events?limit=1000000", ("limit", "query", "1000")),
+        (f"{base}/events?since=nan", ("since", "query", "finite")),
+        (f"{base}/zones/dwell?until=soon", ("until", "query", "number")),
+        (f"{world.url}/api/assets", ("q", "query", "required")),
+        (f"{world.url}/api/sites/{'s' * 64}/positions", ("site", "path", "63")),
+    ):
+        status, body = get(url)
+        assert status == 422, (url, status)
+        problem = Problem.model_validate_json(body)  # {detail: str}, nothing else
+        assert all(w in problem.detail for w in words), (url, problem.detail)
+    doc = get_json(world.url + "/openapi.json")
+    declared = doc["paths"]["/api/sites/{site}/events"]["get"]["responses"]["422"]
+    assert declared["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Problem"
+    }
+    assert doc["components"]["schemas"]["Problem"]["properties"]["detail"]["type"] == "string"
 
 
 def test_consent_writes_reach_the_registry_when_allowed(world: World) -> None:
@@ -425,6 +449,13 @@ def test_consent_writes_reach_the_registry_when_allowed(world: World) -> None:
         resp = conn.getresponse()
         resp.read()
         assert resp.status == 422
+        # A major of "1" and ARABIC-INDIC DIGIT ONE: \d matched it, so it was stored as canonical.
+        bogus = CART_MOVING.rsplit(":", 2)[0] + ":1\u0661:2"
+        conn.request("PUT", "/api/consent/" + urllib.parse.quote(bogus))
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 422
+        assert not registry.has_consent(bogus)
         conn.close()
     finally:
         server.stop()
