@@ -4,10 +4,10 @@ share, each extending them in its own config schema. Light (pydantic only): the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import ssl
+import sys
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -25,7 +25,7 @@ from pydantic import (
 from beacon_hub.config_loader import ConfigPath
 from beacon_hub.errors import ConfigError
 
-__all__ = ["BrokerSettings", "TlsConfig", "paho_stopping"]
+__all__ = ["BrokerSettings", "TlsConfig", "connect_failure", "paho_logger"]
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
@@ -154,21 +154,36 @@ class BrokerSettings(BaseModel):
             raise ConfigError(where, [f"broker.password_file {where}: {reason}"]) from e
 
 
-class _AfterDisconnect(logging.Filter):
-    """paho's network thread reads once more after a clean DISCONNECT has closed the socket and
-    logs at ERROR "Client is not connected" (paho 2.1, client.py `_loop`): every clean stop of
-    the gateway and the hub logged an error. Only that record is dropped."""
+class _NotConnected(logging.Filter):
+    """paho's network thread logs at ERROR "Client is not connected" whenever its loop runs
+    without a socket: once after every clean DISCONNECT (every stop logged an error) and at
+    every retry while the broker cannot be reached, where it hides the reason. The programs say
+    what happened themselves (`connect_failure`, "lost the broker"); only that record goes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Client is not connected")
 
 
-@contextlib.contextmanager
-def paho_stopping(logger: logging.Logger) -> Iterator[None]:
-    """Around a deliberate disconnect and `loop_stop` of a client logging to `logger`."""
-    quiet = _AfterDisconnect()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
+def paho_logger(name: str) -> logging.Logger:
+    """The logger to give paho (`enable_logger`), without its "not connected" noise."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _NotConnected) for f in logger.filters):
+        logger.addFilter(_NotConnected())
+    return logger
+
+
+def connect_failure() -> str:
+    """Inside paho's `on_connect_fail` (called from its `except OSError`): why the connection
+    failed, which paho itself logs at DEBUG only ("Connection failed, retrying"): connection
+    refused, a TLS mismatch, a certificate not verified."""
+    error = sys.exception()
+    if error is None:
+        return "unknown reason"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS: {error.reason or error}"
+    if isinstance(error, ConnectionResetError):
+        # what Mosquitto does to a TLS hello on a plain listener
+        return f"{error.strerror}: does the listener speak what the URL's scheme says (mqtts: TLS)?"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

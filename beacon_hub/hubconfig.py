@@ -70,6 +70,12 @@ class BrokerConfig(BrokerSettings):
     Two hub processes must never share one (the broker would kick one out every connect)."""
     reconnect_min_s: int = Field(default=1, ge=1, le=60)
     """paho's reconnect backoff starts here and doubles up to reconnect_max_s."""
+    reconnect_max_s: int = Field(default=5, ge=1, le=600)
+    """The backoff's cap: 5 s for the hub, not the gateways' 30. The hub runs next to its broker
+    (docs/hub.md), one client whose retries cost a refused connect on the local network, and
+    while it is away its sites wait (docs/hub.md, Ticks): with 30 s, a 10 s broker restart kept
+    it away 15 s (backoff 1, 2, 4, 8). Many gateways keep 30 s, so they do not all return at
+    once."""
     ack: Literal["after_store", "after_ingest"] = "after_store"
     """When a readings message is acknowledged to the broker. after_store: once the tick that
     used it is in the stores, so a crash loses nothing the broker delivered; needs the broker's

@@ -26,7 +26,9 @@ and are acknowledged at once: they are state for the live view (livestate.py), n
 Sequence and clock (DESIGN.md). Each gateway stamps (boot, seq): a seq above the expected one
 counts the gap as lost batches, one below it is a duplicate and is dropped (unless it fills a
 known gap). The gateway's clock offset is the minimum of (arrival - sent) over its batches of one
-boot, allowed to creep upwards by the worst crystal drift so a slow clock is followed.
+boot, allowed to creep upwards by the worst crystal drift so a slow clock is followed. A clock
+stepped forward (batches in the `future`) or back (send time going back, then behind) is
+relearnt after a few batches in a row (FUTURE_RESYNC_BATCHES, PAST_RESYNC_BATCHES).
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from beacon_hub.broker_settings import paho_stopping
+from beacon_hub.broker_settings import connect_failure, paho_logger
 from beacon_hub.consent import Consent, consent_subscription, decode_consent, parse_consent_topic
 from beacon_hub.engine import Readings
 from beacon_hub.errors import WireError
@@ -82,7 +84,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_PAHO_LOG: Final = logging.getLogger("beacon_hub.paho")
+_PAHO_LOG: Final = paho_logger("beacon_hub.paho")
 
 OFFSET_CREEP_S_PER_S = 1e-4
 """How fast the learnt clock offset may rise: 100 ppm, twice the +-50 ppm tolerance of the
@@ -90,6 +92,14 @@ crystals on Pi-class boards, so a gateway whose clock runs slow is still followe
 FUTURE_RESYNC_BATCHES = 5
 """Consecutive batches running ahead of the learnt offset after which the offset is relearnt:
 a gateway whose clock was stepped forward (NTP) is refused for a few seconds, not forever."""
+PAST_RESYNC_BATCHES = FUTURE_RESYNC_BATCHES
+"""The other direction: consecutive batches of one boot, in seq order, whose send time went
+back (the first of them sent earlier than its predecessor) and which all arrive more than
+ingest.future_tolerance_s behind the learnt offset, after which the offset is relearnt. A
+gateway stepped back by NTP otherwise had its readings placed that far in the past and refused
+as late until the 100 ppm creep caught up (two hours: 2.3 years). The send time going back is
+what tells a step from a delay: a broker outage's or a restart's backlog arrives late too, but
+its send times keep rising with seq."""
 MAX_GAP_MEMORY = 1024
 """Missing seqs remembered per gateway so a late (reordered) batch fills its gap, not counted
 as a duplicate; older gaps are forgotten (they stay counted as lost)."""
@@ -195,6 +205,13 @@ class RateLimitedLog:
 
 STOP_POLL_S = 0.1
 """How often paho's thread, waiting for room in the inbox, looks whether the hub is stopping."""
+SHORT_SESSION_S: Final = 10.0
+"""A connection the broker closes this soon after it was made is short. A broker closes a
+client's connection when another connects with the same client id (MQTT 3.1.1, 3.1.4-2); two
+hubs given one id took turns every 1-2 s (Mosquitto 2.0: 15 takeovers in 20 s), each losing
+the broker's queue of the other's sites."""
+SHORT_SESSIONS_SAID: Final = 3
+"""Short connections in a row after which the hub says so (one could be a broker restart)."""
 
 
 class MqttLink:
@@ -228,6 +245,9 @@ class MqttLink:
         self._client: mqtt.Client | None = None
         self._stopping = False
         self._last_refusal: str | None = None
+        self._connected_since = 0.0
+        self._short_sessions = 0
+        self._takeover_log = RateLimitedLog(60.0)
 
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself with backoff."""
@@ -244,6 +264,7 @@ class MqttLink:
         client.max_inflight_messages_set(OUTPUT_INFLIGHT)
         client.max_queued_messages_set(OUTPUT_QUEUE_MESSAGES)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
@@ -264,9 +285,8 @@ class MqttLink:
         self._stopping = True
         # A clean DISCONNECT keeps the persistent session (clean_session=False): the broker goes
         # on queueing readings for us until we are back.
-        with paho_stopping(_PAHO_LOG):
-            client.disconnect()
-            client.loop_stop()
+        client.disconnect()
+        client.loop_stop()
         self._client = None
         self.connected.clear()
         self.metrics.broker_connected.set(0)
@@ -319,11 +339,25 @@ class MqttLink:
             ", ".join(self.subscriptions),
         )
 
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        """paho cannot connect (its `except OSError`): say why, once per reason."""
+        text = connect_failure()
+        if text != self._last_refusal:  # paho retries with backoff; say it once
+            log.error("cannot connect to %s:%d: %s", self.broker.host, self.broker.port, text)
+            self._last_refusal = text
+
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _props: Any) -> None:
-        failed = [r for r in reasons if r.is_failure]
-        if failed:
-            log.error("the broker refused a subscription: %s", ", ".join(map(str, failed)))
-            return
+        refused = [t for t, r in zip(self.subscriptions, reasons, strict=False) if r.is_failure]
+        if refused:
+            # The rest is served: a site whose topics the broker's ACL denies gets nothing,
+            # the others go on (/healthz shows the sites that receive nothing).
+            log.error(
+                "the broker refused the subscription to %s (its ACL for user %s?); "
+                "those topics get nothing",
+                ", ".join(refused),
+                self.broker.username or "(anonymous)",
+            )
+        self._connected_since = time.monotonic()
         self.metrics.broker_connected.set(1)
         self.connected.set()
 
@@ -332,6 +366,18 @@ class MqttLink:
     ) -> None:
         if self.connected.is_set() and not self._stopping:
             log.warning("lost the broker (%s); paho reconnects with backoff", reason)
+            short = time.monotonic() - self._connected_since < SHORT_SESSION_S
+            self._short_sessions = self._short_sessions + 1 if short else 0
+            if self._short_sessions >= SHORT_SESSIONS_SAID:
+                self._takeover_log.warning(
+                    ("takeover",),
+                    "the broker closed our connection %d times in a row within %.0f s: is "
+                    "another client connected as %r? Each hub process needs its own "
+                    "broker.client_id (docs/hub.md, Scale-out)",
+                    self._short_sessions,
+                    SHORT_SESSION_S,
+                    self.client_id,
+                )
         self.connected.clear()
         self.metrics.broker_connected.set(0)
 
@@ -363,6 +409,13 @@ class GatewayState:
     last_arrival: float | None = None
     """None after a restore: no creep is owed for the time the hub was down."""
     future_streak: int = 0
+    past_streak: int = 0
+    """In-order batches in a row behind the offset since the send time went back
+    (PAST_RESYNC_BATCHES)."""
+    past_raw_s: float | None = None
+    """The least arrival - sent over that streak: the offset a relearn takes."""
+    last_sent: float | None = None
+    """Send time of the newest in-order batch accepted (this boot's; None after a restore)."""
     jump_streak: int = 0
     missing: set[int] = field(default_factory=set)
     retired: dict[str, int] = field(default_factory=dict)
@@ -424,6 +477,9 @@ class Rejected:
     reason: str
     samples: int
     detail: str
+    ours: bool = True
+    """False for a message of a site this hub does not serve: it reached us through a session
+    another hub shares (the same client id), and is left unacknowledged for that hub."""
 
 
 class Ingestor:
@@ -469,8 +525,13 @@ class Ingestor:
         known = self.gateways.get(site, frozenset())
         topic_gw = topic.subject or ""
         label = topic_gw if topic_gw in known else UNKNOWN_GATEWAY
-        if site not in self.gateways or topic.kind not in ("readings", "status", "heartbeat"):
-            return self._reject(site, label, "bad_topic", 0, "not a gateway topic of ours")
+        if site not in self.gateways:
+            return replace(
+                self._reject(site, label, "bad_topic", 0, f"{item.topic}: not a site of ours"),
+                ours=False,
+            )
+        if topic.kind not in ("readings", "status", "heartbeat"):
+            return self._reject(site, label, "bad_topic", 0, f"{item.topic}: not a gateway topic")
         if topic.kind != "readings":
             return self._gateway_report(item, site, topic.kind == "status", topic_gw, label)
         try:
@@ -536,7 +597,8 @@ class Ingestor:
                 lost,
                 batch.seq,
             )
-        if batch.seq >= st.next_seq:
+        in_order = batch.seq >= st.next_seq
+        if in_order:
             st.next_seq = batch.seq + 1
             st.jump_streak = 0
         raw = item.arrival - batch.sent
@@ -560,7 +622,11 @@ class Ingestor:
                 )
                 crept = raw
             st.future_streak = 0
+            if in_order:  # a reordered batch neither starts nor breaks a streak
+                crept = self._stepped_back(st, batch.sent, raw, crept, site=site, gw=label)
             st.offset_s = min(crept, raw)
+        if in_order:
+            st.last_sent = batch.sent
         st.last_arrival = item.arrival
         self.metrics.gateway_offset.labels(site, label).set(st.offset_s)
         self.metrics.gateway_last_seen.labels(site, label).set(item.arrival)
@@ -574,6 +640,31 @@ class Ingestor:
             lost_before=lost,
             sent_hub=batch.sent + st.offset_s,
         )
+
+    def _stepped_back(
+        self, st: GatewayState, sent: float, raw: float, crept: float, *, site: str, gw: str
+    ) -> float:
+        """The offset to go on from for an in-order batch: `crept`, or after PAST_RESYNC_BATCHES
+        the least arrival - sent of a streak that began with the send time going back."""
+        behind = raw > crept + self.config.future_tolerance_s
+        went_back = st.last_sent is not None and sent < st.last_sent
+        if not behind or not (st.past_streak or went_back):
+            st.past_streak, st.past_raw_s = 0, None
+            return crept
+        st.past_streak += 1
+        st.past_raw_s = raw if st.past_raw_s is None else min(st.past_raw_s, raw)
+        if st.past_streak < PAST_RESYNC_BATCHES:
+            return crept  # placed in the past and refused as late, as before: not yet sure
+        relearnt = st.past_raw_s
+        log.warning(
+            "%s/%s: clock stepped back by %.1f s (its send time went back while its seq went"
+            " on); relearning its offset",
+            site,
+            gw,
+            relearnt - crept,
+        )
+        st.past_streak, st.past_raw_s = 0, None
+        return relearnt
 
     def _consent(self, item: Inbound) -> ConsentUpdate | Rejected:
         site = item.topic.split("/")[1] if item.topic.count("/") >= 1 else "?"

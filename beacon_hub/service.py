@@ -15,7 +15,9 @@ are expected, `TICK_GRACE_S` past T when none are, once the inbox is empty; whil
 in it and the data is live (its newest reading within `max_lateness_s` of now), the same if no
 gateway is in step, a whole interval past T if some are. A restarted hub continues from its last
 stored tick, so a backlog the broker queued while it was down is replayed through the ticks it
-missed (driven by the data) instead of arriving "late".
+missed (driven by the data) instead of arriving "late". While the broker link is down no tick
+runs on the wall clock, and after the reconnect the outage's ticks are such a backlog too,
+waiting for the gateways heard before it to deliver what they buffered (_link_changed).
 
 Per tick, in this order: engine.tick -> zone occupancy (everyone) -> privacy (shoppers without
 consent dropped, the others pseudonymised; nothing after this sees a raw shopper id) -> MQTT
@@ -106,12 +108,26 @@ MAX_CATCH_UP_S = 600.0
 broker's queue limits have dropped readings anyway); otherwise it starts at the current time."""
 MAX_TICKS_PER_STEP = 10
 """Ticks in a row before the service reads the inbox again while catching up."""
+HEARD_BEFORE_OUTAGE_S = 5.0
+"""Gateways that sent a batch ending this close (hub time) to the moment the broker was lost
+are the ones whose buffered batches the outage's ticks wait for: a gateway sends one a second
+(docs/gateway.md, batching.window), so five missed in a row is one already gone."""
+GATEWAY_RETURN_S = 32.0
+"""After reconnecting, the outage's ticks wait at most this long for those gateways' buffered
+batches: each gateway reconnects on its own backoff, capped at 30 s (docs/gateway.md,
+broker.reconnect_max_s), plus two of its 1 s batches. Beyond, one that has not come back does
+not hold the site up any longer (what it sends later is refused as late, and counted)."""
 SHUTDOWN_FLUSH_S = 3.0
 """SIGTERM: time given to the stores to empty; what remains is on disk (the spill)."""
 ASSET_SAVE_S = 60.0
 """How often battery and last-seen go to the assets table."""
 HEALTH_STALE_TICKS = 5
 """/healthz turns 503 once a site has not ticked for this many intervals."""
+HEALTH_NO_DATA_S = 60.0
+"""/healthz turns 503 once a site has had no batch accepted for this long, counted from the
+connection: its gateways send one a second each, so a minute of nothing is no gateway reaching
+the hub (power, network, a broker ACL that grants the subscription and delivers nothing: the
+hub ticked on empty windows and stayed green)."""
 
 
 @dataclass(slots=True)
@@ -130,6 +146,8 @@ class _SiteRun:
     ledger: list[LedgerEntry] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     last_tick_wall: float | None = None
+    last_data_wall: float | None = None
+    """Wall clock of the newest batch accepted for the site (/healthz: data_age_s)."""
     tick_lag_s: float | None = None
     """How long after its data time the last tick ran (wall clock minus t)."""
     skipped: int = 0
@@ -139,6 +157,15 @@ class _SiteRun:
     _skip_if_behind)."""
     skip_logged: float = -math.inf
     """When the overload policy last warned about this site (ingest.log_every_s)."""
+    backlog_until: float = -math.inf
+    """Ticks before this are a broker outage's backlog: ticked in full, never skipped
+    (infinite while the hub is disconnected or waits for its gateways; _link_changed)."""
+    awaited: frozenset[str] = frozenset()
+    """Gateways heard just before the broker was lost: until each has sent its batch for a
+    tick (or `await_until`), the tick waits, so their buffered readings are not late."""
+    await_until: float = math.inf
+    """Wall clock: when the site stops waiting for `awaited` (GATEWAY_RETURN_S after the
+    reconnect)."""
 
 
 class _Round(NamedTuple):
@@ -273,6 +300,11 @@ class Hub:
         if cfg.stores.influx is not None:
             self._add_influx(InfluxStore(cfg.stores.influx, self.metrics, self.retention))
         self._connected_at: float | None = None
+        """When the link last came up (each reconnect settles again)."""
+        self._link_up = False
+        """The broker link as _maybe_tick last saw it."""
+        self._outage_from: float | None = None
+        """When the link was lost, while it is (after the first connect)."""
         self._last_asset_save = time.monotonic()
         self._rate_t, self._rate_n = time.monotonic(), 0
         self.totals: dict[str, int] = {
@@ -392,8 +424,12 @@ class Hub:
 
     def _wait_s(self, now: float) -> float:
         step = self.cfg.engine.tick_interval_s
+        if not self._link_up:
+            return 0.2  # disconnected: only data runs a tick (_link_changed)
         due = [
-            r.next_tick + _round(r.reported, r.next_tick, step).wait_s
+            r.await_until
+            if r.awaited
+            else r.next_tick + _round(r.reported, r.next_tick, step).wait_s
             for r in self.sites.values()
             if r.next_tick is not None
         ]
@@ -414,13 +450,18 @@ class Hub:
             self.link.ack(item.mid, item.qos)
             return
         if not isinstance(res, Accepted):
+            self.totals["rejected"] += 1
+            if not res.ours:
+                # Another hub's site, through a session shared by mistake (the same client id):
+                # acknowledged, it would be gone from the broker for the hub that serves it.
+                return
             topic = self.cfg.ingest.dead_letter_topic
             if topic:
                 self.link.publish(f"{topic}/{res.site}/{res.reason}", item.payload, 0, False)
             self.link.ack(item.mid, item.qos)  # refused for good: nothing to keep
-            self.totals["rejected"] += 1
             return
         run = self.sites[res.site]
+        run.last_data_wall = item.arrival
         self.live.gateway_batch(res, item.arrival)
         counts = run.engine.ingest(res.readings)
         self.ingestor.count_samples(res.site, res.gateway, "late", counts.late)
@@ -465,8 +506,64 @@ class Hub:
         step = self.cfg.engine.tick_interval_s
         return math.ceil(t / step) * step
 
+    def _link_changed(self, up: bool, now: float) -> None:
+        """The broker link went down or came back (after the first connect). Down: ticks stop
+        following the wall clock, since what the gateways buffer meanwhile comes only after
+        the reconnect and a tick run now would refuse it as late (a 10 s outage lost 45 % of
+        its readings so); being behind, they are not skipped either. Back: the outage's ticks
+        are a backlog, run as its data arrives and ticked in full, waiting for the gateways
+        heard just before the outage (_awaiting), at most MAX_CATCH_UP_S back."""
+        self._link_up = up
+        if not up:
+            if self._connected_at is None:
+                return  # not connected yet: nothing ticks on the clock anyway
+            self._outage_from = now
+            for run in self.sites.values():
+                heard = now - HEARD_BEFORE_OUTAGE_S
+                run.awaited |= {gw for gw, end in run.reported.items() if end >= heard}
+                run.await_until = run.backlog_until = math.inf
+            return
+        if self._outage_from is None:
+            return  # the first connect (_step)
+        log.info(
+            "broker back after %.1f s: ticking the outage from its data", now - self._outage_from
+        )
+        self._outage_from = None
+        self._connected_at = now  # settles again: the session's queue comes first
+        for run in self.sites.values():
+            run.await_until = now + GATEWAY_RETURN_S
+            if not run.awaited:
+                run.backlog_until = now
+            if run.next_tick is not None and run.next_tick < now - MAX_CATCH_UP_S:
+                run.next_tick = self._align(now - MAX_CATCH_UP_S)
+
+    def _awaiting(self, run: _SiteRun, t: float, now: float) -> bool:
+        """Tick `t` of a broker outage waits for a gateway heard just before it that has not
+        sent its batch for `t` yet: gateways reconnect on their own backoff and deliver their
+        buffers then. The wait ends once all of them are back (a batch ending after the
+        reconnect and within max_lateness_s of now), or GATEWAY_RETURN_S after the reconnect;
+        then ticks are live again."""
+        if not run.awaited:
+            return False
+        if self._link_up and self._connected_at is not None:
+            # Back: sending live, past its buffer (which may hold batches sent after the hub's
+            # reconnect: the gateway reconnects on its own backoff).
+            live = max(self._connected_at, now - self.cfg.engine.max_lateness_s)
+            back = all(run.reported.get(gw, -math.inf) >= live for gw in run.awaited)
+            if back or now >= run.await_until:
+                run.awaited, run.await_until = frozenset(), math.inf
+                run.backlog_until = now
+                return False
+        due = t - 0.5 * self.cfg.engine.tick_interval_s  # as a round's (_round)
+        return any(run.reported.get(gw, -math.inf) < due for gw in run.awaited)
+
     def _maybe_tick(self, now: float) -> None:
-        settled = self._connected_at is not None and now >= self._connected_at + STARTUP_SETTLE_S
+        up = self.link.connected.is_set()
+        if up != self._link_up:
+            self._link_changed(up, now)
+        settled = (
+            up and self._connected_at is not None and now >= self._connected_at + STARTUP_SETTLE_S
+        )
         idle = self.link.inbox.empty()
         step = self.cfg.engine.tick_interval_s
         lateness = self.cfg.engine.max_lateness_s
@@ -478,6 +575,8 @@ class Hub:
             for _ in range(MAX_TICKS_PER_STEP):
                 self._skip_if_behind(run, self.clock())
                 t = run.next_tick
+                if self._awaiting(run, t, now):
+                    break
                 rnd = _round(run.reported, t, step)
                 by_data = rnd.complete or run.data_wm >= t + step
                 # Live (data within max_lateness of now): the wall clock drives, so a tick never
@@ -511,7 +610,9 @@ class Hub:
         budget = self.cfg.ingest.max_tick_lag_s
         t = run.next_tick
         step = self.cfg.engine.tick_interval_s
-        if budget is None or t is None or t < self._live_from or now - t - step <= budget:
+        if budget is None or t is None or now - t - step <= budget:
+            return
+        if t < self._live_from or t < run.backlog_until:  # a restart's or an outage's backlog
             return
         newest = math.floor(now / step) * step
         skipped = round((newest - t) / step)
@@ -609,7 +710,12 @@ class Hub:
             age = None if run.last_tick_wall is None else now - run.last_tick_wall
             if age is not None and age > stale:
                 ok = False
+            since = run.last_data_wall or self._connected_at
+            data_age = None if since is None else now - since
+            if data_age is not None and data_age > HEALTH_NO_DATA_S:
+                ok = False
             sites[sid] = {
+                "data_age_s": data_age,
                 "next_tick": run.next_tick,
                 "seconds_since_tick": age,
                 "tick_lag_s": run.tick_lag_s,
@@ -632,7 +738,13 @@ def run_hub(cfg: HubConfig) -> int:
         log.info("%s: stopping", signal.Signals(signum).name)
         stop.set()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        # `systemctl reload`, `kill -HUP` or a closed terminal: without a handler the hub died
+        # at once, nothing flushed. Its files are read at start only.
+        log.warning("SIGHUP: the hub reads its config and site files at start only; restart it")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     hub.run(stop)
     return 0

@@ -29,7 +29,7 @@ from typing import Any, Final, Literal
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from beacon_hub.broker_settings import paho_stopping
+from beacon_hub.broker_settings import connect_failure, paho_logger
 from beacon_hub.wire import (
     GatewayStatus,
     ReadingBatch,
@@ -45,7 +45,7 @@ from gateway.config import BrokerConfig
 __all__ = ["Publisher", "PublisherCounters"]
 
 log = logging.getLogger(__name__)
-_PAHO_LOG: Final = logging.getLogger("gateway.paho")
+_PAHO_LOG: Final = paho_logger("gateway.paho")
 
 _PAHO_SPARE_MESSAGES: Final = 4
 """Room in paho's queue beyond our in-flight window: the retained status messages."""
@@ -120,6 +120,7 @@ class Publisher:
         client.max_queued_messages_set(self.window + _PAHO_SPARE_MESSAGES)
         client.reconnect_delay_set(1, self.broker.reconnect_max_s)
         client.on_connect = self._paho_on_connect
+        client.on_connect_fail = self._paho_on_connect_fail
         client.on_disconnect = self._paho_on_disconnect
         client.on_publish = self._paho_on_publish
         self._client = client
@@ -152,10 +153,9 @@ class Publisher:
                     except TimeoutError:
                         log.warning("the broker did not acknowledge the offline status")
         self._stopping = True  # the disconnect below is ours: no "lost the broker" warning
-        with paho_stopping(_PAHO_LOG):
-            if self.connected.is_set():
-                client.disconnect()  # a clean DISCONNECT: the broker discards the will
-            await asyncio.to_thread(client.loop_stop)
+        if self.connected.is_set():
+            client.disconnect()  # a clean DISCONNECT: the broker discards the will
+        await asyncio.to_thread(client.loop_stop)
         self._client = None
         self.connected.clear()
         self.disconnected.set()
@@ -194,6 +194,10 @@ class Publisher:
     ) -> None:
         self._from_paho(self._on_connect, bool(reason.is_failure), str(reason))
 
+    def _paho_on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # the reason is only known here, inside paho's `except`
+        self._from_paho(self._on_connect_fail, connect_failure())
+
     def _paho_on_disconnect(
         self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
@@ -205,6 +209,11 @@ class Publisher:
         self._from_paho(self._on_publish, mid)
 
     # -- handlers (event loop thread)
+
+    def _on_connect_fail(self, reason: str) -> None:
+        if reason != self._last_refusal:  # paho retries with backoff; say it once
+            log.error("cannot connect to %s:%d: %s", self.broker.host, self.broker.port, reason)
+            self._last_refusal = reason
 
     def _on_connect(self, failed: bool, reason: str) -> None:
         if failed:

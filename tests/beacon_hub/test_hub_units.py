@@ -24,6 +24,7 @@ from beacon_hub.hubconfig import InfluxConfig, IngestConfig, load_hub_config
 from beacon_hub.ingest import (
     DECODE_REASONS,
     FUTURE_RESYNC_BATCHES,
+    PAST_RESYNC_BATCHES,
     Accepted,
     ConsentUpdate,
     GatewayUpdate,
@@ -177,6 +178,51 @@ def test_batches_from_the_future_are_refused_until_the_clock_is_relearnt() -> No
     assert reason(res) == "accepted"  # the gateway's clock was stepped: followed now
 
 
+def test_a_clock_stepped_back_is_relearnt_and_the_others_keep_theirs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """gw-1 ran two hours ahead, then NTP stepped it back while its (boot, seq) went on: its
+    readings were placed two hours in the past, refused as late for ever (the creep needs
+    years). After PAST_RESYNC_BATCHES in a row they are placed where they belong."""
+    ing = ingestor()
+    ahead = 7200.0
+    for k in range(5):
+        for gw in ("gw-1", "gw-2"):
+            skew = ahead if gw == "gw-1" else 0.0
+            ing.handle(msg(batch(gw=gw, seq=k, sent=T0 + k + skew), T0 + k + 0.05, gw=gw))
+    assert ing.state[(SITE, "gw-1")].offset_s == pytest.approx(-ahead + 0.05, abs=1e-3)
+    offsets = []
+    for k in range(5, 5 + PAST_RESYNC_BATCHES):
+        for gw in ("gw-1", "gw-2"):
+            res = ing.handle(msg(batch(gw=gw, seq=k, sent=T0 + k), T0 + k + 0.05, gw=gw))
+            assert reason(res) == "accepted"
+        offsets.append(ing.state[(SITE, "gw-1")].offset_s)
+    assert offsets[:-1] == [pytest.approx(-ahead + 0.05, abs=1e-3)] * (PAST_RESYNC_BATCHES - 1)
+    assert offsets[-1] == pytest.approx(0.05, abs=1e-3)
+    assert isinstance(res, Accepted)
+    assert res.gateway == "gw-2"
+    assert ing.state[(SITE, "gw-2")].offset_s == pytest.approx(0.05, abs=1e-3)
+    assert "s1/gw-1: clock stepped back by 7200.0 s" in caplog.text
+    assert "gw-2: clock" not in caplog.text
+
+
+def test_a_backlog_arriving_late_is_not_taken_for_a_clock_step() -> None:
+    """A broker outage's backlog arrives long after it was sent, but its send times keep rising
+    with seq: the offset stays (a relearn would place the live readings in the future)."""
+    ing = ingestor()
+    for k in range(3):
+        ing.handle(msg(batch(seq=k, sent=T0 + k), T0 + k + 0.05))
+    for k in range(3, 3 + 4 * PAST_RESYNC_BATCHES):  # buffered, delivered at once
+        assert reason(ing.handle(msg(batch(seq=k, sent=T0 + k), T0 + 40.0))) == "accepted"
+    assert ing.state[(SITE, "gw-1")].offset_s == pytest.approx(0.05, abs=0.01)  # + creep
+    # a steady delay, then a reordered batch sent before the newest: no step either
+    ing.handle(msg(batch(seq=30, sent=T0 + 30), T0 + 30.05))
+    for k in range(31, 31 + 2 * PAST_RESYNC_BATCHES):
+        ing.handle(msg(batch(seq=k, sent=T0 + k), T0 + k + 10.0))
+    assert reason(ing.handle(msg(batch(seq=29, sent=T0 + 29), T0 + 45.0))) == "accepted"
+    assert ing.state[(SITE, "gw-1")].offset_s == pytest.approx(0.05, abs=0.01)  # + creep
+
+
 def test_a_restored_gateway_owes_no_clock_creep_for_the_downtime() -> None:
     ing = ingestor()
     ing.restore(SITE, "gw-1", "abcd", 10, 0.05)
@@ -208,6 +254,21 @@ def test_bad_input_is_refused_with_its_reason(topic_gw: str, payload: bytes, wan
     assert isinstance(res, Rejected)
     label = topic_gw if topic_gw in ("gw-1", "gw-2") else UNKNOWN_GATEWAY
     assert ing.metrics.rejected_batches.labels(SITE, label, want)._value.get() == 1
+
+
+def test_another_sites_batch_is_refused_as_not_ours_and_named() -> None:
+    """Two hubs given one client id share a session, and each gets the other's sites: refused,
+    naming the topic, and marked not ours, so the service leaves it unacknowledged for the hub
+    that serves it (acknowledged, it was gone from the broker for good)."""
+    ing = ingestor()
+    topic = "beacons/site-b/gateway/gw-1/readings"
+    res = ing.handle(Inbound(T0, topic, batch(), 1, 1))
+    assert isinstance(res, Rejected)
+    assert (res.reason, res.ours) == ("bad_topic", False)
+    assert topic in res.detail
+    ours = ing.handle(Inbound(T0, TOPIC.format("GW-1"), batch(), 1, 1))
+    assert isinstance(ours, Rejected)
+    assert ours.ours
 
 
 @settings(max_examples=300, deadline=None)
