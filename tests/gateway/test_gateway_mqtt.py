@@ -18,7 +18,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
 from beacon_hub.wire import ReadingBatch, decode_batch, decode_status, readings_topic
-from gateway.buffer import Buffered, DiskBuffer, MemoryBuffer
+from gateway.buffer import Buffered, DiskBuffer, MemoryBuffer, OfflineBuffer
 from gateway.config import BrokerConfig, GatewayConfig
 from gateway.daemon import Gateway
 from gateway.frames import APPLE_COMPANY_ID
@@ -247,6 +247,18 @@ def test_disk_buffer_keeps_order_bound_and_survives_reopening(tmp_path: Path) ->
     assert not list(folder.iterdir())
 
 
+def _publisher(broker: BrokerConfig, buffer: OfflineBuffer, site: str = "site") -> Publisher:
+    return Publisher(
+        broker,
+        site=site,
+        gateway_id="gw-test",
+        boot="00c0ffee",
+        version="test",
+        buffer=buffer,
+        inflight=2,
+    )
+
+
 def _batch(seq: int) -> ReadingBatch:
     beacon = f"ibeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0:0:{seq}"
     return ReadingBatch(
@@ -266,15 +278,7 @@ def test_batches_in_flight_when_the_broker_dies_are_resent_first(tmp_path: Path)
     buffer = MemoryBuffer(100)
 
     async def scenario() -> Publisher:
-        publisher = Publisher(
-            config.broker,
-            site=site,
-            gateway_id="gw-test",
-            boot="00c0ffee",
-            version="test",
-            buffer=buffer,
-            inflight=2,
-        )
+        publisher = _publisher(config.broker, buffer, site)
         await publisher.start()
         await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
         publisher.submit(_batch(0))
@@ -314,15 +318,7 @@ def test_a_stop_with_the_broker_away_counts_what_only_memory_held(
     buffer = DiskBuffer(tmp_path / "buffer", 100) if on_disk else MemoryBuffer(100)
 
     async def scenario() -> None:
-        publisher = Publisher(
-            broker,
-            site="site",
-            gateway_id="gw-test",
-            boot="00c0ffee",
-            version="test",
-            buffer=buffer,
-            inflight=2,
-        )
+        publisher = _publisher(broker, buffer)
         await publisher.start()
         for seq in range(3):
             publisher.submit(_batch(seq))
@@ -346,15 +342,7 @@ def test_a_clean_stop_logs_no_error(tmp_path: Path, caplog: pytest.LogCaptureFix
     broker.start()
 
     async def scenario() -> None:
-        publisher = Publisher(
-            BrokerConfig.model_validate({"url": broker.url}),
-            site="site",
-            gateway_id="gw-test",
-            boot="00c0ffee",
-            version="test",
-            buffer=MemoryBuffer(10),
-            inflight=2,
-        )
+        publisher = _publisher(BrokerConfig.model_validate({"url": broker.url}), MemoryBuffer(10))
         await publisher.start()
         await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
         publisher.submit(_batch(0))
