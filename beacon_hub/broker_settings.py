@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import ssl
 import sys
+import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -25,7 +27,7 @@ from pydantic import (
 from beacon_hub.config_loader import ConfigPath
 from beacon_hub.errors import ConfigError
 
-__all__ = ["BrokerSettings", "TlsConfig", "connect_failure", "paho_logger"]
+__all__ = ["PAHO_REPEAT_S", "BrokerSettings", "TlsConfig", "connect_failure", "paho_logger"]
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
@@ -154,21 +156,47 @@ class BrokerSettings(BaseModel):
             raise ConfigError(where, [f"broker.password_file {where}: {reason}"]) from e
 
 
-class _NotConnected(logging.Filter):
-    """paho's network thread logs at ERROR "Client is not connected" whenever its loop runs
-    without a socket: once after every clean DISCONNECT (every stop logged an error) and at
-    every retry while the broker cannot be reached, where it hides the reason. The programs say
-    what happened themselves (`connect_failure`, "lost the broker"); only that record goes."""
+PAHO_REPEAT_S = 60.0
+"""paho logs the same error at every reconnect attempt (`failed to receive on socket: [Errno
+104] Connection reset by peer` once a second against a TLS listener): one a minute of each."""
+
+
+class _PahoNoise(logging.Filter):
+    """What paho logs that says nothing new. "Client is not connected" at ERROR whenever its loop
+    runs without a socket: once after every clean DISCONNECT (every stop logged an error) and at
+    every retry while the broker cannot be reached, where it hides the reason (the programs say
+    it: `connect_failure`, "lost the broker"). And a warning or error repeated word for word
+    within PAHO_REPEAT_S (a Pi's journal filled at one a second)."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        super().__init__()
+        self._clock = clock or time.monotonic
+        self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Client is not connected")
+        message = record.getMessage()
+        if message.startswith("Client is not connected"):
+            return False
+        if record.levelno < logging.WARNING:
+            return True
+        now = self._clock()
+        last = self._last.get(message)
+        if last is not None and now - last < PAHO_REPEAT_S:
+            return False
+        if len(self._last) >= _PAHO_MESSAGES_KEPT:  # errno texts vary little; stay bounded
+            self._last.clear()
+        self._last[message] = now
+        return True
+
+
+_PAHO_MESSAGES_KEPT = 64
 
 
 def paho_logger(name: str) -> logging.Logger:
-    """The logger to give paho (`enable_logger`), without its "not connected" noise."""
+    """The logger to give paho (`enable_logger`), without its noise (_PahoNoise)."""
     logger = logging.getLogger(name)
-    if not any(isinstance(f, _NotConnected) for f in logger.filters):
-        logger.addFilter(_NotConnected())
+    if not any(isinstance(f, _PahoNoise) for f in logger.filters):
+        logger.addFilter(_PahoNoise())
     return logger
 
 
