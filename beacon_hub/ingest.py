@@ -248,6 +248,8 @@ class MqttLink:
         self._connected_since = 0.0
         self._short_sessions = 0
         self._takeover_log = RateLimitedLog(60.0)
+        self._left: set[str] = set()
+        """Sites whose subscriptions this link left (`leave`), since its last connect."""
 
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself with backoff."""
@@ -358,6 +360,7 @@ class MqttLink:
                 self.broker.username or "(anonymous)",
             )
         self._connected_since = time.monotonic()
+        self._left.clear()
         self.metrics.broker_connected.set(1)
         self.connected.set()
 
@@ -382,6 +385,33 @@ class MqttLink:
         self.metrics.broker_connected.set(0)
 
     # -- service thread
+
+    @property
+    def shared(self) -> bool:
+        """The broker closed our last connection soon after it was made: probably another
+        client with our client id, sharing our session (_on_disconnect)."""
+        return self._short_sessions > 0
+
+    def leave(self, topic: str) -> bool:
+        """A message of a site we do not serve came on `topic`: our persistent session still
+        holds that site's subscriptions from an earlier configuration (sites moved to another
+        hub under the same client id), and would deliver its batches for ever. Unsubscribe
+        them, once per connect; False if already done."""
+        parts = topic.split("/")
+        site = parts[1] if len(parts) > 1 else ""
+        client = self._client
+        if client is None or not site or site in self._left:
+            return False
+        self._left.add(site)
+        filters = [readings_subscription(site), consent_subscription(site)]
+        client.unsubscribe([*filters, *gateway_subscriptions(site)])
+        log.warning(
+            "got %s, of a site this hub does not serve: unsubscribed from site %s's topics "
+            "(a subscription an earlier configuration left in the persistent session)",
+            topic,
+            site,
+        )
+        return True
 
     def ack(self, mid: int, qos: int) -> None:
         client = self._client
@@ -478,8 +508,9 @@ class Rejected:
     samples: int
     detail: str
     ours: bool = True
-    """False for a message of a site this hub does not serve: it reached us through a session
-    another hub shares (the same client id), and is left unacknowledged for that hub."""
+    """False for a message of a site this hub does not serve: it came through a session another
+    hub shares (the same client id; left unacknowledged for it) or a subscription an earlier
+    configuration left in ours (MqttLink.leave)."""
 
 
 class Ingestor:

@@ -452,8 +452,14 @@ class Hub:
         if not isinstance(res, Accepted):
             self.totals["rejected"] += 1
             if not res.ours:
-                # Another hub's site, through a session shared by mistake (the same client id):
-                # acknowledged, it would be gone from the broker for the hub that serves it.
+                if self.link.shared:
+                    # Another hub's site, through a session shared by mistake (the same client
+                    # id): acknowledged, it would be gone for the hub that serves it.
+                    return
+                # A subscription an earlier configuration left in our session: left, and the
+                # message acknowledged (unacknowledged, they would fill the in-flight window).
+                self.link.leave(item.topic)
+                self.link.ack(item.mid, item.qos)
                 return
             topic = self.cfg.ingest.dead_letter_topic
             if topic:

@@ -155,3 +155,40 @@ def test_a_site_that_hears_nothing_shows_in_healthz_and_sighup_stops_nothing(
 def _ages(sites: dict[str, Any]) -> bool:
     a, b = sites["site-a"]["data_age_s"], sites["site-b"]["data_age_s"]
     return a is not None and b is not None and b > a + 1.0
+
+
+def test_a_site_moved_away_under_the_same_client_id_is_unsubscribed(tmp_path: Path) -> None:
+    """A hub restarted with fewer sites under its fixed client id: the persistent session still
+    holds the old site's subscriptions. The hub unsubscribes them at its first such batch and
+    acknowledges what came (left unacknowledged, they would fill the broker's in-flight window
+    and stall the hub's own sites)."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    a, b = site_file(tmp_path, "site-a"), site_file(tmp_path, "site-b")
+    before = HubProcess(tmp_path / "before", broker, [a, b], client_id="beacon-hub-x")
+    after = HubProcess(tmp_path / "after", broker, [a], client_id="beacon-hub-x")
+    gateways_a, gateways_b = Gateways(broker, a), Gateways(broker, b, seed=2)
+    try:
+        before.start()
+        assert before.stop() == 0  # a clean DISCONNECT keeps the session and its subscriptions
+        after.start()
+        for _ in range(3):
+            gateways_b.send_round()
+            gateways_a.send_round()
+            time.sleep(0.5)
+        gateways_a.settle()
+        gateways_b.settle()
+        wait_until("the old site left", lambda: "unsubscribed from site site-b's" in after.log())
+        wait_until(
+            "site-a's batches stored",
+            lambda: after.sql("SELECT count(*) FROM batches")[0][0] >= len(gateways_a.published),
+        )
+        assert after.sql("SELECT count(DISTINCT site) FROM batches") == [(1,)]
+        assert after.log().count("unsubscribed from site") == 1
+        assert after.stop() == 0
+    finally:
+        gateways_a.close()
+        gateways_b.close()
+        before.close()
+        after.close()
+        broker.stop()
