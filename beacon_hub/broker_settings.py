@@ -27,7 +27,14 @@ from pydantic import (
 from beacon_hub.config_loader import ConfigPath
 from beacon_hub.errors import ConfigError
 
-__all__ = ["PAHO_REPEAT_S", "BrokerSettings", "TlsConfig", "connect_failure", "paho_logger"]
+__all__ = [
+    "PAHO_REPEAT_S",
+    "BrokerSettings",
+    "RefusalLog",
+    "TlsConfig",
+    "connect_failure",
+    "paho_logger",
+]
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
@@ -198,6 +205,24 @@ def paho_logger(name: str) -> logging.Logger:
     if not any(isinstance(f, _PahoNoise) for f in logger.filters):
         logger.addFilter(_PahoNoise())
     return logger
+
+
+class RefusalLog:
+    """Why the broker cannot be reached, said once per reason: paho retries every few seconds
+    (the hub's and the gateway's connection callbacks); `clear` once connected."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._last: str | None = None
+
+    def error(self, reason: str, message: str, *args: object) -> None:
+        """`message` % (*args, reason), unless the last one said had this reason."""
+        if reason != self._last:
+            self._logger.error(message, *args, reason)
+            self._last = reason
+
+    def clear(self) -> None:
+        self._last = None
 
 
 def connect_failure() -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "StoresConfig",
     "TlsConfig",
     "WebhookConfig",
+    "is_loopback",
     "load_hub_config",
 ]
 
@@ -177,7 +178,8 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-:")
 """What an allowed Host may hold: a DNS name, an IPv4 address or an IPv6 one (no brackets)."""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (a bind, a Host header's name)."""
     if host == "localhost":
         return True
     try:
@@ -244,7 +246,7 @@ class HttpConfig(_Section):
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> HttpConfig:
-        if self.enabled and not _is_loopback(self.bind) and self.token is None:
+        if self.enabled and not is_loopback(self.bind) and self.token is None:
             raise ValueError(
                 f"http.bind is {self.bind!r} (beyond loopback) but http.token is not set: "
                 "set http.token (or BEACON_HUB__HTTP__TOKEN), or bind 127.0.0.1"
@@ -259,7 +261,7 @@ class HttpConfig(_Section):
     @property
     def checks_host(self) -> bool:
         """Requests must name this machine in Host: loopback bind and no token (web.py)."""
-        return _is_loopback(self.bind) and self.token is None
+        return is_loopback(self.bind) and self.token is None
 
 
 class PrivacyConfig(_Section):

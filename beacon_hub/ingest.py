@@ -38,13 +38,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from beacon_hub.broker_settings import connect_failure, paho_logger
+from beacon_hub.broker_settings import RefusalLog, connect_failure, paho_logger
 from beacon_hub.consent import Consent, consent_subscription, decode_consent, parse_consent_topic
 from beacon_hub.engine import Readings
 from beacon_hub.errors import WireError
@@ -244,7 +244,7 @@ class MqttLink:
         self.session_present = False
         self._client: mqtt.Client | None = None
         self._stopping = False
-        self._last_refusal: str | None = None
+        self._refusals = RefusalLog(log)
         self._connected_since = 0.0
         self._short_sessions = 0
         self._takeover_log = RateLimitedLog(60.0)
@@ -324,12 +324,11 @@ class MqttLink:
         self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
-            text = str(reason)
-            if text != self._last_refusal:  # paho retries; say it once
-                log.error("broker %s refused the connection: %s", self.broker.host, text)
-                self._last_refusal = text
+            self._refusals.error(
+                str(reason), "broker %s refused the connection: %s", self.broker.host
+            )
             return
-        self._last_refusal = None
+        self._refusals.clear()
         self.session_present = bool(getattr(flags, "session_present", False))
         # Subscribing again is harmless with a persistent session and covers a broker that
         # lost it (SIGKILL before its autosave). Connected counts from the SUBACK.
@@ -343,10 +342,8 @@ class MqttLink:
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         """paho cannot connect (its `except OSError`): say why, once per reason."""
-        text = connect_failure()
-        if text != self._last_refusal:  # paho retries with backoff; say it once
-            log.error("cannot connect to %s:%d: %s", self.broker.host, self.broker.port, text)
-            self._last_refusal = text
+        host, port = self.broker.host, self.broker.port
+        self._refusals.error(connect_failure(), "cannot connect to %s:%d: %s", host, port)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _props: Any) -> None:
         refused = [t for t, r in zip(self.subscriptions, reasons, strict=False) if r.is_failure]
@@ -557,10 +554,8 @@ class Ingestor:
         topic_gw = topic.subject or ""
         label = topic_gw if topic_gw in known else UNKNOWN_GATEWAY
         if site not in self.gateways:
-            return replace(
-                self._reject(site, label, "bad_topic", 0, f"{item.topic}: not a site of ours"),
-                ours=False,
-            )
+            detail = f"{item.topic}: not a site of ours"
+            return self._reject(site, label, "bad_topic", 0, detail, ours=False)
         if topic.kind not in ("readings", "status", "heartbeat"):
             return self._reject(site, label, "bad_topic", 0, f"{item.topic}: not a gateway topic")
         if topic.kind != "readings":
@@ -761,7 +756,9 @@ class Ingestor:
                 reason,
             )
 
-    def _reject(self, site: str, gw: str, reason: str, samples: int, detail: str) -> Rejected:
+    def _reject(
+        self, site: str, gw: str, reason: str, samples: int, detail: str, *, ours: bool = True
+    ) -> Rejected:
         if site not in self.gateways:
             site = "_unknown"
         self.metrics.rejected_batches.labels(site, gw, reason).inc()
@@ -770,4 +767,4 @@ class Ingestor:
         self.bad_log.warning(
             (site, gw, reason), "refused a payload from %s/%s (%s): %s", site, gw, reason, detail
         )
-        return Rejected(site, gw, reason, samples, detail)
+        return Rejected(site, gw, reason, samples, detail, ours)

@@ -9,6 +9,7 @@ the stores; the dashboard reads the same table.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from beacon_hub.ids import is_beacon_id
 from beacon_hub.site import BEACON_KINDS
 from beacon_hub.wire import Telemetry
 
-__all__ = ["ASSET_CSV", "Asset", "AssetRegistry", "import_assets", "read_assets"]
+__all__ = ["ASSET_CSV", "CONTROL_CHARS", "Asset", "AssetRegistry", "import_assets", "read_assets"]
 
 LABEL_MAX_CHARS = 64
 LABEL_REFUSED = "text without control characters (newline, tab, ...)"
@@ -36,10 +37,13 @@ MAX_ASSETS = 200_000
 site has ~20,000; the bound stops a stream of invented ids from growing memory without end."""
 
 
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters. (`str.isprintable` would also refuse a no-break space and
+other invisible characters, which a label may hold.)"""
+
+
 def _label_ok(label: str) -> bool:
-    """No C0 or C1 control character. (`str.isprintable` would also refuse a no-break space
-    and other invisible characters, which a label may hold.)"""
-    return not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in label)
+    return CONTROL_CHARS.search(label) is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import InfluxConfig
 from beacon_hub.ingest import RateLimitedLog
 from beacon_hub.privacy import Retention
+from beacon_hub.registry import CONTROL_CHARS
 from beacon_hub.wire import Event
 
 __all__ = [
@@ -802,16 +803,13 @@ def _line(measurement: str, tags: dict[str, str], fields: dict[str, object], t_m
     return line
 
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""C0 and C1 control characters. Point escapes quotes and backslashes in a string field but
-not a newline, which ends a line of line protocol (InfluxDB 1.6 parses the rest as a new, broken
-point, and the spill and the per-policy split read a batch line by line)."""
-
-
 def _text(value: str) -> str:
-    """A string field's value with control characters as spaces (the registry refuses them in
-    labels; this keeps any other way in from breaking a batch)."""
-    return value if value.isprintable() else _CONTROL_CHARS.sub(" ", value)
+    """A string field's value with control characters (registry.CONTROL_CHARS) as spaces. Point
+    escapes quotes and backslashes in a string field but not a newline, which ends a line of
+    line protocol (InfluxDB 1.6 parses the rest as a new, broken point, and the spill and the
+    per-policy split read a batch line by line); the registry refuses them in labels, this keeps
+    any other way in from breaking a batch."""
+    return value if value.isprintable() else CONTROL_CHARS.sub(" ", value)
 
 
 def fix_points(record: TickRecord) -> list[str]:

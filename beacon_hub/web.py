@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import re
 import resource
@@ -55,8 +54,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.health import Metrics
-from beacon_hub.hubconfig import HttpConfig
+from beacon_hub.hubconfig import HttpConfig, is_loopback
 from beacon_hub.ids import NAME_ID_PATTERN, is_beacon_id
+from beacon_hub.ingest import RateLimitedLog
 from beacon_hub.livestate import LiveState, SiteSnapshot
 from beacon_hub.site import Site
 from beacon_hub.stores import QueryTimeoutError, SqliteReader, StoreError
@@ -421,22 +421,8 @@ class Problem(_Out):
 # ----------------------------------------------------------------------------- the app
 
 
-class _Throttled:
-    """A warning logged at most once per WARN_EVERY_S; the ones held back are counted."""
-
-    def __init__(self) -> None:
-        self._next_s = 0.0
-        self._held = 0
-
-    def warn(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next_s:
-            self._held += 1
-            return
-        self._next_s = now + WARN_EVERY_S
-        held, self._held = self._held, 0
-        log.warning("%s (%d more since the last such warning)", message % args, held)
-
+_CONNECTIONS = ("http-connections",)
+"""One rate limit for what the connection cap does: refusals and evictions alike."""
 
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -461,12 +447,16 @@ def _bounded_h11(max_connections: int, read_timeout_s: float) -> type[H11Protoco
             super().connection_made(transport)
             if len(admitted) >= max_connections:
                 if not waiting:
-                    notices.warn("http: %d connections busy; refused one", len(admitted))
+                    notices.warning(
+                        _CONNECTIONS, "http: %d connections busy; refused one", len(admitted)
+                    )
                     transport.write(_BUSY)
                     transport.close()
                     return
                 oldest = next(iter(waiting))
-                notices.warn("http: %d connections; closed the longest waiting", len(admitted))
+                notices.warning(
+                    _CONNECTIONS, "http: %d connections; closed the longest waiting", len(admitted)
+                )
                 oldest.drop()
             admitted.add(self)
             self.watch()
@@ -509,7 +499,7 @@ def _bounded_h11(max_connections: int, read_timeout_s: float) -> type[H11Protoco
 
     admitted: set[BoundedH11] = set()
     waiting: dict[BoundedH11, None] = {}  # insertion order: the longest wait first
-    notices = _Throttled()
+    notices = RateLimitedLog(WARN_EVERY_S, logger=log)
     return BoundedH11
 
 
@@ -521,15 +511,6 @@ def _host_name(value: str) -> str:
         return name if bracket and (not rest or rest.startswith(":")) else text
     name, colon, port = text.rpartition(":")
     return name if colon and port.isascii() and (port.isdigit() or not port) else text
-
-
-def _is_loopback_host(name: str) -> bool:
-    if name in {"localhost", "localhost."}:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class _LoopbackHostsOnly:
@@ -545,7 +526,7 @@ class _LoopbackHostsOnly:
             # No Host at all is an HTTP/1.0 client, never a browser: let it through.
             hosts = [value for key, value in scope["headers"] if key == b"host"]
             for name in (_host_name(value.decode("latin-1")) for value in hosts):
-                if not (_is_loopback_host(name) or name in self.allowed):
+                if not (name == "localhost." or is_loopback(name) or name in self.allowed):
                     detail = (
                         f"Host {name[:64]!r} is not this machine: the hub is bound to loopback "
                         "without a token, so it answers localhost, 127.x and [::1] only "
@@ -1019,7 +1000,7 @@ class WebServer:
                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             )
         )
-        self._accept_errors = _Throttled()
+        self._accept_errors = RateLimitedLog(WARN_EVERY_S, logger=log)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -1052,7 +1033,8 @@ class WebServer:
         """Out of file descriptors, asyncio reports each failed accept (up to LISTEN_BACKLOG per
         wake-up, with a traceback); one line a minute says as much."""
         if context.get("message") == "socket.accept() out of system resource":
-            self._accept_errors.warn(
+            self._accept_errors.warning(
+                ("accept",),
                 "http: accept() failed (%s): the process is out of file descriptors; see "
                 "LimitNOFILE and http.max_connections (docs/security.md)",
                 context.get("exception"),

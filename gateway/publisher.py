@@ -29,7 +29,7 @@ from typing import Any, Final, Literal
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from beacon_hub.broker_settings import connect_failure, paho_logger
+from beacon_hub.broker_settings import RefusalLog, connect_failure, paho_logger
 from beacon_hub.wire import (
     GatewayStatus,
     ReadingBatch,
@@ -96,7 +96,7 @@ class Publisher:
         self._drained.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
-        self._last_refusal: str | None = None
+        self._refusals = RefusalLog(log)
         self._stopping = False
         self._resending = False
 
@@ -211,17 +211,14 @@ class Publisher:
     # -- handlers (event loop thread)
 
     def _on_connect_fail(self, reason: str) -> None:
-        if reason != self._last_refusal:  # paho retries with backoff; say it once
-            log.error("cannot connect to %s:%d: %s", self.broker.host, self.broker.port, reason)
-            self._last_refusal = reason
+        host, port = self.broker.host, self.broker.port
+        self._refusals.error(reason, "cannot connect to %s:%d: %s", host, port)
 
     def _on_connect(self, failed: bool, reason: str) -> None:
         if failed:
-            if reason != self._last_refusal:  # paho retries; say it once, not every second
-                log.error("broker %s refused the connection: %s", self.broker.host, reason)
-                self._last_refusal = reason
+            self._refusals.error(reason, "broker %s refused the connection: %s", self.broker.host)
             return
-        self._last_refusal = None
+        self._refusals.clear()
         self.counters.connects += 1
         log.info("connected to the broker; %d batches waiting", self.queue_depth)
         self.disconnected.clear()
