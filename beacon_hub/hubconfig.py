@@ -228,6 +228,12 @@ class HttpConfig(_Section):
     The API's heads are under 1 kB and it takes no bodies: a working client needs milliseconds,
     a poor Wi-Fi link a second or two; 10 s frees a slowloris' connections six times sooner
     than nginx's default client_header_timeout (60 s)."""
+    send_stall_timeout_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    """A connection whose answer has not moved for this long, because the client reads none of
+    it (a tablet gone out of Wi-Fi range without closing, a stuck client), is closed: it frees
+    its place among `max_connections` and, for a stream, `max_stream_clients` (TCP alone gives
+    up after ~15 min of retransmissions, Linux tcp_retries2). 60 s is nginx's default
+    send_timeout; a slow but reading client moves its answer far more often."""
     allowed_hosts: list[str] = []
     """Host names besides localhost, 127.x and [::1] that requests may carry when the hub is
     bound to loopback without a token (names for this machine, e.g. behind a local reverse

@@ -21,6 +21,10 @@ limits must hold before it: at most `http.max_connections` connections at once, 
 that keeps the server waiting for its request longer than `http.request_read_timeout_s` is
 closed (`_bounded_h11`; uvicorn bounds neither: its `limit_concurrency` answers 503 only after a
 head arrived, and its keep-alive timer runs only between requests and restarts at every byte).
+Nor does it bound the other way round: an answer the client stops reading (a tablet gone out
+of Wi-Fi range without closing, a stuck client) waited for room in the socket for ever, holding
+its connection and, for a stream, its place among `http.max_stream_clients` until TCP gave up
+(~15 min); now a connection whose writes stay paused for `http.send_stall_timeout_s` is closed.
 asyncio's "accept() out of system resource" report is logged at most once a minute, since a
 flood of connections decides how often it happens.
 """
@@ -423,6 +427,8 @@ class Problem(_Out):
 
 _CONNECTIONS = ("http-connections",)
 """One rate limit for what the connection cap does: refusals and evictions alike."""
+_STALLED = ("http-stalled",)
+"""Its own rate limit: a client that stops reading is not a flood of connections."""
 
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -430,18 +436,45 @@ _BUSY = (
 )
 
 
-def _bounded_h11(max_connections: int, read_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with the two bounds it lacks (module docstring, Slow clients).
+def _bounded_h11(
+    max_connections: int, read_timeout_s: float, send_stall_timeout_s: float
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the bounds it lacks (module docstring, Slow clients).
 
     A connection on which the server waits for the client (for a request head, or for the rest
     of a body after the answer went out) is closed `read_timeout_s` after that wait began, bytes
     trickling in or not. At `max_connections`, a new connection closes the one that has kept the
     server waiting longest; when none is waiting (all busy with requests or streams) the new one
     gets 503 and is closed. A cap at accept is what bounds file descriptors: uvicorn's
-    `limit_concurrency` is checked only when a head is complete."""
+    `limit_concurrency` is checked only when a head is complete. A connection whose transport
+    paused writing (its buffer over the high-water mark: the client reads nothing) and has not
+    resumed `send_stall_timeout_s` later is closed; the answer's coroutine, waiting to drain,
+    then ends with the disconnect, and a stream's `finally` gives its place back."""
 
     class BoundedH11(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+        _stalled: asyncio.TimerHandle | None = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stalled is None and not self.transport.is_closing():
+                self._stalled = self.loop.call_later(send_stall_timeout_s, self.stall)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stalled is not None:
+                self._stalled.cancel()
+                self._stalled = None
+
+        def stall(self) -> None:
+            notices.warning(
+                _STALLED,
+                "http: a client read nothing of its answer for %.0f s; closed it",
+                send_stall_timeout_s,
+            )
+            self.forget()
+            # abort, not close: close() waits to flush a buffer this client will never read.
+            self.transport.abort()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -494,6 +527,9 @@ def _bounded_h11(max_connections: int, read_timeout_s: float) -> type[H11Protoco
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
+            if self._stalled is not None:
+                self._stalled.cancel()
+                self._stalled = None
             waiting.pop(self, None)
             admitted.discard(self)
 
@@ -990,7 +1026,11 @@ class WebServer:
         self._server = _Server(
             uvicorn.Config(
                 self.app,
-                http=_bounded_h11(config.max_connections, config.request_read_timeout_s),
+                http=_bounded_h11(
+                    config.max_connections,
+                    config.request_read_timeout_s,
+                    config.send_stall_timeout_s,
+                ),
                 ws="none",  # none served; an upgrade would take the connection out of the count
                 backlog=LISTEN_BACKLOG,
                 h11_max_incomplete_event_size=MAX_HEAD_BYTES,

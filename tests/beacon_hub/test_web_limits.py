@@ -22,12 +22,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from beacon_hub.engine import FixTable
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HttpConfig
-from beacon_hub.livestate import LiveState
+from beacon_hub.livestate import LiveState, zone_occupancy
 from beacon_hub.site import Site, load_site
 from beacon_hub.web import WebServer
 from tests.beacon_hub.webworld import ROOT, get
@@ -264,6 +266,55 @@ def test_streams_opened_together_stay_within_the_cap() -> None:
                 break
             time.sleep(0.1)
         assert [status for _, status in again] == [200, 200]
+
+
+def _big_tick(live: LiveState, t: float, n: int) -> None:
+    """A tick of `n` fixes for the store: a few hundred kB of stream event."""
+    table = FixTable(
+        t=t,
+        beacons=[f"{i:012x}" for i in range(n)],
+        x=np.linspace(1.0, 20.0, n),
+        y=np.full(n, 5.0),
+        accuracy_m=np.full(n, 1.5),
+        level=np.zeros(n, dtype=np.int64),
+        zones=[None] * n,
+        kinds=["cart"] * n,
+        speed_m_s=np.zeros(n),
+        gateway_slots=np.zeros((n, 1), dtype=np.intp),
+        gateway_mask=np.ones((n, 1), dtype=bool),
+        gateway_ids=("gw-01",),
+    )
+    live.tick(STORE, t, table, [], [None] * n, zone_occupancy(table))
+
+
+def test_a_stream_nobody_reads_is_closed_and_gives_its_place_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dashboard that stops reading (a tablet out of Wi-Fi range, no FIN) held its stream's
+    place until TCP gave up, about 15 minutes of retransmissions."""
+    with serving(max_stream_clients=1, send_stall_timeout_s=1.0) as (server, live):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+        s.settimeout(PATIENCE_S)
+        s.connect(("127.0.0.1", server.port))
+        try:
+            s.sendall(STREAM)
+            assert _status(s) == 200
+            assert live.stream_count() == 1
+            # Ticks keep coming; the client reads none of them from here on.
+            deadline = time.monotonic() + 3 * PATIENCE_S
+            t = 1_000.0
+            while live.stream_count() and time.monotonic() < deadline:
+                _big_tick(live, t, 2_000)
+                t += 1.0
+                time.sleep(0.05)
+            assert live.stream_count() == 0
+            again, status = _open_stream(server.port)
+            again.close()
+            assert status == 200  # its place is free again
+        finally:
+            s.close()
+    assert "read nothing of its answer" in caplog.text
 
 
 # ------------------------------------------------------------------------- DNS rebinding
