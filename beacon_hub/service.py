@@ -468,6 +468,15 @@ class Hub:
             topic = self.cfg.ingest.dead_letter_topic
             if topic:
                 self.link.publish(f"{topic}/{res.site}/{res.reason}", item.payload, 0, False)
+            run = self.sites.get(res.site)
+            after_store = self.cfg.broker.ack == "after_store"
+            if res.reason == "duplicate" and run is not None and after_store:
+                # A copy the broker sent again after a reconnect, whose first may still wait for
+                # its tick's transaction: acknowledged with the site's next stored tick (ticks
+                # commit in order). Acknowledged at once, the broker forgot the batch, and a hub
+                # killed before that commit had lost it.
+                run.pending_acks.append((item.mid, item.qos, item.session))
+                return
             self.link.ack(item.mid, item.qos, item.session)  # refused for good: nothing to keep
             return
         run = self.sites[res.site]
