@@ -152,6 +152,11 @@ class Metrics:
         )
         self.broker_connected = Gauge(p + "broker_connected", "1 while connected", registry=r)
         self.broker_connects = Counter(p + "broker_connects", "Successful connects", registry=r)
+        self.session_resumes = Counter(
+            p + "session_resumes",
+            "Reconnects made so the broker sends again what an overload dropped unacknowledged",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

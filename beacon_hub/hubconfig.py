@@ -92,7 +92,8 @@ class IngestConfig(_Section):
     batches, 2 GB."""
     overload_wait_s: float = Field(default=5.0, ge=0, le=60)
     """A full inbox blocks paho's thread (TCP back-pressure on the broker) this long before the
-    message is dropped unacknowledged (the broker re-sends it on the next connect)."""
+    message is dropped unacknowledged (the broker sends it again on the next connect, which the
+    hub makes once the inbox has drained: docs/hub.md, Overload policy)."""
     future_tolerance_s: float = Field(default=2.0, ge=0, le=3600)
     """A batch whose send time runs ahead of its gateway's learnt clock offset by more than
     this is refused as `future`."""

@@ -3,15 +3,34 @@ and clock bookkeeping, bad-input accounting.
 
 Threads. paho runs its network loop on its own thread (`loop_start`) and calls `_on_message`
 there. That callback is THE one place where paho's thread hands anything to the service: it puts
-`(arrival time, topic, payload, mid)` into `MqttLink.inbox`, a bounded `queue.Queue`, and does
-nothing else. Everything after that (decoding, engine, outputs, stores, acknowledgements) runs on
-the service thread. Calls the other way (`publish`, `ack`) are thread-safe by paho's design.
+`(arrival time, topic, payload, mid, session)` into `MqttLink.inbox`, a bounded `queue.Queue`,
+and does nothing else. Everything after that (decoding, engine, outputs, stores,
+acknowledgements) runs on the service thread. Calls the other way (`publish`, `ack`) are
+thread-safe by paho's design; `ack` also runs on the SQLite writer's thread (broker.ack =
+after_store). The service thread owns the link's life: `start`, `stop`, and `resume_if_dropped`
+(below), which stops and restarts paho's thread as `stop` and `start` do. What paho's thread
+tells the service besides the inbox is state it alone writes and the service only reads:
+`connected`, `shared`, the drops owed.
 
 Overload policy. When the inbox is full, paho's thread blocks for up to
 `ingest.overload_wait_s`: it stops reading the socket, so TCP pushes back on the broker, which
 keeps queueing for our persistent session. Past that wait the message is dropped *unacknowledged*
 (counted in `beacon_hub_inbox_dropped_total`, warned at most once a minute); the broker sends it
-again on the next connect of this session (MQTT 3.1.1, 4.4).
+again on the next connect of this session (MQTT 3.1.1, 4.4), and only then: until that connect
+it holds a slot of the broker's in-flight window (Mosquitto's `max_inflight_messages`). Once the
+service finds the inbox empty (the overload is over) while such drops are owed, it reconnects
+the session (`resume_if_dropped`, counted in `beacon_hub_session_resumes_total`): without that,
+drops that fill the window stop the broker sending the hub any QoS 1 message until a restart
+(docs/hub.md).
+
+Acknowledgements and connections. A message's mid is the broker's packet identifier on the
+connection it came on. Each connect and each loss starts a new `session` number, every Inbound
+carries the one it came in, and `ack` sends nothing for an earlier one: the broker sends that
+message again on the new connection (the ack never reached it), where its duplicate is
+acknowledged. Sent on the new connection, the old mid could acknowledge another message (a
+broker that lost the session numbers its messages from the start again, one that restored an
+older copy from where that left off; tests/integration/test_hub_overload.py), and paho writes an
+ack queued while it reconnects on the new connection, even before its CONNECT.
 
 Acknowledgement. The client runs with `manual_ack=True`; the service acknowledges a readings
 message only after it has been processed (broker.ack in docs/hub.md), so a hub killed with
@@ -170,6 +189,8 @@ class Inbound:
     payload: bytes
     mid: int
     qos: int
+    session: int = 0
+    """The connection it came on (MqttLink, module docstring): its mid names it only there."""
 
 
 class RateLimitedLog:
@@ -240,10 +261,19 @@ class MqttLink:
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=ingest.queue_messages)
         self._overload_wait_s = ingest.overload_wait_s
         self._overload_log = RateLimitedLog(60.0)
+        self._resume_log = RateLimitedLog(60.0)
         self.connected = threading.Event()
         self.session_present = False
         self._client: mqtt.Client | None = None
-        self._stopping = False
+        self._closing = False
+        """A stop or a resume is closing the connection on purpose."""
+        self._session = 0
+        """The connection's number (Inbound.session): paho's thread starts a new one at each
+        connect and each loss, under `_ack_lock`, so no ack of an earlier one slips through."""
+        self._ack_lock = threading.Lock()
+        self._dropped_owed = 0
+        """QoS 1/2 messages dropped unacknowledged since the connect: each holds a slot of the
+        broker's in-flight window until the next one. Paho's thread writes it."""
         self._refusals = RefusalLog(log)
         self._connected_since = 0.0
         self._short_sessions = 0
@@ -277,6 +307,9 @@ class MqttLink:
             self.broker.port,
             self.client_id,
         )
+        self._connect(client)
+
+    def _connect(self, client: mqtt.Client) -> None:
         client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         client.loop_start()
 
@@ -284,7 +317,7 @@ class MqttLink:
         client = self._client
         if client is None:
             return
-        self._stopping = True
+        self._closing = True
         # A clean DISCONNECT keeps the persistent session (clean_session=False): the broker goes
         # on queueing readings for us until we are back.
         client.disconnect()
@@ -297,9 +330,9 @@ class MqttLink:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         """paho's thread: hand the bytes over, never touch service state (module docstring)."""
-        item = Inbound(time.time(), msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        item = Inbound(time.time(), msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._session)
         deadline = time.monotonic() + self._overload_wait_s
-        while not self._stopping:
+        while not self._closing:
             # In slices: a stop must not wait out overload_wait_s per message paho still
             # reads before it writes the DISCONNECT (20 outstanding outputs made it 94 s,
             # past systemd's stop timeout, and the stores were never flushed).
@@ -312,13 +345,15 @@ class MqttLink:
                     continue
                 # Policy: dropped unacknowledged, counted; the broker re-sends on the next connect.
                 self.metrics.inbox_dropped.inc()
+                if msg.qos > 0:
+                    self._dropped_owed += 1
                 self._overload_log.warning(
                     ("overload",),
                     "inbox full for %.1f s: dropped a message unacknowledged",
                     self._overload_wait_s,
                 )
             return
-        # Stopping: left unacknowledged, so the broker keeps it for the next connect.
+        # Stopping or resuming: left unacknowledged, so the broker sends it on the next connect.
 
     def _on_connect(
         self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _props: Any
@@ -329,6 +364,10 @@ class MqttLink:
             )
             return
         self._refusals.clear()
+        with self._ack_lock:
+            self._session += 1
+        # The broker sends what was dropped again now (or lost it with the session).
+        self._dropped_owed = 0
         self.session_present = bool(getattr(flags, "session_present", False))
         # Subscribing again is harmless with a persistent session and covers a broker that
         # lost it (SIGKILL before its autosave). Connected counts from the SUBACK.
@@ -364,7 +403,11 @@ class MqttLink:
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
-        if self.connected.is_set() and not self._stopping:
+        # Before paho reconnects: an ack of this connection queued after this point would be
+        # written on the next one (paho keeps what is queued from its reconnect to the CONNACK).
+        with self._ack_lock:
+            self._session += 1
+        if self.connected.is_set() and not self._closing:
             log.warning("lost the broker (%s); paho reconnects with backoff", reason)
             short = time.monotonic() - self._connected_since < SHORT_SESSION_S
             self._short_sessions = self._short_sessions + 1 if short else 0
@@ -410,10 +453,44 @@ class MqttLink:
         )
         return True
 
-    def ack(self, mid: int, qos: int) -> None:
+    def resume_if_dropped(self) -> bool:
+        """Service thread, the inbox found empty: if messages were dropped unacknowledged since
+        the connect, reconnect the session so the broker sends them again (module docstring).
+        True if it did."""
         client = self._client
-        if client is not None and qos > 0:
-            client.ack(mid, qos)
+        owed = self._dropped_owed
+        if client is None or not owed or not self.connected.is_set() or not self.inbox.empty():
+            return False
+        self.metrics.session_resumes.inc()
+        self._resume_log.warning(
+            ("resume",),
+            "the overload is over, and %d messages it dropped unacknowledged hold the broker's"
+            " in-flight window until we connect again (MQTT 3.1.1 sends them again only then):"
+            " reconnecting the session",
+            owed,
+        )
+        self._closing = True
+        try:
+            # As stop(): a clean DISCONNECT keeps the session and its unacknowledged messages.
+            # The same client, not a new one: it keeps the outputs (QoS 1) awaiting their PUBACK
+            # and sends them again. (loop_start makes paho a new wake-up socket pair; the old
+            # one is closed when dropped, paho issue 627.)
+            client.disconnect()
+            client.loop_stop()
+        finally:
+            self._closing = False
+        self._connect(client)
+        return True
+
+    def ack(self, mid: int, qos: int, session: int) -> None:
+        """Any thread. Nothing is sent for a message of an earlier connection (module
+        docstring): the broker sends it again on this one."""
+        client = self._client
+        if client is None or qos == 0:
+            return
+        with self._ack_lock:
+            if session == self._session:
+                client.ack(mid, qos)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
         """False if paho refused it (queue full, or QoS 0 while disconnected)."""

@@ -142,7 +142,8 @@ class _SiteRun:
     data_wm: float = -math.inf
     reported: dict[str, float] = field(default_factory=dict)
     """Per gateway, the end (hub time) of its newest batch: when a tick's round is complete."""
-    pending_acks: list[tuple[int, int]] = field(default_factory=list)
+    pending_acks: list[tuple[int, int, int]] = field(default_factory=list)
+    """(mid, qos, session) of the messages the next stored tick acknowledges (after_store)."""
     ledger: list[LedgerEntry] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     last_tick_wall: float | None = None
@@ -416,6 +417,9 @@ class Hub:
             item = None
         if item is not None:
             self._handle(item)
+        else:
+            # The inbox has drained: messages an overload dropped are fetched again now.
+            self.link.resume_if_dropped()
         self.metrics.inbox_depth.set(self.link.inbox.qsize())
         self._maybe_tick(self.clock())
         if time.monotonic() - self._last_asset_save >= ASSET_SAVE_S:
@@ -442,12 +446,12 @@ class Hub:
         if isinstance(res, ConsentUpdate):
             if res.consent is not None:
                 self.consent.apply(res.beacon, res.consent)
-            self.link.ack(item.mid, item.qos)
+            self.link.ack(item.mid, item.qos, item.session)
             return
         if isinstance(res, StatusUpdate | HeartbeatUpdate):
             # Gateway state for the live view, not data to store: acknowledged at once.
             self.live.gateway_update(res, item.arrival)
-            self.link.ack(item.mid, item.qos)
+            self.link.ack(item.mid, item.qos, item.session)
             return
         if not isinstance(res, Accepted):
             self.totals["rejected"] += 1
@@ -459,12 +463,21 @@ class Hub:
                 # A subscription an earlier configuration left in our session: left, and the
                 # message acknowledged (unacknowledged, they would fill the in-flight window).
                 self.link.leave(item.topic)
-                self.link.ack(item.mid, item.qos)
+                self.link.ack(item.mid, item.qos, item.session)
                 return
             topic = self.cfg.ingest.dead_letter_topic
             if topic:
                 self.link.publish(f"{topic}/{res.site}/{res.reason}", item.payload, 0, False)
-            self.link.ack(item.mid, item.qos)  # refused for good: nothing to keep
+            run = self.sites.get(res.site)
+            after_store = self.cfg.broker.ack == "after_store"
+            if res.reason == "duplicate" and run is not None and after_store:
+                # A copy the broker sent again after a reconnect, whose first may still wait for
+                # its tick's transaction: acknowledged with the site's next stored tick (ticks
+                # commit in order). Acknowledged at once, the broker forgot the batch, and a hub
+                # killed before that commit had lost it.
+                run.pending_acks.append((item.mid, item.qos, item.session))
+                return
+            self.link.ack(item.mid, item.qos, item.session)  # refused for good: nothing to keep
             return
         run = self.sites[res.site]
         run.last_data_wall = item.arrival
@@ -504,9 +517,9 @@ class Hub:
             oldest = float(t.min()) if t.shape[0] else newest
             run.next_tick = self._align(max(oldest, item.arrival - MAX_CATCH_UP_S))
         if self.cfg.broker.ack == "after_ingest":
-            self.link.ack(item.mid, item.qos)
+            self.link.ack(item.mid, item.qos, item.session)
         else:
-            run.pending_acks.append((item.mid, item.qos))
+            run.pending_acks.append((item.mid, item.qos, item.session))
 
     def _align(self, t: float) -> float:
         step = self.cfg.engine.tick_interval_s
@@ -676,8 +689,8 @@ class Hub:
         def acknowledge(_stored: bool) -> None:
             # After the tick's transaction (broker.ack = after_store), committed or not: the
             # writer has logged and counted a failure. Paho's ack is thread-safe.
-            for mid, qos in acks:
-                link.ack(mid, qos)
+            for mid, qos, session in acks:
+                link.ack(mid, qos, session)
 
         self.sqlite.submit_tick(TickWrite(record, ledger, saved, acknowledge))
         for store in self.stores:

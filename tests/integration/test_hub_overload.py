@@ -1,7 +1,9 @@
 """The overload policy against a real Mosquitto (docs/hub.md, Overload policy): a full inbox
 drops messages unacknowledged and counts them, and the broker sends exactly those again when the
-persistent session reconnects; a hub whose ticks fall behind the clock skips to the newest,
-counted, while a restarted hub's backlog is ticked in full."""
+persistent session reconnects; an overload whose dropped messages fill the broker's in-flight
+window no longer stalls the hub (it reconnects the session once the inbox has drained); a hub
+whose ticks fall behind the clock skips to the newest, counted, while a restarted hub's backlog
+is ticked in full."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import json
 import math
 import queue
 import signal
+import sqlite3
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -24,16 +28,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import BrokerConfig, IngestConfig
 from beacon_hub.ingest import Inbound, MqttLink
-from beacon_hub.wire import readings_topic
+from beacon_hub.wire import Heartbeat, encode_heartbeat, heartbeat_topic, readings_topic
 from tests.integration.hubkit import (
     WAIT_S,
     Gateways,
     HubProcess,
+    logged_totals,
     shipped_broker,
     site_file,
     unique_site,
     wait_until,
 )
+from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +51,13 @@ MAX_LAG_S = 2.0
 """ingest.max_tick_lag_s for the stall test: a third of the stall."""
 STALL_S = 6.0
 """How long the hub is stopped (SIGSTOP) while the gateways go on publishing."""
+WINDOW_MESSAGES = 20
+"""The broker's max_inflight_messages in the in-flight window test: Mosquitto's default, and one
+round of the store's 20 gateways."""
+INBOX_MESSAGES = 10
+"""ingest.queue_messages in that test: the least the config allows."""
+ROUNDS = 3
+"""Rounds the gateways publish into that overload: one fills the window, two wait behind it."""
 
 
 def test_a_full_inbox_drops_unacknowledged_and_the_broker_sends_them_again(
@@ -77,7 +90,7 @@ def test_a_full_inbox_drops_unacknowledged_and_the_broker_sends_them_again(
         wait_until("40 drops counted", lambda: metrics.inbox_dropped._value.get() == 40)
         kept: list[Inbound] = [first.inbox.get_nowait() for _ in range(10)]
         for item in kept:
-            first.ack(item.mid, item.qos)
+            first.ack(item.mid, item.qos, item.session)
         first.stop()  # a clean disconnect keeps the session and its unacknowledged messages
         # Mosquitto may read the second CONNECT (a session takeover) before the rest of the
         # first connection's bytes, and drop those: its last PUBACKs, whose messages it then
@@ -100,13 +113,75 @@ def test_a_full_inbox_drops_unacknowledged_and_the_broker_sends_them_again(
         broker.stop()
 
 
+def test_an_ack_of_an_earlier_connection_does_not_acknowledge_another_message(
+    tmp_path: Path,
+) -> None:
+    """A mid names a message only on the connection it came on. A broker that lost the hub's
+    session numbers what it sends from the start again (restarted without persistence, as
+    here), one SIGKILLed from where its last autosave left off, so an ack the hub still owed
+    for a message of the old connection (after_store: the tick's transaction commits after the
+    reconnect) carried the mid of a new message, not yet processed: the broker forgot that one,
+    and a hub killed before storing it lost it. Such an ack is not sent; the new message comes
+    again on the next connect."""
+    broker = Mosquitto(tmp_path / "mq", extra_config="persistence false")
+    broker.start()
+    site = unique_site()
+    client_id = f"hub-{uuid.uuid4().hex[:8]}"
+    cfg = BrokerConfig(url=broker.url)
+    metrics = Metrics()
+    first = MqttLink(cfg, IngestConfig(), client_id=client_id, site_ids=[site], metrics=metrics)
+    second: MqttLink | None = None
+    try:
+        first.start()
+        assert first.connected.wait(WAIT_S)
+        _publish_once(broker, readings_topic(site, "gw-1"), b"old")
+        old = first.inbox.get(timeout=WAIT_S)
+        broker.restart()  # SIGTERM, no persistence: the session is gone
+        wait_until(
+            "the link back",
+            lambda: metrics.broker_connects._value.get() == 2 and first.connected.is_set(),
+        )
+        assert not first.session_present
+        _publish_once(broker, readings_topic(site, "gw-1"), b"new")
+        new = first.inbox.get(timeout=WAIT_S)
+        assert (new.payload, new.mid) == (b"new", old.mid)  # numbered from the start again
+        first.ack(old.mid, old.qos, old.session)  # the old message's tick has committed
+        first.stop()
+        time.sleep(RESTART_PAUSE_S)  # as in the test above: the broker reads the first out
+        second = MqttLink(
+            cfg, IngestConfig(), client_id=client_id, site_ids=[site], metrics=Metrics()
+        )
+        second.start()
+        assert second.connected.wait(WAIT_S)
+        again = second.inbox.get(timeout=WAIT_S)
+        assert again.payload == b"new"
+        second.ack(again.mid, again.qos, again.session)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        broker.stop()
+
+
+def _publish_once(broker: Mosquitto, topic: str, payload: bytes) -> None:
+    """QoS 1 from a client of its own, which the broker has acknowledged on return."""
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        pub.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+
+
 def _drain(link: MqttLink, into: list[bytes]) -> int:
     while True:
         try:
             item = link.inbox.get_nowait()
         except queue.Empty:
             return len(into)
-        link.ack(item.mid, item.qos)
+        link.ack(item.mid, item.qos, item.session)
         into.append(item.payload)
 
 
@@ -182,6 +257,119 @@ def test_a_stop_with_a_full_inbox_does_not_wait_out_the_overload_wait(tmp_path: 
         pub.loop_stop()
         pub.disconnect()
         broker.stop()
+
+
+@pytest.mark.parametrize("ack", ["after_ingest", "after_store"])
+def test_dropped_messages_filling_the_in_flight_window_do_not_stall_the_hub(
+    tmp_path: Path, ack: str
+) -> None:
+    """A dropped message holds its slot in the broker's in-flight window until the session
+    reconnects (MQTT 3.1.1 re-sends only then). The inbox's own messages hold slots too, so
+    readings alone can drop at most window - inbox; the gateways' heartbeats (QoS 0) hold none,
+    and an inbox full of them lets an overload drop a whole window of readings. The broker then
+    sends the hub no readings at all: it stalled for good, until someone restarted it. Now,
+    once the inbox has drained, it reconnects the session and the broker sends them again.
+
+    The overload is real: a lock on the hub's SQLite file (a backup, an `assets import`, a slow
+    disk) stops its writer; once 8 ticks wait for it the service thread waits too (a slow disk
+    slows the hub, it loses nothing), and paho's thread finds the inbox full."""
+    broker = Mosquitto(tmp_path / "mq", extra_config=f"max_inflight_messages {WINDOW_MESSAGES}")
+    broker.start()
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    hub = HubProcess(
+        tmp_path / "hub", broker, [path],
+        extra={
+            "broker.ack": ack,
+            "ingest.queue_messages": INBOX_MESSAGES,
+            "ingest.overload_wait_s": 0.1,
+        },
+    )  # fmt: skip
+    gws = Gateways(broker, path)
+    gw = gws.gws[0][0]
+    lock: sqlite3.Connection | None = None
+    try:
+        hub.start()
+        lock = sqlite3.connect(hub.db_path, timeout=WAIT_S, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        heartbeats = 0
+
+        def one_more_heartbeat() -> bool:
+            """Sends one; True once the inbox is full (the service thread waits)."""
+            nonlocal heartbeats
+            heartbeats += 1
+            hb = Heartbeat(
+                gw=gw, boot=gws.boots[gw], t=time.time(), uptime_s=float(heartbeats),
+                adverts_seen=heartbeats, adverts_published=0, adverts_dropped=0,
+                queue_depth=0, scanner_restarts=0, adverts_per_s=0.0, version="test",
+            )  # fmt: skip
+            gws.client.publish(heartbeat_topic(site, gw), encode_heartbeat(hb), qos=0)
+            return int(_health(hub)["inbox_depth"]) >= INBOX_MESSAGES
+
+        wait_until("an inbox full of heartbeats", one_more_heartbeat, hub=hub)
+        # The service thread handled heartbeats up to the last one its gauge shows, the inbox
+        # holds the next INBOX_MESSAGES; those sent after them are dropped (QoS 0: nothing is
+        # owed for them). Counted exactly, so what is dropped next is readings alone.
+        handled = int(
+            hub.metric_sum(
+                "beacon_hub_gateway_reported", site=site, gateway=gw, counter="adverts_seen"
+            )
+        )
+        dropped_heartbeats = heartbeats - handled - INBOX_MESSAGES
+
+        def dropped() -> int:
+            return int(hub.metric_sum("beacon_hub_inbox_dropped_total"))
+
+        wait_until("the other heartbeats dropped", lambda: dropped() == dropped_heartbeats)
+        for _ in range(ROUNDS):
+            gws.send_round()
+        gws.settle()
+        # The broker sends a window of readings, the hub drops each, and the window is full.
+        wait_until(
+            "a window of readings dropped",
+            lambda: dropped() == dropped_heartbeats + WINDOW_MESSAGES,
+            hub=hub,
+        )
+        lock.execute("ROLLBACK")
+        lock.close()
+        lock = None
+        # The overload is over. Every batch comes, once: before, none ever came (the window
+        # stayed full of the dropped ones), and /healthz turned 503 a minute later.
+        published = {(p.gw, p.boot, p.seq) for p in gws.published}
+        assert len(published) == ROUNDS * len(gws.gws)
+
+        def ledger() -> list[tuple[Any, ...]]:
+            return hub.sql("SELECT gateway, boot, seq FROM batches WHERE site = ?", site)
+
+        wait_until("every batch in the ledger", lambda: len(ledger()) >= len(published), hub=hub)
+        rows = ledger()
+        assert sorted(rows) == sorted(published)  # each once
+        assert hub.metric_sum("beacon_hub_session_resumes_total") >= 1
+        assert "reconnecting the session" in hub.log()
+        assert hub.stop() == 0
+        # And the engine took each in once (a copy the broker sends again is a duplicate).
+        totals = logged_totals(hub.log())[-1]
+        assert totals["batches"] == len(published)
+    finally:
+        if lock is not None:
+            lock.close()
+        gws.close()
+        hub.close()
+        broker.stop()
+
+
+def _health(hub: HubProcess) -> dict[str, Any]:
+    """The hub's /healthz, 200 or 503 (loopback, no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{hub.http_port}/healthz", timeout=WAIT_S) as r:
+            body: dict[str, Any] = json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code != 503:
+            raise
+        with e:
+            body = json.load(e)
+    return body
 
 
 def test_a_stalled_hub_skips_to_the_newest_tick_and_a_restarted_one_ticks_its_backlog(

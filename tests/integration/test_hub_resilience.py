@@ -5,6 +5,7 @@ real InfluxDB 1.x, the hub as a child process."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.hubkit import (
+    WAIT_S,
     Gateways,
     HubProcess,
     shipped_broker,
@@ -123,6 +125,61 @@ def test_broker_sigterm_restart_loses_nothing(tmp_path: Path) -> None:
         assert hub.stop() == 0
         assert ledger(hub) == want
     finally:
+        gws.close()
+        hub.close()
+        broker.stop()
+
+
+def test_a_batch_sent_again_while_its_tick_waits_is_kept_until_that_tick_is_stored(
+    tmp_path: Path,
+) -> None:
+    """After a reconnect (a broker restart here; the overload policy makes them too) the broker
+    sends again every batch the hub has not acknowledged, also those it has taken in whose
+    tick is not stored yet (broker.ack = after_store). The (boot, seq) check drops the copy as
+    a duplicate, and acknowledged it at once: the broker forgot the batch, and a hub killed
+    before the tick's transaction committed had lost it for good. A lock on the SQLite file
+    (a backup, an `assets import`) holds that transaction here."""
+    broker = shipped_broker(tmp_path / "mq")
+    broker.start()
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    # 2 s ticks: 8 of them wait for the locked writer before the service thread waits too
+    # (stores.MAX_PENDING_JOBS), time enough for the broker's restart.
+    hub = HubProcess(tmp_path / "hub", broker, [path], extra={"engine.tick_interval_s": 2.0})
+    hub.start()
+    gws = Gateways(broker, path)
+    lock: sqlite3.Connection | None = None
+    try:
+        gws.send_round()
+        gws.settle()
+        wait_until("a round stored", lambda: rounds_seen(gws, hub, 1), hub=hub)
+        lock = sqlite3.connect(hub.db_path, timeout=WAIT_S, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        gws.send_round()
+        gws.settle()
+        n = len(gws.gws)
+        wait_until(
+            "the round taken in", lambda: hub.metric_sum("beacon_hub_batches_total") == 2 * n
+        )
+        broker.restart(signal.SIGTERM)  # saves the session: the round is still unacknowledged
+        wait_until(
+            "the round sent again, refused as duplicates",
+            lambda: hub.metric_sum("beacon_hub_gateway_batches_duplicate_total") == n,
+            hub=hub,
+        )
+        hub.kill()
+        lock.execute("ROLLBACK")
+        lock.close()
+        lock = None
+        assert sum(ledger(hub).values()) == n  # the second round's tick was never stored
+        hub.start()
+        want = published(gws)
+        wait_until("every batch in the ledger", lambda: set(ledger(hub)) >= set(want), hub=hub)
+        assert hub.stop() == 0
+        assert ledger(hub) == want
+    finally:
+        if lock is not None:
+            lock.close()
         gws.close()
         hub.close()
         broker.stop()
