@@ -289,6 +289,8 @@ class Publisher:
                 self._send(item)
         if not len(self.buffer) and not self._inflight:
             self._drained.set()
+        else:  # also for a backlog found on disk at start, which no `submit` announced
+            self._drained.clear()
 
     def _send(self, item: Buffered) -> None:
         assert self._client is not None  # noqa: S101  # _can_send checked it
