@@ -7,10 +7,15 @@ newest: we never let it hold more than `inflight` batches.) Batches leave in the
 came in.
 
 `MemoryBuffer` is a deque; `DiskBuffer` keeps one file per batch in a folder, so a restart
-(power loss, upgrade, kill -9) does not lose what the broker has not yet acknowledged: a file
-is deleted only by `release`, which the publisher calls on the batch's PUBACK. A batch handed
-to paho but not acknowledged is therefore replayed after a restart (QoS 1 allows the duplicate;
-the hub drops it by (boot, seq)).
+(power loss, upgrade, kill -9) does not lose what it holds: a file is deleted only by `release`,
+which the publisher calls on the batch's PUBACK. Only batches the broker cannot take at once
+come here (publisher.py decides); one the broker acknowledges promptly never touches the disk,
+because writing a small file costs an SD card about 60 KiB of writes (docs/gateway.md).
+
+Batches the publisher handed to paho straight from memory are older than everything queued
+here. When the connection drops or the process stops before their PUBACK, `save_in_flight`
+writes them (and renames the files of any others paho holds) to a second set of names,
+`NNN.inflight`, which a restart reads before the queued `NNN.batch` files, so order holds.
 
 When the folder refuses writes (disk full, remounted read-only), `DiskBuffer` keeps new batches
 in memory under the same bound and goes back to the disk once that overflow has drained; the
@@ -33,13 +38,17 @@ __all__ = ["Buffered", "DiskBuffer", "MemoryBuffer", "OfflineBuffer"]
 log = logging.getLogger(__name__)
 
 _SUFFIX: Final = ".batch"
+"""A queued batch: the only kind of file before in-flight files had names of their own."""
+_SENT_SUFFIX: Final = ".inflight"
+"""A batch paho held unacknowledged when the connection dropped or the process stopped: older
+than every queued batch, so a restart reads these first."""
 
 
 @dataclass(frozen=True, slots=True)
 class Buffered:
     """One encoded readings batch and the number of samples in it (for the counters).
 
-    `ticket` names the disk file it was read from (None: not on disk); see `release`."""
+    `ticket` names its disk file (None: only memory holds it); see `release`."""
 
     payload: bytes
     samples: int
@@ -60,6 +69,13 @@ class OfflineBuffer(Protocol):
 
     def in_memory(self) -> tuple[int, int]:
         """(batches, samples) waiting here that only memory holds: what a stop loses."""
+        ...
+
+    def save_in_flight(self, items: list[Buffered]) -> list[Buffered]:
+        """`items` are in paho's hands unacknowledged, in the order they were sent, and the
+        connection dropped or the process stops: keep them where a restart reads them first,
+        in that order. Returns them with the tickets that now name their files (an item that
+        could not be written comes back as it was)."""
         ...
 
 
@@ -91,6 +107,9 @@ class MemoryBuffer:
     def in_memory(self) -> tuple[int, int]:
         return len(self._items), sum(item.samples for item in self._items)
 
+    def save_in_flight(self, items: list[Buffered]) -> list[Buffered]:
+        return items
+
 
 def _header(item: Buffered) -> bytes:
     """`samples length crc32` of the payload: a torn or truncated file is recognised."""
@@ -117,9 +136,16 @@ def _parse(raw: bytes) -> tuple[Buffered | None, int]:
     return Buffered(payload, samples), samples
 
 
+def _numbers(folder: Path, suffix: str) -> list[int]:
+    """The counters of the files in `folder` with `suffix`, lowest first."""
+    return sorted(int(p.stem) for p in folder.glob(f"*{suffix}") if p.stem.isdigit())
+
+
 class DiskBuffer:
     """At most `max_batches` batches in `folder`, one file each, named by a counter so order
-    survives restarts; see the module docstring for acknowledgement and a failing disk.
+    survives restarts; see the module docstring for acknowledgement, in-flight files and a
+    failing disk. Both kinds of file share the counter; a restart reads the in-flight ones
+    first, then the queued ones, each in counter order.
 
     Each file is written to a temporary name, fsync'd and renamed (and the folder fsync'd), so
     a power cut leaves either the whole batch or none of it. The first line of a file is
@@ -138,10 +164,11 @@ class DiskBuffer:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.tmp"):
             stale.unlink(missing_ok=True)
-        self._names: deque[int] = deque(
-            sorted(int(p.stem) for p in folder.glob(f"*{_SUFFIX}") if p.stem.isdigit())
-        )
-        self._next = (self._names[-1] + 1) if self._names else 0
+        sent = _numbers(folder, _SENT_SUFFIX)
+        self._sent = set(sent)
+        """Numbers whose file has the in-flight name; the others are queued files."""
+        self._names: deque[int] = deque(sent + _numbers(folder, _SUFFIX))
+        self._next = max(self._names, default=-1) + 1
         self._overflow: deque[Buffered] = deque()
         """Batches the disk refused; all newer than every file, so they leave after them."""
         self._trouble: str | None = None
@@ -153,7 +180,7 @@ class DiskBuffer:
         return len(self._names) + len(self._overflow)
 
     def _path(self, number: int) -> Path:
-        return self.folder / f"{number:020d}{_SUFFIX}"
+        return self.folder / f"{number:020d}{_SENT_SUFFIX if number in self._sent else _SUFFIX}"
 
     def append(self, item: Buffered) -> None:
         if len(self) >= self.max_batches:
@@ -171,20 +198,60 @@ class DiskBuffer:
     def _write(self, item: Buffered) -> None:
         number = self._next
         self._next += 1
-        tmp = self.folder / f"{number:020d}.tmp"
+        self._write_file(item, self._path(number))
+        self._names.append(number)
+        self._fsync_folder()
+
+    def _write_file(self, item: Buffered, path: Path) -> None:
+        """`item` in `path`, whole or not at all; the caller fsyncs the folder."""
+        tmp = path.with_suffix(".tmp")
         try:
             with tmp.open("wb") as f:
                 f.write(_header(item))
                 f.write(item.payload)
                 f.flush()
                 os.fsync(f.fileno())
-            tmp.replace(self._path(number))
+            tmp.replace(path)
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
-        self._names.append(number)
-        self._fsync_folder()
+
+    def save_in_flight(self, items: list[Buffered]) -> list[Buffered]:
+        """Each item gets an in-flight file numbered above the one before it: one from memory
+        is written, one already on disk renamed (a rename writes no batch data again), one
+        already in order keeps its file. New numbers come from the shared counter, so they are
+        above every queued file's too, which is why the in-flight names must load first."""
+        saved: list[Buffered] = []
+        last = -1
+        changed = False
+        for item in items:
+            if item.ticket is not None and item.ticket in self._sent and item.ticket > last:
+                saved.append(item)
+                last = item.ticket
+                continue
+            number = self._next
+            self._next += 1
+            path = self.folder / f"{number:020d}{_SENT_SUFFIX}"
+            try:
+                if item.ticket is None:
+                    self._write_file(item, path)
+                else:
+                    self._path(item.ticket).replace(path)
+            except OSError as e:
+                self._disk_failed("cannot write to", e)
+                saved.append(item)  # still only in memory (or in its old file): said at stop
+                continue
+            self._disk_works()
+            if item.ticket is not None:
+                self._sent.discard(item.ticket)
+            self._sent.add(number)
+            saved.append(Buffered(item.payload, item.samples, ticket=number))
+            last = number
+            changed = True
+        if changed:
+            self._fsync_folder()
+        return saved
 
     def _fsync_folder(self) -> None:
         """Make the rename durable; some file systems cannot fsync a folder, which is no error."""
@@ -237,6 +304,8 @@ class DiskBuffer:
             self._path(number).unlink(missing_ok=True)
         except OSError as e:
             self._disk_failed("cannot delete from", e)
+        else:
+            self._sent.discard(number)
 
     def _disk_failed(self, what: str, error: OSError) -> None:
         if self._trouble is None:

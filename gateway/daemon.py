@@ -89,6 +89,7 @@ class Gateway:
             version=__version__,
             buffer=buffer,
             inflight=config.buffer.inflight,
+            persist_every_batch=config.buffer.persist == "every_batch",
         )
         filters = config.filters
         self.pipeline = Pipeline(

@@ -1,25 +1,36 @@
-"""The disk buffer when the disk misbehaves (full, read-only, torn files) and across a restart.
+"""The disk buffer: which batches reach the disk, what a restart sends and in which order, and
+what happens when the disk misbehaves (full, read-only, torn files).
 
 Disk faults are injected at the narrowest seam, the os/pathlib call that fails, restricted to the
 buffer's folder: we run as root here, where chmod cannot make a folder read-only, and mounting a
-small tmpfs needs privileges a test does not have. The broker is a real Mosquitto throughout.
+small tmpfs needs privileges a test does not have. Files created are counted by the kernel
+(inotify), whatever call made them. The broker is a real Mosquitto throughout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import os
 import signal
+import struct
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from beacon_hub.wire import ReadingBatch, decode_batch, decode_status, readings_topic
+from beacon_hub.wire import (
+    ReadingBatch,
+    decode_batch,
+    decode_status,
+    encode_batch,
+    readings_topic,
+)
 from gateway.buffer import Buffered, DiskBuffer, MemoryBuffer
 from gateway.config import GatewayConfig
 from gateway.daemon import Gateway
@@ -79,9 +90,56 @@ class DiskFault:
         monkeypatch.setattr(Path, name, call)
 
 
+class FileCreations:
+    """The names of files created in, or renamed into, one folder, as the kernel saw them
+    (inotify, read through libc: the standard library has no binding)."""
+
+    _IN_MOVED_TO = 0x80
+    _IN_CREATE = 0x100
+    _EVENT = struct.Struct("iIII")  # struct inotify_event without its name
+
+    def __init__(self, folder: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        mask = self._IN_CREATE | self._IN_MOVED_TO
+        if libc.inotify_add_watch(self._fd, os.fsencode(folder), mask) < 0:
+            os.close(self._fd)
+            raise OSError(ctypes.get_errno(), "inotify_add_watch", str(folder))
+
+    def names(self) -> list[str]:
+        """Everything created since the last call (the kernel queued it as it happened)."""
+        out: list[str] = []
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return out
+            at = 0
+            while at < len(data):
+                _wd, _mask, _cookie, length = self._EVENT.unpack_from(data, at)
+                at += self._EVENT.size
+                out.append(data[at : at + length].rstrip(b"\0").decode())
+                at += length
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     return tmp_path / "buffer"
+
+
+@pytest.fixture
+def created(folder: Path) -> Iterator[FileCreations]:
+    folder.mkdir()
+    watch = FileCreations(folder)
+    try:
+        yield watch
+    finally:
+        watch.close()
 
 
 def _items(n: int, start: int = 0) -> list[Buffered]:
@@ -196,7 +254,9 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         server.stop()
 
 
-def _publisher(broker: Mosquitto, site: str, buffer: DiskBuffer, inflight: int) -> Publisher:
+def _publisher(
+    broker: Mosquitto, site: str, buffer: DiskBuffer, inflight: int, **options: Any
+) -> Publisher:
     config = GatewayConfig.model_validate(
         {"gateway_id": "gw-test", "site": site, "broker": {"url": broker.url}}
     )
@@ -208,6 +268,7 @@ def _publisher(broker: Mosquitto, site: str, buffer: DiskBuffer, inflight: int) 
         version="test",
         buffer=buffer,
         inflight=inflight,
+        **options,
     )
 
 
@@ -253,15 +314,117 @@ def test_a_read_only_folder_still_publishes_everything(
 
 
 @pytest.mark.integration
-def test_batches_in_flight_stay_on_disk_and_a_restart_replays_them(
-    folder: Path, broker: Mosquitto
+@pytest.mark.parametrize("persist", ["outage", "every_batch"])
+def test_batches_acknowledged_at_once_write_no_file(
+    folder: Path, created: FileCreations, mosquitto: Mosquitto, persist: str
 ) -> None:
-    """A stop while the broker is unreachable (or a kill -9) must not lose what paho held."""
+    """A gateway whose broker answers at once wrote, fsync'd and deleted a file per batch: about
+    60 KiB of SD card writes a second (docs/gateway.md). `every_batch` still does, on purpose."""
     site = f"site-{uuid.uuid4().hex[:8]}"
     topic = readings_topic(site, "gw-test")
+    sub = Subscriber(mosquitto, topic)
+    buffer: dict[str, object] = {"dir": str(folder)}
+    if persist != "outage":
+        buffer["persist"] = persist
+    config = GatewayConfig.model_validate(
+        {"gateway_id": "gw-test", "site": site, "broker": {"url": mosquitto.url}, "buffer": buffer}
+    )
+    batches = 20
+
+    async def scenario() -> None:
+        publisher = Gateway(config, power_cycle_adapter=None).publisher
+        await publisher.start()
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        for seq in range(batches):  # one at a time, each acknowledged, as a window a second is
+            publisher.submit(_batch(seq))
+            await asyncio.wait_for(publisher._drained.wait(), TIMEOUT_S)
+        await publisher.stop(drain_timeout_s=TIMEOUT_S)
+
+    try:
+        asyncio.run(scenario())
+        last = batches - 1
+        messages = sub.wait_for(lambda ms: last in _seqs(ms, topic), f"batch {last}")
+    finally:
+        sub.close()
+    assert _seqs(messages, topic) == list(range(batches))
+    names = created.names()
+    if persist == "outage":
+        assert names == []
+    else:
+        assert len([name for name in names if name.endswith(".batch")]) == batches
+    assert not list(folder.iterdir())
+
+
+@pytest.mark.integration
+def test_batches_buffered_in_an_outage_are_sent_once_in_order_after_a_restart(
+    folder: Path, created: FileCreations, broker: Mosquitto
+) -> None:
+    """One subscriber per broker run: a persistent session across the broker's restart would
+    add the broker's own re-deliveries to what the gateway sent."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    topic = readings_topic(site, "gw-test")
+    sub = Subscriber(broker, topic)
 
     async def first_run() -> Publisher:
         publisher = _publisher(broker, site, DiskBuffer(folder, max_batches=100), inflight=2)
+        await publisher.start()
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        for seq in range(5):
+            publisher.submit(_batch(seq))
+            await asyncio.wait_for(publisher._drained.wait(), TIMEOUT_S)
+        assert created.names() == []  # acknowledged at once: memory only
+        await asyncio.to_thread(sub.wait_for, lambda ms: 4 in _seqs(ms, topic), "batch 4")
+        await asyncio.to_thread(broker.stop)
+        await asyncio.wait_for(publisher.disconnected.wait(), TIMEOUT_S)
+        for seq in range(5, 10):
+            publisher.submit(_batch(seq))
+        await publisher.stop(drain_timeout_s=TIMEOUT_S)
+        return publisher
+
+    try:
+        first = asyncio.run(first_run())
+    finally:
+        sub.close()
+    before = _seqs(list(sub.messages), topic)
+    assert (first.counters.batches_published, first.buffer.dropped_batches) == (5, 0)
+    assert len([name for name in created.names() if name.endswith(".batch")]) == 5
+    broker.start()
+    sub = Subscriber(broker, topic)
+    restarted = DiskBuffer(folder, max_batches=100)
+
+    async def second_run() -> Publisher:
+        publisher = _publisher(broker, site, restarted, inflight=2)
+        await publisher.start()
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        await publisher.stop(drain_timeout_s=TIMEOUT_S)  # waits for the backlog
+        return publisher
+
+    try:
+        second = asyncio.run(second_run())
+        after = _seqs(sub.wait_for(lambda ms: 9 in _seqs(ms, topic), "batch 9"), topic)
+    finally:
+        sub.close()
+    assert before + after == list(range(10))  # each once, in order
+    assert (second.counters.batches_published, restarted.dropped_batches) == (5, 0)
+    assert not list(folder.iterdir())  # deleted on PUBACK
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("persist", ["outage", "every_batch"])
+@pytest.mark.parametrize("ending", ["connection_lost", "stop_while_frozen"])
+def test_batches_in_flight_go_to_disk_and_a_restart_sends_them_before_the_queued_ones(
+    folder: Path, broker: Mosquitto, persist: str, ending: str
+) -> None:
+    """Batches handed to paho from memory are older than those queued on disk behind them: when
+    the connection drops (or, still up, at a stop) they are written where a restart reads them
+    first. A kill -9 of the broker is the drop; a frozen broker keeps the connection up."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    topic = readings_topic(site, "gw-test")
+    every_batch = persist == "every_batch"
+
+    async def first_run() -> Publisher:
+        buffer = DiskBuffer(folder, max_batches=100)
+        publisher = _publisher(broker, site, buffer, inflight=2, persist_every_batch=every_batch)
         await publisher.start()
         await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
         publisher.submit(_batch(0))
@@ -270,15 +433,22 @@ def test_batches_in_flight_stay_on_disk_and_a_restart_replays_them(
         os.kill(broker.pid, signal.SIGSTOP)  # takes bytes, acknowledges nothing
         for seq in range(1, 6):
             publisher.submit(_batch(seq))
-        assert len(publisher._inflight) == 2
-        await asyncio.to_thread(broker.kill)
-        await asyncio.wait_for(publisher.disconnected.wait(), TIMEOUT_S)
-        await publisher.stop(drain_timeout_s=TIMEOUT_S)
+        assert (len(publisher._inflight), len(buffer)) == (2, 3)
+        if ending == "connection_lost":
+            await asyncio.to_thread(broker.kill)
+            await asyncio.wait_for(publisher.disconnected.wait(), TIMEOUT_S)
+            await publisher.stop(drain_timeout_s=TIMEOUT_S)
+        else:
+            # The drain cannot succeed: how long it is given changes nothing here.
+            await publisher.stop(drain_timeout_s=0.1)
+            await asyncio.to_thread(broker.kill)
         return publisher
 
     first = asyncio.run(first_run())
-    assert first.counters.batches_published == 1
-    assert len(list(folder.glob("*.batch"))) == 5  # the 2 in flight and the 3 queued
+    assert (first.counters.batches_published, first.buffer.dropped_batches) == (1, 0)
+    in_flight = 0 if every_batch else 2  # every_batch: their queued files are still there
+    assert len(list(folder.glob("*.inflight"))) == in_flight
+    assert len(list(folder.glob("*.batch"))) == 5 - in_flight
     broker.start()
     sub = Subscriber(broker, topic)
     restarted = DiskBuffer(folder, max_batches=100)
@@ -299,6 +469,120 @@ def test_batches_in_flight_stay_on_disk_and_a_restart_replays_them(
     assert _seqs(messages, topic) == [1, 2, 3, 4, 5]
     assert second.counters.batches_published == 5
     assert not list(folder.iterdir())  # deleted on PUBACK
+
+
+@pytest.mark.integration
+def test_a_stop_soon_after_a_restart_waits_for_the_backlog_on_disk(
+    folder: Path, broker: Mosquitto
+) -> None:
+    """The drain at a stop waited only for batches submitted in this run: files found at start
+    were left behind, the offline status sent ahead of them."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    topic = readings_topic(site, "gw-test")
+    earlier = DiskBuffer(folder, max_batches=100)
+    for seq in range(5):
+        earlier.append(Buffered(encode_batch(_batch(seq)), samples=1))
+    sub = Subscriber(broker, topic)
+
+    async def scenario() -> Publisher:
+        publisher = _publisher(broker, site, DiskBuffer(folder, max_batches=100), inflight=2)
+        await publisher.start()
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        await publisher.stop(drain_timeout_s=TIMEOUT_S)
+        return publisher
+
+    try:
+        publisher = asyncio.run(scenario())
+        assert publisher.counters.batches_published == 5
+        messages = sub.wait_for(lambda ms: 4 in _seqs(ms, topic), "batch 4")
+    finally:
+        sub.close()
+    assert _seqs(messages, topic) == [0, 1, 2, 3, 4]
+    assert not list(folder.iterdir())
+
+
+@pytest.mark.integration
+def test_a_stop_counts_batches_in_flight_the_disk_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    folder: Path,
+    broker: Mosquitto,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only memory held them and the disk would not take them at the stop: said and counted as
+    dropped; the queued files stay for the next start."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    buffer = DiskBuffer(folder, max_batches=100)
+
+    async def scenario() -> None:
+        publisher = _publisher(broker, site, buffer, inflight=2)
+        await publisher.start()
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        for seq in range(5):
+            publisher.submit(_batch(seq, samples=3))
+        DiskFault(monkeypatch, folder, errno.EROFS).on = True
+        await publisher.stop(drain_timeout_s=0.1)  # cannot drain: the broker is frozen
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+            asyncio.run(scenario())
+    finally:
+        broker.kill()
+    assert (buffer.dropped_batches, buffer.dropped_samples) == (2, 2 * 3)
+    assert "2 batches (6 samples) the broker has not acknowledged are lost" in caplog.text
+    assert len(list(folder.glob("*.batch"))) == 3
+
+
+def test_a_batch_paho_took_from_disk_before_one_from_memory_stays_before_it(
+    folder: Path,
+) -> None:
+    """At the end of an outage's backlog paho may hold a batch from its file and, behind it, a
+    newer one from memory: both move to in-flight files, in the order they were sent."""
+    buffer = DiskBuffer(folder, max_batches=10)
+    old, fresh, queued = _items(3)
+    buffer.append(old)
+    from_disk = buffer.popleft()  # in paho's hands, its file kept until the PUBACK
+    buffer.append(queued)  # made after `fresh` was sent
+    saved = buffer.save_in_flight([from_disk, fresh])
+    assert all(item.ticket is not None for item in saved)
+    assert len(list(folder.glob("*.inflight"))) == 2
+    assert _drain(DiskBuffer(folder, max_batches=10)) == [b"batch-0", b"batch-1", b"batch-2"]
+
+
+@pytest.mark.integration
+def test_a_folder_written_before_in_flight_files_existed_is_sent_in_order(
+    folder: Path, broker: Mosquitto
+) -> None:
+    """An upgraded gateway finds files in the earlier format (`NNN.batch`, numbered by a
+    counter, first line `samples length crc32`, or one release older just `samples`)."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    topic = readings_topic(site, "gw-test")
+    folder.mkdir()
+    for seq, number in enumerate((41, 42, 107)):
+        payload = encode_batch(_batch(seq))
+        crc = b" %d %08x" % (len(payload), zlib.crc32(payload)) if seq else b""
+        (folder / f"{number:020d}.batch").write_bytes(b"1%s\n%s" % (crc, payload))
+    sub = Subscriber(broker, topic)
+    buffer = DiskBuffer(folder, max_batches=100)
+
+    async def scenario() -> None:
+        publisher = _publisher(broker, site, buffer, inflight=2)
+        await publisher.start()
+        for seq in range(3, 6):
+            publisher.submit(_batch(seq))
+        await asyncio.wait_for(publisher.connected.wait(), TIMEOUT_S)
+        await asyncio.to_thread(sub.wait_for, lambda ms: 5 in _seqs(ms, topic), "batch 5")
+        await publisher.stop(drain_timeout_s=TIMEOUT_S)
+
+    try:
+        asyncio.run(scenario())
+        messages = list(sub.messages)
+    finally:
+        sub.close()
+    assert _seqs(messages, topic) == [0, 1, 2, 3, 4, 5]
+    assert buffer.dropped_batches == 0
+    assert not list(folder.iterdir())
 
 
 @pytest.mark.integration

@@ -1,5 +1,6 @@
-"""The real `beacon-gateway run` as a process: last will on SIGKILL, clean stop on SIGTERM,
-systemd notifications, and the exit code for a machine without a radio.
+"""The real `beacon-gateway run` as a process: last will on SIGKILL, clean stop on SIGTERM (with
+the broker away, the disk buffer keeps the batches for the next start), systemd notifications,
+and the exit code for a machine without a radio.
 
 The process scans with `scanner.source: replay`, which feeds a recorded file through the same
 callback path as bleak; no radio exists here.
@@ -13,8 +14,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,16 +60,27 @@ def _start(
     )
 
 
-def _write_config(tmp_path: Path, broker: Mosquitto, site: str, scanner: str) -> Path:
+def _write_config(
+    tmp_path: Path, broker: Mosquitto, site: str, scanner: str, more: str = ""
+) -> Path:
     path = tmp_path / "gateway.yaml"
     path.write_text(
         f"gateway_id: gw-proc\nsite: {site}\n"
         f"broker: {{url: '{broker.url}', keepalive_s: 30}}\n"
         f"scanner: {scanner}\n"
         "batching: {window_s: 0.2}\n"
-        "log_level: WARNING\n"
+        "log_level: WARNING\n" + more
     )
     return path
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll a condition only the file system shows; fail after TIMEOUT_S."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.05)
 
 
 def _states(messages: list[Received], boot: str | None = None) -> list[str]:
@@ -141,6 +154,53 @@ def test_sigterm_is_a_clean_stop_with_offline_status(
         proc.wait()
         sub.close()
     assert _states(messages, boot) == ["online", "offline"]
+
+
+def test_sigterm_with_the_broker_away_keeps_every_batch_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Run 1 never reaches the broker: its batches, the last window's too, wait on disk. Run 2
+    sends them, each once and in order, before any batch of its own boot."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    broker.stop()  # its port, with nothing listening: the broker is away
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "buffer"
+    config = _write_config(
+        tmp_path,
+        broker,
+        site,
+        f"{{source: replay, replay_file: {REPLAY}}}",
+        f"buffer: {{dir: '{folder}'}}\n",
+    )
+    proc = _start(config)
+    try:
+        _wait_until(lambda: len(list(folder.glob("*.batch"))) >= 3, "three batches on disk")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT_S) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    stored = len(list(folder.glob("*.batch")))
+    assert not list(folder.glob("*.inflight"))  # never connected: paho held nothing
+    broker.start()
+    sub = Subscriber(broker, f"beacons/{site}/gateway/gw-proc/readings")
+    proc = _start(config)
+    try:
+        messages = sub.wait_for(
+            lambda ms: len({decode_batch(m.payload).boot for m in ms}) == 2, "the new boot"
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT_S) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        sub.close()
+        broker.stop()
+    received = [decode_batch(m.payload) for m in messages]
+    first_boot = received[0].boot
+    assert [b.seq for b in received if b.boot == first_boot] == list(range(stored))
+    assert {b.boot for b in received[:stored]} == {first_boot}  # before anything newer
 
 
 def test_no_radio_gives_one_clear_message_and_its_own_exit_code(

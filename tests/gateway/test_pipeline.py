@@ -304,3 +304,16 @@ def test_defaults_are_what_the_issue_asks() -> None:
     config = GatewayConfig(gateway_id="gw", site="s")
     assert config.scanner.watchdog_silence_s == 90.0
     assert config.batching.window_s == 1.0
+
+
+def test_buffer_persist_is_outage_unless_set_and_refuses_other_words(tmp_path: Path) -> None:
+    assert GatewayConfig(gateway_id="gw", site="s").buffer.persist == "outage"
+    environ = {"BEACON_GATEWAY__BUFFER__PERSIST": "every_batch"}
+    config = load_gateway_config(None, {"gateway_id": "gw", "site": "s"}, environ)
+    assert config.buffer.persist == "every_batch"
+    path = tmp_path / "g.yaml"
+    path.write_text("gateway_id: gw\nsite: s1\nbuffer: {persist: always}\n")
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(path, environ={})
+    assert f"{path}:3: buffer.persist" in str(info.value)
+    assert "every_batch" in str(info.value)
