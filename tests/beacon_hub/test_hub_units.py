@@ -434,7 +434,7 @@ def test_a_failed_tick_transaction_is_reported_and_the_writer_goes_on(tmp_path: 
         db.execute("DROP TABLE ticks")
 
     def create_ticks(db: sqlite3.Connection) -> None:
-        db.execute("CREATE TABLE ticks (site TEXT PRIMARY KEY, t REAL)")
+        db.execute("CREATE TABLE ticks (site TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID")
 
     store.submit(drop_ticks)
     record = TickRecord(SITE, T0, _table([BEACON.format(1)], [1.0], [None]), [], [None])
