@@ -151,6 +151,9 @@ class SavedGateway:
     boot: str
     next_seq: int
     offset_s: float | None
+    last_sent: float | None = None
+    """The newest in-order batch's send time (gateway clock); None: not known (a row saved at
+    schema version 1)."""
 
 
 class Store(Protocol):
@@ -172,7 +175,7 @@ class Store(Protocol):
 
 # ------------------------------------------------------------------------------------- SQLite
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout of the hub's SQLite file that this code reads and writes, kept in the file's
 `PRAGMA user_version`. Releases before versions were kept left it at 0 (their layout is version
 1, _SCHEMA_V1). A change of layout raises it by one and adds its step to _MIGRATIONS."""
@@ -234,7 +237,13 @@ IF NOT EXISTS: applied to such a file, it adds that table (and any index it lack
 _OPTIONAL_IN_V0 = frozenset({"promotion_decisions"})
 
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = ()
+def _add_gateway_last_sent(db: sqlite3.Connection) -> None:
+    """Each gateway's last send time, so a clock stepped back while the hub was down is seen at
+    its first batch after the restart, as it is live (ingest.PAST_RESYNC_BATCHES)."""
+    db.execute("ALTER TABLE gateways ADD COLUMN last_sent REAL")
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_add_gateway_last_sent,)
 """Step k takes a file from version k + 1 to k + 2. All the steps a file needs run in order in
 the one transaction that opens it: a file is at the version it had or at SCHEMA_VERSION, never
 in between."""
@@ -571,7 +580,9 @@ class SqliteStore:
     # -- state
 
     def saved_gateways(self) -> list[SavedGateway]:
-        rows = self.db.execute("SELECT site, gateway, boot, next_seq, offset_s FROM gateways")
+        rows = self.db.execute(
+            "SELECT site, gateway, boot, next_seq, offset_s, last_sent FROM gateways"
+        )
         return [SavedGateway(*r) for r in rows]
 
     def retired_boots(self, site: str, gateway: str, current: str, limit: int) -> dict[str, int]:
@@ -738,9 +749,9 @@ class SqliteStore:
             ],
         )
         db.executemany(
-            "INSERT OR REPLACE INTO gateways (site, gateway, boot, next_seq, offset_s)"
-            " VALUES (?,?,?,?,?)",
-            [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s) for g in gateways],
+            "INSERT OR REPLACE INTO gateways (site, gateway, boot, next_seq, offset_s, last_sent)"
+            " VALUES (?,?,?,?,?,?)",
+            [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s, g.last_sent) for g in gateways],
         )
         db.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?)", (site, t))
 
