@@ -47,7 +47,9 @@ counts the gap as lost batches, one below it is a duplicate and is dropped (unle
 known gap). The gateway's clock offset is the minimum of (arrival - sent) over its batches of one
 boot, allowed to creep upwards by the worst crystal drift so a slow clock is followed. A clock
 stepped forward (batches in the `future`) or back (send time going back, then behind) is
-relearnt after a few batches in a row (FUTURE_RESYNC_BATCHES, PAST_RESYNC_BATCHES).
+relearnt after a few batches in a row (FUTURE_RESYNC_BATCHES, PAST_RESYNC_BATCHES); the last
+send time is saved with the rest of the state, so a step made while the hub was down is seen
+too.
 """
 
 from __future__ import annotations
@@ -519,7 +521,9 @@ class GatewayState:
     past_raw_s: float | None = None
     """The least arrival - sent over that streak: the offset a relearn takes."""
     last_sent: float | None = None
-    """Send time of the newest in-order batch accepted (this boot's; None after a restore)."""
+    """Send time of the newest in-order batch accepted (this boot's). Saved with each tick and
+    restored, so a clock stepped back while the hub was down is seen at the first batch after
+    the restart; None: not known (a new boot, or state saved before it was kept)."""
     jump_streak: int = 0
     missing: set[int] = field(default_factory=set)
     retired: dict[str, int] = field(default_factory=dict)
@@ -611,11 +615,18 @@ class Ingestor:
         next_seq: int,
         offset_s: float | None,
         retired: Mapping[str, int] | None = None,
+        *,
+        last_sent: float | None = None,
     ) -> None:
         """State saved by a previous run (the SQLite store), so a restart detects gaps and drops
-        re-delivered duplicates across it, and reads a queued backlog in the right time."""
+        re-delivered duplicates across it, reads a queued backlog in the right time, and sees a
+        clock stepped back meanwhile (`last_sent`, _stepped_back)."""
         self.state[(site, gw)] = GatewayState(
-            boot=boot, next_seq=next_seq, offset_s=offset_s, retired=dict(retired or {})
+            boot=boot,
+            next_seq=next_seq,
+            offset_s=offset_s,
+            last_sent=last_sent,
+            retired=dict(retired or {}),
         )
 
     def handle(self, item: Inbound) -> Accepted | Rejected | ConsentUpdate | GatewayUpdate:  # noqa: PLR0915  # one check after another, in the order that matters

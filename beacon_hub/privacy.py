@@ -469,8 +469,13 @@ def erase_key(cfg: PrivacyConfig, sqlite_path: Path) -> bytes:
 
 def open_erase_sqlite(path: Path) -> sqlite3.Connection:
     """The hub's existing SQLite database, for `erase`: opened without creating the file, its
-    directory or its tables, and refused when it holds none of the tables erase cleans."""
-    from beacon_hub.stores import SQLITE_BUSY_TIMEOUT_S  # noqa: PLC0415  # stores imports us
+    directory or its tables, and refused when it holds none of the tables erase cleans, or
+    when a later release wrote it (its shoppers' data may be where this erase does not look:
+    StoreError)."""
+    from beacon_hub.stores import (  # noqa: PLC0415  # stores imports us
+        SQLITE_BUSY_TIMEOUT_S,
+        check_schema_version,
+    )
 
     if not path.is_file():
         raise PrivacyError(
@@ -496,6 +501,11 @@ def open_erase_sqlite(path: Path) -> sqlite3.Connection:
         raise PrivacyError(
             f"{path}: not the hub's database: it has none of the tables {', '.join(_ERASE_TABLES)}"
         )
+    try:
+        check_schema_version(db, path)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

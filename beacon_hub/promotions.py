@@ -18,9 +18,11 @@ Cooldown is per rule and shopper (from the last `sent`); the daily cap counts a 
 site and local day (the site file's timezone). Both are rebuilt at start from the `sent` rows
 of SQLite `promotion_decisions`, so a restart resets neither. Every decision is counted in
 `beacon_hub_promotion_decisions_total` and stored in `promotion_decisions`; a shopper without
-consent is stored without an id. A `sent` is delivered once its row is stored (on the SQLite
-writer's thread, right after the tick's own transaction): published QoS 1 on
-`beacons/{site}/promotion/{beacon}` and, if configured, POSTed to the webhook. So a crash never
+consent is stored without an id. The table is in the hub's SQLite file, whose layout and
+its versions stores.py keeps (`open_sqlite` creates it with the others). A `sent` is
+delivered once its row is stored (on the SQLite writer's thread, right after the tick's own
+transaction): published QoS 1 on `beacons/{site}/promotion/{beacon}` and, if configured,
+POSTed to the webhook. So a crash never
 delivers a promotion that a restart cannot see: the ticks after the last stored one are
 computed again (docs/hub.md), and a decision of theirs was either stored (the restored cooldown
 holds the repeat back) or never delivered.
@@ -113,16 +115,6 @@ WEBHOOK_LOG_EVERY_S = 60.0
 """A broken receiver fails every attempt: say why at most once a minute per kind of failure
 (the counter has every one)."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS promotion_decisions (
-    site TEXT NOT NULL, t REAL NOT NULL, rule TEXT NOT NULL, zone TEXT, beacon TEXT,
-    decision TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS promotion_decisions_by_rule ON promotion_decisions (site, rule, t);
-CREATE INDEX IF NOT EXISTS promotion_decisions_by_beacon ON promotion_decisions (beacon);
-CREATE INDEX IF NOT EXISTS promotion_decisions_sent ON promotion_decisions (t)
-    WHERE decision = 'sent';
-"""
 _SENT_SINCE = """
 SELECT site, rule, beacon, t FROM promotion_decisions
 WHERE decision = 'sent'
@@ -601,7 +593,6 @@ class Promotions:
 
         def read(db: sqlite3.Connection) -> None:
             try:
-                db.executescript(_SCHEMA)
                 rows.extend(db.execute(_SENT_SINCE, (horizon,)).fetchall())
             finally:
                 done.set()

@@ -367,7 +367,15 @@ class Hub:
         for g in self.sqlite.saved_gateways():
             if g.site in self.sites:
                 retired = self.sqlite.retired_boots(g.site, g.gateway, g.boot, RETIRED_BOOTS)
-                self.ingestor.restore(g.site, g.gateway, g.boot, g.next_seq, g.offset_s, retired)
+                self.ingestor.restore(
+                    g.site,
+                    g.gateway,
+                    g.boot,
+                    g.next_seq,
+                    g.offset_s,
+                    retired,
+                    last_sent=g.last_sent,
+                )
 
     # -- lifecycle
 
@@ -680,7 +688,9 @@ class Hub:
         for gw in run.touched:
             st = self.ingestor.state.get((site, gw))
             if st is not None:
-                saved.append(SavedGateway(site, gw, st.boot, st.next_seq, st.offset_s))
+                saved.append(
+                    SavedGateway(site, gw, st.boot, st.next_seq, st.offset_s, st.last_sent)
+                )
         ledger, acks = run.ledger, run.pending_acks
         run.ledger, run.pending_acks = [], []
         run.touched.clear()

@@ -7,12 +7,15 @@
   a writer thread, retry with backoff, a bounded on-disk spill while the database is
   unreachable, replayed oldest first so the store fills in order.
 
-The schema of both is in docs/hub.md.
+The schema of both is in docs/hub.md. The SQLite file carries its layout's version
+(`PRAGMA user_version`, SCHEMA_VERSION): `open_sqlite` brings an older file up to it in one
+transaction and refuses a newer or unknown one.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import math
@@ -49,6 +52,7 @@ __all__ = [
     "ALL_ZONES",
     "EVENT_MEASUREMENT",
     "FIX_MEASUREMENT",
+    "SCHEMA_VERSION",
     "InfluxStore",
     "LedgerEntry",
     "QueryTimeoutError",
@@ -59,9 +63,11 @@ __all__ = [
     "StoreError",
     "TickRecord",
     "TickWrite",
+    "check_schema_version",
     "ensure_policies",
     "erase_spilled",
     "fix_points",
+    "open_sqlite",
     "policy_hours",
 ]
 
@@ -145,6 +151,9 @@ class SavedGateway:
     boot: str
     next_seq: int
     offset_s: float | None
+    last_sent: float | None = None
+    """The newest in-order batch's send time (gateway clock); None: not known (a row saved at
+    schema version 1)."""
 
 
 class Store(Protocol):
@@ -166,7 +175,12 @@ class Store(Protocol):
 
 # ------------------------------------------------------------------------------------- SQLite
 
-_SCHEMA = """
+SCHEMA_VERSION = 2
+"""The layout of the hub's SQLite file that this code reads and writes, kept in the file's
+`PRAGMA user_version`. Releases before versions were kept left it at 0 (their layout is version
+1, _SCHEMA_V1). A change of layout raises it by one and adds its step to _MIGRATIONS."""
+
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS fixes (
     site TEXT NOT NULL, beacon TEXT NOT NULL, t REAL NOT NULL,
     x REAL NOT NULL, y REAL NOT NULL, level INTEGER NOT NULL, accuracy_m REAL NOT NULL,
@@ -207,7 +221,35 @@ CREATE TABLE IF NOT EXISTS assets (
     beacon TEXT PRIMARY KEY, label TEXT UNIQUE, kind TEXT,
     battery_mv INTEGER, temperature_c REAL, last_seen REAL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS promotion_decisions (
+    site TEXT NOT NULL, t REAL NOT NULL, rule TEXT NOT NULL, zone TEXT, beacon TEXT,
+    decision TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promotion_decisions_by_rule ON promotion_decisions (site, rule, t);
+CREATE INDEX IF NOT EXISTS promotion_decisions_by_beacon ON promotion_decisions (beacon);
+CREATE INDEX IF NOT EXISTS promotion_decisions_sent ON promotion_decisions (t)
+    WHERE decision = 'sent';
 """
+"""Version 1, the layout of every release before versions were kept; frozen: a change of
+layout is a step of _MIGRATIONS. `promotion_decisions` is promotions.py's table; those releases
+created it only once promotion rules were configured, so a file of version 0 may lack it.
+IF NOT EXISTS: applied to such a file, it adds that table (and any index it lacks)."""
+_OPTIONAL_IN_V0 = frozenset({"promotion_decisions"})
+
+
+def _add_gateway_last_sent(db: sqlite3.Connection) -> None:
+    """Each gateway's last send time, so a clock stepped back while the hub was down is seen at
+    its first batch after the restart, as it is live (ingest.PAST_RESYNC_BATCHES)."""
+    db.execute("ALTER TABLE gateways ADD COLUMN last_sent REAL")
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_add_gateway_last_sent,)
+"""Step k takes a file from version k + 1 to k + 2. All the steps a file needs run in order in
+the one transaction that opens it: a file is at the version it had or at SCHEMA_VERSION, never
+in between."""
+
+_Columns = dict[str, tuple[tuple[str, str, int, int], ...]]
+"""Table -> its columns as (name, declared type, not null, position in the primary key)."""
 
 
 def gateway_lists(table: FixTable) -> list[str]:
@@ -264,7 +306,10 @@ def _record_of_rows(
 
 
 def open_sqlite(path: Path) -> sqlite3.Connection:
-    """The hub's SQLite database, created with its schema if new."""
+    """The hub's SQLite database at SCHEMA_VERSION: created if new, brought up from an older
+    version in one transaction; a file of a newer version or of a layout we do not know is
+    refused (StoreError) and left as it was."""
+    db: sqlite3.Connection | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(
@@ -273,10 +318,136 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt.
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-    except (OSError, sqlite3.Error) as e:
+        _upgrade(db, path)
+    except (OSError, sqlite3.Error, StoreError) as e:
+        if db is not None:
+            db.close()
+        if isinstance(e, StoreError):
+            raise
         raise StoreError(f"cannot open SQLite store {path}: {e}") from e
     return db
+
+
+def check_schema_version(db: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version; StoreError if a newer release wrote it (what this code
+    would read or delete there may not be all there is)."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: the database is at schema version {version}, newer than this beacon-hub's"
+            f" {SCHEMA_VERSION}: a later release wrote it. Run that release (or a later one),"
+            " or give stores.sqlite.path another file"
+        )
+    return version
+
+
+def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the file to SCHEMA_VERSION, or refuse it; one transaction either way.
+
+    IMMEDIATE takes the write lock before the version is read: two processes opening one old
+    file at once (the hub, an `assets import`) migrate it once, one after the other."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        at_open = version = check_schema_version(db, path)
+        tables = _columns(db)
+        new = version == 0 and not tables
+        if not new:
+            # Ours as its version says, of a release before versions were kept (0: version 1's
+            # layout), or not ours at all (another program may use user_version too).
+            optional = _OPTIONAL_IN_V0 if version == 0 else frozenset()
+            _require(tables, max(version, 1), path, at_open, optional)
+        if version == 0:
+            if not new:
+                log.info("%s: written before schema versions were kept: taken as version 1", path)
+            for statement in _statements(_SCHEMA_V1):
+                db.execute(statement)
+            version = 1
+        for step in _MIGRATIONS[version - 1 :]:
+            if not new:
+                log.info(
+                    "%s: schema version %d -> %d (%s)", path, version, version + 1, step.__name__
+                )
+            step(db)
+            version += 1
+        if at_open != SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        db.execute("COMMIT")
+    except BaseException:
+        _roll_back(db)
+        raise
+
+
+def _require(
+    found: _Columns,
+    version: int,
+    path: Path,
+    at_open: int,
+    optional: frozenset[str] = frozenset(),
+) -> None:
+    """StoreError unless `found` has the tables and columns of `version` (`optional` tables
+    may be missing); tables of others are left alone."""
+    problems: list[str] = []
+    for table, columns in _layout(version).items():
+        have = found.get(table)
+        if have is None:
+            if table not in optional:
+                problems.append(f"no table {table}")
+        elif have != columns:
+            problems.append(
+                f"table {table} has columns ({_described(have)}), expected ({_described(columns)})"
+            )
+    if problems:
+        raise StoreError(
+            f"{path}: not a beacon-hub database this release knows (schema version {at_open},"
+            f" this beacon-hub's {SCHEMA_VERSION}): {'; '.join(problems)}"
+        )
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, to run one by one: executescript would COMMIT the transaction
+    they belong in (sqlite3's legacy transaction control)."""
+    return [s for s in script.split(";") if s.strip()]
+
+
+def _columns(db: sqlite3.Connection) -> _Columns:
+    names = [
+        str(r[0])
+        for r in db.execute(
+            "SELECT name FROM sqlite_master"
+            " WHERE type = 'table' AND substr(name, 1, 7) != 'sqlite_'"
+        )
+    ]
+    return {
+        name: tuple(
+            (str(c), str(t), int(nn), int(pk))
+            for c, t, nn, pk in db.execute(
+                'SELECT name, type, "notnull", pk FROM pragma_table_info(?) ORDER BY cid', (name,)
+            )
+        )
+        for name in names
+    }
+
+
+@functools.cache
+def _layout(version: int) -> _Columns:
+    """The tables and columns of a file of `version`, as _SCHEMA_V1 and _MIGRATIONS build it
+    (in memory): a version's layout is written down once, in the steps that make it."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for statement in _statements(_SCHEMA_V1):
+            db.execute(statement)
+        for step in _MIGRATIONS[: version - 1]:
+            step(db)
+        return _columns(db)
+    finally:
+        db.close()
+
+
+def _described(columns: tuple[tuple[str, str, int, int], ...]) -> str:
+    return ", ".join(
+        " ".join(w for w in (name, type_, "NOT NULL" * notnull, "PRIMARY KEY" * (pk > 0)) if w)
+        for name, type_, notnull, pk in columns
+    )
 
 
 Job = Callable[[sqlite3.Connection], None]
@@ -409,7 +580,9 @@ class SqliteStore:
     # -- state
 
     def saved_gateways(self) -> list[SavedGateway]:
-        rows = self.db.execute("SELECT site, gateway, boot, next_seq, offset_s FROM gateways")
+        rows = self.db.execute(
+            "SELECT site, gateway, boot, next_seq, offset_s, last_sent FROM gateways"
+        )
         return [SavedGateway(*r) for r in rows]
 
     def retired_boots(self, site: str, gateway: str, current: str, limit: int) -> dict[str, int]:
@@ -576,8 +749,9 @@ class SqliteStore:
             ],
         )
         db.executemany(
-            "INSERT OR REPLACE INTO gateways VALUES (?,?,?,?,?)",
-            [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s) for g in gateways],
+            "INSERT OR REPLACE INTO gateways (site, gateway, boot, next_seq, offset_s, last_sent)"
+            " VALUES (?,?,?,?,?,?)",
+            [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s, g.last_sent) for g in gateways],
         )
         db.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?)", (site, t))
 

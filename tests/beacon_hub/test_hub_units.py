@@ -232,6 +232,19 @@ def test_a_restored_gateway_owes_no_clock_creep_for_the_downtime() -> None:
     assert reason(ing.handle(msg(batch(seq=9)))) == "duplicate"
 
 
+def test_a_clock_stepped_back_while_the_hub_was_down_is_seen_from_the_saved_send_time() -> None:
+    """The saved state holds the last send time: the first batch after the restart is seen to
+    go back, and the offset relearnt as live. Without it (state of schema 1) the saved offset
+    stayed, the readings 120 s in the past."""
+    for last_sent, offset_s in ((T0 - 1.0, 120.05), (None, 0.05)):
+        ing = ingestor()
+        ing.restore(SITE, "gw-1", "abcd", 10, 0.05, last_sent=last_sent)
+        for k in range(PAST_RESYNC_BATCHES):
+            res = ing.handle(msg(batch(seq=10 + k, sent=T0 - 120 + k), arrival=T0 + k + 0.05))
+            assert reason(res) == "accepted"
+        assert ing.state[(SITE, "gw-1")].offset_s == pytest.approx(offset_s, abs=0.01)
+
+
 @pytest.mark.parametrize(
     ("topic_gw", "payload", "want"),
     [
@@ -434,7 +447,7 @@ def test_a_failed_tick_transaction_is_reported_and_the_writer_goes_on(tmp_path: 
         db.execute("DROP TABLE ticks")
 
     def create_ticks(db: sqlite3.Connection) -> None:
-        db.execute("CREATE TABLE ticks (site TEXT PRIMARY KEY, t REAL)")
+        db.execute("CREATE TABLE ticks (site TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID")
 
     store.submit(drop_ticks)
     record = TickRecord(SITE, T0, _table([BEACON.format(1)], [1.0], [None]), [], [None])

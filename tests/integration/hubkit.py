@@ -108,6 +108,9 @@ class Gateways:
     samples_per_beacon: int = 2
     seed: int = 1
     published: list[Published] = field(default_factory=list)
+    clock_s: float = 0.0
+    """How far the gateways' clocks are off: added to the wall clock as the send time of each
+    round `send_round` stamps itself (a clock NTP stepped back is a negative change of it)."""
 
     def __post_init__(self) -> None:
         data = yaml.safe_load(self.site_path.read_text())
@@ -173,7 +176,7 @@ class Gateways:
 
     def send_round(self, sent: float | None = None) -> None:
         """One batch from every gateway (what they send each second)."""
-        now = time.time() if sent is None else sent
+        now = time.time() + self.clock_s if sent is None else sent
         for gw, gx, gy in self.gws:
             batch = self.batch(gw, gx, gy, now)
             info = self.client.publish(readings_topic(self.site_id, gw), encode_batch(batch), qos=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from beacon_hub.ingest import PAST_RESYNC_BATCHES
 from tests.integration.hubkit import (
     WAIT_S,
     Gateways,
@@ -219,6 +220,81 @@ def test_broker_sigkill_loss_is_counted_per_gateway(tmp_path: Path) -> None:
             counted = hub.metric_sum("beacon_hub_gateway_batches_lost_total", gateway=gw)
             assert counted == missing.get(gw, 0), gw
         assert hub.stop() == 0
+    finally:
+        gws.close()
+        hub.close()
+        broker.stop()
+
+
+STEP_BACK_S = 120.0
+"""How far NTP sets the gateways' clocks back while the hub is down: well past
+`ingest.future_tolerance_s` and `engine.max_lateness_s` (2 s each), so the step cannot pass
+for a network delay."""
+ROUNDS_AFTER_RELEARN = 10
+"""Rounds stored after the relearn before the test looks at the ledger."""
+
+
+def test_a_clock_stepped_back_while_the_hub_was_down_is_relearnt_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """NTP sets the gateways' clocks back 2 minutes while the hub is stopped; their (boot, seq)
+    go on. The hub saved each gateway's offset but not its last send time, so after the restart
+    it could not see the send time go back: every later reading was placed 2 minutes in the
+    past and refused as late, until the gateway's next boot (the 100 ppm creep needs two weeks
+    for 120 s). With the last send time saved the step is seen at the first batch after the
+    restart, as it is live: only the first PAST_RESYNC_BATCHES batches of each gateway are
+    placed in the past."""
+    broker = shipped_broker(tmp_path / "mq")
+    broker.start()
+    site = unique_site()
+    path = site_file(tmp_path, site)
+    hub = HubProcess(tmp_path / "hub", broker, [path])
+    hub.start()
+    gws = Gateways(broker, path)
+    try:
+        with sending(gws):
+            wait_until("3 rounds stored", lambda: rounds_seen(gws, hub, 3), hub=hub)
+            assert hub.stop() == 0
+        stepped_at = dict(gws.seqs)  # each gateway's first seq sent with its clock set back
+        gws.clock_s = -STEP_BACK_S
+        want_after = PAST_RESYNC_BATCHES + ROUNDS_AFTER_RELEARN
+
+        def stored_after_step() -> int:
+            rows = hub.sql("SELECT gateway, seq FROM batches")
+            counts = Counter(gw for gw, seq in rows if seq >= stepped_at[gw])
+            return min(counts.get(gw, 0) for gw in stepped_at)
+
+        with sending(gws):
+            done = gws.rounds
+            wait_until("2 rounds queued for the stopped hub", lambda: gws.rounds >= done + 2)
+            hub.start()
+            wait_until(
+                f"{want_after} rounds after the step",
+                lambda: stored_after_step() >= want_after,
+                hub=hub,
+            )
+        want = published(gws)
+        wait_until("every published batch in the ledger", lambda: set(ledger(hub)) >= set(want))
+        assert hub.stop() == 0
+        assert ledger(hub) == want
+        late = samples = relearning_late = relearning_samples = 0
+        for gw, first in stepped_at.items():
+            rows = hub.sql(
+                "SELECT samples, late FROM batches WHERE gateway = ? AND seq >= ? ORDER BY seq",
+                gw,
+                first,
+            )
+            relearning_late += sum(r[1] for r in rows[:PAST_RESYNC_BATCHES])
+            relearning_samples += sum(r[0] for r in rows[:PAST_RESYNC_BATCHES])
+            late += sum(r[1] for r in rows[PAST_RESYNC_BATCHES:])
+            samples += sum(r[0] for r in rows[PAST_RESYNC_BATCHES:])
+        said = (
+            f"after the step: {late} of {samples} readings late past the first"
+            f" {PAST_RESYNC_BATCHES} batches of each gateway ({relearning_late} of"
+            f" {relearning_samples} in those)"
+        )
+        assert late <= 0.05 * samples, said
+        assert hub.log().count(f"clock stepped back by {STEP_BACK_S:.0f}") == len(stepped_at), said
     finally:
         gws.close()
         hub.close()
