@@ -412,14 +412,19 @@ def map_file_problems(data: RadioMapFile) -> Iterator[tuple[Loc, str]]:
                 f"value {i + 1} is {entry.sum_w[i]:g}; evidence cannot be negative",
             )
             continue
-        correction = np.abs(entry.sum_r) / (entry.sum_w + data.prior_weight)
-        if (correction > MAX_CORRECTION_DB).any():
-            i = int(np.argmax(correction))
+        # Compared as a product: the quotient overflows where the evidence is nearly nil (a
+        # prior_weight of 1e-300 under a sum_r of 1.8e8), and a warning is no refusal.
+        weight = entry.sum_w + data.prior_weight
+        too_big = np.abs(entry.sum_r) > MAX_CORRECTION_DB * weight
+        if too_big.any():
+            i = int(np.flatnonzero(too_big)[0])
+            with np.errstate(over="ignore"):
+                correction = abs(entry.sum_r[i]) / weight[i]
             yield (
                 ("gateways", gw, "sum_r"),
                 (
                     f"value {i + 1} ({entry.sum_r[i]:g}) makes a correction of "
-                    f"{correction[i]:g} dB; at most {MAX_CORRECTION_DB:g}"
+                    f"{correction:g} dB; at most {MAX_CORRECTION_DB:g}"
                 ),
             )
 

@@ -267,6 +267,23 @@ def test_any_map_is_refused_at_load_or_places(
     _tick(site, calibration)
 
 
+def test_a_correction_over_nearly_no_evidence_is_refused_not_overflowed(tmp_path: Path) -> None:
+    """Found by the property above: |sum_r| / (sum_w + prior_weight) overflowed to inf (a
+    RuntimeWarning, not the ConfigError that names the value) for a prior_weight of 1e-300."""
+    radio_map = {
+        "origin": [0.0, 0.0],
+        "resolution_m": 1.0,
+        "bandwidth_m": 0.4,
+        "prior_weight": 1e-300,
+        "shape": [2, 3],
+        "gateways": {"g1": {"sum_r": "0.0 0.0 0.0 0.0 0.0 179769314.0", "sum_w": [0.0] * 6}},
+    }
+    with pytest.raises(
+        ConfigError, match=r"value 6 \(1\.79769e\+08\) makes a correction of inf dB"
+    ):
+        load_calibration(_with_map(tmp_path, radio_map), room_site())
+
+
 def test_two_maps_of_one_site_and_grid_step_but_other_extents_get_their_own_plan_losses() -> None:
     """The plan's losses are cached per map grid; two grids at one origin and step but of other
     extents shared an entry, and the second map's set_base raised ValueError on its shape."""
