@@ -738,6 +738,13 @@ class Engine:
         self._announced_t[b[newer]] = t[newer]
         self._announces[b] = True
 
+    def resume(self, t: float) -> None:
+        """Ticks of this site up to `t` were made before this engine (an earlier run of the
+        hub stored them), so readings older than `t - max_lateness_s` are late, as they were
+        for the engine that made those ticks. Without it a restarted engine took them in and
+        no tick's window ever held them: counted as accepted, used by nothing."""
+        self.watermark = max(self.watermark, t)
+
     # -------------------------------------------------------------------- tick
 
     def tick(self, t: float) -> TickResult:

@@ -341,6 +341,7 @@ class Hub:
         last = self.sqlite.last_tick(site.id)
         if last is not None and last >= now - MAX_CATCH_UP_S:
             run.next_tick = last + cfg.engine.tick_interval_s
+            engine.resume(last)
         return run
 
     def _add_influx(self, influx: InfluxStore) -> None:

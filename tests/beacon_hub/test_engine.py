@@ -277,6 +277,26 @@ def test_a_beacon_barely_heard_gets_a_large_accuracy_not_a_crash() -> None:
     assert np.isfinite(fixes.x[0])
 
 
+def test_an_engine_resuming_after_stored_ticks_counts_older_readings_late() -> None:
+    """A restarted hub's engine took readings from before its predecessor's last tick as
+    accepted, though no tick of its own would ever hold them."""
+    engine = Engine(room_site())
+    engine.resume(100.0)
+    counts = engine.ingest(
+        Readings(
+            "g0",
+            [TAG],
+            np.array([0, 0]),
+            np.array([-20.0, 99.0]),
+            np.array([-60.0, -60.0]),
+            np.full(2, np.nan),
+        )
+    )
+    assert (counts.accepted, counts.late) == (1, 1)
+    engine.resume(50.0)  # never back
+    assert engine.watermark == 100.0
+
+
 def test_late_and_impossible_readings_are_counted_and_dropped() -> None:
     site = room_site()
     engine = Engine(site)

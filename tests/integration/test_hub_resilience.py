@@ -286,6 +286,10 @@ def test_a_clock_stepped_back_while_the_hub_was_down_is_relearnt_after_the_resta
             )
             relearning_late += sum(r[1] for r in rows[:PAST_RESYNC_BATCHES])
             relearning_samples += sum(r[0] for r in rows[:PAST_RESYNC_BATCHES])
+            # Placed 2 minutes before the last stored tick: late, not taken in and never used
+            # (a restarted engine knew nothing of its predecessor's ticks; Engine.resume).
+            placed_before = rows[: PAST_RESYNC_BATCHES - 1]
+            assert [r[1] for r in placed_before] == [r[0] for r in placed_before], (gw, rows)
             late += sum(r[1] for r in rows[PAST_RESYNC_BATCHES:])
             samples += sum(r[0] for r in rows[PAST_RESYNC_BATCHES:])
         said = (
