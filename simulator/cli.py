@@ -80,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     if not 0 <= args.tag_power_sd_db < math.inf:
         raise BeaconHubError(f"--tag-power-sd-db must be 0 or more, got {args.tag_power_sd_db:g}")
+    if not 0 <= args.field_change <= 1:
+        raise BeaconHubError(f"--field-change must be from 0 to 1, got {args.field_change:g}")
     for option, seed in (("--seed", args.seed), ("--building-seed", args.building_seed)):
         if seed is not None and seed < 0:
             raise BeaconHubError(f"{option} must be 0 or more, got {seed}")
@@ -114,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         building_seed=args.building_seed,
         tag_power_sd_db=args.tag_power_sd_db,
         announce_tx=not args.no_announce,
+        field_change=args.field_change,
     )
     try:
         sim = Simulation(site, options)
@@ -178,6 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         metavar="SD",
         help="each tag transmits N(0, SD) dB off what it announces (mixed models; 0)",
+    )
+    extra.add_argument(
+        "--field-change",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of the building's static shadowing drawn anew: the --building-seed "
+        "building on another day, its survey aged (0; the real flat's: 0.15-0.3)",
     )
     extra.add_argument(
         "--no-announce",

@@ -64,9 +64,12 @@ SLOW_SD_RATIO = 3.3 / DATASET_SHADOWING_DB
 0.25 above the static part, and that excess decays to about 0.07 after 10 s."""
 
 FAST_SD_RATIO = 3.5 / DATASET_SHADOWING_DB
-"""Fast fading 3.5 dB per packet: the rest of the variance of a 1/3 s bin, which averages about
-1.3 packets (79 % of the dataset's bins are non-integer averages). The raw per-packet spread is
-then 7.7 dB after a fit, the top of the 4.5-7.7 dB seen per receiver in real halls."""
+"""Fast fading 3.5 dB per packet: the rest of the variance of a 1/3 s bin, taken as averaging
+about 1.3 packets (79 % of the dataset's bins are non-integer averages). The raw per-packet
+spread is then 7.7 dB after a fit, the top of the 4.5-7.7 dB seen per receiver in real halls.
+(The audit of 2026-12-07 found a bin to be about one advert heard by two crossed antennas, the
+mW mean of two whole-dBm values: the bins still match, a single receiver is noisier;
+docs/simulator.md, What it does not model.)"""
 
 CORRELATION_LENGTH_M = 1.5
 """Gaussian correlation exp(-r^2 / 2 L^2) of the static field. On flat-calib2021 residual pairs
@@ -221,6 +224,20 @@ class RadioModel:
         self.channel_offset_db -= self.channel_offset_db.mean(axis=1, keepdims=True)
         self.clock_offset_s = rng.normal(0.0, config.clock_offset_sd_s, len(gateways))
         self.clock_drift_ppm = rng.normal(0.0, config.clock_drift_sd_ppm, len(gateways))
+
+    def change_static_field(self, share: float, rng: np.random.Generator) -> None:
+        """The same building on another day: a `share` of each static shadowing field's
+        variance drawn anew from `rng` (stock, furniture, doors, people moved), the rest kept
+        (field <- sqrt(1 - share) field + sqrt(share) new). The fields stay of unit variance,
+        so the site's shadowing spread is what it was; only what a survey learnt of it ages."""
+        if not 0.0 <= share <= 1.0:
+            msg = f"a share of the static field from 0 to 1, got {share:g}"
+            raise ValueError(msg)
+        keep, new = math.sqrt(1.0 - share), math.sqrt(share)
+        for lv in self.site.levels:
+            geo = self._levels[lv.level]
+            other = _level_geometry(lv, self.n_gateways, self.config, rng).field
+            geo.field[...] = keep * geo.field + new * other
 
     @property
     def n_gateways(self) -> int:

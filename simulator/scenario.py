@@ -94,6 +94,12 @@ class RunOptions:
     announces: a fleet of mixed models and power settings. 0: exactly what it announces."""
     announce_tx: bool = True
     """Tags announce their power (TX_AT_1M_DBM); False: plain adverts that say nothing."""
+    field_change: float = 0.0
+    """Share (0-1) of the building's static shadowing drawn anew from a stream of the run's
+    seed of its own: the building of `building_seed` on another day. A survey learns the field
+    of its day; the real flat-calib2021's static residuals kept a correlation of only 0.83-0.85
+    between its recordings of one afternoon (audit of 2026-12-07, docs/simulator.md), a share
+    of 0.15-0.3 changed. 0: the building exactly as surveyed."""
 
 
 @dataclass
@@ -135,8 +141,8 @@ class Simulation:
         self.site = site
         self.options = options
         # a child seed's stream depends on its index alone: a fifth (the tags' powers, drawn
-        # only with tag_power_sd_db) leaves the other four as they were
-        seeds = np.random.SeedSequence(options.seed).spawn(5)
+        # only with tag_power_sd_db) and a sixth (field_change) leave the others as they were
+        seeds = np.random.SeedSequence(options.seed).spawn(6)
         radio_rng, pop_rng, self._rng, boot_rng = (np.random.default_rng(s) for s in seeds[:4])
         if options.building_seed is not None:
             # the radio stream exactly as a run with that seed draws it
@@ -144,6 +150,8 @@ class Simulation:
                 np.random.SeedSequence(options.building_seed).spawn(4)[0]
             )
         self.radio = RadioModel(site, options.radio, radio_rng)
+        if options.field_change > 0:
+            self.radio.change_static_field(options.field_change, np.random.default_rng(seeds[5]))
         self.population = build_population(site, options.population, pop_rng, options.start_s)
         self.gateway_ids = self.radio.gateway_ids
         self.boots = [f"{int(boot_rng.integers(2**32)):08x}" for _ in self.gateway_ids]

@@ -112,6 +112,56 @@ def test_building_seed_fixes_the_building_and_leaves_the_run_to_its_seed() -> No
     assert not np.array_equal(ends[0], ends[2])
 
 
+def test_field_change_ages_the_surveyed_building_by_its_share_and_nothing_else() -> None:
+    """A later day of the surveyed building with a share F of its static field drawn anew:
+    the static part keeps a correlation of sqrt(1 - F) with the survey's (F = 1: a building of
+    its own), and the run's shoppers are those of the same seed without it."""
+    from simulator.scenario import RunOptions, Simulation, default_population  # noqa: PLC0415
+
+    site = load_site(STORE)
+
+    def sim(change: float) -> Simulation:
+        options = RunOptions(
+            duration_s=10,
+            seed=3,
+            start_s=DEFAULT_START_S,
+            population=default_population(site),
+            building_seed=1,
+            field_change=change,
+        )
+        return Simulation(site, options)
+
+    rng = np.random.default_rng(0)
+    xyz = np.c_[rng.uniform(1, 39, 4000), rng.uniform(1, 29, 4000), np.full(4000, 1.0)]
+    level = np.zeros(4000, dtype=np.int64)
+    same, aged, other = (sim(f).radio.mean_dbm(xyz, level) for f in (0.0, 0.2, 1.0))
+    surveyed = Simulation(
+        site,
+        RunOptions(
+            duration_s=10,
+            seed=2,
+            start_s=DEFAULT_START_S,
+            population=default_population(site),
+            building_seed=1,
+        ),
+    ).radio.mean_dbm(xyz, level)
+    assert np.array_equal(same, surveyed)
+    # survey - later day = sd (1 - sqrt(1 - F)) field - sd sqrt(F) new: its variance over that
+    # of a building of its own (2 sd^2) is 1 - sqrt(1 - F), 0.106 for F = 0.2
+    share = np.var(aged - surveyed) / np.var(other - surveyed)
+    assert 0.07 < share < 0.15, share
+    ends = []
+    for change in (0.0, 0.2):
+        run = sim(change)
+        run.population.advance(DEFAULT_START_S + 600)
+        ends.append(
+            [b.track.at(np.array([DEFAULT_START_S + 600.0]))[0] for b in run.population.beacons]
+        )
+    assert np.array_equal(ends[0], ends[1])
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        sim(1.5)
+
+
 def test_tags_can_stay_silent_about_their_power_and_differ_in_it(tmp_path: Path) -> None:
     """--no-announce blanks tx_power and nothing else; --tag-power-sd-db moves each tag's
     readings by its own offset before the receivers' sensitivity, so a stronger tag is heard
