@@ -6,8 +6,6 @@ left as it was."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from beacon_hub.health import Metrics
 from beacon_hub.privacy import open_erase_sqlite
 from beacon_hub.stores import SCHEMA_VERSION, SavedGateway, SqliteStore, StoreError, open_sqlite
+from tests.beacon_hub.test_hub_units import _cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -234,17 +233,6 @@ def test_a_file_of_a_layout_we_do_not_know_is_refused_saying_what_differs(
         f"{path}: not a beacon-hub database this release knows (schema version {version},"
         f" this beacon-hub's {SCHEMA_VERSION})",
         said,
-    )
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "beacon_hub.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-        timeout=60,
     )
 
 
