@@ -265,6 +265,28 @@ def _add_engine_verbs(verbs: Any) -> None:
     )
     calibrate.set_defaults(handler=_calibrate)
 
+    survey = verbs.add_parser(
+        "survey", help="record a calibration survey of one tag from the live gateways"
+    )
+    survey.add_argument("--site", type=Path, required=True, metavar="S.yaml")
+    survey.add_argument("--beacon", required=True, metavar="BEACON", help="the survey tag's id")
+    survey.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="readings.csv, truth.csv, points.csv"
+    )
+    survey.add_argument(
+        "--points",
+        type=Path,
+        metavar="P.csv",
+        help="x,y[,z,level,name] in visiting order; without it, each point is typed",
+    )
+    survey.add_argument(
+        "--walk", action="store_true", help="walk the points, Enter at each (else hold at each)"
+    )
+    survey.add_argument("--broker", metavar="URL", help="e.g. mqtt://127.0.0.1:1883")
+    survey.add_argument("--config", type=Path, metavar="SURVEY.yaml", help="or a survey: section")
+    add_set_option(survey, example="dwell_s=20")
+    survey.set_defaults(handler=_survey)
+
     evaluate = verbs.add_parser("eval", help="error statistics of fixes against truth")
     evaluate.add_argument("--fixes", type=Path, action="append", required=True, metavar="F.csv")
     reference = evaluate.add_mutually_exclusive_group(required=True)
@@ -324,6 +346,40 @@ def _replay(args: argparse.Namespace) -> int:
         f"gateways) in {stats.seconds:.1f} s -> {args.out}",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def _survey(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from beacon_hub.config_loader import load_model  # noqa: PLC0415  # numpy: keeps --help fast
+    from beacon_hub.ids import canonical_beacon_id  # noqa: PLC0415
+    from beacon_hub.site import load_site  # noqa: PLC0415
+    from beacon_hub.survey import SurveyConfig, load_points, run_survey  # noqa: PLC0415
+
+    overrides = overrides_from(args.overrides)
+    if args.broker:
+        overrides["broker.url"] = args.broker
+    if args.walk:
+        overrides["walk"] = True
+    cfg = load_model(
+        SurveyConfig,
+        path=args.config,
+        env_prefix="BEACON_HUB_SURVEY",
+        overrides=overrides,
+        section="survey",
+    )
+    site = load_site(args.site)
+    beacon = canonical_beacon_id(args.beacon)
+    points = None if args.points is None else load_points(args.points, site)
+    summary = run_survey(site, beacon, args.out, cfg, points)
+    print(json.dumps(summary, indent=2))
+    if summary["points"]:
+        print(
+            f"next: beacon-hub calibrate --site {args.site} --readings {summary['readings_file']}"
+            f" --truth {summary['truth_file']} --out calibration.yaml",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

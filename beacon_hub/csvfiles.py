@@ -8,6 +8,7 @@ never holds a file in memory, through `OutputFile`: a file appears whole or not 
     readings  t,gateway,beacon,rssi[,tx_power]
     truth     t,beacon,x,y[,z,level,zone]
     fixes     t,beacon,x,y,accuracy_m,zone,gateways[,level]
+    points    x,y[,z,level,name]   (survey points, in the order to visit them)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from beacon_hub.wire import EVENT_TYPES, Fix
 __all__ = [
     "EVENTS",
     "FIXES",
+    "POINTS",
     "READINGS",
     "TRUTH",
     "CsvTable",
@@ -39,10 +41,12 @@ __all__ = [
     "EventRow",
     "OutputFile",
     "Reading",
+    "SurveyPoint",
     "TruthPoint",
     "listed",
     "read_events",
     "read_fixes",
+    "read_points",
     "read_readings",
     "read_truth",
 ]
@@ -71,6 +75,17 @@ class TruthPoint:
     z: float | None = None
     level: int | None = None
     zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyPoint:
+    """A place on the floor where a survey holds its tag (`beacon-hub survey --points`)."""
+
+    x: float
+    y: float
+    z: float | None = None
+    level: int | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +297,29 @@ FIXES: CsvTable[Fix] = CsvTable(
 )
 
 
+def _parse_point(c: _Cells) -> SurveyPoint:
+    return SurveyPoint(
+        x=c.number("x"),
+        y=c.number("y"),
+        z=c.opt_number("z", 0.0, 100.0),
+        level=c.opt_int("level"),
+        name=c.row.get("name", "").strip() or None,
+    )
+
+
+def _format_point(p: SurveyPoint) -> dict[str, str]:
+    return {
+        "x": _fmt(p.x, 3),
+        "y": _fmt(p.y, 3),
+        "z": _opt(p.z, 3),
+        "level": "" if p.level is None else str(p.level),
+        "name": p.name or "",
+    }
+
+
+POINTS: CsvTable[SurveyPoint] = CsvTable(
+    "survey points", ("x", "y"), ("z", "level", "name"), _parse_point, _format_point
+)
 EVENTS: CsvTable[EventRow] = CsvTable(
     "events", ("t", "beacon", "type"), ("zone",), _parse_event, _format_event
 )
@@ -347,6 +385,10 @@ def read_readings(path: Path | str) -> Iterator[Reading]:
 
 def read_truth(path: Path | str) -> Iterator[TruthPoint]:
     return read_table(TRUTH, path)
+
+
+def read_points(path: Path | str) -> Iterator[SurveyPoint]:
+    return read_table(POINTS, path)
 
 
 def read_fixes(path: Path | str) -> Iterator[Fix]:

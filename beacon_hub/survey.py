@@ -1,0 +1,573 @@
+"""Survey: record a calibration walk or a point survey from the live gateways, for `calibrate`.
+
+`beacon-hub calibrate` needs readings of a tag and where the tag was (truth). A real floor has
+no robot to say where: the surveyor carries one tag, this command records from the broker what
+the site's gateways hear of it, and takes the positions from the surveyor's Enter key.
+
+- points (the default): at each point, from a `--points` file or typed as `x y [level]`, the
+  surveyor sets the tag down (on a pole or a cart at the height the tags will have), presses
+  Enter and steps away; after `settle_s` the tag's readings for `dwell_s` are kept, and the
+  truth is the point. Static shadowing does not average out (radiomap.py), so more points beat
+  longer dwells: a point every 2-3 m along the aisles.
+- walk (`walk: true`): the surveyor walks the `--points` in order at an even pace and presses
+  Enter as the tag passes each; the truth is interpolated between the marks. Quicker per square
+  metre, less exact (a step off at 1 m/s is 0.1 m a tenth of a second late).
+
+Clocks. Readings carry their gateway's clock, the marks this machine's. A gateway's offset is the
+least (arrival - sent) over its batches (a batch is published as it is sent, so that least is
+the clock offset plus the quickest delivery); every reading is written in this machine's clock.
+
+Threads. paho's network thread decodes each readings batch and keeps the survey tag's samples
+under `SurveyRecorder._lock`, the one place the threads meet; the main thread (prompts, progress,
+files) reads through the recorder's methods. A tag's samples are few, so nothing is queued or
+dropped; a batch that does not decode is counted and said at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ConfigDict, Field
+
+from beacon_hub.broker_settings import BrokerSettings, RefusalLog, connect_failure, paho_logger
+from beacon_hub.csvfiles import (
+    POINTS,
+    READINGS,
+    TRUTH,
+    CsvWriter,
+    Reading,
+    SurveyPoint,
+    TruthPoint,
+    read_points,
+)
+from beacon_hub.errors import BeaconHubError, WireError
+from beacon_hub.floorplan import points_in_polygon
+from beacon_hub.site import Site
+from beacon_hub.wire import ReadingBatch, decode_batch, parse_topic, readings_subscription
+
+__all__ = [
+    "Dwell",
+    "SurveyConfig",
+    "SurveyError",
+    "SurveyRecorder",
+    "check_points",
+    "dwell_truth",
+    "load_points",
+    "run_survey",
+    "walk_truth",
+]
+
+log = logging.getLogger("beacon_hub.survey")
+
+CONNECT_TIMEOUT_S = 15.0
+"""How long the command waits for the broker before it gives up: paho's first retries of a
+broker still starting come within a few seconds."""
+PROGRESS_EVERY_S = 5.0
+"""A progress line this often during a dwell: often enough to see a tag that is not heard."""
+SILENT_WARN_S = 5.0
+"""No sample of the tag for this long while recording: said at once (a tag off, another id).
+A 1 Hz tag heard by one gateway still gives five samples in it."""
+LAST_BATCH_WAIT_S = 1.5
+"""After the last dwell or mark, wait this long for what was heard before it: a gateway sends a
+batch every `batching.window_s` (1 s by default), published as it is sent."""
+WALK_MAX_SPEED_M_S = 2.5
+"""Faster between two marks than a brisk walk (1.4 m/s typical, 2.5 a jog): an Enter was
+probably missed or pressed twice; said, not refused."""
+
+
+class SurveyError(BeaconHubError):
+    """A survey that cannot start or be written: names the option, file or point."""
+
+
+class SurveyConfig(BaseModel):
+    """`beacon-hub survey`'s settings (YAML `--config`, env BEACON_HUB_SURVEY__*, `--set`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker: BrokerSettings = BrokerSettings()
+    walk: bool = False
+    """Walk the points pressing Enter at each, instead of holding the tag at each one."""
+    dwell_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds of readings kept at each point: 30 samples of a 1 Hz tag per gateway."""
+    settle_s: Annotated[float, Field(ge=0, le=600)] = 3.0
+    """Seconds after Enter that are not kept: the surveyor sets the tag down and steps away (a
+    body next to the tag takes 5-15 dB off the paths behind it)."""
+    truth_step_s: Annotated[float, Field(gt=0, le=2)] = 0.5
+    """Spacing of the truth rows; `calibrate` never interpolates across more than 2 s."""
+    tag_height_m: Annotated[float | None, Field(ge=0, le=100)] = None
+    """The tag's height above its level's floor, written as the truth's z (a point's own z
+    wins); unset: `calibrate` takes the beacon kind's height (1 m if it has none)."""
+
+
+@dataclass(frozen=True)
+class Dwell:
+    """The tag at `point` from `start` to `end` (this machine's clock, Unix s)."""
+
+    point: SurveyPoint
+    start: float
+    end: float
+
+
+@dataclass
+class _Gateway:
+    offset_s: float
+    """Least (arrival - sent) seen: this machine's clock minus the gateway's, plus delivery."""
+    samples: int = 0
+
+
+@dataclass
+class SurveyRecorder:
+    """The survey tag's samples, as paho's thread hands them over (module docstring)."""
+
+    beacon: str
+    gateways: frozenset[str]
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _samples: list[tuple[float, str, float, float | None, str]] = field(default_factory=list)
+    """(gateway time, gateway, rssi, tx power, boot), in arrival order."""
+    _clocks: dict[tuple[str, str], _Gateway] = field(default_factory=dict)
+    _last_arrival: float = -math.inf
+    batches: int = 0
+    undecodable: int = 0
+    foreign: int = 0
+    """Batches from gateways the site file does not name."""
+
+    # -- paho's thread
+
+    def on_payload(self, topic: str, payload: bytes, arrival: float) -> None:
+        try:
+            parse_topic(topic)
+            batch = decode_batch(payload)
+        except WireError:
+            with self._lock:
+                self.undecodable += 1
+            return
+        self.add(batch, arrival)
+
+    def add(self, batch: ReadingBatch, arrival: float) -> None:
+        mine = [i for i, b in enumerate(batch.b) if batch.beacons[b] == self.beacon]
+        with self._lock:
+            if batch.gw not in self.gateways:
+                self.foreign += 1
+                return
+            self.batches += 1
+            key = (batch.gw, batch.boot)
+            clock = self._clocks.get(key)
+            if clock is None:
+                clock = self._clocks[key] = _Gateway(arrival - batch.sent)
+            clock.offset_s = min(clock.offset_s, arrival - batch.sent)
+            for i in mine:
+                t = batch.sent - batch.dt_ms[i] / 1000.0
+                self._samples.append((t, batch.gw, batch.rssi[i], batch.tx[i], batch.boot))
+            clock.samples += len(mine)
+            if mine:
+                self._last_arrival = arrival
+
+    # -- the main thread
+
+    def heard_since(self, t: float) -> tuple[int, int]:
+        """(samples, gateways) of the tag heard at or after `t` (this machine's clock)."""
+        with self._lock:
+            offsets = {k: c.offset_s for k, c in self._clocks.items()}
+            recent = [
+                (gw, boot)
+                for ts, gw, _r, _tx, boot in reversed(self._samples[-20_000:])
+                if ts + offsets[(gw, boot)] >= t
+            ]
+        return len(recent), len({gw for gw, _ in recent})
+
+    def last_heard(self) -> float:
+        """Arrival time of the latest batch that held the tag (-inf: never)."""
+        with self._lock:
+            return self._last_arrival
+
+    def readings(self, windows: Sequence[tuple[float, float]]) -> list[Reading]:
+        """The tag's samples inside any of `windows` (this machine's clock), in time order."""
+        with self._lock:
+            offsets = {k: c.offset_s for k, c in self._clocks.items()}
+            samples = list(self._samples)
+        out = []
+        for ts, gw, rssi, tx, boot in samples:
+            t = ts + offsets[(gw, boot)]
+            if any(lo <= t <= hi for lo, hi in windows):
+                out.append(Reading(t=t, gateway=gw, beacon=self.beacon, rssi=rssi, tx_power=tx))
+        out.sort(key=lambda r: r.t)
+        return out
+
+
+def load_points(path: Path, site: Site) -> list[SurveyPoint]:
+    """A points file, checked against the site (check_points)."""
+    points = list(read_points(path))
+    if not points:
+        raise SurveyError(f"{path}: no points; expected rows of x,y[,z,level,name]")
+    check_points(points, site, str(path), first_line=2)
+    return points
+
+
+def check_points(
+    points: Sequence[SurveyPoint], site: Site, where: str, first_line: int | None = None
+) -> None:
+    """Each point on a level of the site and inside its outline: a point off the floor is a
+    typo (x and y swapped, feet for metres) that would teach the map a wrong place."""
+    for i, p in enumerate(points):
+        at = f"{where}:{first_line + i}" if first_line is not None else where
+        number = 0 if p.level is None else p.level
+        try:
+            level = site.level(number)
+        except KeyError:
+            levels = ", ".join(str(lv.level) for lv in site.levels)
+            msg = f"{at}: level {number} is not one of the site's levels ({levels})"
+            raise SurveyError(msg) from None
+        if not points_in_polygon(np.array([[p.x, p.y]]), level.outline)[0]:
+            msg = f"{at}: ({p.x:g}, {p.y:g}) is outside level {number}'s outline in the site file"
+            raise SurveyError(msg)
+
+
+def dwell_truth(
+    beacon: str, dwells: Iterable[Dwell], step_s: float, height_m: float | None
+) -> list[TruthPoint]:
+    """Truth rows every `step_s` through each dwell, at its point."""
+    rows = []
+    for d in dwells:
+        n = max(1, math.floor((d.end - d.start) / step_s + 1e-9) + 1)
+        for k in range(n):
+            t = min(d.start + k * step_s, d.end)
+            rows.append(_truth(beacon, t, d.point, x=d.point.x, y=d.point.y, height_m=height_m))
+        if rows[-1].t < d.end:
+            rows.append(_truth(beacon, d.end, d.point, x=d.point.x, y=d.point.y, height_m=height_m))
+    return rows
+
+
+def walk_truth(
+    beacon: str,
+    points: Sequence[SurveyPoint],
+    marks: Sequence[float],
+    step_s: float,
+    height_m: float | None,
+) -> list[TruthPoint]:
+    """Truth rows every `step_s` from the first mark to the last, the tag moving in a straight
+    line at even speed from each point to the next (marks[i]: when it passed points[i])."""
+    rows: list[TruthPoint] = []
+    for i in range(len(marks) - 1):
+        a, b = points[i], points[i + 1]
+        t0, t1 = marks[i], marks[i + 1]
+        n = max(1, math.ceil((t1 - t0) / step_s - 1e-9))
+        for k in range(n):
+            f = k / n
+            t = t0 + f * (t1 - t0)
+            x, y = a.x + f * (b.x - a.x), a.y + f * (b.y - a.y)
+            rows.append(_truth(beacon, t, a, x=x, y=y, height_m=height_m))
+    if marks:
+        last = points[len(marks) - 1]
+        rows.append(_truth(beacon, marks[-1], last, x=last.x, y=last.y, height_m=height_m))
+    return rows
+
+
+def _truth(
+    beacon: str, t: float, p: SurveyPoint, *, x: float, y: float, height_m: float | None
+) -> TruthPoint:
+    return TruthPoint(
+        t=t, beacon=beacon, x=x, y=y, z=p.z if p.z is not None else height_m, level=p.level
+    )
+
+
+# ------------------------------------------------------------------------------ the command
+
+Ask = Callable[[str], str]
+Say = Callable[[str], None]
+
+
+@dataclass
+class _Session:
+    site: Site
+    beacon: str
+    cfg: SurveyConfig
+    ask: Ask
+    say: Say
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    recorder: SurveyRecorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = SurveyRecorder(self.beacon, frozenset(g.id for g in self.site.gateways))
+
+    def record(self, index: int, total: int | None, point: SurveyPoint) -> Dwell:
+        """Hold the tag at `point`: settle, then `dwell_s` of readings, with progress."""
+        cfg = self.cfg
+        start = self.clock() + cfg.settle_s
+        end = start + cfg.dwell_s
+        label = _label(index, total, point)
+        next_progress = start + PROGRESS_EVERY_S
+        warned = False
+        try:
+            if cfg.settle_s:
+                self.say(f"  step away: recording starts in {cfg.settle_s:g} s")
+                self.sleep(cfg.settle_s)
+            while (now := self.clock()) < end:
+                self.sleep(min(0.25, end - now))
+                now = self.clock()
+                if now - max(self.recorder.last_heard(), start) >= SILENT_WARN_S and not warned:
+                    warned = True
+                    self.say(
+                        f"  nothing heard of {self.beacon} for {SILENT_WARN_S:g} s: is the tag"
+                        " on, and is it the one given to --beacon?"
+                    )
+                if now >= next_progress and now < end:
+                    next_progress += PROGRESS_EVERY_S
+                    samples, gws = self.recorder.heard_since(start)
+                    self.say(f"  {end - now:4.0f} s left: {samples} samples from {gws} gateways")
+        except KeyboardInterrupt:
+            end = self.clock()
+            self.say(f"{label}: interrupted; kept {max(0.0, end - start):.0f} s of it")
+            raise _Interrupted(Dwell(point, start, end)) from None
+        samples, gws = self.recorder.heard_since(start)
+        self.say(f"{label}: done, {samples} samples from {gws} gateways")
+        return Dwell(point, start, end)
+
+
+class _Interrupted(Exception):  # noqa: N818  # control flow, not an error a user sees
+    """Ctrl-C during a dwell: the part recorded so far."""
+
+    def __init__(self, dwell: Dwell) -> None:
+        super().__init__("interrupted")
+        self.dwell = dwell
+
+
+def _label(index: int, total: int | None, p: SurveyPoint) -> str:
+    where = f"({p.x:g}, {p.y:g}" + (f", level {p.level}" if p.level is not None else "") + ")"
+    name = f" {p.name}" if p.name else ""
+    return f"point {index}{f'/{total}' if total else ''}{name} {where}"
+
+
+def _typed_point(text: str) -> SurveyPoint:
+    parts = text.replace(",", " ").split()
+    if len(parts) not in (2, 3):
+        raise ValueError("type x y, or x y level (metres, in the site file's frame)")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+        level = int(parts[2]) if len(parts) == 3 else None
+    except ValueError:
+        raise ValueError("x and y are numbers (metres), level a whole number") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError("x and y are finite numbers")
+    return SurveyPoint(x=x, y=y, level=level)
+
+
+def _points_survey(s: _Session, points: Sequence[SurveyPoint] | None) -> list[Dwell]:
+    dwells: list[Dwell] = []
+    total = len(points) if points is not None else None
+    index = 0
+    while True:
+        index += 1
+        if points is not None:
+            if index > len(points):
+                return dwells
+            point = points[index - 1]
+            label = _label(index, total, point)
+            try:
+                answer = s.ask(f"{label}: put the tag there and press Enter (s: skip, q: finish) ")
+            except (EOFError, KeyboardInterrupt):
+                return dwells
+            if answer.strip().lower() == "q":
+                return dwells
+            if answer.strip().lower() == "s":
+                continue
+        else:
+            try:
+                answer = s.ask(
+                    f"point {index}: x y [level] where the tag is (Enter alone: finish) "
+                )
+            except (EOFError, KeyboardInterrupt):
+                return dwells
+            if not answer.strip():
+                return dwells
+            try:
+                point = _typed_point(answer)
+                check_points([point], s.site, f"point {index}")
+            except (ValueError, SurveyError) as e:
+                s.say(f"  {e}")
+                index -= 1
+                continue
+        try:
+            dwells.append(s.record(index, total, point))
+        except _Interrupted as stop:
+            if stop.dwell.end > stop.dwell.start:
+                dwells.append(stop.dwell)
+            return dwells
+
+
+def _walk_survey(s: _Session, points: Sequence[SurveyPoint]) -> list[float]:
+    marks: list[float] = []
+    for i, point in enumerate(points, start=1):
+        label = _label(i, len(points), point)
+        verb = "press Enter as the tag passes it" if i > 1 else "press Enter as you set off"
+        try:
+            answer = s.ask(f"{label}: {verb} (q: finish) ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if answer.strip().lower() == "q":
+            break
+        now = s.clock()
+        if marks:
+            prev = points[i - 2]
+            speed = math.hypot(point.x - prev.x, point.y - prev.y) / max(now - marks[-1], 1e-9)
+            if speed > WALK_MAX_SPEED_M_S:
+                s.say(
+                    f"  {speed:.1f} m/s since the last point: an Enter missed or pressed twice?"
+                    " (q and survey again from here if so)"
+                )
+        marks.append(now)
+    return marks
+
+
+def run_survey(
+    site: Site,
+    beacon: str,
+    out_dir: Path,
+    cfg: SurveyConfig,
+    points: Sequence[SurveyPoint] | None = None,
+    *,
+    ask: Ask = input,
+    say: Say = print,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """The interactive survey: connect, record, write `out_dir`/{readings,truth,points}.csv.
+    Returns a summary (printed by the CLI as JSON)."""
+    if cfg.walk and (points is None or len(points) < 2):
+        raise SurveyError("a walk needs --points with two points or more, in walking order")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {name: out_dir / f"{name}.csv" for name in ("readings", "truth", "points")}
+    taken = [str(p) for p in files.values() if p.exists()]
+    if taken:
+        msg = f"--out {out_dir} already holds a survey ({', '.join(taken)}): give another folder"
+        raise SurveyError(msg)
+    session = _Session(site, beacon, cfg, ask, say, clock, sleep)
+    client = _connect(cfg.broker, site, session.recorder)
+    try:
+        if cfg.walk and points is not None:
+            marks = _walk_survey(session, points)
+            visited = list(points[: len(marks)])
+            windows = [(marks[0], marks[-1])] if len(marks) >= 2 else []
+            truth = walk_truth(beacon, visited, marks, cfg.truth_step_s, cfg.tag_height_m)
+            if len(marks) < 2:
+                truth = []
+            if windows:
+                sleep(LAST_BATCH_WAIT_S)
+        else:
+            dwells = _points_survey(session, points)
+            if dwells:
+                sleep(LAST_BATCH_WAIT_S)
+            visited = [d.point for d in dwells]
+            windows = [(d.start, d.end) for d in dwells]
+            truth = dwell_truth(beacon, dwells, cfg.truth_step_s, cfg.tag_height_m)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    readings = session.recorder.readings(windows)
+    _write(files, readings, truth, visited)
+    return _summary(
+        session.recorder, site, files=files, readings=readings, points=visited, windows=windows
+    )
+
+
+def _connect(broker: BrokerSettings, site: Site, recorder: SurveyRecorder) -> mqtt.Client:
+    """A clean session at QoS 0: the survey watches, it takes nothing from the hub's queue."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"beacon-hub-survey-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
+    client.enable_logger(paho_logger("beacon_hub.survey.paho"))
+    broker.secure(client)
+    subscribed = threading.Event()
+    refused: list[str] = []
+    refusals = RefusalLog(log)
+    topic = readings_subscription(site.id)
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            return
+        c.subscribe(topic, qos=0)
+
+    def on_connect_fail(_c: mqtt.Client, _u: Any) -> None:
+        reason = connect_failure()
+        refused.append(reason)
+        refusals.error(reason, "cannot connect to %s:%d: %s", broker.host, broker.port)
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, _m: int, reasons: Any, _p: Any) -> None:
+        if reasons and reasons[0].is_failure:
+            refused.append(f"the broker refused the subscription to {topic} (its ACL?)")
+            return
+        subscribed.set()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        recorder.on_payload(msg.topic, bytes(msg.payload), time.time())
+
+    client.on_connect = on_connect
+    client.on_connect_fail = on_connect_fail
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
+    client.loop_start()
+    if not subscribed.wait(CONNECT_TIMEOUT_S):
+        client.loop_stop()
+        client.disconnect()
+        why = refused[-1] if refused else "no answer"
+        msg = f"broker {broker.url}: not subscribed after {CONNECT_TIMEOUT_S:g} s: {why}"
+        raise SurveyError(msg)
+    return client
+
+
+def _write(
+    files: dict[str, Path],
+    readings: Sequence[Reading],
+    truth: Sequence[TruthPoint],
+    points: Sequence[SurveyPoint],
+) -> None:
+    optional = ("tx_power",) if any(r.tx_power is not None for r in readings) else ()
+    with CsvWriter(READINGS, files["readings"], optional=optional) as w:
+        w.write_all(readings)
+    with CsvWriter(TRUTH, files["truth"], optional=("z", "level")) as w:
+        w.write_all(truth)
+    with CsvWriter(POINTS, files["points"]) as w:
+        w.write_all(points)
+
+
+def _summary(
+    recorder: SurveyRecorder,
+    site: Site,
+    *,
+    files: dict[str, Path],
+    readings: Sequence[Reading],
+    points: Sequence[SurveyPoint],
+    windows: Sequence[tuple[float, float]],
+) -> dict[str, Any]:
+    per_gateway = {g.id: 0 for g in site.gateways}
+    for r in readings:
+        per_gateway[r.gateway] += 1
+    return {
+        "points": len(points),
+        "seconds": round(sum(hi - lo for lo, hi in windows), 1),
+        "readings": len(readings),
+        "readings_per_gateway": per_gateway,
+        "gateways_not_hearing": [g for g, n in per_gateway.items() if n == 0],
+        "batches": recorder.batches,
+        "undecodable_batches": recorder.undecodable,
+        "foreign_batches": recorder.foreign,
+        "readings_file": str(files["readings"]),
+        "truth_file": str(files["truth"]),
+        "points_file": str(files["points"]),
+    }

@@ -1,0 +1,120 @@
+"""survey.py's parts without a broker: points, truth rows, the recorder's clocks and bad input."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from beacon_hub.csvfiles import SurveyPoint
+from beacon_hub.errors import CsvError
+from beacon_hub.site import load_site
+from beacon_hub.survey import (
+    Dwell,
+    SurveyError,
+    SurveyRecorder,
+    dwell_truth,
+    load_points,
+    walk_truth,
+)
+from beacon_hub.wire import ReadingBatch, encode_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+STORE = load_site(ROOT / "config" / "store.yaml")
+TAG = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1"
+OTHER = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:2"
+TOPIC = "beacons/store-1/gateway/gw-01/readings"
+
+
+def _batch(gw: str, sent: float, seq: int = 0, boot: str = "00aa11bb") -> ReadingBatch:
+    return ReadingBatch(
+        gw=gw,
+        boot=boot,
+        seq=seq,
+        sent=sent,
+        beacons=(TAG, OTHER),
+        b=(0, 1, 0),
+        dt_ms=(900.0, 500.0, 100.0),
+        rssi=(-70.0, -80.0, -71.0),
+        tx=(-59.0, None, -59.0),
+    )
+
+
+def test_points_file_errors_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "p.csv"
+    bad.write_text("x,y\n1,2\n3,north\n")
+    with pytest.raises(CsvError, match=r"p.csv:3: column y: expected a number"):
+        load_points(bad, STORE)
+    bad.write_text("x,y,level\n1,2,3\n")
+    with pytest.raises(SurveyError, match=r"p.csv:2: level 3 is not one of the site's levels"):
+        load_points(bad, STORE)
+    bad.write_text("x,y\n")
+    with pytest.raises(SurveyError, match="no points"):
+        load_points(bad, STORE)
+    bad.write_text("x,y,z,name\n1,2,1.1,door\n")
+    assert load_points(bad, STORE) == [SurveyPoint(x=1.0, y=2.0, z=1.1, name="door")]
+
+
+def test_dwell_truth_spans_each_dwell_at_its_point() -> None:
+    a, b = SurveyPoint(x=1.0, y=2.0), SurveyPoint(x=3.0, y=4.0, z=0.4, level=0)
+    rows = dwell_truth(TAG, [Dwell(a, 100.0, 101.2), Dwell(b, 110.0, 111.0)], 0.5, 1.3)
+    assert [r.t for r in rows] == [100.0, 100.5, 101.0, 101.2, 110.0, 110.5, 111.0]
+    assert {(r.x, r.y, r.z) for r in rows[:4]} == {(1.0, 2.0, 1.3)}
+    assert {(r.x, r.y, r.z, r.level) for r in rows[4:]} == {(3.0, 4.0, 0.4, 0)}  # its own z
+
+
+@given(
+    st.lists(st.floats(0.2, 20.0), min_size=1, max_size=6),
+    st.floats(0.1, 2.0),
+)
+def test_walk_truth_never_leaves_a_gap_and_passes_each_point_at_its_mark(
+    gaps: list[float], step: float
+) -> None:
+    points = [SurveyPoint(x=float(i), y=float(i % 2)) for i in range(len(gaps) + 1)]
+    marks = [1000.0]
+    for g in gaps:
+        marks.append(marks[-1] + g)
+    rows = walk_truth(TAG, points, marks, step, None)
+    times = [r.t for r in rows]
+    assert times == sorted(times)
+    assert max(b - a for a, b in itertools.pairwise(times)) <= step + 1e-9
+    for p, m in zip(points, marks, strict=True):
+        at = [r for r in rows if abs(r.t - m) < 1e-9]
+        assert at
+        assert (at[0].x, at[0].y) == pytest.approx((p.x, p.y))
+
+
+def test_recorder_keeps_the_tag_in_this_machines_clock() -> None:
+    rec = SurveyRecorder(TAG, frozenset({"gw-01", "gw-02"}))
+    # gw-01's clock is 10 s behind; its batches arrive 0.30 s and 0.05 s after they are sent
+    rec.add(_batch("gw-01", 1000.0, 0), arrival=1010.30)
+    rec.add(_batch("gw-01", 1001.0, 1), arrival=1011.05)
+    rec.add(_batch("gw-02", 1011.0, 0), arrival=1011.02)
+    rec.add(_batch("gw-09", 1011.0, 0), arrival=1011.02)  # not in the site file
+    got = rec.readings([(0.0, 1e10)])
+    assert [(r.gateway, round(r.t, 2)) for r in got] == [
+        ("gw-01", 1009.15),
+        ("gw-01", 1009.95),
+        ("gw-02", 1010.12),
+        ("gw-01", 1010.15),
+        ("gw-02", 1010.92),
+        ("gw-01", 1010.95),
+    ]
+    assert {r.beacon for r in got} == {TAG}
+    assert [r.tx_power for r in got] == [-59.0] * 6
+    assert rec.foreign == 1
+    assert rec.batches == 3
+    assert len(rec.readings([(1010.0, 1010.5)])) == 2
+    assert rec.heard_since(1010.5) == (2, 2)
+
+
+@given(st.binary(max_size=300))
+def test_recorder_counts_what_does_not_decode(payload: bytes) -> None:
+    rec = SurveyRecorder(TAG, frozenset({"gw-01"}))
+    rec.on_payload(TOPIC, payload, 5.0)
+    rec.on_payload("not/our/topic", encode_batch(_batch("gw-01", 1.0)), 5.0)
+    assert rec.undecodable + rec.batches == 2
+    assert rec.undecodable >= 1

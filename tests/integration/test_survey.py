@@ -1,0 +1,194 @@
+"""`beacon-hub survey` against a real Mosquitto: gateways publish real batches of a tag that the
+test moves from point to point, the survey records it, and `calibrate` takes what it wrote."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from beacon_hub.cli import main
+from beacon_hub.csvfiles import Reading, SurveyPoint, TruthPoint, read_readings, read_truth
+from beacon_hub.site import Site, load_site
+from beacon_hub.survey import SurveyConfig, SurveyError, run_survey
+from tests.integration.hubkit import Gateways, site_file, unique_site
+from tests.servers import Mosquitto
+
+POINTS = [(5.0, 5.0), (20.0, 16.0), (35.0, 27.0), (10.0, 25.0), (30.0, 6.0)]
+"""Survey points spread over the example store (40 x 32 m), off its shelves."""
+GATEWAY_CLOCK_S = -7.0
+"""The gateways' clocks 7 s behind this machine's: the readings must still meet the truth."""
+
+
+def _gateways(mosquitto: Mosquitto, site: Path) -> Gateways:
+    gws = Gateways(mosquitto, site, beacons=2, samples_per_beacon=2, seed=5)
+    gws.clock_s = GATEWAY_CLOCK_S
+    return gws
+
+
+def test_point_survey_records_the_tag_at_its_points_and_calibrate_fits_it(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    path = site_file(tmp_path, unique_site())
+    site = load_site(path)
+    gws = _gateways(mosquitto, path)
+    tag, other = gws.beacon_ids
+    stop = threading.Event()
+    sender = threading.Thread(target=gws.run_for, args=(3600.0, stop), daemon=True)
+    sender.start()
+    moved_at: list[float] = []
+
+    def ask(prompt: str) -> str:
+        # The synthetic gateways compute a batch's RSSI when they send it, up to 1 s after
+        # its first sample: let the last dwell's batches go before the tag moves.
+        time.sleep(1.5)
+        index = len(moved_at)
+        gws.spots[0] = POINTS[index]
+        moved_at.append(time.time())
+        assert f"point {index + 1}/{len(POINTS)}" in prompt
+        return ""
+
+    said: list[str] = []
+    cfg = SurveyConfig.model_validate(
+        {"broker": {"url": mosquitto.url}, "dwell_s": 3.0, "settle_s": 1.0, "tag_height_m": 1.2}
+    )
+    points = [SurveyPoint(x=x, y=y) for x, y in POINTS]
+    try:
+        summary = run_survey(site, tag, tmp_path / "survey", cfg, points, ask=ask, say=said.append)
+    finally:
+        stop.set()
+        sender.join()
+        gws.close()
+
+    assert summary["points"] == len(POINTS)
+    assert summary["undecodable_batches"] == 0
+    survey = tmp_path / "survey"
+    truth = list(read_truth(survey / "truth.csv"))
+    readings = list(read_readings(survey / "readings.csv"))
+    assert {t.beacon for t in truth} == {r.beacon for r in readings} == {tag}
+    assert other not in (survey / "readings.csv").read_text()
+    assert all(t.z == pytest.approx(1.2) for t in truth)
+    assert summary["readings"] == len(readings)
+    assert summary["gateways_not_hearing"] == []
+    _check_dwells(truth, readings, cfg, moved_at)
+    _check_rssi(truth, readings, site)
+    _check_calibrate(path, survey, tmp_path / "cal.yaml")
+
+
+def _check_dwells(
+    truth: list[TruthPoint], readings: list[Reading], cfg: SurveyConfig, moved_at: list[float]
+) -> None:
+    """Every reading lies within a dwell, in this machine's clock (7 s off, none would), and
+    each dwell holds its point's samples: 3 s x 2 samples/s x 20 gateways, give or take the
+    round at each edge."""
+    t_truth = np.array([t.t for t in truth])
+    xy_truth = np.array([(t.x, t.y) for t in truth])
+    for r in readings:
+        assert np.min(np.abs(t_truth - r.t)) <= cfg.truth_step_s
+    for k, (x, y) in enumerate(POINTS):
+        at = np.flatnonzero((xy_truth[:, 0] == x) & (xy_truth[:, 1] == y))
+        lo, hi = t_truth[at].min(), t_truth[at].max()
+        assert hi - lo == pytest.approx(cfg.dwell_s, abs=0.01)
+        assert lo >= moved_at[k] + cfg.settle_s - 0.01
+        n = sum(lo <= r.t <= hi for r in readings)
+        assert 4 * 20 <= n <= 8 * 20, (k, n)
+
+
+def _check_rssi(truth: list[TruthPoint], readings: list[Reading], site: Site) -> None:
+    """The RSSI written is what the gateways sent for the tag where the test put it: the path
+    loss of hubkit.Gateways, -59 - 22 log10(d), with 3 dB of noise."""
+    t_truth = np.array([t.t for t in truth])
+    gw_xy = {g.id: (g.x, g.y) for g in site.gateways}
+    residuals = []
+    for r in readings:
+        p = truth[int(np.argmin(np.abs(t_truth - r.t)))]
+        gx, gy = gw_xy[r.gateway]
+        d = max(math.hypot(p.x - gx, p.y - gy, 1.5), 0.5)
+        residuals.append(r.rssi - (-59.0 - 22.0 * math.log10(d)))
+    assert abs(np.mean(residuals)) < 1.0
+    assert 2.0 < np.std(residuals) < 4.0
+
+
+def _check_calibrate(site: Path, survey: Path, out: Path) -> None:
+    """`calibrate` takes the files as written and gives the survey's model back, within what 5
+    points of 3 dB noise can say."""
+    readings, truth = str(survey / "readings.csv"), str(survey / "truth.csv")
+    args = ["--readings", readings, "--truth", truth, "--out", str(out), "--no-map"]
+    assert main(["calibrate", "--site", str(site), *args]) == 0
+    fits = yaml.safe_load(out.read_text())["gateways"]
+    assert len(fits) == 20
+
+    def median(key: str) -> float:
+        return float(np.median([f[key] for f in fits.values()]))
+
+    assert median("ref_rssi_1m_dbm") == pytest.approx(-59, abs=3)
+    assert median("path_loss_exponent") == pytest.approx(2.2, abs=0.4)
+    assert median("shadowing_db") == pytest.approx(3.0, abs=1.0)
+
+
+def test_walk_interpolates_between_the_marks(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path = site_file(tmp_path, unique_site())
+    site = load_site(path)
+    gws = _gateways(mosquitto, path)
+    stop = threading.Event()
+    sender = threading.Thread(target=gws.run_for, args=(3600.0, stop), daemon=True)
+    sender.start()
+    marks: list[float] = []
+
+    def ask(_prompt: str) -> str:
+        time.sleep(2.0)
+        marks.append(time.time())
+        return ""
+
+    cfg = SurveyConfig.model_validate({"broker": {"url": mosquitto.url}, "walk": True})
+    points = [SurveyPoint(x=5.0, y=5.0), SurveyPoint(x=7.0, y=5.0), SurveyPoint(x=7.0, y=9.0)]
+    try:
+        summary = run_survey(
+            site, gws.beacon_ids[0], tmp_path / "walk", cfg, points, ask=ask, say=lambda _s: None
+        )
+    finally:
+        stop.set()
+        sender.join()
+        gws.close()
+    truth = list(read_truth(tmp_path / "walk" / "truth.csv"))
+    readings = list(read_readings(tmp_path / "walk" / "readings.csv"))
+    assert summary["points"] == 3
+    assert truth[0].t == pytest.approx(marks[0], abs=0.05)
+    assert truth[-1].t == pytest.approx(marks[-1], abs=0.05)
+    assert (truth[-1].x, truth[-1].y) == (7.0, 9.0)
+    # half way between the first two marks, half way between their points
+    mid = (marks[0] + marks[1]) / 2
+    t = np.array([p.t for p in truth])
+    x = np.interp(mid, t, [p.x for p in truth])
+    assert x == pytest.approx(6.0, abs=0.3)
+    assert readings
+    assert all(marks[0] - 0.01 <= r.t <= marks[-1] + 0.01 for r in readings)
+
+
+def test_an_unreachable_broker_is_named(tmp_path: Path) -> None:
+    site = load_site(site_file(tmp_path, unique_site()))
+    cfg = SurveyConfig.model_validate({"broker": {"url": "mqtt://127.0.0.1:9"}})
+    with pytest.raises(SurveyError, match=r"mqtt://127.0.0.1:9: not subscribed .*refused"):
+        run_survey(site, "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1", tmp_path / "s", cfg)
+    assert not (tmp_path / "s" / "readings.csv").exists()
+
+
+def test_the_cli_refuses_a_point_off_the_floor_naming_its_line(tmp_path: Path) -> None:
+    path = site_file(tmp_path, unique_site())
+    points = tmp_path / "points.csv"
+    points.write_text("x,y,name\n5,5,door\n45,5,outside\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "beacon_hub.cli", "survey", "--site", str(path), "--beacon",
+         "ibeacon:3D1A7B52-8C4E-4F0A-9B6D-2E5F8A1C7D40:1:1", "--out", str(tmp_path / "s"),
+         "--points", str(points), "--broker", "mqtt://127.0.0.1:9"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"{points}:3: (45, 5) is outside level 0's outline" in done.stderr
