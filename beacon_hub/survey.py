@@ -25,6 +25,7 @@ dropped; a batch that does not decode is counted and said at the end.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import secrets
@@ -192,14 +193,19 @@ class SurveyRecorder:
             return self._last_arrival
 
     def readings(self, windows: Sequence[tuple[float, float]]) -> list[Reading]:
-        """The tag's samples inside any of `windows` (this machine's clock), in time order."""
+        """The tag's samples inside any of `windows` ((start, end) in this machine's clock, in
+        time order, not overlapping), in time order."""
         with self._lock:
             offsets = {k: c.offset_s for k, c in self._clocks.items()}
             samples = list(self._samples)
+        # windows come in time order and do not overlap (dwells, or one walk): the last one
+        # starting at or before t is the only one that can hold it
+        starts = [lo for lo, _ in windows]
         out = []
         for ts, gw, rssi, tx, boot in samples:
             t = ts + offsets[(gw, boot)]
-            if any(lo <= t <= hi for lo, hi in windows):
+            k = bisect.bisect_right(starts, t) - 1
+            if k >= 0 and t <= windows[k][1]:
                 out.append(Reading(t=t, gateway=gw, beacon=self.beacon, rssi=rssi, tx_power=tx))
         out.sort(key=lambda r: r.t)
         return out
