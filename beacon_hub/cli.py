@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, metavar="SITE.yaml")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(handler=_site_check)
+    points = site.add_parser("points", help="plan survey points over a site's walkable floor")
+    points.add_argument("file", type=Path, metavar="SITE.yaml")
+    points.add_argument("--out", type=Path, required=True, metavar="P.csv")
+    points.add_argument(
+        "--spacing-m", type=float, default=2.5, metavar="M", help="between points (default 2.5)"
+    )
+    points.set_defaults(handler=_site_points)
 
     run = verbs.add_parser("run", help="the live hub")
     run.add_argument(
@@ -471,6 +478,20 @@ def _site_check(args: argparse.Namespace) -> int:
     else:
         print(f"{args.file}: OK")
         print(_format_summary(summary))
+    return EXIT_OK
+
+
+def _site_points(args: argparse.Namespace) -> int:
+    from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
+    from beacon_hub.site import load_site  # noqa: PLC0415  # keeps --help fast
+    from beacon_hub.survey import plan_points, write_points  # noqa: PLC0415
+
+    if not 0.5 <= args.spacing_m <= 50.0:
+        raise BeaconHubError(f"--spacing-m {args.spacing_m:g}: expected 0.5 to 50 metres")
+    check_outputs([("--out", args.out)], inputs=[("SITE.yaml", args.file)])
+    points = plan_points(load_site(args.file), args.spacing_m)
+    write_points(points, args.out)
+    print(f"site points: {len(points)} points -> {args.out}", file=sys.stderr)
     return EXIT_OK
 
 

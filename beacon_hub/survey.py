@@ -53,7 +53,7 @@ from beacon_hub.csvfiles import (
     read_points,
 )
 from beacon_hub.errors import BeaconHubError, WireError
-from beacon_hub.floorplan import points_in_polygon
+from beacon_hub.floorplan import WALKWAY, FloorPlan, points_in_polygon
 from beacon_hub.site import Site
 from beacon_hub.wire import ReadingBatch, decode_batch, parse_topic, readings_subscription
 
@@ -65,8 +65,10 @@ __all__ = [
     "check_points",
     "dwell_truth",
     "load_points",
+    "plan_points",
     "run_survey",
     "walk_truth",
+    "write_points",
 ]
 
 log = logging.getLogger("beacon_hub.survey")
@@ -218,6 +220,50 @@ def load_points(path: Path, site: Site) -> list[SurveyPoint]:
         raise SurveyError(f"{path}: no points; expected rows of x,y[,z,level,name]")
     check_points(points, site, str(path), first_line=2)
     return points
+
+
+PLAN_SPACING_M = 2.5
+"""Default spacing of planned points: static shadowing decorrelates over about 1.5 m
+(radiomap.py), and the map's kernel spreads a point's evidence over about a metre, so 2-3 m
+between points covers the floor without a point on every metre."""
+PLAN_CLEARANCE_M = 0.5
+"""A planned point stays this far from shelves and walls: room to stand a tag on a pole."""
+
+
+def plan_points(site: Site, spacing_m: float = PLAN_SPACING_M) -> list[SurveyPoint]:
+    """Points every `spacing_m` over the walkable floor of each level (off obstacles, at least
+    PLAN_CLEARANCE_M from them and from the outline), row by row, each row walked the other
+    way from the last (a serpentine: the shortest way through a grid)."""
+    plan = FloorPlan(site)
+    multi = len(site.levels) > 1
+    out: list[SurveyPoint] = []
+    for level in site.levels:
+        outline = np.asarray(level.outline, dtype=np.float64)
+        lo, hi = outline.min(axis=0), outline.max(axis=0)
+        xs = np.arange(lo[0] + spacing_m / 2, hi[0], spacing_m)
+        ys = np.arange(lo[1] + spacing_m / 2, hi[1], spacing_m)
+        for row, y in enumerate(ys):
+            xy = np.c_[xs, np.full(xs.shape, y)]
+            ok = plan.allowed(level.level, xy, WALKWAY) & (
+                plan.clearance_m(level.level, xy, WALKWAY) >= PLAN_CLEARANCE_M
+            )
+            chosen = xy[ok] if row % 2 == 0 else xy[ok][::-1]
+            for x, yy in chosen:
+                n = len(out) + 1
+                out.append(
+                    SurveyPoint(
+                        x=round(float(x), 2),
+                        y=round(float(yy), 2),
+                        level=level.level if multi else None,
+                        name=f"l{level.level}-{n:03d}" if multi else f"p{n:03d}",
+                    )
+                )
+    return out
+
+
+def write_points(points: Sequence[SurveyPoint], path: Path) -> None:
+    with CsvWriter(POINTS, path) as w:
+        w.write_all(points)
 
 
 def check_points(
@@ -548,8 +594,7 @@ def _write(
         w.write_all(readings)
     with CsvWriter(TRUTH, files["truth"], optional=("z", "level")) as w:
         w.write_all(truth)
-    with CsvWriter(POINTS, files["points"]) as w:
-        w.write_all(points)
+    write_points(points, files["points"])
 
 
 def _summary(

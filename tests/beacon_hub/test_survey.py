@@ -5,19 +5,23 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from beacon_hub.csvfiles import SurveyPoint
 from beacon_hub.errors import CsvError
+from beacon_hub.floorplan import WALKWAY, FloorPlan, points_in_polygon
 from beacon_hub.site import load_site
 from beacon_hub.survey import (
     Dwell,
     SurveyError,
     SurveyRecorder,
+    check_points,
     dwell_truth,
     load_points,
+    plan_points,
     walk_truth,
 )
 from beacon_hub.wire import ReadingBatch, encode_batch
@@ -118,3 +122,20 @@ def test_recorder_counts_what_does_not_decode(payload: bytes) -> None:
     rec.on_payload("not/our/topic", encode_batch(_batch("gw-01", 1.0)), 5.0)
     assert rec.undecodable + rec.batches == 2
     assert rec.undecodable >= 1
+
+
+def test_planned_points_cover_the_walkable_floor_off_the_shelves() -> None:
+    points = plan_points(STORE, 2.5)
+    check_points(points, STORE, "plan")  # on the floor
+    plan = FloorPlan(STORE)
+    xy = np.array([(p.x, p.y) for p in points])
+    assert plan.allowed(0, xy, WALKWAY).all()
+    assert not any(points_in_polygon(xy, o.polygon).any() for o in STORE.levels[0].obstacles)
+    # every walkable 2.5 m cell of the 40 x 32 m store has a point: at least half the floor is
+    # shelving-free aisles
+    assert 0.5 * 40 * 32 / 2.5**2 <= len(points) <= 40 * 32 / 2.5**2
+    assert len({p.name for p in points}) == len(points)
+    # a serpentine: no jump back across the floor between one row and the next
+    steps = np.hypot(*np.diff(xy, axis=0).T)
+    assert np.median(steps) == pytest.approx(2.5)
+    assert steps.max() < 40.0
