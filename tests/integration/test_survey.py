@@ -3,12 +3,15 @@ test moves from point to point, the survey records it, and `calibrate` takes wha
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,10 +30,20 @@ GATEWAY_CLOCK_S = -7.0
 """The gateways' clocks 7 s behind this machine's: the readings must still meet the truth."""
 
 
-def _gateways(mosquitto: Mosquitto, site: Path) -> Gateways:
+@contextlib.contextmanager
+def _sending(mosquitto: Mosquitto, site: Path) -> Iterator[Gateways]:
+    """The site's gateways publishing a round a second, their clocks GATEWAY_CLOCK_S off."""
     gws = Gateways(mosquitto, site, beacons=2, samples_per_beacon=2, seed=5)
     gws.clock_s = GATEWAY_CLOCK_S
-    return gws
+    stop = threading.Event()
+    sender = threading.Thread(target=gws.run_for, args=(3600.0, stop), daemon=True)
+    sender.start()
+    try:
+        yield gws
+    finally:
+        stop.set()
+        sender.join()
+        gws.close()
 
 
 def test_point_survey_records_the_tag_at_its_points_and_calibrate_fits_it(
@@ -38,35 +51,9 @@ def test_point_survey_records_the_tag_at_its_points_and_calibrate_fits_it(
 ) -> None:
     path = site_file(tmp_path, unique_site())
     site = load_site(path)
-    gws = _gateways(mosquitto, path)
+    with _sending(mosquitto, path) as gws:
+        summary, cfg, moved_at = _survey_points(site, gws, tmp_path / "survey", mosquitto)
     tag, other = gws.beacon_ids
-    stop = threading.Event()
-    sender = threading.Thread(target=gws.run_for, args=(3600.0, stop), daemon=True)
-    sender.start()
-    moved_at: list[float] = []
-
-    def ask(prompt: str) -> str:
-        # The synthetic gateways compute a batch's RSSI when they send it, up to 1 s after
-        # its first sample: let the last dwell's batches go before the tag moves.
-        time.sleep(1.5)
-        index = len(moved_at)
-        gws.spots[0] = POINTS[index]
-        moved_at.append(time.time())
-        assert f"point {index + 1}/{len(POINTS)}" in prompt
-        return ""
-
-    said: list[str] = []
-    cfg = SurveyConfig.model_validate(
-        {"broker": {"url": mosquitto.url}, "dwell_s": 3.0, "settle_s": 1.0, "tag_height_m": 1.2}
-    )
-    points = [SurveyPoint(x=x, y=y) for x, y in POINTS]
-    try:
-        summary = run_survey(site, tag, tmp_path / "survey", cfg, points, ask=ask, say=said.append)
-    finally:
-        stop.set()
-        sender.join()
-        gws.close()
-
     assert summary["points"] == len(POINTS)
     assert summary["undecodable_batches"] == 0
     survey = tmp_path / "survey"
@@ -80,6 +67,30 @@ def test_point_survey_records_the_tag_at_its_points_and_calibrate_fits_it(
     _check_dwells(truth, readings, cfg, moved_at)
     _check_rssi(truth, readings, site)
     _check_calibrate(path, survey, tmp_path / "cal.yaml")
+
+
+def _survey_points(
+    site: Site, gws: Gateways, out: Path, mosquitto: Mosquitto
+) -> tuple[dict[str, Any], SurveyConfig, list[float]]:
+    """The points survey of gws' first beacon, moved to each of POINTS at its prompt."""
+    moved_at: list[float] = []
+
+    def ask(prompt: str) -> str:
+        # The synthetic gateways compute a batch's RSSI when they send it, up to 1 s after
+        # its first sample: let the last dwell's batches go before the tag moves.
+        time.sleep(1.5)
+        index = len(moved_at)
+        gws.spots[0] = POINTS[index]
+        moved_at.append(time.time())
+        assert f"point {index + 1}/{len(POINTS)}" in prompt
+        return ""
+
+    cfg = SurveyConfig.model_validate(
+        {"broker": {"url": mosquitto.url}, "dwell_s": 3.0, "settle_s": 1.0, "tag_height_m": 1.2}
+    )
+    points = [SurveyPoint(x=x, y=y) for x, y in POINTS]
+    summary = run_survey(site, gws.beacon_ids[0], out, cfg, points, ask=ask, say=lambda _s: None)
+    return summary, cfg, moved_at
 
 
 def _check_dwells(
@@ -136,10 +147,6 @@ def _check_calibrate(site: Path, survey: Path, out: Path) -> None:
 def test_walk_interpolates_between_the_marks(mosquitto: Mosquitto, tmp_path: Path) -> None:
     path = site_file(tmp_path, unique_site())
     site = load_site(path)
-    gws = _gateways(mosquitto, path)
-    stop = threading.Event()
-    sender = threading.Thread(target=gws.run_for, args=(3600.0, stop), daemon=True)
-    sender.start()
     marks: list[float] = []
 
     def ask(_prompt: str) -> str:
@@ -149,14 +156,10 @@ def test_walk_interpolates_between_the_marks(mosquitto: Mosquitto, tmp_path: Pat
 
     cfg = SurveyConfig.model_validate({"broker": {"url": mosquitto.url}, "walk": True})
     points = [SurveyPoint(x=5.0, y=5.0), SurveyPoint(x=7.0, y=5.0), SurveyPoint(x=7.0, y=9.0)]
-    try:
+    with _sending(mosquitto, path) as gws:
         summary = run_survey(
             site, gws.beacon_ids[0], tmp_path / "walk", cfg, points, ask=ask, say=lambda _s: None
         )
-    finally:
-        stop.set()
-        sender.join()
-        gws.close()
     truth = list(read_truth(tmp_path / "walk" / "truth.csv"))
     readings = list(read_readings(tmp_path / "walk" / "readings.csv"))
     assert summary["points"] == 3
