@@ -185,7 +185,11 @@ class PopulationConfig:
     walks: tuple[Walk, ...] = ()
     walk_mode: str = "tracked"
     """`tracked`: walk at walk_speed_m_s, adverts at the kind's interval; `companion`: one
-    sample point per second, the tag standing still at each (the ESPresense harness)."""
+    sample point per second, the tag standing still at each (the ESPresense harness);
+    `survey`: walk at walk_speed_m_s to each point and stand there dwell_s (what `beacon-hub
+    survey` asks of a surveyor, its points from `beacon-hub site points`)."""
+    dwell_s: float = 30.0
+    """`survey`: seconds the tag stands at each point (beacon-hub survey's dwell_s)."""
     walk_speed_m_s: float = 0.6
     walk_height_m: float = 1.0
     advert_interval_s: dict[str, float] = field(default_factory=dict)
@@ -732,7 +736,12 @@ class _Walker:
                 x, y, _ = track.last()
                 for px, py in pts:
                     t = track.end_s + math.dist((x, y), (px, py)) / c.walk_speed_m_s
-                    track.add(t, float(px), float(py), z, False)
+                    if c.walk_mode == "survey":
+                        # (a point where the tag already is: a leg of no length, no time)
+                        track.add(max(t, track.end_s + 1e-6), float(px), float(py), z, False)
+                        track.add(track.end_s + c.dwell_s, float(px), float(py), z, False)
+                    else:
+                        track.add(t, float(px), float(py), z, False)
                     x, y = px, py
 
     def _hold(self, x: float, y: float, z: float) -> None:

@@ -13,7 +13,7 @@ from typing import cast
 
 from beacon_hub.commands import EXIT_OK, dispatch, new_parser
 from beacon_hub.errors import BeaconHubError
-from beacon_hub.site import load_site
+from beacon_hub.site import Site, load_site
 
 __all__ = ["DEFAULT_START_S", "main", "parse_speed"]
 
@@ -24,7 +24,7 @@ DEFAULT_START_S = 1_735_689_600.0
 the same seed writes the same bytes. A broker run starts at the current time (a live hub
 compares batch send times with its own clock)."""
 
-SCENARIOS = ("store", "warehouse", "companion", "tracked")
+SCENARIOS = ("store", "warehouse", "companion", "tracked", "survey")
 
 
 def parse_speed(text: str) -> float:
@@ -55,6 +55,21 @@ def _interval(text: str) -> tuple[str, float]:
             f"{text!r}: BLE advertising intervals are 20 ms to 10.24 s"
         )
     return kind, seconds
+
+
+def _survey(args: argparse.Namespace, site: Site, scenario: str | None) -> dict[str, object]:
+    """The population's changes for --scenario survey: its --points as one walk."""
+    from beacon_hub.survey import load_points  # noqa: PLC0415
+    from simulator.agents import Walk  # noqa: PLC0415
+
+    if (scenario == "survey") != (args.points is not None):
+        raise BeaconHubError("--scenario survey and --points go together")
+    if args.points is None:
+        return {}
+    if not 0 < args.dwell_s < math.inf:
+        raise BeaconHubError(f"--dwell-s must be a positive number, got {args.dwell_s:g}")
+    points = tuple((p.x, p.y) for p in load_points(args.points, site))
+    return {"walks": (Walk("survey", points, 1),), "dwell_s": args.dwell_s}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,8 +110,10 @@ def _run(args: argparse.Namespace) -> int:
     }
     if args.advert_interval:
         changes["advert_interval_s"] = dict(args.advert_interval)
+    changes.update(_survey(args, site, scenario))
     population = replace(population, **changes)  # type: ignore[arg-type]
-    radio = COMPANION_RADIO if population.walks else REALISTIC_RADIO
+    # the room harness's walks have its radio; a survey walks the site's own building
+    radio = COMPANION_RADIO if population.walks and scenario != "survey" else REALISTIC_RADIO
     wall_start: float | None = None
     if args.start is not None:
         start = args.start
@@ -161,7 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scenario",
         choices=SCENARIOS,
         help="store: carts; warehouse: pallets and forklifts; companion / tracked: the room "
-        "harness's walks, one sample a second or walked at 0.6 m/s with 5 adverts/s",
+        "harness's walks, one sample a second or walked at 0.6 m/s with 5 adverts/s; survey: "
+        "one tag walked to each of --points and held there --dwell-s, 5 adverts/s",
+    )
+    extra.add_argument(
+        "--points",
+        type=Path,
+        metavar="P.csv",
+        help="survey: the points to stand the tag at (beacon-hub site points), in order",
+    )
+    extra.add_argument(
+        "--dwell-s", type=float, default=30.0, metavar="S", help="survey: seconds at a point (30)"
     )
     extra.add_argument("--carts", type=int, metavar="N", help="cart tags in the store (60)")
     extra.add_argument("--shoppers-per-hour", type=float, metavar="R", help="arrivals (240)")

@@ -62,7 +62,7 @@ ROOM_WALKS = (
 """The ESPresense-companion harness's two tracks in its 6 x 4 m room (docs/accuracy.md): corner
 to corner (61 samples), and through the living-room/bedroom wall at x = 4 m (121 samples)."""
 
-ScenarioName = Literal["store", "warehouse", "companion", "tracked"]
+ScenarioName = Literal["store", "warehouse", "companion", "tracked", "survey"]
 
 
 def default_population(site: Site, scenario: ScenarioName | None = None) -> PopulationConfig:
@@ -72,6 +72,8 @@ def default_population(site: Site, scenario: ScenarioName | None = None) -> Popu
         return PopulationConfig(carts=60, shoppers_per_hour=240.0)
     if name == "warehouse":
         return PopulationConfig(pallets=600, forklifts=3, moves_per_hour=60.0)
+    if name == "survey":  # the points come from the command line (beacon-sim run --points)
+        return PopulationConfig(walk_mode=name)
     return PopulationConfig(walks=ROOM_WALKS, walk_mode=name)
 
 
