@@ -8,7 +8,9 @@ and does nothing else. Everything after that (decoding, engine, outputs, stores,
 acknowledgements) runs on the service thread. Calls the other way (`publish`, `ack`) are
 thread-safe by paho's design; `ack` also runs on the SQLite writer's thread (broker.ack =
 after_store). The service thread owns the link's life: `start`, `stop`, and `resume_if_dropped`
-(below), which stops and restarts paho's thread as `stop` and `start` do. What paho's thread
+(below), which stops and restarts paho's thread as `stop` and `start` do and closes the stopped
+thread's wake-up socket pair itself (paho leaves it to the garbage collector, paho issue 627);
+`publish` and `ack` write to that pair, so they wait while it is swapped. What paho's thread
 tells the service besides the inbox is state it alone writes and the service only reads:
 `connected`, `shared`, the drops owed.
 
@@ -273,6 +275,9 @@ class MqttLink:
         """The connection's number (Inbound.session): paho's thread starts a new one at each
         connect and each loss, under `_ack_lock`, so no ack of an earlier one slips through."""
         self._ack_lock = threading.Lock()
+        self._wake_lock = threading.Lock()
+        """Held by `publish` and while a resume swaps paho's wake-up socket pair (_restart_loop):
+        paho writes a byte to it from the publishing thread, which must not find it closed."""
         self._dropped_owed = 0
         """QoS 1/2 messages dropped unacknowledged since the connect: each holds a slot of the
         broker's in-flight window until the next one. Paho's thread writes it."""
@@ -324,7 +329,11 @@ class MqttLink:
         # on queueing readings for us until we are back.
         client.disconnect()
         client.loop_stop()
-        self._client = None
+        with self._wake_lock, self._ack_lock:
+            # Its wake-up socket pair closed now, not when the cycle collector finds the client
+            # (its callbacks are our bound methods): paho issue 627.
+            client._reset_sockets(sockpair_only=True)
+            self._client = None
         self.connected.clear()
         self.metrics.broker_connected.set(0)
 
@@ -475,31 +484,48 @@ class MqttLink:
         try:
             # As stop(): a clean DISCONNECT keeps the session and its unacknowledged messages.
             # The same client, not a new one: it keeps the outputs (QoS 1) awaiting their PUBACK
-            # and sends them again. (loop_start makes paho a new wake-up socket pair; the old
-            # one is closed when dropped, paho issue 627.)
+            # and sends them again.
             client.disconnect()
             client.loop_stop()
         finally:
             self._closing = False
-        self._connect(client)
+        self._restart_loop(client)
         return True
+
+    def _restart_loop(self, client: mqtt.Client) -> None:
+        """Connect again and start paho's thread anew, its stopped one's wake-up socket pair
+        closed first. paho's loop_start makes a new pair and drops the old one unclosed (paho
+        issue 627, paho 2.2): CPython closed it when the last reference went, with a
+        ResourceWarning "unclosed socket" for each of its two sockets at every resume, and it
+        stayed open for as long as anything still held it. paho has no public call for this;
+        `_reset_sockets(sockpair_only=True)` is what its own `loop()` does before making a new
+        pair (tests/integration/test_hub_overload.py sees a paho that changes it).
+
+        Under both locks: `ack` (any thread, _ack_lock) and `publish` (the HTTP server's and the
+        SQLite writer's threads too, _wake_lock) write a byte to the pair, and must find either
+        the old one open or the new one. paho's thread is stopped, so no callback of ours waits
+        on either lock meanwhile."""
+        with self._wake_lock, self._ack_lock:
+            client._reset_sockets(sockpair_only=True)
+            self._connect(client)
 
     def ack(self, mid: int, qos: int, session: int) -> None:
         """Any thread. Nothing is sent for a message of an earlier connection (module
         docstring): the broker sends it again on this one."""
-        client = self._client
-        if client is None or qos == 0:
+        if qos == 0:
             return
         with self._ack_lock:
-            if session == self._session:
+            client = self._client
+            if client is not None and session == self._session:
                 client.ack(mid, qos)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
         """False if paho refused it (queue full, or QoS 0 while disconnected)."""
-        client = self._client
-        if client is None:
-            return False
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        with self._wake_lock:  # not while a resume swaps paho's wake-up pair
+            client = self._client
+            if client is None:
+                return False
+            info = client.publish(topic, payload, qos=qos, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
             info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
         )

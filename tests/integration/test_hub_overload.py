@@ -7,6 +7,7 @@ is ticked in full."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
@@ -18,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ INBOX_MESSAGES = 10
 """ingest.queue_messages in that test: the least the config allows."""
 ROUNDS = 3
 """Rounds the gateways publish into that overload: one fills the window, two wait behind it."""
+RESUMES = 4
+"""Session resumes in the socket test: enough that a leak per resume shows as a trend."""
 
 
 def test_a_full_inbox_drops_unacknowledged_and_the_broker_sends_them_again(
@@ -221,6 +225,70 @@ def _restart_while_gateways_publish(hub: HubProcess, gws: Gateways, site: str) -
         sender.join()
     gws.settle()
     return before
+
+
+def _open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+def test_session_resumes_leave_no_socket_behind(tmp_path: Path) -> None:
+    """Each resume restarts paho's network thread, and paho's loop_start makes a new wake-up
+    socket pair without closing the old one (paho issue 627). CPython's reference counting
+    closed the old pair at once, so no descriptor piled up, but as an unclosed socket: two
+    ResourceWarnings per resume (which our filterwarnings = error makes a failure), and a leak
+    wherever the pair outlived its last reference. The hub now closes it itself; the dropped
+    messages still come again after each resume, on the same client."""
+    broker = shipped_broker(tmp_path / "mq")
+    broker.start()
+    site = unique_site()
+    metrics = Metrics()
+    link = MqttLink(
+        BrokerConfig(url=broker.url), IngestConfig(queue_messages=10, overload_wait_s=0),
+        client_id=f"hub-{uuid.uuid4().hex[:8]}", site_ids=[site], metrics=metrics,
+    )  # fmt: skip
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        link.start()
+        assert link.connected.wait(WAIT_S)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fds = _open_fds()
+            for n in range(RESUMES):
+                sent = {f"{n}-{i}".encode() for i in range(15)}
+                floor = _dropped(metrics) + 5  # the inbox takes 10, the rest is dropped
+                for payload in sorted(sent):
+                    pub.publish(readings_topic(site, "gw-1"), payload, qos=1)
+                wait_until("5 more dropped", lambda: _dropped(metrics) >= floor)  # noqa: B023  # waited on here
+                got: list[bytes] = []
+
+                def resumed(got: list[bytes] = got) -> bool:
+                    _drain(link, got)
+                    return link.resume_if_dropped()
+
+                def again(got: list[bytes] = got, sent: set[bytes] = sent) -> bool:
+                    # (a copy may come twice: the broker may read the new CONNECT before the
+                    # old connection's last acks, and send their messages again)
+                    _drain(link, got)
+                    return set(got) >= sent
+
+                wait_until("a resume", resumed)
+                wait_until("every message of the round, the dropped ones again", again)
+            gc.collect()
+            assert _open_fds() == fds
+        unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert unclosed == []
+        assert metrics.session_resumes._value.get() == RESUMES
+    finally:
+        link.stop()
+        pub.loop_stop()
+        pub.disconnect()
+        broker.stop()
+
+
+def _dropped(metrics: Metrics) -> int:
+    return int(metrics.inbox_dropped._value.get())
 
 
 def test_a_stop_with_a_full_inbox_does_not_wait_out_the_overload_wait(tmp_path: Path) -> None:
