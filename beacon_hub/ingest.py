@@ -57,6 +57,7 @@ too.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -90,6 +91,7 @@ __all__ = [
     "MAX_GAP_MEMORY",
     "MAX_SEQ_JUMP",
     "OFFSET_CREEP_S_PER_S",
+    "RESUME_MIN_INTERVAL_S",
     "RETIRED_BOOTS",
     "Accepted",
     "ConsentUpdate",
@@ -237,6 +239,21 @@ hubs given one id took turns every 1-2 s (Mosquitto 2.0: 15 takeovers in 20 s), 
 the broker's queue of the other's sites."""
 SHORT_SESSIONS_SAID: Final = 3
 """Short connections in a row after which the hub says so (one could be a broker restart)."""
+RESUME_MIN_INTERVAL_S: Final = 1.0
+"""A session resume (MqttLink.resume_if_dropped) waits this long after the last one. Each
+resume makes the broker send again every message not yet acknowledged (Mosquitto 2.0 sends the
+session's whole queue at once) and, as the subscriptions are renewed, every retained gateway
+status and consent decision. Unlimited, an overload oscillating faster than that reconnected at
+every drained inbox: bursts every 0.1 s into a 10-message inbox with ingest.overload_wait_s = 0
+made 20 resumes a second (2.9 ms of the service thread each, a connect and a disconnect in the
+broker's log each), the re-sent copies overfilling the inbox again (2,328 dropped for 3,022
+delivered in 10 s). The cost of waiting: what the drops hold back (with the broker's in-flight
+window full of them, everything) comes up to this much later, less than engine.max_lateness_s
+(2 s); and after an overload each resume lets in about an inbox of the queue, so recovery runs
+at about ingest.queue_messages a second (the default 2,000: 33 s of the 60-gateway example
+warehouse's batches a second; the test's 10-message inbox took ~15 s for 300 messages, ~2 s
+unlimited). With the default overload_wait_s (5 s: a drop needs that long of a full inbox)
+resumes come further apart than this anyway."""
 
 
 class MqttLink:
@@ -281,6 +298,8 @@ class MqttLink:
         self._dropped_owed = 0
         """QoS 1/2 messages dropped unacknowledged since the connect: each holds a slot of the
         broker's in-flight window until the next one. Paho's thread writes it."""
+        self._last_resume = -math.inf
+        """time.monotonic() of the last resume (RESUME_MIN_INTERVAL_S); the service thread's."""
         self._refusals = RefusalLog(log)
         self._connected_since = 0.0
         self._short_sessions = 0
@@ -466,12 +485,16 @@ class MqttLink:
 
     def resume_if_dropped(self) -> bool:
         """Service thread, the inbox found empty: if messages were dropped unacknowledged since
-        the connect, reconnect the session so the broker sends them again (module docstring).
-        True if it did."""
+        the connect, reconnect the session so the broker sends them again (module docstring),
+        at most once per RESUME_MIN_INTERVAL_S. True if it did."""
         client = self._client
         owed = self._dropped_owed
         if client is None or not owed or not self.connected.is_set() or not self.inbox.empty():
             return False
+        now = time.monotonic()
+        if now - self._last_resume < RESUME_MIN_INTERVAL_S:
+            return False  # the service asks again at its next empty inbox
+        self._last_resume = now
         self.metrics.session_resumes.inc()
         self._resume_log.warning(
             ("resume",),

@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import BrokerConfig, IngestConfig
-from beacon_hub.ingest import Inbound, MqttLink
+from beacon_hub.ingest import RESUME_MIN_INTERVAL_S, Inbound, MqttLink
 from beacon_hub.wire import Heartbeat, encode_heartbeat, heartbeat_topic, readings_topic
 from tests.integration.hubkit import (
     WAIT_S,
@@ -62,6 +62,10 @@ ROUNDS = 3
 """Rounds the gateways publish into that overload: one fills the window, two wait behind it."""
 RESUMES = 4
 """Session resumes in the socket test: enough that a leak per resume shows as a trend."""
+OSCILLATIONS = 10
+"""Bursts in the oscillating overload test, each overfilling the inbox and then drained: 300
+messages in all, within Mosquitto's default max_queued_messages (1,000) for our session. After
+the bursts each resume lets about an inbox (10) of them in, the rest dropped again: ~15 s."""
 
 
 def test_a_full_inbox_drops_unacknowledged_and_the_broker_sends_them_again(
@@ -285,6 +289,66 @@ def test_session_resumes_leave_no_socket_behind(tmp_path: Path) -> None:
         pub.loop_stop()
         pub.disconnect()
         broker.stop()
+
+
+def test_an_oscillating_overload_resumes_the_session_at_most_once_a_second(
+    tmp_path: Path,
+) -> None:
+    """Bursts that overfill the inbox, each drained before the next (as `Hub._step` does:
+    resume whenever the inbox is found empty). With ingest.overload_wait_s = 0 every burst
+    dropped, and every drained inbox reconnected the session: 20 times a second, each time the
+    broker sending every unacknowledged message again (and dropping most once more) and every
+    retained message of the subscriptions. Now a resume waits RESUME_MIN_INTERVAL_S after the
+    last one, and comes once the inbox is empty after that: every message still arrives."""
+    broker = Mosquitto(tmp_path / "mq", extra_config=f"max_inflight_messages {WINDOW_MESSAGES}")
+    broker.start()
+    site = unique_site()
+    metrics = Metrics()
+    link = MqttLink(
+        BrokerConfig(url=broker.url), IngestConfig(queue_messages=10, overload_wait_s=0),
+        client_id=f"hub-{uuid.uuid4().hex[:8]}", site_ids=[site], metrics=metrics,
+    )  # fmt: skip
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
+    pub.max_inflight_messages_set(1000)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    sent: set[bytes] = set()
+    got: list[bytes] = []
+    try:
+        link.start()
+        assert link.connected.wait(WAIT_S)
+        first = time.monotonic()
+        for burst in range(OSCILLATIONS):
+            for i in range(WINDOW_MESSAGES + 10):  # more than the inbox takes
+                payload = f"{burst}-{i}".encode()
+                sent.add(payload)
+                pub.publish(readings_topic(site, "gw-1"), payload, qos=1)
+            _consume(link, got)
+        wait_until("every message, the dropped ones again", lambda: _consume(link, got) >= sent)
+        last = time.monotonic()
+        resumes = metrics.session_resumes._value.get()
+        assert resumes >= 1
+        # Bounded by construction, whatever the machine's speed: one per interval at most.
+        assert resumes <= (last - first) / RESUME_MIN_INTERVAL_S + 1, (resumes, last - first)
+    finally:
+        link.stop()
+        pub.loop_stop()
+        pub.disconnect()
+        broker.stop()
+
+
+def _consume(link: MqttLink, got: list[bytes]) -> set[bytes]:
+    """One pass of the service loop: take what is there (a millisecond each, the overload),
+    then resume if the inbox is empty and drops are owed."""
+    while True:
+        try:
+            item = link.inbox.get(timeout=0.02)
+        except queue.Empty:
+            link.resume_if_dropped()
+            return set(got)
+        time.sleep(0.001)  # processing, slower than the broker delivers: the inbox overfills
+        link.ack(item.mid, item.qos, item.session)
+        got.append(item.payload)
 
 
 def _dropped(metrics: Metrics) -> int:
