@@ -300,6 +300,9 @@ class MqttLink:
         broker's in-flight window until the next one. Paho's thread writes it."""
         self._last_resume = -math.inf
         """time.monotonic() of the last resume (RESUME_MIN_INTERVAL_S); the service thread's."""
+        self._resuming = False
+        """A resume's reconnect is under way: set by the service thread, cleared by paho's once
+        the connection is up again (`connected` set first) or has failed (`up`)."""
         self._refusals = RefusalLog(log)
         self._connected_since = 0.0
         self._short_sessions = 0
@@ -348,6 +351,7 @@ class MqttLink:
         # on queueing readings for us until we are back.
         client.disconnect()
         client.loop_stop()
+        self._resuming = False
         with self._wake_lock, self._ack_lock:
             # Its wake-up socket pair closed now, not when the cycle collector finds the client
             # (its callbacks are our bound methods): paho issue 627.
@@ -389,6 +393,7 @@ class MqttLink:
         self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
+            self._resuming = False  # an outage now, not a resume
             self._refusals.error(
                 str(reason), "broker %s refused the connection: %s", self.broker.host
             )
@@ -411,6 +416,7 @@ class MqttLink:
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         """paho cannot connect (its `except OSError`): say why, once per reason."""
+        self._resuming = False  # an outage now, not a resume
         host, port = self.broker.host, self.broker.port
         self._refusals.error(connect_failure(), "cannot connect to %s:%d: %s", host, port)
 
@@ -429,6 +435,7 @@ class MqttLink:
         self._left.clear()
         self.metrics.broker_connected.set(1)
         self.connected.set()
+        self._resuming = False  # after `connected`: `up` never sees neither (see there)
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any
@@ -437,6 +444,8 @@ class MqttLink:
         # written on the next one (paho keeps what is queued from its reconnect to the CONNACK).
         with self._ack_lock:
             self._session += 1
+        if not self._closing:
+            self._resuming = False  # a resume's new connection lost: an outage now
         if self.connected.is_set() and not self._closing:
             log.warning("lost the broker (%s); paho reconnects with backoff", reason)
             short = time.monotonic() - self._connected_since < SHORT_SESSION_S
@@ -455,6 +464,16 @@ class MqttLink:
         self.metrics.broker_connected.set(0)
 
     # -- service thread
+
+    @property
+    def up(self) -> bool:
+        """Connected, or reconnecting for a resume (resume_if_dropped): the service's view of the
+        link. A resume is not an outage: the gateways stay connected to the broker, which
+        queues their messages for our session during the milliseconds of the reconnect
+        (1.5-3.6 ms here) and sends them right after it, so there is nothing buffered to wait
+        for. If that reconnect fails, paho's thread clears `resuming` and the link is down."""
+        # `resuming` first: paho's thread sets `connected` before it clears `resuming`.
+        return self._resuming or self.connected.is_set()
 
     @property
     def shared(self) -> bool:
@@ -503,6 +522,7 @@ class MqttLink:
             " reconnecting the session",
             owed,
         )
+        self._resuming = True  # before the DISCONNECT: `up` stays true throughout
         self._closing = True
         try:
             # As stop(): a clean DISCONNECT keeps the session and its unacknowledged messages.
