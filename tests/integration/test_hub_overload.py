@@ -1,9 +1,10 @@
 """The overload policy against a real Mosquitto (docs/hub.md, Overload policy): a full inbox
 drops messages unacknowledged and counts them, and the broker sends exactly those again when the
 persistent session reconnects; an overload whose dropped messages fill the broker's in-flight
-window no longer stalls the hub (it reconnects the session once the inbox has drained); a hub
-whose ticks fall behind the clock skips to the newest, counted, while a restarted hub's backlog
-is ticked in full."""
+window no longer stalls the hub (it reconnects the session once the inbox has drained, at most
+once a second, closing paho's old wake-up sockets, and the ticks do not take it for an outage);
+a hub whose ticks fall behind the clock skips to the newest, counted, while a restarted hub's
+backlog is ticked in full."""
 
 from __future__ import annotations
 
