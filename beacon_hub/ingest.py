@@ -8,7 +8,9 @@ and does nothing else. Everything after that (decoding, engine, outputs, stores,
 acknowledgements) runs on the service thread. Calls the other way (`publish`, `ack`) are
 thread-safe by paho's design; `ack` also runs on the SQLite writer's thread (broker.ack =
 after_store). The service thread owns the link's life: `start`, `stop`, and `resume_if_dropped`
-(below), which stops and restarts paho's thread as `stop` and `start` do. What paho's thread
+(below), which stops and restarts paho's thread as `stop` and `start` do and closes the stopped
+thread's wake-up socket pair itself (paho leaves it to the garbage collector, paho issue 627);
+`publish` and `ack` write to that pair, so they wait while it is swapped. What paho's thread
 tells the service besides the inbox is state it alone writes and the service only reads:
 `connected`, `shared`, the drops owed.
 
@@ -55,6 +57,7 @@ too.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -88,6 +91,7 @@ __all__ = [
     "MAX_GAP_MEMORY",
     "MAX_SEQ_JUMP",
     "OFFSET_CREEP_S_PER_S",
+    "RESUME_MIN_INTERVAL_S",
     "RETIRED_BOOTS",
     "Accepted",
     "ConsentUpdate",
@@ -235,6 +239,21 @@ hubs given one id took turns every 1-2 s (Mosquitto 2.0: 15 takeovers in 20 s), 
 the broker's queue of the other's sites."""
 SHORT_SESSIONS_SAID: Final = 3
 """Short connections in a row after which the hub says so (one could be a broker restart)."""
+RESUME_MIN_INTERVAL_S: Final = 1.0
+"""A session resume (MqttLink.resume_if_dropped) waits this long after the last one. Each
+resume makes the broker send again every message not yet acknowledged (Mosquitto 2.0 sends the
+session's whole queue at once) and, as the subscriptions are renewed, every retained gateway
+status and consent decision. Unlimited, an overload oscillating faster than that reconnected at
+every drained inbox: bursts every 0.1 s into a 10-message inbox with ingest.overload_wait_s = 0
+made 20 resumes a second (2.9 ms of the service thread each, a connect and a disconnect in the
+broker's log each), the re-sent copies overfilling the inbox again (2,328 dropped for 3,022
+delivered in 10 s). The cost of waiting: what the drops hold back (with the broker's in-flight
+window full of them, everything) comes up to this much later, less than engine.max_lateness_s
+(2 s); and after an overload each resume lets in about an inbox of the queue, so recovery runs
+at about ingest.queue_messages a second (the default 2,000: 33 s of the 60-gateway example
+warehouse's batches a second; the test's 10-message inbox took ~15 s for 300 messages, ~2 s
+unlimited). With the default overload_wait_s (5 s: a drop needs that long of a full inbox)
+resumes come further apart than this anyway."""
 
 
 class MqttLink:
@@ -273,9 +292,17 @@ class MqttLink:
         """The connection's number (Inbound.session): paho's thread starts a new one at each
         connect and each loss, under `_ack_lock`, so no ack of an earlier one slips through."""
         self._ack_lock = threading.Lock()
+        self._wake_lock = threading.Lock()
+        """Held by `publish` and while a resume swaps paho's wake-up socket pair (_restart_loop):
+        paho writes a byte to it from the publishing thread, which must not find it closed."""
         self._dropped_owed = 0
         """QoS 1/2 messages dropped unacknowledged since the connect: each holds a slot of the
         broker's in-flight window until the next one. Paho's thread writes it."""
+        self._last_resume = -math.inf
+        """time.monotonic() of the last resume (RESUME_MIN_INTERVAL_S); the service thread's."""
+        self._resuming = False
+        """A resume's reconnect is under way: set by the service thread, cleared by paho's once
+        the connection is up again (`connected` set first) or has failed (`up`)."""
         self._refusals = RefusalLog(log)
         self._connected_since = 0.0
         self._short_sessions = 0
@@ -324,7 +351,12 @@ class MqttLink:
         # on queueing readings for us until we are back.
         client.disconnect()
         client.loop_stop()
-        self._client = None
+        self._resuming = False
+        with self._wake_lock, self._ack_lock:
+            # Its wake-up socket pair closed now, not when the cycle collector finds the client
+            # (its callbacks are our bound methods): paho issue 627.
+            client._reset_sockets(sockpair_only=True)
+            self._client = None
         self.connected.clear()
         self.metrics.broker_connected.set(0)
 
@@ -361,6 +393,7 @@ class MqttLink:
         self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
+            self._resuming = False  # an outage now, not a resume
             self._refusals.error(
                 str(reason), "broker %s refused the connection: %s", self.broker.host
             )
@@ -383,6 +416,7 @@ class MqttLink:
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         """paho cannot connect (its `except OSError`): say why, once per reason."""
+        self._resuming = False  # an outage now, not a resume
         host, port = self.broker.host, self.broker.port
         self._refusals.error(connect_failure(), "cannot connect to %s:%d: %s", host, port)
 
@@ -401,6 +435,7 @@ class MqttLink:
         self._left.clear()
         self.metrics.broker_connected.set(1)
         self.connected.set()
+        self._resuming = False  # after `connected`: `up` never sees neither (see there)
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any
@@ -409,6 +444,8 @@ class MqttLink:
         # written on the next one (paho keeps what is queued from its reconnect to the CONNACK).
         with self._ack_lock:
             self._session += 1
+        if not self._closing:
+            self._resuming = False  # a resume's new connection lost: an outage now
         if self.connected.is_set() and not self._closing:
             log.warning("lost the broker (%s); paho reconnects with backoff", reason)
             short = time.monotonic() - self._connected_since < SHORT_SESSION_S
@@ -427,6 +464,16 @@ class MqttLink:
         self.metrics.broker_connected.set(0)
 
     # -- service thread
+
+    @property
+    def up(self) -> bool:
+        """Connected, or reconnecting for a resume (resume_if_dropped): the service's view of the
+        link. A resume is not an outage: the gateways stay connected to the broker, which
+        queues their messages for our session during the milliseconds of the reconnect
+        (1.5-3.6 ms here) and sends them right after it, so there is nothing buffered to wait
+        for. If that reconnect fails, paho's thread clears `resuming` and the link is down."""
+        # `resuming` first: paho's thread sets `connected` before it clears `resuming`.
+        return self._resuming or self.connected.is_set()
 
     @property
     def shared(self) -> bool:
@@ -457,12 +504,16 @@ class MqttLink:
 
     def resume_if_dropped(self) -> bool:
         """Service thread, the inbox found empty: if messages were dropped unacknowledged since
-        the connect, reconnect the session so the broker sends them again (module docstring).
-        True if it did."""
+        the connect, reconnect the session so the broker sends them again (module docstring),
+        at most once per RESUME_MIN_INTERVAL_S. True if it did."""
         client = self._client
         owed = self._dropped_owed
         if client is None or not owed or not self.connected.is_set() or not self.inbox.empty():
             return False
+        now = time.monotonic()
+        if now - self._last_resume < RESUME_MIN_INTERVAL_S:
+            return False  # the service asks again at its next empty inbox
+        self._last_resume = now
         self.metrics.session_resumes.inc()
         self._resume_log.warning(
             ("resume",),
@@ -471,35 +522,53 @@ class MqttLink:
             " reconnecting the session",
             owed,
         )
+        self._resuming = True  # before the DISCONNECT: `up` stays true throughout
         self._closing = True
         try:
             # As stop(): a clean DISCONNECT keeps the session and its unacknowledged messages.
             # The same client, not a new one: it keeps the outputs (QoS 1) awaiting their PUBACK
-            # and sends them again. (loop_start makes paho a new wake-up socket pair; the old
-            # one is closed when dropped, paho issue 627.)
+            # and sends them again.
             client.disconnect()
             client.loop_stop()
         finally:
             self._closing = False
-        self._connect(client)
+        self._restart_loop(client)
         return True
+
+    def _restart_loop(self, client: mqtt.Client) -> None:
+        """Connect again and start paho's thread anew, its stopped one's wake-up socket pair
+        closed first. paho's loop_start makes a new pair and drops the old one unclosed (paho
+        issue 627, paho 2.2): CPython closed it when the last reference went, with a
+        ResourceWarning "unclosed socket" for each of its two sockets at every resume, and it
+        stayed open for as long as anything still held it. paho has no public call for this;
+        `_reset_sockets(sockpair_only=True)` is what its own `loop()` does before making a new
+        pair (tests/integration/test_hub_overload.py sees a paho that changes it).
+
+        Under both locks: `ack` (any thread, _ack_lock) and `publish` (the HTTP server's and the
+        SQLite writer's threads too, _wake_lock) write a byte to the pair, and must find either
+        the old one open or the new one. paho's thread is stopped, so no callback of ours waits
+        on either lock meanwhile."""
+        with self._wake_lock, self._ack_lock:
+            client._reset_sockets(sockpair_only=True)
+            self._connect(client)
 
     def ack(self, mid: int, qos: int, session: int) -> None:
         """Any thread. Nothing is sent for a message of an earlier connection (module
         docstring): the broker sends it again on this one."""
-        client = self._client
-        if client is None or qos == 0:
+        if qos == 0:
             return
         with self._ack_lock:
-            if session == self._session:
+            client = self._client
+            if client is not None and session == self._session:
                 client.ack(mid, qos)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
         """False if paho refused it (queue full, or QoS 0 while disconnected)."""
-        client = self._client
-        if client is None:
-            return False
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        with self._wake_lock:  # not while a resume swaps paho's wake-up pair
+            client = self._client
+            if client is None:
+                return False
+            info = client.publish(topic, payload, qos=qos, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
             info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
         )

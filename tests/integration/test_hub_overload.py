@@ -1,12 +1,14 @@
 """The overload policy against a real Mosquitto (docs/hub.md, Overload policy): a full inbox
 drops messages unacknowledged and counts them, and the broker sends exactly those again when the
 persistent session reconnects; an overload whose dropped messages fill the broker's in-flight
-window no longer stalls the hub (it reconnects the session once the inbox has drained); a hub
-whose ticks fall behind the clock skips to the newest, counted, while a restarted hub's backlog
-is ticked in full."""
+window no longer stalls the hub (it reconnects the session once the inbox has drained, at most
+once a second, closing paho's old wake-up sockets, and the ticks do not take it for an outage);
+a hub whose ticks fall behind the clock skips to the newest, counted, while a restarted hub's
+backlog is ticked in full."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
@@ -18,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import BrokerConfig, IngestConfig
-from beacon_hub.ingest import Inbound, MqttLink
+from beacon_hub.ingest import RESUME_MIN_INTERVAL_S, Inbound, MqttLink
 from beacon_hub.wire import Heartbeat, encode_heartbeat, heartbeat_topic, readings_topic
 from tests.integration.hubkit import (
     WAIT_S,
@@ -58,6 +61,12 @@ INBOX_MESSAGES = 10
 """ingest.queue_messages in that test: the least the config allows."""
 ROUNDS = 3
 """Rounds the gateways publish into that overload: one fills the window, two wait behind it."""
+RESUMES = 4
+"""Session resumes in the socket test: enough that a leak per resume shows as a trend."""
+OSCILLATIONS = 10
+"""Bursts in the oscillating overload test, each overfilling the inbox and then drained: 300
+messages in all, within Mosquitto's default max_queued_messages (1,000) for our session. After
+the bursts each resume lets about an inbox (10) of them in, the rest dropped again: ~15 s."""
 
 
 def test_a_full_inbox_drops_unacknowledged_and_the_broker_sends_them_again(
@@ -223,6 +232,130 @@ def _restart_while_gateways_publish(hub: HubProcess, gws: Gateways, site: str) -
     return before
 
 
+def _open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+def test_session_resumes_leave_no_socket_behind(tmp_path: Path) -> None:
+    """Each resume restarts paho's network thread, and paho's loop_start makes a new wake-up
+    socket pair without closing the old one (paho issue 627). CPython's reference counting
+    closed the old pair at once, so no descriptor piled up, but as an unclosed socket: two
+    ResourceWarnings per resume (which our filterwarnings = error makes a failure), and a leak
+    wherever the pair outlived its last reference. The hub now closes it itself; the dropped
+    messages still come again after each resume, on the same client."""
+    broker = shipped_broker(tmp_path / "mq")
+    broker.start()
+    site = unique_site()
+    metrics = Metrics()
+    link = MqttLink(
+        BrokerConfig(url=broker.url), IngestConfig(queue_messages=10, overload_wait_s=0),
+        client_id=f"hub-{uuid.uuid4().hex[:8]}", site_ids=[site], metrics=metrics,
+    )  # fmt: skip
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        link.start()
+        assert link.connected.wait(WAIT_S)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fds = _open_fds()
+            for n in range(RESUMES):
+                sent = {f"{n}-{i}".encode() for i in range(15)}
+                floor = _dropped(metrics) + 5  # the inbox takes 10, the rest is dropped
+                for payload in sorted(sent):
+                    pub.publish(readings_topic(site, "gw-1"), payload, qos=1)
+                wait_until("5 more dropped", lambda: _dropped(metrics) >= floor)  # noqa: B023  # waited on here
+                got: list[bytes] = []
+
+                def resumed(got: list[bytes] = got) -> bool:
+                    _drain(link, got)
+                    return link.resume_if_dropped()
+
+                def again(got: list[bytes] = got, sent: set[bytes] = sent) -> bool:
+                    # (a copy may come twice: the broker may read the new CONNECT before the
+                    # old connection's last acks, and send their messages again)
+                    _drain(link, got)
+                    return set(got) >= sent
+
+                wait_until("a resume", resumed)
+                wait_until("every message of the round, the dropped ones again", again)
+            gc.collect()
+            assert _open_fds() == fds
+        unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert unclosed == []
+        assert metrics.session_resumes._value.get() == RESUMES
+    finally:
+        link.stop()
+        pub.loop_stop()
+        pub.disconnect()
+        broker.stop()
+
+
+def test_an_oscillating_overload_resumes_the_session_at_most_once_a_second(
+    tmp_path: Path,
+) -> None:
+    """Bursts that overfill the inbox, each drained before the next (as `Hub._step` does:
+    resume whenever the inbox is found empty). With ingest.overload_wait_s = 0 every burst
+    dropped, and every drained inbox reconnected the session: 20 times a second, each time the
+    broker sending every unacknowledged message again (and dropping most once more) and every
+    retained message of the subscriptions. Now a resume waits RESUME_MIN_INTERVAL_S after the
+    last one, and comes once the inbox is empty after that: every message still arrives."""
+    broker = Mosquitto(tmp_path / "mq", extra_config=f"max_inflight_messages {WINDOW_MESSAGES}")
+    broker.start()
+    site = unique_site()
+    metrics = Metrics()
+    link = MqttLink(
+        BrokerConfig(url=broker.url), IngestConfig(queue_messages=10, overload_wait_s=0),
+        client_id=f"hub-{uuid.uuid4().hex[:8]}", site_ids=[site], metrics=metrics,
+    )  # fmt: skip
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
+    pub.max_inflight_messages_set(1000)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    sent: set[bytes] = set()
+    got: list[bytes] = []
+    try:
+        link.start()
+        assert link.connected.wait(WAIT_S)
+        first = time.monotonic()
+        for burst in range(OSCILLATIONS):
+            for i in range(WINDOW_MESSAGES + 10):  # more than the inbox takes
+                payload = f"{burst}-{i}".encode()
+                sent.add(payload)
+                pub.publish(readings_topic(site, "gw-1"), payload, qos=1)
+            _consume(link, got)
+        wait_until("every message, the dropped ones again", lambda: _consume(link, got) >= sent)
+        last = time.monotonic()
+        resumes = metrics.session_resumes._value.get()
+        assert resumes >= 1
+        # Bounded by construction, whatever the machine's speed: one per interval at most.
+        assert resumes <= (last - first) / RESUME_MIN_INTERVAL_S + 1, (resumes, last - first)
+    finally:
+        link.stop()
+        pub.loop_stop()
+        pub.disconnect()
+        broker.stop()
+
+
+def _consume(link: MqttLink, got: list[bytes]) -> set[bytes]:
+    """One pass of the service loop: take what is there (a millisecond each, the overload),
+    then resume if the inbox is empty and drops are owed."""
+    while True:
+        try:
+            item = link.inbox.get(timeout=0.02)
+        except queue.Empty:
+            link.resume_if_dropped()
+            return set(got)
+        time.sleep(0.001)  # processing, slower than the broker delivers: the inbox overfills
+        link.ack(item.mid, item.qos, item.session)
+        got.append(item.payload)
+
+
+def _dropped(metrics: Metrics) -> int:
+    return int(metrics.inbox_dropped._value.get())
+
+
 def test_a_stop_with_a_full_inbox_does_not_wait_out_the_overload_wait(tmp_path: Path) -> None:
     """The service loop has stopped draining the inbox; paho's thread waits for room for each
     message it reads before it writes the DISCONNECT. Stopping must end that wait at once:
@@ -272,7 +405,8 @@ def test_dropped_messages_filling_the_in_flight_window_do_not_stall_the_hub(
 
     The overload is real: a lock on the hub's SQLite file (a backup, an `assets import`, a slow
     disk) stops its writer; once 8 ticks wait for it the service thread waits too (a slow disk
-    slows the hub, it loses nothing), and paho's thread finds the inbox full."""
+    slows the hub, it loses nothing), and paho's thread finds the inbox full. The resume is no
+    broker outage for the ticks (docs/hub.md, Ticks)."""
     broker = Mosquitto(tmp_path / "mq", extra_config=f"max_inflight_messages {WINDOW_MESSAGES}")
     broker.start()
     site = unique_site()
@@ -346,6 +480,9 @@ def test_dropped_messages_filling_the_in_flight_window_do_not_stall_the_hub(
         assert sorted(rows) == sorted(published)  # each once
         assert hub.metric_sum("beacon_hub_session_resumes_total") >= 1
         assert "reconnecting the session" in hub.log()
+        # Not taken for a broker outage: the gateways buffered nothing for it, and the ticks
+        # neither settle 1 s for it nor wait for every gateway heard in the 5 s before.
+        assert "broker back" not in hub.log()
         assert hub.stop() == 0
         # And the engine took each in once (a copy the broker sends again is a duplicate).
         totals = logged_totals(hub.log())[-1]
