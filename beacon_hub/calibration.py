@@ -36,7 +36,7 @@ from beacon_hub.csvfiles import OutputFile, Reading, TruthPoint, listed
 from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.obstruction import LevelObstructions
 from beacon_hub.pathloss import fit_path_loss, mean_rssi_dbm
-from beacon_hub.radiomap import RadioMap, RadioMapFile, map_file_problems
+from beacon_hub.radiomap import MAP_BANDWIDTH_M, RadioMap, RadioMapFile, map_file_problems
 from beacon_hub.site import Site
 
 # libyaml's safe loader and dumper when PyYAML has them: a warehouse map (35 gateways x 20,000
@@ -291,12 +291,14 @@ def fit_calibration(
     *,
     with_map: bool = True,
     plan_losses: bool = False,
+    map_bandwidth_m: float = MAP_BANDWIDTH_M,
     max_gap_s: float = 2.0,
     progress: bool = False,
     names: Sequence[tuple[str, str]] | None = None,
     warn: Warn = log.warning,
 ) -> Calibration:
-    """Fit every gateway heard during the walks, and the map from their residuals. Each walk
+    """Fit every gateway heard during the walks, and the map from their residuals (kernel
+    `map_bandwidth_m`: radiomap.MAP_BANDWIDTH_M, SURVEY_BANDWIDTH_M). Each walk
     (its readings and its truth) is matched on its own, so walks of different days may share
     beacons and clock times; their readings are then fitted together.
 
@@ -349,7 +351,7 @@ def fit_calibration(
         )
     radio_map = None
     if with_map:
-        radio_map = RadioMap.for_site(site, gw_ids)
+        radio_map = RadioMap.for_site(site, gw_ids, bandwidth_m=map_bandwidth_m)
         if plan_losses:
             radio_map.with_plan_losses(site, typical_height_m(site))
         res = np.concatenate(residual_parts)

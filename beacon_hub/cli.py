@@ -270,6 +270,14 @@ def _add_engine_verbs(verbs: Any) -> None:
         help="take the site file's walls and obstacles out before fitting (the engine then "
         "expects them)",
     )
+    calibrate.add_argument(
+        "--map-bandwidth-m",
+        type=float,
+        default=0.4,
+        metavar="M",
+        help="the map's kernel: 0.4 (default) for a dense calibration (a robot, many tags), "
+        "0.8 for a one-tag survey (beacon-hub survey)",
+    )
     calibrate.set_defaults(handler=_calibrate)
 
     survey = verbs.add_parser(
@@ -361,6 +369,7 @@ def _survey(args: argparse.Namespace) -> int:
 
     from beacon_hub.config_loader import load_model  # noqa: PLC0415  # numpy: keeps --help fast
     from beacon_hub.ids import canonical_beacon_id  # noqa: PLC0415
+    from beacon_hub.radiomap import SURVEY_BANDWIDTH_M  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415
     from beacon_hub.survey import SurveyConfig, load_points, run_survey  # noqa: PLC0415
 
@@ -384,7 +393,8 @@ def _survey(args: argparse.Namespace) -> int:
     if summary["points"]:
         print(
             f"next: beacon-hub calibrate --site {args.site} --readings {summary['readings_file']}"
-            f" --truth {summary['truth_file']} --out calibration.yaml",
+            f" --truth {summary['truth_file']} --out calibration.yaml --map-bandwidth-m"
+            f" {SURVEY_BANDWIDTH_M:g}",
             file=sys.stderr,
         )
     return EXIT_OK
@@ -398,9 +408,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     from beacon_hub.csvfiles import read_readings, read_truth  # noqa: PLC0415
     from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
+    from beacon_hub.radiomap import MAP_BANDWIDTH_RANGE_M  # noqa: PLC0415
     from beacon_hub.replay import path_loss_accuracy_scale  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415
 
+    lo, hi = MAP_BANDWIDTH_RANGE_M
+    if not lo <= args.map_bandwidth_m <= hi:
+        raise BeaconHubError(
+            f"calibrate: --map-bandwidth-m {args.map_bandwidth_m:g}: expected {lo:g} to {hi:g} m"
+        )
     if len(args.readings) != len(args.truth):
         raise BeaconHubError(
             f"calibrate: {len(args.readings)} --readings but {len(args.truth)} --truth: give "
@@ -430,6 +446,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         walks,
         with_map=not args.no_map,
         plan_losses=args.plan_losses,
+        map_bandwidth_m=args.map_bandwidth_m,
         progress=True,
         names=[(str(r), str(t)) for r, t in zip(args.readings, args.truth, strict=True)],
         warn=_warn,

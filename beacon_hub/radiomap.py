@@ -36,14 +36,34 @@ from beacon_hub.multilateration import MapTable
 from beacon_hub.obstruction import LevelObstructions
 from beacon_hub.site import MAX_COORDINATE_M, Site
 
-__all__ = ["RadioMap", "RadioMapFile", "map_file_problems"]
+__all__ = [
+    "MAP_BANDWIDTH_M",
+    "MAP_BANDWIDTH_RANGE_M",
+    "SURVEY_BANDWIDTH_M",
+    "RadioMap",
+    "RadioMapFile",
+    "map_file_problems",
+]
 
 F64 = NDArray[np.float64]
 
 MAP_RESOLUTION_M = 0.25
 """Grid step: a sixth of the 1.5 m over which static shadowing decorrelates (flat-calib2021)."""
 MAP_BANDWIDTH_M = 0.4
-"""Kernel sigma: smooths 1/3-s RSSI noise over the ~1 m shadowing correlation, no further."""
+"""Kernel sigma: smooths 1/3-s RSSI noise over the ~1 m shadowing correlation, no further.
+Right for a dense calibration (a robot's walk, many tags); a one-tag survey wants about 0.8
+(`calibrate --map-bandwidth-m`, SURVEY_BANDWIDTH_M)."""
+SURVEY_BANDWIDTH_M = 0.8
+"""The kernel for a one-tag survey (beacon-hub survey, points or walk): its evidence is a few
+passes or spots, not the many crossing tracks of a dense calibration, and a wider kernel carries
+it further. Simulated store (E)'s test day, calibrated from one tag (scripts/survey_accuracy.py,
+2026-12-07), median / p90 at 0.4 -> 0.8 m: points 2.5 m apart held 30 s 1.16 / 5.30 -> 0.83 /
+4.18, 1.5 m apart held 10 s 0.70 / 4.44 -> 0.57 / 2.28, a walk along rows 2.5 m apart 0.95 /
+4.96 -> 0.73 / 3.92 (1.0 m: 0.78 / 4.71); the README's 60 carts with known positions lose by it
+(0.44 / 2.48 -> 0.68 / 2.24)."""
+MAP_BANDWIDTH_RANGE_M = (0.1, 2.0)
+"""What `calibrate --map-bandwidth-m` takes: from under a cell to 8 cells of the finest grid
+(MAX_FILE_KERNEL_CELLS)."""
 MAP_MAX_CELLS = 20_000
 """Cells per gateway: a large hall gets a coarser map (0.46 m for 80 x 50 m), which keeps the
 floor-plan losses quick to compute at start-up (cells x gateways x wall edges)."""
@@ -89,14 +109,20 @@ class RadioMap:
     _tables: dict[bool, MapTable] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def for_site(cls, site: Site, gateways: tuple[str, ...]) -> RadioMap:
+    def for_site(
+        cls, site: Site, gateways: tuple[str, ...], *, bandwidth_m: float = MAP_BANDWIDTH_M
+    ) -> RadioMap:
         """An empty map over the site's levels, its step set by MAP_MAX_CELLS."""
         outline = np.concatenate([np.asarray(level.outline) for level in site.levels])
         lo, hi = outline.min(axis=0) - 1.0, outline.max(axis=0) + 1.0
         area = float(np.prod(hi - lo))
         step = max(MAP_RESOLUTION_M, float(np.sqrt(area / MAP_MAX_CELLS)))
         return cls.empty(
-            gateways, (float(lo[0]), float(lo[1])), (float(hi[0]), float(hi[1])), resolution_m=step
+            gateways,
+            (float(lo[0]), float(lo[1])),
+            (float(hi[0]), float(hi[1])),
+            resolution_m=step,
+            bandwidth_m=bandwidth_m,
         )
 
     def with_plan_losses(self, site: Site, height_m: float) -> RadioMap:

@@ -95,6 +95,32 @@ def test_calibrate_takes_a_truth_per_walk(tmp_path: Path) -> None:
     assert "2 --readings but 1 --truth" in short.stderr
 
 
+def test_the_map_kernel_is_chosen_and_kept_in_the_file(tmp_path: Path) -> None:
+    """--map-bandwidth-m widens the map's kernel (a one-tag survey's, radiomap.py): the file
+    keeps it, so the engine spreads live evidence by it too; a narrow one is the default."""
+    site_path = tmp_path / "square.yaml"
+    site_path.write_text(yaml.safe_dump(SQUARE))
+    r1, t1 = _write_walk(tmp_path, "day1", 1)
+    walk = ["--site", str(site_path), "--readings", str(r1), "--truth", str(t1)]
+    widths = {}
+    for bw in ("0.4", "0.8"):
+        out = tmp_path / f"cal{bw}.yaml"
+        extra = [] if bw == "0.4" else ["--map-bandwidth-m", bw]
+        assert _calibrate(*walk, "--out", str(out), *extra).returncode == 0
+        radio_map = load_calibration(out, load_site(site_path)).radio_map
+        assert radio_map is not None
+        widths[bw] = radio_map
+        assert radio_map.bandwidth_m == float(bw)
+    # the same evidence spread wider: more of the floor has some, each sample still weighing 1
+    # in its own cell, so 4 times the total for twice the width (less what falls off the grid)
+    narrow, wide = widths["0.4"].sum_w, widths["0.8"].sum_w
+    assert (wide > 1.0).sum() > (narrow > 1.0).sum()
+    assert wide.sum() == pytest.approx(4 * narrow.sum(), rel=0.05)
+    bad = _calibrate(*walk, "--out", str(tmp_path / "x.yaml"), "--map-bandwidth-m", "5")
+    assert bad.returncode == 1
+    assert "--map-bandwidth-m 5: expected 0.1 to 2 m" in bad.stderr
+
+
 FIT = (
     "{ref_rssi_1m_dbm: -59.0, path_loss_exponent: 2.0, shadowing_db: 6.0, "
     "residual_after_map_db: 5.0, samples: 100}"

@@ -1,0 +1,283 @@
+"""What a survey an installer can do is worth: the simulated store (E)'s test day, calibrated
+from a point survey of one tag (`beacon-hub site points`, what `beacon-hub survey` records)
+against the README's calibration from 300 s of 60 carts with known positions, in one run.
+
+    python scripts/survey_accuracy.py [--work DIR] [--spacing-m M ...] [--dwell-s S ...]
+        [--map-bandwidth-m M ...] [--json]
+
+Runs the installed CLIs as subprocesses: `beacon-sim run` of (E)'s test day (seed 1) and its
+calibration day (seed 2, 300 s, building seed 1: the README's commands), `beacon-hub calibrate`
+of that; then per spacing and dwell `beacon-hub site points` and `beacon-sim run --scenario
+survey` (the building of seed 1, one tag walked at 0.6 m/s to each point and held there; with
+--dwell-s 0 walked through them), of which it keeps what `beacon-hub survey` writes (the
+tag's readings, and its truth while it stands: a points survey leaves the walk between points
+out), `beacon-hub calibrate` with each --map-bandwidth-m (0.4 and 0.8); and for every
+calibration `beacon-hub replay` and `eval --kind cart` of the test day, as surveyed and with
+15 % of its field changed. Prints a markdown table; with --json, one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "config" / "store.yaml"
+HUB = [sys.executable, "-m", "beacon_hub.cli"]
+SIM = [sys.executable, "-m", "simulator.cli"]
+WALK_SPEED_M_S = 0.6
+"""The simulated surveyor's pace between points (simulator.agents.PopulationConfig's)."""
+TRUTH_INTERVAL_S = 0.5
+"""beacon-sim's truth row spacing (simulator.scenario.TRUTH_INTERVAL_S)."""
+DAY = ["--site", str(SITE), "--building-seed", "1", "--speed", "max"]
+
+
+def _run(args: list[str]) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=3600)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _tag_only(
+    truth: Path, readings: Path, tag_out: tuple[Path, Path], *, standing: bool
+) -> tuple[str, int]:
+    """The survey tag's readings, and its truth rows (standing: only where it stands, the same
+    place as the rows before and after): what `beacon-hub survey` keeps of a points survey and
+    of a walk. Returns the tag and its truth rows."""
+    with truth.open() as fh:
+        rows = list(csv.DictReader(fh))
+    tags = {r["beacon"] for r in rows if r["beacon"].startswith("eddystone:")}
+    if len(tags) != 1:
+        raise SystemExit(f"{truth}: expected one survey tag, found {sorted(tags)}")
+    (tag,) = tags
+    mine = [r for r in rows if r["beacon"] == tag]
+    keep = [
+        r
+        for a, r, b in zip(mine, mine[1:], mine[2:], strict=False)
+        if not standing or (a["x"], a["y"]) == (r["x"], r["y"]) == (b["x"], b["y"])
+    ]
+    truth_out, readings_out = tag_out
+    with truth_out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(keep)
+    with readings.open() as src, readings_out.open("w", newline="") as fh:
+        reader = csv.DictReader(src)
+        w = csv.DictWriter(fh, fieldnames=list(reader.fieldnames or []), lineterminator="\n")
+        w.writeheader()
+        w.writerows(r for r in reader if r["beacon"] == tag)
+    return tag, len(keep)
+
+
+def _score(work: Path, cal: Path, label: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for day in ("surveyed", "changed"):
+        fixes = work / f"f_{label}_{day}.csv"
+        _run(
+            [
+                *HUB,
+                "replay",
+                "--site",
+                str(SITE),
+                "--readings",
+                str(work / f"test_{day}_r.csv"),
+                "--out",
+                str(fixes),
+                "--calibration",
+                str(cal),
+            ]
+        )
+        ev = json.loads(
+            _run(
+                [
+                    *HUB,
+                    "eval",
+                    "--fixes",
+                    str(fixes),
+                    "--truth",
+                    str(work / f"test_{day}_t.csv"),
+                    "--site",
+                    str(SITE),
+                    "--kind",
+                    "cart",
+                ]
+            )
+        )
+        out[day] = {
+            "median_m": ev["median_m"],
+            "p90_m": ev["p90_m"],
+            "zone_accuracy": ev["zone_accuracy_outside_band"],
+            "within_accuracy": ev["within_accuracy"],
+        }
+    return out
+
+
+WALK_DWELL_S = 0.01
+"""A walk survey (--dwell-s 0): the simulated tag stops this long at each point, which is not
+stopping; the survey's walk mode keeps the whole route."""
+
+
+def _survey(
+    work: Path, points: Path, spacing: float, dwell: float, plan: tuple[float, list[float]]
+) -> dict[str, dict[str, Any]]:
+    """Simulate the survey (the route once: it starts at the first point), keep what `beacon-hub
+    survey` keeps, calibrate from it with each map bandwidth and score each calibration.
+    `plan`: the route's minutes and the bandwidths."""
+    duration, bandwidths = plan
+    walk = dwell == 0
+    label = f"survey_{spacing:g}m_{'walk' if walk else f'{dwell:g}s'}"
+    _say(label)
+    r, t = work / f"{label}_r.csv", work / f"{label}_t.csv"
+    sim = ["--scenario", "survey", "--points", str(points), "--seed", "3"]
+    sim += ["--dwell-s", f"{WALK_DWELL_S if walk else dwell:g}", "--duration", f"{duration:.0f}"]
+    _run([*SIM, "run", *DAY, *sim, "--out", str(r), "--truth", str(t)])
+    tag_t, tag_r = work / f"{label}_tag_t.csv", work / f"{label}_tag_r.csv"
+    _tag, rows = _tag_only(t, r, (tag_t, tag_r), standing=not walk)
+    what = (
+        f"walk through the points, {spacing:g} m apart"
+        if walk
+        else f"survey, {spacing:g} m, {dwell:g} s a point"
+    )
+    out = {}
+    for bw in bandwidths:
+        cal = work / f"cal-{label}-{bw:g}.yaml"
+        fit = ["--readings", str(tag_r), "--truth", str(tag_t), "--out", str(cal)]
+        _run([*HUB, "calibrate", "--site", str(SITE), *fit, "--map-bandwidth-m", f"{bw:g}"])
+        out[f"{what}, map kernel {bw:g} m"] = {
+            "tag_seconds": round(rows * TRUTH_INTERVAL_S),
+            "minutes": round(duration / 60),
+            **_score(work, cal, f"{label}-{bw:g}"),
+        }
+    return out
+
+
+def measure(
+    work: Path, spacings: list[float], dwells: list[float], bandwidths: list[float]
+) -> dict[str, Any]:
+    _say("test days: (E)'s 120 s, as surveyed and with 15 % of the field changed")
+    for day, extra in (("surveyed", []), ("changed", ["--field-change", "0.15"])):
+        _run(
+            [
+                *SIM,
+                "run",
+                *DAY,
+                "--duration",
+                "120",
+                "--seed",
+                "1",
+                *extra,
+                "--out",
+                str(work / f"test_{day}_r.csv"),
+                "--truth",
+                str(work / f"test_{day}_t.csv"),
+            ]
+        )
+    _say("the README's calibration: 300 s of 60 carts with known positions (seed 2)")
+    _run(
+        [
+            *SIM,
+            "run",
+            *DAY,
+            "--duration",
+            "300",
+            "--seed",
+            "2",
+            "--out",
+            str(work / "cal_r.csv"),
+            "--truth",
+            str(work / "cal_t.csv"),
+        ]
+    )
+    _run(
+        [
+            *HUB,
+            "calibrate",
+            "--site",
+            str(SITE),
+            "--readings",
+            str(work / "cal_r.csv"),
+            "--truth",
+            str(work / "cal_t.csv"),
+            "--out",
+            str(work / "cal-carts.yaml"),
+        ]
+    )
+    results: dict[str, Any] = {
+        "60 carts, 300 s": {
+            "tag_seconds": 60 * 300,
+            "minutes": 5,
+            **_score(work, work / "cal-carts.yaml", "carts"),
+        }
+    }
+    for spacing in spacings:
+        points = work / f"points_{spacing:g}.csv"
+        _run(
+            [*HUB, "site", "points", str(SITE), "--out", str(points), "--spacing-m", f"{spacing:g}"]
+        )
+        with points.open() as fh:
+            xy = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(fh)]
+        n = len(xy)
+        walked_m = sum(math.dist(a, b) for a, b in itertools.pairwise(xy))
+        for dwell in dwells:
+            route = (n * dwell + walked_m / WALK_SPEED_M_S, bandwidths)
+            for name, result in _survey(work, points, spacing, dwell, route).items():
+                results[name] = {"points": n, **result}
+    return results
+
+
+def _table(results: dict[str, Any]) -> str:
+    lines = [
+        "| calibration | minutes | test day: median / p90 (m), zone, within | 15 % changed |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        cells = []
+        for day in ("surveyed", "changed"):
+            d = r[day]
+            zone = "-" if d["zone_accuracy"] is None else f"{100 * d['zone_accuracy']:.0f} %"
+            within = f"{100 * d['within_accuracy']:.0f} %"
+            cells.append(f"{d['median_m']:.2f} / {d['p90_m']:.2f}, {zone}, {within}")
+        minutes = r.get("minutes", "-")
+        lines.append(f"| {name} | {minutes} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, help="keep the files here (default: a temp dir)")
+    parser.add_argument("--spacing-m", type=float, action="append", help="repeatable (2.5)")
+    parser.add_argument(
+        "--dwell-s", type=float, action="append", help="repeatable (30); 0: a walk survey"
+    )
+    parser.add_argument(
+        "--map-bandwidth-m", type=float, action="append", help="repeatable (0.4 and 0.8)"
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    spacings = args.spacing_m or [2.5]
+    dwells = args.dwell_s or [30.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = measure(work, spacings, dwells, args.map_bandwidth_m or [0.4, 0.8])
+    print(_table(results))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
