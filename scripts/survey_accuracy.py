@@ -64,11 +64,13 @@ def _tag_only(
         raise SystemExit(f"{truth}: expected one survey tag, found {sorted(tags)}")
     (tag,) = tags
     mine = [r for r in rows if r["beacon"] == tag]
-    keep = [
-        r
-        for a, r, b in zip(mine, mine[1:], mine[2:], strict=False)
-        if not standing or (a["x"], a["y"]) == (r["x"], r["y"]) == (b["x"], b["y"])
-    ]
+    keep = mine
+    if standing:
+        keep = [
+            r
+            for a, r, b in zip(mine, mine[1:], mine[2:], strict=False)
+            if (a["x"], a["y"]) == (r["x"], r["y"]) == (b["x"], b["y"])
+        ]
     truth_out, readings_out = tag_out
     with truth_out.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
