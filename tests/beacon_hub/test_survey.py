@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from beacon_hub.cli import main
 from beacon_hub.csvfiles import SurveyPoint
 from beacon_hub.errors import CsvError
 from beacon_hub.floorplan import WALKWAY, FloorPlan, points_in_polygon
@@ -139,3 +140,15 @@ def test_planned_points_cover_the_walkable_floor_off_the_shelves() -> None:
     steps = np.hypot(*np.diff(xy, axis=0).T)
     assert np.median(steps) == pytest.approx(2.5)
     assert steps.max() < 40.0
+
+
+def test_site_points_writes_the_plan_survey_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.csv"
+    site = str(ROOT / "config" / "store.yaml")
+    assert main(["site", "points", site, "--out", str(out), "--spacing-m", "4"]) == 0
+    assert load_points(out, STORE) == plan_points(STORE, 4.0)
+    assert f"-> {out}" in capsys.readouterr().err
+    assert main(["site", "points", site, "--out", str(out), "--spacing-m", "0"]) == 1
+    assert "--spacing-m 0: expected 0.5 to 50 metres" in capsys.readouterr().err
