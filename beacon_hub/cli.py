@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument("file", type=Path, metavar="SITE.yaml")
     points.add_argument("--out", type=Path, required=True, metavar="P.csv")
     points.add_argument(
-        "--spacing-m", type=float, default=2.5, metavar="M", help="between points (default 2.5)"
+        "--spacing-m", type=float, default=1.5, metavar="M", help="between points (default 1.5)"
     )
     points.set_defaults(handler=_site_points)
 

@@ -188,7 +188,7 @@ class PopulationConfig:
     sample point per second, the tag standing still at each (the ESPresense harness);
     `survey`: walk at walk_speed_m_s to each point and stand there dwell_s (what `beacon-hub
     survey` asks of a surveyor, its points from `beacon-hub site points`)."""
-    dwell_s: float = 30.0
+    dwell_s: float = 10.0
     """`survey`: seconds the tag stands at each point (beacon-hub survey's dwell_s)."""
     walk_speed_m_s: float = 0.6
     walk_height_m: float = 1.0

@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="survey: the points to stand the tag at (beacon-hub site points), in order",
     )
     extra.add_argument(
-        "--dwell-s", type=float, default=30.0, metavar="S", help="survey: seconds at a point (30)"
+        "--dwell-s", type=float, default=10.0, metavar="S", help="survey: seconds at a point (10)"
     )
     extra.add_argument("--carts", type=int, metavar="N", help="cart tags in the store (60)")
     extra.add_argument("--shoppers-per-hour", type=float, metavar="R", help="arrivals (240)")
