@@ -81,6 +81,9 @@ PROGRESS_EVERY_S = 5.0
 SILENT_WARN_S = 5.0
 """No sample of the tag for this long while recording: said at once (a tag off, another id).
 A 1 Hz tag heard by one gateway still gives five samples in it."""
+ARRIVAL_SPREAD_S = 10.0
+"""How far out of time order the tag's samples can be stored: a gateway's batch spans its 1 s
+window and gateways publish unsynchronised; 10 s leaves room for a broker's short hiccup."""
 LAST_BATCH_WAIT_S = 1.5
 """After the last dwell or mark, wait this long for what was heard before it: a gateway sends a
 batch every `batching.window_s` (1 s by default), published as it is sent."""
@@ -183,14 +186,19 @@ class SurveyRecorder:
 
     def heard_since(self, t: float) -> tuple[int, int]:
         """(samples, gateways) of the tag heard at or after `t` (this machine's clock)."""
+        samples, gateways = 0, set()
         with self._lock:
             offsets = {k: c.offset_s for k, c in self._clocks.items()}
-            recent = [
-                (gw, boot)
-                for ts, gw, _r, _tx, boot in reversed(self._samples[-20_000:])
-                if ts + offsets[(gw, boot)] >= t
-            ]
-        return len(recent), len({gw for gw, _ in recent})
+            # newest first; batches arrive in about time order, so past t by more than a
+            # batch's span nothing later can follow
+            for ts, gw, _r, _tx, boot in reversed(self._samples):
+                local = ts + offsets[(gw, boot)]
+                if local >= t:
+                    samples += 1
+                    gateways.add(gw)
+                elif local < t - ARRIVAL_SPREAD_S:
+                    break
+        return samples, len(gateways)
 
     def last_heard(self) -> float:
         """Arrival time of the latest batch that held the tag (-inf: never)."""
