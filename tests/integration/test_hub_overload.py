@@ -236,6 +236,22 @@ def _open_fds() -> int:
     return sum(1 for _ in Path("/proc/self/fd").iterdir())
 
 
+def _small_inbox_link(broker: Mosquitto) -> tuple[str, Metrics, MqttLink, mqtt.Client]:
+    """A site, the link of a hub whose inbox of 10 drops at once when full (not started), and a
+    publisher connected to `broker`."""
+    site = unique_site()
+    metrics = Metrics()
+    link = MqttLink(
+        BrokerConfig(url=broker.url), IngestConfig(queue_messages=10, overload_wait_s=0),
+        client_id=f"hub-{uuid.uuid4().hex[:8]}", site_ids=[site], metrics=metrics,
+    )  # fmt: skip
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
+    pub.max_inflight_messages_set(1000)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    return site, metrics, link, pub
+
+
 def test_session_resumes_leave_no_socket_behind(tmp_path: Path) -> None:
     """Each resume restarts paho's network thread, and paho's loop_start makes a new wake-up
     socket pair without closing the old one (paho issue 627). CPython's reference counting
@@ -245,15 +261,7 @@ def test_session_resumes_leave_no_socket_behind(tmp_path: Path) -> None:
     messages still come again after each resume, on the same client."""
     broker = shipped_broker(tmp_path / "mq")
     broker.start()
-    site = unique_site()
-    metrics = Metrics()
-    link = MqttLink(
-        BrokerConfig(url=broker.url), IngestConfig(queue_messages=10, overload_wait_s=0),
-        client_id=f"hub-{uuid.uuid4().hex[:8]}", site_ids=[site], metrics=metrics,
-    )  # fmt: skip
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
+    site, metrics, link, pub = _small_inbox_link(broker)
     try:
         link.start()
         assert link.connected.wait(WAIT_S)
@@ -303,16 +311,7 @@ def test_an_oscillating_overload_resumes_the_session_at_most_once_a_second(
     last one, and comes once the inbox is empty after that: every message still arrives."""
     broker = Mosquitto(tmp_path / "mq", extra_config=f"max_inflight_messages {WINDOW_MESSAGES}")
     broker.start()
-    site = unique_site()
-    metrics = Metrics()
-    link = MqttLink(
-        BrokerConfig(url=broker.url), IngestConfig(queue_messages=10, overload_wait_s=0),
-        client_id=f"hub-{uuid.uuid4().hex[:8]}", site_ids=[site], metrics=metrics,
-    )  # fmt: skip
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:6]}")
-    pub.max_inflight_messages_set(1000)
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
+    site, metrics, link, pub = _small_inbox_link(broker)
     sent: set[bytes] = set()
     got: list[bytes] = []
     try:
