@@ -58,8 +58,9 @@ SURVEY_BANDWIDTH_M = 0.8
 passes or spots, not the many crossing tracks of a dense calibration, and a wider kernel carries
 it further. Simulated store (E)'s test day, calibrated from one tag (scripts/survey_accuracy.py,
 2026-12-07), median / p90 at 0.4 -> 0.8 m: points 2.5 m apart held 30 s 1.16 / 5.30 -> 0.83 /
-4.18, 1.5 m apart held 10 s 0.70 / 4.44 -> 0.57 / 2.28, a walk along rows 2.5 m apart 0.95 /
-4.96 -> 0.73 / 3.92 (1.0 m: 0.78 / 4.71). Dense calibrations lose by it: the README's 60 carts
+4.18, 1.5 m apart held 10 s 0.70 / 4.44 -> 0.57 / 2.28, a walk along rows 2.5 m apart 0.98 /
+4.99 -> 0.73 / 3.76 (before its first and last truth rows were kept: 1.0 m gave 0.78 / 4.71
+against 0.73 / 3.92 at 0.8). Dense calibrations lose by it: the README's 60 carts
 with known positions 0.44 / 2.48 -> 0.68 / 2.24, and warehouse (F)'s 600 pallets in the right or
 a neighbouring bay 95.1 -> 93.0 %, parked median 0.41 -> 0.49 m."""
 MAP_BANDWIDTH_RANGE_M = (0.1, 2.0)
