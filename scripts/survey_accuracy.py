@@ -3,7 +3,7 @@ from a point survey of one tag (`beacon-hub site points`, what `beacon-hub surve
 against the README's calibration from 300 s of 60 carts with known positions, in one run.
 
     python scripts/survey_accuracy.py [--work DIR] [--spacing-m M ...] [--dwell-s S ...]
-        [--map-bandwidth-m M ...] [--json]
+        [--map-bandwidth-m M ...] [--tag-interval-s S] [--json]
 
 Runs the installed CLIs as subprocesses: `beacon-sim run` of (E)'s test day (seed 1) and its
 calibration day (seed 2, 300 s, building seed 1: the README's commands), `beacon-hub calibrate`
@@ -26,6 +26,7 @@ import math
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ HUB = [sys.executable, "-m", "beacon_hub.cli"]
 SIM = [sys.executable, "-m", "simulator.cli"]
 WALK_SPEED_M_S = 0.6
 """The simulated surveyor's pace between points (simulator.agents.PopulationConfig's)."""
+SURVEY_TAG_INTERVAL_S = 0.2
+"""The simulated survey tag advertises 5 times a second (simulator.agents' walker), a survey
+tag set to its fastest rate; `--tag-interval-s 1` is a beacon left at the usual 1 Hz."""
 TRUTH_INTERVAL_S = 0.5
 """beacon-sim's truth row spacing (simulator.scenario.TRUTH_INTERVAL_S)."""
 DAY = ["--site", str(SITE), "--building-seed", "1", "--speed", "max"]
@@ -132,18 +136,28 @@ WALK_DWELL_S = 0.01
 stopping; the survey's walk mode keeps the whole route."""
 
 
+@dataclass(frozen=True)
+class Plan:
+    duration_s: float
+    """The route once: it starts at the first point."""
+    bandwidths: list[float]
+    tag_interval_s: float = SURVEY_TAG_INTERVAL_S
+
+
 def _survey(
-    work: Path, points: Path, spacing: float, dwell: float, plan: tuple[float, list[float]]
+    work: Path, points: Path, spacing: float, dwell: float, plan: Plan
 ) -> dict[str, dict[str, Any]]:
-    """Simulate the survey (the route once: it starts at the first point), keep what `beacon-hub
-    survey` keeps, calibrate from it with each map bandwidth and score each calibration.
-    `plan`: the route's minutes and the bandwidths."""
-    duration, bandwidths = plan
+    """Simulate the survey, keep what `beacon-hub survey` keeps, calibrate from it with each
+    map bandwidth and score each calibration."""
+    duration, bandwidths = plan.duration_s, plan.bandwidths
     walk = dwell == 0
-    label = f"survey_{spacing:g}m_{'walk' if walk else f'{dwell:g}s'}"
+    tag = "" if plan.tag_interval_s == SURVEY_TAG_INTERVAL_S else f"_{plan.tag_interval_s:g}s-tag"
+    label = f"survey_{spacing:g}m_{'walk' if walk else f'{dwell:g}s'}{tag}"
     _say(label)
     r, t = work / f"{label}_r.csv", work / f"{label}_t.csv"
     sim = ["--scenario", "survey", "--points", str(points), "--seed", "3"]
+    if tag:  # the walker is the survey's one `asset`
+        sim += ["--advert-interval", f"asset={plan.tag_interval_s:g}"]
     sim += ["--dwell-s", f"{WALK_DWELL_S if walk else dwell:g}", "--duration", f"{duration:.0f}"]
     _run([*SIM, "run", *DAY, *sim, "--out", str(r), "--truth", str(t)])
     tag_t, tag_r = work / f"{label}_tag_t.csv", work / f"{label}_tag_r.csv"
@@ -153,6 +167,8 @@ def _survey(
         if walk
         else f"survey, {spacing:g} m, {dwell:g} s a point"
     )
+    if tag:
+        what += f", a tag advertising every {plan.tag_interval_s:g} s"
     out = {}
     for bw in bandwidths:
         cal = work / f"cal-{label}-{bw:g}.yaml"
@@ -167,7 +183,11 @@ def _survey(
 
 
 def measure(
-    work: Path, spacings: list[float], dwells: list[float], bandwidths: list[float]
+    work: Path,
+    spacings: list[float],
+    dwells: list[float],
+    bandwidths: list[float],
+    tag_interval_s: float = SURVEY_TAG_INTERVAL_S,
 ) -> dict[str, Any]:
     _say("test days: (E)'s 120 s, as surveyed and with 15 % of the field changed")
     for day, extra in (("surveyed", []), ("changed", ["--field-change", "0.15"])):
@@ -234,7 +254,7 @@ def measure(
         n = len(xy)
         walked_m = sum(math.dist(a, b) for a, b in itertools.pairwise(xy))
         for dwell in dwells:
-            route = (n * dwell + walked_m / WALK_SPEED_M_S, bandwidths)
+            route = Plan(n * dwell + walked_m / WALK_SPEED_M_S, bandwidths, tag_interval_s)
             for name, result in _survey(work, points, spacing, dwell, route).items():
                 results[name] = {"points": n, **result}
     return results
@@ -267,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--map-bandwidth-m", type=float, action="append", help="repeatable (0.4 and 0.8)"
     )
+    parser.add_argument(
+        "--tag-interval-s",
+        type=float,
+        default=SURVEY_TAG_INTERVAL_S,
+        help="the survey tag's advertising interval (0.2; most beacons: 1)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     spacings = args.spacing_m or [2.5]
@@ -274,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = measure(work, spacings, dwells, args.map_bandwidth_m or [0.4, 0.8])
+        bandwidths = args.map_bandwidth_m or [0.4, 0.8]
+        results = measure(work, spacings, dwells, bandwidths, args.tag_interval_s)
     print(_table(results))
     if args.json:
         print(json.dumps(results))
