@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument("file", type=Path, metavar="SITE.yaml")
     points.add_argument("--out", type=Path, required=True, metavar="P.csv")
     points.add_argument(
-        "--spacing-m", type=float, default=1.5, metavar="M", help="between points (default 1.5)"
+        "--spacing-m", type=float, metavar="M", help="between points (survey.PLAN_SPACING_M: 1.5)"
     )
     points.set_defaults(handler=_site_points)
 
@@ -501,12 +501,13 @@ def _site_check(args: argparse.Namespace) -> int:
 def _site_points(args: argparse.Namespace) -> int:
     from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415  # keeps --help fast
-    from beacon_hub.survey import plan_points, write_points  # noqa: PLC0415
+    from beacon_hub.survey import PLAN_SPACING_M, plan_points, write_points  # noqa: PLC0415
 
-    if not 0.5 <= args.spacing_m <= 50.0:
-        raise BeaconHubError(f"--spacing-m {args.spacing_m:g}: expected 0.5 to 50 metres")
+    spacing = PLAN_SPACING_M if args.spacing_m is None else args.spacing_m
+    if not 0.5 <= spacing <= 50.0:
+        raise BeaconHubError(f"--spacing-m {spacing:g}: expected 0.5 to 50 metres")
     check_outputs([("--out", args.out)], inputs=[("SITE.yaml", args.file)])
-    points = plan_points(load_site(args.file), args.spacing_m)
+    points = plan_points(load_site(args.file), spacing)
     write_points(points, args.out)
     print(f"site points: {len(points)} points -> {args.out}", file=sys.stderr)
     return EXIT_OK

@@ -58,6 +58,7 @@ from beacon_hub.site import Site
 from beacon_hub.wire import ReadingBatch, decode_batch, parse_topic, readings_subscription
 
 __all__ = [
+    "PLAN_SPACING_M",
     "Dwell",
     "SurveyConfig",
     "SurveyError",
@@ -129,13 +130,6 @@ class Dwell:
 
 
 @dataclass
-class _Gateway:
-    offset_s: float
-    """Least (arrival - sent) seen: this machine's clock minus the gateway's, plus delivery."""
-    samples: int = 0
-
-
-@dataclass
 class SurveyRecorder:
     """The survey tag's samples, as paho's thread hands them over (module docstring)."""
 
@@ -144,7 +138,9 @@ class SurveyRecorder:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _samples: list[tuple[float, str, float, float | None, str]] = field(default_factory=list)
     """(gateway time, gateway, rssi, tx power, boot), in arrival order."""
-    _clocks: dict[tuple[str, str], _Gateway] = field(default_factory=dict)
+    _offsets: dict[tuple[str, str], float] = field(default_factory=dict)
+    """Per (gateway, boot), the least (arrival - sent) seen: this machine's clock minus the
+    gateway's, plus the quickest delivery."""
     _last_arrival: float = -math.inf
     batches: int = 0
     undecodable: int = 0
@@ -171,14 +167,10 @@ class SurveyRecorder:
                 return
             self.batches += 1
             key = (batch.gw, batch.boot)
-            clock = self._clocks.get(key)
-            if clock is None:
-                clock = self._clocks[key] = _Gateway(arrival - batch.sent)
-            clock.offset_s = min(clock.offset_s, arrival - batch.sent)
+            self._offsets[key] = min(self._offsets.get(key, math.inf), arrival - batch.sent)
             for i in mine:
                 t = batch.sent - batch.dt_ms[i] / 1000.0
                 self._samples.append((t, batch.gw, batch.rssi[i], batch.tx[i], batch.boot))
-            clock.samples += len(mine)
             if mine:
                 self._last_arrival = arrival
 
@@ -188,7 +180,7 @@ class SurveyRecorder:
         """(samples, gateways) of the tag heard at or after `t` (this machine's clock)."""
         samples, gateways = 0, set()
         with self._lock:
-            offsets = {k: c.offset_s for k, c in self._clocks.items()}
+            offsets = dict(self._offsets)
             # newest first; batches arrive in about time order, so past t by more than a
             # batch's span nothing later can follow
             for ts, gw, _r, _tx, boot in reversed(self._samples):
@@ -209,7 +201,7 @@ class SurveyRecorder:
         """The tag's samples inside any of `windows` ((start, end) in this machine's clock, in
         time order, not overlapping), in time order."""
         with self._lock:
-            offsets = {k: c.offset_s for k, c in self._clocks.items()}
+            offsets = dict(self._offsets)
             samples = list(self._samples)
         # windows come in time order and do not overlap (dwells, or one walk): the last one
         # starting at or before t is the only one that can hold it
@@ -303,12 +295,12 @@ def dwell_truth(
     """Truth rows every `step_s` through each dwell, at its point."""
     rows = []
     for d in dwells:
-        n = max(1, math.floor((d.end - d.start) / step_s + 1e-9) + 1)
-        for k in range(n):
-            t = min(d.start + k * step_s, d.end)
-            rows.append(_truth(beacon, t, d.point, x=d.point.x, y=d.point.y, height_m=height_m))
-        if rows[-1].t < d.end:
-            rows.append(_truth(beacon, d.end, d.point, x=d.point.x, y=d.point.y, height_m=height_m))
+        steps = math.floor((d.end - d.start) / step_s + 1e-9)
+        times = [min(d.start + k * step_s, d.end) for k in range(steps + 1)]
+        if times[-1] < d.end:
+            times.append(d.end)
+        p = d.point
+        rows += [_truth(beacon, t, p, x=p.x, y=p.y, height_m=height_m) for t in times]
     return rows
 
 
@@ -524,17 +516,15 @@ def run_survey(
             visited = list(points[: len(marks)])
             windows = [(marks[0], marks[-1])] if len(marks) >= 2 else []
             truth = walk_truth(beacon, visited, marks, cfg.truth_step_s, cfg.tag_height_m)
-            if len(marks) < 2:
-                truth = []
-            if windows:
-                sleep(LAST_BATCH_WAIT_S)
         else:
             dwells = _points_survey(session, points)
-            if dwells:
-                sleep(LAST_BATCH_WAIT_S)
             visited = [d.point for d in dwells]
             windows = [(d.start, d.end) for d in dwells]
             truth = dwell_truth(beacon, dwells, cfg.truth_step_s, cfg.tag_height_m)
+        if windows:
+            sleep(LAST_BATCH_WAIT_S)
+        else:
+            truth = []  # a walk's single mark spans no time: nothing to keep
     finally:
         client.loop_stop()
         client.disconnect()

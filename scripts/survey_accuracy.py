@@ -39,6 +39,9 @@ WALK_SPEED_M_S = 0.6
 SURVEY_TAG_INTERVAL_S = 0.2
 """The simulated survey tag advertises 5 times a second (simulator.agents' walker), a survey
 tag set to its fastest rate; `--tag-interval-s 1` is a beacon left at the usual 1 Hz."""
+WALK_DWELL_S = 0.01
+"""A walk survey (--dwell-s 0): the simulated tag stops this long at each point, which is not
+stopping; the survey's walk mode keeps the whole route."""
 TRUTH_INTERVAL_S = 0.5
 """beacon-sim's truth row spacing (simulator.scenario.TRUTH_INTERVAL_S)."""
 DAY = ["--site", str(SITE), "--building-seed", "1", "--speed", "max"]
@@ -129,11 +132,6 @@ def _score(work: Path, cal: Path, label: str) -> dict[str, Any]:
             "within_accuracy": ev["within_accuracy"],
         }
     return out
-
-
-WALK_DWELL_S = 0.01
-"""A walk survey (--dwell-s 0): the simulated tag stops this long at each point, which is not
-stopping; the survey's walk mode keeps the whole route."""
 
 
 @dataclass(frozen=True)
