@@ -189,7 +189,8 @@ class PopulationConfig:
     `survey`: walk at walk_speed_m_s to each point and stand there dwell_s (what `beacon-hub
     survey` asks of a surveyor, its points from `beacon-hub site points`)."""
     dwell_s: float = 10.0
-    """`survey`: seconds the tag stands at each point (beacon-hub survey's dwell_s)."""
+    """`survey`: seconds the tag stands at each point (beacon-hub survey's dwell_s default,
+    survey.SurveyConfig)."""
     walk_speed_m_s: float = 0.6
     walk_height_m: float = 1.0
     advert_interval_s: dict[str, float] = field(default_factory=dict)

@@ -66,10 +66,13 @@ def _survey(args: argparse.Namespace, site: Site, scenario: str | None) -> dict[
         raise BeaconHubError("--scenario survey and --points go together")
     if args.points is None:
         return {}
-    if not 0 < args.dwell_s < math.inf:
-        raise BeaconHubError(f"--dwell-s must be a positive number, got {args.dwell_s:g}")
     points = tuple((p.x, p.y) for p in load_points(args.points, site))
-    return {"walks": (Walk("survey", points, 1),), "dwell_s": args.dwell_s}
+    changes: dict[str, object] = {"walks": (Walk("survey", points, 1),)}
+    if args.dwell_s is not None:  # else PopulationConfig's, survey's own default
+        if not 0 < args.dwell_s < math.inf:
+            raise BeaconHubError(f"--dwell-s must be a positive number, got {args.dwell_s:g}")
+        changes["dwell_s"] = args.dwell_s
+    return changes
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="survey: the points to stand the tag at (beacon-hub site points), in order",
     )
     extra.add_argument(
-        "--dwell-s", type=float, default=10.0, metavar="S", help="survey: seconds at a point (10)"
+        "--dwell-s", type=float, metavar="S", help="survey: seconds at a point (survey's: 10)"
     )
     extra.add_argument("--carts", type=int, metavar="N", help="cart tags in the store (60)")
     extra.add_argument("--shoppers-per-hour", type=float, metavar="R", help="arrivals (240)")
