@@ -46,6 +46,7 @@ __all__ = [
     "listed",
     "read_events",
     "read_fixes",
+    "read_numbered_points",
     "read_points",
     "read_readings",
     "read_truth",
@@ -327,6 +328,12 @@ EVENTS: CsvTable[EventRow] = CsvTable(
 
 def read_table(table: CsvTable[R], path: Path | str) -> Iterator[R]:
     """Stream the records of a CSV file of kind `table`, checking the header first."""
+    return (record for _, record in read_numbered(table, path))
+
+
+def read_numbered(table: CsvTable[R], path: Path | str) -> Iterator[tuple[int, R]]:
+    """`read_table` with each record's line in the file, for checks made after reading
+    (a blank or quoted multi-line row makes the line differ from the record's index)."""
     where = str(path)
     try:
         # Closed by the `with` below; opened here so a missing file fails before the first row.
@@ -352,7 +359,7 @@ def read_table(table: CsvTable[R], path: Path | str) -> Iterator[R]:
                         f"{where}:{reader.line_num}: {len(row)} cells; the header has {width}"
                     )
                 cells = dict(zip(header, row, strict=True))
-                yield table.parse(_Cells(where, reader.line_num, cells))
+                yield reader.line_num, table.parse(_Cells(where, reader.line_num, cells))
         except csv.Error as e:
             raise CsvError(f"{where}:{reader.line_num}: not valid CSV: {e}") from e
         except UnicodeDecodeError as e:
@@ -389,6 +396,10 @@ def read_truth(path: Path | str) -> Iterator[TruthPoint]:
 
 def read_points(path: Path | str) -> Iterator[SurveyPoint]:
     return read_table(POINTS, path)
+
+
+def read_numbered_points(path: Path | str) -> Iterator[tuple[int, SurveyPoint]]:
+    return read_numbered(POINTS, path)
 
 
 def read_fixes(path: Path | str) -> Iterator[Fix]:

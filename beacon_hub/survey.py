@@ -50,7 +50,7 @@ from beacon_hub.csvfiles import (
     Reading,
     SurveyPoint,
     TruthPoint,
-    read_points,
+    read_numbered_points,
 )
 from beacon_hub.errors import BeaconHubError, WireError
 from beacon_hub.floorplan import WALKWAY, FloorPlan, points_in_polygon
@@ -218,10 +218,11 @@ class SurveyRecorder:
 
 def load_points(path: Path, site: Site) -> list[SurveyPoint]:
     """A points file, checked against the site (check_points)."""
-    points = list(read_points(path))
-    if not points:
+    numbered = list(read_numbered_points(path))
+    if not numbered:
         raise SurveyError(f"{path}: no points; expected rows of x,y[,z,level,name]")
-    check_points(points, site, str(path), first_line=2)
+    points = [p for _, p in numbered]
+    check_points(points, site, str(path), lines=[line for line, _ in numbered])
     return points
 
 
@@ -271,12 +272,12 @@ def write_points(points: Sequence[SurveyPoint], path: Path) -> None:
 
 
 def check_points(
-    points: Sequence[SurveyPoint], site: Site, where: str, first_line: int | None = None
+    points: Sequence[SurveyPoint], site: Site, where: str, lines: Sequence[int] | None = None
 ) -> None:
     """Each point on a level of the site and inside its outline: a point off the floor is a
     typo (x and y swapped, feet for metres) that would teach the map a wrong place."""
     for i, p in enumerate(points):
-        at = f"{where}:{first_line + i}" if first_line is not None else where
+        at = f"{where}:{lines[i]}" if lines is not None else where
         number = 0 if p.level is None else p.level
         try:
             level = site.level(number)

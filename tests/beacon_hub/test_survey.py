@@ -56,6 +56,10 @@ def test_points_file_errors_name_the_line(tmp_path: Path) -> None:
     bad.write_text("x,y,level\n1,2,3\n")
     with pytest.raises(SurveyError, match=r"p.csv:2: level 3 is not one of the site's levels"):
         load_points(bad, STORE)
+    # blank lines between groups of points: the error names the line in the file, not the index
+    bad.write_text("x,y\n1,2\n\n\n45,5\n")
+    with pytest.raises(SurveyError, match=r"p.csv:5: \(45, 5\) is outside level 0's outline"):
+        load_points(bad, STORE)
     bad.write_text("x,y\n")
     with pytest.raises(SurveyError, match="no points"):
         load_points(bad, STORE)
