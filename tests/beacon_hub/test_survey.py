@@ -156,3 +156,20 @@ def test_site_points_writes_the_plan_survey_reads(
     assert f"-> {out}" in capsys.readouterr().err
     assert main(["site", "points", site, "--out", str(out), "--spacing-m", "0"]) == 1
     assert "--spacing-m 0: expected 0.5 to 50 metres" in capsys.readouterr().err
+
+
+def test_recorder_follows_a_gateway_clock_stepped_mid_survey() -> None:
+    """A Pi has no real-time clock: NTP steps it when it reaches its server, forward or back,
+    often after the gateway has started sending. Samples before and after a step each keep the
+    offset of the clock they were sent with, so every one lands at its time in this machine's."""
+    rec = SurveyRecorder(TAG, frozenset({"gw-01"}))
+    # each batch arrives 0.05 s after it is sent, one in ten held up 3 s on the way (a broker's
+    # hiccup is no step); the clock 7 s behind, stepped forward to the right time at seq 10,
+    # then stepped 5 s back at seq 20
+    for seq in range(30):
+        behind_s = 7.0 if seq < 10 else 0.0 if seq < 20 else 5.0
+        held_s = 3.0 if seq % 10 == 5 else 0.0
+        rec.add(_batch("gw-01", 1000.0 + seq - behind_s, seq), arrival=1000.05 + seq + held_s)
+    got = [round(r.t, 2) for r in rec.readings([(0.0, 1e10)])]
+    # the tag's samples are taken 0.9 s and 0.1 s before each batch is sent
+    assert got == sorted(round(1000.05 + s - dt, 2) for s in range(30) for dt in (0.9, 0.1))
