@@ -163,11 +163,16 @@ class SurveyRecorder:
     """Per stretch of a gateway's clock, the least (arrival - sent) seen: this machine's clock
     minus the gateway's, plus the quickest delivery."""
     _clocks: dict[tuple[str, str], _ClockState] = field(default_factory=dict)
+    _seen: set[tuple[str, str, int]] = field(default_factory=set)
+    """(gateway, boot, seq) of every batch taken: one delivered twice is dropped, as the hub
+    drops it (DESIGN.md, the readings batch)."""
     _last_arrival: float = -math.inf
     batches: int = 0
     undecodable: int = 0
     foreign: int = 0
     """Batches from gateways the site file does not name."""
+    duplicates: int = 0
+    """Batches delivered again (a gateway re-sends one whose PUBACK it lost), not kept twice."""
 
     # -- paho's thread
 
@@ -187,6 +192,10 @@ class SurveyRecorder:
             if batch.gw not in self.gateways:
                 self.foreign += 1
                 return
+            if (batch.gw, batch.boot, batch.seq) in self._seen:
+                self.duplicates += 1
+                return
+            self._seen.add((batch.gw, batch.boot, batch.seq))
             self.batches += 1
             state = self._clocks.setdefault((batch.gw, batch.boot), _ClockState())
             raw = arrival - batch.sent
@@ -653,6 +662,7 @@ def _summary(
         "batches": recorder.batches,
         "undecodable_batches": recorder.undecodable,
         "foreign_batches": recorder.foreign,
+        "duplicate_batches": recorder.duplicates,
         "readings_file": str(files["readings"]),
         "truth_file": str(files["truth"]),
         "points_file": str(files["points"]),

@@ -173,3 +173,16 @@ def test_recorder_follows_a_gateway_clock_stepped_mid_survey() -> None:
     got = [round(r.t, 2) for r in rec.readings([(0.0, 1e10)])]
     # the tag's samples are taken 0.9 s and 0.1 s before each batch is sent
     assert got == sorted(round(1000.05 + s - dt, 2) for s in range(30) for dt in (0.9, 0.1))
+
+
+def test_recorder_keeps_a_batch_delivered_twice_once() -> None:
+    """A gateway re-sends a batch whose PUBACK it lost (paho's DUP, or from its disk buffer
+    after a restart) and the broker forwards it again: its samples are one set of readings, not
+    two, as the hub drops it by (gateway, boot, seq)."""
+    rec = SurveyRecorder(TAG, frozenset({"gw-01"}))
+    rec.add(_batch("gw-01", 1000.0, 0), arrival=1000.05)
+    rec.add(_batch("gw-01", 1001.0, 1), arrival=1001.05)
+    rec.add(_batch("gw-01", 1000.0, 0), arrival=1004.0)  # re-sent after a reconnect
+    rec.add(_batch("gw-01", 1000.0, 0, boot="11cc22dd"), arrival=1005.0)  # a reboot: new batch
+    assert len(rec.readings([(0.0, 1e10)])) == 6
+    assert (rec.batches, rec.duplicates) == (3, 1)
