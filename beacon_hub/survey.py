@@ -564,7 +564,12 @@ def run_survey(
             windows = [(d.start, d.end) for d in dwells]
             truth = dwell_truth(beacon, dwells, cfg.truth_step_s, cfg.tag_height_m)
         if windows:
-            sleep(LAST_BATCH_WAIT_S)
+            try:
+                sleep(LAST_BATCH_WAIT_S)
+            except KeyboardInterrupt:
+                # A second Ctrl-C right after the one that ended the survey: what was recorded
+                # is written all the same, short of the batches still on their way.
+                say("not waiting for the last batches: writing what has arrived")
         else:
             truth = []  # a walk's single mark spans no time: nothing to keep
     finally:

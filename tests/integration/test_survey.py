@@ -20,7 +20,7 @@ import yaml
 from beacon_hub.cli import main
 from beacon_hub.csvfiles import Reading, SurveyPoint, TruthPoint, read_readings, read_truth
 from beacon_hub.site import Site, load_site
-from beacon_hub.survey import SurveyConfig, SurveyError, run_survey
+from beacon_hub.survey import LAST_BATCH_WAIT_S, SurveyConfig, SurveyError, run_survey
 from tests.integration.hubkit import Gateways, site_file, unique_site
 from tests.servers import Mosquitto
 
@@ -195,3 +195,34 @@ def test_the_cli_refuses_a_point_off_the_floor_naming_its_line(tmp_path: Path) -
     )  # fmt: skip
     assert done.returncode == 1
     assert f"{points}:3: (45, 5) is outside level 0's outline" in done.stderr
+
+
+def test_ctrl_c_while_waiting_for_the_last_batches_still_writes_the_survey(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Ctrl-C ends a dwell, and a second one often follows at once: it lands in the wait for
+    the last batches, which must not throw away what was recorded (docs: written either way)."""
+    site = load_site(site_file(tmp_path, unique_site()))
+    said: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        if seconds == LAST_BATCH_WAIT_S:
+            raise KeyboardInterrupt
+        time.sleep(seconds)
+
+    cfg = SurveyConfig.model_validate(
+        {"broker": {"url": mosquitto.url}, "dwell_s": 0.5, "settle_s": 0.0}
+    )
+    tag = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1"
+    out = tmp_path / "s"
+    points = [SurveyPoint(x=5.0, y=5.0)]
+    try:
+        summary = run_survey(
+            site, tag, out, cfg, points, ask=lambda _p: "", say=said.append, sleep=sleep
+        )
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C left the survey unwritten")
+    assert summary["points"] == 1
+    assert {(t.x, t.y) for t in read_truth(out / "truth.csv")} == {(5.0, 5.0)}
+    assert (out / "readings.csv").exists()
+    assert any("not waiting" in s for s in said)
