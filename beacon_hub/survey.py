@@ -316,10 +316,13 @@ def check_points(
     points: Sequence[SurveyPoint], site: Site, where: str, lines: Sequence[int] | None = None
 ) -> None:
     """Each point on a level of the site and inside its outline: a point off the floor is a
-    typo (x and y swapped, feet for metres) that would teach the map a wrong place."""
+    typo (x and y swapped, feet for metres) that would teach the map a wrong place. A point
+    without a level is on the site's only level (plan_points leaves it out there), or on level
+    0 of a site of several."""
+    only = site.levels[0].level if len(site.levels) == 1 else 0
     for i, p in enumerate(points):
         at = f"{where}:{lines[i]}" if lines is not None else where
-        number = 0 if p.level is None else p.level
+        number = only if p.level is None else p.level
         try:
             level = site.level(number)
         except KeyError:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -186,3 +187,28 @@ def test_recorder_keeps_a_batch_delivered_twice_once() -> None:
     rec.add(_batch("gw-01", 1000.0, 0, boot="11cc22dd"), arrival=1005.0)  # a reboot: new batch
     assert len(rec.readings([(0.0, 1e10)])) == 6
     assert (rec.batches, rec.duplicates) == (3, 1)
+
+
+def _store_on_level(tmp_path: Path, level: int) -> Path:
+    """The example store with its one level (and everything on it) numbered `level`."""
+    doc = yaml.safe_load((ROOT / "config" / "store.yaml").read_text())
+    doc["levels"][0]["level"] = level
+    for key in ("gateways", "reference_beacons", "zones"):
+        for item in doc.get(key) or []:
+            item["level"] = level
+    path = tmp_path / f"store-level-{level}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_a_point_without_a_level_is_on_a_one_level_sites_level(tmp_path: Path) -> None:
+    """`site points` leaves the level out on a site of one level; a site whose one level is
+    numbered 1 (the first floor of a building) must take that plan, and a typed `x y`."""
+    path = _store_on_level(tmp_path, 1)
+    out = tmp_path / "p.csv"
+    assert main(["site", "points", str(path), "--out", str(out), "--spacing-m", "4"]) == 0
+    site = load_site(path)
+    assert len(load_points(out, site)) == len(plan_points(site, 4.0))
+    check_points([SurveyPoint(x=5.0, y=5.0)], site, "point 1")
+    with pytest.raises(SurveyError, match=r"point 1: level 0 is not one of the site's levels"):
+        check_points([SurveyPoint(x=5.0, y=5.0, level=0)], site, "point 1")
