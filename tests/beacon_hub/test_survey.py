@@ -212,3 +212,34 @@ def test_a_point_without_a_level_is_on_a_one_level_sites_level(tmp_path: Path) -
     check_points([SurveyPoint(x=5.0, y=5.0)], site, "point 1")
     with pytest.raises(SurveyError, match=r"point 1: level 0 is not one of the site's levels"):
         check_points([SurveyPoint(x=5.0, y=5.0, level=0)], site, "point 1")
+
+
+def test_site_points_says_which_level_no_point_fits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A level too small for a point 0.5 m clear of its outline (a 1 x 1 m mezzanine) gets no
+    point: said by level, and a plan with no point at all is refused, not written empty for
+    survey to refuse later."""
+    doc = yaml.safe_load((ROOT / "config" / "store.yaml").read_text())
+    doc["levels"].append(
+        {"level": 1, "name": "Mezzanine", "outline": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+    )
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "p.csv"
+    assert main(["site", "points", str(two), "--out", str(out), "--spacing-m", "4"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {two}: no point fits the walkable floor of level 1 at --spacing-m 4" in err
+    assert "level 0" not in err
+
+    doc["levels"] = doc["levels"][1:]
+    doc["levels"][0]["level"] = 0
+    doc["gateways"] = [dict(doc["gateways"][0], x=0.5, y=0.5)]
+    doc["reference_beacons"], doc["zones"] = [], []
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(doc, sort_keys=False))
+    empty = tmp_path / "empty.csv"
+    assert main(["site", "points", str(tiny), "--out", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tiny}: no point fits the walkable floor of level 0 at --spacing-m 1.5" in err
+    assert not empty.exists()
