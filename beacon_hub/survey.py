@@ -574,7 +574,8 @@ def run_survey(
                 # is written all the same, short of the batches still on their way.
                 say("not waiting for the last batches: writing what has arrived")
         else:
-            truth = []  # a walk's single mark spans no time: nothing to keep
+            # a walk's single mark spans no time: nothing to keep, no point with a truth
+            truth, visited = [], []
     finally:
         client.loop_stop()
         client.disconnect()

@@ -4,6 +4,7 @@ test moves from point to point, the survey records it, and `calibrate` takes wha
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import subprocess
 import sys
@@ -226,3 +227,25 @@ def test_ctrl_c_while_waiting_for_the_last_batches_still_writes_the_survey(
     assert {(t.x, t.y) for t in read_truth(out / "truth.csv")} == {(5.0, 5.0)}
     assert (out / "readings.csv").exists()
     assert any("not waiting" in s for s in said)
+
+
+def test_a_walk_ended_after_its_first_mark_records_no_point(
+    mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One mark spans no time: no truth, so no point either, and no `calibrate` to run next
+    (it refuses a truth file without rows)."""
+    path = site_file(tmp_path, unique_site())
+    points = tmp_path / "points.csv"
+    points.write_text("x,y\n5,5\n7,5\n")
+    out = tmp_path / "walk"
+    tag = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1"
+    args = ["survey", "--site", str(path), "--beacon", tag, "--out", str(out),
+            "--points", str(points), "--walk", "--broker", mosquitto.url]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO("\nq\n"))  # Enter at the first point, then q
+        assert main(args) == 0
+    captured = capsys.readouterr()
+    assert '"points": 0' in captured.out
+    assert "next: beacon-hub calibrate" not in captured.err
+    assert list(read_truth(out / "truth.csv")) == []
+    assert (out / "points.csv").read_text().splitlines()[1:] == []
