@@ -373,6 +373,8 @@ def _survey(args: argparse.Namespace) -> int:
     from beacon_hub.site import load_site  # noqa: PLC0415
     from beacon_hub.survey import SurveyConfig, load_points, run_survey  # noqa: PLC0415
 
+    # Before the broker and the walk: a survey must not end in a folder it cannot write.
+    check_outputs([], directories=[("--out", args.out)])
     overrides = overrides_from(args.overrides)
     if args.broker:
         overrides["broker.url"] = args.broker

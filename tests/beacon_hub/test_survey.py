@@ -243,3 +243,17 @@ def test_site_points_says_which_level_no_point_fits(
     err = capsys.readouterr().err
     assert f"{tiny}: no point fits the walkable floor of level 0 at --spacing-m 1.5" in err
     assert not empty.exists()
+
+
+def test_survey_names_out_when_it_is_not_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--out` is a folder; a file there (the points file given by mistake) is refused before
+    the broker is asked, naming the option and what it expected."""
+    taken = tmp_path / "points.csv"
+    taken.write_text("x,y\n5,5\n")
+    site = str(ROOT / "config" / "store.yaml")
+    args = ["survey", "--site", site, "--beacon", TAG, "--out", str(taken)]
+    assert main([*args, "--broker", "mqtt://127.0.0.1:9"]) == 1
+    assert f"--out {taken}: exists and is not a directory" in capsys.readouterr().err
+    assert taken.read_text() == "x,y\n5,5\n"
