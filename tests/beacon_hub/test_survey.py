@@ -257,3 +257,16 @@ def test_survey_names_out_when_it_is_not_a_folder(
     assert main([*args, "--broker", "mqtt://127.0.0.1:9"]) == 1
     assert f"--out {taken}: exists and is not a directory" in capsys.readouterr().err
     assert taken.read_text() == "x,y\n5,5\n"
+
+
+def test_a_points_file_with_a_spreadsheets_empty_columns_says_so(tmp_path: Path) -> None:
+    """A spreadsheet that once had something in columns C and D writes them back empty
+    (`x,y,,`): the message names the empty header cells by position, not `unknown column(s) , `."""
+    path = tmp_path / "p.csv"
+    path.write_text("x,y,,\n5,5,,\n")
+    with pytest.raises(CsvError) as info:
+        load_points(path, STORE)
+    assert "p.csv:1: not a survey points file: empty header cells in columns 3, 4;" in str(
+        info.value
+    )
+    assert "unknown column(s) ," not in str(info.value)
