@@ -373,6 +373,8 @@ def _survey(args: argparse.Namespace) -> int:
     from beacon_hub.site import load_site  # noqa: PLC0415
     from beacon_hub.survey import SurveyConfig, load_points, run_survey  # noqa: PLC0415
 
+    # Before the broker and the walk: a survey must not end in a folder it cannot write.
+    check_outputs([], directories=[("--out", args.out)])
     overrides = overrides_from(args.overrides)
     if args.broker:
         overrides["broker.url"] = args.broker
@@ -501,13 +503,33 @@ def _site_check(args: argparse.Namespace) -> int:
 def _site_points(args: argparse.Namespace) -> int:
     from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415  # keeps --help fast
-    from beacon_hub.survey import PLAN_SPACING_M, plan_points, write_points  # noqa: PLC0415
+    from beacon_hub.survey import (  # noqa: PLC0415
+        PLAN_CLEARANCE_M,
+        PLAN_SPACING_M,
+        plan_points,
+        write_points,
+    )
 
     spacing = PLAN_SPACING_M if args.spacing_m is None else args.spacing_m
     if not 0.5 <= spacing <= 50.0:
         raise BeaconHubError(f"--spacing-m {spacing:g}: expected 0.5 to 50 metres")
     check_outputs([("--out", args.out)], inputs=[("SITE.yaml", args.file)])
-    points = plan_points(load_site(args.file), spacing)
+    site = load_site(args.file)
+    points = plan_points(site, spacing)
+    # A level too small or too crowded for a point clear of its edges gets none: said, or the
+    # survey would leave that floor out without a word.
+    only = site.levels[0].level if len(site.levels) == 1 else None
+    planned = {only if p.level is None else p.level for p in points}
+    for level in site.levels:
+        if level.level not in planned:
+            message = (
+                f"{args.file}: no point fits the walkable floor of level {level.level} at "
+                f"--spacing-m {spacing:g}, {PLAN_CLEARANCE_M:g} m clear of obstacles and the "
+                "outline: give a smaller --spacing-m or add its points to the file by hand"
+            )
+            if not points:
+                raise BeaconHubError(message)
+            _warn(message)
     write_points(points, args.out)
     print(f"site points: {len(points)} points -> {args.out}", file=sys.stderr)
     return EXIT_OK

@@ -369,12 +369,18 @@ def read_numbered(table: CsvTable[R], path: Path | str) -> Iterator[tuple[int, R
 def _check_header(table: CsvTable[R], header: Sequence[str], where: str) -> None:
     allowed = (*table.required, *table.optional)
     missing = [c for c in table.required if c not in header]
-    unknown = [c for c in header if c not in allowed]
-    doubled = sorted({c for c in header if header.count(c) > 1})
-    if missing or unknown or doubled:
+    # A spreadsheet writes back columns that once held something as empty cells (`x,y,,`):
+    # named by position, since an empty name reads as nothing in the list of unknown ones.
+    empty = [str(k) for k, c in enumerate(header, start=1) if c == ""]
+    unknown = [c for c in header if c not in allowed and c != ""]
+    doubled = sorted({c for c in header if header.count(c) > 1 and c != ""})
+    if missing or empty or unknown or doubled:
         problems = []
         if missing:
             problems.append(f"missing column(s) {', '.join(missing)}")
+        if empty:
+            plural = "s" if len(empty) > 1 else ""
+            problems.append(f"empty header cell{plural} in column{plural} {', '.join(empty)}")
         if unknown:
             problems.append(f"unknown column(s) {', '.join(unknown)}")
         if doubled:

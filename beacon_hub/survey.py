@@ -15,7 +15,9 @@ the site's gateways hear of it, and takes the positions from the surveyor's Ente
 
 Clocks. Readings carry their gateway's clock, the marks this machine's. A gateway's offset is the
 least (arrival - sent) over its batches (a batch is published as it is sent, so that least is
-the clock offset plus the quickest delivery); every reading is written in this machine's clock.
+the clock offset plus the quickest delivery), taken afresh after each reboot (a new `boot`) and
+each step of its clock (NTP on a Pi, which has no real-time clock: CLOCK_STEP_S); every reading
+is written in this machine's clock.
 
 Threads. paho's network thread decodes each readings batch and keeps the survey tag's samples
 under `SurveyRecorder._lock`, the one place the threads meet; the main thread (prompts, progress,
@@ -88,6 +90,11 @@ window and gateways publish unsynchronised; 10 s leaves room for a broker's shor
 LAST_BATCH_WAIT_S = 1.5
 """After the last dwell or mark, wait this long for what was heard before it: a gateway sends a
 batch every `batching.window_s` (1 s by default), published as it is sent."""
+CLOCK_STEP_S = 1.0
+"""A batch whose (arrival - sent) is this far below the least seen since its gateway's boot or
+last step says the gateway's clock was stepped forward (a batch held up on the way only raises
+it); a clock stepped back shows as a send time earlier than the batch before it. A smaller step
+forward goes unseen and moves the samples before it by less than a third of `settle_s`."""
 WALK_MAX_SPEED_M_S = 2.5
 """Faster between two marks than a brisk walk (1.4 m/s typical, 2.5 a jog): an Enter was
 probably missed or pressed twice; said, not refused."""
@@ -129,6 +136,20 @@ class Dwell:
     end: float
 
 
+Clock = tuple[str, str, int]
+"""(gateway, boot, steps of its clock seen in that boot): one stretch of one gateway's clock."""
+
+
+@dataclass
+class _ClockState:
+    """Where one boot of one gateway stands: its clock steps so far, and the seq and send time
+    of its latest batch in seq order."""
+
+    steps: int = 0
+    seq: int = -1
+    sent: float = -math.inf
+
+
 @dataclass
 class SurveyRecorder:
     """The survey tag's samples, as paho's thread hands them over (module docstring)."""
@@ -136,16 +157,22 @@ class SurveyRecorder:
     beacon: str
     gateways: frozenset[str]
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _samples: list[tuple[float, str, float, float | None, str]] = field(default_factory=list)
-    """(gateway time, gateway, rssi, tx power, boot), in arrival order."""
-    _offsets: dict[tuple[str, str], float] = field(default_factory=dict)
-    """Per (gateway, boot), the least (arrival - sent) seen: this machine's clock minus the
-    gateway's, plus the quickest delivery."""
+    _samples: list[tuple[float, str, float, float | None, Clock]] = field(default_factory=list)
+    """(gateway time, gateway, rssi, tx power, the clock that stamped it), in arrival order."""
+    _offsets: dict[Clock, float] = field(default_factory=dict)
+    """Per stretch of a gateway's clock, the least (arrival - sent) seen: this machine's clock
+    minus the gateway's, plus the quickest delivery."""
+    _clocks: dict[tuple[str, str], _ClockState] = field(default_factory=dict)
+    _seen: set[tuple[str, str, int]] = field(default_factory=set)
+    """(gateway, boot, seq) of every batch taken: one delivered twice is dropped, as the hub
+    drops it (DESIGN.md, the readings batch)."""
     _last_arrival: float = -math.inf
     batches: int = 0
     undecodable: int = 0
     foreign: int = 0
     """Batches from gateways the site file does not name."""
+    duplicates: int = 0
+    """Batches delivered again (a gateway re-sends one whose PUBACK it lost), not kept twice."""
 
     # -- paho's thread
 
@@ -165,12 +192,26 @@ class SurveyRecorder:
             if batch.gw not in self.gateways:
                 self.foreign += 1
                 return
+            if (batch.gw, batch.boot, batch.seq) in self._seen:
+                self.duplicates += 1
+                return
+            self._seen.add((batch.gw, batch.boot, batch.seq))
             self.batches += 1
-            key = (batch.gw, batch.boot)
-            self._offsets[key] = min(self._offsets.get(key, math.inf), arrival - batch.sent)
+            state = self._clocks.setdefault((batch.gw, batch.boot), _ClockState())
+            raw = arrival - batch.sent
+            least = self._offsets.get((batch.gw, batch.boot, state.steps), math.inf)
+            in_order = batch.seq > state.seq
+            # The samples before a step keep the offset they were sent with (CLOCK_STEP_S).
+            if (in_order and batch.sent < state.sent) or raw < least - CLOCK_STEP_S:
+                state.steps += 1
+                least = math.inf
+            if in_order:
+                state.seq, state.sent = batch.seq, batch.sent
+            clock = (batch.gw, batch.boot, state.steps)
+            self._offsets[clock] = min(least, raw)
             for i in mine:
                 t = batch.sent - batch.dt_ms[i] / 1000.0
-                self._samples.append((t, batch.gw, batch.rssi[i], batch.tx[i], batch.boot))
+                self._samples.append((t, batch.gw, batch.rssi[i], batch.tx[i], clock))
             if mine:
                 self._last_arrival = arrival
 
@@ -183,8 +224,8 @@ class SurveyRecorder:
             offsets = dict(self._offsets)
             # newest first; batches arrive in about time order, so past t by more than a
             # batch's span nothing later can follow
-            for ts, gw, _r, _tx, boot in reversed(self._samples):
-                local = ts + offsets[(gw, boot)]
+            for ts, gw, _r, _tx, clock in reversed(self._samples):
+                local = ts + offsets[clock]
                 if local >= t:
                     samples += 1
                     gateways.add(gw)
@@ -207,8 +248,8 @@ class SurveyRecorder:
         # starting at or before t is the only one that can hold it
         starts = [lo for lo, _ in windows]
         out = []
-        for ts, gw, rssi, tx, boot in samples:
-            t = ts + offsets[(gw, boot)]
+        for ts, gw, rssi, tx, clock in samples:
+            t = ts + offsets[clock]
             k = bisect.bisect_right(starts, t) - 1
             if k >= 0 and t <= windows[k][1]:
                 out.append(Reading(t=t, gateway=gw, beacon=self.beacon, rssi=rssi, tx_power=tx))
@@ -275,10 +316,13 @@ def check_points(
     points: Sequence[SurveyPoint], site: Site, where: str, lines: Sequence[int] | None = None
 ) -> None:
     """Each point on a level of the site and inside its outline: a point off the floor is a
-    typo (x and y swapped, feet for metres) that would teach the map a wrong place."""
+    typo (x and y swapped, feet for metres) that would teach the map a wrong place. A point
+    without a level is on the site's only level (plan_points leaves it out there), or on level
+    0 of a site of several."""
+    only = site.levels[0].level if len(site.levels) == 1 else 0
     for i, p in enumerate(points):
         at = f"{where}:{lines[i]}" if lines is not None else where
-        number = 0 if p.level is None else p.level
+        number = only if p.level is None else p.level
         try:
             level = site.level(number)
         except KeyError:
@@ -523,9 +567,15 @@ def run_survey(
             windows = [(d.start, d.end) for d in dwells]
             truth = dwell_truth(beacon, dwells, cfg.truth_step_s, cfg.tag_height_m)
         if windows:
-            sleep(LAST_BATCH_WAIT_S)
+            try:
+                sleep(LAST_BATCH_WAIT_S)
+            except KeyboardInterrupt:
+                # A second Ctrl-C right after the one that ended the survey: what was recorded
+                # is written all the same, short of the batches still on their way.
+                say("not waiting for the last batches: writing what has arrived")
         else:
-            truth = []  # a walk's single mark spans no time: nothing to keep
+            # a walk's single mark spans no time: nothing to keep, no point with a truth
+            truth, visited = [], []
     finally:
         client.loop_stop()
         client.disconnect()
@@ -621,6 +671,7 @@ def _summary(
         "batches": recorder.batches,
         "undecodable_batches": recorder.undecodable,
         "foreign_batches": recorder.foreign,
+        "duplicate_batches": recorder.duplicates,
         "readings_file": str(files["readings"]),
         "truth_file": str(files["truth"]),
         "points_file": str(files["points"]),

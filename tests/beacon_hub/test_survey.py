@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -156,3 +157,116 @@ def test_site_points_writes_the_plan_survey_reads(
     assert f"-> {out}" in capsys.readouterr().err
     assert main(["site", "points", site, "--out", str(out), "--spacing-m", "0"]) == 1
     assert "--spacing-m 0: expected 0.5 to 50 metres" in capsys.readouterr().err
+
+
+def test_recorder_follows_a_gateway_clock_stepped_mid_survey() -> None:
+    """A Pi has no real-time clock: NTP steps it when it reaches its server, forward or back,
+    often after the gateway has started sending. Samples before and after a step each keep the
+    offset of the clock they were sent with, so every one lands at its time in this machine's."""
+    rec = SurveyRecorder(TAG, frozenset({"gw-01"}))
+    # each batch arrives 0.05 s after it is sent, one in ten held up 3 s on the way (a broker's
+    # hiccup is no step); the clock 7 s behind, stepped forward to the right time at seq 10,
+    # then stepped 5 s back at seq 20
+    for seq in range(30):
+        behind_s = 7.0 if seq < 10 else 0.0 if seq < 20 else 5.0
+        held_s = 3.0 if seq % 10 == 5 else 0.0
+        rec.add(_batch("gw-01", 1000.0 + seq - behind_s, seq), arrival=1000.05 + seq + held_s)
+    got = [round(r.t, 2) for r in rec.readings([(0.0, 1e10)])]
+    # the tag's samples are taken 0.9 s and 0.1 s before each batch is sent
+    assert got == sorted(round(1000.05 + s - dt, 2) for s in range(30) for dt in (0.9, 0.1))
+
+
+def test_recorder_keeps_a_batch_delivered_twice_once() -> None:
+    """A gateway re-sends a batch whose PUBACK it lost (paho's DUP, or from its disk buffer
+    after a restart) and the broker forwards it again: its samples are one set of readings, not
+    two, as the hub drops it by (gateway, boot, seq)."""
+    rec = SurveyRecorder(TAG, frozenset({"gw-01"}))
+    rec.add(_batch("gw-01", 1000.0, 0), arrival=1000.05)
+    rec.add(_batch("gw-01", 1001.0, 1), arrival=1001.05)
+    rec.add(_batch("gw-01", 1000.0, 0), arrival=1004.0)  # re-sent after a reconnect
+    rec.add(_batch("gw-01", 1000.0, 0, boot="11cc22dd"), arrival=1005.0)  # a reboot: new batch
+    assert len(rec.readings([(0.0, 1e10)])) == 6
+    assert (rec.batches, rec.duplicates) == (3, 1)
+
+
+def _store_on_level(tmp_path: Path, level: int) -> Path:
+    """The example store with its one level (and everything on it) numbered `level`."""
+    doc = yaml.safe_load((ROOT / "config" / "store.yaml").read_text())
+    doc["levels"][0]["level"] = level
+    for key in ("gateways", "reference_beacons", "zones"):
+        for item in doc.get(key) or []:
+            item["level"] = level
+    path = tmp_path / f"store-level-{level}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_a_point_without_a_level_is_on_a_one_level_sites_level(tmp_path: Path) -> None:
+    """`site points` leaves the level out on a site of one level; a site whose one level is
+    numbered 1 (the first floor of a building) must take that plan, and a typed `x y`."""
+    path = _store_on_level(tmp_path, 1)
+    out = tmp_path / "p.csv"
+    assert main(["site", "points", str(path), "--out", str(out), "--spacing-m", "4"]) == 0
+    site = load_site(path)
+    assert len(load_points(out, site)) == len(plan_points(site, 4.0))
+    check_points([SurveyPoint(x=5.0, y=5.0)], site, "point 1")
+    with pytest.raises(SurveyError, match=r"point 1: level 0 is not one of the site's levels"):
+        check_points([SurveyPoint(x=5.0, y=5.0, level=0)], site, "point 1")
+
+
+def test_site_points_says_which_level_no_point_fits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A level too small for a point 0.5 m clear of its outline (a 1 x 1 m mezzanine) gets no
+    point: said by level, and a plan with no point at all is refused, not written empty for
+    survey to refuse later."""
+    doc = yaml.safe_load((ROOT / "config" / "store.yaml").read_text())
+    doc["levels"].append(
+        {"level": 1, "name": "Mezzanine", "outline": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+    )
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "p.csv"
+    assert main(["site", "points", str(two), "--out", str(out), "--spacing-m", "4"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {two}: no point fits the walkable floor of level 1 at --spacing-m 4" in err
+    assert "level 0" not in err
+
+    doc["levels"] = doc["levels"][1:]
+    doc["levels"][0]["level"] = 0
+    doc["gateways"] = [dict(doc["gateways"][0], x=0.5, y=0.5)]
+    doc["reference_beacons"], doc["zones"] = [], []
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(doc, sort_keys=False))
+    empty = tmp_path / "empty.csv"
+    assert main(["site", "points", str(tiny), "--out", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tiny}: no point fits the walkable floor of level 0 at --spacing-m 1.5" in err
+    assert not empty.exists()
+
+
+def test_survey_names_out_when_it_is_not_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--out` is a folder; a file there (the points file given by mistake) is refused before
+    the broker is asked, naming the option and what it expected."""
+    taken = tmp_path / "points.csv"
+    taken.write_text("x,y\n5,5\n")
+    site = str(ROOT / "config" / "store.yaml")
+    args = ["survey", "--site", site, "--beacon", TAG, "--out", str(taken)]
+    assert main([*args, "--broker", "mqtt://127.0.0.1:9"]) == 1
+    assert f"--out {taken}: exists and is not a directory" in capsys.readouterr().err
+    assert taken.read_text() == "x,y\n5,5\n"
+
+
+def test_a_points_file_with_a_spreadsheets_empty_columns_says_so(tmp_path: Path) -> None:
+    """A spreadsheet that once had something in columns C and D writes them back empty
+    (`x,y,,`): the message names the empty header cells by position, not `unknown column(s) , `."""
+    path = tmp_path / "p.csv"
+    path.write_text("x,y,,\n5,5,,\n")
+    with pytest.raises(CsvError) as info:
+        load_points(path, STORE)
+    assert "p.csv:1: not a survey points file: empty header cells in columns 3, 4;" in str(
+        info.value
+    )
+    assert "unknown column(s) ," not in str(info.value)

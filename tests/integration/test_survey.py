@@ -4,6 +4,7 @@ test moves from point to point, the survey records it, and `calibrate` takes wha
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import yaml
 from beacon_hub.cli import main
 from beacon_hub.csvfiles import Reading, SurveyPoint, TruthPoint, read_readings, read_truth
 from beacon_hub.site import Site, load_site
-from beacon_hub.survey import SurveyConfig, SurveyError, run_survey
+from beacon_hub.survey import LAST_BATCH_WAIT_S, SurveyConfig, SurveyError, run_survey
 from tests.integration.hubkit import Gateways, site_file, unique_site
 from tests.servers import Mosquitto
 
@@ -195,3 +196,56 @@ def test_the_cli_refuses_a_point_off_the_floor_naming_its_line(tmp_path: Path) -
     )  # fmt: skip
     assert done.returncode == 1
     assert f"{points}:3: (45, 5) is outside level 0's outline" in done.stderr
+
+
+def test_ctrl_c_while_waiting_for_the_last_batches_still_writes_the_survey(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Ctrl-C ends a dwell, and a second one often follows at once: it lands in the wait for
+    the last batches, which must not throw away what was recorded (docs: written either way)."""
+    site = load_site(site_file(tmp_path, unique_site()))
+    said: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        if seconds == LAST_BATCH_WAIT_S:
+            raise KeyboardInterrupt
+        time.sleep(seconds)
+
+    cfg = SurveyConfig.model_validate(
+        {"broker": {"url": mosquitto.url}, "dwell_s": 0.5, "settle_s": 0.0}
+    )
+    tag = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1"
+    out = tmp_path / "s"
+    points = [SurveyPoint(x=5.0, y=5.0)]
+    try:
+        summary = run_survey(
+            site, tag, out, cfg, points, ask=lambda _p: "", say=said.append, sleep=sleep
+        )
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C left the survey unwritten")
+    assert summary["points"] == 1
+    assert {(t.x, t.y) for t in read_truth(out / "truth.csv")} == {(5.0, 5.0)}
+    assert (out / "readings.csv").exists()
+    assert any("not waiting" in s for s in said)
+
+
+def test_a_walk_ended_after_its_first_mark_records_no_point(
+    mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One mark spans no time: no truth, so no point either, and no `calibrate` to run next
+    (it refuses a truth file without rows)."""
+    path = site_file(tmp_path, unique_site())
+    points = tmp_path / "points.csv"
+    points.write_text("x,y\n5,5\n7,5\n")
+    out = tmp_path / "walk"
+    tag = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1"
+    args = ["survey", "--site", str(path), "--beacon", tag, "--out", str(out),
+            "--points", str(points), "--walk", "--broker", mosquitto.url]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO("\nq\n"))  # Enter at the first point, then q
+        assert main(args) == 0
+    captured = capsys.readouterr()
+    assert '"points": 0' in captured.out
+    assert "next: beacon-hub calibrate" not in captured.err
+    assert list(read_truth(out / "truth.csv")) == []
+    assert (out / "points.csv").read_text().splitlines()[1:] == []
