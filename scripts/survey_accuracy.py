@@ -3,7 +3,7 @@ from a point survey of one tag (`beacon-hub site points`, what `beacon-hub surve
 against the README's calibration from 300 s of 60 carts with known positions, in one run.
 
     python scripts/survey_accuracy.py [--work DIR] [--spacing-m M ...] [--dwell-s S ...]
-        [--map-bandwidth-m M ...] [--tag-interval-s S] [--json]
+        [--map-bandwidth-m M ...] [--tag-interval-s S] [--mark-sd-s S] [--json]
 
 Runs the installed CLIs as subprocesses: `beacon-sim run` of (E)'s test day (seed 1) and its
 calibration day (seed 2, 300 s, building seed 1: the README's commands), `beacon-hub calibrate`
@@ -11,7 +11,9 @@ of that; then per spacing and dwell `beacon-hub site points` and `beacon-sim run
 survey` (the building of seed 1, one tag walked at 0.6 m/s to each point and held there; with
 --dwell-s 0 walked through them), of which it keeps what `beacon-hub survey` writes (the
 tag's readings, and its truth while it stands: a points survey leaves the walk between points
-out), `beacon-hub calibrate` with each --map-bandwidth-m (0.4 and 0.8); and for every
+out; a walk's truth is the simulated one, or with --mark-sd-s rebuilt as the survey's walk mode
+does from Enter marks that late or early), `beacon-hub calibrate` with each --map-bandwidth-m
+(0.4 and 0.8); and for every
 calibration `beacon-hub replay` and `eval --kind cart` of the test day, as surveyed and with
 15 % of its field changed. Prints a markdown table; with --json, one JSON object as the last line.
 """
@@ -23,12 +25,16 @@ import csv
 import itertools
 import json
 import math
+import random
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from beacon_hub.csvfiles import TRUTH, CsvWriter, SurveyPoint, read_points
+from beacon_hub.survey import walk_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "config" / "store.yaml"
@@ -44,6 +50,9 @@ WALK_DWELL_S = 0.01
 stopping; the survey's walk mode keeps the whole route."""
 TRUTH_INTERVAL_S = 0.5
 """beacon-sim's truth row spacing (simulator.scenario.TRUTH_INTERVAL_S)."""
+PASS_NEAR_M = 0.35
+"""A simulated walk passes a point where one of its truth rows comes this close: the rows are
+0.3 m apart at the walker's 0.6 m/s."""
 DAY = ["--site", str(SITE), "--building-seed", "1", "--speed", "max"]
 
 
@@ -89,6 +98,52 @@ def _tag_only(
         w.writeheader()
         w.writerows(r for r in reader if r["beacon"] == tag)
     return tag, len(keep)
+
+
+def _passes(truth: list[tuple[float, float, float]], points: list[SurveyPoint]) -> list[float]:
+    """When the simulated walk passed each point, in order, as far as it got (the route's time
+    leaves out its turns, so the last few points are not reached): the nearest place to the
+    point on the truth's polyline, near the first row within PASS_NEAR_M after the last pass."""
+    marks: list[float] = []
+    i = 0
+    for p in points:
+        near = (
+            k for k in range(i, len(truth)) if math.dist(truth[k][1:], (p.x, p.y)) < PASS_NEAR_M
+        )
+        j = next(near, None)
+        if j is None:
+            break
+        best = (math.inf, truth[j][0])
+        for a, b in itertools.pairwise(truth[max(i, j - 1) : j + 2]):
+            (ta, xa, ya), (tb, xb, yb) = a, b
+            dx, dy = xb - xa, yb - ya
+            span = dx * dx + dy * dy
+            u = 0.0 if span == 0 else min(1.0, max(0.0, ((p.x - xa) * dx + (p.y - ya) * dy) / span))
+            d = math.dist((xa + u * dx, ya + u * dy), (p.x, p.y))
+            best = min(best, (d, ta + u * (tb - ta)))
+        marks.append(max(best[1], marks[-1] if marks else -math.inf))
+        i = j
+    return marks
+
+
+def _marked_walk(truth: Path, points: Path, tag: str, mark_sd_s: float, seed: int) -> int:
+    """Rewrite a simulated walk's truth as `beacon-hub survey --walk` makes it: straight lines
+    at even speed between the marks, each mark the true pass plus a surveyor's error drawn
+    from a normal distribution of `mark_sd_s` (seeded). Returns the truth rows."""
+    with truth.open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["beacon"] == tag]
+    track = [(float(r["t"]), float(r["x"]), float(r["y"])) for r in rows]
+    height = float(rows[0]["z"]) if rows and rows[0]["z"] else None
+    plan = list(read_points(points))
+    rng = random.Random(seed)
+    marks: list[float] = []
+    for t in _passes(track, plan):
+        # An Enter is never before the one it follows (the survey would take it as a new mark)
+        marks.append(max(t + rng.gauss(0.0, mark_sd_s), marks[-1] + 0.01 if marks else -math.inf))
+    out = walk_truth(tag, plan[: len(marks)], marks, TRUTH_INTERVAL_S, height)
+    with CsvWriter(TRUTH, truth) as w:
+        w.write_all(out)
+    return len(out)
 
 
 def _score(work: Path, cal: Path, label: str) -> dict[str, Any]:
@@ -140,6 +195,9 @@ class Plan:
     """The route once: it starts at the first point."""
     bandwidths: list[float]
     tag_interval_s: float = SURVEY_TAG_INTERVAL_S
+    mark_sd_s: float | None = None
+    """A walk's truth from Enter marks this far off (standard deviation); None: the simulated
+    truth itself."""
 
 
 def _survey(
@@ -150,23 +208,30 @@ def _survey(
     duration, bandwidths = plan.duration_s, plan.bandwidths
     walk = dwell == 0
     tag = "" if plan.tag_interval_s == SURVEY_TAG_INTERVAL_S else f"_{plan.tag_interval_s:g}s-tag"
+    marked = walk and plan.mark_sd_s is not None
+    if marked:
+        tag += f"_marks-{plan.mark_sd_s:g}s"
     label = f"survey_{spacing:g}m_{'walk' if walk else f'{dwell:g}s'}{tag}"
     _say(label)
     r, t = work / f"{label}_r.csv", work / f"{label}_t.csv"
     sim = ["--scenario", "survey", "--points", str(points), "--seed", "3"]
-    if tag:  # the walker is the survey's one `asset`
+    if plan.tag_interval_s != SURVEY_TAG_INTERVAL_S:  # the walker is the survey's one `asset`
         sim += ["--advert-interval", f"asset={plan.tag_interval_s:g}"]
     sim += ["--dwell-s", f"{WALK_DWELL_S if walk else dwell:g}", "--duration", f"{duration:.0f}"]
     _run([*SIM, "run", *DAY, *sim, "--out", str(r), "--truth", str(t)])
     tag_t, tag_r = work / f"{label}_tag_t.csv", work / f"{label}_tag_r.csv"
-    _tag, rows = _tag_only(t, r, (tag_t, tag_r), standing=not walk)
+    tag_id, rows = _tag_only(t, r, (tag_t, tag_r), standing=not walk)
+    if marked:
+        rows = _marked_walk(tag_t, points, tag_id, plan.mark_sd_s or 0.0, seed=3)
     what = (
         f"walk through the points, {spacing:g} m apart"
         if walk
         else f"survey, {spacing:g} m, {dwell:g} s a point"
     )
-    if tag:
+    if plan.tag_interval_s != SURVEY_TAG_INTERVAL_S:
         what += f", a tag advertising every {plan.tag_interval_s:g} s"
+    if marked:
+        what += f", Enter marks off by {plan.mark_sd_s:g} s (SD)"
     out = {}
     for bw in bandwidths:
         cal = work / f"cal-{label}-{bw:g}.yaml"
@@ -186,6 +251,8 @@ def measure(
     dwells: list[float],
     bandwidths: list[float],
     tag_interval_s: float = SURVEY_TAG_INTERVAL_S,
+    *,
+    mark_sd_s: float | None = None,
 ) -> dict[str, Any]:
     _say("test days: (E)'s 120 s, as surveyed and with 15 % of the field changed")
     for day, extra in (("surveyed", []), ("changed", ["--field-change", "0.15"])):
@@ -252,7 +319,9 @@ def measure(
         n = len(xy)
         walked_m = sum(math.dist(a, b) for a, b in itertools.pairwise(xy))
         for dwell in dwells:
-            route = Plan(n * dwell + walked_m / WALK_SPEED_M_S, bandwidths, tag_interval_s)
+            route = Plan(
+                n * dwell + walked_m / WALK_SPEED_M_S, bandwidths, tag_interval_s, mark_sd_s
+            )
             for name, result in _survey(work, points, spacing, dwell, route).items():
                 results[name] = {"points": n, **result}
     return results
@@ -291,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         default=SURVEY_TAG_INTERVAL_S,
         help="the survey tag's advertising interval (0.2; most beacons: 1)",
     )
+    parser.add_argument(
+        "--mark-sd-s",
+        type=float,
+        help="a walk's truth from the surveyor's Enter marks, off by this much (SD, seconds)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     spacings = args.spacing_m or [2.5]
@@ -299,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         bandwidths = args.map_bandwidth_m or [0.4, 0.8]
-        results = measure(work, spacings, dwells, bandwidths, args.tag_interval_s)
+        results = measure(
+            work, spacings, dwells, bandwidths, args.tag_interval_s, mark_sd_s=args.mark_sd_s
+        )
     print(_table(results))
     if args.json:
         print(json.dumps(results))
