@@ -446,6 +446,16 @@ class MqttLink:
             self._session += 1
         if not self._closing:
             self._resuming = False  # a resume's new connection lost: an outage now
+        if not self.connected.is_set() and not self._closing:
+            # Between CONNACK and SUBACK: said (once per reason), or a connection the broker
+            # closes that early would pass unnoticed (an overload test once stalled after a
+            # resume whose connection was replaced 1.1 s later, paho's reconnect delay, without
+            # a word in the log).
+            self._refusals.error(
+                str(reason),
+                "broker %s closed the connection before confirming the subscriptions: %s",
+                self.broker.host,
+            )
         if self.connected.is_set() and not self._closing:
             log.warning("lost the broker (%s); paho reconnects with backoff", reason)
             short = time.monotonic() - self._connected_since < SHORT_SESSION_S
