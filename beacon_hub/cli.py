@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument("file", type=Path, metavar="SITE.yaml")
     points.add_argument("--out", type=Path, required=True, metavar="P.csv")
     points.add_argument(
-        "--spacing-m", type=float, metavar="M", help="between points (survey.PLAN_SPACING_M: 1.5)"
+        "--spacing-m",
+        type=float,
+        metavar="M",
+        help="between points (survey.PLAN_SPACING_M: 1.5; with --walk WALK_SPACING_M: 1.0)",
+    )
+    points.add_argument(
+        "--walk", action="store_true", help="for `survey --walk`: rows closer together"
     )
     points.set_defaults(handler=_site_points)
 
@@ -295,7 +301,9 @@ def _add_engine_verbs(verbs: Any) -> None:
         help="x,y[,z,level,name] in visiting order; without it, each point is typed",
     )
     survey.add_argument(
-        "--walk", action="store_true", help="walk the points, Enter at each (else hold at each)"
+        "--walk",
+        action="store_true",
+        help="walk the points (`site points --walk`), Enter at each (else hold at each)",
     )
     survey.add_argument("--broker", metavar="URL", help="e.g. mqtt://127.0.0.1:1883")
     survey.add_argument("--config", type=Path, metavar="SURVEY.yaml", help="or a survey: section")
@@ -506,11 +514,14 @@ def _site_points(args: argparse.Namespace) -> int:
     from beacon_hub.survey import (  # noqa: PLC0415
         PLAN_CLEARANCE_M,
         PLAN_SPACING_M,
+        WALK_SPACING_M,
         plan_points,
         write_points,
     )
 
-    spacing = PLAN_SPACING_M if args.spacing_m is None else args.spacing_m
+    spacing = args.spacing_m
+    if spacing is None:
+        spacing = WALK_SPACING_M if args.walk else PLAN_SPACING_M
     if not 0.5 <= spacing <= 50.0:
         raise BeaconHubError(f"--spacing-m {spacing:g}: expected 0.5 to 50 metres")
     check_outputs([("--out", args.out)], inputs=[("SITE.yaml", args.file)])

@@ -17,6 +17,8 @@ from beacon_hub.errors import CsvError
 from beacon_hub.floorplan import WALKWAY, FloorPlan, points_in_polygon
 from beacon_hub.site import load_site
 from beacon_hub.survey import (
+    PLAN_SPACING_M,
+    WALK_SPACING_M,
     Dwell,
     SurveyError,
     SurveyRecorder,
@@ -157,6 +159,14 @@ def test_site_points_writes_the_plan_survey_reads(
     assert f"-> {out}" in capsys.readouterr().err
     assert main(["site", "points", site, "--out", str(out), "--spacing-m", "0"]) == 1
     assert "--spacing-m 0: expected 0.5 to 50 metres" in capsys.readouterr().err
+    # the defaults: a points survey 1.5 m apart, a walk's rows 1 m apart (fewer points as
+    # the spacing grows: the walk's plan is the denser)
+    assert main(["site", "points", site, "--out", str(out)]) == 0
+    assert load_points(out, STORE) == plan_points(STORE, PLAN_SPACING_M)
+    walk = tmp_path / "w.csv"
+    assert main(["site", "points", site, "--out", str(walk), "--walk"]) == 0
+    assert load_points(walk, STORE) == plan_points(STORE, WALK_SPACING_M)
+    assert len(load_points(walk, STORE)) > len(load_points(out, STORE))
 
 
 def test_recorder_follows_a_gateway_clock_stepped_mid_survey() -> None:
