@@ -529,8 +529,7 @@ def _site_points(args: argparse.Namespace) -> int:
     points = plan_points(site, spacing)
     # A level too small or too crowded for a point clear of its edges gets none: said, or the
     # survey would leave that floor out without a word.
-    only = site.levels[0].level if len(site.levels) == 1 else None
-    planned = {only if p.level is None else p.level for p in points}
+    planned = {site.level_number(p.level) for p in points}
     for level in site.levels:
         if level.level not in planned:
             message = (

@@ -500,7 +500,9 @@ class _Track:
         return np.where(exact, 0.0, self.t[right] - self.t[left])
 
 
-def _tracks(truth: Sequence[TruthPoint]) -> dict[str, _Track]:
+def _tracks(truth: Sequence[TruthPoint], site: Site | None = None) -> dict[str, _Track]:
+    """Each beacon's truth in time order; a row without a level on the site's own level
+    (Site.level_number; level 0 without a site)."""
     grouped: dict[str, list[TruthPoint]] = {}
     for p in truth:
         grouped.setdefault(p.beacon, []).append(p)
@@ -510,7 +512,10 @@ def _tracks(truth: Sequence[TruthPoint]) -> dict[str, _Track]:
         out[beacon] = _Track(
             t=np.asarray([p.t for p in points], dtype=np.float64),
             xy=np.asarray([(p.x, p.y) for p in points], dtype=np.float64),
-            level=np.asarray([p.level or 0 for p in points], dtype=np.int64),
+            level=np.asarray(
+                [(p.level or 0) if site is None else site.level_number(p.level) for p in points],
+                dtype=np.int64,
+            ),
             zone=[p.zone for p in points],
         )
     return out
@@ -584,7 +589,7 @@ def evaluate_truth(
     fixes were chosen for, where only some were (`--kind`, `--window-s`); the whole truth still
     places the fixes, so those near a window's edge interpolate across it."""
     fx = _Fixes.of(fixes)
-    tracks = _tracks(truth)
+    tracks = _tracks(truth, site)
     m = _match(fx, tracks)
     if fixes and m.index.size == 0:
         raise EvaluationError(
@@ -619,7 +624,7 @@ def evaluate_truth(
     summary.update(_still_scores(fx, m, errors, zone_truth, zones))
     summary["latency_s"] = float(np.median(m.latencies_s)) if m.latencies_s else None
     summary["latency_beacons"] = len(m.latencies_s)
-    summary["coverage"] = _coverage(tracks if covered is None else _tracks(covered), fx)
+    summary["coverage"] = _coverage(tracks if covered is None else _tracks(covered, site), fx)
     return Evaluation(summary=summary, errors_m=errors, accuracy_m=fx.accuracy_m[m.index])
 
 

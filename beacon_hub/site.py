@@ -317,6 +317,13 @@ class Site(_Model):
                 return level
         raise KeyError(number)
 
+    def level_number(self, given: int | None) -> int:
+        """The level a CSV row means by its `level` cell (None: left empty): the site's only
+        level, whatever its number, or level 0 of a site of several."""
+        if given is not None:
+            return given
+        return self.levels[0].level if len(self.levels) == 1 else 0
+
     def gateway_radio(self, gateway: Gateway) -> RadioParams:
         """The site's radio defaults with this gateway's overrides applied."""
         overrides = gateway.radio.model_dump(exclude_none=True)

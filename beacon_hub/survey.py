@@ -328,10 +328,9 @@ def check_points(
     typo (x and y swapped, feet for metres) that would teach the map a wrong place. A point
     without a level is on the site's only level (plan_points leaves it out there), or on level
     0 of a site of several."""
-    only = site.levels[0].level if len(site.levels) == 1 else 0
     for i, p in enumerate(points):
         at = f"{where}:{lines[i]}" if lines is not None else where
-        number = only if p.level is None else p.level
+        number = site.level_number(p.level)
         try:
             level = site.level(number)
         except KeyError:

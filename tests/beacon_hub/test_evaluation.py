@@ -666,3 +666,21 @@ def test_pallet_moved_events_are_scored_against_departures(tmp_path: Path) -> No
     assert summary["moves_found"] == 1
     with pytest.raises(EvaluationError, match="--events"):
         run_eval([fixes_path, fixes_path], truth_path=truth_path, events_path=events_path)
+
+
+def test_truth_without_a_level_is_on_a_one_level_sites_own_level() -> None:
+    """A survey's truth leaves the level empty on a site of one level (`site points` plans it
+    so); numbered 1, that level's zones still score it (they were looked for on level 0)."""
+    data = two_rooms().model_dump(mode="json", exclude_defaults=True)
+    data["levels"][0]["level"] = 1
+    for part in (*data["gateways"], *data["zones"]):
+        part["level"] = 1
+    upstairs = validate_site_data(data, "upstairs")
+    truth = [TruthPoint(T0 + s, B1, 0.5 + s, 2.0) for s in range(8)]
+    calls = ["west", "west", "west", "east", "west", "east", "east", "east"]
+    fixes = [fix(T0 + s, 0.5 + s, 2.0, zone=z) for s, z in enumerate(calls)]
+    ground = evaluate_truth(fixes, truth, two_rooms(), band_m=1.0).summary
+    s = evaluate_truth(fixes, truth, upstairs, band_m=1.0).summary
+    assert s["zone_source"] == "site"
+    assert s["zone_accuracy"] == pytest.approx(6 / 8) == ground["zone_accuracy"]
+    assert s["zone_accuracy_outside_band"] == pytest.approx(1.0)
