@@ -515,28 +515,55 @@ def _points_survey(s: _Session, points: Sequence[SurveyPoint] | None) -> list[Dw
             return dwells
 
 
-def _walk_survey(s: _Session, points: Sequence[SurveyPoint]) -> list[float]:
+def _walk_survey(
+    s: _Session, points: Sequence[SurveyPoint]
+) -> tuple[list[SurveyPoint], list[float]]:
+    """The walk's marks, and the point of each: a pause (`p`) marks its point twice, as the
+    surveyor stops there and as they walk on, so the truth stands still in between instead of
+    slowing the walk to the next point (a shopper in the aisle, a phone call)."""
+    visited: list[SurveyPoint] = []
     marks: list[float] = []
     for i, point in enumerate(points, start=1):
         label = _label(i, len(points), point)
         verb = "press Enter as the tag passes it" if i > 1 else "press Enter as you set off"
         try:
-            answer = s.ask(f"{label}: {verb} (q: finish) ")
+            answer = s.ask(f"{label}: {verb} (p: stopping here; q: finish) ").strip().lower()
         except (EOFError, KeyboardInterrupt):
             break
-        if answer.strip().lower() == "q":
+        if answer == "q":
             break
         now = s.clock()
         if marks:
-            prev = points[i - 2]
+            prev = visited[-1]
             speed = math.hypot(point.x - prev.x, point.y - prev.y) / max(now - marks[-1], 1e-9)
             if speed > WALK_MAX_SPEED_M_S:
                 s.say(
                     f"  {speed:.1f} m/s since the last point: an Enter missed or pressed twice?"
                     " (q and survey again from here if so)"
                 )
+            _say_if_silent(s, since=marks[0], now=now)
+        visited.append(point)
         marks.append(now)
-    return marks
+        if answer != "p":
+            continue
+        try:
+            s.ask(f"{label}: paused; press Enter as you walk on (Ctrl-C: finish) ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        visited.append(point)
+        marks.append(s.clock())
+    return visited, marks
+
+
+def _say_if_silent(s: _Session, *, since: float, now: float) -> None:
+    """A walk has no progress lines between its Enters: a tag gone quiet (a flat battery, the
+    wrong id) is said at the next one, not found after half an hour of walking."""
+    quiet = now - max(s.recorder.last_heard(), since)
+    if quiet >= SILENT_WARN_S:
+        s.say(
+            f"  nothing heard of {s.beacon} for {quiet:.0f} s: is the tag on, and is it the one"
+            " given to --beacon?"
+        )
 
 
 def run_survey(
@@ -565,10 +592,11 @@ def run_survey(
     client = _connect(cfg.broker, site, session.recorder)
     try:
         if cfg.walk and points is not None:
-            marks = _walk_survey(session, points)
-            visited = list(points[: len(marks)])
+            passed, marks = _walk_survey(session, points)
             windows = [(marks[0], marks[-1])] if len(marks) >= 2 else []
-            truth = walk_truth(beacon, visited, marks, cfg.truth_step_s, cfg.tag_height_m)
+            truth = walk_truth(beacon, passed, marks, cfg.truth_step_s, cfg.tag_height_m)
+            # a pause marks its point twice: once in the points written and counted
+            visited = [p for k, p in enumerate(passed) if k == 0 or p is not passed[k - 1]]
         else:
             dwells = _points_survey(session, points)
             visited = [d.point for d in dwells]

@@ -20,8 +20,11 @@ from beacon_hub.survey import (
     PLAN_SPACING_M,
     WALK_SPACING_M,
     Dwell,
+    SurveyConfig,
     SurveyError,
     SurveyRecorder,
+    _Session,  # the walk's prompts, without a broker
+    _walk_survey,
     check_points,
     dwell_truth,
     load_points,
@@ -280,3 +283,25 @@ def test_a_points_file_with_a_spreadsheets_empty_columns_says_so(tmp_path: Path)
         info.value
     )
     assert "unknown column(s) ," not in str(info.value)
+
+
+def test_a_walk_paused_at_a_point_stands_there_and_a_silent_tag_is_said() -> None:
+    """`p` at a point: the surveyor stops there (a shopper in the aisle); the truth stands at
+    it until the Enter that walks on, instead of crawling to the next point. A tag heard by
+    nobody is said at the next Enter: a walk has no progress lines of its own."""
+    a, b, c = SurveyPoint(x=5.0, y=5.0), SurveyPoint(x=7.0, y=5.0), SurveyPoint(x=7.0, y=9.0)
+    answers = iter(["", "p", "", ""])
+    times = iter([100.0, 103.0, 110.0, 116.0])
+    said: list[str] = []
+    session = _Session(
+        STORE, TAG, SurveyConfig(walk=True), lambda _p: next(answers), said.append,
+        lambda: next(times), lambda _s: None,
+    )  # fmt: skip
+    visited, marks = _walk_survey(session, [a, b, c])
+    assert visited == [a, b, b, c]
+    assert marks == [100.0, 103.0, 110.0, 116.0]
+    truth = walk_truth(TAG, visited, marks, 0.5, 1.2)
+    assert {(r.x, r.y) for r in truth if 103.0 <= r.t <= 110.0} == {(7.0, 5.0)}
+    assert [s for s in said if "nothing heard" in s] == [
+        f"  nothing heard of {TAG} for 16 s: is the tag on, and is it the one given to --beacon?"
+    ]  # at c only: at b the walk was 3 s old
