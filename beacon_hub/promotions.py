@@ -29,8 +29,9 @@ holds the repeat back) or never delivered.
 
 Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
 dropped and counted), retries with doubling backoff on network errors (a broken HTTP answer
-included), 408, 429 and 5xx. The worker never dies: a delivery that raises anything unforeseen
-is counted failed and logged, and the next promotion is delivered as usual. Each
+included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect). The worker
+never dies: a delivery that raises anything unforeseen is counted failed and logged, and the
+next promotion is delivered as usual. Each
 POST carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature:
 sha256={hex HMAC-SHA256(secret, "{timestamp}.{body}")}` and `Idempotency-Key` (the same on
 every retry of one promotion, so the receiver drops a retry whose first try did arrive).
@@ -446,7 +447,7 @@ class Webhook:
         self._clock = clock
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=cfg.queue)
         self._stop = threading.Event()
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
         self._log = RateLimitedLog(WEBHOOK_LOG_EVERY_S, logger=log)
         self._thread = threading.Thread(target=self._run, name="beacon-hub-webhook", daemon=True)
         self._thread.start()
@@ -520,6 +521,16 @@ class Webhook:
             e.close()
             if e.code >= 500 or e.code in RETRYABLE_HTTP:
                 return "retry"
+            if 300 <= e.code < 400:  # not followed (_NoRedirect): say where it points
+                where = e.headers.get("Location", "?")
+                log.warning(
+                    "webhook %s answered HTTP %d to %s; redirects are not followed "
+                    "(promotions.webhook.url must be the receiver itself)",
+                    self.cfg.url,
+                    e.code,
+                    where,
+                )
+                return "refused"
             log.warning("webhook %s refused a promotion: HTTP %d", self.cfg.url, e.code)
             return "refused"
         except (OSError, http.client.HTTPException, ValueError) as e:
@@ -534,6 +545,16 @@ class Webhook:
             )
             return "retry"
         return "ok"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib turns a POST answered 301/302/303 into a GET without
+    the body (the promotion never arrives, yet the 200 of the GET counted it delivered) and
+    sends the signature and key along to whatever host the answer names. The 3xx is returned
+    as an HTTPError instead, a refusal like other 4xx: the configured url is wrong."""
+
+    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
+        return None
 
 
 # -------------------------------------------------------------------------------------- shell

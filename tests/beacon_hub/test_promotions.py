@@ -507,3 +507,43 @@ def test_webhook_worker_survives_an_unexpected_error_in_one_delivery(
     assert registry.get_sample_value("hook_total", {"outcome": "delivered"}) == 1
     assert "promotion first failed unexpectedly" in caplog.text
     assert "RuntimeError: clock broke" in caplog.text  # with the traceback
+
+
+def test_webhook_does_not_follow_a_redirect(caplog: pytest.LogCaptureFixture) -> None:
+    # urllib followed a 302 to a POST with a GET without the body, and counted the GET's 200
+    # delivered: the promotion never arrived, and its key went to the other address.
+    requests: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            requests.append(("POST", self.path))
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            requests.append(("GET", self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    counter, registry = _webhook_counter()
+    url = f"http://127.0.0.1:{server.server_address[1]}/promo"
+    webhook = Webhook(WebhookConfig(url=url, secret=SecretStr("s3cret")), counter)
+    try:
+        webhook.post("first", b"{}")
+        webhook.close(30.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == [("POST", "/promo")]  # refused like a 4xx: no retry, nothing follows
+    assert registry.get_sample_value("hook_total", {"outcome": "delivered"}) is None
+    assert registry.get_sample_value("hook_total", {"outcome": "failed"}) == 1
+    assert "answered HTTP 302 to /elsewhere; redirects are not followed" in caplog.text
