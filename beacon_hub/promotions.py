@@ -29,7 +29,8 @@ holds the repeat back) or never delivered.
 
 Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
 dropped and counted), retries with doubling backoff on network errors (a broken HTTP answer
-included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect). The worker
+included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect), and of an
+answer's body at most MAX_ANSWER_BYTES are read within `timeout_s` (_read_answer). The worker
 never dies: a delivery that raises anything unforeseen is counted failed and logged, and the
 next promotion is delivered as usual. Each
 POST carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature:
@@ -112,6 +113,10 @@ RESTORE_WAIT_S = 60.0
 before the writer thread starts, as service.py does)."""
 RETRYABLE_HTTP = frozenset({408, 425, 429})
 """Besides 5xx: timeouts and rate limits are worth another try; other 4xx never succeed."""
+MAX_ANSWER_BYTES = 65_536
+"""The most of a receiver's answer the worker reads: the status is all it needs, and an endless
+or huge body (a misconfigured endpoint streaming a file) must not hold the worker, which every
+later promotion waits for, nor fill the hub's memory. 64 KiB holds any error page."""
 WEBHOOK_LOG_EVERY_S = 60.0
 """A broken receiver fails every attempt: say why at most once a minute per kind of failure
 (the counter has every one)."""
@@ -514,9 +519,10 @@ class Webhook:
             secret = self.cfg.secret.get_secret_value().encode()
             headers["X-Beacon-Hub-Signature"] = sign(secret, stamp, body)
         request = urllib.request.Request(self.cfg.url, body, headers, method="POST")  # noqa: S310  # http(s) only, checked by the config
+        deadline = time.monotonic() + self.cfg.timeout_s
         try:
             with self._opener.open(request, timeout=self.cfg.timeout_s) as r:
-                r.read()
+                _read_answer(r, deadline)
         except urllib.error.HTTPError as e:
             e.close()
             if e.code >= 500 or e.code in RETRYABLE_HTTP:
@@ -555,6 +561,20 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *_args: object, **_kwargs: object) -> None:
         return None
+
+
+def _read_answer(r: http.client.HTTPResponse, deadline: float) -> None:
+    """Read the receiver's answer to its end, so a truncated one is a failed attempt, but no
+    more than MAX_ANSWER_BYTES and not past `deadline` (monotonic): the socket timeout is per
+    read, so a body that never ends, or trickles, would hold the worker for ever."""
+    got = 0
+    while got < MAX_ANSWER_BYTES and time.monotonic() < deadline:
+        chunk = r.read1(MAX_ANSWER_BYTES - got)
+        if not chunk:
+            if r.length:  # Content-Length promised more than arrived before the close
+                raise http.client.IncompleteRead(b"", r.length)
+            return
+        got += len(chunk)
 
 
 # -------------------------------------------------------------------------------------- shell

@@ -547,3 +547,43 @@ def test_webhook_does_not_follow_a_redirect(caplog: pytest.LogCaptureFixture) ->
     assert registry.get_sample_value("hook_total", {"outcome": "delivered"}) is None
     assert registry.get_sample_value("hook_total", {"outcome": "failed"}) == 1
     assert "answered HTTP 302 to /elsewhere; redirects are not followed" in caplog.text
+
+
+def test_webhook_reads_little_of_an_endless_answer_and_goes_on() -> None:
+    # A receiver that answers 200 and then streams for ever: the worker read it all (3 GB in
+    # 8 s here) and never came to the next promotion.
+    keys: list[str] = []
+    streamed = [0]
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            keys.append(_RawReceiver._read_request(conn)["idempotency-key"])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+            with contextlib.suppress(OSError):  # until the client hangs up
+                while not stop.is_set():
+                    conn.sendall(chunk)
+                    streamed[0] += len(chunk)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                conn, _ = server.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    counter, registry = _webhook_counter()
+    webhook = Webhook(WebhookConfig(url=f"http://127.0.0.1:{port}/promo", timeout_s=2), counter)
+    try:
+        webhook.post("first", b"{}")
+        webhook.post("second", b"{}")
+        webhook.close(10.0)
+    finally:
+        stop.set()
+        server.close()
+    assert keys == ["first", "second"]
+    assert registry.get_sample_value("hook_total", {"outcome": "delivered"}) == 2
+    assert streamed[0] < 64 * 1024 * 1024  # what the socket buffers took, not the stream
