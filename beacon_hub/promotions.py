@@ -314,7 +314,9 @@ class Evaluator:
             for rule in self._by_zone.get((site, zone), ()):
                 if rule.id in visit.decided or t - visit.enter < rule.min_dwell_s:
                     continue
-                if visit.consented and self.kind_of(site, beacon) != rule.kind:
+                # Without consent too: a withheld shopper's raw id has its kind from the site
+                # file, and a rule for another kind must not count (or store) a decision.
+                if self.kind_of(site, beacon) != rule.kind:
                     continue
                 visit.decided.add(rule.id)
                 out.append(self._decide(rule, site, beacon, zone, t, visit.consented))

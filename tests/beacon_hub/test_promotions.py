@@ -587,3 +587,25 @@ def test_webhook_reads_little_of_an_endless_answer_and_goes_on() -> None:
     assert keys == ["first", "second"]
     assert registry.get_sample_value("hook_total", {"outcome": "delivered"}) == 2
     assert streamed[0] < 64 * 1024 * 1024  # what the socket buffers took, not the stream
+
+
+def test_a_shopper_without_consent_decides_only_the_rules_of_its_kind(site: Site) -> None:
+    # A cart without consent in a zone whose rule targets assets: the asset rule used to decide
+    # (and store) suppressed_no_consent for it, as if a rule decided for every kind.
+    consent = ConsentRegistry(clock=lambda: T0)
+    privacy = Privacy({site.id: site}, consent, b"k" * 32)
+    rules = [
+        Rule.model_validate({"id": r, "zone": "endcap-2-front", "kind": k, "min_dwell_s": 5})
+        for r, k in (("coffee", "cart"), ("asset-screen", "asset"))
+    ]
+    ev = Evaluator(
+        rules,
+        {site.id: site},
+        privacy.kind_of,
+        consent.has_consent,
+        shoppers=PseudonymConsent(consent, privacy.pseudonym),
+    )
+    got = ev.evaluate(SITE, T0, [], [_enter(CART, T0)]) + ev.evaluate(SITE, T0 + 6, [], [])
+    assert [(d.rule, d.decision, d.beacon) for d in got] == [
+        ("coffee", "suppressed_no_consent", None)
+    ]
