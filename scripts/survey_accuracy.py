@@ -1,21 +1,23 @@
-"""What a survey an installer can do is worth: the simulated store (E)'s test day, calibrated
-from a point survey of one tag (`beacon-hub site points`, what `beacon-hub survey` records)
-against the README's calibration from 300 s of 60 carts with known positions, in one run.
+"""What a survey an installer can do is worth: the simulated store (E)'s test day (or with
+`--site warehouse` the warehouse (F)'s), calibrated from a survey of one tag (`beacon-hub site
+points`, what `beacon-hub survey` records) against the README's calibration from 300 s of its
+beacons at known places (60 carts; 600 pallets at their bays), in one run.
 
-    python scripts/survey_accuracy.py [--work DIR] [--spacing-m M ...] [--dwell-s S ...]
-        [--map-bandwidth-m M ...] [--tag-interval-s S] [--mark-sd-s S] [--json]
+    python scripts/survey_accuracy.py [--site store|warehouse] [--work DIR] [--spacing-m M ...]
+        [--dwell-s S ...] [--map-bandwidth-m M ...] [--tag-interval-s S] [--mark-sd-s S] [--json]
 
-Runs the installed CLIs as subprocesses: `beacon-sim run` of (E)'s test day (seed 1) and its
-calibration day (seed 2, 300 s, building seed 1: the README's commands), `beacon-hub calibrate`
-of that; then per spacing and dwell `beacon-hub site points` and `beacon-sim run --scenario
+Runs the installed CLIs as subprocesses: `beacon-sim run` of the test day (seed 1; the store's
+120 s, the warehouse's 180 s) and its calibration day (seed 2, 300 s, building seed 1: the
+README's commands), `beacon-hub calibrate` of that (the warehouse with `--plan-losses`, as
+(F)); then per spacing and dwell `beacon-hub site points` and `beacon-sim run --scenario
 survey` (the building of seed 1, one tag walked at 0.6 m/s to each point and held there; with
 --dwell-s 0 walked through them), of which it keeps what `beacon-hub survey` writes (the
 tag's readings, and its truth while it stands: a points survey leaves the walk between points
 out; a walk's truth is the simulated one, or with --mark-sd-s rebuilt as the survey's walk mode
 does from Enter marks that late or early), `beacon-hub calibrate` with each --map-bandwidth-m
-(0.4 and 0.8); and for every
-calibration `beacon-hub replay` and `eval --kind cart` of the test day, as surveyed and with
-15 % of its field changed. Prints a markdown table; with --json, one JSON object as the last line.
+(0.4 and 0.8); and for every calibration `beacon-hub replay` and `eval --kind cart` (`pallet`:
+parked 60 s, their bay) of the test day, as surveyed and with 15 % of its field changed. Prints
+a markdown table; with --json, one JSON object as the last line.
 """
 
 from __future__ import annotations
@@ -37,7 +39,39 @@ from beacon_hub.csvfiles import TRUTH, CsvWriter, SurveyPoint, read_points
 from beacon_hub.survey import walk_truth
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "config" / "store.yaml"
+
+
+@dataclass(frozen=True)
+class Building:
+    """A README scenario a survey stands in for: its site, its test day, what is scored, and
+    the calibration the README gives it."""
+
+    site: Path
+    test_s: int
+    kind: str
+    """`eval --kind`: the beacons scored."""
+    baseline: str
+    """The README's calibration of it: 300 s of its beacons at known places (seed 2)."""
+    fit: tuple[str, ...] = ()
+    """`calibrate` options the README gives it (besides the map kernel)."""
+    figures: tuple[str, str, str] = ("median_m", "p90_m", "zone_accuracy_outside_band")
+    """eval's median, p90 and share-right figures for the table (in the JSON as median_m,
+    p90_m and zone_accuracy: for the warehouse, parked pallets' and the right or a neighbouring
+    bay's share)."""
+
+
+BUILDINGS = {
+    "store": Building(ROOT / "config" / "store.yaml", 120, "cart", "60 carts, 300 s"),
+    # (F): parked pallets, their bay, and the racks' losses kept in the plan
+    "warehouse": Building(
+        ROOT / "config" / "warehouse.yaml",
+        180,
+        "pallet",
+        "600 pallets at their bays, 300 s",
+        ("--plan-losses",),
+        ("still_median_m", "still_p90_m", "bay_or_neighbour_accuracy"),
+    ),
+}
 HUB = [sys.executable, "-m", "beacon_hub.cli"]
 SIM = [sys.executable, "-m", "simulator.cli"]
 WALK_SPEED_M_S = 0.6
@@ -53,7 +87,10 @@ TRUTH_INTERVAL_S = 0.5
 PASS_NEAR_M = 0.35
 """A simulated walk passes a point where one of its truth rows comes this close: the rows are
 0.3 m apart at the walker's 0.6 m/s."""
-DAY = ["--site", str(SITE), "--building-seed", "1", "--speed", "max"]
+
+
+def _day(b: Building) -> list[str]:
+    return ["--site", str(b.site), "--building-seed", "1", "--speed", "max"]
 
 
 def _run(args: list[str]) -> str:
@@ -146,7 +183,7 @@ def _marked_walk(truth: Path, points: Path, tag: str, mark_sd_s: float, seed: in
     return len(out)
 
 
-def _score(work: Path, cal: Path, label: str) -> dict[str, Any]:
+def _score(work: Path, cal: Path, label: str, b: Building) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for day in ("surveyed", "changed"):
         fixes = work / f"f_{label}_{day}.csv"
@@ -155,7 +192,7 @@ def _score(work: Path, cal: Path, label: str) -> dict[str, Any]:
                 *HUB,
                 "replay",
                 "--site",
-                str(SITE),
+                str(b.site),
                 "--readings",
                 str(work / f"test_{day}_r.csv"),
                 "--out",
@@ -174,16 +211,17 @@ def _score(work: Path, cal: Path, label: str) -> dict[str, Any]:
                     "--truth",
                     str(work / f"test_{day}_t.csv"),
                     "--site",
-                    str(SITE),
+                    str(b.site),
                     "--kind",
-                    "cart",
+                    b.kind,
                 ]
             )
         )
+        median, p90, right = b.figures
         out[day] = {
-            "median_m": ev["median_m"],
-            "p90_m": ev["p90_m"],
-            "zone_accuracy": ev["zone_accuracy_outside_band"],
+            "median_m": ev[median],
+            "p90_m": ev[p90],
+            "zone_accuracy": ev[right],
             "within_accuracy": ev["within_accuracy"],
         }
     return out
@@ -191,6 +229,7 @@ def _score(work: Path, cal: Path, label: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Plan:
+    building: Building
     duration_s: float
     """The route once: it starts at the first point."""
     bandwidths: list[float]
@@ -205,7 +244,7 @@ def _survey(
 ) -> dict[str, dict[str, Any]]:
     """Simulate the survey, keep what `beacon-hub survey` keeps, calibrate from it with each
     map bandwidth and score each calibration."""
-    duration, bandwidths = plan.duration_s, plan.bandwidths
+    duration, bandwidths, b = plan.duration_s, plan.bandwidths, plan.building
     walk = dwell == 0
     tag = "" if plan.tag_interval_s == SURVEY_TAG_INTERVAL_S else f"_{plan.tag_interval_s:g}s-tag"
     marked = walk and plan.mark_sd_s is not None
@@ -218,7 +257,7 @@ def _survey(
     if plan.tag_interval_s != SURVEY_TAG_INTERVAL_S:  # the walker is the survey's one `asset`
         sim += ["--advert-interval", f"asset={plan.tag_interval_s:g}"]
     sim += ["--dwell-s", f"{WALK_DWELL_S if walk else dwell:g}", "--duration", f"{duration:.0f}"]
-    _run([*SIM, "run", *DAY, *sim, "--out", str(r), "--truth", str(t)])
+    _run([*SIM, "run", *_day(b), *sim, "--out", str(r), "--truth", str(t)])
     tag_t, tag_r = work / f"{label}_tag_t.csv", work / f"{label}_tag_r.csv"
     tag_id, rows = _tag_only(t, r, (tag_t, tag_r), standing=not walk)
     if marked:
@@ -236,11 +275,13 @@ def _survey(
     for bw in bandwidths:
         cal = work / f"cal-{label}-{bw:g}.yaml"
         fit = ["--readings", str(tag_r), "--truth", str(tag_t), "--out", str(cal)]
-        _run([*HUB, "calibrate", "--site", str(SITE), *fit, "--map-bandwidth-m", f"{bw:g}"])
+        _run(
+            [*HUB, "calibrate", "--site", str(b.site), *fit, *b.fit, "--map-bandwidth-m", f"{bw:g}"]
+        )
         out[f"{what}, map kernel {bw:g} m"] = {
             "tag_seconds": round(rows * TRUTH_INTERVAL_S),
             "minutes": round(duration / 60),
-            **_score(work, cal, f"{label}-{bw:g}"),
+            **_score(work, cal, f"{label}-{bw:g}", b),
         }
     return out
 
@@ -253,16 +294,18 @@ def measure(
     tag_interval_s: float = SURVEY_TAG_INTERVAL_S,
     *,
     mark_sd_s: float | None = None,
+    building: Building = BUILDINGS["store"],
 ) -> dict[str, Any]:
-    _say("test days: (E)'s 120 s, as surveyed and with 15 % of the field changed")
+    b = building
+    _say(f"test days: {b.test_s} s, as surveyed and with 15 % of the field changed")
     for day, extra in (("surveyed", []), ("changed", ["--field-change", "0.15"])):
         _run(
             [
                 *SIM,
                 "run",
-                *DAY,
+                *_day(b),
                 "--duration",
-                "120",
+                str(b.test_s),
                 "--seed",
                 "1",
                 *extra,
@@ -272,12 +315,12 @@ def measure(
                 str(work / f"test_{day}_t.csv"),
             ]
         )
-    _say("the README's calibration: 300 s of 60 carts with known positions (seed 2)")
+    _say(f"the README's calibration: {b.baseline} (seed 2)")
     _run(
         [
             *SIM,
             "run",
-            *DAY,
+            *_day(b),
             "--duration",
             "300",
             "--seed",
@@ -293,43 +336,54 @@ def measure(
             *HUB,
             "calibrate",
             "--site",
-            str(SITE),
+            str(b.site),
             "--readings",
             str(work / "cal_r.csv"),
             "--truth",
             str(work / "cal_t.csv"),
             "--out",
             str(work / "cal-carts.yaml"),
+            *b.fit,
         ]
     )
     results: dict[str, Any] = {
-        "60 carts, 300 s": {
-            "tag_seconds": 60 * 300,
-            "minutes": 5,
-            **_score(work, work / "cal-carts.yaml", "carts"),
-        }
+        b.baseline: {"minutes": 5, **_score(work, work / "cal-carts.yaml", "carts", b)}
     }
     for spacing in spacings:
         points = work / f"points_{spacing:g}.csv"
         _run(
-            [*HUB, "site", "points", str(SITE), "--out", str(points), "--spacing-m", f"{spacing:g}"]
+            [
+                *HUB,
+                "site",
+                "points",
+                str(b.site),
+                "--out",
+                str(points),
+                "--spacing-m",
+                f"{spacing:g}",
+            ]
         )
         with points.open() as fh:
             xy = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(fh)]
         n = len(xy)
-        walked_m = sum(math.dist(a, b) for a, b in itertools.pairwise(xy))
+        walked_m = sum(math.dist(p, q) for p, q in itertools.pairwise(xy))
         for dwell in dwells:
             route = Plan(
-                n * dwell + walked_m / WALK_SPEED_M_S, bandwidths, tag_interval_s, mark_sd_s
+                b, n * dwell + walked_m / WALK_SPEED_M_S, bandwidths, tag_interval_s, mark_sd_s
             )
             for name, result in _survey(work, points, spacing, dwell, route).items():
                 results[name] = {"points": n, **result}
     return results
 
 
-def _table(results: dict[str, Any]) -> str:
+def _table(results: dict[str, Any], b: Building) -> str:
+    what = (
+        "median / p90 (m), zone"
+        if b.kind == "cart"
+        else "parked 60 s: median / p90 (m), right or neighbouring bay"
+    )
     lines = [
-        "| calibration | minutes | test day: median / p90 (m), zone, within | 15 % changed |",
+        f"| calibration | minutes | test day: {what}, within | 15 % changed |",
         "| --- | --- | --- | --- |",
     ]
     for name, r in results.items():
@@ -365,8 +419,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="a walk's truth from the surveyor's Enter marks, off by this much (SD, seconds)",
     )
+    parser.add_argument(
+        "--site",
+        choices=sorted(BUILDINGS),
+        default="store",
+        help="the README's store (E) or warehouse (F), their test days and calibrations",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    building = BUILDINGS[args.site]
     spacings = args.spacing_m or [2.5]
     dwells = args.dwell_s or [30.0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -374,9 +435,15 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         bandwidths = args.map_bandwidth_m or [0.4, 0.8]
         results = measure(
-            work, spacings, dwells, bandwidths, args.tag_interval_s, mark_sd_s=args.mark_sd_s
+            work,
+            spacings,
+            dwells,
+            bandwidths,
+            args.tag_interval_s,
+            mark_sd_s=args.mark_sd_s,
+            building=building,
         )
-    print(_table(results))
+    print(_table(results, building))
     if args.json:
         print(json.dumps(results))
     return 0
