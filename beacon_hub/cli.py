@@ -377,9 +377,13 @@ def _survey(args: argparse.Namespace) -> int:
 
     from beacon_hub.config_loader import load_model  # noqa: PLC0415  # numpy: keeps --help fast
     from beacon_hub.ids import canonical_beacon_id  # noqa: PLC0415
-    from beacon_hub.radiomap import SURVEY_BANDWIDTH_M  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415
-    from beacon_hub.survey import SurveyConfig, load_points, run_survey  # noqa: PLC0415
+    from beacon_hub.survey import (  # noqa: PLC0415
+        SurveyConfig,
+        load_points,
+        next_calibrate,
+        run_survey,
+    )
 
     # Before the broker and the walk: a survey must not end in a folder it cannot write.
     check_outputs([], directories=[("--out", args.out)])
@@ -401,12 +405,7 @@ def _survey(args: argparse.Namespace) -> int:
     summary = run_survey(site, beacon, args.out, cfg, points)
     print(json.dumps(summary, indent=2))
     if summary["points"]:
-        print(
-            f"next: beacon-hub calibrate --site {args.site} --readings {summary['readings_file']}"
-            f" --truth {summary['truth_file']} --out calibration.yaml --map-bandwidth-m"
-            f" {SURVEY_BANDWIDTH_M:g}",
-            file=sys.stderr,
-        )
+        print(f"next: {next_calibrate(args.site, site, summary)}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ from beacon_hub.survey import (
     check_points,
     dwell_truth,
     load_points,
+    next_calibrate,
     plan_points,
     walk_truth,
 )
@@ -305,3 +306,18 @@ def test_a_walk_paused_at_a_point_stands_there_and_a_silent_tag_is_said() -> Non
     assert [s for s in said if "nothing heard" in s] == [
         f"  nothing heard of {TAG} for 16 s: is the tag on, and is it the one given to --beacon?"
     ]  # at c only: at b the walk was 3 s old
+
+
+def test_the_next_calibrate_keeps_a_warehouses_racks_in_the_plan() -> None:
+    """The printed command: the survey's kernel, and --plan-losses in a warehouse (README,
+    Accuracy (F): its racks folded into the per-gateway fits, the calibration helps little)."""
+    summary = {"readings_file": "s/readings.csv", "truth_file": "s/truth.csv"}
+    store = next_calibrate(Path("store.yaml"), STORE, summary)
+    assert store == (
+        "beacon-hub calibrate --site store.yaml --readings s/readings.csv --truth s/truth.csv"
+        " --out calibration.yaml --map-bandwidth-m 0.8"
+    )
+    warehouse = load_site(ROOT / "config" / "warehouse.yaml")
+    assert next_calibrate(Path("w.yaml"), warehouse, summary).endswith(
+        "--map-bandwidth-m 0.8 --plan-losses"
+    )
