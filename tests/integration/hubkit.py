@@ -48,9 +48,31 @@ def wait_until(
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            tail = f"\nhub log ends with:\n{hub.log()[-4000:]}" if hub is not None else ""
+            tail = ""
+            if hub is not None:
+                tail = f"\nhub log ends with:\n{hub.log()[-4000:]}{_link_state(hub)}"
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}{tail}")
         time.sleep(0.05)
+
+
+LINK_METRICS = (
+    "beacon_hub_broker_connected",
+    "beacon_hub_broker_connects_total",
+    "beacon_hub_session_resumes_total",
+    "beacon_hub_inbox_dropped_total",
+    "beacon_hub_inbox_depth",
+)
+"""What a timed-out wait shows of the hub's MQTT link besides its log, whose warnings are
+rate-limited: an overload test once stalled with nothing in the log after a resume."""
+
+
+def _link_state(hub: HubProcess) -> str:
+    try:
+        metrics = hub.metrics()
+    except OSError as e:  # a hub that died or hangs: its log says more
+        return f"\nhub metrics: not read ({e})"
+    shown = [f"{k} {v:g}" for k, v in metrics.items() if k.partition("{")[0] in LINK_METRICS]
+    return "\nhub metrics:\n" + "\n".join(shown)
 
 
 def shipped_broker(folder: Path) -> Mosquitto:
