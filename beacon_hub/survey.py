@@ -53,6 +53,7 @@ from beacon_hub.csvfiles import (
     Reading,
     SurveyPoint,
     TruthPoint,
+    listed,
     read_numbered_points,
 )
 from beacon_hub.errors import BeaconHubError, WireError
@@ -91,9 +92,13 @@ A 1 Hz tag heard by one gateway still gives five samples in it."""
 ARRIVAL_SPREAD_S = 10.0
 """How far out of time order the tag's samples can be stored: a gateway's batch spans its 1 s
 window and gateways publish unsynchronised; 10 s leaves room for a broker's short hiccup."""
-LAST_BATCH_WAIT_S = 1.5
-"""After the last dwell or mark, wait this long for what was heard before it: a gateway sends a
-batch every `batching.window_s` (1 s by default), published as it is sent."""
+LAST_BATCH_MAX_S = 10.0
+"""After the last dwell or mark, wait until every gateway has sent a batch that ends after it,
+at most this long: a gateway sends a batch every `batching.window_s` (1 s by default, up to 60),
+published as it is sent. A fixed 1.5 s wait lost the end of the last dwell from gateways set to
+a longer window; one that went quiet holds the survey this long, and is named."""
+LAST_BATCH_POLL_S = 0.1
+"""How often that wait looks."""
 CLOCK_STEP_S = 1.0
 """A batch whose (arrival - sent) is this far below the least seen since its gateway's boot or
 last step says the gateway's clock was stepped forward (a batch held up on the way only raises
@@ -171,6 +176,9 @@ class SurveyRecorder:
     """(gateway, boot, seq) of every batch taken: one delivered twice is dropped, as the hub
     drops it (DESIGN.md, the readings batch)."""
     _last_arrival: float = -math.inf
+    _batch_end: dict[str, float] = field(default_factory=dict)
+    """Per gateway, the send time of its latest batch in this machine's clock (its offset then):
+    what it heard up to then has arrived (LAST_BATCH_MAX_S)."""
     batches: int = 0
     undecodable: int = 0
     foreign: int = 0
@@ -213,6 +221,8 @@ class SurveyRecorder:
                 state.seq, state.sent = batch.seq, batch.sent
             clock = (batch.gw, batch.boot, state.steps)
             self._offsets[clock] = min(least, raw)
+            end = batch.sent + self._offsets[clock]
+            self._batch_end[batch.gw] = max(self._batch_end.get(batch.gw, -math.inf), end)
             for i in mine:
                 t = batch.sent - batch.dt_ms[i] / 1000.0
                 self._samples.append((t, batch.gw, batch.rssi[i], batch.tx[i], clock))
@@ -236,6 +246,12 @@ class SurveyRecorder:
                 elif local < t - ARRIVAL_SPREAD_S:
                     break
         return samples, len(gateways)
+
+    def behind(self, t: float) -> list[str]:
+        """Gateways heard during the survey whose latest batch ends before `t` (this machine's
+        clock): they may still hold samples from before it."""
+        with self._lock:
+            return sorted(gw for gw, end in self._batch_end.items() if end < t)
 
     def last_heard(self) -> float:
         """Arrival time of the latest batch that held the tag (-inf: never)."""
@@ -557,6 +573,25 @@ def _walk_survey(
     return visited, marks
 
 
+def _wait_for_last_batches(s: _Session, end: float) -> None:
+    """Until every gateway heard during the survey has sent a batch ending after `end`, at
+    most LAST_BATCH_MAX_S (a gateway gone quiet is named)."""
+    deadline = s.clock() + LAST_BATCH_MAX_S
+    try:
+        while (late := s.recorder.behind(end)) and s.clock() < deadline:
+            s.sleep(LAST_BATCH_POLL_S)
+    except KeyboardInterrupt:
+        # A second Ctrl-C right after the one that ended the survey: what was recorded is
+        # written all the same, short of the batches still on their way.
+        s.say("not waiting for the last batches: writing what has arrived")
+        return
+    if late:
+        s.say(
+            f"no batch since the end of the survey from {listed(late)} within"
+            f" {LAST_BATCH_MAX_S:g} s: what they heard last is not in"
+        )
+
+
 def _say_if_silent(s: _Session, *, since: float, now: float) -> None:
     """A walk has no progress lines between its Enters: a tag gone quiet (a flat battery, the
     wrong id) is said at the next one, not found after half an hour of walking."""
@@ -605,12 +640,7 @@ def run_survey(
             windows = [(d.start, d.end) for d in dwells]
             truth = dwell_truth(beacon, dwells, cfg.truth_step_s, cfg.tag_height_m)
         if windows:
-            try:
-                sleep(LAST_BATCH_WAIT_S)
-            except KeyboardInterrupt:
-                # A second Ctrl-C right after the one that ended the survey: what was recorded
-                # is written all the same, short of the batches still on their way.
-                say("not waiting for the last batches: writing what has arrived")
+            _wait_for_last_batches(session, windows[-1][1])
         else:
             # a walk's single mark spans no time: nothing to keep, no point with a truth
             truth, visited = [], []

@@ -321,3 +321,18 @@ def test_the_next_calibrate_keeps_a_warehouses_racks_in_the_plan() -> None:
     assert next_calibrate(Path("w.yaml"), warehouse, summary).endswith(
         "--map-bandwidth-m 0.8 --plan-losses"
     )
+
+
+def test_the_recorder_knows_which_gateways_may_still_hold_samples() -> None:
+    """The survey's last wait: a gateway batching every 3 s (`batching.window_s`) is behind
+    the survey's end until a batch sent after it arrives; a fixed 1.5 s wait lost its last
+    samples."""
+    rec = SurveyRecorder(TAG, frozenset({"gw-01", "gw-02"}))
+    rec.add(_batch("gw-01", 100.0, seq=0), arrival=100.05)
+    rec.add(_batch("gw-02", 100.0, seq=0), arrival=100.05)
+    assert rec.behind(100.5) == ["gw-01", "gw-02"]
+    rec.add(_batch("gw-02", 101.0, seq=1), arrival=101.05)
+    assert rec.behind(100.5) == ["gw-01"]
+    rec.add(_batch("gw-01", 103.0, seq=1), arrival=103.05)
+    assert rec.behind(100.5) == []
+    assert rec.behind(104.0) == ["gw-01", "gw-02"]

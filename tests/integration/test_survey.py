@@ -21,7 +21,7 @@ import yaml
 from beacon_hub.cli import main
 from beacon_hub.csvfiles import Reading, SurveyPoint, TruthPoint, read_readings, read_truth
 from beacon_hub.site import Site, load_site
-from beacon_hub.survey import LAST_BATCH_WAIT_S, SurveyConfig, SurveyError, run_survey
+from beacon_hub.survey import LAST_BATCH_POLL_S, SurveyConfig, SurveyError, run_survey
 from tests.integration.hubkit import Gateways, site_file, unique_site
 from tests.servers import Mosquitto
 
@@ -203,11 +203,12 @@ def test_ctrl_c_while_waiting_for_the_last_batches_still_writes_the_survey(
 ) -> None:
     """Ctrl-C ends a dwell, and a second one often follows at once: it lands in the wait for
     the last batches, which must not throw away what was recorded (docs: written either way)."""
-    site = load_site(site_file(tmp_path, unique_site()))
+    path = site_file(tmp_path, unique_site())
+    site = load_site(path)
     said: list[str] = []
 
     def sleep(seconds: float) -> None:
-        if seconds == LAST_BATCH_WAIT_S:
+        if seconds == LAST_BATCH_POLL_S:  # the gateways are heard: the wait polls
             raise KeyboardInterrupt
         time.sleep(seconds)
 
@@ -218,9 +219,10 @@ def test_ctrl_c_while_waiting_for_the_last_batches_still_writes_the_survey(
     out = tmp_path / "s"
     points = [SurveyPoint(x=5.0, y=5.0)]
     try:
-        summary = run_survey(
-            site, tag, out, cfg, points, ask=lambda _p: "", say=said.append, sleep=sleep
-        )
+        with _sending(mosquitto, path):
+            summary = run_survey(
+                site, tag, out, cfg, points, ask=lambda _p: "", say=said.append, sleep=sleep
+            )
     except KeyboardInterrupt:
         pytest.fail("the Ctrl-C left the survey unwritten")
     assert summary["points"] == 1
