@@ -212,8 +212,10 @@ def test_ctrl_c_while_waiting_for_the_last_batches_still_writes_the_survey(
             raise KeyboardInterrupt
         time.sleep(seconds)
 
+    # 2.5 s: the gateways send a round a second, so some are heard before the dwell ends and
+    # the wait for their next batch polls (with none heard there is nothing to wait for)
     cfg = SurveyConfig.model_validate(
-        {"broker": {"url": mosquitto.url}, "dwell_s": 0.5, "settle_s": 0.0}
+        {"broker": {"url": mosquitto.url}, "dwell_s": 2.5, "settle_s": 0.0}
     )
     tag = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:1"
     out = tmp_path / "s"
