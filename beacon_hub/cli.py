@@ -376,6 +376,7 @@ def _survey(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
     from beacon_hub.config_loader import load_model  # noqa: PLC0415  # numpy: keeps --help fast
+    from beacon_hub.errors import BeaconHubError  # noqa: PLC0415
     from beacon_hub.ids import canonical_beacon_id  # noqa: PLC0415
     from beacon_hub.site import load_site  # noqa: PLC0415
     from beacon_hub.survey import (  # noqa: PLC0415
@@ -387,6 +388,13 @@ def _survey(args: argparse.Namespace) -> int:
 
     # Before the broker and the walk: a survey must not end in a folder it cannot write.
     check_outputs([], directories=[("--out", args.out)])
+    if args.points is not None and args.points.resolve() == (args.out / "points.csv").resolve():
+        # The natural place for a plan, and where the survey writes the points it visited:
+        # refused as "already holds a survey" before, which sent people looking for one.
+        raise BeaconHubError(
+            f"--points {args.points} is in --out {args.out}, where the survey writes its own "
+            "points.csv (the points visited): keep the plan under another name, e.g. plan.csv"
+        )
     overrides = overrides_from(args.overrides)
     if args.broker:
         overrides["broker.url"] = args.broker

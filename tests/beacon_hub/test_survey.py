@@ -271,6 +271,16 @@ def test_survey_names_out_when_it_is_not_a_folder(
     assert main([*args, "--broker", "mqtt://127.0.0.1:9"]) == 1
     assert f"--out {taken}: exists and is not a directory" in capsys.readouterr().err
     assert taken.read_text() == "x,y\n5,5\n"
+    # the plan kept where the survey writes its own points.csv: said so, the plan untouched
+    folder = tmp_path / "survey"
+    folder.mkdir()
+    plan = folder / "points.csv"
+    plan.write_text("x,y\n5,5\n")
+    args = ["survey", "--site", site, "--beacon", TAG, "--out", str(folder), "--points", str(plan)]
+    assert main([*args, "--broker", "mqtt://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert f"--points {plan} is in --out {folder}, where the survey writes its own" in err
+    assert plan.read_text() == "x,y\n5,5\n"
 
 
 def test_a_points_file_with_a_spreadsheets_empty_columns_says_so(tmp_path: Path) -> None:
