@@ -46,7 +46,6 @@ __all__ = [
     "listed",
     "read_events",
     "read_fixes",
-    "read_numbered_points",
     "read_points",
     "read_readings",
     "read_truth",
@@ -402,10 +401,6 @@ def read_truth(path: Path | str) -> Iterator[TruthPoint]:
 
 def read_points(path: Path | str) -> Iterator[SurveyPoint]:
     return read_table(POINTS, path)
-
-
-def read_numbered_points(path: Path | str) -> Iterator[tuple[int, SurveyPoint]]:
-    return read_numbered(POINTS, path)
 
 
 def read_fixes(path: Path | str) -> Iterator[Fix]:

@@ -54,7 +54,7 @@ from beacon_hub.csvfiles import (
     SurveyPoint,
     TruthPoint,
     listed,
-    read_numbered_points,
+    read_numbered,
 )
 from beacon_hub.errors import BeaconHubError, WireError
 from beacon_hub.floorplan import WALKWAY, FloorPlan, points_in_polygon
@@ -279,7 +279,7 @@ class SurveyRecorder:
 
 def load_points(path: Path, site: Site) -> list[SurveyPoint]:
     """A points file, checked against the site (check_points)."""
-    numbered = list(read_numbered_points(path))
+    numbered = list(read_numbered(POINTS, path))
     if not numbered:
         raise SurveyError(f"{path}: no points; expected rows of x,y[,z,level,name]")
     points = [p for _, p in numbered]
@@ -297,8 +297,7 @@ WALK_SPACING_M = 1.0
 rows want to be closer than the shadowing's 1.5 m. Same measurement, a tag at 5 Hz walked at
 0.6 m/s: rows 1.5 m apart 0.64 / 4.00 m in 22 minutes, 1.25 m 0.54 / 1.87 m in 26, 1 m
 0.49 / 1.65 m and zone 95 % in 34 (Enter marks off by 0.3 s: 0.51 / 1.70 m, 0.6 s: 0.53 /
-1.92 m), 0.75 m
-0.51 / 1.55 m in 43: 1 m, where the gain levels off."""
+1.92 m), 0.75 m 0.51 / 1.55 m in 43: 1 m, where the gain levels off."""
 PLAN_CLEARANCE_M = 0.5
 """A planned point stays this far from shelves and walls: room to stand a tag on a pole."""
 
