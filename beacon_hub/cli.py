@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S.yaml",
         help="repeatable; or sites: in HUB.yaml",
     )
+    erase.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="rewrite the SQLite file so no stale copy of the id stays (holds its lock meanwhile)",
+    )
     add_set_option(erase)
     erase.set_defaults(handler=_erase)
 
@@ -200,6 +205,7 @@ def _erase(args: argparse.Namespace) -> int:
         erase_sqlite,
         open_erase_sqlite,
         pseudonym,
+        settle_erase,
     )
     from beacon_hub.stores import EVENT_MEASUREMENT, FIX_MEASUREMENT  # noqa: PLC0415
 
@@ -214,10 +220,12 @@ def _erase(args: argparse.Namespace) -> int:
             ids.append(pseudonym(erase_key(cfg.privacy, cfg.stores.sqlite.path), beacon))
         print(f"erase: {' and '.join(ids)}")
         removed = erase_sqlite(db, ids)
+        for table, count in removed.items():
+            print(f"sqlite {cfg.stores.sqlite.path}: {table}: {count} rows")
+        for line in settle_erase(db, cfg.stores.sqlite.path, ids, vacuum=args.vacuum):
+            print(line)
     finally:
         db.close()
-    for table, count in removed.items():
-        print(f"sqlite {cfg.stores.sqlite.path}: {table}: {count} rows")
     if cfg.stores.influx is not None:
         lines = erase_influx(cfg.stores.influx, ids, (FIX_MEASUREMENT, EVENT_MEASUREMENT))
         for line in lines or ["influxdb: nothing stored"]:

@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from beacon_hub import cli
+from beacon_hub import cli, privacy
 from beacon_hub.consent import (
     Consent,
     ConsentRegistry,
@@ -32,7 +33,14 @@ from beacon_hub.errors import ConfigError, WireError
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import HubConfig, PrivacyConfig
 from beacon_hub.ids import is_beacon_id
-from beacon_hub.privacy import Privacy, Retention, load_key, pseudonym, retention_job
+from beacon_hub.privacy import (
+    Privacy,
+    Retention,
+    count_copies,
+    load_key,
+    pseudonym,
+    retention_job,
+)
 from beacon_hub.site import load_site
 from beacon_hub.stores import SqliteStore, TickRecord, fix_points
 from beacon_hub.wire import (
@@ -424,3 +432,64 @@ def test_erase_refuses_a_missing_privacy_key_and_creates_none(
     load_key(PrivacyConfig(), db_path)  # the hub's own start makes it; then erase goes ahead
     status, err = _erase(capsys, CART.format(5), db_path)
     assert status == 0, err
+
+
+def _copies(folder: Path, *ids: str, besides: str = "") -> dict[str, int]:
+    """Each file's count of these ids' bytes, read as a forensic tool would, less those that are
+    the start of `besides`, a longer id that is stored (each of its copies holds one)."""
+
+    def count(b: bytes) -> int:
+        return sum(b.count(i.encode()) for i in ids) - (b.count(besides.encode()) if besides else 0)
+
+    return {f.name: count(f.read_bytes()) for f in folder.iterdir()}
+
+
+@pytest.mark.parametrize("vacuum", [False, True])
+def test_erase_leaves_no_copy_in_the_write_ahead_log_of_a_running_hub_and_vacuum_none_at_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], vacuum: bool
+) -> None:
+    """Deleting the rows left the pages as they were in the hub's write-ahead log until some
+    later checkpoint: 16,143 copies of the id and its pseudonym in it, and a few in the pages'
+    unused space after the hub stopped (secure_delete was on)."""
+    db_path = tmp_path / "hub.sqlite"
+    key = load_key(PrivacyConfig(), db_path)
+    shopper, longer, other = CART.format(5), CART.format(50), ASSET.format(2)
+    anon = pseudonym(key, shopper)
+    store = SqliteStore(db_path, Metrics())  # the running hub's connection, open throughout
+    for i in range(200):
+        for b in (shopper, anon, other, longer):
+            t = T0 + i
+            ev = [Event("zone_enter", t, "s", b, "aisle-1")]
+            store.commit(TickRecord("s", t, _table([b], ["cart"], t), ev, [None]), (), ())
+    assert _copies(tmp_path, shopper, anon, besides=longer)["hub.sqlite-wal"] > 0
+    site = str(ROOT / "config" / "store.yaml")
+    args = ["erase", shopper, "--site", site, "--set", f"stores.sqlite.path={db_path}"]
+    assert cli.main([*args, "--vacuum"] if vacuum else args) == 0
+    out = capsys.readouterr().out
+    copies = _copies(tmp_path, shopper, anon, besides=longer)
+    assert copies.get("hub.sqlite-wal", 0) == 0
+    left = copies["hub.sqlite"]
+    if vacuum:
+        assert left == 0
+        assert f"sqlite {db_path}: rewritten (VACUUM)\n" in out
+    # Said as it is: the count is what a read of the file finds.
+    assert left == 0 or f"sqlite {db_path}: {left} stale copies of the id remain" in out
+    assert (left == 0) == (f"sqlite {db_path}: no copy of the id left in the file\n" in out)
+    rows = {r[0] for r in store.db.execute("SELECT beacon FROM fixes")}
+    assert rows == {other, longer}  # the others' rows are untouched
+    store.close()
+
+
+@given(
+    st.lists(st.sampled_from([b"ab", b"xyz", b"ibeacon:1", b"-", b"a"]), max_size=60),
+    st.integers(1, 7),
+)
+def test_count_copies_counts_across_the_reads_pieces(parts: list[bytes], chunk: int) -> None:
+    data = b"".join(parts)
+    ids = ["xyz", "ibeacon:1", "ab"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "f"
+        path.write_bytes(data)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(privacy, "SCAN_CHUNK_BYTES", chunk)
+            assert count_copies(path, ids) == sum(data.count(i.encode()) for i in ids)
