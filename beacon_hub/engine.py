@@ -296,7 +296,7 @@ class EngineConfig(BaseModel):
     0.53 -> 1.87 / 0.64 m (the site's 4 dB walls are more than the flat's, and a beacon's one offset
     absorbs them where it stands); calibrated with the map 1.04 / 0.34 -> 1.06 / 0.56 m.
     Simulated store (C), carts silent about their power, all at the site's reference: 3.26 ->
-    3.36 m; 8 dB apart: 3.79 -> 3.49 m (README, Accuracy)."""
+    3.36 m; 8 dB apart: 3.79 -> 3.49 m (docs/accuracy.md)."""
     lost_after_s: Annotated[float, Field(gt=0)] = 30.0
     """Silence after which beacon_lost fires and the track is dropped."""
     forget_after_s: Annotated[float, Field(ge=0)] = 3600.0

@@ -452,8 +452,8 @@ def _covariance(geo: Geometry, xy: F64, radio_map: MapFn | None) -> F64:
     about 1 where the gateways agree as well as `sd_db` says, larger where they disagree
     (a shopper's body between tag and gateway, a wall the plan does not know). It only ever
     widens the covariance: with a few degrees of freedom it is too noisy to claim better than
-    the noise model, and two gateways leave none. Simulated store (README, C): 32 -> 45 % of
-    carts' true positions within accuracy_m; warehouse (D) 46 -> 50 %, its tracked pallets'
+    the noise model, and two gateways leave none. Simulated store (C, docs/accuracy.md): 32 ->
+    45 % of carts' true positions within accuracy_m; warehouse (D) 46 -> 50 %, its tracked pallets'
     median 5.23 -> 5.06 m as the Kalman filter trusts such fixes less; where the noise model
     holds (the simulated room, B) nothing changes. The map's slopes count up to
     MAP_SLOPE_CAP_DB_M."""

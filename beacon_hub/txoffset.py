@@ -4,7 +4,7 @@ Ranging assumes the site's ref_rssi_1m_dbm, or what the beacon announces (an iBe
 measured power, Eddystone's tx power). A beacon that announces nothing and is weaker than the
 site assumes is placed as if every gateway were farther: a generic -59 dBm on flat-calib2021,
 whose tag is 11.6 dB stronger than that, put the robot 3.54 m off (median, tracked) instead
-of the 2.38 m of the fitted reference (1.94 m with the power learnt: README, Accuracy).
+of the 2.38 m of the fitted reference (1.94 m with the power learnt: docs/accuracy.md).
 That is the "calibration pain" of ESPresense's per-device `rssi@1m` and Bermuda's per-device
 reference power, set by hand.
 
@@ -55,7 +55,7 @@ TX_OFFSET_FLOOR_SD = 2.5
 residual) this many of its spreads above the gateway's floor: nearer the floor, what is heard
 is what fading lifted over it, and it leans high. On the simulated store (C) with its carts
 silent about their power and all at the site's reference, learning cost 3.26 -> 3.75 m
-(median) with every gateway counted, 3.26 -> 3.36 m with this cut (README, Accuracy); 6 spreads
+(median) with every gateway counted, 3.26 -> 3.36 m with this cut (docs/accuracy.md); 6 spreads
 left too few gateways to learn from."""
 TX_OFFSET_FLOOR_MAX_DBM = -95.0
 """The floor counts no higher than this: BLE receivers hear down to -95..-100 dBm (ESP32's
