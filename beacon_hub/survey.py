@@ -18,7 +18,10 @@ Clocks. Readings carry their gateway's clock, the marks this machine's. A gatewa
 least (arrival - sent) over its batches (a batch is published as it is sent, so that least is
 the clock offset plus the quickest delivery), taken afresh after each reboot (a new `boot`) and
 each step of its clock (NTP on a Pi, which has no real-time clock: CLOCK_STEP_S); every reading
-is written in this machine's clock.
+is written in this machine's clock. A batch held up on the way (a backlog sent at connect,
+Wi-Fi retries) followed by a prompt one drops (arrival - sent) just as a step forward does; what
+tells them apart is the gateway's own clock: across a step its sent times jump ahead of its
+cadence (one batch per `batching.window_s`), after a hold they keep to it (CADENCE_GAPS).
 
 Threads. paho's network thread decodes each readings batch and keeps the survey tag's samples
 under `SurveyRecorder._lock`, the one place the threads meet; the main thread (prompts, progress,
@@ -32,8 +35,10 @@ import bisect
 import logging
 import math
 import secrets
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,9 +106,21 @@ LAST_BATCH_POLL_S = 0.1
 """How often that wait looks."""
 CLOCK_STEP_S = 1.0
 """A batch whose (arrival - sent) is this far below the least seen since its gateway's boot or
-last step says the gateway's clock was stepped forward (a batch held up on the way only raises
-it); a clock stepped back shows as a send time earlier than the batch before it. A smaller step
-forward goes unseen and moves the samples before it by less than a third of `settle_s`."""
+last step, and whose send time is this far ahead of the gateway's cadence since the batch before
+it, says the gateway's clock was stepped forward; the same drop with the send time on cadence
+says the batches before it were held up on the way (CADENCE_GAPS). A clock stepped back shows
+as a send time earlier than the batch before it. A smaller step forward goes unseen and moves
+the samples before it by less than a third of `settle_s`."""
+CADENCE_GAPS = 8
+"""A gateway's cadence (seconds of its clock from one batch to the next) is the median over its
+latest this many gaps between batches in seq order: it sends on its `batching.window_s` grid,
+so a few say it, and the median sets aside the odd batch taken early (a full window) or late
+(a window in which nothing was heard sends nothing). A judgement, not a measurement."""
+CADENCE_MIN_GAPS = 3
+"""Gaps needed before the cadence is trusted: three, so that one odd gap cannot set the median.
+A drop in (arrival - sent) seen before then (the first batch seen was held up, or the clock
+stepped right after it) counts as a step until then, and is judged once they are in: three
+batches later, long before the readings are written at the survey's end."""
 WALK_MAX_SPEED_M_S = 2.5
 """Faster between two marks than a brisk walk (1.4 m/s typical, 2.5 a jog): an Enter was
 probably missed or pressed twice; said, not refused."""
@@ -146,17 +163,32 @@ class Dwell:
 
 
 Clock = tuple[str, str, int]
-"""(gateway, boot, steps of its clock seen in that boot): one stretch of one gateway's clock."""
+"""(gateway, boot, k): the k-th stretch of one gateway's clock in that boot, between steps (or
+drops not yet judged: SurveyRecorder._merged)."""
+
+
+@dataclass(frozen=True)
+class _Drop:
+    """(arrival - sent) fell by more than CLOCK_STEP_S from stretch `before` to the next: the
+    clock stepped forward, or the batches before were held up on the way. `sent_s` and `seqs`:
+    how far the send time and seq moved between the two batches either side."""
+
+    before: int
+    sent_s: float
+    seqs: int
 
 
 @dataclass
 class _ClockState:
-    """Where one boot of one gateway stands: its clock steps so far, and the seq and send time
-    of its latest batch in seq order."""
+    """Where one boot of one gateway stands: the first seq of each stretch of its clock (the
+    k-th from `starts[k]`), the seq and send time of its latest batch in seq order, its recent
+    gaps per batch (CADENCE_GAPS), and the drops not judged yet."""
 
-    steps: int = 0
+    starts: list[int]
     seq: int = -1
     sent: float = -math.inf
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=CADENCE_GAPS))
+    drops: list[_Drop] = field(default_factory=list)
 
 
 @dataclass
@@ -170,15 +202,19 @@ class SurveyRecorder:
     """(gateway time, gateway, rssi, tx power, the clock that stamped it), in arrival order."""
     _offsets: dict[Clock, float] = field(default_factory=dict)
     """Per stretch of a gateway's clock, the least (arrival - sent) seen: this machine's clock
-    minus the gateway's, plus the quickest delivery."""
+    minus the gateway's, plus the quickest delivery. A stretch merged into the next has its
+    offset there (`_offset`)."""
+    _merged: dict[Clock, Clock] = field(default_factory=dict)
+    """A stretch opened at a drop that the cadence then showed to be a hold, not a step: the
+    stretch before it is the same clock, merged into it."""
     _clocks: dict[tuple[str, str], _ClockState] = field(default_factory=dict)
     _seen: set[tuple[str, str, int]] = field(default_factory=set)
     """(gateway, boot, seq) of every batch taken: one delivered twice is dropped, as the hub
     drops it (DESIGN.md, the readings batch)."""
     _last_arrival: float = -math.inf
-    _batch_end: dict[str, float] = field(default_factory=dict)
-    """Per gateway, the send time of its latest batch in this machine's clock (its offset then):
-    what it heard up to then has arrived (LAST_BATCH_MAX_S)."""
+    _latest_sent: dict[Clock, float] = field(default_factory=dict)
+    """Per stretch, the latest send time of its batches (the gateway's clock): in this machine's
+    clock, what the gateway heard up to then has arrived (LAST_BATCH_MAX_S)."""
     batches: int = 0
     undecodable: int = 0
     foreign: int = 0
@@ -209,25 +245,68 @@ class SurveyRecorder:
                 return
             self._seen.add((batch.gw, batch.boot, batch.seq))
             self.batches += 1
-            state = self._clocks.setdefault((batch.gw, batch.boot), _ClockState())
-            raw = arrival - batch.sent
-            least = self._offsets.get((batch.gw, batch.boot, state.steps), math.inf)
-            in_order = batch.seq > state.seq
-            # The samples before a step keep the offset they were sent with (CLOCK_STEP_S).
-            if (in_order and batch.sent < state.sent) or raw < least - CLOCK_STEP_S:
-                state.steps += 1
-                least = math.inf
-            if in_order:
-                state.seq, state.sent = batch.seq, batch.sent
-            clock = (batch.gw, batch.boot, state.steps)
-            self._offsets[clock] = min(least, raw)
-            end = batch.sent + self._offsets[clock]
-            self._batch_end[batch.gw] = max(self._batch_end.get(batch.gw, -math.inf), end)
+            clock = self._stretch(batch, arrival)
+            root = self._root(clock)
+            self._offsets[root] = min(self._offsets.get(root, math.inf), arrival - batch.sent)
+            self._latest_sent[clock] = max(self._latest_sent.get(clock, -math.inf), batch.sent)
             for i in mine:
                 t = batch.sent - batch.dt_ms[i] / 1000.0
                 self._samples.append((t, batch.gw, batch.rssi[i], batch.tx[i], clock))
             if mine:
                 self._last_arrival = arrival
+
+    def _stretch(self, batch: ReadingBatch, arrival: float) -> Clock:
+        """The stretch of its gateway's clock that `batch` was sent in (under the lock)."""
+        state = self._clocks.get((batch.gw, batch.boot))
+        if state is None:
+            state = self._clocks[(batch.gw, batch.boot)] = _ClockState(starts=[batch.seq])
+        if batch.seq < state.seq:
+            # Overtaken on the way by later batches: held up, which only raises its (arrival -
+            # sent), so it says nothing of a step; it was sent in the stretch its seq is in.
+            k = max(0, bisect.bisect_right(state.starts, batch.seq) - 1)
+            return (batch.gw, batch.boot, k)
+        current = (batch.gw, batch.boot, len(state.starts) - 1)
+        least = self._offsets.get(self._root(current), math.inf)
+        sent_s, seqs = batch.sent - state.sent, batch.seq - state.seq
+        if batch.sent < state.sent:
+            # No hold makes a later batch sent earlier: the clock was stepped back.
+            state.starts.append(batch.seq)
+        elif arrival - batch.sent < least - CLOCK_STEP_S:
+            # A step forward, or the batches before held up: a new stretch for now, the two
+            # told apart by the cadence (_judge_drops).
+            state.starts.append(batch.seq)
+            state.drops.append(_Drop(len(state.starts) - 2, sent_s, seqs))
+        elif math.isfinite(sent_s):
+            state.gaps.append(sent_s / seqs)
+        state.seq, state.sent = batch.seq, batch.sent
+        self._judge_drops(batch.gw, batch.boot, state)
+        return (batch.gw, batch.boot, len(state.starts) - 1)
+
+    def _judge_drops(self, gw: str, boot: str, state: _ClockState) -> None:
+        """Once the cadence is known, each drop is a step if the send time across it ran ahead
+        of the cadence by more than CLOCK_STEP_S (the clock jumped), else a hold: the stretch
+        before it is the same clock, and its samples take the offset of the one after."""
+        if not state.drops or len(state.gaps) < CADENCE_MIN_GAPS:
+            return
+        cadence_s = statistics.median(state.gaps)
+        for drop in state.drops:  # in stretch order, so a run of holds merges into the last
+            if drop.sent_s - cadence_s * drop.seqs <= CLOCK_STEP_S:
+                before, after = (gw, boot, drop.before), (gw, boot, drop.before + 1)
+                self._merged[before] = after
+                root = self._root(after)
+                self._offsets[root] = min(self._offsets[root], self._offsets[before])
+        state.drops.clear()
+
+    def _root(self, clock: Clock) -> Clock:
+        """The stretch whose offset `clock`'s samples take: itself, or the one it was merged
+        into (under the lock)."""
+        while clock in self._merged:
+            clock = self._merged[clock]
+        return clock
+
+    def _offset_table(self) -> dict[Clock, float]:
+        """Every stretch's offset, merged ones resolved (under the lock)."""
+        return {clock: self._offsets[self._root(clock)] for clock in self._offsets}
 
     # -- the main thread
 
@@ -235,7 +314,7 @@ class SurveyRecorder:
         """(samples, gateways) of the tag heard at or after `t` (this machine's clock)."""
         samples, gateways = 0, set()
         with self._lock:
-            offsets = dict(self._offsets)
+            offsets = self._offset_table()
             # newest first; batches arrive in about time order, so past t by more than a
             # batch's span nothing later can follow
             for ts, gw, _r, _tx, clock in reversed(self._samples):
@@ -251,7 +330,11 @@ class SurveyRecorder:
         """Gateways heard during the survey whose latest batch ends before `t` (this machine's
         clock): they may still hold samples from before it."""
         with self._lock:
-            return sorted(gw for gw, end in self._batch_end.items() if end < t)
+            ends: dict[str, float] = {}
+            for clock, sent in self._latest_sent.items():
+                end = sent + self._offsets[self._root(clock)]
+                ends[clock[0]] = max(ends.get(clock[0], -math.inf), end)
+        return sorted(gw for gw, end in ends.items() if end < t)
 
     def last_heard(self) -> float:
         """Arrival time of the latest batch that held the tag (-inf: never)."""
@@ -262,7 +345,7 @@ class SurveyRecorder:
         """The tag's samples inside any of `windows` ((start, end) in this machine's clock, in
         time order, not overlapping), in time order."""
         with self._lock:
-            offsets = dict(self._offsets)
+            offsets = self._offset_table()
             samples = list(self._samples)
         # windows come in time order and do not overlap (dwells, or one walk): the last one
         # starting at or before t is the only one that can hold it

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +348,79 @@ def test_the_recorder_knows_which_gateways_may_still_hold_samples() -> None:
     rec.add(_batch("gw-01", 103.0, seq=1), arrival=103.05)
     assert rec.behind(100.5) == []
     assert rec.behind(104.0) == ["gw-01", "gw-02"]
+
+
+def _placement_errors(
+    window_s: float,
+    held_s: dict[int, float],
+    *,
+    behind_s: Callable[[int], float] = lambda _seq: 7.0,
+    in_order: bool = True,
+    n: int = 12,
+) -> list[float]:
+    """Seconds each of the tag's samples lands from when it was heard, for a gateway whose
+    clock is `behind_s(seq)` behind that sends a batch every `window_s` on its grid, each
+    delivered 0.05 s after it is sent but batch k held up `held_s[k]` more on the way. In order:
+    a batch sent while one is held waits behind it (one TCP stream); else it overtakes it."""
+    rec = SurveyRecorder(TAG, frozenset({"gw-01"}))
+    arrivals: list[float] = []
+    for seq in range(n):
+        arrival = 1000.0 + seq * window_s + 0.05 + held_s.get(seq, 0.0)
+        arrivals.append(max(arrival, arrivals[-1] + 0.01) if arrivals and in_order else arrival)
+    for seq in sorted(range(n), key=lambda k: arrivals[k]):
+        true_sent = 1000.0 + seq * window_s
+        # the tag heard 0.9 s and 0.1 s before the batch is sent: -1xx and -2xx dBm, xx its seq
+        rssi = (-100.0 - seq, -80.0, -200.0 - seq)
+        batch = replace(_batch("gw-01", true_sent - behind_s(seq), seq), rssi=rssi)
+        rec.add(batch, arrival=arrivals[seq])
+    got = rec.readings([(0.0, 1e10)])
+    assert len(got) == 2 * n
+    heard = {-100.0 - s: 1000.0 + s * window_s - 0.9 for s in range(n)}
+    heard |= {-200.0 - s: 1000.0 + s * window_s - 0.1 for s in range(n)}
+    return [r.t - heard[r.rssi] for r in got]
+
+
+@pytest.mark.parametrize(
+    ("window_s", "held_s"),
+    [
+        (2.0, {0: 3.0}),  # the first batch seen held 3 s (Wi-Fi retries), the next on time
+        (2.0, {k: 10.0 - 2.0 * k for k in range(5)}),  # a backlog sent at connect
+        (5.0, {0: 4.0}),  # a gateway batching every 5 s
+    ],
+)
+def test_a_first_batch_held_up_on_the_way_is_no_clock_step(
+    window_s: float, held_s: dict[int, float]
+) -> None:
+    """A gateway's first batches seen are delivered late (a backlog sent as it connects, a
+    broker's queue, Wi-Fi retries) and the next ones promptly: their (arrival - sent) drops by
+    more than CLOCK_STEP_S, as after a clock stepped forward, but the sent times keep to the
+    gateway's cadence. Their samples keep the gateway's one offset, not one wrong by the hold
+    (seconds of a walk, metres)."""
+    errors = _placement_errors(window_s, held_s)
+    # every sample lands the quickest delivery (0.05 s) after it was heard
+    assert max(errors) == pytest.approx(0.05, abs=1e-6)
+    assert min(errors) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_a_batch_held_up_across_a_clock_step_keeps_the_clock_it_was_sent_with() -> None:
+    """The clock stepped 5 s back at seq 10, and seq 9, sent before the step, held up 3 s on
+    the way so that it arrives after seqs 10 and 11: it belongs to the stretch before the step
+    by its seq, and is no step of its own (one was taken for one, and every batch after it
+    landed 1.95 s early)."""
+    errors = _placement_errors(
+        1.0, {9: 3.0}, behind_s=lambda seq: 0.0 if seq < 10 else 5.0, in_order=False, n=20
+    )
+    assert max(errors) == pytest.approx(0.05, abs=1e-6)
+    assert min(errors) == pytest.approx(0.05, abs=1e-6)
+
+
+@pytest.mark.parametrize("window_s", [1.0, 2.0, 5.0])
+def test_a_clock_stepped_right_after_the_first_batch_seen_is_still_a_step(
+    window_s: float,
+) -> None:
+    """What tells a held batch from a step: across a step forward the sent times jump ahead of
+    the gateway's cadence, and the first batch seen keeps the clock it was sent with even
+    when no cadence is known yet at the step (it is learnt from the batches after it)."""
+    errors = _placement_errors(window_s, {}, behind_s=lambda seq: 7.0 if seq == 0 else 0.0)
+    assert max(errors) == pytest.approx(0.05, abs=1e-6)
+    assert min(errors) == pytest.approx(0.05, abs=1e-6)
