@@ -116,8 +116,9 @@ are the ones whose buffered batches the outage's ticks wait for: a gateway sends
 (docs/gateway.md, batching.window), so five missed in a row is one already gone."""
 GATEWAY_RETURN_S = 32.0
 """After reconnecting, the outage's ticks wait at most this long for those gateways' buffered
-batches: each gateway reconnects on its own backoff, capped at 30 s (docs/gateway.md,
-broker.reconnect_max_s), plus two of its 1 s batches. Beyond, one that has not come back does
+batches: each gateway reconnects on its own backoff, capped at 5 s by default and at most 30 s
+as configured for a remote broker (docs/gateway.md, broker.reconnect_max_s), plus two of its
+1 s batches; the wait ends as soon as all are back. Beyond, one that has not come back does
 not hold the site up any longer (what it sends later is refused as late, and counted)."""
 SHUTDOWN_FLUSH_S = 3.0
 """SIGTERM: time given to the stores to empty; what remains is on disk (the spill)."""

@@ -17,7 +17,7 @@ OUTAGE_ROUNDS = 3
 """Rounds the gateways buffer while the broker is down (one a second)."""
 SLOW_RECONNECT_S = 10
 """One gateway's reconnect delay: it comes back well after the hub (whose backoff the kit
-caps at 2 s), as a gateway on its own backoff (up to 30 s) does."""
+caps at 2 s), as a gateway on its own backoff (5 s by default, up to 30 s as configured) does."""
 
 
 def test_readings_buffered_through_a_broker_restart_are_not_late(tmp_path: Path) -> None:
