@@ -8,14 +8,18 @@ robot route and of the walk in four modes (map or path loss only, tracking on or
 four without the calibration (the site file's radio, as on the day of installation; with and
 without learning the tag's tx power), two more with a generic -59 dBm reference for the tag
 instead of the site file's fitted one (a site drawn without any measurement), and
-`beacon-hub eval` against the robot's truth and the walk's reference path. Prints a markdown
-table; with --json, one JSON object as the last line.
+`beacon-hub eval` against the robot's truth and the walk's reference path. Two rows more are
+what Bermuda and ESPresense do for rooms, scored by the same `eval`: the beacon is in the area of
+the receiver it is nearest to (`nearest_receiver`), with the site file's radio and with the
+calibration's per-receiver fits. Prints a markdown table; with --json, one JSON object as the
+last line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -23,7 +27,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+from beacon_hub.csvfiles import FIXES, CsvWriter, Reading, read_readings
+from beacon_hub.evaluation import zones_at
+from beacon_hub.site import load_site
+from beacon_hub.wire import Fix
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "config" / "flat-calib2021.yaml"
@@ -48,6 +58,58 @@ MODES: dict[str, tuple[str, bool, list[str]]] = {
     "generic -59 dBm, tx power not learnt + tracking": ("generic", False, NOT_LEARNT),
 }
 """Mode -> (the site file's radio or the generic reference, calibrated, replay flags)."""
+NEAREST = {
+    "nearest receiver (Bermuda's and ESPresense's rooms)": False,
+    "nearest receiver, calibrated distances": True,
+}
+"""Baseline -> whether it reads distances through the calibration's per-receiver fits."""
+NEAREST_WINDOW_S = 3.0
+"""The baseline's median window of each receiver's RSSI, the best of 1, 3 and 10 s for its
+rooms on the robot route (76, 79 and 76 %, 2026-12-07); Bermuda smooths over about as long."""
+NEAREST_TICK_S = 1.0
+"""One baseline fix a second, as the engine's ticks."""
+
+
+def nearest_receiver(
+    readings: Path, site_path: Path, out: Path, calibration: Path | None = None
+) -> None:
+    """Write `out` (a fixes CSV, DESIGN.md) as room presence by the nearest receiver does it: each
+    second each beacon is at the receiver whose median RSSI over NEAREST_WINDOW_S says it is
+    nearest (by that receiver's path loss: the site file's, or the calibration's fit), in that
+    receiver's zone; `accuracy_m` is that distance."""
+    site = load_site(site_path)
+    gateways = list(site.gateways)
+    xy = np.array([(g.x, g.y) for g in gateways])
+    zones = zones_at(xy, np.array([g.level for g in gateways], dtype=np.int64), site.zones)
+    radio = {g.id: site.gateway_radio(g) for g in gateways}
+    path_loss = {g: (r.ref_rssi_1m_dbm, r.path_loss_exponent) for g, r in radio.items()}
+    if calibration is not None:
+        fits = yaml.safe_load(calibration.read_text())["gateways"]
+        path_loss |= {g: (f["ref_rssi_1m_dbm"], f["path_loss_exponent"]) for g, f in fits.items()}
+    heard: dict[str, list[Reading]] = {}
+    for r in read_readings(readings):
+        heard.setdefault(r.beacon, []).append(r)
+    with CsvWriter(FIXES, out) as writer:
+        for beacon, rows in sorted(heard.items()):
+            rows.sort(key=lambda r: r.t)
+            t = np.array([r.t for r in rows])
+            rssi = np.array([r.rssi for r in rows])
+            by = np.array([r.gateway for r in rows])
+            for tick in np.arange(t[0] + NEAREST_TICK_S, t[-1] + 1e-9, NEAREST_TICK_S):
+                lo, hi = np.searchsorted(t, [tick - NEAREST_WINDOW_S, tick], side="right")
+                best_m, at = math.inf, -1
+                for k, g in enumerate(gateways):
+                    mine = rssi[lo:hi][by[lo:hi] == g.id]
+                    if mine.size:
+                        ref, n = path_loss[g.id]
+                        d = 10.0 ** ((ref - float(np.median(mine))) / (10.0 * n))
+                        if d < best_m:
+                            best_m, at = d, k
+                if at >= 0:
+                    g = gateways[at]
+                    writer.write(
+                        Fix(float(tick), beacon, g.x, g.y, best_m, zones[at], (g.id,), g.level)
+                    )
 
 
 def _run(args: list[str]) -> str:
@@ -116,6 +178,19 @@ def measure(dataset: Path | None, work: Path) -> dict[str, dict[str, Any]]:
             ref = [reference[0], str(work / reference[1])]
             out[mode][route] = json.loads(
                 _run([*hub, "eval", "--fixes", str(fixes), *ref, "--site", str(site)])
+            )
+    for mode, calibrated in NEAREST.items():
+        out[mode] = {}
+        name = re.sub(r"[^a-z0-9]+", "-", mode.lower()).strip("-")
+        for route, ref in (
+            ("robot", ["--truth", str(work / "robot_truth.csv")]),
+            ("walk", ["--path", str(work / "walk_path.csv")]),
+        ):
+            fixes = work / f"{route}-{name}.csv"
+            readings = work / f"{route}_readings.csv"
+            nearest_receiver(readings, SITE, fixes, cal if calibrated else None)
+            out[mode][route] = json.loads(
+                _run([*hub, "eval", "--fixes", str(fixes), *ref, "--site", str(SITE)])
             )
     return out
 
