@@ -29,8 +29,10 @@ holds the repeat back) or never delivered.
 
 Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
 dropped and counted), retries with doubling backoff on network errors (a broken HTTP answer
-included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect), and of an
-answer's body at most MAX_ANSWER_BYTES are read within `timeout_s` (_read_answer). The worker
+included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect). An attempt,
+from its connect to its answer's last byte, ends `timeout_s` after it began (_DeadlineSocket:
+one deadline, not one per read), and of an answer's body at most MAX_ANSWER_BYTES are read
+(_read_answer); an answer not complete by then is a timeout, retried. The worker
 never dies: a delivery that raises anything unforeseen is counted failed and logged, and the
 next promotion is delivered as usual. Each
 POST carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature:
@@ -42,13 +44,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import http.client
 import logging
 import queue
 import re
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 import urllib.error
@@ -454,7 +459,12 @@ class Webhook:
         self._clock = clock
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=cfg.queue)
         self._stop = threading.Event()
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            _NoRedirect(),
+            _DeadlineHTTPHandler(),
+            _DeadlineHTTPSHandler(),
+        )
         self._log = RateLimitedLog(WEBHOOK_LOG_EVERY_S, logger=log)
         self._thread = threading.Thread(target=self._run, name="beacon-hub-webhook", daemon=True)
         self._thread.start()
@@ -521,10 +531,11 @@ class Webhook:
             secret = self.cfg.secret.get_secret_value().encode()
             headers["X-Beacon-Hub-Signature"] = sign(secret, stamp, body)
         request = urllib.request.Request(self.cfg.url, body, headers, method="POST")  # noqa: S310  # http(s) only, checked by the config
-        deadline = time.monotonic() + self.cfg.timeout_s
         try:
+            # The whole attempt, from the connect to the answer's last byte, within timeout_s
+            # (_DeadlineSocket); past it, a TimeoutError like a silent receiver's.
             with self._opener.open(request, timeout=self.cfg.timeout_s) as r:
-                _read_answer(r, deadline)
+                _read_answer(r)
         except urllib.error.HTTPError as e:
             e.close()
             if e.code >= 500 or e.code in RETRYABLE_HTTP:
@@ -565,18 +576,134 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _read_answer(r: http.client.HTTPResponse, deadline: float) -> None:
+def _read_answer(r: http.client.HTTPResponse) -> None:
     """Read the receiver's answer to its end, so a truncated one is a failed attempt, but no
-    more than MAX_ANSWER_BYTES and not past `deadline` (monotonic): the socket timeout is per
-    read, so a body that never ends, or trickles, would hold the worker for ever."""
+    more than MAX_ANSWER_BYTES: a body that never ends must not fill the hub's memory. One that
+    trickles is ended by the attempt's deadline (_DeadlineSocket)."""
     got = 0
-    while got < MAX_ANSWER_BYTES and time.monotonic() < deadline:
+    while got < MAX_ANSWER_BYTES:
         chunk = r.read1(MAX_ANSWER_BYTES - got)
         if not chunk:
             if r.length:  # Content-Length promised more than arrived before the close
                 raise http.client.IncompleteRead(b"", r.length)
             return
         got += len(chunk)
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every send and receive ends by one `deadline` (monotonic) for all of
+    them: before each, its timeout shrinks to the time left. A plain timeout is per call, so a
+    receiver that trickles its status line or headers a byte at a time, which http.client
+    reads inside the opener, held the worker for as long as it liked (every later promotion
+    waits for the worker). No deadline: a plain socket."""
+
+    deadline: float | None = None
+
+    def arm(self) -> None:
+        """The timeout of the next call: the time left."""
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:  # a timeout of 0 would make the socket non-blocking, not give up
+            raise TimeoutError("the webhook attempt's deadline (timeout_s) passed")
+        self.settimeout(left)
+
+    # Any arguments, passed on as given: ssl.SSLSocket's defaults differ from socket's.
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        self.arm()
+        return super().recv(*args, **kwargs)
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:  # what makefile() reads with
+        self.arm()
+        return super().recv_into(*args, **kwargs)
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        self.arm()
+        return super().send(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        # One call, one timeout for all of it (socket.sendall since Python 3.5); SSLSocket's
+        # sendall loops over send, armed again each time.
+        self.arm()
+        super().sendall(*args, **kwargs)
+
+
+class _DeadlineSSLSocket(_DeadlineSocket, ssl.SSLSocket):
+    """_DeadlineSocket over TLS: its methods run before SSLSocket's (the MRO). The handshake
+    runs inside wrap_socket, before the deadline is set, under the timeout the plain socket had
+    (the handshake's total since Python 3.5): the time left after the connect."""
+
+
+def _connect(host: str, port: int, deadline: float) -> _DeadlineSocket:
+    """socket.create_connection, with one deadline over all of the host's addresses (each got
+    the whole timeout). The name lookup itself takes what the resolver takes (no timeout)."""
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = _DeadlineSocket(family, kind, proto)
+        sock.deadline = deadline
+        try:
+            sock.arm()
+            sock.connect(address)
+            # As http.client does: the headers and body go in two sends, and Nagle would hold
+            # the second until the receiver acknowledges the first.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.arm()  # for a TLS handshake: what is left
+        except OSError as e:
+            sock.close()
+            error = e
+        else:
+            return sock
+    raise error
+
+
+def _deadline_of(conn: http.client.HTTPConnection) -> float:
+    """The opener's `timeout` becomes the deadline of the whole attempt, from its connect."""
+    if conn.timeout is None:  # never: _attempt always passes timeout_s
+        raise ValueError("a webhook connection needs a timeout")
+    return time.monotonic() + conn.timeout
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:  # no proxy tunnel: the opener has no proxies
+        self.sock = _connect(self.host, self.port, _deadline_of(self))
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, /, *, context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(host, context=context, **kwargs)
+        self._tls = context  # http.client keeps it too, but privately
+
+    def connect(self) -> None:
+        deadline = _deadline_of(self)
+        tls = self._tls.wrap_socket(
+            _connect(self.host, self.port, deadline), server_hostname=self.host
+        )
+        if not isinstance(tls, _DeadlineSSLSocket):  # never: the handler's context makes them
+            raise TypeError(f"webhook TLS socket of {type(tls)} has no deadline")
+        tls.deadline = deadline
+        self.sock = tls
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    """Replaces urllib's (a subclass: build_opener leaves its own out) with _DeadlineSocket."""
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPConnection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    """As _DeadlineHTTPHandler, over TLS. The context is http.client's default one (the
+    system's CAs, host names checked, ALPN http/1.1) making _DeadlineSSLSocket."""
+
+    def __init__(self) -> None:
+        context = ssl.create_default_context()
+        context.set_alpn_protocols(["http/1.1"])
+        context.sslsocket_class = _DeadlineSSLSocket
+        super().__init__(context=context)
+        self._tls = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_DeadlineHTTPSConnection, context=self._tls), req)
 
 
 # -------------------------------------------------------------------------------------- shell
