@@ -604,16 +604,19 @@ two minutes at TRICKLE_S), or body bytes after a Content-Length that promises a 
 
 class _SlowReceiver:
     """A receiver at the socket level whose first answer is `first(conn, stop)`: trickled or
-    withheld until `stop`. Every later answer is a good 200. Over TLS with `tls`. Records each
-    request's Idempotency-Key and, of the first, how long it held the client (`held_s`: from
-    the request read to the client hanging up, or to the end of the test)."""
+    withheld until `stop`. Every later answer is `later`, a good 200 unless told. Over TLS with
+    `tls`. Records each request's Idempotency-Key and, of the first, how long it held the
+    client (`held_s`: from the request read to the client hanging up, or to the end of the
+    test)."""
 
     def __init__(
         self,
         first: Callable[[socket.socket, threading.Event], None],
         tls: ssl.SSLContext | None = None,
+        later: bytes = GOOD_ANSWER,
     ) -> None:
         self.keys: list[str] = []
+        self._later = later
         self.first_request = threading.Event()
         self.held_s: float | None = None
         self._first = first
@@ -646,7 +649,7 @@ class _SlowReceiver:
             with conn:
                 self.keys.append(_RawReceiver._read_request(conn)["idempotency-key"])
                 if len(self.keys) > 1:
-                    conn.sendall(GOOD_ANSWER)
+                    conn.sendall(self._later)
                     return
                 start = time.monotonic()
                 self.first_request.set()
@@ -729,6 +732,62 @@ def test_a_trickling_answer_holds_the_webhook_worker_no_longer_than_timeout_s(
         for o in ("delivered", "retried", "failed")
     }
     assert outcomes == {"delivered": 2.0, "retried": 1.0, "failed": None}
+
+
+def _silent(_conn: socket.socket, stop: threading.Event) -> None:
+    """An answer that never comes: the receiver holds the connection until the test ends."""
+    stop.wait()
+
+
+def _eventually(what: Callable[[], bool], within_s: float = 5.0) -> bool:
+    end = time.monotonic() + within_s
+    while not what():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+ANSWER_500 = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+
+
+def _answer_500(conn: socket.socket, _stop: threading.Event) -> None:
+    conn.sendall(ANSWER_500)
+
+
+@pytest.mark.parametrize("first", [_silent, _answer_500], ids=["silent", "500"])
+def test_webhook_close_keeps_its_bound_and_counts_what_it_left(
+    first: Callable[[socket.socket, threading.Event], None],
+) -> None:
+    # close(0.5) waited for the worker 0.5 s (and as long again for room in a full queue),
+    # then once more the webhook's timeout_s + 1 s: 12 s here, where the hub's shutdown gives
+    # promotions 3 s. Both when the receiver never answers (the worker in its attempt) and when
+    # it answers 500 (the worker waits to retry: it counted the queue dropped, then waited on
+    # it, empty and without the end marker that found no room).
+    receiver = _SlowReceiver(first, later=ANSWER_500)
+    counter, registry = _webhook_counter()
+    webhook = Webhook(WebhookConfig(url=receiver.url, timeout_s=10.0, queue=2), counter)
+
+    def count(outcome: str) -> float | None:
+        return registry.get_sample_value("hook_total", {"outcome": outcome})
+
+    try:
+        webhook.post("first", b"{}")
+        assert receiver.first_request.wait(5.0)  # the worker is in its attempt
+        webhook.post("second", b"{}")
+        webhook.post("third", b"{}")  # the queue is full
+        start = time.monotonic()
+        webhook.close(0.5)
+        took_s = time.monotonic() - start
+        dropped = count("dropped")
+    finally:
+        receiver.close()  # hangs up: the attempt in flight ends
+    assert took_s < 0.5 + 2.0  # generous: 0.5 s and WEBHOOK_CLOSE_GRACE_S
+    assert dropped == 2  # the queued ones, counted by the time close returns
+    # The one in flight is counted when its attempt ends: failed, and not tried again.
+    assert _eventually(lambda: count("failed") == 1)
+    assert (count("delivered"), count("dropped")) == (None, 2)
+    assert set(receiver.keys) == {"first"}
 
 
 def test_a_shopper_without_consent_decides_only_the_rules_of_its_kind(site: Site) -> None:
