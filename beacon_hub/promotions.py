@@ -29,10 +29,13 @@ holds the repeat back) or never delivered.
 
 Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
 dropped and counted), retries with doubling backoff on network errors (a broken HTTP answer
-included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect), and of an
-answer's body at most MAX_ANSWER_BYTES are read within `timeout_s` (_read_answer). The worker
+included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect). An attempt,
+from its connect to its answer's last byte, ends `timeout_s` after it began (_DeadlineSocket:
+one deadline, not one per read), and of an answer's body at most MAX_ANSWER_BYTES are read
+(_read_answer); an answer not complete by then is a timeout, retried. The worker
 never dies: a delivery that raises anything unforeseen is counted failed and logged, and the
-next promotion is delivered as usual. Each
+next promotion is delivered as usual. Its close gives the queue `timeout_s`, returns within
+WEBHOOK_CLOSE_GRACE_S more, and counts what it left dropped (Webhook.close). Each
 POST carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature:
 sha256={hex HMAC-SHA256(secret, "{timestamp}.{body}")}` and `Idempotency-Key` (the same on
 every retry of one promotion, so the receiver drops a retry whose first try did arrive).
@@ -42,13 +45,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import http.client
 import logging
 import queue
 import re
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 import urllib.error
@@ -117,6 +123,13 @@ MAX_ANSWER_BYTES = 65_536
 """The most of a receiver's answer the worker reads: the status is all it needs, and an endless
 or huge body (a misconfigured endpoint streaming a file) must not hold the worker, which every
 later promotion waits for, nor fill the hub's memory. 64 KiB holds any error page."""
+WEBHOOK_CLOSE_GRACE_S = 0.5
+"""Webhook.close returns at most this long after its `timeout_s`: what the worker gets, once
+told to stop, to count the promotion it was on and end. One waiting to retry wakes at once and
+takes milliseconds; one in an attempt is not waited for (the attempt ends by the webhook's
+timeout_s, then counts it). The first took milliseconds on the 2-core test machine (close(0.5)
+returned after 0.50 s, all counted), so 0.5 s leaves a loaded hub host a wide margin, and
+the hub's promotions shutdown (service.SHUTDOWN_FLUSH_S, 3 s) stays within 3.5 s."""
 WEBHOOK_LOG_EVERY_S = 60.0
 """A broken receiver fails every attempt: say why at most once a minute per kind of failure
 (the counter has every one)."""
@@ -454,26 +467,56 @@ class Webhook:
         self._clock = clock
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=cfg.queue)
         self._stop = threading.Event()
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            _NoRedirect(),
+            _DeadlineHTTPHandler(),
+            _DeadlineHTTPSHandler(),
+        )
         self._log = RateLimitedLog(WEBHOOK_LOG_EVERY_S, logger=log)
         self._thread = threading.Thread(target=self._run, name="beacon-hub-webhook", daemon=True)
         self._thread.start()
 
     def post(self, key: str, body: bytes) -> None:
-        """Service thread: hand over; never blocks. Full queue: drop this one, count it."""
+        """Service thread: hand over; never blocks. Full queue, or closed: drop this one, count
+        it."""
+        if self._stop.is_set():  # no worker will take it
+            self._counter.labels("dropped").inc()
+            return
         try:
             self._queue.put_nowait((key, body))
         except queue.Full:
             self._counter.labels("dropped").inc()
 
     def close(self, timeout_s: float) -> None:
-        """Deliver what is queued for up to `timeout_s`, then give up (the rest is counted
-        dropped)."""
-        with contextlib.suppress(queue.Full):
+        """Deliver what is queued for up to `timeout_s`, then give up; returns within
+        `timeout_s` + WEBHOOK_CLOSE_GRACE_S. What is still queued then is counted dropped before
+        it returns. A promotion in flight is not waited for: counted when its attempt ends
+        (within the webhook's timeout_s, if the process still runs), failed unless that attempt
+        succeeds, since none follows."""
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(queue.Full):  # full until the deadline: _stop ends the worker
             self._queue.put(None, timeout=timeout_s)
-        self._thread.join(timeout_s)
-        self._stop.set()
-        self._thread.join(self.cfg.timeout_s + 1.0)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()  # no attempt starts now; a retry's wait ends at once
+        if not self._thread.is_alive():
+            return
+        left = 0
+        with contextlib.suppress(queue.Empty):  # the worker takes some too: each counted once
+            while True:
+                if self._queue.get_nowait() is not None:  # None: our own, put above
+                    left += 1
+        self._counter.labels("dropped").inc(left)
+        with contextlib.suppress(queue.Full):  # room now, unless a post came in between
+            self._queue.put_nowait(None)  # the worker ends after its attempt
+        self._thread.join(WEBHOOK_CLOSE_GRACE_S)
+        busy = "; an attempt still in flight" if self._thread.is_alive() else ""
+        log.warning(
+            "webhook %s: closed with %d queued promotions undelivered (counted dropped)%s",
+            self.cfg.url,
+            left,
+            busy,
+        )
 
     def _run(self) -> None:
         """The worker. Whatever one delivery raises, it is counted failed and the worker goes
@@ -501,8 +544,8 @@ class Webhook:
             if outcome == "ok":
                 self._counter.labels("delivered").inc()
                 return
-            if outcome == "refused" or attempt == self.cfg.attempts:
-                break
+            if outcome == "refused" or attempt == self.cfg.attempts or self._stop.is_set():
+                break  # closed (no retry would start): failed, not retried
             self._counter.labels("retried").inc()
             if self._stop.wait(wait):
                 break
@@ -521,10 +564,11 @@ class Webhook:
             secret = self.cfg.secret.get_secret_value().encode()
             headers["X-Beacon-Hub-Signature"] = sign(secret, stamp, body)
         request = urllib.request.Request(self.cfg.url, body, headers, method="POST")  # noqa: S310  # http(s) only, checked by the config
-        deadline = time.monotonic() + self.cfg.timeout_s
         try:
+            # The whole attempt, from the connect to the answer's last byte, within timeout_s
+            # (_DeadlineSocket); past it, a TimeoutError like a silent receiver's.
             with self._opener.open(request, timeout=self.cfg.timeout_s) as r:
-                _read_answer(r, deadline)
+                _read_answer(r)
         except urllib.error.HTTPError as e:
             e.close()
             if e.code >= 500 or e.code in RETRYABLE_HTTP:
@@ -565,18 +609,134 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _read_answer(r: http.client.HTTPResponse, deadline: float) -> None:
+def _read_answer(r: http.client.HTTPResponse) -> None:
     """Read the receiver's answer to its end, so a truncated one is a failed attempt, but no
-    more than MAX_ANSWER_BYTES and not past `deadline` (monotonic): the socket timeout is per
-    read, so a body that never ends, or trickles, would hold the worker for ever."""
+    more than MAX_ANSWER_BYTES: a body that never ends must not fill the hub's memory. One that
+    trickles is ended by the attempt's deadline (_DeadlineSocket)."""
     got = 0
-    while got < MAX_ANSWER_BYTES and time.monotonic() < deadline:
+    while got < MAX_ANSWER_BYTES:
         chunk = r.read1(MAX_ANSWER_BYTES - got)
         if not chunk:
             if r.length:  # Content-Length promised more than arrived before the close
                 raise http.client.IncompleteRead(b"", r.length)
             return
         got += len(chunk)
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every send and receive ends by one `deadline` (monotonic) for all of
+    them: before each, its timeout shrinks to the time left. A plain timeout is per call, so a
+    receiver that trickles its status line or headers a byte at a time, which http.client
+    reads inside the opener, held the worker for as long as it liked (every later promotion
+    waits for the worker). No deadline: a plain socket."""
+
+    deadline: float | None = None
+
+    def arm(self) -> None:
+        """The timeout of the next call: the time left."""
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:  # a timeout of 0 would make the socket non-blocking, not give up
+            raise TimeoutError("the webhook attempt's deadline (timeout_s) passed")
+        self.settimeout(left)
+
+    # Any arguments, passed on as given: ssl.SSLSocket's defaults differ from socket's.
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        self.arm()
+        return super().recv(*args, **kwargs)
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:  # what makefile() reads with
+        self.arm()
+        return super().recv_into(*args, **kwargs)
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        self.arm()
+        return super().send(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        # One call, one timeout for all of it (socket.sendall since Python 3.5); SSLSocket's
+        # sendall loops over send, armed again each time.
+        self.arm()
+        super().sendall(*args, **kwargs)
+
+
+class _DeadlineSSLSocket(_DeadlineSocket, ssl.SSLSocket):
+    """_DeadlineSocket over TLS: its methods run before SSLSocket's (the MRO). The handshake
+    runs inside wrap_socket, before the deadline is set, under the timeout the plain socket had
+    (the handshake's total since Python 3.5): the time left after the connect."""
+
+
+def _connect(host: str, port: int, deadline: float) -> _DeadlineSocket:
+    """socket.create_connection, with one deadline over all of the host's addresses (each got
+    the whole timeout). The name lookup itself takes what the resolver takes (no timeout)."""
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = _DeadlineSocket(family, kind, proto)
+        sock.deadline = deadline
+        try:
+            sock.arm()
+            sock.connect(address)
+            # As http.client does: the headers and body go in two sends, and Nagle would hold
+            # the second until the receiver acknowledges the first.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.arm()  # for a TLS handshake: what is left
+        except OSError as e:
+            sock.close()
+            error = e
+        else:
+            return sock
+    raise error
+
+
+def _deadline_of(conn: http.client.HTTPConnection) -> float:
+    """The opener's `timeout` becomes the deadline of the whole attempt, from its connect."""
+    if conn.timeout is None:  # never: _attempt always passes timeout_s
+        raise ValueError("a webhook connection needs a timeout")
+    return time.monotonic() + conn.timeout
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:  # no proxy tunnel: the opener has no proxies
+        self.sock = _connect(self.host, self.port, _deadline_of(self))
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, /, *, context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(host, context=context, **kwargs)
+        self._tls = context  # http.client keeps it too, but privately
+
+    def connect(self) -> None:
+        deadline = _deadline_of(self)
+        tls = self._tls.wrap_socket(
+            _connect(self.host, self.port, deadline), server_hostname=self.host
+        )
+        if not isinstance(tls, _DeadlineSSLSocket):  # never: the handler's context makes them
+            raise TypeError(f"webhook TLS socket of {type(tls)} has no deadline")
+        tls.deadline = deadline
+        self.sock = tls
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    """Replaces urllib's (a subclass: build_opener leaves its own out) with _DeadlineSocket."""
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPConnection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    """As _DeadlineHTTPHandler, over TLS. The context is http.client's default one (the
+    system's CAs, host names checked, ALPN http/1.1) making _DeadlineSSLSocket."""
+
+    def __init__(self) -> None:
+        context = ssl.create_default_context()
+        context.set_alpn_protocols(["http/1.1"])
+        context.sslsocket_class = _DeadlineSSLSocket
+        super().__init__(context=context)
+        self._tls = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_DeadlineHTTPSConnection, context=self._tls), req)
 
 
 # -------------------------------------------------------------------------------------- shell
@@ -690,8 +850,9 @@ class Promotions:
                 self.webhook.post(idempotency_key(d), body)
 
     def close(self, timeout_s: float) -> None:
-        """Deliver what the SQLite writer still holds, then the webhook's queue, within about
-        `timeout_s` (service.py calls this before it closes the writer)."""
+        """Deliver what the SQLite writer still holds, then the webhook's queue, within
+        `timeout_s` + WEBHOOK_CLOSE_GRACE_S (service.py calls this before it closes the
+        writer; Webhook.close counts what is left)."""
         deadline = time.monotonic() + timeout_s
         flushed = threading.Event()
         self._submit(lambda _db: flushed.set())

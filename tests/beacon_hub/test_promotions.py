@@ -6,9 +6,13 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import itertools
+import shutil
 import socket
 import sqlite3
+import ssl
 import threading
+import time
 import zoneinfo
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +37,7 @@ from beacon_hub.promotions import (
     load_rules,
     sign,
 )
+from beacon_hub.provision import ensure_site_ca, issue_certificate
 from beacon_hub.site import Site, load_site
 from beacon_hub.stores import open_sqlite
 from beacon_hub.wire import Event, decode_promotion
@@ -587,6 +592,202 @@ def test_webhook_reads_little_of_an_endless_answer_and_goes_on() -> None:
     assert keys == ["first", "second"]
     assert registry.get_sample_value("hook_total", {"outcome": "delivered"}) == 2
     assert streamed[0] < 64 * 1024 * 1024  # what the socket buffers took, not the stream
+
+
+TRICKLE_S = 0.2
+"""A trickling receiver sends its next byte this often: well inside the tests' 1 s timeout_s,
+so a timeout per socket read never fires; only a deadline over the whole attempt ends it."""
+PAD_HEADER = b"X-Pad: y\r\n"
+"""What a trickle goes on with for ever: header lines (http.client takes 100 of them, 600 bytes:
+two minutes at TRICKLE_S), or body bytes after a Content-Length that promises a megabyte."""
+
+
+class _SlowReceiver:
+    """A receiver at the socket level whose first answer is `first(conn, stop)`: trickled or
+    withheld until `stop`. Every later answer is `later`, a good 200 unless told. Over TLS with
+    `tls`. Records each request's Idempotency-Key and, of the first, how long it held the
+    client (`held_s`: from the request read to the client hanging up, or to the end of the
+    test)."""
+
+    def __init__(
+        self,
+        first: Callable[[socket.socket, threading.Event], None],
+        tls: ssl.SSLContext | None = None,
+        later: bytes = GOOD_ANSWER,
+    ) -> None:
+        self.keys: list[str] = []
+        self._later = later
+        self.first_request = threading.Event()
+        self.held_s: float | None = None
+        self._first = first
+        self._tls = tls
+        self._stop = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)  # accept() wakes to see _stop
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._server.getsockname()[1]}/p"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        answering: list[threading.Thread] = []
+        with self._server:
+            while not self._stop.is_set():
+                try:
+                    conn, _ = self._server.accept()
+                except TimeoutError:
+                    continue
+                thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+                thread.start()
+                answering.append(thread)
+        for thread in answering:
+            thread.join(5.0)
+
+    def _answer(self, raw: socket.socket) -> None:
+        raw.settimeout(5.0)  # a test that went wrong must not hang here
+        with contextlib.suppress(OSError), raw:  # the client may hang up at any point
+            conn = raw if self._tls is None else self._tls.wrap_socket(raw, server_side=True)
+            with conn:
+                self.keys.append(_RawReceiver._read_request(conn)["idempotency-key"])
+                if len(self.keys) > 1:
+                    conn.sendall(self._later)
+                    return
+                start = time.monotonic()
+                self.first_request.set()
+                try:
+                    self._first(conn, self._stop)
+                finally:
+                    self.held_s = time.monotonic() - start
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+
+def _trickle(fast: bytes, slow: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer that sends `fast` at once, then `slow` and PAD_HEADER for ever, a byte every
+    TRICKLE_S, until the client hangs up (its end of the stream) or the test stops it."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(fast)
+        conn.settimeout(TRICKLE_S)
+        for byte in itertools.chain(slow, itertools.cycle(PAD_HEADER)):
+            if stop.is_set():
+                return
+            try:
+                if not conn.recv(1):
+                    return  # the client hung up
+            except TimeoutError:
+                conn.sendall(bytes([byte]))
+
+    return answer
+
+
+TRICKLED = {
+    "status line": (b"", b"HTTP/1.1 200 OK\r\n"),
+    "headers": (b"HTTP/1.1 200 OK\r\n", b""),
+    "body": (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", b""),
+}
+"""Where an answer trickles: http.client reads the status line and headers inside the opener,
+the body is read by _read_answer."""
+
+
+def _tls_receiver(folder: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server context for 127.0.0.1 under a new site CA (provision.py's, made by openssl),
+    which the webhook's client trusts through SSL_CERT_FILE (read when its context is made)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the `openssl` command makes the test certificate")
+    ca, _ = ensure_site_ca(folder / "ca")
+    cert, key = folder / "receiver.crt", folder / "receiver.key"
+    issue_certificate(ca, "receiver", cert, key, server_names=["127.0.0.1"])
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    return tls
+
+
+@pytest.mark.parametrize("where", sorted(TRICKLED))
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_trickling_answer_holds_the_webhook_worker_no_longer_than_timeout_s(
+    where: str, scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A receiver that sends its status line or headers a byte at a time held the worker for as
+    # long as it kept trickling: the socket timeout is per read, and http.client reads them.
+    tls = _tls_receiver(tmp_path, monkeypatch) if scheme == "https" else None
+    receiver = _SlowReceiver(_trickle(*TRICKLED[where]), tls)
+    counter, registry = _webhook_counter()
+    cfg = WebhookConfig(url=receiver.url, timeout_s=1.0, attempts=2, retry_max_s=0.5)
+    webhook = Webhook(cfg, counter)
+    try:
+        webhook.post("slow", b"{}")
+        webhook.post("next", b"{}")
+        webhook.close(8.0)  # the old code was still held when this gave up
+    finally:
+        receiver.close()
+    # The trickled attempt timed out and was retried (a good answer then); the next one went.
+    assert receiver.keys == ["slow", "slow", "next"]
+    assert receiver.held_s is not None
+    assert receiver.held_s < cfg.timeout_s + 2.0  # generous: it hangs up at about timeout_s
+    outcomes = {
+        o: registry.get_sample_value("hook_total", {"outcome": o})
+        for o in ("delivered", "retried", "failed")
+    }
+    assert outcomes == {"delivered": 2.0, "retried": 1.0, "failed": None}
+
+
+def _silent(_conn: socket.socket, stop: threading.Event) -> None:
+    """An answer that never comes: the receiver holds the connection until the test ends."""
+    stop.wait()
+
+
+def _eventually(what: Callable[[], bool], within_s: float = 5.0) -> bool:
+    end = time.monotonic() + within_s
+    while not what():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+ANSWER_500 = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+
+
+def _answer_500(conn: socket.socket, _stop: threading.Event) -> None:
+    conn.sendall(ANSWER_500)
+
+
+@pytest.mark.parametrize("first", [_silent, _answer_500], ids=["silent", "500"])
+def test_webhook_close_keeps_its_bound_and_counts_what_it_left(
+    first: Callable[[socket.socket, threading.Event], None],
+) -> None:
+    # close(0.5) waited for the worker 0.5 s (and as long again for room in a full queue),
+    # then once more the webhook's timeout_s + 1 s: 12 s here, where the hub's shutdown gives
+    # promotions 3 s. Both when the receiver never answers (the worker in its attempt) and when
+    # it answers 500 (the worker waits to retry: it counted the queue dropped, then waited on
+    # it, empty and without the end marker that found no room).
+    receiver = _SlowReceiver(first, later=ANSWER_500)
+    counter, registry = _webhook_counter()
+    webhook = Webhook(WebhookConfig(url=receiver.url, timeout_s=10.0, queue=2), counter)
+
+    def count(outcome: str) -> float | None:
+        return registry.get_sample_value("hook_total", {"outcome": outcome})
+
+    try:
+        webhook.post("first", b"{}")
+        assert receiver.first_request.wait(5.0)  # the worker is in its attempt
+        webhook.post("second", b"{}")
+        webhook.post("third", b"{}")  # the queue is full
+        start = time.monotonic()
+        webhook.close(0.5)
+        took_s = time.monotonic() - start
+        dropped = count("dropped")
+    finally:
+        receiver.close()  # hangs up: the attempt in flight ends
+    assert took_s < 0.5 + 2.0  # generous: 0.5 s and WEBHOOK_CLOSE_GRACE_S
+    assert dropped == 2  # the queued ones, counted by the time close returns
+    # The one in flight is counted when its attempt ends: failed, and not tried again.
+    assert _eventually(lambda: count("failed") == 1)
+    assert (count("delivered"), count("dropped")) == (None, 2)
+    assert set(receiver.keys) == {"first"}
 
 
 def test_a_shopper_without_consent_decides_only_the_rules_of_its_kind(site: Site) -> None:
