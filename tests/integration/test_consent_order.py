@@ -28,7 +28,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from beacon_hub.consent import Consent, consent_topic, encode_consent
+from beacon_hub.consent import Consent, consent_subscription, consent_topic, encode_consent
 from beacon_hub.hubconfig import PrivacyConfig
 from beacon_hub.privacy import load_key, pseudonym
 from tests.integration.hubkit import Gateways, HubProcess, site_file, unique_site, wait_until
@@ -171,3 +171,93 @@ def test_a_restarted_hub_does_not_track_a_revoked_file_grant(
     finally:
         hub.close()
         gws.close()
+
+
+def test_mosquitto_queues_a_decision_in_order_and_sends_the_retained_ones_after_the_queue(  # noqa: PLR0915  # one exchange, step by step
+    mosquitto: Mosquitto,
+) -> None:
+    """The broker's side of the above, with a bare persistent session as the hub's (QoS 1,
+    manual acknowledgements) on Mosquitto's default in-flight window of 20: a revocation
+    published while the session is away is queued between the readings around it; the retained
+    copies come only after the SUBACK and behind everything queued; and while the window is full
+    of unacknowledged readings they do not come at all, while a later QoS 0 message does. So a
+    hub holding its readings until the retained decisions arrive would wait for ever."""
+    site, beacon = unique_site(), "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:9:1"
+    readings, consent = f"beacons/{site}/gateway/gw-01/readings", consent_topic(site, beacon)
+    probe = f"probe/{site}"
+    got: list[tuple[str, bytes, bool, int]] = []
+    lock = threading.Lock()
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        with lock:
+            got.append((m.topic, bytes(m.payload), bool(m.retain), m.mid))
+
+    def on_connect(c: mqtt.Client, _u: object, _f: object, _r: object, _p: object) -> None:
+        c.subscribe([(readings, 1), (consent_subscription(site), 1), (probe, 0)])
+
+    subacks: list[int] = []
+    client_id = f"h-{uuid.uuid4().hex[:8]}"
+
+    def session() -> mqtt.Client:
+        """A connection of the persistent session: a new client each time, as paho leaves a
+        stopped loop's wake-up sockets unclosed when the same one starts again (paho issue 627)."""
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+            manual_ack=True,
+        )
+        c.on_message, c.on_connect = on_message, on_connect
+        c.on_subscribe = lambda _c, _u, mid, _r, _p: subacks.append(mid)
+        c.connect(mosquitto.host, mosquitto.port)
+        c.loop_start()
+        return c
+
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:8]}")
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+
+    def send(topic: str, payload: bytes, *, retain: bool) -> None:
+        pub.publish(topic, payload, qos=1, retain=retain).wait_for_publish(30)
+
+    send(consent, encode_consent(Consent(True, 1.0)), retain=True)
+    hub = session()
+    try:
+        wait_until("the grant", lambda: len(got) == 1)
+        hub.ack(got[0][3], 1)
+        hub.disconnect()
+        hub.loop_stop()
+        with lock:
+            got.clear()
+        subacks.clear()
+        for i in range(30):
+            if i == 5:
+                send(consent, encode_consent(Consent(False, 2.0)), retain=True)
+            send(readings, f"r{i}".encode(), retain=False)
+        hub = session()
+        wait_until("the SUBACK", lambda: bool(subacks))
+        hub.publish(probe, b"probe", qos=0)
+        wait_until("the probe", lambda: any(t == probe for t, *_ in got))
+        with lock:
+            held = list(got)
+        names = [p.decode() if t in (readings, probe) else (t, p[:40], r) for t, p, r, _ in held]
+        revoke_live = (consent, encode_consent(Consent(False, 2.0))[:40], False)
+        # The window (20): 5 readings, the revocation where it was published, 14 readings.
+        assert names[:20] == [f"r{i}" for i in range(5)] + [revoke_live] + [
+            f"r{i}" for i in range(5, 19)
+        ]
+        assert names[20:] == ["probe"]  # no retained decision while the window is full
+        for _t, _p, _r, mid in held[:20]:
+            hub.ack(mid, 1)
+        wait_until("the retained decision", lambda: any(r for _, _, r, _ in got))
+        with lock:
+            rest = [p.decode() if t == readings else (t, r) for t, p, r, _ in got[21:]]
+        # Behind what was queued: the readings the acknowledgements let through come first.
+        assert rest[-1] == (consent, True)
+        assert rest[:-1] == [f"r{i}" for i in range(19, 30)]
+    finally:
+        hub.loop_stop()
+        hub.disconnect()
+        pub.loop_stop()
+        pub.disconnect()
