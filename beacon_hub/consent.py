@@ -15,11 +15,24 @@ Three sources feed one registry, and the newest decision about a beacon wins:
 
 Consent is per tag, hub-wide: a message on any site's topic decides for the beacon.
 
+Kept across a restart (`ConsentStore`, docs/privacy.md). A hub's persistent session holds the
+readings queued while it was stopped, and the broker sends them right after the CONNACK; the
+retained decisions come only after the hub's SUBSCRIBE, behind all of them (Mosquitto 2.0;
+tests/integration/test_consent_order.py). A hub that started from the file alone ticked its
+backlog before it knew any decision: a consenting shopper's fixes were withheld, and a file
+grant revoked on the topic was tracked. So each decision is stored in the hub's SQLite database
+(table `consent`, by pseudonym: no raw shopper id goes there) and read back at start; the
+service acknowledges a consent message only once its decision is stored, or the broker would
+not send it again after a crash. A decision made while the hub was stopped is queued for its
+session like a reading, in the order the broker received them, so it takes effect in order with
+the backlog.
+
 Threads. `grant`/`revoke` run on the HTTP server's threads, `apply` on the service thread,
 `has_consent` on the service thread (privacy.py) and HTTP threads: one lock guards the map.
-A second lock makes each `grant`/`revoke` whole: the clock is read, the map written and the
-retained topic published before the next one starts, so the broker keeps the last decision, not
-whichever publish came last. `apply` and `has_consent` never wait for a publish.
+A second lock makes each `grant`/`revoke` whole: the clock is read, the map written, the store
+asked and the retained topic published before the next one starts, so the broker keeps the last
+decision, not whichever publish came last. `apply` and `has_consent` never wait for a publish.
+The store's jobs run on the SQLite writer's thread.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import csv
 import datetime as dt
 import json
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +58,7 @@ __all__ = [
     "MAX_CONSENT_BYTES",
     "Consent",
     "ConsentRegistry",
+    "ConsentStore",
     "consent_subscription",
     "consent_topic",
     "decode_consent",
@@ -59,6 +74,8 @@ MAX_CONSENT_ENTRIES = 1_000_000
 
 Publish = Callable[[str, bytes, int, bool], bool]
 """MqttLink.publish(topic, payload, qos, retain)."""
+Job = Callable[[sqlite3.Connection], None]
+"""A job for the SQLite writer's thread (SqliteStore.submit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +238,73 @@ def read_consent_file(path: Path) -> dict[str, Consent]:
     return out
 
 
+# ------------------------------------------------------------------------------------ the store
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS consent (
+    anon TEXT PRIMARY KEY, consent INTEGER NOT NULL, t REAL NOT NULL, expires REAL
+) WITHOUT ROWID"""
+_UPSERT = """
+INSERT INTO consent (anon, consent, t, expires) VALUES (?, ?, ?, ?)
+ON CONFLICT (anon) DO UPDATE SET consent = excluded.consent, t = excluded.t,
+    expires = excluded.expires
+WHERE excluded.t >= consent.t"""
+"""The newest decision wins here as in the registry: hub processes sharing one database write
+the same decisions in whatever order their writers get to them."""
+
+
+class ConsentStore:
+    """The registry's decisions in the hub's SQLite database, by pseudonym (module docstring).
+
+    `load` runs before the SQLite writer starts; after that every write is a job submitted to
+    the writer's thread, in order. `when_saved` runs a callback (the acknowledgement of a consent
+    message) once every decision asked for so far is stored: at once when none is pending, else
+    as a job after theirs. A failed write is logged and counted by the writer, and the callback
+    still runs, as a tick's acknowledgements do (service.py): the decision holds in memory, and
+    a restart learns it from the retained topic, after the backlog, as before."""
+
+    def __init__(self, db: sqlite3.Connection, submit: Callable[[Job], None]) -> None:
+        self._db = db
+        self._submit = submit
+        self._lock = threading.Lock()
+        self._pending = 0
+        """Decisions reserved (in the registry's lock) and not yet through the writer."""
+
+    def load(self) -> dict[str, Consent]:
+        """Pseudonym -> the last decision stored; the table is made if it is not there yet (it
+        lives beside stores.py's tables, which leave others' tables alone)."""
+        self._db.execute(_CREATE_TABLE)
+        rows = self._db.execute("SELECT anon, consent, t, expires FROM consent").fetchall()
+        return {str(a): Consent(bool(c), float(t), e) for a, c, t, e in rows}
+
+    def reserve(self) -> None:
+        """A decision is coming (`save`): counted before the registry lets anyone see it, so a
+        `when_saved` that finds it in the map also waits for it."""
+        with self._lock:
+            self._pending += 1
+
+    def save(self, anon: str, decision: Consent) -> None:
+        """Store a reserved decision; blocks while the writer's queue is full."""
+        row = (anon, int(decision.consent), decision.t, decision.expires)
+
+        def job(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(_UPSERT, row)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+        self._submit(job)
+
+    def when_saved(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            now = self._pending == 0
+        if now:
+            callback()
+        else:
+            self._submit(lambda _db: callback())
+
+
 # --------------------------------------------------------------------------------- the registry
 
 
@@ -234,6 +318,7 @@ class ConsentRegistry:
         publish: Publish | None = None,
         sites: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
+        store: ConsentStore | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._decide_lock = threading.Lock()
@@ -242,6 +327,10 @@ class ConsentRegistry:
         so paho's publish() never calls back into the hub, and no paho callback takes this
         lock."""
         self._by_beacon: dict[str, Consent] = dict(initial or {})
+        self._store = store
+        self._restored: dict[str, Consent] = {} if store is None else store.load()
+        """Pseudonym -> the decision a previous run stored, until one for the raw id comes
+        (`_known`); read through the pseudonym `attach` hands over."""
         self._publish = publish
         self._sites = tuple(sites)
         self._clock = clock
@@ -274,7 +363,7 @@ class ConsentRegistry:
         """True if the beacon's shopper has consented and the grant has not expired at `at`
         (default now; privacy.py passes the tick's data time)."""
         with self._lock:
-            c = self._by_beacon.get(beacon)
+            c = self._known(beacon)
         return c is not None and c.active(self._clock() if at is None else at)
 
     # -- the service side
@@ -282,17 +371,27 @@ class ConsentRegistry:
     def apply(self, beacon: str, decision: Consent) -> bool:
         """A decision from the topic; False if an equal or newer one is already known."""
         with self._lock:
-            old = self._by_beacon.get(beacon)
+            old = self._known(beacon)
             if old is not None and old.t > decision.t:
                 return False
             if old == decision:
                 return False
-            self._by_beacon[beacon] = decision
-            self.version += 1
+            anon = self._set(beacon, decision)
+        self._save(anon, decision)
         return True
 
+    def when_saved(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once every decision so far is stored (ConsentStore.when_saved); at
+        once without a store."""
+        if self._store is None:
+            callback()
+        else:
+            self._store.when_saved(callback)
+
     def consenting(self) -> list[str]:
-        """Beacons with a decision of yes (expired or not), for the docs and tests."""
+        """Beacons with a decision of yes (expired or not), for the docs and tests. A decision
+        restored from the store is known by pseudonym only, until the retained topic names the
+        beacon again (promotions.py's PseudonymConsent then finds it)."""
         with self._lock:
             return sorted(b for b, c in self._by_beacon.items() if c.consent)
 
@@ -301,12 +400,43 @@ class ConsentRegistry:
         reach the broker, in one order, and the later one wins everywhere."""
         with self._decide_lock:
             with self._lock:
-                old = self._by_beacon.get(beacon)
+                old = self._known(beacon)
                 now = self._clock()
                 decision = Consent(consent, now if old is None else max(now, old.t), expires)
-                self._by_beacon[beacon] = decision
-                self.version += 1
+                anon = self._set(beacon, decision)
+            # Stored before it is published: our own copy, coming back on the topic, is then
+            # acknowledged only after this (ConsentStore.when_saved).
+            self._save(anon, decision)
             if self._publish is not None:
                 payload = encode_consent(decision)
                 for site in self._sites:
                     self._publish(consent_topic(site, beacon), payload, 1, True)
+
+    def _known(self, beacon: str) -> Consent | None:
+        """The newest decision about `beacon`: the map's, or one a previous run stored under its
+        pseudonym (a file grant at t=0 must not hide a revocation stored since). Under _lock."""
+        c = self._by_beacon.get(beacon)
+        if self._restored and self._pseudonym is not None:
+            stored = self._restored.get(self._pseudonym(beacon))
+            if stored is not None and (c is None or stored.t >= c.t):
+                return stored
+        return c
+
+    def _set(self, beacon: str, decision: Consent) -> str | None:
+        """Record a decision (under _lock); its pseudonym if the store is to keep it, reserved
+        there before the lock lets anyone see the decision (ConsentStore.reserve)."""
+        self._by_beacon[beacon] = decision
+        self.version += 1
+        if self._pseudonym is None:
+            return None
+        anon = self._pseudonym(beacon)
+        self._restored.pop(anon, None)
+        if self._store is None:
+            return None
+        self._store.reserve()
+        return anon
+
+    def _save(self, anon: str | None, decision: Consent) -> None:
+        """Outside _lock: the writer's queue may be full, and `has_consent` must not wait."""
+        if anon is not None and self._store is not None:
+            self._store.save(anon, decision)

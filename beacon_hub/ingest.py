@@ -273,7 +273,9 @@ class MqttLink:
         self.client_id = client_id
         sites = list(site_ids)
         # Consent and gateway status topics are retained: subscribing delivers the current
-        # decision per beacon and the current state per gateway.
+        # decision per beacon and the current state per gateway. The retained ones come after
+        # the session's queue, not before it; QoS 1 (_on_connect) is what queues a decision
+        # made while we are away in order with the readings around it (consent.py).
         self.subscriptions = [readings_subscription(s) for s in sites] + [
             consent_subscription(s) for s in sites
         ]

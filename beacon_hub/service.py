@@ -45,7 +45,7 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 from beacon_hub.calibration import load_calibration
-from beacon_hub.consent import ConsentRegistry, read_consent_file
+from beacon_hub.consent import ConsentRegistry, ConsentStore, read_consent_file
 from beacon_hub.engine import Engine
 from beacon_hub.errors import BeaconHubError, ConfigError
 from beacon_hub.health import Metrics
@@ -248,11 +248,14 @@ class Hub:
         # Consent, pseudonyms, promotions (docs/privacy.md, docs/promotions.md).
         site_map = {r.site.id: r.site for r in self.sites.values()}
         priv = cfg.privacy
+        # The decisions the last run stored: the backlog its session queued comes before the
+        # retained ones (consent.py, module docstring).
         self.consent = ConsentRegistry(
             read_consent_file(priv.consent_file) if priv.consent_file else None,
             publish=self.link.publish,
             sites=site_map,
             clock=clock,
+            store=ConsentStore(self.sqlite.db, self.sqlite.submit),
         )
         self.privacy = Privacy(
             site_map,
@@ -463,7 +466,10 @@ class Hub:
         if isinstance(res, ConsentUpdate):
             if res.consent is not None:
                 self.consent.apply(res.beacon, res.consent)
-            self.link.ack(item.mid, item.qos, item.session)
+            # Once stored: acknowledged before, a decision a crash kept from the database would
+            # come again only retained, after the next start's backlog (consent.py).
+            link, mid, qos, session = self.link, item.mid, item.qos, item.session
+            self.consent.when_saved(lambda: link.ack(mid, qos, session))
             return
         if isinstance(res, StatusUpdate | HeartbeatUpdate):
             # Gateway state for the live view, not data to store: acknowledged at once.

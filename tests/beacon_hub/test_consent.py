@@ -3,12 +3,22 @@ the broker's retained messages, at the newest decision (consent.py, module docst
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from beacon_hub.consent import Consent, ConsentRegistry, consent_topic, decode_consent
+from beacon_hub.consent import (
+    Consent,
+    ConsentRegistry,
+    ConsentStore,
+    consent_topic,
+    decode_consent,
+)
 
 T0 = 1_700_000_000.0
 BEACON = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:5"
@@ -118,3 +128,81 @@ def test_an_api_decision_is_never_stamped_before_the_one_it_replaces() -> None:
     reg.revoke(BEACON)
     assert not reg.has_consent(BEACON, T0 + 60.0)
     assert sent[-1] == Consent(False, T0 + 50.0)
+
+
+class _Writer:
+    """SqliteStore.submit's contract with a thread of its own: jobs run later, in order, on one
+    connection. `run` does what the writer thread would do meanwhile."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.jobs: list[Callable[[sqlite3.Connection], None]] = []
+
+    def submit(self, job: Callable[[sqlite3.Connection], None]) -> None:
+        self.jobs.append(job)
+
+    def run(self) -> None:
+        while self.jobs:
+            self.jobs.pop(0)(self.db)
+
+
+def _anon(beacon: str) -> str:
+    return "anon:" + hashlib.sha256(beacon.encode()).hexdigest()[:16]  # unkeyed: a test's
+
+
+def _stored(
+    path: Path, initial: dict[str, Consent] | None = None
+) -> tuple[ConsentRegistry, _Writer]:
+    db = sqlite3.connect(path, isolation_level=None)
+    writer = _Writer(db)
+    reg = ConsentRegistry(initial, clock=lambda: T0, store=ConsentStore(db, writer.submit))
+    reg.attach(_anon)
+    return reg, writer
+
+
+def test_decisions_survive_a_restart_by_pseudonym_and_beat_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "hub.sqlite"
+    other = BEACON.replace(":5", ":6")
+    reg, writer = _stored(path)
+    assert reg.apply(BEACON, Consent(True, T0))
+    assert reg.apply(other, Consent(True, T0))
+    reg.revoke(other)  # the API, at T0 (never before the grant it replaces)
+    writer.run()
+    rows = writer.db.execute("SELECT anon, consent FROM consent ORDER BY anon").fetchall()
+    assert sorted(rows) == sorted([(_anon(BEACON), 1), (_anon(other), 0)])  # no raw id stored
+    writer.db.close()
+
+    # The file grants both at t=0: the stored revoke is newer and wins, the grant stays.
+    file = {BEACON: Consent(True), other: Consent(True)}
+    again, writer = _stored(path, file)
+    assert again.has_consent(BEACON, T0 + 1.0)
+    assert not again.has_consent(other, T0 + 1.0)
+    # The retained copies arrive after the backlog and change nothing.
+    assert not again.apply(BEACON, Consent(True, T0))
+    assert not again.apply(other, Consent(False, T0))
+    assert writer.jobs == []
+    # A newer decision replaces the stored one, in memory and in the table.
+    assert again.apply(BEACON, Consent(False, T0 + 2.0))
+    assert not again.has_consent(BEACON, T0 + 3.0)
+    writer.run()
+    assert writer.db.execute(
+        "SELECT consent, t FROM consent WHERE anon = ?", (_anon(BEACON),)
+    ).fetchall() == [(0, T0 + 2.0)]
+    writer.db.close()
+
+
+def test_a_consent_message_is_acknowledged_after_its_decision_is_stored(tmp_path: Path) -> None:
+    reg, writer = _stored(tmp_path / "hub.sqlite")
+    acked: list[str] = []
+    assert reg.apply(BEACON, Consent(True, T0))
+    reg.when_saved(lambda: acked.append("grant"))
+    assert acked == []  # its row is still with the writer
+    assert not reg.apply(BEACON, Consent(True, T0))  # the retained copy: nothing new...
+    reg.when_saved(lambda: acked.append("copy"))
+    assert acked == []  # ...but what it confirms is not stored yet either
+    writer.run()
+    assert acked == ["grant", "copy"]
+    assert writer.db.execute("SELECT count(*) FROM consent").fetchone() == (1,)
+    reg.when_saved(lambda: acked.append("later"))  # nothing pending: at once
+    assert acked == ["grant", "copy", "later"]
+    writer.db.close()
