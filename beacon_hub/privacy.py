@@ -515,7 +515,8 @@ def open_erase_sqlite(path: Path) -> sqlite3.Connection:
 
 
 def erase_sqlite(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, int]:
-    """Delete every row of these beacon ids; rows removed per table."""
+    """Delete every row of these beacon ids, the stored consent decision of the pseudonym
+    included; rows removed per table."""
     ids = list(ids)
     marks = ",".join("?" * len(ids))
     names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -533,6 +534,11 @@ def erase_sqlite(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, int]:
                 )
             else:
                 removed[table] = db.execute(delete, ids).rowcount
+        if "consent" in names:
+            # The hub's stored decision (consent.ConsentStore), by pseudonym: the retained topic
+            # keeps the decision, and the hub stores it again at its next start.
+            delete = f"DELETE FROM consent WHERE anon IN ({marks})"  # noqa: S608  # fixed names
+            removed["consent"] = db.execute(delete, ids).rowcount
     except BaseException:
         db.execute("ROLLBACK")
         raise

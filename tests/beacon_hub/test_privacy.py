@@ -23,6 +23,7 @@ from beacon_hub import cli, privacy
 from beacon_hub.consent import (
     Consent,
     ConsentRegistry,
+    ConsentStore,
     consent_topic,
     decode_consent,
     encode_consent,
@@ -456,6 +457,9 @@ def test_erase_leaves_no_copy_in_the_write_ahead_log_of_a_running_hub_and_vacuum
     shopper, longer, other = CART.format(5), CART.format(50), ASSET.format(2)
     anon = pseudonym(key, shopper)
     store = SqliteStore(db_path, Metrics())  # the running hub's connection, open throughout
+    consent = ConsentRegistry(store=ConsentStore(store.db, store.submit))
+    consent.attach(lambda beacon: pseudonym(key, beacon))
+    consent.apply(shopper, Consent(True, T0))  # stored by pseudonym
     for i in range(200):
         for b in (shopper, anon, other, longer):
             t = T0 + i
@@ -475,6 +479,7 @@ def test_erase_leaves_no_copy_in_the_write_ahead_log_of_a_running_hub_and_vacuum
     # Said as it is: the count is what a read of the file finds.
     assert left == 0 or f"sqlite {db_path}: {left} stale copies of the id remain" in out
     assert (left == 0) == (f"sqlite {db_path}: no copy of the id left in the file\n" in out)
+    assert "consent: 1 rows" in out
     rows = {r[0] for r in store.db.execute("SELECT beacon FROM fixes")}
     assert rows == {other, longer}  # the others' rows are untouched
     store.close()
