@@ -240,10 +240,6 @@ def read_consent_file(path: Path) -> dict[str, Consent]:
 
 # ------------------------------------------------------------------------------------ the store
 
-_CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS consent (
-    anon TEXT PRIMARY KEY, consent INTEGER NOT NULL, t REAL NOT NULL, expires REAL
-) WITHOUT ROWID"""
 _UPSERT = """
 INSERT INTO consent (anon, consent, t, expires) VALUES (?, ?, ?, ?)
 ON CONFLICT (anon) DO UPDATE SET consent = excluded.consent, t = excluded.t,
@@ -271,9 +267,8 @@ class ConsentStore:
         """Decisions reserved (in the registry's lock) and not yet through the writer."""
 
     def load(self) -> dict[str, Consent]:
-        """Pseudonym -> the last decision stored; the table is made if it is not there yet (it
-        lives beside stores.py's tables, which leave others' tables alone)."""
-        self._db.execute(_CREATE_TABLE)
+        """Pseudonym -> the last decision stored (table `consent`, schema version 3 of the hub's
+        database: stores.open_sqlite)."""
         rows = self._db.execute("SELECT anon, consent, t, expires FROM consent").fetchall()
         return {str(a): Consent(bool(c), float(t), e) for a, c, t, e in rows}
 

@@ -175,7 +175,7 @@ class Store(Protocol):
 
 # ------------------------------------------------------------------------------------- SQLite
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout of the hub's SQLite file that this code reads and writes, kept in the file's
 `PRAGMA user_version`. Releases before versions were kept left it at 0 (their layout is version
 1, _SCHEMA_V1). A change of layout raises it by one and adds its step to _MIGRATIONS."""
@@ -243,7 +243,19 @@ def _add_gateway_last_sent(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE gateways ADD COLUMN last_sent REAL")
 
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_add_gateway_last_sent,)
+def _add_consent(db: sqlite3.Connection) -> None:
+    """The consent decisions by pseudonym (consent.ConsentStore), so a restarted hub knows them
+    before its session's backlog, which the broker sends ahead of the retained decisions."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS consent (anon TEXT PRIMARY KEY, consent INTEGER NOT NULL, "
+        "t REAL NOT NULL, expires REAL) WITHOUT ROWID"
+    )
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _add_gateway_last_sent,
+    _add_consent,
+)
 """Step k takes a file from version k + 1 to k + 2. All the steps a file needs run in order in
 the one transaction that opens it: a file is at the version it had or at SCHEMA_VERSION, never
 in between."""

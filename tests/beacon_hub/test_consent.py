@@ -19,6 +19,7 @@ from beacon_hub.consent import (
     consent_topic,
     decode_consent,
 )
+from beacon_hub.stores import open_sqlite
 
 T0 = 1_700_000_000.0
 BEACON = "ibeacon:3d1a7b52-8c4e-4f0a-9b6d-2e5f8a1c7d40:1:5"
@@ -153,7 +154,7 @@ def _anon(beacon: str) -> str:
 def _stored(
     path: Path, initial: dict[str, Consent] | None = None
 ) -> tuple[ConsentRegistry, _Writer]:
-    db = sqlite3.connect(path, isolation_level=None)
+    db = open_sqlite(path)  # the hub's database, with its `consent` table
     writer = _Writer(db)
     reg = ConsentRegistry(initial, clock=lambda: T0, store=ConsentStore(db, writer.submit))
     reg.attach(_anon)
