@@ -19,8 +19,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -32,6 +30,7 @@ from beacon_hub.consent import Consent, consent_subscription, consent_topic, enc
 from beacon_hub.hubconfig import PrivacyConfig
 from beacon_hub.privacy import load_key, pseudonym
 from tests.integration.hubkit import Gateways, HubProcess, site_file, unique_site, wait_until
+from tests.integration.test_hub_resilience import sending
 from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -74,19 +73,6 @@ def _last_tick(hub: HubProcess, site: str) -> float:
     return float(rows[0][0]) if rows else 0.0
 
 
-@contextmanager
-def _sending(gws: Gateways) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=gws.run_for, args=(3600.0, stop))
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        gws.settle()
-
-
 def _cart(folder: Path, broker: Mosquitto) -> tuple[str, Path, Gateways, str]:
     site = unique_site()
     path = site_file(folder, site)
@@ -105,7 +91,7 @@ def _restart_with_backlog(hub: HubProcess, gws: Gateways, site: str) -> tuple[fl
     assert hub.stop() == 0
     first = time.time()
     wanted = gws.rounds + DOWN_ROUNDS
-    with _sending(gws):
+    with sending(gws):
         wait_until("the rounds sent while the hub is down", lambda: gws.rounds >= wanted)
     last = time.time()
     hub.start()
@@ -124,7 +110,7 @@ def test_a_restarted_hub_ticks_its_backlog_under_the_consent_it_had(
     try:
         hub.start()
         anon = pseudonym(load_key(PrivacyConfig(), hub.db_path), cart)
-        with _sending(gws):
+        with sending(gws):
             wait_until("the cart tracked", lambda: len(_fixes(hub, anon)) >= 2, hub=hub)
         first, last = _restart_with_backlog(hub, gws, site)
         withheld = hub.metric_sum("beacon_hub_privacy_withheld_fixes_total", site=site)
@@ -152,7 +138,7 @@ def test_a_restarted_hub_does_not_track_a_revoked_file_grant(
     try:
         hub.start()
         anon = pseudonym(load_key(PrivacyConfig(), hub.db_path), cart)
-        with _sending(gws):
+        with sending(gws):
             wait_until("the cart tracked", lambda: len(_fixes(hub, anon)) >= 2, hub=hub)
             _decide(mosquitto, site, cart, consent=False)
             wait_until(
