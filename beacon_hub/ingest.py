@@ -449,9 +449,8 @@ class MqttLink:
             self._resuming = False  # a resume's new connection lost: an outage now
         if not self.connected.is_set() and not self._closing:
             # Between CONNACK and SUBACK: said (once per reason), or a connection the broker
-            # closes that early would pass unnoticed (an overload test once stalled after a
-            # resume whose connection was replaced 1.1 s later, paho's reconnect delay, without
-            # a word in the log).
+            # closes that early would pass unnoticed: `lost the broker` below is for a link
+            # that was up.
             self._refusals.error(
                 str(reason),
                 "broker %s closed the connection before confirming the subscriptions: %s",
