@@ -46,12 +46,13 @@ and are acknowledged at once: they are state for the live view (livestate.py), n
 
 Sequence and clock (DESIGN.md). Each gateway stamps (boot, seq): a seq above the expected one
 counts the gap as lost batches, one below it is a duplicate and is dropped (unless it fills a
-known gap). The gateway's clock offset is the minimum of (arrival - sent) over its batches of one
-boot, allowed to creep upwards by the worst crystal drift so a slow clock is followed. A clock
-stepped forward (batches in the `future`) or back (send time going back, then behind) is
-relearnt after a few batches in a row (FUTURE_RESYNC_BATCHES, PAST_RESYNC_BATCHES); the last
-send time is saved with the rest of the state, so a step made while the hub was down is seen
-too.
+known gap, or is older than the boot's first batch heard in this run: one an overload dropped
+comes again after the next ones, GatewayState.first_seq). The gateway's clock offset is the
+minimum of (arrival - sent) over its batches of one boot, allowed to creep upwards by the worst
+crystal drift so a slow clock is followed. A clock stepped forward (batches in the `future`) or
+back (send time going back, then behind) is relearnt after a few batches in a row
+(FUTURE_RESYNC_BATCHES, PAST_RESYNC_BATCHES); the last send time is saved with the rest of the
+state, so a step made while the hub was down is seen too.
 """
 
 from __future__ import annotations
@@ -450,9 +451,8 @@ class MqttLink:
             self._resuming = False  # a resume's new connection lost: an outage now
         if not self.connected.is_set() and not self._closing:
             # Between CONNACK and SUBACK: said (once per reason), or a connection the broker
-            # closes that early would pass unnoticed (an overload test once stalled after a
-            # resume whose connection was replaced 1.1 s later, paho's reconnect delay, without
-            # a word in the log).
+            # closes that early would pass unnoticed: `lost the broker` below is for a link
+            # that was up.
             self._refusals.error(
                 str(reason),
                 "broker %s closed the connection before confirming the subscriptions: %s",
@@ -607,10 +607,25 @@ class GatewayState:
     the restart; None: not known (a new boot, or state saved before it was kept)."""
     jump_streak: int = 0
     missing: set[int] = field(default_factory=set)
+    first_seq: int | None = None
+    """The seq this boot was first heard at in this run; None for a restored state, whose saved
+    sequence covers what came before. The hub never took a batch below it: one that comes is
+    not a duplicate but, say, one an overload dropped unacknowledged while it took the next
+    ones, which the broker sends again only at the next connect (Overload policy), after them.
+    Taken once each, as far back as a gap is remembered (MAX_GAP_MEMORY)."""
+    early: set[int] = field(default_factory=set)
+    """Seqs below `first_seq` taken since: a second copy is a duplicate."""
     retired: dict[str, int] = field(default_factory=dict)
     """Earlier boots of the gateway -> their next seq when they ended, newest last (at most
     RETIRED_BOOTS). A batch of one of them is refused: a broker restored from a snapshot
     re-delivers batches of a boot the gateway has left, and a replay could do the same."""
+
+
+def _before_first_heard(st: GatewayState, seq: int) -> bool:
+    """`seq` is below the boot's first batch heard in this run, within MAX_GAP_MEMORY of it,
+    and not taken yet (GatewayState.first_seq)."""
+    first = st.first_seq
+    return first is not None and first - MAX_GAP_MEMORY <= seq < first and seq not in st.early
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,12 +774,15 @@ class Ingestor:
                 while len(retired) > RETIRED_BOOTS:
                     del retired[next(iter(retired))]
             st = self.state[(site, label)] = GatewayState(
-                boot=batch.boot, next_seq=batch.seq, retired=retired
+                boot=batch.boot, next_seq=batch.seq, retired=retired, first_seq=batch.seq
             )
         if batch.seq < st.next_seq:
             if batch.seq in st.missing:
                 # A reordered batch fills its gap; the gap stays counted as lost when seen.
                 st.missing.discard(batch.seq)
+            elif _before_first_heard(st, batch.seq):
+                # Never taken (GatewayState.first_seq); nothing was counted lost for it.
+                st.early.add(batch.seq)
             else:
                 self.metrics.gateway_duplicates.labels(site, label).inc()
                 return self._reject(

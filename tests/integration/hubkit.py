@@ -63,7 +63,8 @@ LINK_METRICS = (
     "beacon_hub_inbox_depth",
 )
 """What a timed-out wait shows of the hub's MQTT link besides its log, whose warnings are
-rate-limited: an overload test once stalled with nothing in the log after a resume."""
+rate-limited: an overload test that waited in vain logged its first resume, not its second (the
+batch it waited for had been refused as a duplicate, the one line that told)."""
 
 
 def _link_state(hub: HubProcess) -> str:
