@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from beacon_hub.site import Site, validate_site_data
-from simulator.radio import REALISTIC_RADIO, RadioModel
+from simulator.radio import REALISTIC_RADIO, RadioConfig, RadioModel
 from tests.simulator.flatdata import TAG_HEIGHT_M, Flat, RadioStats, load_flat, radio_stats
 
 BIN_S = 1 / 3
@@ -75,10 +75,12 @@ def _flat_site(flat: Flat, real: RadioStats) -> Site:
     return validate_site_data(doc, "flat-calib2021 (test)")
 
 
-def simulate_binned(flat: Flat, site: Site, seed: int) -> np.ndarray:
+def simulate_binned(
+    flat: Flat, site: Site, seed: int, radio: RadioConfig = REALISTIC_RADIO
+) -> np.ndarray:
     """Simulated RSSI of the robot's own route, averaged into the dataset's bins (NaN: none)."""
     rng = np.random.default_rng(seed)
-    model = RadioModel(site, REALISTIC_RADIO, rng)
+    model = RadioModel(site, radio, rng)
     start, end = flat.t_s[0], flat.t_s[-1]
     times = np.arange(start, end, ADVERT_INTERVAL_S)
     times += rng.uniform(0.0, ADV_DELAY_MAX_S, times.size)
