@@ -100,6 +100,10 @@ def _run(args: argparse.Namespace) -> int:
         raise BeaconHubError(f"--tag-power-sd-db must be 0 or more, got {args.tag_power_sd_db:g}")
     if not 0 <= args.field_change <= 1:
         raise BeaconHubError(f"--field-change must be from 0 to 1, got {args.field_change:g}")
+    if not 0 <= args.heading_db < math.inf:
+        raise BeaconHubError(f"--heading-db must be 0 or more, got {args.heading_db:g}")
+    if not 0 <= args.burst_loss <= 1:
+        raise BeaconHubError(f"--burst-loss must be from 0 to 1, got {args.burst_loss:g}")
     for option, seed in (("--seed", args.seed), ("--building-seed", args.building_seed)):
         if seed is not None and seed < 0:
             raise BeaconHubError(f"{option} must be 0 or more, got {seed}")
@@ -117,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
     population = replace(population, **changes)  # type: ignore[arg-type]
     # the room harness's walks have its radio; a survey walks the site's own building
     radio = COMPANION_RADIO if population.walks and scenario != "survey" else REALISTIC_RADIO
+    if args.heading_db or args.burst_loss:
+        radio = radio.with_(heading_sd_db=args.heading_db, burst_loss=args.burst_loss)
     wall_start: float | None = None
     if args.start is not None:
         start = args.start
@@ -219,6 +225,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="F",
         help="share of the building's static shadowing drawn anew: the --building-seed "
         "building on another day, its survey aged (0; the real flat's: 0.15-0.3)",
+    )
+    extra.add_argument(
+        "--heading-db",
+        type=float,
+        default=0.0,
+        metavar="SD",
+        help="each tag's gain towards a gateway varies with its heading, SD dB over a full "
+        "turn (its antenna pattern; 0; the real flat's: 2)",
+    )
+    extra.add_argument(
+        "--burst-loss",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="a share P of adverts is lost at most gateways at once (bodies, busy radios, "
+        "Wi-Fi bursts), besides the independent losses (0; the real flat's: 0.13)",
     )
     extra.add_argument(
         "--no-announce",

@@ -8,9 +8,11 @@
          + slow fading: an Ornstein-Uhlenbeck process per (beacon, gateway) link
          + per-channel offset of the gateway (37 / 38 / 39) and fast fading per packet
          - an optional multipath dip on a fraction of packets (the companion harness's model)
+         + an optional tag antenna pattern: a gain by the tag's heading towards the gateway
 
-then the receiver keeps a packet with a probability that falls to zero at its sensitivity, and
-reports whole dBm. All of it is numpy over (packets x gateways); nothing loops per reading.
+then the receiver keeps a packet with a probability that falls to zero at its sensitivity (and,
+optionally, loses a share of adverts at many gateways at once), and reports whole dBm. All of it
+is numpy over (packets x gateways); nothing loops per reading.
 
 The split of the spread into static / slow / fast, the correlation length and the time constant
 are fitted to the real dataset ../shared/datasets/flat-calib2021:
@@ -34,8 +36,11 @@ from beacon_hub.site import Level, Site
 
 __all__ = [
     "BLE_CHANNELS",
+    "BURST_GATEWAY_DROP",
     "COMPANION_RADIO",
     "DATASET_SHADOWING_DB",
+    "FLAT_BURST_LOSS",
+    "FLAT_HEADING_SD_DB",
     "REALISTIC_RADIO",
     "RadioConfig",
     "RadioModel",
@@ -108,6 +113,24 @@ RSSI_MIN_DBM = -127.0
 RSSI_MAX_DBM = 20.0
 """HCI LE Advertising Report range (Bluetooth Core spec)."""
 
+BURST_GATEWAY_DROP = 0.7
+"""With burst loss on, the chance that each gateway misses an advert caught in a burst (a body
+over the tag, the tag's radio busy, a Wi-Fi burst): most gateways at once, not all. An assumed
+value; with it, a burst share near FLAT_BURST_LOSS puts flat-calib2021's 9 % of rows with 3 or
+more of its 6 anchors missing at once into a simulated copy of the flat (test_radio_realdata)."""
+
+FLAT_HEADING_SD_DB = 2.0
+"""Heading term that matches flat-calib2021: at one spot its RSSI varies 1.6-3.4 dB a reading
+with the tag's orientation (audit of 2026-12-07, docs/simulator.md). Not a default; the
+`beacon-sim run --heading-db` value to use for a site like it."""
+
+FLAT_BURST_LOSS = 0.13
+"""Burst share that matches flat-calib2021: with BURST_GATEWAY_DROP, rows with 3 or more of the
+6 anchors missing at once go from 0.2 % to 8.8 % (real: 9.1 %) and missing bins from 3.5 % to
+9.8 % (real: 9.5 %) on the robot's route simulated and binned as the dataset is, 1.3 adverts a
+bin (tests/simulator/test_radio_realdata.py, seeds 1-3; 0.12: 8.1 and 9.3 %, 0.14: 9.3 and
+10.2 %). Not a default; `beacon-sim run --burst-loss`."""
+
 FIELD_CELL_M = 0.25
 """Grid step of the static field, a sixth of the correlation length, interpolated bilinearly."""
 FIELD_MAX_CELLS = 400_000
@@ -140,6 +163,13 @@ class RadioConfig:
     """Spread of each gateway's clock error (0: NTP-synchronised gateways)."""
     clock_drift_sd_ppm: float = 0.0
     """Spread of each gateway's clock rate error; a Pi without NTP drifts tens of ppm."""
+    heading_sd_db: float = 0.0
+    """Tag antenna pattern (RadioModel.heading_gain_db): the spread, over a full turn of the
+    tag, of its gain towards a gateway. 0: every tag radiates alike in every direction."""
+    burst_loss: float = 0.0
+    """Share of adverts caught in a burst, lost at each gateway with BURST_GATEWAY_DROP, on top
+    of the independent losses. 0: every packet is lost or kept on its own."""
+    burst_gateway_drop: float = BURST_GATEWAY_DROP
 
     def with_(self, **changes: float | bool) -> RadioConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -323,6 +353,36 @@ class RadioModel:
         out[rows] = np.where(shadowed, self.config.body_loss_db, 0.0)
         return out
 
+    def new_heading_patterns(self, n_tags: int, rng: np.random.Generator) -> FloatArray:
+        """(n, 4) antenna patterns of n tags for heading_gain_db: the amplitudes of a first and
+        a second harmonic of the heading and their phases. Each tag has its own mix and
+        orientation, the same spread: a1^2 + a2^2 = 2 heading_sd_db^2, so the gain's spread
+        over a full turn is heading_sd_db whatever the mix."""
+        mix = rng.uniform(0.0, math.pi / 2.0, n_tags)
+        phase = rng.uniform(0.0, 2.0 * math.pi, (n_tags, 2))
+        scale = math.sqrt(2.0) * self.config.heading_sd_db
+        return np.column_stack([scale * np.cos(mix), scale * np.sin(mix), phase])
+
+    def heading_gain_db(
+        self, xyz: FloatArray, heading_rad: FloatArray, pattern: FloatArray
+    ) -> FloatArray:
+        """(N, G) gain of each point's tag towards each gateway: its pattern (one row of
+        new_heading_patterns per point) at the angle between its heading and the gateway's
+        bearing. Smooth in the angle (two harmonics: a tag's small antenna and the ground plane
+        or body behind it have one or two broad lobes), so a tag standing still keeps its gain
+        and a turning one changes it as it turns."""
+        out = np.zeros((xyz.shape[0], self.n_gateways))
+        if not self.config.heading_sd_db or xyz.shape[0] == 0:
+            return out
+        bearing = np.arctan2(
+            self.gateway_xyz[None, :, 1] - xyz[:, None, 1],
+            self.gateway_xyz[None, :, 0] - xyz[:, None, 0],
+        )
+        angle = np.asarray(heading_rad, dtype=np.float64)[:, None] - bearing
+        out += pattern[:, 0, None] * np.cos(angle + pattern[:, 2, None])
+        out += pattern[:, 1, None] * np.cos(2.0 * angle + pattern[:, 3, None])
+        return out
+
     # -- random part -------------------------------------------------------------------------
 
     def new_slow_state(self, n_links: int, rng: np.random.Generator) -> FloatArray:
@@ -345,9 +405,16 @@ class RadioModel:
         p = (1.0 - c.base_loss) / (1.0 + np.exp(-z))
         return np.asarray(np.where(rssi >= c.sensitivity_dbm, p, 0.0))
 
-    def packets(self, link_dbm: FloatArray, rng: np.random.Generator) -> FloatArray:
+    def packets(
+        self,
+        link_dbm: FloatArray,
+        rng: np.random.Generator,
+        burst_rng: np.random.Generator | None = None,
+    ) -> FloatArray:
         """(P, G) reported RSSI of P adverts whose per-link level (mean, slow fading, body loss
-        already added) is `link_dbm`; NaN where the gateway did not report the packet."""
+        already added) is `link_dbm`; NaN where the gateway did not report the packet. Burst
+        losses are drawn from `burst_rng` (else `rng`) after everything else, so a run with them
+        reports a subset of the same readings as one without."""
         p, g = link_dbm.shape
         channel = rng.integers(0, len(BLE_CHANNELS), p)
         rssi = link_dbm + self.channel_offset_db[:, channel].T
@@ -359,7 +426,20 @@ class RadioModel:
             rssi = np.rint(rssi)
         rssi = np.clip(rssi, RSSI_MIN_DBM, RSSI_MAX_DBM)
         kept = rng.random((p, g)) < self.receive_probability(rssi)
+        if c.burst_loss:
+            kept &= ~self.burst_lost(p, rng if burst_rng is None else burst_rng)
         return np.where(kept, rssi, np.nan)
+
+    def burst_lost(self, n_adverts: int, rng: np.random.Generator) -> BoolArray:
+        """(P, G) True where an advert caught in a burst is lost: a `burst_loss` share of the
+        adverts, each lost at every gateway with `burst_gateway_drop` independently. A body
+        over the tag, its radio busy or a Wi-Fi burst take an advert from several gateways at
+        once, which independent losses almost never do (docs/simulator.md)."""
+        c = self.config
+        out = np.zeros((n_adverts, self.n_gateways), dtype=bool)
+        rows = np.flatnonzero(rng.random(n_adverts) < c.burst_loss)
+        out[rows] = rng.random((rows.size, self.n_gateways)) < c.burst_gateway_drop
+        return out
 
     def gateway_clock(self, t: FloatArray | float, start_s: float) -> FloatArray:
         """(..., G) what each gateway's clock reads at true time t."""

@@ -143,8 +143,10 @@ class Simulation:
         self.site = site
         self.options = options
         # a child seed's stream depends on its index alone: a fifth (the tags' powers, drawn
-        # only with tag_power_sd_db) and a sixth (field_change) leave the others as they were
-        seeds = np.random.SeedSequence(options.seed).spawn(6)
+        # only with tag_power_sd_db), a sixth (field_change), a seventh (the tags' antenna
+        # patterns, only with heading_sd_db) and an eighth (burst losses, only with burst_loss)
+        # leave the others as they were
+        seeds = np.random.SeedSequence(options.seed).spawn(8)
         radio_rng, pop_rng, self._rng, boot_rng = (np.random.default_rng(s) for s in seeds[:4])
         if options.building_seed is not None:
             # the radio stream exactly as a run with that seed draws it
@@ -175,6 +177,11 @@ class Simulation:
         if options.tag_power_sd_db > 0:
             power_rng = np.random.default_rng(seeds[4])
             self._power_db = power_rng.normal(0.0, options.tag_power_sd_db, n)
+        # (n, 4) antenna pattern of every tag (RadioModel.heading_gain_db); all zero without
+        self._pattern = np.zeros((n, 4))
+        if options.radio.heading_sd_db > 0:
+            self._pattern = self.radio.new_heading_patterns(n, np.random.default_rng(seeds[6]))
+        self._burst_rng = np.random.default_rng(seeds[7])
         self.announced_tx_dbm = TX_AT_1M_DBM if options.announce_tx else None
         """What every tag's adverts say of its power (None: nothing)."""
         g = self.radio.n_gateways
@@ -217,6 +224,10 @@ class Simulation:
             cache.xyz[refresh] = [beacons[i].track.last() for i in refresh]
             cache.mean[refresh] = self.radio.mean_dbm(
                 cache.xyz[refresh], self.beacon_level[refresh]
+            ) + self.radio.heading_gain_db(
+                cache.xyz[refresh],
+                np.array([beacons[i].track.heading[-1] for i in refresh]),
+                self._pattern[refresh],
             )
             cache.zone[refresh] = self.zone_of(cache.xyz[refresh], self.beacon_level[refresh])
             cache.end_s[refresh] = end[refresh]
@@ -256,7 +267,7 @@ class Simulation:
                 truth_zone=truth_zone,
                 t0=t0,
             )
-        rssi = self.radio.packets(link + self._power_db[who, None], self._rng)
+        rssi = self.radio.packets(link + self._power_db[who, None], self._rng, self._burst_rng)
         return self._window(
             t0=t0,
             t1=t1,
@@ -302,6 +313,7 @@ class Simulation:
         link[rows] = (
             self.radio.mean_dbm(xyz, level)
             - self.radio.body_loss_db(xyz, heading, body)
+            + self.radio.heading_gain_db(xyz, heading, self._pattern[who[rows]])
             + self._slow[who[rows]]
         )
         flat = truth_xyz[:, movers, :].reshape(-1, 3)

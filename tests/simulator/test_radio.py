@@ -221,3 +221,110 @@ def test_same_seed_same_radio() -> None:
     c = RadioModel(site, REALISTIC_RADIO, np.random.default_rng(10)).mean_dbm(xyz, _z0(2))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def _ring_site(n_gateways: int, radius_m: float = 4.0) -> Site:
+    """Gateways on a circle around (20, 20), every one in plain view of a tag at the centre."""
+    gateways = [
+        {
+            "id": f"gw-{k}",
+            "x": 20.0 + radius_m * math.cos(2 * math.pi * k / n_gateways),
+            "y": 20.0 + radius_m * math.sin(2 * math.pi * k / n_gateways),
+            "z": 2.5,
+        }
+        for k in range(n_gateways)
+    ]
+    return _site(gateways, size_m=40.0)
+
+
+def test_heading_gain_spreads_sd_over_a_turn_fixed_when_standing_smooth_when_turning() -> None:
+    sd = 2.0
+    site = _ring_site(6)
+    model = RadioModel(site, REALISTIC_RADIO.with_(heading_sd_db=sd), np.random.default_rng(0))
+    pattern = model.new_heading_patterns(300, np.random.default_rng(1))
+    spot = np.array([[20.3, 19.6, 1.0]])
+    turn = np.linspace(0.0, 2 * math.pi, 360, endpoint=False)
+    gains = np.stack(
+        [
+            model.heading_gain_db(np.repeat(spot, turn.size, axis=0), turn, np.tile(p, (360, 1)))
+            for p in pattern
+        ]
+    )  # (tag, heading, gateway)
+    # over a full turn every tag, towards every gateway, spreads by exactly SD about 0
+    np.testing.assert_allclose(gains.std(axis=1), sd, rtol=1e-9)
+    np.testing.assert_allclose(gains.mean(axis=1), 0.0, atol=1e-9)
+    # tags differ: at one heading their gains towards a gateway spread about as much
+    assert gains[:, 0, :].std() == pytest.approx(sd, rel=0.15)
+    # smooth: a degree of turn changes the gain by at most 2 pi / 180 * (a1 + 2 a2) dB
+    step = np.abs(np.diff(gains, axis=1)).max()
+    assert step < 2 * math.pi / 180 * 3 * math.sqrt(2) * sd
+    # standing still, the same gain every time
+    again = model.heading_gain_db(spot, turn[:1], pattern[:1])
+    np.testing.assert_array_equal(again[0], gains[0, 0])
+    # off by default: no gain at all
+    plain = RadioModel(site, REALISTIC_RADIO, np.random.default_rng(0))
+    assert not np.any(plain.heading_gain_db(spot, turn[:1], pattern[:1]))
+
+
+def test_heading_gain_adds_its_spread_to_a_turning_tags_readings() -> None:
+    """A tag turning at one spot, every other part of the radio on: the readings' variance
+    grows by SD^2 (same packets, same fast fading; only the heading term differs)."""
+    sd = 2.0
+    site = _ring_site(6)
+    n = 40_000
+    spot = np.tile([[20.3, 19.6, 1.0]], (n, 1))
+    heading = np.random.default_rng(5).uniform(0.0, 2 * math.pi, n)
+    spread = []
+    for heading_sd in (0.0, sd):
+        model = RadioModel(
+            site, REALISTIC_RADIO.with_(heading_sd_db=heading_sd), np.random.default_rng(0)
+        )
+        pattern = np.tile(model.new_heading_patterns(1, np.random.default_rng(1)), (n, 1))
+        link = model.mean_dbm(spot, _z0(n)) + model.heading_gain_db(spot, heading, pattern)
+        rssi = model.packets(link, np.random.default_rng(2))
+        spread.append(np.nanvar(rssi, axis=0))
+    added = np.sqrt(spread[1] - spread[0])
+    np.testing.assert_allclose(added, sd, rtol=0.1)
+
+
+def _three_or_more_missing(model: RadioModel, n_adverts: int, seed: int) -> tuple[float, float]:
+    """Share of adverts of a tag in plain view of every gateway that 3 or more gateways miss,
+    and the share of packets missed."""
+    link = np.full((n_adverts, model.n_gateways), -60.0)
+    rssi = model.packets(link, np.random.default_rng(seed), np.random.default_rng(seed + 1))
+    missing = np.isnan(rssi)
+    return float(np.mean(missing.sum(axis=1) >= 3)), float(missing.mean())
+
+
+def test_burst_loss_takes_adverts_from_many_gateways_at_once() -> None:
+    site = _ring_site(6)
+    n = 50_000
+    shares = []
+    for p in (0.0, 0.05, 0.13, 0.3):
+        model = RadioModel(site, REALISTIC_RADIO.with_(burst_loss=p), np.random.default_rng(0))
+        three, missed = _three_or_more_missing(model, n, seed=3)
+        # a burst: each of 6 gateways misses with 0.7, or with the 5 % of independent losses
+        q = 0.7 + 0.3 * REALISTIC_RADIO.base_loss
+        burst = sum(math.comb(6, k) * q**k * (1 - q) ** (6 - k) for k in range(3, 7))
+        calm = sum(math.comb(6, k) * 0.05**k * 0.95 ** (6 - k) for k in range(3, 7))
+        assert three == pytest.approx(p * burst + (1 - p) * calm, abs=0.01), p
+        assert missed == pytest.approx(p * q + (1 - p) * REALISTIC_RADIO.base_loss, abs=0.01)
+        shares.append(three)
+    assert shares == sorted(shares)
+    assert shares[0] < 0.005  # independent misses almost never take 3 of 6 at once
+    assert shares[-1] > 0.25
+
+
+def test_burst_losses_come_after_and_apart_from_the_rest() -> None:
+    """With a stream of their own, burst losses only remove readings: what is heard is what
+    the same run without them hears, reading for reading."""
+    site = _ring_site(6)
+    link = np.full((20_000, 6), -80.0)
+    plain = RadioModel(site, REALISTIC_RADIO, np.random.default_rng(0))
+    bursty = RadioModel(site, REALISTIC_RADIO.with_(burst_loss=0.2), np.random.default_rng(0))
+    a = plain.packets(link, np.random.default_rng(1), np.random.default_rng(2))
+    b = bursty.packets(link, np.random.default_rng(1), np.random.default_rng(2))
+    heard = ~np.isnan(b)
+    assert not np.any(heard & np.isnan(a))
+    np.testing.assert_array_equal(a[heard], b[heard])
+    assert np.mean(np.isnan(b)) > np.mean(np.isnan(a)) + 0.1

@@ -202,6 +202,55 @@ def test_tags_can_stay_silent_about_their_power_and_differ_in_it(tmp_path: Path)
     assert np.corrcoef(shift, heard)[0, 1] > 0.5
 
 
+def test_heading_and_burst_loss_are_off_by_default_and_change_only_what_they_say(
+    tmp_path: Path,
+) -> None:
+    """--heading-db 0 --burst-loss 0 writes the bytes of a run without them. --heading-db moves
+    a standing tag's readings by a fixed offset per gateway and a moving cart's by one that
+    changes as it turns; --burst-loss only removes readings (streams of their own), the shoppers
+    stay the same."""
+    runs = {}
+    for name, extra in (
+        ("plain", []),
+        ("zero", ["--heading-db", "0", "--burst-loss", "0"]),
+        ("heading", ["--heading-db", "3"]),
+        ("burst", ["--burst-loss", "0.2"]),
+    ):
+        r, t = tmp_path / f"{name}_r.csv", tmp_path / f"{name}_t.csv"
+        argv = ["run", "--site", str(STORE), "--duration", "30", "--seed", "3", "--speed", "max"]
+        assert main([*argv, "--out", str(r), "--truth", str(t), *extra]) == 0
+        runs[name] = (r.read_bytes(), t.read_bytes(), list(read_readings(r)))
+    assert runs["zero"][:2] == runs["plain"][:2]
+    assert runs["plain"][1] == runs["heading"][1] == runs["burst"][1]  # the same shoppers
+
+    def keyed(rows: list[Any]) -> dict[tuple[float, str, str], float]:
+        return {(x.t, x.gateway, x.beacon): x.rssi for x in rows}
+
+    plain, heading, burst = (keyed(runs[k][2]) for k in ("plain", "heading", "burst"))
+    assert burst.keys() <= plain.keys()
+    assert all(plain[k] == v for k, v in burst.items())
+    assert len(burst) < 0.9 * len(plain)
+    # per link: the heading run minus the plain run, over the readings both heard
+    diffs: dict[tuple[str, str], list[float]] = {}
+    for k in heading.keys() & plain.keys():
+        diffs.setdefault((k[2], k[1]), []).append(heading[k] - plain[k])
+    truth = list(read_truth(tmp_path / "plain_t.csv"))
+    start: dict[str, tuple[float, float]] = {}
+    moved: set[str] = set()
+    for p in truth:
+        if start.setdefault(p.beacon, (p.x, p.y)) != (p.x, p.y):
+            moved.add(p.beacon)
+    # rounding to whole dBm leaves 1 dB of wobble; a turning cart's gain moves more
+    standing = [np.ptp(d) for (b, _), d in diffs.items() if b not in moved and len(d) > 5]
+    turning = [np.ptp(d) for (b, _), d in diffs.items() if b in moved and len(d) > 5]
+    assert len(standing) > 50
+    assert len(turning) > 50
+    assert max(standing) <= 1.0 + 1e-9
+    assert np.median(turning) > 2.0
+    offsets = [np.mean(d) for (b, _), d in diffs.items() if b not in moved and len(d) > 5]
+    assert np.std(offsets) == pytest.approx(3.0, rel=0.25)
+
+
 def test_room_companion_mode_is_the_harness_noise(tmp_path: Path) -> None:
     """One sample a second along the two walks, heard by all four nodes, with Gaussian 2.5 dB
     and a 6 dB dip on 10 % of samples around the log-distance mean."""
@@ -256,6 +305,10 @@ def test_bad_broker_and_nothing_to_do_fail_with_a_message(
     assert "--seed must be 0 or more, got -1" in capsys.readouterr().err
     assert main([*base, "--out", "x.csv", "--building-seed", "-2"]) == 1
     assert "--building-seed must be 0 or more, got -2" in capsys.readouterr().err
+    assert main([*base, "--out", "x.csv", "--heading-db", "-1"]) == 1
+    assert "--heading-db must be 0 or more, got -1" in capsys.readouterr().err
+    assert main([*base, "--out", "x.csv", "--burst-loss", "1.5"]) == 1
+    assert "--burst-loss must be from 0 to 1, got 1.5" in capsys.readouterr().err
 
 
 @pytest.mark.integration
