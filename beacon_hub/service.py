@@ -120,6 +120,12 @@ backlog on empty windows and refused it as late (300 of 360 readings once in fou
 with a 20-message window). On loopback or a LAN the next messages follow an acknowledgement
 within milliseconds; 0.5 s allows for a loaded host's thread scheduling, and is paid once, at
 the backlog's end."""
+BLOCKED_TICK_POLL_S = 0.01
+"""The service loop's shortest wait for the inbox. A tick past its time that may not run yet (a
+replay waiting for the broker's next window, ACK_SETTLE_S; a hold after a skip) woke the loop at
+once, round after round: the service thread spun and starved the SQLite writer of the GIL, whose
+commit the replay was waiting for (one took 58 s; a restart's 20 s backlog drained at 7,000
+readings/s instead of 140,000-170,000). A message wakes the loop at once anyway."""
 HEARD_BEFORE_OUTAGE_S = 5.0
 """Gateways that sent a batch ending this close (hub time) to the moment the broker was lost
 are the ones whose buffered batches the outage's ticks wait for: a gateway sends one a second
@@ -500,7 +506,7 @@ class Hub:
         ]
         if not due:
             return 0.2
-        return min(0.2, max(0.0, min(due) - now))
+        return min(0.2, max(BLOCKED_TICK_POLL_S, min(due) - now))
 
     def _handle(self, item: Inbound) -> None:
         res = self.ingestor.handle(item)
