@@ -4,6 +4,7 @@ real InfluxDB 1.x, the hub as a child process."""
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import threading
@@ -337,7 +338,12 @@ def test_a_clock_stepped_back_while_the_hub_was_down_is_relearnt_after_the_resta
             f" {relearning_samples} in those)"
         )
         assert late <= 0.05 * samples, said
-        assert hub.log().count(f"clock stepped back by {STEP_BACK_S:.0f}") == len(stepped_at), said
+        # The step as the hub measured it: the batches it relearns from may include some the
+        # broker queued while the hub was starting, late by their wait (121.8 s was logged on a
+        # loaded CI machine).
+        steps = [float(v) for v in re.findall(r"clock stepped back by ([0-9.]+) s", hub.log())]
+        assert len(steps) == len(stepped_at), said
+        assert all(STEP_BACK_S - 1.0 <= v <= STEP_BACK_S + WAIT_S for v in steps), steps
     finally:
         gws.close()
         hub.close()
