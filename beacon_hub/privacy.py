@@ -345,7 +345,7 @@ def retention_job(retention: Retention, now: float) -> Callable[[sqlite3.Connect
     def job(db: sqlite3.Connection) -> None:
         if not cutoffs:
             return
-        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = _table_names(db)
         removed: dict[str, int] = {}
         db.execute("BEGIN")
         try:
@@ -438,7 +438,18 @@ def _prune_by_beacon(
 
 # ------------------------------------------------------------------------------------ erasure
 
+
+def _table_names(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 _ERASE_TABLES = ("fixes", "latest", "events", "promotion_decisions", "assets")
+"""The hub's tables of beacon rows, by their `beacon` column; a database with none is not the
+hub's."""
+_ERASE_ID_COLUMNS = {**dict.fromkeys(_ERASE_TABLES, "beacon"), "consent": "anon"}
+"""Every table erase cleans, and the column that holds the id: the stored consent decision
+(consent.ConsentStore) is by pseudonym. Its retained topic keeps the decision, and the hub
+stores it again at its next start."""
 _BY_SITE_AND_BEACON = frozenset({"fixes", "latest", "events"})
 """Tables indexed on (site, beacon, ...): erased site by site, so that the index finds the rows.
 `beacon IN (...)` alone scanned the whole fixes table (months of 10,000 beacons a second),
@@ -497,7 +508,7 @@ def open_erase_sqlite(path: Path) -> sqlite3.Connection:
     try:
         # Deleted rows overwritten with zeros (off by default in some builds of SQLite).
         db.execute("PRAGMA secure_delete=ON")
-        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = _table_names(db)
     except sqlite3.Error as e:
         db.close()
         raise PrivacyError(f"{path}: not a SQLite database: {e}") from e
@@ -519,14 +530,14 @@ def erase_sqlite(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, int]:
     included; rows removed per table."""
     ids = list(ids)
     marks = ",".join("?" * len(ids))
-    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    names = _table_names(db)
     removed: dict[str, int] = {}
     db.execute("BEGIN")
     try:
-        for table in _ERASE_TABLES:
+        for table, column in _ERASE_ID_COLUMNS.items():
             if table not in names:
                 continue
-            delete = f"DELETE FROM {table} WHERE beacon IN ({marks})"  # noqa: S608  # fixed names
+            delete = f"DELETE FROM {table} WHERE {column} IN ({marks})"  # noqa: S608  # fixed names
             if table in _BY_SITE_AND_BEACON:
                 removed[table] = sum(
                     db.execute(f"{delete} AND site = ?", [*ids, site]).rowcount
@@ -534,11 +545,6 @@ def erase_sqlite(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, int]:
                 )
             else:
                 removed[table] = db.execute(delete, ids).rowcount
-        if "consent" in names:
-            # The hub's stored decision (consent.ConsentStore), by pseudonym: the retained topic
-            # keeps the decision, and the hub stores it again at its next start.
-            delete = f"DELETE FROM consent WHERE anon IN ({marks})"  # noqa: S608  # fixed names
-            removed["consent"] = db.execute(delete, ids).rowcount
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -551,21 +557,23 @@ SCAN_CHUNK_BYTES = 1 << 24
 a few reads a second's worth of disk, bounded memory for a file of many gigabytes)."""
 
 
-def count_copies(path: Path, ids: Iterable[str]) -> int:
-    """How often these ids' bytes occur in the file at `path` (0 when it is not there).
+def count_copies(path: Path, ids: Iterable[str], besides: Iterable[str] = ()) -> int:
+    """How often these ids' bytes occur in the file at `path` (0 when it is not there), less
+    those of `besides`, in one read of the file.
 
     SQLite stores text as UTF-8, so a row's id is there byte for byte, in a row or in a page's
-    unused space alike. An id that begins with one of them counts too (see `settle_erase`)."""
-    needles = [i.encode() for i in ids]
-    if not needles or not path.is_file():
+    unused space alike. An id that begins with one of them counts too: `settle_erase` passes
+    those stored as `besides`, each of whose copies holds one."""
+    signs = {i.encode(): 1 for i in ids} | {b.encode(): -1 for b in besides}
+    if not signs or not path.is_file():
         return 0
-    overlap = max(len(n) for n in needles) - 1
+    overlap = max(len(n) for n in signs) - 1
     count, tail = 0, b""
     with path.open("rb") as f:
         while chunk := f.read(SCAN_CHUNK_BYTES):
             window = tail + chunk
             # A match that lies inside `tail` was counted in the previous window.
-            count += sum(window.count(n) - tail.count(n) for n in needles)
+            count += sum(sign * (window.count(n) - tail.count(n)) for n, sign in signs.items())
             tail = window[max(len(window) - overlap, 0) :] if overlap else b""
     return count
 
@@ -573,7 +581,7 @@ def count_copies(path: Path, ids: Iterable[str]) -> int:
 def _longer_ids(db: sqlite3.Connection, ids: list[str]) -> list[str]:
     """The stored ids that begin with one of `ids` and go on (`...:1:50` for `...:1:5`), those
     that do not begin with another of them: each of their copies holds one of `ids`' bytes."""
-    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    names = _table_names(db)
     found: set[str] = set()
     for table in (t for t in _ERASE_TABLES if t in names):
         # ids are ASCII, so every id that goes on from `i` sorts between `i` and `i` + U+10FFFF.
@@ -618,8 +626,7 @@ def settle_erase(
         )
     longer = _longer_ids(db, ids)
     copies = sum(
-        count_copies(f, ids) - count_copies(f, longer)
-        for f in (path, path.with_name(path.name + "-wal"))
+        count_copies(f, ids, besides=longer) for f in (path, path.with_name(path.name + "-wal"))
     )
     if copies:
         lines.append(
