@@ -29,16 +29,16 @@ holds the repeat back) or never delivered.
 
 Webhook. One worker thread, a bounded queue (`promotions.webhook.queue`; full: the newest is
 dropped and counted), retries with doubling backoff on network errors (a broken HTTP answer
-included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect). An attempt,
-from its connect to its answer's last byte, ends `timeout_s` after it began (_DeadlineSocket:
-one deadline, not one per read), and of an answer's body at most MAX_ANSWER_BYTES are read
-(_read_answer); an answer not complete by then is a timeout, retried. The worker
-never dies: a delivery that raises anything unforeseen is counted failed and logged, and the
-next promotion is delivered as usual. Its close gives the queue `timeout_s`, returns within
-WEBHOOK_CLOSE_GRACE_S more, and counts what it left dropped (Webhook.close). Each
-POST carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature:
-sha256={hex HMAC-SHA256(secret, "{timestamp}.{body}")}` and `Idempotency-Key` (the same on
-every retry of one promotion, so the receiver drops a retry whose first try did arrive).
+included), 408, 425, 429 and 5xx; a redirect is not followed (_NoRedirect). An attempt, from its
+name lookup to its answer's last byte, ends `timeout_s` after it began (_Lookups,
+_DeadlineSocket: one deadline, not one per read), and of an answer's body at most
+MAX_ANSWER_BYTES are read (_read_answer); an answer not complete by then is a timeout, retried.
+The worker never dies: a delivery that raises anything unforeseen is counted failed and logged,
+and the next promotion is delivered as usual. Its close gives the queue `timeout_s`, returns
+within WEBHOOK_CLOSE_GRACE_S more, and counts what it left dropped (Webhook.close). Each POST
+carries `X-Beacon-Hub-Timestamp` (Unix seconds), `X-Beacon-Hub-Signature: sha256={hex
+HMAC-SHA256(secret, "{timestamp}.{body}")}` and `Idempotency-Key` (the same on every retry of
+one promotion, so the receiver drops a retry whose first try did arrive).
 """
 
 from __future__ import annotations
@@ -667,11 +667,64 @@ class _DeadlineSSLSocket(_DeadlineSocket, ssl.SSLSocket):
     (the handshake's total since Python 3.5): the time left after the connect."""
 
 
+AddrInfo = list[tuple[Any, Any, int, str, Any]]
+"""What socket.getaddrinfo returns: (family, type, proto, canonname, sockaddr) tuples."""
+
+
+@dataclass(slots=True)
+class _Lookup:
+    done: threading.Event = field(default_factory=threading.Event)
+    found: AddrInfo = field(default_factory=list)
+    error: OSError | ValueError | None = None
+
+
+class _Lookups:
+    """Name lookups that end by the attempt's deadline. getaddrinfo has no timeout: with the
+    store's DNS server down, glibc waits its own timeouts (5 s per server and try), and the
+    worker, which delivers one promotion at a time, waited with it. The lookup runs on a
+    daemon thread of its own and the attempt waits for it until its deadline; a lookup still
+    running is waited for again by the next attempt for the same host instead of a second
+    one started, so a resolver that never answers holds one thread, not one per attempt."""
+
+    def __init__(self, getaddrinfo: Callable[..., AddrInfo]) -> None:
+        self._getaddrinfo = getaddrinfo
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, int], _Lookup] = {}
+
+    def resolve(self, host: str, port: int, deadline: float) -> AddrInfo:
+        key = (host, port)
+        with self._lock:
+            lookup = self._running.get(key)
+            if lookup is None:
+                lookup = self._running[key] = _Lookup()
+                threading.Thread(
+                    target=self._run, args=(key, lookup), name="webhook-lookup", daemon=True
+                ).start()
+        if not lookup.done.wait(max(deadline - time.monotonic(), 0.0)):
+            raise TimeoutError(f"the name lookup of {host} outlasted the attempt (timeout_s)")
+        if lookup.error is not None:
+            raise lookup.error
+        return lookup.found
+
+    def _run(self, key: tuple[str, int], lookup: _Lookup) -> None:
+        try:
+            lookup.found = self._getaddrinfo(*key, type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as e:  # gaierror; UnicodeError for a name IDNA refuses
+            lookup.error = e
+        finally:
+            with self._lock:
+                del self._running[key]
+            lookup.done.set()
+
+
+_LOOKUPS = _Lookups(socket.getaddrinfo)
+
+
 def _connect(host: str, port: int, deadline: float) -> _DeadlineSocket:
-    """socket.create_connection, with one deadline over all of the host's addresses (each got
-    the whole timeout). The name lookup itself takes what the resolver takes (no timeout)."""
+    """socket.create_connection, with one deadline over the name lookup (_Lookups) and all of
+    the host's addresses (each got the whole timeout)."""
     error: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+    for family, kind, proto, _, address in _LOOKUPS.resolve(host, port, deadline):
         sock = _DeadlineSocket(family, kind, proto)
         sock.deadline = deadline
         try:

@@ -17,12 +17,14 @@ import zoneinfo
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 
+from beacon_hub import promotions
 from beacon_hub.consent import ConsentRegistry
 from beacon_hub.engine import FixTable
 from beacon_hub.errors import ConfigError
@@ -809,3 +811,43 @@ def test_a_shopper_without_consent_decides_only_the_rules_of_its_kind(site: Site
     assert [(d.rule, d.decision, d.beacon) for d in got] == [
         ("coffee", "suppressed_no_consent", None)
     ]
+
+
+def test_a_name_lookup_that_hangs_ends_with_the_attempt_and_is_not_started_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # getaddrinfo has no timeout: with the store's DNS server down the worker waited as long as
+    # the resolver did (glibc: 5 s per server and try), every later promotion behind it. The
+    # system resolver cannot be made slow here, so the lookup function is the one double: it
+    # hangs until the test lets it answer (with the real resolver's answer).
+    release = threading.Event()
+    lookups: list[str] = []
+
+    def hanging(host: str, port: int, **kwargs: Any) -> list[Any]:
+        lookups.append(host)
+        release.wait(30.0)
+        return socket.getaddrinfo(host, port, **kwargs)
+
+    monkeypatch.setattr(promotions, "_LOOKUPS", promotions._Lookups(hanging))
+    receiver = _SlowReceiver(_answer_500, later=GOOD_ANSWER)
+    url = receiver.url.replace("127.0.0.1", "localhost")
+    counter, registry = _webhook_counter()
+    cfg = WebhookConfig(url=url, timeout_s=0.5, attempts=4, retry_max_s=0.2)
+    webhook = Webhook(cfg, counter)
+
+    def count(outcome: str) -> float | None:
+        return registry.get_sample_value("hook_total", {"outcome": outcome})
+
+    try:
+        webhook.post("first", b"{}")
+        # Two attempts end at their deadline while the lookup hangs: the old code was held in
+        # the first one for as long as the lookup took.
+        assert _eventually(lambda: count("retried") == 2)
+        assert lookups == ["localhost"]  # waited for again, not started again
+        release.set()
+        webhook.close(5.0)
+    finally:
+        release.set()
+        receiver.close()
+    assert receiver.keys == ["first", "first"]  # the 500, then the good answer
+    assert (count("delivered"), count("failed")) == (1.0, None)
