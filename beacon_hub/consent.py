@@ -325,7 +325,8 @@ class ConsentRegistry:
         self._store = store
         self._restored: dict[str, Consent] = {} if store is None else store.load()
         """Pseudonym -> the decision a previous run stored, until one for the raw id comes
-        (`_known`); read through the pseudonym `attach` hands over."""
+        (`_set`); read through the pseudonym `attach` hands over (`_known`), and by pseudonym
+        (`has_consent_by_pseudonym`)."""
         self._publish = publish
         self._sites = tuple(sites)
         self._clock = clock
@@ -361,6 +362,17 @@ class ConsentRegistry:
             c = self._known(beacon)
         return c is not None and c.active(self._clock() if at is None else at)
 
+    def has_consent_by_pseudonym(self, anon: str, at: float) -> bool:
+        """True if the decision a previous run stored under this pseudonym grants consent at
+        `at`, while no decision about the tag's raw id has replaced it (`_set`). For a shopper
+        whose raw id has no decision here (promotions.py's PseudonymConsent asks, seeing only
+        pseudonyms): after a restart that is every tag whose decision only the store knew, for
+        the whole run if the retained copy that comes after the backlog is that same decision
+        (`apply` changes nothing then)."""
+        with self._lock:
+            c = self._restored.get(anon)
+        return c is not None and c.active(at)
+
     # -- the service side
 
     def apply(self, beacon: str, decision: Consent) -> bool:
@@ -385,10 +397,17 @@ class ConsentRegistry:
 
     def consenting(self) -> list[str]:
         """Beacons with a decision of yes (expired or not), for the docs and tests. A decision
-        restored from the store is known by pseudonym only, until the retained topic names the
-        beacon again (promotions.py's PseudonymConsent then finds it)."""
+        restored from the store is known by pseudonym only (`has_consent_by_pseudonym`), until a
+        newer one about the beacon comes."""
         with self._lock:
             return sorted(b for b, c in self._by_beacon.items() if c.consent)
+
+    def decided(self) -> list[str]:
+        """Beacons with a decision by their raw id, yes or no (promotions.py's PseudonymConsent
+        indexes them by pseudonym: a pseudonym none of them has is asked of
+        `has_consent_by_pseudonym`)."""
+        with self._lock:
+            return list(self._by_beacon)
 
     def _decide(self, beacon: str, *, consent: bool, expires: float | None) -> None:
         """Decide now and publish, whole (module docstring): two calls at once take effect, and

@@ -248,10 +248,18 @@ class _Visit:
 
 class PseudonymConsent:
     """Consent asked by pseudonym. The registry knows shoppers by their raw ids; promotions see
-    only pseudonyms (privacy.py). This keeps the reverse index of the registry's consenting
-    beacons in memory, the same knowledge privacy.py's pseudonym cache holds, rebuilt when the
-    registry changed and a shopper's decision is due: one keyed hash per consenting beacon
-    (privacy.py caches them)."""
+    only pseudonyms (privacy.py). This keeps the reverse index of the beacons the registry has a
+    decision about in memory, the same knowledge privacy.py's pseudonym cache holds, rebuilt
+    when the registry changed and a shopper's decision is due: one keyed hash per beacon
+    (privacy.py caches them).
+
+    A decision the registry restored at start (consent.py, ConsentStore) is known by pseudonym
+    only, and the privacy step honours it from the first tick; so it is asked here too, for a
+    pseudonym that no raw id of the registry has. Answering only through the raw ids, a
+    restarted hub decided suppressed_no_consent for every visit of a shopper whose decision it
+    restored, the backlog's and all later ones (the retained copy, equal to the restored
+    decision, changes nothing). A pseudonym with a raw id is asked by that id: the registry's
+    newest decision, the restored one included, so a revocation of either kind holds."""
 
     def __init__(self, registry: ConsentRegistry, pseudonym: Callable[[str], str]) -> None:
         self._registry = registry
@@ -264,10 +272,15 @@ class PseudonymConsent:
         """Has the shopper behind this pseudonym consent at data time `at`?"""
         version = self._registry.version  # before reading: a change meanwhile rebuilds again
         if version != self._version:
-            self._raw_of = {self.pseudonym(b): b for b in self._registry.consenting()}
+            self._raw_of = {self.pseudonym(b): b for b in self._registry.decided()}
             self._version = version
         raw = self._raw_of.get(anon)
-        return raw is not None and self._registry.has_consent(raw, at)
+        if raw is not None:
+            return self._registry.has_consent(raw, at)
+        # No raw id (as of `version`) has this pseudonym: a restored decision, if any, is the
+        # newest. One made by raw id since removed it (ConsentRegistry._set): no until the next
+        # rebuild, never a stale yes.
+        return self._registry.has_consent_by_pseudonym(anon, at)
 
 
 class Evaluator:

@@ -19,6 +19,7 @@ from beacon_hub.consent import (
     consent_topic,
     decode_consent,
 )
+from beacon_hub.privacy import erase_sqlite
 from beacon_hub.stores import open_sqlite
 
 T0 = 1_700_000_000.0
@@ -206,4 +207,51 @@ def test_a_consent_message_is_acknowledged_after_its_decision_is_stored(tmp_path
     assert writer.db.execute("SELECT count(*) FROM consent").fetchone() == (1,)
     reg.when_saved(lambda: acked.append("later"))  # nothing pending: at once
     assert acked == ["grant", "copy", "later"]
+    writer.db.close()
+
+
+def test_a_restored_decision_answers_by_pseudonym_until_a_raw_one_replaces_it(
+    tmp_path: Path,
+) -> None:
+    # Promotions see only pseudonyms (promotions.py, PseudonymConsent): a decision the hub
+    # restored by pseudonym must answer for it, or the privacy step tracks the shopper while
+    # promotions withhold every offer.
+    path = tmp_path / "hub.sqlite"
+    other = BEACON.replace(":5", ":6")
+    reg, writer = _stored(path)
+    assert reg.apply(BEACON, Consent(True, T0, expires=T0 + 100.0))
+    assert reg.apply(other, Consent(False, T0))
+    writer.run()
+    writer.db.close()
+
+    again, writer = _stored(path)
+    assert again.decided() == []  # known by pseudonym only
+    assert again.has_consent_by_pseudonym(_anon(BEACON), T0 + 1.0)
+    assert not again.has_consent_by_pseudonym(_anon(BEACON), T0 + 100.0)  # expired
+    assert not again.has_consent_by_pseudonym(_anon(other), T0 + 1.0)  # revoked
+    assert not again.has_consent_by_pseudonym(_anon("mac:aa:bb:cc:dd:ee:ff"), T0 + 1.0)
+    # The retained copy after the backlog is the same decision: nothing changes, by pseudonym
+    # the answer stays (it used to be the only way, and this copy never came under the raw id).
+    assert not again.apply(BEACON, Consent(True, T0, expires=T0 + 100.0))
+    assert again.has_consent_by_pseudonym(_anon(BEACON), T0 + 1.0)
+    # A newer decision by raw id replaces it; the restored one no longer answers.
+    assert again.apply(BEACON, Consent(False, T0 + 2.0))
+    assert again.decided() == [BEACON]
+    assert not again.has_consent_by_pseudonym(_anon(BEACON), T0 + 3.0)
+    assert not again.has_consent(BEACON, T0 + 3.0)
+    writer.run()
+    writer.db.close()
+
+
+def test_an_erased_decision_is_not_restored(tmp_path: Path) -> None:
+    path = tmp_path / "hub.sqlite"
+    reg, writer = _stored(path)
+    assert reg.apply(BEACON, Consent(True, T0))
+    writer.run()
+    removed = erase_sqlite(writer.db, [BEACON, _anon(BEACON)])
+    assert removed["consent"] == 1
+    writer.db.close()
+    again, writer = _stored(path)
+    assert not again.has_consent_by_pseudonym(_anon(BEACON), T0 + 1.0)
+    assert not again.has_consent(BEACON, T0 + 1.0)
     writer.db.close()

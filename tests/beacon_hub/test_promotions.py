@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 
 from beacon_hub import promotions
-from beacon_hub.consent import ConsentRegistry
+from beacon_hub.consent import Consent, ConsentRegistry, ConsentStore
 from beacon_hub.engine import FixTable
 from beacon_hub.errors import ConfigError
 from beacon_hub.hubconfig import WebhookConfig
@@ -219,6 +219,94 @@ def test_a_shopper_who_revokes_and_stays_is_suppressed_without_an_id(site: Site)
     assert [(k, d) for k, d, b in got] == [(10, "sent")]
     assert got[0][2] is not None
     assert got[0][2].startswith("anon:")
+
+
+KEY = b"k" * 32
+
+
+def _restarted(
+    site: Site, db: sqlite3.Connection, stored: Consent, initial: dict[str, Consent] | None = None
+) -> tuple[Privacy, Evaluator]:
+    """The consent chain of a restarted hub, as service.py builds it: its previous run stored
+    `stored` about CART (by pseudonym, ConsentStore); this one starts with the consent file
+    `initial` and has not had the retained decision yet (it comes after the backlog)."""
+    first = ConsentRegistry(store=ConsentStore(db, lambda job: job(db)))
+    Privacy({site.id: site}, first, KEY)
+    assert first.apply(CART, stored)
+    consent = ConsentRegistry(initial, store=ConsentStore(db, lambda job: job(db)))
+    privacy = Privacy({site.id: site}, consent, KEY)
+    rule = {"id": "coffee", "zone": "endcap-2-front", "min_dwell_s": 10, "cooldown_s": 0}
+    ev = Evaluator(
+        [Rule.model_validate(rule)],
+        {site.id: site},
+        privacy.kind_of,
+        consent.has_consent,
+        shoppers=PseudonymConsent(consent, privacy.pseudonym),
+    )
+    return privacy, ev
+
+
+def _cart_visit(privacy: Privacy, ev: Evaluator, start: float) -> list[tuple[str, str | None]]:
+    """The cart in the end-cap from `start` for 12 s, through the privacy step: the rule's
+    decisions (it decides at +10)."""
+    out: list[tuple[str, str | None]] = []
+    for k in range(13):
+        t = start + k
+        events = {0: [_enter(CART, t)], 12: [_exit(CART, t)]}.get(k, [])
+        _, shown = privacy.apply(SITE, _cart_fix(t), events)
+        out += [(d.decision, d.beacon) for d in ev.evaluate(SITE, t, shown, privacy.withheld)]
+    return out
+
+
+def test_a_shopper_whose_consent_was_restored_by_pseudonym_is_promoted(
+    tmp_path: Path, site: Site
+) -> None:
+    # The privacy step tracked the shopper under the restored decision from the first tick,
+    # but promotions asked only through the raw ids, which a decision restored by pseudonym
+    # does not have: every visit decided suppressed_no_consent, during the backlog and after.
+    grant = Consent(True, T0 - 60.0, expires=T0 + 100.0)
+    with contextlib.closing(open_sqlite(tmp_path / "hub.sqlite")) as db:
+        privacy, ev = _restarted(site, db, grant)
+        anon = privacy.pseudonym(CART)
+        assert _cart_visit(privacy, ev, T0) == [("sent", anon)]  # the backlog's visit
+        # The retained copy, after the backlog, is the same decision and changes nothing.
+        assert not privacy.consent.apply(CART, grant)
+        assert _cart_visit(privacy, ev, T0 + 30.0) == [("sent", anon)]
+        # The restored grant expires mid-visit: asked again when the rule decides.
+        assert _cart_visit(privacy, ev, T0 + 90.0) == [("suppressed_no_consent", None)]
+
+
+REVOKED_AFTER_A_RESTART = {
+    "restored revocation": (Consent(False, T0 - 60.0), None, None),
+    "restored revocation of a file grant": (Consent(False, T0 - 60.0), Consent(True), None),
+    "a revocation at start newer than the restored grant": (
+        Consent(True, T0 - 60.0),
+        Consent(False, T0 - 30.0),
+        None,
+    ),
+    "restored grant revoked on the topic": (
+        Consent(True, T0 - 60.0),
+        None,
+        Consent(False, T0 - 30.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REVOKED_AFTER_A_RESTART)
+def test_a_revocation_holds_against_a_decision_restored_by_pseudonym(
+    tmp_path: Path, site: Site, case: str
+) -> None:
+    stored, initial, topic = REVOKED_AFTER_A_RESTART[case]
+    with contextlib.closing(open_sqlite(tmp_path / "hub.sqlite")) as db:
+        privacy, ev = _restarted(site, db, stored, None if initial is None else {CART: initial})
+        if topic is not None:
+            assert privacy.consent.apply(CART, topic)
+        got = _cart_visit(privacy, ev, T0) + _cart_visit(privacy, ev, T0 + 30.0)
+        # Asked by pseudonym alone too (the privacy step withheld these visits first): the
+        # registry's newest decision, not the restored one under it.
+        assert ev.shoppers is not None
+        assert not ev.shoppers.has_consent(privacy.pseudonym(CART), T0 + 1.0)
+    assert got == [("suppressed_no_consent", None)] * 2
 
 
 def _promotions(
