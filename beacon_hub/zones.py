@@ -147,8 +147,19 @@ class ZoneTracker:
         events: list[ZoneEvent] = []
         ids = self.plan.zone_ids
         fresh = cur == UNKNOWN
+        vague = np.zeros(idx.shape[0], dtype=bool)
+        if accuracy_m is not None and self.params.min_dwell_accuracy_m > 0:
+            vague = fresh & (accuracy_m > self.params.min_dwell_accuracy_m)
         for row in np.flatnonzero(fresh):
             b = int(idx[row])
+            if vague[row]:
+                # A first fix less certain than min_dwell_accuracy_m (a hub's first tick after
+                # a start, with one gateway's batch in: a proximity fix at that gateway, tens of
+                # metres wide) is a candidate like any change, held for the dwell its accuracy
+                # asks: it entered the gateway's zone at once, and a promotion rule there fired.
+                self._enter(b, -1, t)
+                self.candidate[b] = raw[row]
+                continue
             self._enter(b, int(raw[row]), t)
             if raw[row] >= 0:
                 events.append(ZoneEvent(b, "zone_enter", ids[raw[row]], t))

@@ -15,18 +15,20 @@ def run(
     params: ZoneParams,
     path: list[tuple[float, float]],
     *,
-    accuracy_m: float = 0.5,
+    accuracy_m: float | list[float] = 0.5,
     jump_at: float | None = None,
 ) -> list[tuple[float, str, str]]:
-    """One beacon through `path` (one fix a second from t = 0); its track jumps at `jump_at`.
-    Returns (t, type, zone) of the zone_enter and zone_exit events."""
+    """One beacon through `path` (one fix a second from t = 0, with `accuracy_m`, or each with
+    its own); its track jumps at `jump_at`. Returns (t, type, zone) of the zone_enter and
+    zone_exit events."""
+    accuracies = accuracy_m if isinstance(accuracy_m, list) else [accuracy_m] * len(path)
     zones = ZoneTracker(FloorPlan(room_site()), params)
     events = []
     for step, xy in enumerate(path):
         t = float(step)
         if t == jump_at:
             zones.hold(ONE, t)
-        accuracy = np.array([accuracy_m])
+        accuracy = np.array([accuracies[step]])
         got = zones.update(ONE, t, np.zeros(1, dtype=np.int64), np.array([xy]), accuracy)
         events += [(e.t, e.type, e.zone) for e in got if e.type in ("zone_enter", "zone_exit")]
     return events
@@ -66,8 +68,26 @@ def test_a_less_certain_fix_must_stay_longer_in_the_new_zone() -> None:
     assert run(params, move, accuracy_m=1.0)[-1] == (7.0, "zone_enter", "right")
     assert run(params, move, accuracy_m=4.5)[-1] == (11.0, "zone_enter", "right")
     excursion = [LEFT] * 5 + [RIGHT] * 4 + [LEFT] * 5
-    assert run(params, excursion, accuracy_m=4.5) == [(0.0, "zone_enter", "left")]
+    known_then_vague = [1.0] * 5 + [4.5] * 9
+    assert run(params, excursion, accuracy_m=known_then_vague) == [(0.0, "zone_enter", "left")]
     assert len(run(params, excursion, accuracy_m=1.0)) == 5
+
+
+def test_a_vague_first_fix_enters_no_zone_until_the_fixes_hold_there() -> None:
+    """A hub's first tick after a start may hold one gateway's batch: a proximity fix at that
+    gateway, tens of metres wide. It entered that gateway's zone at once (and a promotion rule
+    there fired); now it is a candidate like any change, and the certain fixes that follow
+    decide. A certain first fix still enters at once."""
+    params = ZoneParams(min_dwell_s=2.0, min_dwell_accuracy_m=1.5)
+    path = [RIGHT] + [LEFT] * 6
+    assert run(params, path, accuracy_m=[60.0] + [0.5] * 6) == [(3.0, "zone_enter", "left")]
+    assert run(params, path, accuracy_m=0.5) == [
+        (0.0, "zone_enter", "right"),
+        (3.0, "zone_exit", "right"),
+        (3.0, "zone_enter", "left"),
+    ]
+    # Vague fixes that stay in one zone enter it, after the dwell their accuracy asks.
+    assert run(params, [RIGHT] * 8, accuracy_m=3.0) == [(4.0, "zone_enter", "right")]
 
 
 def test_a_beacon_of_a_kind_with_its_own_rules_changes_zone_sooner() -> None:
