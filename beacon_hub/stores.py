@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -575,6 +575,10 @@ class SqliteStore:
         self._jobs: queue.Queue[Job | TickWrite | None] = queue.Queue(maxsize=MAX_PENDING_JOBS)
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(UNSTORABLE_LOG_EVERY_S, logger=log)
+        self._given_up: dict[tuple[str, str], SavedGateway] = {}
+        """The newest gateway rows of tick groups given up (TICK_COMMIT_ATTEMPTS; writer thread),
+        written with the next group: a later row carries its gaps only when they change again,
+        and the batches of such a group were acknowledged all the same."""
 
     # -- writer thread
 
@@ -626,21 +630,35 @@ class SqliteStore:
                 self.metrics.store_errors.labels(self.name).inc()
 
     def _commit_ticks(self, group: Sequence[TickWrite]) -> None:
+        ticks = [(w.record, w.ledger, w.gateways) for w in group]
+        if self._given_up:  # first: the group's own rows come after them
+            record, ledger, gateways = ticks[0]
+            ticks[0] = (record, ledger, [*self._given_up.values(), *gateways])
         ok = False
         for attempt in range(TICK_COMMIT_ATTEMPTS):
             if attempt:
                 time.sleep(TICK_RETRY_BACKOFF_S * attempt)
             try:
-                self.commit_many([(w.record, w.ledger, w.gateways) for w in group])
+                self.commit_many(ticks)
             except Exception:  # the writer thread must outlive any one write
-                ticks = ", ".join(f"{w.record.site} {w.record.t:.3f}" for w in group)
+                said = ", ".join(f"{w.record.site} {w.record.t:.3f}" for w in group)
                 log.exception(
                     "SQLite store %s: ticks not stored (attempt %d of %d): %s",
-                    self.path, attempt + 1, TICK_COMMIT_ATTEMPTS, ticks,
+                    self.path, attempt + 1, TICK_COMMIT_ATTEMPTS, said,
                 )  # fmt: skip
                 continue
             ok = True
             break
+        if ok:
+            self._given_up.clear()
+        else:
+            for g in (g for w in group for g in w.gateways):
+                key = (g.site, g.gateway)
+                before = self._given_up.get(key)
+                if g.gaps is None and before is not None:  # unchanged since that row
+                    self._given_up[key] = replace(g, gaps=before.gaps)
+                else:
+                    self._given_up[key] = g
         for w in group:
             w.then(ok)
 
@@ -828,7 +846,8 @@ class SqliteStore:
         )
         # A row's gaps are written only when they changed (gaps not None): a gateway's may run
         # to MAX_GAP_MEMORY lone seqs, and each gateway heard saves its row every tick. Else the
-        # stored ones stay, unless the row is of another boot (they were that boot's).
+        # stored ones stay, unless the row is of another boot (they were that boot's). One
+        # statement: rows of one gateway (a given-up group's, then the next) apply in order.
         db.executemany(
             "INSERT INTO gateways (site, gateway, boot, next_seq, offset_s, last_sent, missing,"
             " first_seq, early) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"

@@ -4,6 +4,7 @@ once after the restart, and what it took is still a duplicate."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from beacon_hub.stores import (
     SqliteStore,
     StoreError,
     TickRecord,
+    TickWrite,
     seqs_of_text,
     seqs_text,
 )
@@ -108,6 +110,43 @@ def test_gaps_are_written_when_they_change_and_kept_until_then(tmp_path: Path) -
     row = SavedGateway(SITE, "gw-1", "ef01", 3, 0.05, T0, gaps=None)
     store.commit(TickRecord(SITE, T0 + 3, _table([], [], []), [], []), (), [row])
     assert [g.gaps for g in store.saved_gateways()] == [SeqGaps()]
+    store.close()
+
+
+def test_the_gaps_of_a_tick_given_up_are_written_with_the_next(tmp_path: Path) -> None:
+    """A tick's transaction given up (a broken disk, a lock held past every attempt) carried the
+    gaps that changed in it; the next tick's row carries none (unchanged since), so without
+    the given-up row written with it the file kept the gaps of before."""
+    store = SqliteStore(tmp_path / "hub.sqlite", Metrics())
+    store.start()
+    ing = ingestor()
+    assert _seqs(ing, [0, 3]) == ["accepted"] * 2
+    done: list[bool] = []
+
+    def tick(t: float) -> TickWrite:
+        rows = [
+            SavedGateway(site, gw, s.boot, s.next_seq, s.offset_s, s.last_sent, s.unsaved_gaps())
+            for (site, gw), s in ing.state.items()
+        ]
+        record = TickRecord(SITE, t, _table([], [], []), [], [])
+        return TickWrite(record, (), rows, done.append)
+
+    def drop_ticks(db: sqlite3.Connection) -> None:
+        db.execute("DROP TABLE ticks")
+
+    def create_ticks(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE ticks (site TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID")
+
+    store.submit(drop_ticks)
+    store.submit_tick(tick(T0))  # fails every attempt
+    store.submit(create_ticks)
+    assert _seqs(ing, [4]) == ["accepted"]
+    store.submit_tick(tick(T0 + 1))
+    store.close()
+    assert done == [False, True]
+    store = SqliteStore(tmp_path / "hub.sqlite", Metrics())
+    (saved,) = store.saved_gateways()
+    assert (saved.next_seq, saved.gaps) == (5, SeqGaps(frozenset({1, 2}), 0, frozenset()))
     store.close()
 
 
