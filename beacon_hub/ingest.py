@@ -46,13 +46,15 @@ and are acknowledged at once: they are state for the live view (livestate.py), n
 
 Sequence and clock (DESIGN.md). Each gateway stamps (boot, seq): a seq above the expected one
 counts the gap as lost batches, one below it is a duplicate and is dropped (unless it fills a
-known gap, or is older than the boot's first batch heard in this run: one an overload dropped
-comes again after the next ones, GatewayState.first_seq). The gateway's clock offset is the
-minimum of (arrival - sent) over its batches of one boot, allowed to creep upwards by the worst
-crystal drift so a slow clock is followed. A clock stepped forward (batches in the `future`) or
-back (send time going back, then behind) is relearnt after a few batches in a row
-(FUTURE_RESYNC_BATCHES, PAST_RESYNC_BATCHES); the last send time is saved with the rest of the
-state, so a step made while the hub was down is seen too.
+known gap, or is older than the boot's first batch heard: one an overload dropped comes again
+after the next ones, GatewayState.first_seq). The gaps and the first seq heard are saved with
+the rest of the state (SeqGaps), so what the hub never took is not a duplicate after a restart
+either. The gateway's clock offset is the minimum of (arrival - sent) over its batches of one
+boot, allowed to creep upwards by the worst crystal drift so a slow clock is followed. A clock
+stepped forward (batches in the `future`) or back (send time going back, then behind) is
+relearnt after a few batches in a row (FUTURE_RESYNC_BATCHES, PAST_RESYNC_BATCHES); the last
+send time is saved with the rest of the state, so a step made while the hub was down is seen
+too.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ __all__ = [
     "MqttLink",
     "RateLimitedLog",
     "Rejected",
+    "SeqGaps",
     "StatusUpdate",
     "decode_reason",
     "gateway_subscriptions",
@@ -607,18 +610,45 @@ class GatewayState:
     the restart; None: not known (a new boot, or state saved before it was kept)."""
     jump_streak: int = 0
     missing: set[int] = field(default_factory=set)
+    """Seqs skipped below `next_seq` (counted lost), taken if they come (MAX_GAP_MEMORY)."""
     first_seq: int | None = None
-    """The seq this boot was first heard at in this run; None for a restored state, whose saved
-    sequence covers what came before. The hub never took a batch below it: one that comes is
-    not a duplicate but, say, one an overload dropped unacknowledged while it took the next
-    ones, which the broker sends again only at the next connect (Overload policy), after them.
-    Taken once each, as far back as a gap is remembered (MAX_GAP_MEMORY)."""
+    """The seq this boot was first heard at (by this run, or by the run whose saved state was
+    restored); None for a state restored from a row saved before it was kept, whose sequence
+    covers what came before. The hub never took a batch below it: one that comes is not a
+    duplicate but, say, one an overload dropped unacknowledged while it took the next ones,
+    which the broker sends again only at the next connect (Overload policy), after them, or
+    after a restart. Taken once each, as far back as a gap is remembered (MAX_GAP_MEMORY)."""
     early: set[int] = field(default_factory=set)
     """Seqs below `first_seq` taken since: a second copy is a duplicate."""
+    gaps_changed: bool = True
+    """`missing`, `first_seq` or `early` changed since `unsaved_gaps` last took them for the
+    store: a state made here starts changed, a restored one does not."""
     retired: dict[str, int] = field(default_factory=dict)
     """Earlier boots of the gateway -> their next seq when they ended, newest last (at most
     RETIRED_BOOTS). A batch of one of them is refused: a broker restored from a snapshot
     re-delivers batches of a boot the gateway has left, and a replay could do the same."""
+
+    def unsaved_gaps(self) -> SeqGaps | None:
+        """The seqs below `next_seq` not taken yet, as the store saves them, if they changed
+        since the last call (else None: what is saved holds). Copies: the sets change on."""
+        if not self.gaps_changed:
+            return None
+        self.gaps_changed = False
+        return SeqGaps(frozenset(self.missing), self.first_seq, frozenset(self.early))
+
+
+@dataclass(frozen=True, slots=True)
+class SeqGaps:
+    """What a gateway's boot may still send below its next seq that the hub never took: its
+    remembered gaps (GatewayState.missing) and its first seq heard with the earlier seqs taken
+    since (`first_seq`, `early`). Saved with the tick's gateway state, so a batch the hub never
+    took is not refused as a duplicate after a restart: one in a gap, or one an overload
+    dropped unacknowledged before the tick that took later ones was stored (acknowledgements
+    follow that tick's transaction, so the broker still owes it)."""
+
+    missing: frozenset[int] = frozenset()
+    first_seq: int | None = None
+    early: frozenset[int] = frozenset()
 
 
 def _before_first_heard(st: GatewayState, seq: int) -> bool:
@@ -713,15 +743,22 @@ class Ingestor:
         retired: Mapping[str, int] | None = None,
         *,
         last_sent: float | None = None,
+        gaps: SeqGaps | None = None,
     ) -> None:
         """State saved by a previous run (the SQLite store), so a restart detects gaps and drops
-        re-delivered duplicates across it, reads a queued backlog in the right time, and sees a
-        clock stepped back meanwhile (`last_sent`, _stepped_back)."""
+        re-delivered duplicates across it, takes what it never took (`gaps`: a batch of a gap,
+        or one from before the boot's first batch heard), reads a queued backlog in the right
+        time, and sees a clock stepped back meanwhile (`last_sent`, _stepped_back)."""
+        gaps = gaps or SeqGaps()
         self.state[(site, gw)] = GatewayState(
             boot=boot,
             next_seq=next_seq,
             offset_s=offset_s,
             last_sent=last_sent,
+            missing=set(gaps.missing),
+            first_seq=gaps.first_seq,
+            early=set(gaps.early),
+            gaps_changed=False,
             retired=dict(retired or {}),
         )
 
@@ -780,9 +817,11 @@ class Ingestor:
             if batch.seq in st.missing:
                 # A reordered batch fills its gap; the gap stays counted as lost when seen.
                 st.missing.discard(batch.seq)
+                st.gaps_changed = True
             elif _before_first_heard(st, batch.seq):
                 # Never taken (GatewayState.first_seq); nothing was counted lost for it.
                 st.early.add(batch.seq)
+                st.gaps_changed = True
             else:
                 self.metrics.gateway_duplicates.labels(site, label).inc()
                 return self._reject(
@@ -801,6 +840,7 @@ class Ingestor:
                 st.missing.update(range(st.next_seq, batch.seq))
                 while len(st.missing) > MAX_GAP_MEMORY:
                     st.missing.discard(min(st.missing))
+                st.gaps_changed = True
             self.metrics.gateway_lost.labels(site, label).inc(lost)
             self.bad_log.warning(
                 (site, label, "lost"),

@@ -421,7 +421,8 @@ class Hub:
                 log.info("%s: %d stored ticks sent to InfluxDB again", site, len(records))
 
     def _restore_gateways(self) -> None:
-        """Each gateway's sequence, clock and earlier boots as the last run left them."""
+        """Each gateway's sequence (with what it may still send that was never taken), clock
+        and earlier boots as the last run left them."""
         for g in self.sqlite.saved_gateways():
             if g.site in self.sites:
                 retired = self.sqlite.retired_boots(g.site, g.gateway, g.boot, RETIRED_BOOTS)
@@ -433,6 +434,7 @@ class Hub:
                     g.offset_s,
                     retired,
                     last_sent=g.last_sent,
+                    gaps=g.gaps,
                 )
 
     # -- lifecycle
@@ -782,9 +784,8 @@ class Hub:
         for gw in run.touched:
             st = self.ingestor.state.get((site, gw))
             if st is not None:
-                saved.append(
-                    SavedGateway(site, gw, st.boot, st.next_seq, st.offset_s, st.last_sent)
-                )
+                state = (st.boot, st.next_seq, st.offset_s, st.last_sent)
+                saved.append(SavedGateway(site, gw, *state, gaps=st.unsaved_gaps()))
         ledger, acks = run.ledger, run.pending_acks
         run.ledger, run.pending_acks = [], []
         run.touched.clear()

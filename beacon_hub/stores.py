@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -43,7 +43,7 @@ from beacon_hub.engine import FixTable
 from beacon_hub.errors import BeaconHubError
 from beacon_hub.health import Metrics
 from beacon_hub.hubconfig import InfluxConfig
-from beacon_hub.ingest import RateLimitedLog
+from beacon_hub.ingest import MAX_GAP_MEMORY, RateLimitedLog, SeqGaps
 from beacon_hub.privacy import Retention
 from beacon_hub.registry import CONTROL_CHARS
 from beacon_hub.wire import Event
@@ -154,6 +154,10 @@ class SavedGateway:
     last_sent: float | None = None
     """The newest in-order batch's send time (gateway clock); None: not known (a row saved at
     schema version 1)."""
+    gaps: SeqGaps | None = None
+    """What the boot may still send below `next_seq` that the hub never took. Written: None
+    when unchanged since the gateway's last row (the saved ones stay; GatewayState.unsaved_gaps).
+    Read: never None (empty for a row saved before schema version 4)."""
 
 
 class Store(Protocol):
@@ -175,7 +179,7 @@ class Store(Protocol):
 
 # ------------------------------------------------------------------------------------- SQLite
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout of the hub's SQLite file that this code reads and writes, kept in the file's
 `PRAGMA user_version`. Releases before versions were kept left it at 0 (their layout is version
 1, _SCHEMA_V1). A change of layout raises it by one and adds its step to _MIGRATIONS."""
@@ -252,9 +256,19 @@ def _add_consent(db: sqlite3.Connection) -> None:
     )
 
 
+def _add_gateway_gaps(db: sqlite3.Connection) -> None:
+    """Each gateway's seqs below its next one that the hub never took (ingest.SeqGaps: its gaps,
+    its first seq heard and the earlier ones taken since), so a restarted hub takes such a batch
+    when it comes instead of refusing it as a duplicate. NULL: none (as for every row before)."""
+    db.execute("ALTER TABLE gateways ADD COLUMN missing TEXT")
+    db.execute("ALTER TABLE gateways ADD COLUMN first_seq INTEGER")
+    db.execute("ALTER TABLE gateways ADD COLUMN early TEXT")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _add_gateway_last_sent,
     _add_consent,
+    _add_gateway_gaps,
 )
 """Step k takes a file from version k + 1 to k + 2. All the steps a file needs run in order in
 the one transaction that opens it: a file is at the version it had or at SCHEMA_VERSION, never
@@ -262,6 +276,47 @@ in between."""
 
 _Columns = dict[str, tuple[tuple[str, str, int, int], ...]]
 """Table -> its columns as (name, declared type, not null, position in the primary key)."""
+
+
+def seqs_text(seqs: Iterable[int]) -> str | None:
+    """Seqs as the `gateways` table keeps them: ascending runs, `first-last` or a lone seq,
+    joined by commas (`3-7,12`); None for none. A gap is mostly one run (what a broker lost, an
+    overload's drops), so a gateway's row stays short however many seqs it owes."""
+    ordered = sorted(seqs)
+    runs: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        runs.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(runs) or None
+
+
+def seqs_of_text(text: str | None) -> frozenset[int]:
+    """`seqs_text` read back; ValueError for what it does not write, or for more seqs than a
+    gateway's state holds (MAX_GAP_MEMORY): a row changed by hand must not fill the memory."""
+    if not text:
+        return frozenset()
+    seqs: set[int] = set()
+    for run in text.split(","):
+        first, dash, last = run.partition("-")
+        lo, hi = int(first), int(last) if dash else int(first)
+        if lo < 0 or hi < lo or len(seqs) + hi - lo >= MAX_GAP_MEMORY:
+            raise ValueError(f"{run!r} in {text!r}: not a run of at most {MAX_GAP_MEMORY} seqs")
+        seqs.update(range(lo, hi + 1))
+    return frozenset(seqs)
+
+
+def _gateway_row(g: SavedGateway) -> tuple[object, ...]:
+    """The parameters of `gateways`' upsert (SqliteStore._insert_tick): the row, then whether
+    its gaps are to be written."""
+    if g.gaps is None:
+        gaps: tuple[object, ...] = (None, None, None, False)
+    else:
+        gaps = (seqs_text(g.gaps.missing), g.gaps.first_seq, seqs_text(g.gaps.early), True)
+    return (g.site, g.gateway, g.boot, g.next_seq, g.offset_s, g.last_sent, *gaps)
 
 
 def gateway_lists(table: FixTable) -> list[str]:
@@ -520,6 +575,10 @@ class SqliteStore:
         self._jobs: queue.Queue[Job | TickWrite | None] = queue.Queue(maxsize=MAX_PENDING_JOBS)
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(UNSTORABLE_LOG_EVERY_S, logger=log)
+        self._given_up: dict[tuple[str, str], SavedGateway] = {}
+        """The newest gateway rows of tick groups given up (TICK_COMMIT_ATTEMPTS; writer thread),
+        written with the next group: a later row carries its gaps only when they change again,
+        and the batches of such a group were acknowledged all the same."""
 
     # -- writer thread
 
@@ -571,21 +630,35 @@ class SqliteStore:
                 self.metrics.store_errors.labels(self.name).inc()
 
     def _commit_ticks(self, group: Sequence[TickWrite]) -> None:
+        ticks = [(w.record, w.ledger, w.gateways) for w in group]
+        if self._given_up:  # first: the group's own rows come after them
+            record, ledger, gateways = ticks[0]
+            ticks[0] = (record, ledger, [*self._given_up.values(), *gateways])
         ok = False
         for attempt in range(TICK_COMMIT_ATTEMPTS):
             if attempt:
                 time.sleep(TICK_RETRY_BACKOFF_S * attempt)
             try:
-                self.commit_many([(w.record, w.ledger, w.gateways) for w in group])
+                self.commit_many(ticks)
             except Exception:  # the writer thread must outlive any one write
-                ticks = ", ".join(f"{w.record.site} {w.record.t:.3f}" for w in group)
+                said = ", ".join(f"{w.record.site} {w.record.t:.3f}" for w in group)
                 log.exception(
                     "SQLite store %s: ticks not stored (attempt %d of %d): %s",
-                    self.path, attempt + 1, TICK_COMMIT_ATTEMPTS, ticks,
+                    self.path, attempt + 1, TICK_COMMIT_ATTEMPTS, said,
                 )  # fmt: skip
                 continue
             ok = True
             break
+        if ok:
+            self._given_up.clear()
+        else:
+            for g in (g for w in group for g in w.gateways):
+                key = (g.site, g.gateway)
+                before = self._given_up.get(key)
+                if g.gaps is None and before is not None:  # unchanged since that row
+                    self._given_up[key] = replace(g, gaps=before.gaps)
+                else:
+                    self._given_up[key] = g
         for w in group:
             w.then(ok)
 
@@ -596,9 +669,17 @@ class SqliteStore:
 
     def saved_gateways(self) -> list[SavedGateway]:
         rows = self.db.execute(
-            "SELECT site, gateway, boot, next_seq, offset_s, last_sent FROM gateways"
+            "SELECT site, gateway, boot, next_seq, offset_s, last_sent, missing, first_seq, early"
+            " FROM gateways"
         )
-        return [SavedGateway(*r) for r in rows]
+        saved = []
+        for site, gw, boot, next_seq, offset_s, last_sent, missing, first_seq, early in rows:
+            try:
+                gaps = SeqGaps(seqs_of_text(missing), first_seq, seqs_of_text(early))
+            except ValueError as e:
+                raise StoreError(f"{self.path}: gateways row {site}/{gw}: {e}") from e
+            saved.append(SavedGateway(site, gw, boot, next_seq, offset_s, last_sent, gaps))
+        return saved
 
     def retired_boots(self, site: str, gateway: str, current: str, limit: int) -> dict[str, int]:
         """The gateway's earlier boots in the ledger, oldest first, with their next seq."""
@@ -763,10 +844,19 @@ class SqliteStore:
                 for e in ledger
             ],
         )
+        # A row's gaps are written only when they changed (gaps not None): a gateway's may run
+        # to MAX_GAP_MEMORY lone seqs, and each gateway heard saves its row every tick. Else the
+        # stored ones stay, unless the row is of another boot (they were that boot's). One
+        # statement: rows of one gateway (a given-up group's, then the next) apply in order.
         db.executemany(
-            "INSERT OR REPLACE INTO gateways (site, gateway, boot, next_seq, offset_s, last_sent)"
-            " VALUES (?,?,?,?,?,?)",
-            [(g.site, g.gateway, g.boot, g.next_seq, g.offset_s, g.last_sent) for g in gateways],
+            "INSERT INTO gateways (site, gateway, boot, next_seq, offset_s, last_sent, missing,"
+            " first_seq, early) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            " ON CONFLICT (site, gateway) DO UPDATE SET"
+            " missing = CASE WHEN ?10 OR boot != ?3 THEN ?7 ELSE missing END,"
+            " first_seq = CASE WHEN ?10 OR boot != ?3 THEN ?8 ELSE first_seq END,"
+            " early = CASE WHEN ?10 OR boot != ?3 THEN ?9 ELSE early END,"
+            " boot = ?3, next_seq = ?4, offset_s = ?5, last_sent = ?6",
+            [_gateway_row(g) for g in gateways],
         )
         db.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?)", (site, t))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from beacon_hub.health import Metrics
+from beacon_hub.ingest import SeqGaps
 from beacon_hub.privacy import open_erase_sqlite
 from beacon_hub.stores import SCHEMA_VERSION, SavedGateway, SqliteStore, StoreError, open_sqlite
 from tests.beacon_hub.test_hub_units import _cli
@@ -131,7 +132,10 @@ def test_a_new_file_gets_the_current_version(tmp_path: Path) -> None:
     try:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = [r[1] for r in db.execute("PRAGMA table_info(gateways)")]
-        assert columns == ["site", "gateway", "boot", "next_seq", "offset_s", "last_sent"]
+        assert columns == [
+            *("site", "gateway", "boot", "next_seq", "offset_s", "last_sent"),
+            *("missing", "first_seq", "early"),
+        ]
     finally:
         db.close()
 
@@ -147,11 +151,13 @@ def test_a_file_of_a_release_before_versions_is_upgraded_in_place_keeping_every_
     try:
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         for table, rows in RELEASE_0_ROWS.items():
-            want = [(*r, None) for r in rows] if table == "gateways" else rows
+            want = [(*r, None, None, None, None) for r in rows] if table == "gateways" else rows
             assert _rows(store.db, table) == want, table
         want_promotions = PROMOTION_ROWS if promotions else []
         assert _rows(store.db, "promotion_decisions") == want_promotions
-        assert store.saved_gateways() == [SavedGateway(SITE, "gw-01", "abcd", 42, 0.05, None)]
+        assert store.saved_gateways() == [
+            SavedGateway(SITE, "gw-01", "abcd", 42, 0.05, None, SeqGaps())
+        ]
         assert store.last_tick(SITE) == T0
     finally:
         store.close()
@@ -167,6 +173,52 @@ def test_a_file_of_a_release_before_versions_is_upgraded_in_place_keeping_every_
         upgraded.close()
     assert caplog.text.count("taken as version 1") == 1  # once, not at every start
     assert caplog.text.count("schema version 1 -> 2") == 1
+
+
+VERSION_3_CHANGES = """
+ALTER TABLE gateways ADD COLUMN last_sent REAL;
+CREATE TABLE IF NOT EXISTS consent (anon TEXT PRIMARY KEY, consent INTEGER NOT NULL, \
+t REAL NOT NULL, expires REAL) WITHOUT ROWID;
+PRAGMA user_version = 3;
+"""
+"""What versions 2 and 3 added to a release 0 file (stores.py's `_MIGRATIONS` at 75fcf39),
+copied here for the same reason as RELEASE_0_SCHEMA."""
+
+
+def test_a_file_of_version_3_gets_the_gateways_gaps_keeping_every_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 4 saves each gateway's gaps and first seq heard (ingest.SeqGaps). A version 3
+    row has none: its gateway restores as before, with nothing owed."""
+    path = tmp_path / "hub.sqlite"
+    release_0_file(path, promotions=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(VERSION_3_CHANGES)
+    db.execute("UPDATE gateways SET last_sent = ?", (T0 - 0.3,))
+    db.execute("INSERT INTO consent VALUES ('anon-1', 1, ?, NULL)", (T0,))
+    before = {t: _rows(db, t) for t in (*RELEASE_0_ROWS, "promotion_decisions", "consent")}
+    db.close()
+    caplog.set_level("INFO")
+    store = SqliteStore(path, Metrics())
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        for table, rows in before.items():
+            want = [(*r, None, None, None) for r in rows] if table == "gateways" else rows
+            assert _rows(store.db, table) == want, table
+        assert store.saved_gateways() == [
+            SavedGateway(SITE, "gw-01", "abcd", 42, 0.05, T0 - 0.3, SeqGaps())
+        ]
+    finally:
+        store.close()
+    assert f"{path}: schema version 3 -> 4 (_add_gateway_gaps)" in caplog.text
+    assert "schema version 2 -> 3" not in caplog.text
+    new = open_sqlite(tmp_path / "new.sqlite")
+    upgraded = open_sqlite(path)
+    try:
+        assert _layout(upgraded) == _layout(new)
+    finally:
+        new.close()
+        upgraded.close()
 
 
 def _refused_unchanged(path: Path, *words: str) -> None:
