@@ -86,8 +86,10 @@ def test_a_vague_first_fix_enters_no_zone_until_the_fixes_hold_there() -> None:
         (3.0, "zone_exit", "right"),
         (3.0, "zone_enter", "left"),
     ]
-    # Vague fixes that stay in one zone enter it, after the dwell their accuracy asks.
-    assert run(params, [RIGHT] * 8, accuracy_m=3.0) == [(4.0, "zone_enter", "right")]
+    # Vague fixes that stay in one zone enter it, after the dwell their accuracy asks; a
+    # first fix less vague than FIRST_FIX_VAGUE_M enters at once.
+    assert run(params, [RIGHT] * 45, accuracy_m=30.0) == [(40.0, "zone_enter", "right")]
+    assert run(params, [RIGHT] * 8, accuracy_m=3.0) == [(0.0, "zone_enter", "right")]
 
 
 def test_a_beacon_of_a_kind_with_its_own_rules_changes_zone_sooner() -> None:
