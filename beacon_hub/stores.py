@@ -69,6 +69,7 @@ __all__ = [
     "fix_points",
     "open_sqlite",
     "policy_hours",
+    "upgrade_sqlite",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class Store(Protocol):
 
 # ------------------------------------------------------------------------------------- SQLite
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The layout of the hub's SQLite file that this code reads and writes, kept in the file's
 `PRAGMA user_version`. Releases before versions were kept left it at 0 (their layout is version
 1, _SCHEMA_V1). A change of layout raises it by one and adds its step to _MIGRATIONS."""
@@ -265,10 +266,36 @@ def _add_gateway_gaps(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE gateways ADD COLUMN early TEXT")
 
 
+ERASED_TABLES = ("fixes", "latest", "events", "promotion_decisions")
+"""The tables whose rows carry a beacon and a data time `t`, which an erasure's tombstone keeps
+closed to the erased pseudonym's past (_add_erasures)."""
+
+
+def _add_erasures(db: sqlite3.Connection) -> None:
+    """The tombstones of `erase` (privacy.erase_sqlite): each erased pseudonym and when it was
+    erased (wall clock), written in the erase's own transaction. A trigger per table of beacon
+    rows ignores any later insert of that pseudonym's rows dated at or before the erasure: a
+    running hub's SQLite writer may hold such ticks queued (MAX_PENDING_JOBS), a hub may tick
+    a backlog from before it; rows of later ticks (consent still given) go in. In the database,
+    not in the hub's code: every connection obeys them, an older hub's too. The InfluxDB writer
+    reads them as well (ErasureFeed). Kept ERASURE_KEEP_S, pruned by the retention job."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS erasures (beacon TEXT PRIMARY KEY, erased_at REAL NOT NULL)"
+        " WITHOUT ROWID"
+    )
+    for table in ERASED_TABLES:
+        db.execute(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_erased BEFORE INSERT ON {table}"  # noqa: S608  # fixed names
+            " WHEN EXISTS (SELECT 1 FROM erasures WHERE beacon = NEW.beacon"
+            " AND NEW.t <= erased_at) BEGIN SELECT RAISE(IGNORE); END"
+        )
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _add_gateway_last_sent,
     _add_consent,
     _add_gateway_gaps,
+    _add_erasures,
 )
 """Step k takes a file from version k + 1 to k + 2. All the steps a file needs run in order in
 the one transaction that opens it: a file is at the version it had or at SCHEMA_VERSION, never
@@ -409,6 +436,12 @@ def check_schema_version(db: sqlite3.Connection, path: Path) -> int:
             " or give stores.sqlite.path another file"
         )
     return version
+
+
+def upgrade_sqlite(db: sqlite3.Connection, path: Path) -> None:
+    """An open file brought to SCHEMA_VERSION (open_sqlite's step; `erase`, which opens the
+    file without creating it)."""
+    _upgrade(db, path)
 
 
 def _upgrade(db: sqlite3.Connection, path: Path) -> None:
