@@ -1,5 +1,5 @@
 """An erasure's tombstone (docs/privacy.md, Erasure): a hub running while `erase` runs stores
-nothing of the erased pseudonym dated up to the erasure."""
+nothing of the erased pseudonym dated up to the erasure, in SQLite or InfluxDB (real 1.6)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,18 @@ from beacon_hub.privacy import (
     open_erase_sqlite,
     retention_job,
 )
-from beacon_hub.stores import SqliteStore, TickWrite, open_sqlite
+from beacon_hub.stores import (
+    ErasureFeed,
+    InfluxStore,
+    SqliteStore,
+    TickWrite,
+    _Spill,
+    erase_spilled,
+    open_sqlite,
+)
 from beacon_hub.wire import Event
-from tests.beacon_hub.test_stores import SITE, _record
+from tests.beacon_hub.test_stores import SITE, _cfg, _count, _now_s, _record
+from tests.servers import InfluxDB
 
 GONE, KEPT = "anon:52fe29dfd35bff64", "anon:0123456789abcdef"
 T0 = 1_780_000_000.0
@@ -75,3 +84,59 @@ def test_the_retention_job_prunes_tombstones_after_erasure_keep_s(tmp_path: Path
     retention_job(Retention(), T0 + ERASURE_KEEP_S + 5)(db)  # data time, as the hub runs it
     assert db.execute("SELECT beacon FROM erasures").fetchall() == [(KEPT,)]
     db.close()
+
+
+def test_the_influx_writer_drops_what_it_holds_of_an_erasure_and_deletes_what_it_sent(
+    tmp_path: Path, influx_db: tuple[InfluxDB, str]
+) -> None:
+    """`erase` dropped the series, then the hub's writer sent what it held (a batch in memory,
+    a spilled file `erase` had not seen): the erased points were back in InfluxDB."""
+    server, name = influx_db
+    path = tmp_path / "hub.sqlite"
+    open_sqlite(path).close()
+    t = _now_s()
+    store = InfluxStore(
+        _cfg(server.url, name, tmp_path / "spill", retention_policy="autogen"),
+        Metrics(),
+        erasures=ErasureFeed(path),
+    )
+    try:
+        store.write(_record(t, [GONE, KEPT], kind="cart"))
+        assert store.flush(30.0)  # sent before the erasure
+        db = open_erase_sqlite(path)
+        try:
+            erase_sqlite(db, [GONE], erased_at=t + 1.5)  # (its DROP SERIES ran here)
+        finally:
+            db.close()
+        store.write(_record(t + 1, [GONE, KEPT], kind="cart"))  # held when `erase` ran
+        store.write(_record(t + 2, [GONE, KEPT], kind="cart"))  # after it: tracked anew
+        assert store.flush(30.0)
+    finally:
+        store.close()
+    gone = [
+        r["time"] / 1e9 for r in server.rows(f"SELECT x FROM fix WHERE beacon = '{GONE}'", name)
+    ]
+    assert gone == [t + 2]
+    assert _count(server, name, f"WHERE beacon = '{KEPT}'") == 3
+
+
+def test_a_spill_file_erase_wrote_anew_is_replayed_not_counted_lost(tmp_path: Path) -> None:
+    """`erase` writes a spill file it changes under its new point count: the running hub looked
+    for the old name, counted its points lost and never sent the others' points in it."""
+    folder = tmp_path / "spill"
+    spill = _Spill(folder, 10_000_000)
+    lines = [f"fix,beacon={b},site=s1 x=1 {k}" for k in (1000, 2000) for b in (GONE, KEPT)]
+    spill.append("\n".join(lines[:2]).encode(), 2)
+    spill.append("\n".join(lines[2:]).encode(), 2)
+    assert erase_spilled(folder, [GONE]) == 2
+    assert sorted(f.name for f in folder.glob("*.lp")) == ["000000000000-1.lp", "000000000001-1.lp"]
+    oldest = spill.oldest()
+    assert oldest is not None
+    assert oldest[:2] == (lines[1].encode(), 1)
+    assert spill.vanished == 0
+    assert spill.pop_oldest() == 1
+    oldest = spill.oldest()
+    assert oldest is not None
+    assert oldest[:2] == (lines[3].encode(), 1)
+    assert spill.points == 1
+    assert spill.bytes == len(lines[3])
