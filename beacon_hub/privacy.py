@@ -353,7 +353,7 @@ def retention_job(retention: Retention, now: float) -> Callable[[sqlite3.Connect
     def job(db: sqlite3.Connection) -> None:
         names = _table_names(db)
         if "erasures" in names:
-            db.execute("DELETE FROM erasures WHERE erased_at < ?", (now - ERASURE_KEEP_S,))
+            _prune_erasures(db, now - ERASURE_KEEP_S)
         if not cutoffs:
             return
         removed: dict[str, int] = {}
@@ -381,6 +381,21 @@ def retention_job(retention: Retention, now: float) -> Callable[[sqlite3.Connect
             )
 
     return job
+
+
+def _prune_erasures(db: sqlite3.Connection, before: float) -> None:
+    """Tombstones of erasures before `before` deleted, and the guards with the last one."""
+    from beacon_hub.stores import erasure_guards  # noqa: PLC0415  # stores imports us
+
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DELETE FROM erasures WHERE erased_at < ?", (before,))
+        if db.execute("SELECT 1 FROM erasures LIMIT 1").fetchone() is None:
+            erasure_guards(db, on=False)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 _PSEUDONYM_END = PSEUDONYM_PREFIX[:-1] + chr(ord(PSEUDONYM_PREFIX[-1]) + 1)
@@ -548,21 +563,25 @@ def erase_sqlite(
 
     In the same transaction, each pseudonym among them gets its tombstone (`erasures`, at
     `erased_at`, default now): no row of it dated up to then is stored afterwards, by a hub
-    running meanwhile either (stores._add_erasures), and that hub's InfluxDB writer drops its
+    running meanwhile either (stores.erasure_guards), and that hub's InfluxDB writer drops its
     points (stores.ErasureFeed). A raw id gets none: it is never stored for a shopper."""
     ids = list(ids)
     marks = ",".join("?" * len(ids))
     names = _table_names(db)
     removed: dict[str, int] = {}
+    from beacon_hub.stores import erasure_guards  # noqa: PLC0415  # stores imports us
+
     at = time.time() if erased_at is None else erased_at
+    tombstones = [(i, at) for i in ids if i.startswith(PSEUDONYM_PREFIX)]
     db.execute("BEGIN")
     try:
-        if "erasures" in names:
+        if "erasures" in names and tombstones:
             db.executemany(
                 "INSERT INTO erasures VALUES (?, ?) ON CONFLICT (beacon) DO UPDATE"
                 " SET erased_at = max(erased_at, excluded.erased_at)",
-                [(i, at) for i in ids if i.startswith(PSEUDONYM_PREFIX)],
+                tombstones,
             )
+            erasure_guards(db, on=True)
         for table, column in _ERASE_ID_COLUMNS.items():
             if table not in names:
                 continue

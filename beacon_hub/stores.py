@@ -67,6 +67,7 @@ __all__ = [
     "check_schema_version",
     "ensure_policies",
     "erase_spilled",
+    "erasure_guards",
     "fix_points",
     "open_sqlite",
     "policy_hours",
@@ -269,27 +270,38 @@ def _add_gateway_gaps(db: sqlite3.Connection) -> None:
 
 ERASED_TABLES = ("fixes", "latest", "events", "promotion_decisions")
 """The tables whose rows carry a beacon and a data time `t`, which an erasure's tombstone keeps
-closed to the erased pseudonym's past (_add_erasures)."""
+closed to the erased pseudonym's past (erasure_guards)."""
 
 
 def _add_erasures(db: sqlite3.Connection) -> None:
     """The tombstones of `erase` (privacy.erase_sqlite): each erased pseudonym and when it was
-    erased (wall clock), written in the erase's own transaction. A trigger per table of beacon
-    rows ignores any later insert of that pseudonym's rows dated at or before the erasure: a
-    running hub's SQLite writer may hold such ticks queued (MAX_PENDING_JOBS), a hub may tick
-    a backlog from before it; rows of later ticks (consent still given) go in. In the database,
-    not in the hub's code: every connection obeys them, an older hub's too. The InfluxDB writer
-    reads them as well (ErasureFeed). Kept ERASURE_KEEP_S, pruned by the retention job."""
+    erased (wall clock), written in the erase's own transaction with its guards
+    (erasure_guards). The InfluxDB writer reads them as well (ErasureFeed). Kept
+    ERASURE_KEEP_S, pruned by the retention job."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS erasures (beacon TEXT PRIMARY KEY, erased_at REAL NOT NULL)"
         " WITHOUT ROWID"
     )
+
+
+def erasure_guards(db: sqlite3.Connection, *, on: bool) -> None:
+    """A trigger per table of ERASED_TABLES that ignores any insert of a tombstoned pseudonym's
+    rows dated at or before its erasure (on), or none (off); in the caller's transaction.
+
+    A running hub's SQLite writer may hold such ticks queued (MAX_PENDING_JOBS), a restarted hub
+    may tick a backlog from before the erasure; rows of later ticks (consent still given) go in.
+    In the database, not in the hub's code: every connection obeys them, an older hub's too.
+    Only while there are tombstones (`erase` adds them, the retention job drops them with the
+    last one): each costs about 1 us per row inserted (10,000 fixes: 23 -> 34 ms in memory)."""
     for table in ERASED_TABLES:
-        db.execute(
-            f"CREATE TRIGGER IF NOT EXISTS {table}_erased BEFORE INSERT ON {table}"  # noqa: S608  # fixed names
-            " WHEN EXISTS (SELECT 1 FROM erasures WHERE beacon = NEW.beacon"
-            " AND NEW.t <= erased_at) BEGIN SELECT RAISE(IGNORE); END"
-        )
+        if on:
+            db.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_erased BEFORE INSERT ON {table}"  # noqa: S608  # fixed names
+                " WHEN EXISTS (SELECT 1 FROM erasures WHERE beacon = NEW.beacon"
+                " AND NEW.t <= erased_at) BEGIN SELECT RAISE(IGNORE); END"
+            )
+        else:
+            db.execute(f"DROP TRIGGER IF EXISTS {table}_erased")
 
 
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (

@@ -3,6 +3,7 @@ nothing of the erased pseudonym dated up to the erasure, in SQLite or InfluxDB (
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -81,9 +82,20 @@ def test_the_retention_job_prunes_tombstones_after_erasure_keep_s(tmp_path: Path
     db = open_sqlite(path)
     erase_sqlite(db, [GONE], erased_at=T0)
     erase_sqlite(db, [KEPT], erased_at=T0 + 10)
+    assert _guards(db) == 4  # fixes, latest, events, promotion_decisions
     retention_job(Retention(), T0 + ERASURE_KEEP_S + 5)(db)  # data time, as the hub runs it
     assert db.execute("SELECT beacon FROM erasures").fetchall() == [(KEPT,)]
+    assert _guards(db) == 4
+    retention_job(Retention(), T0 + ERASURE_KEEP_S + 15)(db)
+    assert db.execute("SELECT beacon FROM erasures").fetchall() == []
+    assert _guards(db) == 0  # no cost to the inserts while nothing is erased
     db.close()
+
+
+def _guards(db: sqlite3.Connection) -> int:
+    return int(
+        db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0]
+    )
 
 
 def test_the_influx_writer_drops_what_it_holds_of_an_erasure_and_deletes_what_it_sent(
