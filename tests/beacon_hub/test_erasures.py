@@ -48,6 +48,8 @@ def test_ticks_queued_for_the_sqlite_writer_before_an_erase_are_not_stored_after
     path = tmp_path / "hub.sqlite"
     store = SqliteStore(path, Metrics())
     store.start()
+    store.submit_tick(_tick(T0 - 1))  # the writer's statements prepared before the erase
+    assert store.flush(30.0)
     release = threading.Event()
 
     def busy(_db: object) -> None:  # the writer busy: the next ticks wait in its queue
@@ -69,7 +71,7 @@ def test_ticks_queued_for_the_sqlite_writer_before_an_erase_are_not_stored_after
         for table in ("fixes", "events", "latest")
     }
     store.close()
-    history = sorted([(GONE, T0 + 2), (KEPT, T0), (KEPT, T0 + 1), (KEPT, T0 + 2)])
+    history = sorted([(GONE, T0 + 2), *((KEPT, T0 + k) for k in (-1, 0, 1, 2))])
     assert rows == {
         "fixes": history,
         "events": history,
