@@ -2040,6 +2040,7 @@ class InfluxStore:
                 self._lock.notify_all()
             log.info("%s: deleted the points of %s up to its erasure", self.name, beacon)
         self._delete_delay_s = RETRY_MIN_S
+        self._gauge()
 
     def _count_vanished_locked(self) -> None:
         lost, self._spill.vanished = self._spill.vanished, 0
