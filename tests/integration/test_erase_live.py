@@ -15,7 +15,7 @@ from beacon_hub import cli
 from beacon_hub.hubconfig import PrivacyConfig
 from beacon_hub.privacy import load_key, pseudonym
 from tests.integration.hubkit import Gateways, HubProcess, site_file, unique_site, wait_until
-from tests.integration.test_hub_resilience import sending
+from tests.integration.test_hub_resilience import ledger, published, sending
 from tests.servers import InfluxDB, InfluxError, Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -113,3 +113,55 @@ def test_erase_with_the_hub_running_through_an_influxdb_outage(
         gws.close()
         hub.close()
         influx.stop()
+
+
+def test_erase_while_the_hub_is_stopped_keeps_its_backlog_from_coming_back(
+    tmp_path: Path, mosquitto: Mosquitto, influx_db: tuple[InfluxDB, str]
+) -> None:
+    """What the documented workaround did (stop the hub, erase, start it): the broker queued the
+    gateways' batches for the stopped hub's session, and the restarted hub ticked them, dated
+    before the erasure, into SQLite and InfluxDB."""
+    server, name = influx_db
+    path = site_file(tmp_path, unique_site())
+    gws = Gateways(mosquitto, path, beacons=2)
+    shopper, other = gws.beacon_ids
+    consent = tmp_path / "consent.yaml"
+    consent.write_text(yaml.safe_dump([shopper, other]))
+    hub = HubProcess(
+        tmp_path / "hub",
+        mosquitto,
+        [path],
+        influx_url=server.url,
+        influx_db=name,
+        extra={"privacy.shopper_kinds": ["cart"], "privacy.consent_file": str(consent)},
+    )
+    try:
+        hub.start()
+        key = load_key(PrivacyConfig(), hub.db_path)
+        gone, kept = pseudonym(key, shopper), pseudonym(key, other)
+
+        def stored(beacon: str) -> int:
+            return int(hub.sql("SELECT count(*) FROM fixes WHERE beacon = ?", beacon)[0][0])
+
+        with sending(gws):
+            wait_until("both shoppers stored", lambda: stored(gone) > 0 and stored(kept) > 0)
+        assert hub.stop() == 0
+        queued = gws.rounds + 3
+        with sending(gws):  # queued by the broker for the hub's session
+            wait_until("3 rounds sent while the hub is down", lambda: gws.rounds >= queued)
+        t_erase = time.time()
+        assert cli.main(["erase", shopper, "--config", str(hub.config_path)]) == 0
+        before = stored(kept)
+        hub.start()
+        want = published(gws)
+        wait_until("the backlog ticked", lambda: set(ledger(hub)) >= set(want), hub=hub)
+        wait_until("the other shopper's backlog stored", lambda: stored(kept) > before, hub=hub)
+        assert hub.stop() == 0
+        back_sql = hub.sql("SELECT count(*) FROM fixes WHERE beacon = ? AND t <= ?", gone, t_erase)
+        rows = server.rows(f"SELECT x FROM fix WHERE beacon = '{gone}'", name)
+        back_influx = [r for r in rows if r["time"] / 1e9 <= t_erase]
+        found = {"erased fixes in SQLite": back_sql[0][0], "in InfluxDB": len(back_influx)}
+        assert found == dict.fromkeys(found, 0)
+    finally:
+        gws.close()
+        hub.close()
