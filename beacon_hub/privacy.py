@@ -30,6 +30,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -80,6 +81,13 @@ KEY_BYTES = 32
 """HMAC-SHA256 keys of the hash's block-size half: 256 bits, as RFC 2104 recommends (>= L)."""
 RETENTION_EVERY_S = 3600.0
 """How often the retention job runs: retention is counted in days, an hour late is nothing."""
+ERASURE_KEEP_S = 7200.0
+"""An erasure's tombstone (the `erasures` table, stores._add_erasures) is kept this long after
+the erasure, in data time, then pruned by the retention job (so for 2 to 3 hours). It is needed
+while rows dated before the erasure can still reach a store: ticks queued for the SQLite writer
+and held by the InfluxDB writer (seconds; the writer reads it within a pass), and the backlog a
+restarted hub ticks, at most service.MAX_CATCH_UP_S (600 s) back. The pseudonym is shopper data,
+so not kept longer than that; the raw id is never kept."""
 MAX_CACHED_PSEUDONYMS = 200_000
 """Pseudonyms remembered (about 40 MB); a hostile stream of ids only empties the cache."""
 SECONDS_PER_DAY = 86_400.0
@@ -343,9 +351,11 @@ def retention_job(retention: Retention, now: float) -> Callable[[sqlite3.Connect
     }
 
     def job(db: sqlite3.Connection) -> None:
+        names = _table_names(db)
+        if "erasures" in names:
+            _prune_erasures(db, now - ERASURE_KEEP_S)
         if not cutoffs:
             return
-        names = _table_names(db)
         removed: dict[str, int] = {}
         db.execute("BEGIN")
         try:
@@ -371,6 +381,21 @@ def retention_job(retention: Retention, now: float) -> Callable[[sqlite3.Connect
             )
 
     return job
+
+
+def _prune_erasures(db: sqlite3.Connection, before: float) -> None:
+    """Tombstones of erasures before `before` deleted, and the guards with the last one."""
+    from beacon_hub.stores import erasure_guards  # noqa: PLC0415  # stores imports us
+
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DELETE FROM erasures WHERE erased_at < ?", (before,))
+        if db.execute("SELECT 1 FROM erasures LIMIT 1").fetchone() is None:
+            erasure_guards(db, on=False)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 _PSEUDONYM_END = PSEUDONYM_PREFIX[:-1] + chr(ord(PSEUDONYM_PREFIX[-1]) + 1)
@@ -487,8 +512,10 @@ def open_erase_sqlite(path: Path) -> sqlite3.Connection:
     when a later release wrote it (its shoppers' data may be where this erase does not look:
     StoreError)."""
     from beacon_hub.stores import (  # noqa: PLC0415  # stores imports us
+        SCHEMA_VERSION,
         SQLITE_BUSY_TIMEOUT_S,
         check_schema_version,
+        upgrade_sqlite,
     )
 
     if not path.is_file():
@@ -518,22 +545,43 @@ def open_erase_sqlite(path: Path) -> sqlite3.Connection:
             f"{path}: not the hub's database: it has none of the tables {', '.join(_ERASE_TABLES)}"
         )
     try:
-        check_schema_version(db, path)
+        if check_schema_version(db, path) < SCHEMA_VERSION:
+            # The tombstone's table (an erase with a hub of the older release still running:
+            # the triggers hold for its connection too).
+            upgrade_sqlite(db, path)
     except BaseException:
         db.close()
         raise
     return db
 
 
-def erase_sqlite(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, int]:
+def erase_sqlite(
+    db: sqlite3.Connection, ids: Iterable[str], erased_at: float | None = None
+) -> dict[str, int]:
     """Delete every row of these beacon ids, the stored consent decision of the pseudonym
-    included; rows removed per table."""
+    included; rows removed per table.
+
+    In the same transaction, each pseudonym among them gets its tombstone (`erasures`, at
+    `erased_at`, default now): no row of it dated up to then is stored afterwards, by a hub
+    running meanwhile either (stores.erasure_guards), and that hub's InfluxDB writer drops its
+    points (stores.ErasureFeed). A raw id gets none: it is never stored for a shopper."""
     ids = list(ids)
     marks = ",".join("?" * len(ids))
     names = _table_names(db)
     removed: dict[str, int] = {}
+    from beacon_hub.stores import erasure_guards  # noqa: PLC0415  # stores imports us
+
+    at = time.time() if erased_at is None else erased_at
+    tombstones = [(i, at) for i in ids if i.startswith(PSEUDONYM_PREFIX)]
     db.execute("BEGIN")
     try:
+        if "erasures" in names and tombstones:
+            db.executemany(
+                "INSERT INTO erasures VALUES (?, ?) ON CONFLICT (beacon) DO UPDATE"
+                " SET erased_at = max(erased_at, excluded.erased_at)",
+                tombstones,
+            )
+            erasure_guards(db, on=True)
         for table, column in _ERASE_ID_COLUMNS.items():
             if table not in names:
                 continue
@@ -628,6 +676,19 @@ def settle_erase(
     copies = sum(
         count_copies(f, ids, besides=longer) for f in (path, path.with_name(path.name + "-wal"))
     )
+    tombstones = 0
+    if "erasures" in _table_names(db):
+        marks = ",".join("?" * len(ids))
+        query = f"SELECT count(*) FROM erasures WHERE beacon IN ({marks})"  # noqa: S608  # marks
+        tombstones = int(db.execute(query, ids).fetchone()[0])
+    if tombstones:
+        # Its one copy, in the row that keeps a running hub from storing it again.
+        copies = max(0, copies - tombstones)
+        lines.append(
+            f"sqlite {path}: the pseudonym stays in its tombstone (table erasures) for"
+            f" {ERASURE_KEEP_S / 3600:g} to {ERASURE_KEEP_S / 3600 + 1:g} h, then the hub's"
+            " retention job removes it"
+        )
     if copies:
         lines.append(
             f"sqlite {path}: {copies} stale copies of the id remain in the file's unused space,"

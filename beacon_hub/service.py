@@ -67,6 +67,7 @@ from beacon_hub.promotions import Evaluator, Promotions, PseudonymConsent, load_
 from beacon_hub.registry import AssetRegistry, read_assets
 from beacon_hub.site import Site, load_site
 from beacon_hub.stores import (
+    ErasureFeed,
     InfluxStore,
     LedgerEntry,
     SavedGateway,
@@ -336,7 +337,9 @@ class Hub:
         # Last: the InfluxDB writer starts a thread, so nothing that can fail comes after it.
         self.stores: list[Store] = []
         if cfg.stores.influx is not None:
-            self._add_influx(InfluxStore(cfg.stores.influx, self.metrics, self.retention))
+            erasures = ErasureFeed(cfg.stores.sqlite.path)
+            influx = InfluxStore(cfg.stores.influx, self.metrics, self.retention, erasures)
+            self._add_influx(influx)
         self._connected_at: float | None = None
         """When the link last came up (each reconnect settles again)."""
         self._link_up = False
