@@ -163,16 +163,21 @@ def test_a_file_of_a_release_before_versions_is_upgraded_in_place_keeping_every_
         store.close()
     assert f"{path}: written before schema versions were kept: taken as version 1" in caplog.text
     assert f"{path}: schema version 1 -> 2 (_add_gateway_last_sent)" in caplog.text
-    # The same layout, indexes included, as a file this release made new.
-    new = open_sqlite(tmp_path / "new.sqlite")
+    _same_layout_as_a_new_file(path, tmp_path / "new.sqlite")
+    assert caplog.text.count("taken as version 1") == 1  # once, not at every start
+    assert caplog.text.count("schema version 1 -> 2") == 1
+
+
+def _same_layout_as_a_new_file(path: Path, new_path: Path) -> None:
+    """The upgraded file at `path` has the layout, indexes included, of a file this release
+    makes new (at `new_path`)."""
+    new = open_sqlite(new_path)
     upgraded = open_sqlite(path)
     try:
         assert _layout(upgraded) == _layout(new)
     finally:
         new.close()
         upgraded.close()
-    assert caplog.text.count("taken as version 1") == 1  # once, not at every start
-    assert caplog.text.count("schema version 1 -> 2") == 1
 
 
 VERSION_3_CHANGES = """
@@ -212,13 +217,7 @@ def test_a_file_of_version_3_gets_the_gateways_gaps_keeping_every_row(
         store.close()
     assert f"{path}: schema version 3 -> 4 (_add_gateway_gaps)" in caplog.text
     assert "schema version 2 -> 3" not in caplog.text
-    new = open_sqlite(tmp_path / "new.sqlite")
-    upgraded = open_sqlite(path)
-    try:
-        assert _layout(upgraded) == _layout(new)
-    finally:
-        new.close()
-        upgraded.close()
+    _same_layout_as_a_new_file(path, tmp_path / "new.sqlite")
 
 
 def _refused_unchanged(path: Path, *words: str) -> None:

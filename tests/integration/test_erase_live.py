@@ -38,12 +38,11 @@ def _times(server: InfluxDB, measurement: str, beacon: str) -> list[float]:
     return sorted(r["time"] / 1e9 for r in rows)
 
 
-def test_erase_with_the_hub_running_through_an_influxdb_outage(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
-    influx = InfluxDB(tmp_path / "influx")
-    influx.start()
-    influx.create_database(DB)
+def _two_shoppers(
+    tmp_path: Path, mosquitto: Mosquitto, influx_url: str, db: str, **extra: object
+) -> tuple[Gateways, str, str, HubProcess]:
+    """Gateways hearing two carts, both with consent, and a hub (not started) that stores them in
+    SQLite and InfluxDB: (gateways, the shopper to erase, the other one, hub)."""
     path = site_file(tmp_path, unique_site())
     gws = Gateways(mosquitto, path, beacons=2)
     shopper, other = gws.beacon_ids
@@ -53,14 +52,26 @@ def test_erase_with_the_hub_running_through_an_influxdb_outage(
         tmp_path / "hub",
         mosquitto,
         [path],
-        influx_url=influx.url,
-        influx_db=DB,
+        influx_url=influx_url,
+        influx_db=db,
         extra={
             "privacy.shopper_kinds": ["cart"],
             "privacy.consent_file": str(consent),
-            "privacy.retention_days": 30,  # shoppers in their own policy: DELETE reaches it
+            **extra,
         },
     )
+    return gws, shopper, other, hub
+
+
+def test_erase_with_the_hub_running_through_an_influxdb_outage(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    influx = InfluxDB(tmp_path / "influx")
+    influx.start()
+    influx.create_database(DB)
+    # shoppers in a retention policy of their own: the writer's DELETE reaches it
+    extra = {"privacy.retention_days": 30}
+    gws, shopper, other, hub = _two_shoppers(tmp_path, mosquitto, influx.url, DB, **extra)
     spill = hub.folder / "spill"
     try:
         hub.start()
@@ -122,19 +133,7 @@ def test_erase_while_the_hub_is_stopped_keeps_its_backlog_from_coming_back(
     gateways' batches for the stopped hub's session, and the restarted hub ticked them, dated
     before the erasure, into SQLite and InfluxDB."""
     server, name = influx_db
-    path = site_file(tmp_path, unique_site())
-    gws = Gateways(mosquitto, path, beacons=2)
-    shopper, other = gws.beacon_ids
-    consent = tmp_path / "consent.yaml"
-    consent.write_text(yaml.safe_dump([shopper, other]))
-    hub = HubProcess(
-        tmp_path / "hub",
-        mosquitto,
-        [path],
-        influx_url=server.url,
-        influx_db=name,
-        extra={"privacy.shopper_kinds": ["cart"], "privacy.consent_file": str(consent)},
-    )
+    gws, shopper, other, hub = _two_shoppers(tmp_path, mosquitto, server.url, name)
     try:
         hub.start()
         key = load_key(PrivacyConfig(), hub.db_path)
