@@ -36,7 +36,10 @@ ack queued while it reconnects on the new connection, even before its CONNECT.
 
 Acknowledgement. The client runs with `manual_ack=True`; the service acknowledges a readings
 message only after it has been processed (broker.ack in docs/hub.md), so a hub killed with
-SIGKILL gets every unacknowledged message again from the broker on restart.
+SIGKILL gets every unacknowledged message again from the broker on restart. A stop (and a
+resume) disconnects only once the broker has read every acknowledgement sent before the
+DISCONNECT: paho's thread waits for the broker to close the connection (_on_socket_close, at
+most CLOSE_WAIT_S), so a hub stopped right after a tick gets none of its messages again.
 
 Gateway status and heartbeat. The link also subscribes to each site's
 `beacons/{site}/gateway/+/status` (retained, QoS 1; the gateway's last will says `offline`) and
@@ -62,6 +65,9 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import select
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -258,6 +264,13 @@ at about ingest.queue_messages a second (the default 2,000: 33 s of the 60-gatew
 warehouse's batches a second; the test's 10-message inbox took ~15 s for 300 messages, ~2 s
 unlimited). With the default overload_wait_s (5 s: a drop needs that long of a full inbox)
 resumes come further apart than this anyway."""
+CLOSE_WAIT_S: Final = 2.0
+"""After the DISCONNECT of a stop or a resume, how long the link waits for the broker to close
+the connection before it closes it anyway (MqttLink._on_socket_close). The broker reads what we
+sent in order and closes once it reads the DISCONNECT: on loopback within milliseconds, a
+remote one within a round trip and a busy broker's backlog. Past this the stop goes on, as
+before the wait, and says so (the broker may then send the last acknowledged messages again)."""
+_DRAIN_BYTES: Final = 65_536
 
 
 class MqttLink:
@@ -335,6 +348,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_socket_close = self._on_socket_close
         self._client = client
         log.info(
             "connecting to %s:%d as %s (persistent session)",
@@ -354,7 +368,10 @@ class MqttLink:
             return
         self._closing = True
         # A clean DISCONNECT keeps the persistent session (clean_session=False): the broker goes
-        # on queueing readings for us until we are back.
+        # on queueing readings for us until we are back. paho writes it after everything queued
+        # before it (the acknowledgements of the ticks the SQLite writer stored), and its thread
+        # then waits for the broker to close the connection (_on_socket_close), so the broker
+        # has read them all when loop_stop returns.
         client.disconnect()
         client.loop_stop()
         self._resuming = False
@@ -478,6 +495,34 @@ class MqttLink:
         self.connected.clear()
         self.metrics.broker_connected.set(0)
 
+    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        """paho's thread, about to close the socket. After our DISCONNECT (a stop or a resume),
+        wait until the broker has closed the connection, at most CLOSE_WAIT_S, reading and
+        dropping what it still sends (messages left unacknowledged, which it sends again on the
+        next connect).
+
+        paho closes the socket right after writing the DISCONNECT, and the broker may not have
+        read what came before it yet: the acknowledgements of the last stored tick, our last
+        QoS 1 events. A socket closed with unread data in it (a message the broker sent after
+        paho's last read) sends a reset, and a closed one answers the broker's next write with
+        one. Mosquitto writes to us while it reads those bytes (a PUBACK for each of our QoS 1
+        events, the next queued message for each acknowledgement), that write fails, and it
+        drops the connection with the rest unread (2.0.11 logs "disconnected due to out of
+        memory" for a failed PUBACK, its error code 1): the tick's messages came again after
+        the restart, refused as duplicates (docs/hub.md, A clean stop). Waiting for its close,
+        the socket stays open for its writes and is closed with nothing unread. Our half is
+        shut first (a FIN after the DISCONNECT), so a broker that leaves the close to the
+        client closes too (MQTT 3.1.1, 3.14.4: it SHOULD close)."""
+        if not self._closing or not isinstance(sock, socket.socket):
+            return  # a connection lost, not closed by us: nothing of ours waits to be read
+        if not _await_close(sock, CLOSE_WAIT_S):
+            log.warning(
+                "the broker did not close the connection within %.1f s of our DISCONNECT;"
+                " closing it: the acknowledgements sent just before may be lost, and their"
+                " messages come again (refused as duplicates)",
+                CLOSE_WAIT_S,
+            )
+
     # -- service thread
 
     @property
@@ -587,6 +632,27 @@ class MqttLink:
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
             info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
         )
+
+
+def _await_close(sock: socket.socket, timeout_s: float) -> bool:
+    """Shut our half of `sock` and read until the peer closes it (True) or `timeout_s` passes
+    (False). What is read is dropped. A reset or any other error ends the wait too: the peer
+    has closed."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while True:
+            try:
+                if not sock.recv(_DRAIN_BYTES):
+                    return True
+                continue
+            except (BlockingIOError, ssl.SSLWantReadError):
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                return False
+    except OSError:  # reset, or already closed: nothing more comes
+        return True
 
 
 @dataclass(slots=True)
