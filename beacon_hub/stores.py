@@ -428,7 +428,7 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
         # Deleted rows (retention, a shopper's `erase`) overwritten with zeros, not left in free
         # space: Debian's SQLite is built with it on, python.org's and others' off.
         db.execute("PRAGMA secure_delete=ON")
-        _upgrade(db, path)
+        upgrade_sqlite(db, path)
     except (OSError, sqlite3.Error, StoreError) as e:
         if db is not None:
             db.close()
@@ -452,13 +452,8 @@ def check_schema_version(db: sqlite3.Connection, path: Path) -> int:
 
 
 def upgrade_sqlite(db: sqlite3.Connection, path: Path) -> None:
-    """An open file brought to SCHEMA_VERSION (open_sqlite's step; `erase`, which opens the
-    file without creating it)."""
-    _upgrade(db, path)
-
-
-def _upgrade(db: sqlite3.Connection, path: Path) -> None:
-    """Bring the file to SCHEMA_VERSION, or refuse it; one transaction either way.
+    """Bring the open file to SCHEMA_VERSION, or refuse it; one transaction either way
+    (open_sqlite's step; `erase` calls it too, as it opens the file without creating it).
 
     IMMEDIATE takes the write lock before the version is read: two processes opening one old
     file at once (the hub, an `assets import`) migrate it once, one after the other."""
@@ -1593,22 +1588,15 @@ class _Spill:
                 i += 1
                 continue
             removed += len(lines) - len(kept)
-            if not kept:
+            m = _SPILL_NAME.fullmatch(f.name)
+            assert m is not None  # noqa: S101  # ours
+            g = _write_spill_anew(f, int(m.group(1)), kept, ".tmp")
+            if g is None:
                 self.bytes -= self._sizes.pop(f)
                 self.points -= self._counts.pop(f)
                 del self.files[i]
-                f.unlink(missing_ok=True)
                 continue
-            m = _SPILL_NAME.fullmatch(f.name)
-            assert m is not None  # noqa: S101  # ours
-            g = self.folder / f"{m.group(1)}-{len(kept)}.lp"
-            body = "\n".join(kept).encode()
-            tmp = self.folder / f"{g.name}.tmp"
-            tmp.write_bytes(body)
-            tmp.replace(g)
-            if g != f:
-                f.unlink(missing_ok=True)
-            self._replace(i, g, len(kept), len(body))
+            self._replace(i, g, len(kept), g.stat().st_size)
             i += 1
         return removed
 
@@ -1632,33 +1620,43 @@ _SERIES_KEY = re.compile(r"(?:\\.|[^ \\])*")
 
 def erase_spilled(folder: Path, beacons: Iterable[str]) -> int:
     """Remove the points of these beacons (the `beacon` tag) from the spill files in `folder`;
-    returns the points removed. Each file changed is written anew (temporary file, rename) under
-    its new point count, then the old one is removed: a crash in between leaves points twice,
-    which InfluxDB stores once, and the erased ones until `erase` runs again."""
+    returns the points removed. Each file changed is written anew under its new point count
+    (_write_spill_anew); a crash in between leaves the erased points until `erase` runs again."""
     wanted = {f",beacon={b.translate(_TAG_ESCAPES)}," for b in beacons}
     if not folder.is_dir() or not wanted:
         return 0
     removed = 0
     for index, _, f in _spill_files(folder)[0]:
         lines = f.read_bytes().decode(errors="replace").split("\n")
-        kept = []
-        for line in lines:
-            bare = line.partition(" ")[2] if line.startswith(_RP_MARK) else line
-            key = _SERIES_KEY.match(bare)
-            tags = (key.group(0) if key else bare) + ","
-            if not any(w in tags for w in wanted):
-                kept.append(line)
-        if len(kept) == len(lines):
-            continue
-        removed += len(lines) - len(kept)
-        path = folder / f"{index:012d}-{len(kept)}.lp"
-        if kept:
-            tmp = folder / f"{path.name}.erase.tmp"
-            tmp.write_bytes("\n".join(kept).encode())
-            tmp.replace(path)
-        if not kept or path != f:
-            f.unlink(missing_ok=True)
+        kept = [line for line in lines if not any(w in _line_tags(line)[1] for w in wanted)]
+        if len(kept) != len(lines):
+            removed += len(lines) - len(kept)
+            _write_spill_anew(f, index, kept, ".erase.tmp")
     return removed
+
+
+def _line_tags(line: str) -> tuple[str, str]:
+    """A spilled line without its policy mark, and its series key's tags followed by a comma
+    (`fix,beacon=...,kind=cart,`), where a tag is found as `,name=value,`."""
+    bare = line.partition(" ")[2] if line.startswith(_RP_MARK) else line
+    key = _SERIES_KEY.match(bare)
+    return bare, (key.group(0) if key else bare) + ","
+
+
+def _write_spill_anew(f: Path, index: int, kept: list[str], tmp_suffix: str) -> Path | None:
+    """Spill file `f` (place `index` in the order) written anew with the lines `kept` under
+    their count (a temporary file with `tmp_suffix`, renamed), then `f` removed; `f` removed
+    alone when none is kept. Returns the new file. A crash in between leaves points twice,
+    which InfluxDB stores once. `erase` and the hub's writer use different suffixes: they may
+    rewrite one file at once."""
+    path = f.with_name(f"{index:012d}-{len(kept)}.lp")
+    if kept:
+        tmp = path.with_name(path.name + tmp_suffix)
+        tmp.write_bytes("\n".join(kept).encode())
+        tmp.replace(path)
+    if not kept or path != f:
+        f.unlink(missing_ok=True)
+    return path if kept else None
 
 
 def _erased_line(erased: Mapping[str, int]) -> Callable[[str], bool]:
@@ -1668,9 +1666,7 @@ def _erased_line(erased: Mapping[str, int]) -> Callable[[str], bool]:
     keys = {f",beacon={b},": t for b, t in erased.items()}
 
     def picked(line: str) -> bool:
-        bare = line.partition(" ")[2] if line.startswith(_RP_MARK) else line
-        key = _SERIES_KEY.match(bare)
-        tags = (key.group(0) if key else bare) + ","
+        bare, tags = _line_tags(line)
         for k, t_ms in keys.items():
             if k in tags:
                 stamp = bare.rpartition(" ")[2]
@@ -1866,8 +1862,12 @@ class InfluxStore:
             self._retry_at = 0.0  # try at once, whatever the backoff said
             self._lock.notify()
             while (
-                self._buffer or self._sending or len(self._spill) or self._record_points
-            ) or self._owed:
+                self._buffer
+                or self._sending
+                or len(self._spill)
+                or self._record_points
+                or self._owed
+            ):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -2011,7 +2011,6 @@ class InfluxStore:
             dropped = len(self._buffer) - len(kept)
             self._buffer = kept
             dropped += self._spill.drop_lines(picked)
-        with self._lock:
             self._owed.update(new)
         log.info(
             "%s: %d erased (%s): %d points dropped from memory and the spill",
